@@ -1,0 +1,127 @@
+// kvtierd: the kvtier daemon. See README.md for running it and docs/ for how it works.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "daemon/config/config.h"
+#include "daemon/sd_notify.h"
+#include "daemon/server/server.h"
+#include "daemon/tenant/tenant_registry.h"
+#include "ipc/base/errno_status.h"
+
+namespace kvtier {
+
+constexpr char kUsage[] =
+    "usage: kvtierd --config FILE        run the daemon in the foreground\n"
+    "       kvtierd --check-config FILE  validate FILE and exit (0: valid, 2: invalid)\n"
+    "       kvtierd --version\n";
+
+namespace {
+
+// The run directory holds the control socket. It must be ours and writable by nobody else, or
+// another user could replace the socket under the clients.
+Status PrepareRunDir(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return Status(StatusCode::kIoError, "cannot create run_dir " + dir.string() + ": " + ec.message());
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0) return ErrnoStatus("stat(" + dir.string() + ")", errno);
+  if (!S_ISDIR(st.st_mode)) {
+    return Status(StatusCode::kFailedPrecondition, "run_dir " + dir.string() + " is not a directory");
+  }
+  if (st.st_uid != geteuid()) {
+    return Status(StatusCode::kPermissionDenied,
+                  "run_dir " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) +
+                      ", not by kvtierd's uid " + std::to_string(geteuid()));
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return Status(StatusCode::kPermissionDenied,
+                  "run_dir " + dir.string() + " is writable by group or others; chmod go-w it");
+  }
+  return Status::Ok();
+}
+
+int Serve(const std::string& config_path) {
+  auto config = LoadConfig(config_path);
+  if (!config.ok()) {
+    std::fprintf(stderr, "kvtierd: %s\n", config.status().message().c_str());
+    return 2;
+  }
+  spdlog::set_level(spdlog::level::from_str(config->log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ kvtierd: %v");
+  // Signals go to the server's signalfd; block them before any thread exists.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  if (Status s = PrepareRunDir(config->run_dir); !s.ok()) {
+    spdlog::critical("{}", s.message());
+    return 1;
+  }
+  spdlog::info("kvtierd {} starting with {}", KVT_VERSION, config->source.string());
+  std::vector<std::string> warnings;
+  auto tenants = TenantRegistry::Create(*config, &warnings);
+  if (!tenants.ok()) {
+    spdlog::critical("{}", tenants.status().ToString());
+    return 1;
+  }
+  for (const std::string& w : warnings) spdlog::warn("{}", w);
+  for (const auto& t : (*tenants)->tenants()) {
+    spdlog::info("tenant '{}': pool {} MiB, index for {} blocks{}{}", t->config.name,
+                 t->config.dram_bytes >> 20, t->config.max_blocks,
+                 t->memory.huge_pages() ? ", huge pages" : "", t->memory.locked() ? ", locked" : "");
+  }
+  auto server = Server::Open(*config, tenants->get());
+  if (!server.ok()) {
+    spdlog::critical("{}", server.status().ToString());
+    return 1;
+  }
+  spdlog::info("serving on {} (mode {:o}); Ctrl-C or SIGTERM stops", config->socket_path.string(),
+               config->socket_mode);
+  SdNotify("READY=1\nSTATUS=serving");
+  const Status run = (*server)->Run();
+  SdNotify("STOPPING=1");
+  server->reset();
+  if (!run.ok()) {
+    spdlog::critical("{}", run.ToString());
+    return 1;
+  }
+  spdlog::info("stopped cleanly");
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvtier
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.size() == 1 && args[0] == "--version") {
+    std::printf("kvtierd %s (protocol version 1)\n", KVT_VERSION);
+    return 0;
+  }
+  if (args.size() == 2 && args[0] == "--check-config") {
+    auto config = kvtier::LoadConfig(args[1]);
+    if (!config.ok()) {
+      std::fprintf(stderr, "kvtierd: %s\n", config.status().message().c_str());
+      return 2;
+    }
+    std::printf("%s: valid (%zu tenant(s), socket %s)\n", config->source.c_str(),
+                config->tenants.size(), config->socket_path.c_str());
+    return 0;
+  }
+  if (args.size() == 2 && args[0] == "--config") return kvtier::Serve(args[1]);
+  std::fputs(kvtier::kUsage, stderr);
+  return 2;
+}

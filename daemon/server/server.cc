@@ -1,0 +1,241 @@
+#include "daemon/server/server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <spdlog/spdlog.h>
+
+#include "ipc/base/check.h"
+#include "ipc/base/errno_status.h"
+#include "ipc/socket/seqpacket.h"
+#include "ipc/wire/frame_codec.h"
+
+namespace kvtier {
+namespace {
+
+// epoll user data for the two non-session fds; sessions use their fd (>= 0).
+constexpr uint64_t kListenTag = UINT64_MAX;
+constexpr uint64_t kSignalTag = UINT64_MAX - 1;
+constexpr int kMaxFramesPerWake = 16;  // then let other sessions in
+
+uint64_t NowUs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+}  // namespace
+
+Server::Server(const Config& config, TenantRegistry* tenants)
+    : config_(config),
+      tenants_(tenants),
+      handler_(tenants, HandlerLimits{config.max_block_bytes}),
+      recv_buffer_(wire::kMaxFrameBytes),
+      send_buffer_(wire::kMaxFrameBytes) {}
+
+Server::~Server() {
+  for (auto& [fd, session] : sessions_) session->Close();
+  sessions_.clear();
+  if (listen_fd_.valid()) unlink(config_.socket_path.c_str());
+}
+
+Result<std::unique_ptr<Server>> Server::Open(const Config& config, TenantRegistry* tenants) {
+  std::unique_ptr<Server> server(new Server(config, tenants));
+  server->epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!server->epoll_fd_.valid()) return ErrnoStatus("epoll_create1", errno);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  server->signal_fd_.reset(signalfd(-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!server->signal_fd_.valid()) return ErrnoStatus("signalfd", errno);
+  KVT_ASSIGN_OR_RETURN(server->listen_fd_,
+                       ListenSeqpacket(config.socket_path.string(), config.socket_mode, 256));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenTag;
+  if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->listen_fd_.get(), &ev) != 0) {
+    return ErrnoStatus("epoll_ctl(listen)", errno);
+  }
+  ev.data.u64 = kSignalTag;
+  if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->signal_fd_.get(), &ev) != 0) {
+    return ErrnoStatus("epoll_ctl(signalfd)", errno);
+  }
+  return server;
+}
+
+Status Server::Run() {
+  epoll_event events[64];
+  uint64_t last_activity_us = NowUs();
+  for (;;) {
+    const bool spinning = NowUs() - last_activity_us < config_.poll_spin_us;
+    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("epoll_wait", errno);
+    }
+    if (n == 0) continue;
+    for (int i = 0; i < n; ++i) {
+      const uint64_t tag = events[i].data.u64;
+      if (tag == kListenTag) {
+        Accept();
+      } else if (tag == kSignalTag) {
+        signalfd_siginfo info{};
+        while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
+          if (info.ssi_signo == SIGHUP) {
+            spdlog::info("SIGHUP: configuration reload is not supported yet; ignoring");
+            continue;
+          }
+          spdlog::info("signal {}: stopping; closing {} session(s)", info.ssi_signo,
+                       sessions_.size());
+          return Status::Ok();
+        }
+      } else {
+        auto it = sessions_.find(static_cast<int>(tag));
+        if (it != sessions_.end()) OnSessionEvent(*it->second, events[i].events);
+      }
+    }
+    for (int fd : closing_) sessions_.erase(fd);
+    closing_.clear();
+    last_activity_us = NowUs();
+  }
+}
+
+void Server::Accept() {
+  for (;;) {
+    UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno != EAGAIN && errno != EINTR) {
+        spdlog::warn("accept on {}: {}", config_.socket_path.string(), ErrnoStatus("accept4", errno).message());
+      }
+      return;
+    }
+    auto peer = GetPeerCredentials(fd.get());
+    if (!peer.ok()) {
+      spdlog::warn("dropping a connection: {}", peer.status().ToString());
+      continue;
+    }
+    if (sessions_.size() >= config_.max_sessions) {
+      // Tell the client why before closing, as the reply to the hello it is about to send.
+      std::byte frame[sizeof(wire::FrameHeader) + wire::kMaxMessageBytes];
+      wire::FrameWriter w(frame);
+      w.Begin(wire::Op::kHello, 0);
+      w.SetStatus(Status(StatusCode::kResourceExhausted,
+                         "kvtierd already serves max_sessions = " +
+                             std::to_string(config_.max_sessions) + " sessions"));
+      (void)SendFrame(fd.get(), w.Finish());
+      spdlog::warn("refused pid {} uid {}: session limit {} reached", peer->pid, peer->uid,
+                   config_.max_sessions);
+      continue;
+    }
+    (void)SizeSocketBuffers(fd.get());
+    const int raw_fd = fd.get();
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = static_cast<uint64_t>(raw_fd);
+    if (epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, raw_fd, &ev) != 0) {
+      spdlog::warn("epoll_ctl(session): {}", ErrnoStatus("epoll_ctl", errno).message());
+      continue;
+    }
+    const uint32_t id = next_session_id_++;
+    if (next_session_id_ == 0) next_session_id_ = 1;
+    spdlog::debug("session {}: connected pid {} uid {} gid {}", id, peer->pid, peer->uid,
+                  peer->gid);
+    sessions_[raw_fd] =
+        std::make_unique<Session>(id, std::move(fd), *peer, config_.max_leases_per_session);
+  }
+}
+
+void Server::OnSessionEvent(Session& session, uint32_t events) {
+  if (session.closed()) return;  // closed earlier in this round
+  if ((events & EPOLLOUT) != 0 && !session.pending_reply().empty()) {
+    const Status s = SendFrame(session.fd(), session.pending_reply());
+    if (s.code() == StatusCode::kResourceExhausted) return;  // still full
+    session.pending_reply().clear();
+    if (!s.ok()) return CloseSession(session, "send failed");
+    WatchWritable(session, false);
+  }
+  if (!session.pending_reply().empty()) return;  // no new requests until the reply is out
+  for (int i = 0; i < kMaxFramesPerWake; ++i) {
+    auto received = RecvFrame(session.fd(), recv_buffer_, MSG_DONTWAIT);
+    if (!received.ok()) {
+      if (IsWouldBlock(received.status())) break;
+      return CloseSession(session, "receive failed");
+    }
+    if (received->eof) return CloseSession(session, "peer closed");
+    // A request never carries an fd; one that does is dropped here (UniqueFd closes it).
+    if (!ServeFrame(session, received->bytes, received->truncated)) return;
+    if (!session.pending_reply().empty()) break;
+  }
+  if ((events & (EPOLLHUP | EPOLLERR)) != 0 && session.pending_reply().empty()) {
+    // Requests still queued were served above; nothing more can arrive.
+    auto more = RecvFrame(session.fd(), recv_buffer_, MSG_DONTWAIT | MSG_PEEK);
+    if (!more.ok() || more->eof) CloseSession(session, "peer hung up");
+  }
+}
+
+bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
+  wire::FrameWriter reply(send_buffer_);
+  auto request = truncated ? Result<wire::FrameView>(Status(
+                                 StatusCode::kProtocolError,
+                                 "frame exceeds the limit of " +
+                                     std::to_string(wire::kMaxFrameBytes) + " bytes"))
+                           : wire::DecodeRequest(std::span(recv_buffer_).first(bytes));
+  if (!request.ok()) {
+    // Echo the op and id when the header at least was readable, so the client can match it.
+    wire::FrameHeader header{};
+    if (bytes >= sizeof(header)) std::memcpy(&header, recv_buffer_.data(), sizeof(header));
+    const bool op_known = header.op >= 1 && header.op <= wire::kMaxOp;
+    reply.Begin(op_known ? static_cast<wire::Op>(header.op) : wire::Op::kHello, header.request_id);
+    reply.SetStatus(request.status());
+    spdlog::info("session {} (pid {} uid {}): {}; closing it", session.id(), session.peer().pid,
+                 session.peer().uid, request.status().ToString());
+    SendReply(session, reply.Finish(), -1);
+    CloseSession(session, "protocol error");
+    return false;
+  }
+  reply.Begin(request->op, request->header.request_id);
+  const RequestHandler::Outcome outcome = handler_.Handle(session, *request, reply);
+  if (!SendReply(session, reply.Finish(), outcome.pass_fd)) return false;
+  if (outcome.close_session) {
+    CloseSession(session, "request refused");
+    return false;
+  }
+  return true;
+}
+
+bool Server::SendReply(Session& session, std::span<const std::byte> frame, int pass_fd) {
+  const Status s = SendFrame(session.fd(), frame, pass_fd);
+  if (s.ok()) return true;
+  if (s.code() == StatusCode::kResourceExhausted && pass_fd < 0) {
+    // The client is not reading its replies. Park this one and stop reading its requests.
+    session.pending_reply().assign(frame.begin(), frame.end());
+    WatchWritable(session, true);
+    return true;
+  }
+  CloseSession(session, "send failed");
+  return false;
+}
+
+void Server::WatchWritable(Session& session, bool writable) {
+  epoll_event ev{};
+  ev.events = writable ? EPOLLOUT : EPOLLIN;
+  ev.data.u64 = static_cast<uint64_t>(session.fd());
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, session.fd(), &ev);
+}
+
+void Server::CloseSession(Session& session, const char* why) {
+  if (session.closed()) return;
+  spdlog::debug("session {}: closing ({})", session.id(), why);
+  const int fd = session.fd();
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  session.Close();
+  closing_.push_back(fd);
+}
+
+}  // namespace kvtier

@@ -1,0 +1,94 @@
+// Session: one client connection and everything it holds: its tenant and namespace after
+// hello, its reservations, and its leases. Close() gives every reservation and lease back, so
+// a client that exits or is killed leaves nothing pinned.
+// Not thread-safe: owned by the Server's event-loop thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "daemon/pool/dram_pool.h"
+#include "daemon/tenant/tenant_registry.h"
+#include "ipc/base/unique_fd.h"
+#include "ipc/socket/seqpacket.h"
+
+namespace kvtier {
+
+// Leases of one session, named by ids that are only meaningful to that session: the low 32
+// bits pick a slot, the high 32 bits are the slot's generation, so a released, guessed or
+// another session's id never matches. Bounded by max_leases_per_session.
+class LeaseTable {
+ public:
+  explicit LeaseTable(uint32_t max_leases) : max_(max_leases) {}
+
+  // 0 if the table is full.
+  uint64_t Add(BlockRef ref);
+  // The lease's block, and the lease is gone; nullopt if `id` is not a live lease here.
+  std::optional<BlockRef> Take(uint64_t id);
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const Slot& s : slots_) {
+      if (s.in_use) f(s.ref);
+    }
+  }
+  uint32_t size() const { return live_; }
+
+ private:
+  struct Slot {
+    BlockRef ref;
+    uint32_t generation = 1;
+    bool in_use = false;
+  };
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_;
+  uint32_t max_;
+  uint32_t live_ = 0;
+};
+
+class Session {
+ public:
+  Session(uint32_t id, UniqueFd fd, PeerCredentials peer, uint32_t max_leases)
+      : id_(id), fd_(std::move(fd)), peer_(peer), leases_(max_leases) {}
+  ~Session() { Close(); }  // the fd closes with the UniqueFd
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Gives back every lease and reservation; the session serves nothing more. The fd stays open
+  // until the Session is destroyed, so its number cannot be reused while the loop still holds
+  // events for it. Idempotent.
+  void Close();
+  bool closed() const { return closed_; }
+
+  void Attach(Tenant* tenant, uint32_t ns_id) {
+    tenant_ = tenant;
+    ns_id_ = ns_id;
+    ++tenant_->sessions;
+  }
+  void NoteReservation(BlockRef ref);
+  void NoteReservationEnded() { --live_reservations_; }
+
+  uint32_t id() const { return id_; }
+  int fd() const { return fd_.get(); }
+  const PeerCredentials& peer() const { return peer_; }
+  Tenant* tenant() const { return tenant_; }
+  uint32_t ns_id() const { return ns_id_; }
+  LeaseTable& leases() { return leases_; }
+  std::vector<std::byte>& pending_reply() { return pending_reply_; }
+
+ private:
+  uint32_t id_;
+  UniqueFd fd_;
+  PeerCredentials peer_;
+  Tenant* tenant_ = nullptr;
+  uint32_t ns_id_ = 0;
+  // Reservations this session made; some may since have been committed or aborted, which
+  // DramPool::IsReservedBy tells. Compacted when mostly stale.
+  std::vector<BlockRef> reservations_;
+  uint32_t live_reservations_ = 0;
+  LeaseTable leases_;
+  std::vector<std::byte> pending_reply_;  // a reply the socket could not take yet
+  bool closed_ = false;
+};
+
+}  // namespace kvtier

@@ -1,0 +1,70 @@
+#include "daemon/tenant/tenant_registry.h"
+
+#include "crypto/secure_random.h"
+#include "ipc/base/check.h"
+
+namespace kvtier {
+
+Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& config,
+                                                               std::vector<std::string>* warnings) {
+  std::unique_ptr<TenantRegistry> registry(new TenantRegistry());
+  registry->config_path_ = config.source.string();
+  for (const TenantConfig& tc : config.tenants) {
+    auto tenant = std::make_unique<Tenant>();
+    tenant->config = tc;
+    ShmCreateOptions shm;
+    shm.name = "kvtier-pool-" + tc.name;
+    shm.bytes = tc.dram_bytes;
+    shm.huge_pages = config.huge_pages;
+    shm.lock_memory = config.lock_memory;
+    std::string warning;
+    auto memory = ShmRegion::Create(shm, &warning);
+    if (!memory.ok()) {
+      return Status(memory.status().code(),
+                    "tenant '" + tc.name + "' pool: " + memory.status().message());
+    }
+    if (!warning.empty() && warnings != nullptr) {
+      warnings->push_back("tenant '" + tc.name + "': " + warning);
+    }
+    tenant->memory = std::move(*memory);
+    KVT_ASSIGN_OR_RETURN(const uint64_t seed, SecureRandomU64());
+    DramPool::Options pool;
+    pool.pool_bytes = tc.dram_bytes;
+    pool.slab_bytes = config.slab_bytes;
+    pool.max_block_bytes = config.max_block_bytes;
+    pool.max_blocks = static_cast<uint32_t>(tc.max_blocks);
+    pool.hash_seed = seed;
+    tenant->pool = std::make_unique<DramPool>(pool);
+    Tenant* raw = tenant.get();
+    for (uid_t uid : tc.uids) registry->by_uid_[uid] = raw;
+    for (gid_t gid : tc.gids) registry->by_gid_[gid] = raw;
+    if (tc.name == config.default_tenant) registry->default_tenant_ = raw;
+    registry->tenants_.push_back(std::move(tenant));
+  }
+  return registry;
+}
+
+Result<Tenant*> TenantRegistry::Resolve(const PeerCredentials& peer) {
+  if (auto it = by_uid_.find(peer.uid); it != by_uid_.end()) return it->second;
+  if (auto it = by_gid_.find(peer.gid); it != by_gid_.end()) return it->second;
+  if (default_tenant_ != nullptr) return default_tenant_;
+  return Status(StatusCode::kPermissionDenied,
+                "uid " + std::to_string(peer.uid) + " gid " + std::to_string(peer.gid) +
+                    " matches no tenant of kvtierd; ask the operator to add it to a [[tenant]] "
+                    "in " + config_path_);
+}
+
+Result<uint32_t> TenantRegistry::NamespaceId(Tenant& tenant, std::string_view name) {
+  auto it = tenant.namespaces.find(std::string(name));
+  if (it != tenant.namespaces.end()) return it->second;
+  if (tenant.namespaces.size() >= kMaxNamespacesPerTenant) {
+    return Status(StatusCode::kResourceExhausted,
+                  "tenant '" + tenant.config.name + "' already uses " +
+                      std::to_string(kMaxNamespacesPerTenant) + " namespaces");
+  }
+  const auto id = static_cast<uint32_t>(tenant.namespaces.size() + 1);
+  tenant.namespaces.emplace(std::string(name), id);
+  return id;
+}
+
+}  // namespace kvtier

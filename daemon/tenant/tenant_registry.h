@@ -1,0 +1,58 @@
+// TenantRegistry: the tenants of the config, each with its pool memory and its DramPool.
+//
+// A peer is mapped to a tenant by its SO_PEERCRED uid first, then its primary gid, then the
+// configured default tenant; anything else is refused. Each tenant's pool is its own sealed
+// memfd, so a session can only ever be handed its own tenant's memory.
+// Create() pre-faults every pool (seconds for many GiB): call it before announcing readiness.
+// Not thread-safe: used on the daemon's event-loop thread after creation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/pool/dram_pool.h"
+#include "ipc/shm/shm_region.h"
+#include "ipc/socket/seqpacket.h"
+
+namespace kvtier {
+
+struct Tenant {
+  TenantConfig config;
+  ShmRegion memory;
+  std::unique_ptr<DramPool> pool;
+  std::unordered_map<std::string, uint32_t> namespaces;
+  uint32_t sessions = 0;
+};
+
+class TenantRegistry {
+ public:
+  static constexpr size_t kMaxNamespacesPerTenant = 4096;
+
+  // `warnings` receives what was degraded per pool (no huge pages, not locked).
+  static Result<std::unique_ptr<TenantRegistry>> Create(const Config& config,
+                                                        std::vector<std::string>* warnings);
+
+  // kPermissionDenied naming the uid and gid when no tenant matches.
+  Result<Tenant*> Resolve(const PeerCredentials& peer);
+  // The tenant's id for `name`, assigning the next one on first use; kResourceExhausted past
+  // kMaxNamespacesPerTenant.
+  Result<uint32_t> NamespaceId(Tenant& tenant, std::string_view name);
+
+  std::vector<std::unique_ptr<Tenant>>& tenants() { return tenants_; }
+
+ private:
+  TenantRegistry() = default;
+
+  std::vector<std::unique_ptr<Tenant>> tenants_;
+  std::unordered_map<uid_t, Tenant*> by_uid_;
+  std::unordered_map<gid_t, Tenant*> by_gid_;
+  Tenant* default_tenant_ = nullptr;
+  std::string config_path_;
+};
+
+}  // namespace kvtier

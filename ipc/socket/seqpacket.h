@@ -1,0 +1,49 @@
+// Unix SOCK_SEQPACKET helpers shared by kvtierd and libkvclient: listen, connect, send and
+// receive one frame with an optional passed fd (SCM_RIGHTS), and read the peer's credentials.
+// All functions are thread-safe; they touch only the fds they are given.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <span>
+#include <string>
+
+#include "ipc/base/unique_fd.h"
+#include "kvclient/status.h"
+
+namespace kvtier {
+
+struct PeerCredentials {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// Binds and listens at `path` (a stale socket file is replaced), chmods it to `mode` and
+// verifies the result with stat: the daemon never serves a socket with looser permissions
+// than configured. Non-blocking, close-on-exec.
+Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog);
+// Blocking, close-on-exec. kUnavailable when no daemon listens at `path`.
+Result<UniqueFd> ConnectSeqpacket(const std::string& path);
+// Sets SO_SNDBUF/SO_RCVBUF so a kMaxFrameBytes frame always fits.
+Status SizeSocketBuffers(int fd);
+Result<PeerCredentials> GetPeerCredentials(int fd);
+
+// Sends one frame, with `pass_fd` as SCM_RIGHTS when >= 0. MSG_NOSIGNAL: a dead peer is
+// kUnavailable, never SIGPIPE. EAGAIN on a non-blocking socket is kResourceExhausted.
+Status SendFrame(int fd, std::span<const std::byte> frame, int pass_fd = -1);
+
+struct Received {
+  size_t bytes = 0;      // 0 with eof = true: the peer closed
+  bool eof = false;
+  bool truncated = false;  // the frame was larger than the buffer (MSG_TRUNC)
+  UniqueFd passed_fd;      // an fd the peer sent, if any (extra fds are closed)
+};
+// Receives one frame. `flags` may hold MSG_DONTWAIT; an empty non-blocking socket then gives a
+// Status for which IsWouldBlock() is true.
+Result<Received> RecvFrame(int fd, std::span<std::byte> buffer, int flags = 0);
+// True if `status` came from RecvFrame on an empty non-blocking socket.
+bool IsWouldBlock(const Status& status);
+
+}  // namespace kvtier

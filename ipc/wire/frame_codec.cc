@@ -1,0 +1,149 @@
+#include "ipc/wire/frame_codec.h"
+
+#include <algorithm>
+#include <string>
+
+#include "ipc/base/check.h"
+
+namespace kvtier::wire {
+namespace {
+
+Status Malformed(std::string what) { return Status(StatusCode::kProtocolError, std::move(what)); }
+
+Result<FrameView> DecodeCommon(std::span<const std::byte> frame, bool is_reply) {
+  if (frame.size() < sizeof(FrameHeader)) {
+    return Malformed("truncated frame: " + std::to_string(frame.size()) +
+                     " bytes is shorter than the 32-byte header");
+  }
+  if (frame.size() > kMaxFrameBytes) {
+    return Malformed("frame of " + std::to_string(frame.size()) + " bytes exceeds the limit of " +
+                     std::to_string(kMaxFrameBytes));
+  }
+  FrameView view{};
+  std::memcpy(&view.header, frame.data(), sizeof(FrameHeader));
+  const FrameHeader& h = view.header;
+  if (h.magic != kMagic) return Malformed("bad magic: this is not a kvtier frame");
+  if (h.version != kProtocolVersion) {
+    return Status(StatusCode::kVersionMismatch,
+                  "protocol version " + std::to_string(h.version) + " is not supported; this " +
+                      (is_reply ? "client" : "daemon") + " speaks version " +
+                      std::to_string(kProtocolVersion));
+  }
+  if (h.op == 0 || h.op > kMaxOp) return Malformed("unknown op " + std::to_string(h.op));
+  view.op = static_cast<Op>(h.op);
+  if (h.reserved != 0) return Malformed("reserved header field is not zero");
+  if (h.count > kMaxBatch) {
+    return Malformed("batch of " + std::to_string(h.count) + " items exceeds the limit of " +
+                     std::to_string(kMaxBatch));
+  }
+  if (!is_reply && (h.status != 0 || h.message_bytes != 0)) {
+    return Malformed("request carries a status or message");
+  }
+  if (h.message_bytes > kMaxMessageBytes) return Malformed("reply message too long");
+  const size_t expected = sizeof(FrameHeader) + size_t{h.message_bytes} + size_t{h.body_bytes};
+  if (expected != frame.size()) {
+    return Malformed("length mismatch: header announces " + std::to_string(expected) +
+                     " bytes, frame has " + std::to_string(frame.size()));
+  }
+  const std::byte* p = frame.data() + sizeof(FrameHeader);
+  view.message = std::string_view(reinterpret_cast<const char*>(p), h.message_bytes);
+  view.body = std::span<const std::byte>(p + h.message_bytes, h.body_bytes);
+  return view;
+}
+
+}  // namespace
+
+Result<FrameView> DecodeRequest(std::span<const std::byte> frame) {
+  auto view = DecodeCommon(frame, /*is_reply=*/false);
+  if (!view.ok()) return view;
+  const FrameHeader& h = view->header;
+  const size_t item = RequestItemBytes(view->op);
+  if (item != 0) {
+    if (size_t{h.body_bytes} != size_t{h.count} * item) {
+      return Malformed("body of " + std::to_string(h.body_bytes) + " bytes does not hold " +
+                       std::to_string(h.count) + " items of " + std::to_string(item) + " bytes");
+    }
+  } else if (view->op == Op::kStats) {
+    if (h.count != 0 || h.body_bytes != 0) return Malformed("stats request carries a body");
+  } else {  // kHello
+    HelloRequest hello{};
+    if (h.body_bytes < sizeof(hello)) return Malformed("hello body shorter than HelloRequest");
+    std::memcpy(&hello, view->body.data(), sizeof(hello));
+    if (hello.flags != 0) return Malformed("hello flags must be zero");
+    if (hello.namespace_bytes == 0 || hello.namespace_bytes > kMaxNamespaceBytes) {
+      return Malformed("namespace must be 1.." + std::to_string(kMaxNamespaceBytes) + " bytes");
+    }
+    if (h.body_bytes != sizeof(hello) + hello.namespace_bytes) {
+      return Malformed("hello body length does not match namespace_bytes");
+    }
+  }
+  return view;
+}
+
+Result<FrameView> DecodeReply(std::span<const std::byte> frame) {
+  auto view = DecodeCommon(frame, /*is_reply=*/true);
+  if (!view.ok()) return view;
+  if (!IsKnownStatusCode(view->header.status)) {
+    return Malformed("unknown status code " + std::to_string(view->header.status));
+  }
+  return view;
+}
+
+Status CheckKey(const WireKey& key) {
+  if (key.len > kMaxKeyBytes) {
+    return Status(StatusCode::kInvalidArgument,
+                  "key length " + std::to_string(key.len) + " exceeds 32 bytes");
+  }
+  for (uint8_t b : key.reserved) {
+    if (b != 0) return Status(StatusCode::kInvalidArgument, "key reserved bytes are not zero");
+  }
+  for (size_t i = key.len; i < kMaxKeyBytes; ++i) {
+    if (key.bytes[i] != 0) {
+      return Status(StatusCode::kInvalidArgument, "key bytes past its length are not zero");
+    }
+  }
+  return Status::Ok();
+}
+
+void FrameWriter::Begin(Op op, uint64_t request_id) {
+  header_ = FrameHeader{};
+  header_.magic = kMagic;
+  header_.version = kProtocolVersion;
+  header_.op = static_cast<uint16_t>(op);
+  header_.request_id = request_id;
+  size_ = sizeof(FrameHeader);
+  count_ = 0;
+}
+
+void FrameWriter::SetStatus(const Status& status) {
+  KVT_DCHECK(size_ == sizeof(FrameHeader));
+  header_.status = static_cast<uint16_t>(status.code());
+  const size_t n = std::min<size_t>(status.message().size(), kMaxMessageBytes);
+  std::memcpy(buf_.data() + size_, status.message().data(), n);
+  header_.message_bytes = static_cast<uint16_t>(n);
+  size_ += n;
+}
+
+std::byte* FrameWriter::Grow(size_t bytes) {
+  if (size_ + bytes > buf_.size()) return nullptr;
+  std::byte* at = buf_.data() + size_;
+  size_ += bytes;
+  return at;
+}
+
+bool FrameWriter::Append(const void* data, size_t bytes) {
+  std::byte* at = Grow(bytes);
+  if (at == nullptr) return false;
+  if (bytes != 0) std::memcpy(at, data, bytes);
+  return true;
+}
+
+std::span<const std::byte> FrameWriter::Finish() {
+  header_.count = count_;
+  header_.body_bytes =
+      static_cast<uint32_t>(size_ - sizeof(FrameHeader) - size_t{header_.message_bytes});
+  std::memcpy(buf_.data(), &header_, sizeof(FrameHeader));
+  return buf_.first(size_);
+}
+
+}  // namespace kvtier::wire

@@ -1,0 +1,145 @@
+// The kvtier control protocol, version 1: the spec of every byte on the control socket.
+//
+// Transport: a unix SOCK_SEQPACKET socket, so every frame is one message and boundaries are
+// kept by the kernel. Frames are still length-prefixed so the same bytes can travel over a
+// future shared-memory ring. Integers are in host byte order: both peers are on one host.
+//
+// A frame is a FrameHeader, then (replies only) `message_bytes` of UTF-8 for humans, then
+// `body_bytes` of body: `count` fixed-size items of the op's item type. Every request gets
+// exactly one reply with the same op and request_id. A frame that fails DecodeFrame gets an
+// error reply (kProtocolError or kVersionMismatch) and the daemon closes the session.
+//
+// Session: the first request must be kHello (protocol version and namespace); its reply carries
+// the tenant's pool memfd as SCM_RIGHTS ancillary data. Reservations and leases belong to the
+// session and end with it. Per-item statuses are StatusCode values (kvclient/status.h).
+// docs/protocol.md walks through each op with examples.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvtier::wire {
+
+inline constexpr uint32_t kMagic = 0x4654564b;  // "KVTF" in memory order on little-endian hosts
+inline constexpr uint16_t kProtocolVersion = 1;
+inline constexpr uint32_t kMaxKeyBytes = 32;
+inline constexpr uint32_t kMaxBatch = 4096;        // items per frame, any op
+inline constexpr uint32_t kMaxNamespaceBytes = 128;
+inline constexpr uint32_t kMaxMessageBytes = 512;  // human message in a reply
+// Largest frame either side sends: a full reserve batch plus header (4096 * 48 + 32 bytes).
+// Both ends set SO_SNDBUF/SO_RCVBUF to kSocketBufferBytes so one such frame always fits.
+inline constexpr uint32_t kMaxFrameBytes = 256 * 1024;
+inline constexpr int kSocketBufferBytes = 1024 * 1024;
+
+enum class Op : uint16_t {
+  kHello = 1,        // body: HelloRequest + namespace bytes; reply: HelloReply + pool fd
+  kReserve = 2,      // items: ReserveItem;       reply items: ReserveResult
+  kCommit = 3,       // items: WireKey;           reply items: uint16_t status
+  kAbort = 4,        // items: WireKey;           reply items: uint16_t status
+  kMatchPrefix = 5,  // items: WireKey;           reply: count = matched, items: uint8_t tier
+  kAcquire = 6,      // items: WireKey;           reply items: AcquireResult
+  kRelease = 7,      // items: uint64_t lease id; reply items: uint16_t status
+  kRemove = 8,       // items: WireKey;           reply items: uint16_t status
+  kStats = 9,        // no items;                 reply body: StatsReply
+};
+inline constexpr uint16_t kMaxOp = 9;
+
+// Where a block lives. Values go on the wire.
+enum class Tier : uint8_t { kNone = 0, kGpu = 1, kDram = 2, kSsd = 3 };
+
+struct FrameHeader {
+  uint32_t magic;          // kMagic
+  uint16_t version;        // kProtocolVersion
+  uint16_t op;             // Op
+  uint64_t request_id;     // chosen by the client, echoed in the reply
+  uint32_t count;          // items in the body; <= kMaxBatch
+  uint32_t body_bytes;     // bytes after the header and the message
+  uint16_t status;         // replies: StatusCode of the whole request; requests: 0
+  uint16_t message_bytes;  // replies: length of the message; requests: 0
+  uint32_t reserved;       // 0
+};
+static_assert(sizeof(FrameHeader) == 32);
+
+// A block key: up to 32 opaque bytes. Bytes past `len` must be zero, so a key has exactly one
+// encoding and "ab" and "ab\0" are different keys.
+struct WireKey {
+  uint8_t len;
+  uint8_t reserved[7];  // 0
+  uint8_t bytes[kMaxKeyBytes];
+};
+static_assert(sizeof(WireKey) == 40);
+
+struct HelloRequest {
+  uint32_t flags;            // 0
+  uint32_t namespace_bytes;  // 1..kMaxNamespaceBytes bytes of namespace follow
+};
+static_assert(sizeof(HelloRequest) == 8);
+
+struct HelloReply {
+  uint64_t session_id;
+  uint64_t pool_bytes;       // size of the memfd passed with this reply
+  uint64_t max_block_bytes;  // largest block the pool accepts
+  uint32_t max_batch;        // items per frame
+  uint32_t namespace_id;     // the daemon's id for the namespace, for logs
+  char tenant[32];           // NUL-padded tenant name
+};
+static_assert(sizeof(HelloReply) == 64);
+
+struct ReserveItem {
+  WireKey key;
+  uint64_t size;  // bytes, 1..max_block_bytes
+};
+static_assert(sizeof(ReserveItem) == 48);
+
+struct ReserveResult {
+  uint64_t offset;  // into the pool mapping; valid when status == kOk
+  uint16_t status;  // kOk, kAlreadyExists (committed or reserved by anyone), kResourceExhausted,
+                    // kInvalidArgument (bad key or size)
+  uint16_t reserved[3];
+};
+static_assert(sizeof(ReserveResult) == 16);
+
+struct AcquireResult {
+  uint64_t lease_id;  // pass to kRelease; valid when status == kOk
+  uint64_t offset;    // block bytes are at [offset, offset + size) of the pool mapping
+  uint64_t size;
+  uint16_t status;    // kOk or kNotFound
+  uint8_t tier;       // Tier the block was found in
+  uint8_t reserved[5];
+};
+static_assert(sizeof(AcquireResult) == 32);
+
+// The calling session's tenant, as of the reply.
+struct StatsReply {
+  uint64_t pool_bytes;          // the tenant's DRAM reservation
+  uint64_t used_bytes;          // bytes in slots that hold reserved or committed blocks
+  uint64_t slab_bytes_in_use;   // slabs carved for some size class or large block
+  uint64_t committed_blocks;
+  uint64_t reserved_blocks;
+  uint64_t leased_blocks;       // blocks with at least one lease
+  uint64_t index_capacity;      // blocks the index can hold
+  uint64_t index_bytes;         // memory the index and slab tables use
+  uint64_t hits;                // acquire and match_prefix keys found
+  uint64_t misses;
+  uint64_t evictions;           // committed blocks dropped to make room
+  uint64_t sessions;            // live sessions of this tenant
+};
+static_assert(sizeof(StatsReply) == 96);
+
+// Item size of a request body for `op`, or 0 where the body is not a list of items.
+constexpr size_t RequestItemBytes(Op op) {
+  switch (op) {
+    case Op::kReserve: return sizeof(ReserveItem);
+    case Op::kCommit:
+    case Op::kAbort:
+    case Op::kMatchPrefix:
+    case Op::kAcquire:
+    case Op::kRemove: return sizeof(WireKey);
+    case Op::kRelease: return sizeof(uint64_t);
+    case Op::kHello:
+    case Op::kStats: return 0;
+  }
+  return 0;
+}
+
+}  // namespace kvtier::wire

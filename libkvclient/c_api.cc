@@ -1,0 +1,156 @@
+#include "kvclient/c_api.h"
+
+#include <cstring>
+#include <memory>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kvclient/client.h"
+#include "kvclient/copy.h"
+
+struct kvtier_client {
+  std::unique_ptr<kvtier::Client> client;
+};
+
+namespace {
+
+using kvtier::Key;
+using kvtier::Status;
+using kvtier::StatusCode;
+
+// Like errno: each thread sees the message of its own last failed call.
+thread_local std::string t_last_error;
+
+static_assert(sizeof(kvtier_key) == 33);
+
+kvtier_status Record(kvtier_client* /*c*/, const Status& s) {
+  if (!s.ok()) t_last_error = s.message();
+  return static_cast<kvtier_status>(s.code());
+}
+
+std::vector<Key> Keys(const kvtier_key* keys, size_t n) {
+  std::vector<Key> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    out[i].len = keys[i].len;
+    std::memcpy(out[i].bytes.data(), keys[i].bytes, std::min<size_t>(keys[i].len, 32));
+  }
+  return out;
+}
+
+void CopyCodes(const std::vector<StatusCode>& in, uint16_t* out) {
+  if (out == nullptr) return;
+  for (size_t i = 0; i < in.size(); ++i) out[i] = static_cast<uint16_t>(in[i]);
+}
+
+}  // namespace
+
+extern "C" {
+
+kvtier_status kvtier_connect(const char* socket_path, const char* name_space, kvtier_client** out,
+                             char* error, size_t error_bytes) {
+  *out = nullptr;
+  kvtier::ClientOptions options;
+  if (socket_path != nullptr) options.socket_path = socket_path;
+  options.name_space = name_space != nullptr ? name_space : "";
+  auto client = kvtier::Client::Connect(options);
+  if (!client.ok()) {
+    if (error != nullptr && error_bytes > 0) {
+      std::snprintf(error, error_bytes, "%s", client.status().message().c_str());
+    }
+    return static_cast<kvtier_status>(client.status().code());
+  }
+  *out = new kvtier_client{std::move(*client)};
+  return KVTIER_OK;
+}
+
+void kvtier_close(kvtier_client* client) { delete client; }
+
+const char* kvtier_last_error(const kvtier_client* /*client*/) { return t_last_error.c_str(); }
+
+const char* kvtier_status_name(kvtier_status status) {
+  return kvtier::StatusCodeName(static_cast<StatusCode>(status)).data();
+}
+
+void* kvtier_pool_base(const kvtier_client* client) { return client->client->pool().data(); }
+uint64_t kvtier_pool_size(const kvtier_client* client) { return client->client->pool().size(); }
+
+kvtier_status kvtier_reserve(kvtier_client* c, const kvtier_key* keys, const uint64_t* sizes,
+                             size_t n, uint64_t* offsets, uint16_t* codes) {
+  std::vector<StatusCode> out(n);
+  const Status s = c->client->ReserveRaw(Keys(keys, n), {sizes, n}, {offsets, n}, out);
+  CopyCodes(out, codes);
+  return Record(c, s);
+}
+
+kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
+                            uint16_t* codes) {
+  std::vector<StatusCode> out(n);
+  const Status s = c->client->CommitRaw(Keys(keys, n), out);
+  CopyCodes(out, codes);
+  return Record(c, s);
+}
+
+kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
+  std::vector<StatusCode> out(n);
+  const Status s = c->client->AbortRaw(Keys(keys, n), out);
+  CopyCodes(out, codes);
+  return Record(c, s);
+}
+
+kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size_t n,
+                                  size_t* matched, uint8_t* tiers) {
+  std::vector<kvtier::Tier> t(tiers != nullptr ? n : 0);
+  auto r = c->client->MatchPrefix(Keys(keys, n), t);
+  if (!r.ok()) return Record(c, r.status());
+  *matched = *r;
+  for (size_t i = 0; i < *r && tiers != nullptr; ++i) tiers[i] = static_cast<uint8_t>(t[i]);
+  return KVTIER_OK;
+}
+
+kvtier_status kvtier_acquire(kvtier_client* c, const kvtier_key* keys, size_t n,
+                             kvtier_lease* out) {
+  std::vector<kvtier::LeaseInfo> infos(n);
+  const Status s = c->client->AcquireRaw(Keys(keys, n), infos);
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = kvtier_lease{infos[i].lease_id, infos[i].offset, infos[i].size,
+                          static_cast<uint16_t>(infos[i].code),
+                          static_cast<uint8_t>(infos[i].tier)};
+  }
+  return Record(c, s);
+}
+
+kvtier_status kvtier_release(kvtier_client* c, const uint64_t* lease_ids, size_t n,
+                             uint16_t* codes) {
+  std::vector<StatusCode> out(n);
+  const Status s = c->client->ReleaseRaw({lease_ids, n}, out);
+  CopyCodes(out, codes);
+  return Record(c, s);
+}
+
+kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
+                            uint16_t* codes) {
+  std::vector<StatusCode> out(n);
+  const Status s = c->client->Remove(Keys(keys, n), out);
+  CopyCodes(out, codes);
+  return Record(c, s);
+}
+
+kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
+  auto r = c->client->Stats();
+  if (!r.ok()) return Record(c, r.status());
+  *out = kvtier_stats{r->pool_bytes,       r->used_bytes,    r->slab_bytes_in_use,
+                      r->committed_blocks, r->reserved_blocks, r->leased_blocks,
+                      r->index_capacity,   r->index_bytes,   r->hits,
+                      r->misses,           r->evictions,     r->sessions};
+  return KVTIER_OK;
+}
+
+void kvtier_copy_to_pool(void* dst, const void* src, size_t bytes) {
+  kvtier::CopyToPool(dst, src, bytes);
+}
+void kvtier_copy_from_pool(void* dst, const void* src, size_t bytes) {
+  kvtier::CopyFromPool(dst, src, bytes);
+}
+
+}  // extern "C"

@@ -1,0 +1,485 @@
+#include "kvclient/client.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+
+#include "ipc/base/check.h"
+#include "ipc/base/errno_status.h"
+#include "ipc/shm/shm_region.h"
+#include "ipc/socket/seqpacket.h"
+#include "ipc/wire/frame_codec.h"
+#include "ipc/wire/protocol.h"
+
+namespace kvtier {
+namespace {
+
+static_assert(kMaxKeyBytes == wire::kMaxKeyBytes && kMaxBatch == wire::kMaxBatch);
+static_assert(static_cast<int>(Tier::kSsd) == static_cast<int>(wire::Tier::kSsd));
+
+uint64_t NowUs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+Status CheckKeys(std::span<const Key> keys) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (keys[i].len == 0 || keys[i].len > kMaxKeyBytes) {
+      return Status(StatusCode::kInvalidArgument,
+                    "key " + std::to_string(i) + " is " + std::to_string(keys[i].len) +
+                        " bytes; keys are 1..32 bytes");
+    }
+  }
+  return Status::Ok();
+}
+
+wire::WireKey ToWire(const Key& key) {
+  wire::WireKey w{};
+  w.len = key.len;
+  std::memcpy(w.bytes, key.bytes.data(), key.len);  // bytes past len stay zero
+  return w;
+}
+
+Status SpanSizeError(const char* what) {
+  return Status(StatusCode::kInvalidArgument, std::string(what) + " must be as long as keys");
+}
+
+}  // namespace
+
+Key Key::From(std::span<const std::byte> data) {
+  Key key;
+  key.len = static_cast<uint8_t>(std::min<size_t>(data.size(), 255));
+  std::memcpy(key.bytes.data(), data.data(), std::min(data.size(), kMaxKeyBytes));
+  return key;
+}
+
+struct Client::Impl {
+  ClientOptions options;
+  UniqueFd fd;
+  ShmRegion pool;
+  std::string tenant;
+  uint64_t max_block_bytes = 0;
+  uint64_t session_id = 0;
+  std::mutex mu;  // one round trip at a time; guards everything below
+  uint64_t next_request_id = 1;
+  Status broken;  // set once the daemon closed the session
+  std::vector<std::byte> send_buf = std::vector<std::byte>(wire::kMaxFrameBytes);
+  std::vector<std::byte> recv_buf = std::vector<std::byte>(wire::kMaxFrameBytes);
+  UniqueFd received_fd;
+
+  wire::FrameWriter Begin(wire::Op op) {
+    wire::FrameWriter w(send_buf);
+    w.Begin(op, next_request_id);
+    return w;
+  }
+  Status Receive(size_t* bytes);
+  // Sends the frame in `w`, waits for its reply and checks it: a non-OK reply status is
+  // returned as is; on OK the reply has `items` items of `item_bytes` (when item_bytes != 0).
+  Result<wire::FrameView> RoundTrip(wire::FrameWriter& w, wire::Op op, size_t items,
+                                    size_t item_bytes, bool exact_count = true);
+};
+
+Status Client::Impl::Receive(size_t* bytes) {
+  const uint64_t spin_until = NowUs() + options.spin_us;
+  for (;;) {
+    const bool spinning = NowUs() < spin_until;
+    if (!spinning) {
+      pollfd p{fd.get(), POLLIN, 0};
+      const int rc = poll(&p, 1, options.timeout_ms);
+      if (rc == 0) {
+        return Status(StatusCode::kTimedOut, "no reply from kvtierd within " +
+                                                 std::to_string(options.timeout_ms) + " ms");
+      }
+      if (rc < 0 && errno != EINTR) return ErrnoStatus("poll(kvtierd socket)", errno);
+    }
+    auto got = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+    if (!got.ok()) {
+      if (IsWouldBlock(got.status())) continue;
+      return got.status();
+    }
+    if (got->eof) {
+      return Status(StatusCode::kUnavailable, "kvtierd closed the connection");
+    }
+    if (got->truncated) {
+      return Status(StatusCode::kProtocolError, "kvtierd sent a frame larger than the limit");
+    }
+    received_fd = std::move(got->passed_fd);
+    *bytes = got->bytes;
+    return Status::Ok();
+  }
+}
+
+Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op op, size_t items,
+                                                size_t item_bytes, bool exact_count) {
+  if (!broken.ok()) return broken;
+  const uint64_t id = next_request_id++;
+  if (Status s = SendFrame(fd.get(), w.Finish()); !s.ok()) {
+    broken = Status(StatusCode::kUnavailable, "lost the connection to kvtierd: " + s.message());
+    return broken;
+  }
+  size_t bytes = 0;
+  if (Status s = Receive(&bytes); !s.ok()) {
+    broken = s;  // after a timeout the reply stream is out of step: do not reuse it
+    return s;
+  }
+  auto reply = wire::DecodeReply(std::span(recv_buf).first(bytes));
+  if (!reply.ok()) {
+    broken = reply.status();
+    return broken;
+  }
+  const wire::FrameHeader& h = reply->header;
+  const auto code = static_cast<StatusCode>(h.status);
+  if (code != StatusCode::kOk) {
+    Status s(code, std::string(reply->message));
+    // The daemon closes the session after these.
+    if (code == StatusCode::kProtocolError || code == StatusCode::kVersionMismatch ||
+        (op == wire::Op::kHello)) {
+      broken = Status(StatusCode::kUnavailable, "session closed by kvtierd: " + s.ToString());
+    }
+    return s;
+  }
+  if (h.request_id != id || h.op != static_cast<uint16_t>(op)) {
+    broken = Status(StatusCode::kProtocolError, "kvtierd replied to a different request");
+    return broken;
+  }
+  const bool count_ok = exact_count ? h.count == items : h.count <= items;
+  if (item_bytes != 0 && (!count_ok || h.body_bytes != size_t{h.count} * item_bytes)) {
+    broken = Status(StatusCode::kProtocolError, "kvtierd reply has the wrong number of items");
+    return broken;
+  }
+  return reply;
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (options.name_space.empty() || options.name_space.size() > wire::kMaxNamespaceBytes) {
+    return Status(StatusCode::kInvalidArgument, "name_space must be 1..128 bytes");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  KVT_ASSIGN_OR_RETURN(impl->fd, ConnectSeqpacket(options.socket_path));
+  wire::FrameWriter w = impl->Begin(wire::Op::kHello);
+  wire::HelloRequest hello{};
+  hello.namespace_bytes = static_cast<uint32_t>(options.name_space.size());
+  w.Append(&hello, sizeof(hello));
+  w.Append(options.name_space.data(), options.name_space.size());
+  auto reply = impl->RoundTrip(w, wire::Op::kHello, 0, 0);
+  if (!reply.ok()) return reply.status();
+  wire::HelloReply out{};
+  if (reply->body.size() != sizeof(out) || !impl->received_fd.valid()) {
+    return Status(StatusCode::kProtocolError, "kvtierd's hello reply lacks the pool");
+  }
+  std::memcpy(&out, reply->body.data(), sizeof(out));
+  KVT_ASSIGN_OR_RETURN(impl->pool, ShmRegion::Map(std::move(impl->received_fd), out.pool_bytes));
+  impl->tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
+  impl->max_block_bytes = out.max_block_bytes;
+  impl->session_id = out.session_id;
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+std::span<std::byte> Client::pool() const { return impl_->pool.bytes(); }
+const std::string& Client::tenant() const { return impl_->tenant; }
+uint64_t Client::max_block_bytes() const { return impl_->max_block_bytes; }
+uint64_t Client::session_id() const { return impl_->session_id; }
+
+Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
+                          std::span<uint64_t> offsets, std::span<StatusCode> codes) {
+  if (sizes.size() != keys.size()) return SpanSizeError("sizes");
+  if (offsets.size() < keys.size()) return SpanSizeError("offsets");
+  if (codes.size() < keys.size()) return SpanSizeError("codes");
+  KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  std::lock_guard lock(impl_->mu);
+  const uint64_t pool_bytes = impl_->pool.size();
+  for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, keys.size() - base);
+    wire::FrameWriter w = impl_->Begin(wire::Op::kReserve);
+    auto* items = w.AppendItems<wire::ReserveItem>(n);
+    for (size_t i = 0; i < n; ++i) {
+      wire::ReserveItem item{ToWire(keys[base + i]), sizes[base + i]};
+      std::memcpy(&items[i], &item, sizeof(item));
+    }
+    KVT_ASSIGN_OR_RETURN(auto reply,
+                         impl_->RoundTrip(w, wire::Op::kReserve, n, sizeof(wire::ReserveResult)));
+    for (size_t i = 0; i < n; ++i) {
+      const auto r = reply.ItemAt<wire::ReserveResult>(i);
+      codes[base + i] = IsKnownStatusCode(r.status) ? static_cast<StatusCode>(r.status)
+                                                    : StatusCode::kInternal;
+      offsets[base + i] = r.offset;
+      if (codes[base + i] == StatusCode::kOk &&
+          (r.offset > pool_bytes || sizes[base + i] > pool_bytes - r.offset)) {
+        impl_->broken = Status(StatusCode::kProtocolError, "kvtierd sent an offset out of the pool");
+        return impl_->broken;
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+// Commit, abort and remove share one shape: keys in, a uint16 status per key out.
+Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys, std::span<StatusCode> codes,
+                        std::string_view verb) {
+  const auto op = static_cast<wire::Op>(raw_op);
+  Impl& impl = *impl_;
+  if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
+  KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  std::lock_guard lock(impl.mu);
+  size_t failures = 0;
+  StatusCode first_failure = StatusCode::kOk;
+  for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, keys.size() - base);
+    wire::FrameWriter w = impl.Begin(op);
+    auto* items = w.AppendItems<wire::WireKey>(n);
+    for (size_t i = 0; i < n; ++i) {
+      const wire::WireKey k = ToWire(keys[base + i]);
+      std::memcpy(&items[i], &k, sizeof(k));
+    }
+    KVT_ASSIGN_OR_RETURN(auto reply, impl.RoundTrip(w, op, n, sizeof(uint16_t)));
+    for (size_t i = 0; i < n; ++i) {
+      const auto raw = reply.ItemAt<uint16_t>(i);
+      const StatusCode code =
+          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
+      if (!codes.empty()) codes[base + i] = code;
+      if (code != StatusCode::kOk && failures++ == 0) first_failure = code;
+    }
+  }
+  if (failures == 0) return Status::Ok();
+  return Status(first_failure, std::to_string(failures) + " of " + std::to_string(keys.size()) +
+                                   " keys could not be " + std::string(verb) + " (first: " +
+                                   std::string(StatusCodeName(first_failure)) + ")");
+}
+
+Status Client::CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kCommit), keys, codes, "committed");
+}
+Status Client::AbortRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kAbort), keys, codes, "aborted");
+}
+Status Client::Remove(std::span<const Key> keys, std::span<StatusCode> codes) {
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kRemove), keys, codes, "removed");
+}
+
+Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
+  if (out.size() < keys.size()) return SpanSizeError("out");
+  KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  std::lock_guard lock(impl_->mu);
+  const uint64_t pool_bytes = impl_->pool.size();
+  for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, keys.size() - base);
+    wire::FrameWriter w = impl_->Begin(wire::Op::kAcquire);
+    auto* items = w.AppendItems<wire::WireKey>(n);
+    for (size_t i = 0; i < n; ++i) {
+      const wire::WireKey k = ToWire(keys[base + i]);
+      std::memcpy(&items[i], &k, sizeof(k));
+    }
+    KVT_ASSIGN_OR_RETURN(auto reply,
+                         impl_->RoundTrip(w, wire::Op::kAcquire, n, sizeof(wire::AcquireResult)));
+    for (size_t i = 0; i < n; ++i) {
+      const auto r = reply.ItemAt<wire::AcquireResult>(i);
+      LeaseInfo& info = out[base + i];
+      info = LeaseInfo{};
+      info.code = IsKnownStatusCode(r.status) ? static_cast<StatusCode>(r.status)
+                                              : StatusCode::kInternal;
+      if (info.code != StatusCode::kOk) continue;
+      if (r.offset > pool_bytes || r.size > pool_bytes - r.offset || r.tier > 3) {
+        impl_->broken = Status(StatusCode::kProtocolError, "kvtierd sent a lease out of the pool");
+        return impl_->broken;
+      }
+      info.lease_id = r.lease_id;
+      info.offset = r.offset;
+      info.size = r.size;
+      info.tier = static_cast<Tier>(r.tier);
+    }
+  }
+  return Status::Ok();
+}
+
+Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusCode> codes) {
+  if (!codes.empty() && codes.size() < lease_ids.size()) return SpanSizeError("codes");
+  std::lock_guard lock(impl_->mu);
+  size_t failures = 0;
+  for (size_t base = 0; base < lease_ids.size(); base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, lease_ids.size() - base);
+    wire::FrameWriter w = impl_->Begin(wire::Op::kRelease);
+    w.Append(lease_ids.data() + base, n * sizeof(uint64_t));
+    w.SetCount(static_cast<uint32_t>(n));
+    KVT_ASSIGN_OR_RETURN(auto reply,
+                         impl_->RoundTrip(w, wire::Op::kRelease, n, sizeof(uint16_t)));
+    for (size_t i = 0; i < n; ++i) {
+      const auto raw = reply.ItemAt<uint16_t>(i);
+      const StatusCode code =
+          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
+      if (!codes.empty()) codes[base + i] = code;
+      if (code != StatusCode::kOk) ++failures;
+    }
+  }
+  if (failures == 0) return Status::Ok();
+  return Status(StatusCode::kNotFound,
+                std::to_string(failures) + " lease ids are not live leases of this session");
+}
+
+Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers) {
+  if (!tiers.empty() && tiers.size() < keys.size()) return SpanSizeError("tiers");
+  KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  std::lock_guard lock(impl_->mu);
+  size_t matched = 0;
+  for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, keys.size() - base);
+    wire::FrameWriter w = impl_->Begin(wire::Op::kMatchPrefix);
+    auto* items = w.AppendItems<wire::WireKey>(n);
+    for (size_t i = 0; i < n; ++i) {
+      const wire::WireKey k = ToWire(keys[base + i]);
+      std::memcpy(&items[i], &k, sizeof(k));
+    }
+    KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kMatchPrefix, n,
+                                                      sizeof(uint8_t), /*exact_count=*/false));
+    const uint32_t got = reply.header.count;
+    for (uint32_t i = 0; i < got && !tiers.empty(); ++i) {
+      tiers[base + i] = static_cast<Tier>(std::min<uint8_t>(reply.ItemAt<uint8_t>(i), 3));
+    }
+    matched += got;
+    if (got < n) break;
+  }
+  return matched;
+}
+
+Result<PoolStats> Client::Stats() {
+  std::lock_guard lock(impl_->mu);
+  wire::FrameWriter w = impl_->Begin(wire::Op::kStats);
+  KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kStats, 0, 0));
+  wire::StatsReply s{};
+  if (reply.body.size() != sizeof(s)) {
+    return Status(StatusCode::kProtocolError, "kvtierd's stats reply has the wrong size");
+  }
+  std::memcpy(&s, reply.body.data(), sizeof(s));
+  return PoolStats{s.pool_bytes,     s.used_bytes,     s.slab_bytes_in_use, s.committed_blocks,
+                   s.reserved_blocks, s.leased_blocks, s.index_capacity,     s.index_bytes,
+                   s.hits,           s.misses,         s.evictions,         s.sessions};
+}
+
+// --- RAII batches ---
+
+Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const uint64_t> sizes) {
+  Reservations r(this);
+  r.keys_.assign(keys.begin(), keys.end());
+  r.sizes_.assign(sizes.begin(), sizes.end());
+  r.offsets_.resize(keys.size());
+  r.codes_.resize(keys.size(), StatusCode::kInternal);
+  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_); !s.ok()) {
+    r.done_ = true;
+    return s;
+  }
+  return r;
+}
+
+Result<Leases> Client::Acquire(std::span<const Key> keys) {
+  Leases l(this);
+  l.infos_.resize(keys.size());
+  if (Status s = AcquireRaw(keys, l.infos_); !s.ok()) {
+    l.done_ = true;
+    return s;
+  }
+  return l;
+}
+
+Reservations::Reservations(Reservations&& other) noexcept
+    : client_(other.client_),
+      keys_(std::move(other.keys_)),
+      sizes_(std::move(other.sizes_)),
+      offsets_(std::move(other.offsets_)),
+      codes_(std::move(other.codes_)),
+      done_(std::exchange(other.done_, true)) {}
+
+Reservations& Reservations::operator=(Reservations&& other) noexcept {
+  if (this != &other) {
+    if (!done_) (void)Abort();
+    client_ = other.client_;
+    keys_ = std::move(other.keys_);
+    sizes_ = std::move(other.sizes_);
+    offsets_ = std::move(other.offsets_);
+    codes_ = std::move(other.codes_);
+    done_ = std::exchange(other.done_, true);
+  }
+  return *this;
+}
+
+Reservations::~Reservations() {
+  if (!done_) (void)Abort();
+}
+
+std::span<std::byte> Reservations::data(size_t i) const {
+  if (codes_[i] != StatusCode::kOk || done_) return {};
+  return client_->pool().subspan(offsets_[i], sizes_[i]);
+}
+
+std::vector<Key> Reservations::ReservedKeys() const {
+  std::vector<Key> keys;
+  for (size_t i = 0; i < keys_.size(); ++i) {
+    if (codes_[i] == StatusCode::kOk) keys.push_back(keys_[i]);
+  }
+  return keys;
+}
+
+Status Reservations::Commit() {
+  if (done_) return Status(StatusCode::kFailedPrecondition, "reservations already ended");
+  done_ = true;
+  const std::vector<Key> keys = ReservedKeys();
+  return client_->CommitRaw(keys);
+}
+
+Status Reservations::Abort() {
+  if (done_) return Status(StatusCode::kFailedPrecondition, "reservations already ended");
+  done_ = true;
+  const std::vector<Key> keys = ReservedKeys();
+  return client_->AbortRaw(keys);
+}
+
+Leases::Leases(Leases&& other) noexcept
+    : client_(other.client_),
+      infos_(std::move(other.infos_)),
+      done_(std::exchange(other.done_, true)) {}
+
+Leases& Leases::operator=(Leases&& other) noexcept {
+  if (this != &other) {
+    if (!done_) (void)Release();
+    client_ = other.client_;
+    infos_ = std::move(other.infos_);
+    done_ = std::exchange(other.done_, true);
+  }
+  return *this;
+}
+
+Leases::~Leases() {
+  if (!done_) (void)Release();
+}
+
+std::span<const std::byte> Leases::data(size_t i) const {
+  const LeaseInfo& info = infos_[i];
+  if (info.code != StatusCode::kOk || done_) return {};
+  return client_->pool().subspan(info.offset, info.size);
+}
+
+size_t Leases::prefix() const {
+  size_t n = 0;
+  while (n < infos_.size() && infos_[n].code == StatusCode::kOk) ++n;
+  return n;
+}
+
+Status Leases::Release() {
+  if (done_) return Status(StatusCode::kFailedPrecondition, "leases already released");
+  done_ = true;
+  std::vector<uint64_t> ids;
+  for (const LeaseInfo& info : infos_) {
+    if (info.code == StatusCode::kOk) ids.push_back(info.lease_id);
+  }
+  return client_->ReleaseRaw(ids);
+}
+
+}  // namespace kvtier

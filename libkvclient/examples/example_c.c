@@ -1,0 +1,38 @@
+/* The C ABI: store one block and read it back. kvclient_example_c [SOCKET] */
+#include <stdio.h>
+#include <string.h>
+
+#include "kvclient/c_api.h"
+
+int main(int argc, char** argv) {
+  const char* socket_path = argc > 1 ? argv[1] : ".run/kvtierd.sock";
+  char error[256];
+  kvtier_client* c = NULL;
+  kvtier_status s = kvtier_connect(socket_path, "example-c/blk1", &c, error, sizeof(error));
+  if (s != KVTIER_OK) {
+    fprintf(stderr, "connect: %s: %s\n", kvtier_status_name(s), error);
+    return 1;
+  }
+  kvtier_key key = {0};
+  key.len = 5;
+  memcpy(key.bytes, "hello", 5);
+  uint64_t size = 4096, offset = 0;
+  uint16_t code = 0;
+  s = kvtier_reserve(c, &key, &size, 1, &offset, &code);
+  if (s == KVTIER_OK && code == KVTIER_OK) {
+    memset((char*)kvtier_pool_base(c) + offset, 'x', size);
+    s = kvtier_commit(c, &key, 1, NULL);
+  }
+  kvtier_lease lease;
+  if (s == KVTIER_OK) s = kvtier_acquire(c, &key, 1, &lease);
+  if (s != KVTIER_OK || lease.code != KVTIER_OK) {
+    fprintf(stderr, "failed: %s\n", kvtier_last_error(c));
+    kvtier_close(c);
+    return 1;
+  }
+  printf("read back %llu bytes, first '%c'\n", (unsigned long long)lease.size,
+         ((const char*)kvtier_pool_base(c))[lease.offset]);
+  kvtier_release(c, &lease.lease_id, 1, NULL);
+  kvtier_close(c);
+  return 0;
+}

@@ -1,0 +1,106 @@
+/* libkvclient C ABI: for engines written in C, Python (ctypes/cffi), Rust and others.
+ *
+ * Same semantics as kvclient/client.h, one round trip per call for up to 4096 keys (longer
+ * arrays are split). Every function returns a kvtier_status (0 = KVTIER_OK); the message of
+ * the calling thread's last failure is kvtier_last_error(client) (valid until that thread's
+ * next call). Per-key outcomes go into `codes`
+ * arrays of the same length as `keys` (optional where the pointer may be NULL).
+ *
+ * Thread-safety: calls on one kvtier_client may come from several threads (they are
+ * serialized on its one connection).
+ * Lifetime: every lease taken by kvtier_acquire must be given back with kvtier_release, and
+ * every reservation committed or aborted; kvtier_close (or the process exiting) releases all.
+ */
+#ifndef KVCLIENT_C_API_H_
+#define KVCLIENT_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvclient/export.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Values are the wire's status codes (kvclient/status.h) and never change. */
+typedef enum kvtier_status {
+  KVTIER_OK = 0,
+  KVTIER_INVALID_ARGUMENT = 1,
+  KVTIER_NOT_FOUND = 2,
+  KVTIER_ALREADY_EXISTS = 3,
+  KVTIER_RESOURCE_EXHAUSTED = 4,
+  KVTIER_PERMISSION_DENIED = 5,
+  KVTIER_UNAVAILABLE = 6,
+  KVTIER_VERSION_MISMATCH = 7,
+  KVTIER_PROTOCOL_ERROR = 8,
+  KVTIER_FAILED_PRECONDITION = 9,
+  KVTIER_DATA_LOSS = 10,
+  KVTIER_INTERNAL = 11,
+  KVTIER_IO_ERROR = 12,
+  KVTIER_TIMED_OUT = 13
+} kvtier_status;
+
+typedef enum kvtier_tier { KVTIER_TIER_NONE = 0, KVTIER_TIER_GPU = 1, KVTIER_TIER_DRAM = 2,
+                           KVTIER_TIER_SSD = 3 } kvtier_tier;
+
+typedef struct kvtier_client kvtier_client;
+
+typedef struct kvtier_key {
+  uint8_t len;          /* 1..32 */
+  uint8_t bytes[32];    /* bytes past len are ignored */
+} kvtier_key;
+
+typedef struct kvtier_lease {
+  uint64_t lease_id;    /* pass to kvtier_release */
+  uint64_t offset;      /* the block is at kvtier_pool_base(c) + offset */
+  uint64_t size;
+  uint16_t code;        /* kvtier_status of this key: OK or NOT_FOUND */
+  uint8_t tier;         /* kvtier_tier */
+} kvtier_lease;
+
+typedef struct kvtier_stats {
+  uint64_t pool_bytes, used_bytes, slab_bytes_in_use, committed_blocks, reserved_blocks,
+      leased_blocks, index_capacity, index_bytes, hits, misses, evictions, sessions;
+} kvtier_stats;
+
+/* Connects to the daemon at socket_path (NULL: /run/kvtier/kvtierd.sock) for namespace
+ * name_space. On failure *out is NULL and, if error is not NULL, a message is written there. */
+KVCLIENT_EXPORT kvtier_status kvtier_connect(const char* socket_path, const char* name_space,
+                                             kvtier_client** out, char* error,
+                                             size_t error_bytes);
+KVCLIENT_EXPORT void kvtier_close(kvtier_client* client);
+KVCLIENT_EXPORT const char* kvtier_last_error(const kvtier_client* client);
+KVCLIENT_EXPORT const char* kvtier_status_name(kvtier_status status);
+
+KVCLIENT_EXPORT void* kvtier_pool_base(const kvtier_client* client);
+KVCLIENT_EXPORT uint64_t kvtier_pool_size(const kvtier_client* client);
+
+/* offsets[i] is valid where codes[i] == KVTIER_OK: write the block at pool base + offset. */
+KVCLIENT_EXPORT kvtier_status kvtier_reserve(kvtier_client* client, const kvtier_key* keys,
+                                             const uint64_t* sizes, size_t n, uint64_t* offsets,
+                                             uint16_t* codes);
+KVCLIENT_EXPORT kvtier_status kvtier_commit(kvtier_client* client, const kvtier_key* keys,
+                                            size_t n, uint16_t* codes);
+KVCLIENT_EXPORT kvtier_status kvtier_abort(kvtier_client* client, const kvtier_key* keys,
+                                           size_t n, uint16_t* codes);
+/* *matched: how many leading keys are present; tiers (may be NULL) gets each one's tier. */
+KVCLIENT_EXPORT kvtier_status kvtier_match_prefix(kvtier_client* client, const kvtier_key* keys,
+                                                  size_t n, size_t* matched, uint8_t* tiers);
+KVCLIENT_EXPORT kvtier_status kvtier_acquire(kvtier_client* client, const kvtier_key* keys,
+                                             size_t n, kvtier_lease* out);
+KVCLIENT_EXPORT kvtier_status kvtier_release(kvtier_client* client, const uint64_t* lease_ids,
+                                             size_t n, uint16_t* codes);
+KVCLIENT_EXPORT kvtier_status kvtier_remove(kvtier_client* client, const kvtier_key* keys,
+                                            size_t n, uint16_t* codes);
+KVCLIENT_EXPORT kvtier_status kvtier_stats_get(kvtier_client* client, kvtier_stats* out);
+
+/* Streaming-store copy helpers (kvclient/copy.h): use for blocks of 16 KiB and more. */
+KVCLIENT_EXPORT void kvtier_copy_to_pool(void* dst, const void* src, size_t bytes);
+KVCLIENT_EXPORT void kvtier_copy_from_pool(void* dst, const void* src, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVCLIENT_C_API_H_ */
