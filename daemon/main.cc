@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "daemon/config/config.h"
@@ -55,6 +56,8 @@ int Serve(const std::string& config_path) {
     std::fprintf(stderr, "kvtierd: %s\n", config.status().message().c_str());
     return 2;
   }
+  // Logs go to stderr (the terminal, or the journal under systemd); stdout stays free.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("kvtierd"));
   spdlog::set_level(spdlog::level::from_str(config->log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ kvtierd: %v");
   // Signals go to the server's signalfd; block them before any thread exists.

@@ -39,13 +39,14 @@ struct Config {
   uint32_t max_leases_per_session = 65536;
   uint32_t poll_spin_us = 50;          // busy-poll this long after activity before sleeping
   // [pool]
-  uint64_t slab_bytes = 4 * 1024 * 1024;         // power of two, 2 MiB .. 1 GiB
-  uint64_t max_block_bytes = 64 * 1024 * 1024;   // <= the smallest tenant pool
+  uint64_t slab_bytes = uint64_t{4} << 20;        // power of two, 2 MiB .. 1 GiB
+  uint64_t max_block_bytes = uint64_t{64} << 20;  // <= the smallest tenant pool
   HugePages huge_pages = HugePages::kTry;        // "off" | "try" | "require"
   LockMemory lock_memory = LockMemory::kTry;     // "off" | "try" | "require"
-  // [tenants]
-  std::string default_tenant;          // tenant for peers no [[tenant]] matches; "" refuses them
-  std::vector<TenantConfig> tenants;   // [[tenant]] entries, at least one
+  std::string default_tenant;          // [daemon]: tenant for peers no [[tenant]] matches; ""
+                                       // refuses them
+  // [[tenant]] entries, at least one.
+  std::vector<TenantConfig> tenants;
 };
 
 // Reads and validates `path`. Sizes may be integers (bytes) or strings with a unit:

@@ -193,8 +193,10 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
     const bool op_known = header.op >= 1 && header.op <= wire::kMaxOp;
     reply.Begin(op_known ? static_cast<wire::Op>(header.op) : wire::Op::kHello, header.request_id);
     reply.SetStatus(request.status());
-    spdlog::info("session {} (pid {} uid {}): {}; closing it", session.id(), session.peer().pid,
-                 session.peer().uid, request.status().ToString());
+    if (AllowPeerErrorLog()) {
+      spdlog::warn("session {} (pid {} uid {}): {}; closing it", session.id(), session.peer().pid,
+                   session.peer().uid, request.status().ToString());
+    }
     SendReply(session, reply.Finish(), -1);
     CloseSession(session, "protocol error");
     return false;
@@ -219,6 +221,24 @@ bool Server::SendReply(Session& session, std::span<const std::byte> frame, int p
     return true;
   }
   CloseSession(session, "send failed");
+  return false;
+}
+
+bool Server::AllowPeerErrorLog() {
+  const uint64_t second = NowUs() / 1000000u;
+  if (second != log_second_) {
+    if (suppressed_logs_ > 0) {
+      spdlog::warn("{} more peer protocol errors were not logged", suppressed_logs_);
+    }
+    log_second_ = second;
+    logged_this_second_ = 0;
+    suppressed_logs_ = 0;
+  }
+  if (logged_this_second_ < kPeerErrorLogsPerSecond) {
+    ++logged_this_second_;
+    return true;
+  }
+  ++suppressed_logs_;
   return false;
 }
 

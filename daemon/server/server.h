@@ -43,6 +43,9 @@ class Server {
   bool SendReply(Session& session, std::span<const std::byte> frame, int pass_fd);
   void CloseSession(Session& session, const char* why);
   void WatchWritable(Session& session, bool writable);
+  // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
+  bool AllowPeerErrorLog();
+  static constexpr uint32_t kPeerErrorLogsPerSecond = 10;
 
   const Config& config_;
   TenantRegistry* tenants_;
@@ -55,6 +58,9 @@ class Server {
   std::vector<std::byte> recv_buffer_;
   std::vector<std::byte> send_buffer_;
   uint32_t next_session_id_ = 1;
+  uint64_t log_second_ = 0;
+  uint32_t logged_this_second_ = 0;
+  uint64_t suppressed_logs_ = 0;
 };
 
 }  // namespace kvtier

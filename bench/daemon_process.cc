@@ -1,0 +1,162 @@
+#include "bench/daemon_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "bench/bench_util.h"
+#include "kvclient/client.h"
+
+namespace kvtier::bench {
+namespace {
+
+constexpr uint64_t kStartTimeoutNs = 120ull * 1000000000u;  // an 8 GiB pool pre-faults first
+
+std::string ConfigText(const DaemonOptions& o, const std::string& run_dir) {
+  std::ostringstream s;
+  s << "# Written by kvtier-bench.\n"
+    << "config_version = 1\n\n"
+    << "[daemon]\n"
+    << "run_dir = \"" << run_dir << "\"\n"
+    << "socket = \"kvtierd.sock\"\n"
+    << "socket_mode = \"0600\"\n"
+    << "log_level = \"warn\"\n"
+    << "poll_spin_us = " << o.poll_spin_us << "\n"
+    << "default_tenant = \"bench\"\n\n"
+    << "[pool]\n"
+    << "slab_bytes = " << o.slab_bytes << "\n"
+    << "max_block_bytes = " << o.max_block_bytes << "\n"
+    << "huge_pages = \"try\"\n"
+    << "lock_memory = \"try\"\n\n"
+    << "[[tenant]]\n"
+    << "name = \"bench\"\n"
+    << "uids = []\n"
+    << "gids = []\n"
+    << "dram_bytes = " << o.dram_bytes << "\n"
+    << "max_blocks = " << o.max_blocks << "\n";
+  return s.str();
+}
+
+}  // namespace
+
+std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options) {
+  if (access(options.binary.c_str(), X_OK) != 0) {
+    Fail("kvtierd binary '" + options.binary + "' is not executable (use --kvtierd PATH)");
+  }
+  std::unique_ptr<DaemonProcess> d(new DaemonProcess());
+  std::string templ = (std::filesystem::temp_directory_path() / "kvtier-bench.XXXXXX").string();
+  if (mkdtemp(templ.data()) == nullptr) Fail("mkdtemp: " + std::string(strerror(errno)));
+  d->dir_ = templ;
+  const std::string run_dir = d->dir_ + "/run";
+  const std::string config_path = d->dir_ + "/kvtierd.toml";
+  d->socket_path_ = run_dir + "/kvtierd.sock";
+  d->log_path_ = d->dir_ + "/kvtierd.log";
+  {
+    std::ofstream config(config_path);
+    config << ConfigText(options, run_dir);
+    if (!config) Fail("cannot write " + config_path);
+  }
+
+  const uint64_t start_ns = NowNs();
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) Fail("fork: " + std::string(strerror(errno)));
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) _exit(127);
+    const int log = open(d->log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (log >= 0) {
+      dup2(log, STDOUT_FILENO);
+      dup2(log, STDERR_FILENO);
+    }
+    execl(options.binary.c_str(), options.binary.c_str(), "--config", config_path.c_str(),
+          static_cast<char*>(nullptr));
+    std::fprintf(stderr, "exec %s: %s\n", options.binary.c_str(), strerror(errno));
+    _exit(127);
+  }
+  d->pid_ = pid;
+  SetChildToStopOnFailure(pid);
+
+  // Ready when a client gets through hello (the pool is mapped and the socket is served).
+  ClientOptions probe;
+  probe.socket_path = d->socket_path_;
+  probe.name_space = "kvtier-bench-probe";
+  probe.timeout_ms = 120000;
+  for (;;) {
+    int wstatus = 0;
+    if (waitpid(pid, &wstatus, WNOHANG) == pid) {
+      d->pid_ = 0;
+      SetChildToStopOnFailure(0);
+      Fail("kvtierd exited during start-up (status " + std::to_string(wstatus) + "); its log:\n" +
+           d->LogTail());
+    }
+    if (access(d->socket_path_.c_str(), F_OK) == 0) {
+      auto client = Client::Connect(probe);
+      if (client.ok()) break;
+      if (client.status().code() != StatusCode::kUnavailable) {
+        Fail("probing kvtierd: " + client.status().ToString() + "; its log:\n" + d->LogTail());
+      }
+    }
+    if (NowNs() - start_ns > kStartTimeoutNs) {
+      Fail("kvtierd did not accept a client within 120 s; its log:\n" + d->LogTail());
+    }
+    usleep(5000);
+  }
+  d->startup_seconds_ = Seconds(NowNs() - start_ns);
+  return d;
+}
+
+std::string DaemonProcess::LogTail() const {
+  std::ifstream in(log_path_);
+  std::stringstream s;
+  s << in.rdbuf();
+  std::string text = s.str();
+  if (text.size() > 4000) text = text.substr(text.size() - 4000);
+  return text;
+}
+
+bool DaemonProcess::Stop() {
+  if (pid_ <= 0) return true;
+  kill(pid_, SIGTERM);
+  int wstatus = 0;
+  bool exited = false;
+  for (int i = 0; i < 3000; ++i) {  // 30 s
+    const pid_t r = waitpid(pid_, &wstatus, WNOHANG);
+    if (r == pid_) {
+      exited = true;
+      break;
+    }
+    usleep(10000);
+  }
+  if (!exited) {
+    std::fprintf(stderr, "kvtier-bench: kvtierd ignored SIGTERM for 30 s; killing it\n");
+    kill(pid_, SIGKILL);
+    waitpid(pid_, &wstatus, 0);
+  }
+  pid_ = 0;
+  SetChildToStopOnFailure(0);
+  const bool clean = exited && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
+  if (!clean) {
+    std::fprintf(stderr, "kvtier-bench: kvtierd did not stop cleanly (status %d); its log:\n%s\n",
+                 wstatus, LogTail().c_str());
+  }
+  return clean;
+}
+
+DaemonProcess::~DaemonProcess() {
+  Stop();
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+}
+
+}  // namespace kvtier::bench

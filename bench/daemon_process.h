@@ -1,0 +1,51 @@
+// DaemonProcess: a kvtierd that kvtier-bench starts for itself in a temporary directory.
+//
+// Start() writes a config (one default tenant, socket mode 0600, run_dir in the temp dir),
+// fork/execs the binary with its log in the temp dir, and waits until the socket accepts a
+// client. The destructor stops it with SIGTERM (SIGKILL after 30 s) and removes the directory.
+// If the benchmark dies, the daemon gets SIGTERM (PR_SET_PDEATHSIG). Not thread-safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kvtier::bench {
+
+struct DaemonOptions {
+  std::string binary;
+  uint64_t dram_bytes = 0;
+  uint64_t max_blocks = 0;
+  uint64_t slab_bytes = 4 << 20;
+  uint64_t max_block_bytes = 2 << 20;
+  uint32_t poll_spin_us = 50;
+};
+
+class DaemonProcess {
+ public:
+  // Fails loudly (bench::Fail) with the daemon's log when it does not come up.
+  static std::unique_ptr<DaemonProcess> Start(const DaemonOptions& options);
+  ~DaemonProcess();
+  DaemonProcess(const DaemonProcess&) = delete;
+  DaemonProcess& operator=(const DaemonProcess&) = delete;
+
+  const std::string& socket_path() const { return socket_path_; }
+  pid_t pid() const { return pid_; }
+  double startup_seconds() const { return startup_seconds_; }
+  // SIGTERM and wait; true if it exited with status 0.
+  bool Stop();
+
+ private:
+  DaemonProcess() = default;
+  std::string LogTail() const;
+
+  std::string dir_;
+  std::string socket_path_;
+  std::string log_path_;
+  pid_t pid_ = 0;
+  double startup_seconds_ = 0;
+};
+
+}  // namespace kvtier::bench

@@ -1,0 +1,195 @@
+#include "bench/figures.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "bench/bench_util.h"
+#include "kvclient/copy.h"
+
+namespace kvtier::bench {
+namespace {
+
+// The first 8 bytes of every stored block say which block it is.
+uint64_t Stamp(uint32_t tag, uint64_t index) { return (uint64_t{tag} << 40) ^ index; }
+
+std::string Where(uint32_t tag, uint64_t index) {
+  return "block " + std::to_string(index) + " of figure tag " + std::to_string(tag);
+}
+
+}  // namespace
+
+void Figures::FillKeys(uint32_t tag, uint64_t first, uint64_t count, uint64_t modulo) {
+  keys_.resize(count);
+  for (uint64_t j = 0; j < count; ++j) keys_[j] = BenchKey(tag, (first + j) % modulo);
+}
+
+PoolStats Figures::Stats() {
+  auto stats = client_->Stats();
+  CheckOk(stats.status(), "Stats");
+  return *stats;
+}
+
+Throughput Figures::Put(uint32_t tag, uint64_t block_bytes, uint64_t blocks, uint64_t batch) {
+  const uint64_t slots = src_->size() / block_bytes;
+  const std::vector<uint64_t> sizes(batch, block_bytes);
+  const uint64_t evictions_before = Stats().evictions;
+  const uint64_t start = NowNs();
+  for (uint64_t first = 0; first < blocks; first += batch) {
+    const uint64_t n = std::min(batch, blocks - first);
+    FillKeys(tag, first, n, blocks);
+    auto reserved = client_->Reserve(keys_, std::span(sizes).first(n));
+    CheckOk(reserved.status(), "Reserve of " + Where(tag, first) + "..");
+    for (uint64_t j = 0; j < n; ++j) {
+      if (reserved->code(j) != StatusCode::kOk) {
+        Fail("Reserve of " + Where(tag, first + j) + ": " +
+             std::string(StatusCodeName(reserved->code(j))));
+      }
+      const std::span<std::byte> slot = reserved->data(j);
+      if (slot.size() != block_bytes) Fail("Reserve gave a slot of the wrong size");
+      std::byte* src = src_->data() + ((first + j) % slots) * block_bytes;
+      const uint64_t stamp = Stamp(tag, first + j);
+      std::memcpy(src, &stamp, sizeof(stamp));
+      CopyToPool(slot.data(), src, block_bytes);
+    }
+    CheckOk(reserved->Commit(), "Commit of " + Where(tag, first) + "..");
+  }
+  const uint64_t ns = NowNs() - start;
+  Throughput t;
+  t.blocks = blocks;
+  t.bytes = blocks * block_bytes;
+  t.seconds = Seconds(ns);
+  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
+  t.evictions = Stats().evictions - evictions_before;
+  return t;
+}
+
+Throughput Figures::Get(uint32_t tag, uint64_t block_bytes, uint64_t stored,
+                        uint64_t total_blocks, uint64_t batch) {
+  const uint64_t slots = dst_->size() / block_bytes;
+  const uint64_t src_slots = src_->size() / block_bytes;
+  uint64_t verify_ns = 0;
+  uint64_t verified = 0;
+  const uint64_t start = NowNs();
+  for (uint64_t first = 0; first < total_blocks; first += batch) {
+    const uint64_t n = std::min(batch, total_blocks - first);
+    FillKeys(tag, first, n, stored);
+    auto leases = client_->Acquire(keys_);
+    CheckOk(leases.status(), "Acquire of " + Where(tag, first % stored) + "..");
+    for (uint64_t j = 0; j < n; ++j) {
+      const uint64_t index = (first + j) % stored;
+      if (leases->code(j) != StatusCode::kOk) {
+        Fail("Acquire of " + Where(tag, index) + ": " +
+             std::string(StatusCodeName(leases->code(j))));
+      }
+      const std::span<const std::byte> block = leases->data(j);
+      if (block.size() != block_bytes) Fail("Acquire of " + Where(tag, index) + ": wrong size");
+      std::byte* dst = dst_->data() + ((first + j) % slots) * block_bytes;
+      CopyFromPool(dst, block.data(), block_bytes);
+      uint64_t stamp = 0;
+      std::memcpy(&stamp, dst, sizeof(stamp));
+      if (stamp != Stamp(tag, index)) Fail("Acquire of " + Where(tag, index) + " read another block");
+      if ((first + j) % 64 == 0) {
+        // The whole block, against the source bytes it was put from (untimed).
+        const uint64_t v0 = NowNs();
+        const std::byte* src = src_->data() + (index % src_slots) * block_bytes;
+        if (std::memcmp(dst + 8, src + 8, block_bytes - 8) != 0) {
+          Fail("the bytes of " + Where(tag, index) + " differ from what was put");
+        }
+        ++verified;
+        verify_ns += NowNs() - v0;
+      }
+    }
+    CheckOk(leases->Release(), "Release of " + Where(tag, first % stored) + "..");
+  }
+  const uint64_t ns = NowNs() - start - verify_ns;
+  if (verified == 0) Fail("get verified no block");
+  Throughput t;
+  t.blocks = total_blocks;
+  t.bytes = total_blocks * block_bytes;
+  t.seconds = Seconds(ns);
+  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
+  return t;
+}
+
+void Figures::Remove(uint32_t tag, uint64_t blocks) {
+  for (uint64_t first = 0; first < blocks; first += kMaxBatch) {
+    const uint64_t n = std::min<uint64_t>(kMaxBatch, blocks - first);
+    FillKeys(tag, first, n, blocks);
+    CheckOk(client_->Remove(keys_), "Remove of " + Where(tag, first) + "..");
+  }
+}
+
+double Figures::MatchPrefixKeysPerSecond(uint32_t tag, uint64_t stored, uint64_t batch,
+                                         int calls) {
+  // Pre-built key batches, so the figure is the client library and the daemon, not key making.
+  const uint64_t batches = std::max<uint64_t>(1, stored / batch);
+  std::vector<Key> all(batches * batch);
+  for (uint64_t i = 0; i < all.size(); ++i) all[i] = BenchKey(tag, i % stored);
+  uint64_t keys = 0;
+  const uint64_t start = NowNs();
+  for (int c = 0; c < calls; ++c) {
+    const auto b = static_cast<uint64_t>(c) % batches;
+    auto matched = client_->MatchPrefix(std::span(all).subspan(b * batch, batch));
+    CheckOk(matched.status(), "MatchPrefix");
+    if (*matched != batch) {
+      Fail("MatchPrefix matched " + std::to_string(*matched) + " of " + std::to_string(batch) +
+           " present keys");
+    }
+    keys += batch;
+  }
+  const uint64_t ns = NowNs() - start;
+  return static_cast<double>(keys) * 1e9 / static_cast<double>(ns);
+}
+
+Latency Figures::OneKeyRoundTrip(uint32_t tag, uint64_t stored, int calls) {
+  std::vector<uint64_t> samples(static_cast<size_t>(calls));
+  const uint64_t warmup = 1000;
+  for (uint64_t c = 0; c < warmup + static_cast<uint64_t>(calls); ++c) {
+    const Key key = BenchKey(tag, c % stored);
+    const uint64_t start = NowNs();
+    auto matched = client_->MatchPrefix(std::span(&key, 1));
+    const uint64_t ns = NowNs() - start;
+    CheckOk(matched.status(), "MatchPrefix of 1 key");
+    if (*matched != 1) Fail("MatchPrefix of one present key matched " + std::to_string(*matched));
+    if (c >= warmup) samples[c - warmup] = ns;
+  }
+  Latency l;
+  l.p50_us = static_cast<double>(Quantile(samples, 0.50)) / 1000.0;
+  l.p99_us = static_cast<double>(Quantile(samples, 0.99)) / 1000.0;
+  return l;
+}
+
+IndexFill Figures::FillIndex(uint32_t tag, uint64_t block_bytes, uint64_t blocks) {
+  const std::vector<uint64_t> sizes(kMaxBatch, block_bytes);
+  const uint64_t committed_before = Stats().committed_blocks;
+  const uint64_t start = NowNs();
+  for (uint64_t first = 0; first < blocks; first += kMaxBatch) {
+    const uint64_t n = std::min<uint64_t>(kMaxBatch, blocks - first);
+    FillKeys(tag, first, n, blocks);
+    auto reserved = client_->Reserve(keys_, std::span(sizes).first(n));
+    CheckOk(reserved.status(), "Reserve of " + Where(tag, first) + "..");
+    for (uint64_t j = 0; j < n; ++j) {
+      if (reserved->code(j) != StatusCode::kOk) {
+        Fail("Reserve of " + Where(tag, first + j) + " while filling the index: " +
+             std::string(StatusCodeName(reserved->code(j))));
+      }
+    }
+    CheckOk(reserved->Commit(), "Commit of " + Where(tag, first) + "..");
+  }
+  const uint64_t ns = NowNs() - start;
+  const PoolStats stats = Stats();
+  if (stats.committed_blocks != committed_before + blocks) {
+    Fail("after committing " + std::to_string(blocks) + " blocks the daemon counts " +
+         std::to_string(stats.committed_blocks - committed_before) + " (evictions: " +
+         std::to_string(stats.evictions) + ")");
+  }
+  IndexFill f;
+  f.blocks = stats.committed_blocks;
+  f.index_bytes = stats.index_bytes;
+  f.index_capacity = stats.index_capacity;
+  f.keys_per_s = static_cast<double>(blocks) * 1e9 / static_cast<double>(ns);
+  return f;
+}
+
+}  // namespace kvtier::bench

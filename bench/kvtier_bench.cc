@@ -1,0 +1,423 @@
+// kvtier-bench: kvtier's figures beside this machine's limits, measured in the same run.
+//
+// It starts its own kvtierd from a temporary config (or uses --socket), then measures in order:
+// the copy limits into / out of a shared memfd mapping and a bare SOCK_SEQPACKET round trip;
+// put and get GB/s through libkvclient at 2 MiB and 64 KiB, batch 1 and 64; match_prefix keys/s
+// at batch 256; the 1-key round trip; index bytes per block at 1M blocks. It prints one table
+// row per figure with its limit, the ratio, the target and PASS/MISS, and with --json writes the
+// same rows as JSON lines. Exit status: 0 when it ran (targets missed or not), 1 on any error,
+// 2 on a usage error.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bench/bench_util.h"
+#include "bench/daemon_process.h"
+#include "bench/figures.h"
+#include "bench/limits.h"
+#include "kvclient/client.h"
+
+namespace kvtier::bench {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: kvtier-bench [options]\n"
+    "  --kvtierd PATH        kvtierd binary to start (default: the one built with this bench)\n"
+    "  --socket PATH         use an already-running kvtierd at PATH instead of starting one\n"
+    "  --spin-us N           poll_spin_us of the started daemon (default 50)\n"
+    "  --client-spin-us N    ClientOptions::spin_us of the benchmark's client (default 50)\n"
+    "  --pool-gib N          dram_bytes of the started daemon's tenant (default 8)\n"
+    "  --json FILE           also write one JSON line per figure to FILE\n"
+    "  --quick               small totals: a smoke run that checks every path (< 20 s)\n"
+    "  --help                this text\n"
+    "GB/s = 1e9 bytes/s. Limits are single-core, best of several repetitions, this run.\n";
+
+struct Options {
+  std::string kvtierd = KVTIERD_PATH;
+  std::string socket;
+  uint32_t spin_us = 50;
+  uint32_t client_spin_us = 50;
+  uint64_t pool_gib = 8;
+  std::string json;
+  bool quick = false;
+};
+
+struct Row {
+  std::string metric;
+  double value = 0;
+  std::string unit;
+  std::string limit_metric;
+  double limit = 0;
+  double ratio = 0;
+  std::string target;  // "" for figures shown for information
+  bool pass = false;
+};
+
+uint32_t ParseU32(const char* flag, const char* text) {
+  char* end = nullptr;
+  const unsigned long v = std::strtoul(text, &end, 10);
+  if (end == text || *end != '\0' || v > 1000000) {
+    std::fprintf(stderr, "kvtier-bench: %s wants a number, got '%s'\n%s", flag, text, kUsage);
+    std::exit(2);
+  }
+  return static_cast<uint32_t>(v);
+}
+
+Options ParseOptions(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (arg == "--quick") {
+      o.quick = true;
+    } else if (arg == "--kvtierd" && has_value) {
+      o.kvtierd = argv[++i];
+    } else if (arg == "--socket" && has_value) {
+      o.socket = argv[++i];
+    } else if (arg == "--spin-us" && has_value) {
+      o.spin_us = ParseU32("--spin-us", argv[++i]);
+    } else if (arg == "--client-spin-us" && has_value) {
+      o.client_spin_us = ParseU32("--client-spin-us", argv[++i]);
+    } else if (arg == "--pool-gib" && has_value) {
+      o.pool_gib = ParseU32("--pool-gib", argv[++i]);
+    } else if (arg == "--json" && has_value) {
+      o.json = argv[++i];
+    } else {
+      std::fprintf(stderr, "kvtier-bench: unknown or incomplete option '%s'\n%s", arg.c_str(),
+                   kUsage);
+      std::exit(2);
+    }
+  }
+  return o;
+}
+
+// What one run measures; --quick shrinks it.
+struct Plan {
+  uint64_t working_set_bytes;  // limits and the client's private buffers
+  uint64_t limit_bytes_per_rep;
+  int limit_reps;
+  int rtt_round_trips;
+  int rtt_reps;
+  int match_calls;
+  int one_key_calls;
+  uint64_t index_blocks;
+};
+
+Plan MakePlan(bool quick) {
+  if (quick) return Plan{64 * kMiB, 128 * kMiB, 2, 5000, 1, 2000, 5000, 65536};
+  return Plan{256 * kMiB, 512 * kMiB, 5, 20000, 3, 20000, 20000, 1048576};
+}
+
+std::string Fixed(double v, int digits) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+std::string Human(double v, const std::string& unit) {
+  if (unit == "keys/s") return Fixed(v / 1e6, 2) + "M";
+  if (unit == "GB/s") return Fixed(v, 2);
+  if (unit == "us") return Fixed(v, 1);
+  return Fixed(v, 1);
+}
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
+std::string JsonNumber(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+
+void PrintTable(const std::vector<Row>& rows) {
+  std::printf("\n%-30s %10s %-7s  %-44s %10s %6s  %-12s %s\n", "figure", "value", "unit",
+              "limit (same run)", "limit", "ratio", "target", "result");
+  for (const Row& r : rows) {
+    std::printf("%-30s %10s %-7s  %-44s %10s %6s  %-12s %s\n", r.metric.c_str(),
+                Human(r.value, r.unit).c_str(), r.unit.c_str(), r.limit_metric.c_str(),
+                Human(r.limit, r.unit).c_str(), Fixed(r.ratio, 2).c_str(),
+                r.target.empty() ? "-" : r.target.c_str(),
+                r.target.empty() ? "info" : (r.pass ? "PASS" : "MISS"));
+  }
+}
+
+void WriteJson(const std::string& path, const std::vector<Row>& rows) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (f == nullptr) Fail("cannot write " + path);
+  for (const Row& r : rows) {
+    std::fprintf(f,
+                 "{\"metric\": %s, \"value\": %s, \"unit\": %s, \"limit_metric\": %s, "
+                 "\"limit\": %s, \"ratio\": %s, \"target\": %s, \"result\": %s}\n",
+                 JsonString(r.metric).c_str(), JsonNumber(r.value).c_str(),
+                 JsonString(r.unit).c_str(), JsonString(r.limit_metric).c_str(),
+                 JsonNumber(r.limit).c_str(), JsonNumber(r.ratio).c_str(),
+                 JsonString(r.target).c_str(),
+                 JsonString(r.target.empty() ? "info" : (r.pass ? "PASS" : "MISS")).c_str());
+  }
+  if (std::fclose(f) != 0) Fail("cannot write " + path);
+}
+
+int Run(const Options& options) {
+  const Plan plan = MakePlan(options.quick);
+  std::vector<Row> rows;
+
+  // --- Limits: before the daemon exists, so nothing else runs. ---
+  struct SizeLimits {
+    uint64_t block_bytes;
+    CopyLimits copy;
+  };
+  std::vector<SizeLimits> limits;
+  for (uint64_t block_bytes : {2 * kMiB, 64 * kKiB}) {
+    CopyLimitOptions o;
+    o.block_bytes = block_bytes;
+    o.working_set_bytes = plan.working_set_bytes;
+    o.bytes_per_rep = plan.limit_bytes_per_rep;
+    o.reps = plan.limit_reps;
+    limits.push_back({block_bytes, MeasureCopyLimits(o)});
+  }
+  const RttLimit rtt = MeasureSocketRtt(plan.rtt_round_trips, plan.rtt_reps);
+  std::printf("limits (1 core, best of %d, working set %s per side):\n", plan.limit_reps,
+              SizeName(plan.working_set_bytes).c_str());
+  for (const SizeLimits& l : limits) {
+    const std::string size = SizeName(l.block_bytes);
+    std::printf("  copy into shm %-6s memcpy %6.2f  NT %6.2f GB/s   out of shm: memcpy %6.2f  "
+                "NT %6.2f GB/s%s\n",
+                size.c_str(), l.copy.into_shm.memcpy_gbps, l.copy.into_shm.nt_gbps,
+                l.copy.out_of_shm.memcpy_gbps, l.copy.out_of_shm.nt_gbps,
+                l.copy.huge_pages ? "  (hugetlb)" : "  (4 KiB pages)");
+  }
+  std::printf("  bare SOCK_SEQPACKET round trip, 64 B, blocking: p50 %.1f us  p99 %.1f us "
+              "(%d x %d)\n",
+              rtt.p50_us, rtt.p99_us, plan.rtt_reps, plan.rtt_round_trips);
+  std::fflush(stdout);
+
+  // --- The daemon and the client. ---
+  std::unique_ptr<DaemonProcess> daemon;
+  std::string socket_path = options.socket;
+  if (socket_path.empty()) {
+    DaemonOptions d;
+    d.binary = options.kvtierd;
+    d.dram_bytes = options.quick ? 512 * kMiB : options.pool_gib * kGiB;
+    d.max_blocks = plan.index_blocks;
+    d.poll_spin_us = options.spin_us;
+    daemon = DaemonProcess::Start(d);
+    socket_path = daemon->socket_path();
+    std::printf("kvtierd pid %d: pool %s, max_blocks %llu, poll_spin_us %u; up in %.1f s\n",
+                static_cast<int>(daemon->pid()), SizeName(d.dram_bytes).c_str(),
+                static_cast<unsigned long long>(d.max_blocks), d.poll_spin_us,
+                daemon->startup_seconds());
+  }
+  ClientOptions co;
+  co.socket_path = socket_path;
+  co.name_space = "kvtier-bench";
+  co.spin_us = options.client_spin_us;
+  auto client = Client::Connect(co);
+  CheckOk(client.status(), "connecting to kvtierd at " + socket_path);
+  const uint64_t pool = (*client)->pool().size();
+  if ((*client)->max_block_bytes() < 2 * kMiB) Fail("the daemon's max_block_bytes is below 2 MiB");
+  if (pool < 256 * kMiB) Fail("the tenant pool is " + SizeName(pool) + "; need >= 256 MiB");
+  std::printf("client spin_us %u, tenant '%s', pool %s mapped\n", co.spin_us,
+              (*client)->tenant().c_str(), SizeName(pool).c_str());
+  std::fflush(stdout);
+
+  PrivateBuffer src(plan.working_set_bytes);
+  PrivateBuffer dst(plan.working_set_bytes);
+  Figures fig(client->get(), &src, &dst);
+  {
+    const PoolStats s = fig.Stats();
+    if (s.committed_blocks + s.reserved_blocks != 0) {
+      std::printf("note: the pool already holds %llu blocks\n",
+                  static_cast<unsigned long long>(s.committed_blocks + s.reserved_blocks));
+    }
+  }
+
+  // Pool budget: 2 MiB figures use pool/2 each; 64 KiB ones pool/4 (batch 1) and 3*pool/8
+  // (batch 64). Kept sets: 2 MiB b64 + 64 KiB b64 = 7/8 of the pool, so no put evicts.
+  struct Sizes {
+    uint64_t block_bytes;
+    uint64_t b1_blocks;
+    uint64_t b64_blocks;
+    uint32_t tag;
+  };
+  const std::vector<Sizes> sizes = {
+      {2 * kMiB, pool / 2 / (2 * kMiB), pool / 2 / (2 * kMiB) / 64 * 64, 2},
+      {64 * kKiB, pool / 4 / (64 * kKiB), pool * 3 / 8 / (64 * kKiB) / 64 * 64, 64}};
+  struct Measured {
+    Throughput put_b1, put_b64, get_b1, get_b64;
+  };
+  std::vector<Measured> measured(sizes.size());
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    const Sizes& s = sizes[k];
+    measured[k].put_b1 = fig.Put(s.tag * 10 + 1, s.block_bytes, s.b1_blocks, 1);
+    fig.Remove(s.tag * 10 + 1, s.b1_blocks);
+    measured[k].put_b64 = fig.Put(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, 64);
+  }
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    const Sizes& s = sizes[k];
+    measured[k].get_b1 = fig.Get(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, s.b1_blocks, 1);
+    measured[k].get_b64 = fig.Get(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, s.b64_blocks, 64);
+  }
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    const Sizes& s = sizes[k];
+    const SizeLimits& l = limits[k];
+    const std::string size = SizeName(s.block_bytes);
+    const double goal = s.block_bytes >= 2 * kMiB ? 0.9 : 0.7;
+    const std::string target = ">= " + Fixed(goal, 1) + "x";
+    auto add = [&](const std::string& op, int batch, const Throughput& t, double limit,
+                   const std::string& dir) {
+      Row r;
+      r.metric = op + " " + size + " batch" + std::to_string(batch);
+      r.value = t.gbps;
+      r.unit = "GB/s";
+      r.limit_metric = "best copy " + dir + " shm " + size;
+      r.limit = limit;
+      r.ratio = t.gbps / limit;
+      if (batch == 64) {
+        r.target = target;
+        r.pass = r.ratio >= goal;
+      }
+      if (t.evictions != 0) r.limit_metric += " [" + std::to_string(t.evictions) + " evictions!]";
+      rows.push_back(r);
+    };
+    add("put", 1, measured[k].put_b1, l.copy.into_shm.best(), "into");
+    add("put", 64, measured[k].put_b64, l.copy.into_shm.best(), "into");
+  }
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    const Sizes& s = sizes[k];
+    const SizeLimits& l = limits[k];
+    const std::string size = SizeName(s.block_bytes);
+    const double goal = s.block_bytes >= 2 * kMiB ? 0.9 : 0.7;
+    for (int batch : {1, 64}) {
+      const Throughput& t = batch == 1 ? measured[k].get_b1 : measured[k].get_b64;
+      Row r;
+      r.metric = "get " + size + " batch" + std::to_string(batch);
+      r.value = t.gbps;
+      r.unit = "GB/s";
+      r.limit_metric = "best copy out of shm " + size;
+      r.limit = l.copy.out_of_shm.best();
+      r.ratio = t.gbps / r.limit;
+      if (batch == 64) {
+        r.target = ">= " + Fixed(goal, 1) + "x";
+        r.pass = r.ratio >= goal;
+      }
+      rows.push_back(r);
+    }
+  }
+
+  // match_prefix and the 1-key round trip over the kept 64 KiB set.
+  const Sizes& small = sizes[1];
+  const uint32_t small_tag = small.tag * 10 + 2;
+  {
+    const double keys_per_s =
+        fig.MatchPrefixKeysPerSecond(small_tag, small.b64_blocks, 256, plan.match_calls);
+    Row r;
+    r.metric = "match_prefix batch256";
+    r.value = keys_per_s;
+    r.unit = "keys/s";
+    r.limit_metric = "256 keys per bare RTT p50 (256/rtt_p50)";
+    r.limit = 256.0 / (rtt.p50_us * 1e-6);
+    r.ratio = keys_per_s / r.limit;
+    r.target = ">= 5M keys/s";
+    r.pass = keys_per_s >= 5e6;
+    rows.push_back(r);
+  }
+  {
+    const Latency lat = fig.OneKeyRoundTrip(small_tag, small.b64_blocks, plan.one_key_calls);
+    Row p50;
+    p50.metric = "match_prefix 1key rtt p50";
+    p50.value = lat.p50_us;
+    p50.unit = "us";
+    p50.limit_metric = "bare SOCK_SEQPACKET RTT p50";
+    p50.limit = rtt.p50_us;
+    p50.ratio = lat.p50_us / rtt.p50_us;
+    p50.target = "<= 1.5x";
+    p50.pass = p50.ratio <= 1.5;
+    rows.push_back(p50);
+    Row p99 = p50;
+    p99.metric = "match_prefix 1key rtt p99";
+    p99.value = lat.p99_us;
+    p99.limit_metric = "bare SOCK_SEQPACKET RTT p99";
+    p99.limit = rtt.p99_us;
+    p99.ratio = lat.p99_us / rtt.p99_us;
+    p99.target.clear();
+    rows.push_back(p99);
+  }
+  for (const Sizes& s : sizes) fig.Remove(s.tag * 10 + 2, s.b64_blocks);
+
+  // Index memory: fill with 4 KiB blocks, no copies.
+  {
+    const PoolStats before = fig.Stats();
+    const uint64_t live = before.committed_blocks + before.reserved_blocks;
+    uint64_t blocks = plan.index_blocks;
+    blocks = std::min(blocks, before.index_capacity - std::min(before.index_capacity, live));
+    blocks = std::min(blocks, (pool - std::min(pool, before.used_bytes)) / (4 * kKiB));
+    if (blocks < plan.index_blocks) {
+      std::printf("note: the index test fills %llu blocks, not %llu (index capacity %llu, pool "
+                  "%s)\n",
+                  static_cast<unsigned long long>(blocks),
+                  static_cast<unsigned long long>(plan.index_blocks),
+                  static_cast<unsigned long long>(before.index_capacity), SizeName(pool).c_str());
+    }
+    if (blocks == 0) Fail("no room in the pool or index for the index test");
+    const IndexFill f = fig.FillIndex(7, 4 * kKiB, blocks);
+    Row r;
+    r.metric = "index bytes/block at " + (blocks == 1048576 ? std::string("1M") :
+                                          std::to_string(blocks)) + " blocks";
+    r.value = f.bytes_per_block();
+    r.unit = "B";
+    r.limit_metric = "target 128 B/block (capacity " + std::to_string(f.index_capacity) +
+                     ", pool " + SizeName(pool) + ")";
+    r.limit = 128;
+    r.ratio = r.value / 128.0;
+    r.target = "<= 128 B";
+    r.pass = r.value <= 128.0;
+    rows.push_back(r);
+    Row rate;
+    rate.metric = "reserve+commit 4KiB batch4096";
+    rate.value = f.keys_per_s;
+    rate.unit = "keys/s";
+    rate.limit_metric = "4096 keys per 2 bare RTT p50";
+    rate.limit = 4096.0 / (2 * rtt.p50_us * 1e-6);
+    rate.ratio = rate.value / rate.limit;
+    rows.push_back(rate);
+    fig.Remove(7, blocks);
+  }
+  const PoolStats end = fig.Stats();
+  client->reset();
+
+  PrintTable(rows);
+  std::printf("\npool at the end: %llu committed, %llu reserved, %llu leased, %llu evictions, "
+              "%llu hits, %llu misses\n",
+              static_cast<unsigned long long>(end.committed_blocks),
+              static_cast<unsigned long long>(end.reserved_blocks),
+              static_cast<unsigned long long>(end.leased_blocks),
+              static_cast<unsigned long long>(end.evictions),
+              static_cast<unsigned long long>(end.hits),
+              static_cast<unsigned long long>(end.misses));
+  if (!options.json.empty()) WriteJson(options.json, rows);
+  if (daemon && !daemon->Stop()) Fail("kvtierd did not stop cleanly");
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvtier::bench
+
+int main(int argc, char** argv) {
+  const kvtier::bench::Options options = kvtier::bench::ParseOptions(argc, argv);
+  return kvtier::bench::Run(options);
+}

@@ -1,0 +1,41 @@
+// The machine's limits, measured in the same run as kvtier's figures so that each figure can be
+// printed as a ratio of what the hardware allows: single-core copies into and out of a shared
+// memfd mapping (made the way kvtierd makes its pools), and a bare SOCK_SEQPACKET round trip.
+#pragma once
+
+#include <cstdint>
+
+namespace kvtier::bench {
+
+struct CopyLimit {
+  double memcpy_gbps = 0;  // glibc memcpy
+  double nt_gbps = 0;      // kvtier::CopyNonTemporal
+  double best() const { return memcpy_gbps > nt_gbps ? memcpy_gbps : nt_gbps; }
+};
+
+struct CopyLimits {
+  bool huge_pages = false;  // whether the shared mapping got hugetlb pages
+  CopyLimit into_shm;       // private -> shared mapping
+  CopyLimit out_of_shm;     // shared mapping -> private
+};
+
+struct CopyLimitOptions {
+  uint64_t block_bytes = 0;
+  uint64_t working_set_bytes = 256ull << 20;  // per side; cycled so caches do not flatter it
+  uint64_t bytes_per_rep = 512ull << 20;
+  int reps = 5;  // best of
+};
+
+// Best-of-reps GB/s (1e9 bytes/s) for each direction and copy function.
+CopyLimits MeasureCopyLimits(const CopyLimitOptions& options);
+
+struct RttLimit {
+  double p50_us = 0;
+  double p99_us = 0;
+};
+
+// 64-byte round trips to a forked echo child over a SOCK_SEQPACKET socketpair; both sides block
+// in recv. Best p50 and best p99 over `reps` runs of `round_trips` each.
+RttLimit MeasureSocketRtt(int round_trips, int reps);
+
+}  // namespace kvtier::bench

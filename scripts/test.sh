@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds kvtier and runs every test: first a normal build (build/), then the whole suite again
+# under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/). `--fast` skips the
+# sanitizer pass. Installs missing Debian packages first. Exit status 0 only if all pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+kvt_install_deps
+
+jobs=$(nproc)
+run_suite() {  # build_dir, extra cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DKVT_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 600)
+}
+
+run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+if [ "${1:-}" != "--fast" ]; then
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    run_suite build-asan -DCMAKE_BUILD_TYPE=Debug -DKVT_SANITIZE=address,undefined
+fi
+echo "kvtier: all tests passed"

@@ -1,0 +1,181 @@
+// Eviction under pool pressure, and lease stability under churn, with the real daemon.
+#include <unistd.h>
+
+#include <random>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "kvclient/client.h"
+#include "tests/integration/test_blocks.h"
+#include "tests/support/test_support.h"
+
+namespace kvtier::testing {
+namespace {
+
+constexpr uint64_t kMiB = 1 << 20;
+
+std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
+  auto c = Client::Connect({.socket_path = d.socket_path(), .name_space = "evict"});
+  if (!c.ok()) FAIL("connect: " << c.status().ToString());
+  return std::move(*c);
+}
+
+std::vector<Key> Keys(uint64_t owner, uint64_t first, uint64_t n) {
+  std::vector<Key> keys;
+  for (uint64_t i = first; i < first + n; ++i) keys.push_back(TestKey(owner, i));
+  return keys;
+}
+
+void Store(Client& client, const std::vector<Key>& keys, uint64_t size) {
+  auto batch = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
+  REQUIRE(batch.ok());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE(batch->code(i) == StatusCode::kOk);
+    FillBlock(keys[i], batch->data(i));
+  }
+  REQUIRE(batch->Commit().ok());
+}
+
+bool Present(Client& client, const Key& key) {
+  return *client.MatchPrefix(std::vector<Key>{key}) == 1;
+}
+
+TEST_CASE("filling past the reservation evicts only unleased committed blocks, oldest first",
+          "[integration][eviction]") {
+  DaemonOptions options;
+  options.dram_bytes = 32 * kMiB;  // 32 blocks of 1 MiB
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  auto other = MustConnect(*daemon);
+  const std::vector<Key> old = Keys(1, 0, 30);
+  Store(*client, old, kMiB);  // committed in key order: old[0] is the oldest
+  // Another session's reservation (not yet committed) holds one slot.
+  const std::vector<Key> pending_key = Keys(9, 0, 1);
+  auto pending = other->Reserve(pending_key, std::vector<uint64_t>{kMiB});
+  REQUIRE(pending.ok());
+  REQUIRE(pending->code(0) == StatusCode::kOk);
+  FillBlock(pending_key[0], pending->data(0));
+  // Lease the two oldest, and use old[2] so it becomes the most recent.
+  auto leases = client->Acquire(std::span(old).first(2));
+  REQUIRE(leases.ok());
+  REQUIRE(leases->prefix() == 2);
+  REQUIRE(Present(*client, old[2]));
+
+  // One slot is free; five new blocks need four evictions.
+  Store(*client, Keys(2, 0, 5), kMiB);
+
+  CHECK(client->Stats()->evictions == 4);
+  CHECK(Present(*client, old[0]));  // leased
+  CHECK(Present(*client, old[1]));  // leased
+  CHECK(Present(*client, old[2]));  // recently used
+  for (size_t i = 3; i < 7; ++i) CHECK_FALSE(Present(*client, old[i]));  // the oldest unleased
+  for (size_t i = 7; i < old.size(); ++i) CHECK(Present(*client, old[i]));
+  CHECK(VerifyBlock(old[0], leases->data(0)));
+  CHECK(VerifyBlock(old[1], leases->data(1)));
+  // The reservation survived and commits intact.
+  REQUIRE(pending->Commit().ok());
+  auto check = client->Acquire(pending_key);
+  REQUIRE(check.ok());
+  REQUIRE(check->code(0) == StatusCode::kOk);
+  CHECK(VerifyBlock(pending_key[0], check->data(0)));
+}
+
+TEST_CASE("a pool full of pinned blocks reports resource exhaustion, not a wrong block",
+          "[integration][eviction]") {
+  DaemonOptions options;
+  options.dram_bytes = 8 * kMiB;
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(3, 0, 8);
+  Store(*client, keys, kMiB);
+  auto leases = client->Acquire(keys);
+  REQUIRE(leases->prefix() == 8);
+  auto more = client->Reserve(Keys(3, 100, 2), std::vector<uint64_t>{kMiB, 4096});
+  REQUIRE(more.ok());
+  CHECK(more->code(0) == StatusCode::kResourceExhausted);
+  CHECK(more->code(1) == StatusCode::kResourceExhausted);
+  for (size_t i = 0; i < keys.size(); ++i) CHECK(VerifyBlock(keys[i], leases->data(i)));
+}
+
+TEST_CASE("blocks larger than a slab evict whole slab runs", "[integration][eviction]") {
+  DaemonOptions options;
+  options.dram_bytes = 16 * kMiB;
+  options.slab_bytes = 2 * kMiB;
+  options.max_block_bytes = 8 * kMiB;
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  // Small blocks everywhere, then a 5 MiB block that needs three contiguous slabs.
+  const std::vector<Key> small = Keys(4, 0, 64);
+  Store(*client, small, 256 * 1024);
+  const std::vector<Key> large = Keys(5, 0, 1);
+  Store(*client, large, 5 * kMiB);
+  auto leases = client->Acquire(large);
+  REQUIRE(leases->code(0) == StatusCode::kOk);
+  CHECK(VerifyBlock(large[0], leases->data(0)));
+  CHECK(client->Stats()->evictions > 0);
+  // Whatever small blocks remain are intact.
+  auto rest = client->Acquire(small);
+  REQUIRE(rest.ok());
+  for (size_t i = 0; i < small.size(); ++i) {
+    if (rest->code(i) == StatusCode::kOk) CHECK(VerifyBlock(small[i], rest->data(i)));
+  }
+}
+
+// Child body: churns the pool with stores, reads and removes until it has done `rounds`.
+int Churn(const std::string& socket, uint64_t owner, int rounds) {
+  auto client = Client::Connect({.socket_path = socket, .name_space = "evict"});
+  if (!client.ok()) return 10;
+  std::mt19937_64 rng(owner);
+  uint64_t next = 0;
+  for (int r = 0; r < rounds; ++r) {
+    std::vector<Key> keys = Keys(owner, next, 8);
+    next += 8;
+    std::vector<uint64_t> sizes;
+    for (size_t i = 0; i < keys.size(); ++i) sizes.push_back(4096 + rng() % (1536 * 1024));
+    auto batch = (*client)->Reserve(keys, sizes);
+    if (!batch.ok()) return 11;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (batch->code(i) == StatusCode::kOk) FillBlock(keys[i], batch->data(i));
+    }
+    if (!batch->Commit().ok()) return 12;
+    auto leases = (*client)->Acquire(keys);
+    if (!leases.ok()) return 13;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (leases->code(i) == StatusCode::kOk && !VerifyBlock(keys[i], leases->data(i))) {
+        return 14;
+      }
+    }
+    if (rng() % 2 == 0) (void)(*client)->Remove(std::span(keys).first(4));
+  }
+  return 0;
+}
+
+TEST_CASE("a held lease keeps its bytes stable while other clients churn the pool",
+          "[integration][eviction]") {
+  DaemonOptions options;
+  options.dram_bytes = 32 * kMiB;
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(7, 0, 8);
+  Store(*client, keys, kMiB);
+  auto leases = client->Acquire(keys);
+  REQUIRE(leases->prefix() == keys.size());
+  std::vector<pid_t> churners;
+  for (uint64_t owner = 100; owner < 102; ++owner) {
+    churners.push_back(SpawnChild([&, owner] { return Churn(daemon->socket_path(), owner, 150); }));
+  }
+  // Check the leased bytes while the churn runs, and after.
+  bool stable = true;
+  for (int i = 0; i < 20 && stable; ++i) {
+    for (size_t k = 0; k < keys.size(); ++k) stable = stable && VerifyBlock(keys[k], leases->data(k));
+    usleep(5000);
+  }
+  for (pid_t pid : churners) CHECK(WaitChild(pid) == 0);
+  CHECK(stable);
+  for (size_t k = 0; k < keys.size(); ++k) CHECK(VerifyBlock(keys[k], leases->data(k)));
+  CHECK(client->Stats()->evictions > 0);  // the churn really did push blocks out
+}
+
+}  // namespace
+}  // namespace kvtier::testing

@@ -1,0 +1,332 @@
+// Hostile and broken peers: every malformed frame gets an error reply or a closed session,
+// the daemon stays up, and well-behaved clients keep being served during the barrage.
+#include <dirent.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "ipc/socket/seqpacket.h"
+#include "ipc/wire/frame_codec.h"
+#include "ipc/wire/protocol.h"
+#include "kvclient/client.h"
+#include "tests/integration/test_blocks.h"
+#include "tests/support/test_support.h"
+
+namespace kvtier::testing {
+namespace {
+
+using wire::FrameHeader;
+
+struct RawReply {
+  bool closed = false;  // EOF instead of (or after) a reply
+  bool got_reply = false;
+  FrameHeader header{};
+  std::string message;
+};
+
+// Waits for one frame (or EOF) from the daemon; a bounded wait so a hang fails the test.
+RawReply ReadReply(int fd) {
+  RawReply out;
+  pollfd p{fd, POLLIN, 0};
+  if (poll(&p, 1, 20000) != 1) FAIL("kvtierd did not answer within 20 s");
+  std::vector<std::byte> buf(wire::kMaxFrameBytes);
+  auto got = RecvFrame(fd, buf);
+  if (!got.ok() || got->eof) {
+    out.closed = true;
+    return out;
+  }
+  auto reply = wire::DecodeReply(std::span(buf).first(got->bytes));
+  if (!reply.ok()) FAIL("kvtierd sent an undecodable reply: " << reply.status().ToString());
+  out.got_reply = true;
+  out.header = reply->header;
+  out.message = std::string(reply->message);
+  return out;
+}
+
+bool ClosedAfter(int fd) {
+  RawReply next = ReadReply(fd);
+  return next.closed;
+}
+
+UniqueFd RawConnect(const DaemonProcess& d) {
+  auto fd = ConnectSeqpacket(d.socket_path());
+  if (!fd.ok()) FAIL("connect: " << fd.status().ToString());
+  return std::move(*fd);
+}
+
+std::vector<std::byte> HelloFrame() {
+  std::vector<std::byte> buf(wire::kMaxFrameBytes);
+  wire::FrameWriter w(buf);
+  w.Begin(wire::Op::kHello, 1);
+  const std::string ns = "raw/ns";
+  wire::HelloRequest hello{0, static_cast<uint32_t>(ns.size())};
+  w.Append(&hello, sizeof(hello));
+  w.Append(ns.data(), ns.size());
+  auto frame = w.Finish();
+  return {frame.begin(), frame.end()};
+}
+
+UniqueFd HelloedConnect(const DaemonProcess& d) {
+  UniqueFd fd = RawConnect(d);
+  REQUIRE(SendFrame(fd.get(), HelloFrame()).ok());
+  RawReply r = ReadReply(fd.get());
+  REQUIRE(r.got_reply);
+  REQUIRE(r.header.status == 0);
+  return fd;
+}
+
+std::vector<std::byte> StatsFrame(uint64_t id) {
+  std::vector<std::byte> buf(sizeof(FrameHeader));
+  wire::FrameWriter w(buf);
+  w.Begin(wire::Op::kStats, id);
+  auto frame = w.Finish();
+  return {frame.begin(), frame.end()};
+}
+
+FrameHeader HeaderOf(const std::vector<std::byte>& frame) {
+  FrameHeader h;
+  std::memcpy(&h, frame.data(), sizeof(h));
+  return h;
+}
+
+void SetHeader(std::vector<std::byte>* frame, const FrameHeader& h) {
+  std::memcpy(frame->data(), &h, sizeof(h));
+}
+
+// One commit frame for `count` keys, as a well-formed client would send it.
+std::vector<std::byte> CommitFrame(uint32_t count) {
+  std::vector<std::byte> frame(sizeof(FrameHeader) + count * sizeof(wire::WireKey));
+  FrameHeader h{};
+  h.magic = wire::kMagic;
+  h.version = wire::kProtocolVersion;
+  h.op = static_cast<uint16_t>(wire::Op::kCommit);
+  h.request_id = 7;
+  h.count = count;
+  h.body_bytes = count * static_cast<uint32_t>(sizeof(wire::WireKey));
+  SetHeader(&frame, h);
+  for (uint32_t i = 0; i < count; ++i) {
+    wire::WireKey k{};
+    k.len = 1;
+    k.bytes[0] = static_cast<uint8_t>(i);
+    std::memcpy(frame.data() + sizeof(h) + i * sizeof(k), &k, sizeof(k));
+  }
+  return frame;
+}
+
+TEST_CASE("malformed frames get an error reply naming the problem and a closed session",
+          "[integration][malformed]") {
+  auto daemon = DaemonProcess::Start();
+  UniqueFd fd = HelloedConnect(*daemon);
+  std::vector<std::byte> frame = CommitFrame(4);
+  FrameHeader h = HeaderOf(frame);
+  uint16_t expected = static_cast<uint16_t>(StatusCode::kProtocolError);
+  std::string says;
+
+  SECTION("truncated frame") {
+    frame.resize(10);
+    says = "truncated";
+  }
+  SECTION("wrong magic") {
+    h.magic = 0x12345678;
+    SetHeader(&frame, h);
+    says = "magic";
+  }
+  SECTION("wrong protocol version") {
+    h.version = 2;
+    SetHeader(&frame, h);
+    expected = static_cast<uint16_t>(StatusCode::kVersionMismatch);
+    says = "version 2";
+  }
+  SECTION("unknown op") {
+    h.op = 77;
+    SetHeader(&frame, h);
+    says = "unknown op";
+  }
+  SECTION("body length lies about the item count") {
+    h.count = 5;
+    SetHeader(&frame, h);
+    says = "does not hold 5 items";
+  }
+  SECTION("header announces more bytes than were sent") {
+    h.body_bytes += 40;
+    h.count += 1;
+    SetHeader(&frame, h);
+    says = "length mismatch";
+  }
+  SECTION("oversized batch") {
+    frame = CommitFrame(wire::kMaxBatch + 1);
+    says = "exceeds the limit of 4096";
+  }
+  SECTION("frame larger than any legal frame") {
+    frame = CommitFrame(wire::kMaxBatch);
+    frame.resize(wire::kMaxFrameBytes + 4096);
+    says = "exceeds the limit";
+  }
+  SECTION("reserved field set") {
+    h.reserved = 1;
+    SetHeader(&frame, h);
+    says = "reserved";
+  }
+  REQUIRE(SendFrame(fd.get(), frame).ok());
+  RawReply r = ReadReply(fd.get());
+  REQUIRE(r.got_reply);
+  CHECK(r.header.status == expected);
+  CHECK_THAT(r.message, Catch::Contains(says));
+  CHECK(ClosedAfter(fd.get()));
+  CHECK(daemon->Alive());
+}
+
+TEST_CASE("a request before hello is refused and the session closed", "[integration][malformed]") {
+  auto daemon = DaemonProcess::Start();
+  UniqueFd fd = RawConnect(*daemon);
+  REQUIRE(SendFrame(fd.get(), StatsFrame(3)).ok());
+  RawReply r = ReadReply(fd.get());
+  REQUIRE(r.got_reply);
+  CHECK(r.header.status == static_cast<uint16_t>(StatusCode::kFailedPrecondition));
+  CHECK(r.header.request_id == 3);
+  CHECK_THAT(r.message, Catch::Contains("hello"));
+  CHECK(ClosedAfter(fd.get()));
+}
+
+TEST_CASE("a bad key in a batch rejects the whole request and changes nothing",
+          "[integration][malformed]") {
+  auto daemon = DaemonProcess::Start();
+  UniqueFd fd = HelloedConnect(*daemon);
+  std::vector<std::byte> frame = CommitFrame(3);
+  wire::WireKey bad{};
+  bad.len = 40;
+  std::memcpy(frame.data() + sizeof(FrameHeader) + 2 * sizeof(bad), &bad, sizeof(bad));
+  REQUIRE(SendFrame(fd.get(), frame).ok());
+  RawReply r = ReadReply(fd.get());
+  REQUIRE(r.got_reply);
+  CHECK(r.header.status == static_cast<uint16_t>(StatusCode::kInvalidArgument));
+  CHECK_THAT(r.message, Catch::Contains("item 2"));
+  // A semantic error keeps the session: the next request is served.
+  REQUIRE(SendFrame(fd.get(), StatsFrame(8)).ok());
+  RawReply s = ReadReply(fd.get());
+  REQUIRE(s.got_reply);
+  CHECK(s.header.status == 0);
+}
+
+size_t OpenFds(pid_t pid) {
+  size_t n = 0;
+  DIR* dir = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+  if (dir == nullptr) return 0;
+  while (readdir(dir) != nullptr) ++n;
+  closedir(dir);
+  return n;
+}
+
+TEST_CASE("file descriptors smuggled into requests are closed, not kept",
+          "[integration][malformed]") {
+  auto daemon = DaemonProcess::Start();
+  UniqueFd fd = HelloedConnect(*daemon);
+  const size_t before = OpenFds(daemon->pid());
+  for (int i = 0; i < 200; ++i) {
+    UniqueFd memfd(memfd_create("smuggled", MFD_CLOEXEC));
+    REQUIRE(SendFrame(fd.get(), StatsFrame(100 + static_cast<uint64_t>(i)), memfd.get()).ok());
+    RawReply r = ReadReply(fd.get());
+    REQUIRE(r.got_reply);
+  }
+  CHECK(OpenFds(daemon->pid()) == before);
+}
+
+// A well-behaved client, in its own process, storing and verifying until told to stop.
+int WellBehaved(const std::string& socket, int stop_fd) {
+  auto client = Client::Connect({.socket_path = socket, .name_space = "good"});
+  if (!client.ok()) return 10;
+  uint64_t rounds = 0;
+  for (;;) {
+    pollfd p{stop_fd, POLLIN, 0};
+    if (poll(&p, 1, 0) == 1 && rounds >= 20) return 0;
+    std::vector<Key> keys;
+    for (uint64_t i = 0; i < 16; ++i) keys.push_back(TestKey(rounds, i));
+    auto batch = (*client)->Reserve(keys, std::vector<uint64_t>(keys.size(), 64 * 1024));
+    if (!batch.ok()) return 11;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (batch->code(i) == StatusCode::kOk) FillBlock(keys[i], batch->data(i));
+    }
+    if (!batch->Commit().ok()) return 12;
+    auto leases = (*client)->Acquire(keys);
+    if (!leases.ok()) return 13;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (leases->code(i) == StatusCode::kOk && !VerifyBlock(keys[i], leases->data(i))) return 14;
+    }
+    ++rounds;
+  }
+}
+
+TEST_CASE("10,000 random frames leave the daemon up and serving a good client",
+          "[integration][malformed]") {
+  auto daemon = DaemonProcess::Start();
+  int stop[2];
+  REQUIRE(pipe(stop) == 0);
+  const pid_t good = SpawnChild([&] {
+    close(stop[1]);
+    return WellBehaved(daemon->socket_path(), stop[0]);
+  });
+  close(stop[0]);
+  std::mt19937_64 rng(20261126);
+  const std::vector<std::byte> valid = CommitFrame(8);
+  size_t replies = 0, closes = 0;
+  for (int i = 0; i < 10000; ++i) {
+    UniqueFd fd = (i % 2 == 0) ? RawConnect(*daemon) : HelloedConnect(*daemon);
+    std::vector<std::byte> frame;
+    switch (rng() % 4) {
+      case 0:  // pure noise
+        frame.resize(1 + rng() % 600);
+        for (auto& b : frame) b = static_cast<std::byte>(rng());
+        break;
+      case 1:  // a valid frame with one random byte changed
+        frame = valid;
+        frame[rng() % frame.size()] = static_cast<std::byte>(rng());
+        break;
+      case 2: {  // a valid header with random fields
+        frame = valid;
+        FrameHeader h = HeaderOf(frame);
+        h.op = static_cast<uint16_t>(rng() % 12);
+        h.count = static_cast<uint32_t>(rng() % 6000);
+        h.body_bytes = static_cast<uint32_t>(rng() % 400);
+        SetHeader(&frame, h);
+        break;
+      }
+      default:  // a valid frame cut short or padded
+        frame = valid;
+        frame.resize(rng() % (2 * valid.size()));
+        break;
+    }
+    if (frame.empty()) frame.resize(1);
+    REQUIRE(SendFrame(fd.get(), frame).ok());
+    RawReply r = ReadReply(fd.get());
+    if (r.got_reply) {
+      ++replies;
+      // Frame-level errors end the session; request-level ones (a bad key) do not.
+      const auto code = static_cast<StatusCode>(r.header.status);
+      if (code == StatusCode::kProtocolError || code == StatusCode::kVersionMismatch ||
+          code == StatusCode::kFailedPrecondition) {
+        CHECK(ClosedAfter(fd.get()));
+      }
+    } else {
+      ++closes;
+    }
+  }
+  (void)!write(stop[1], "x", 1);
+  close(stop[1]);
+  CHECK(WaitChild(good) == 0);
+  CHECK(daemon->Alive());
+  CHECK(replies + closes == 10000);
+  auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "after"});
+  REQUIRE(client.ok());
+  CHECK((*client)->Stats().ok());
+  CHECK(daemon->Stop() == 0);
+}
+
+}  // namespace
+}  // namespace kvtier::testing

@@ -1,0 +1,47 @@
+// Deterministic block contents for integration tests: every byte is a function of (key, size,
+// position), so a reader can verify a block without the writer, and a block returned for the
+// wrong key or with stale bytes never verifies.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvclient/client.h"
+
+namespace kvtier::testing {
+
+inline Key TestKey(uint64_t owner, uint64_t index) {
+  const std::string text = "k" + std::to_string(owner) + "/" + std::to_string(index);
+  return Key::From(text);
+}
+
+inline uint64_t KeySeed(const Key& key, uint64_t size) {
+  uint64_t h = 1469598103934665603ull ^ size;
+  for (size_t i = 0; i < key.len; ++i) h = (h ^ key.bytes[i]) * 1099511628211ull;
+  return h;
+}
+
+inline void FillBlock(const Key& key, std::span<std::byte> out) {
+  uint64_t x = KeySeed(key, out.size());
+  size_t i = 0;
+  for (; i + 8 <= out.size(); i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(out.data() + i, &x, 8);
+  }
+  for (; i < out.size(); ++i) out[i] = static_cast<std::byte>(x >> (8 * (i % 8)));
+}
+
+// True if `bytes` is exactly what FillBlock writes for `key`.
+inline bool VerifyBlock(const Key& key, std::span<const std::byte> bytes) {
+  std::vector<std::byte> expected(bytes.size());
+  FillBlock(key, expected);
+  return std::memcmp(expected.data(), bytes.data(), bytes.size()) == 0;
+}
+
+}  // namespace kvtier::testing

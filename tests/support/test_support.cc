@@ -1,0 +1,151 @@
+#include "tests/support/test_support.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+namespace kvtier::testing {
+
+TempDir::TempDir() {
+  std::string templ = (std::filesystem::temp_directory_path() / "kvtier-test-XXXXXX").string();
+  if (mkdtemp(templ.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = templ;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
+  std::unique_ptr<DaemonProcess> d(new DaemonProcess());
+  const auto dir = d->dir_.path();
+  d->socket_path_ = (dir / "run" / "kvtierd.sock").string();
+  {
+    std::ofstream cfg(dir / "kvtierd.toml");
+    cfg << "config_version = 1\n[daemon]\nrun_dir = \"run\"\nsocket_mode = \"0600\"\n"
+        << "log_level = \"info\"\ndefault_tenant = \"test\"\n"
+        << "max_sessions = " << o.max_sessions << "\n"
+        << "max_leases_per_session = " << o.max_leases_per_session << "\n"
+        << "poll_spin_us = " << o.poll_spin_us << "\n"
+        << o.extra_toml << "\n[pool]\nslab_bytes = " << o.slab_bytes
+        << "\nmax_block_bytes = " << o.max_block_bytes
+        << "\nhuge_pages = \"try\"\nlock_memory = \"try\"\n"
+        << "[[tenant]]\nname = \"test\"\ndram_bytes = " << o.dram_bytes
+        << "\nmax_blocks = " << o.max_blocks << "\n";
+  }
+  // Readiness comes as sd_notify's READY=1 on a datagram socket of our own.
+  const std::string notify_path = (dir / "notify.sock").string();
+  int notify = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", notify_path.c_str());
+  if (bind(notify, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    throw std::runtime_error("bind(notify socket) failed");
+  }
+  const std::string log_path = (dir / "kvtierd.log").string();
+  const std::string cfg_path = (dir / "kvtierd.toml").string();
+  d->pid_ = fork();
+  if (d->pid_ == 0) {
+    setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
+    FILE* log = std::fopen(log_path.c_str(), "w");
+    if (log != nullptr) dup2(fileno(log), STDERR_FILENO);
+    execl(KVTIERD_PATH, "kvtierd", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait for READY=1, or for the child to die (then report its log).
+  for (;;) {
+    pollfd p{notify, POLLIN, 0};
+    if (poll(&p, 1, 200) == 1) {
+      char buf[256] = {};
+      const ssize_t n = recv(notify, buf, sizeof(buf) - 1, 0);
+      if (n > 0 && std::strstr(buf, "READY=1") != nullptr) break;
+    }
+    if (!d->Alive()) {
+      close(notify);
+      throw std::runtime_error("kvtierd exited during start-up:\n" + d->Log());
+    }
+  }
+  close(notify);
+  return d;
+}
+
+DaemonProcess::~DaemonProcess() {
+  if (!reaped_) Stop();
+}
+
+bool DaemonProcess::Alive() {
+  if (reaped_) return false;
+  int status = 0;
+  if (waitpid(pid_, &status, WNOHANG) == pid_) {
+    reaped_ = true;
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+    return false;
+  }
+  return true;
+}
+
+int DaemonProcess::Stop() {
+  if (reaped_) return exit_status_;
+  kill(pid_, SIGTERM);
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  reaped_ = true;
+  exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  return exit_status_;
+}
+
+std::string DaemonProcess::Log() const {
+  std::ifstream in(dir_.path() / "kvtierd.log");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+pid_t SpawnChild(const std::function<int()>& body) {
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int code = 99;
+    try {
+      code = body();
+    } catch (...) {
+      code = 98;
+    }
+    std::fflush(nullptr);
+    _exit(code);
+  }
+  return pid;
+}
+
+int WaitChild(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int RunInChild(const std::function<int()>& body) { return WaitChild(SpawnChild(body)); }
+
+}  // namespace kvtier::testing
+
+namespace kvtier::testing {
+
+bool WaitUntil(const std::function<bool()>& condition, int max_wait_ms) {
+  for (int waited = 0; waited <= max_wait_ms; waited += 10) {
+    if (condition()) return true;
+    usleep(10000);
+  }
+  return false;
+}
+
+}  // namespace kvtier::testing

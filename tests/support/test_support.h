@@ -1,0 +1,73 @@
+// Test support: temp dirs and a real kvtierd child process on a private socket.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <functional>
+#include <string>
+
+namespace kvtier::testing {
+
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+struct DaemonOptions {
+  uint64_t dram_bytes = 64ull << 20;
+  uint64_t slab_bytes = 2ull << 20;
+  uint64_t max_block_bytes = 2ull << 20;
+  uint64_t max_blocks = 0;  // 0: derived
+  uint32_t max_sessions = 64;
+  uint32_t max_leases_per_session = 65536;
+  uint32_t poll_spin_us = 0;
+  std::string extra_toml;  // appended to the [daemon] table
+};
+
+// Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
+// (sd_notify). The destructor stops it with SIGTERM and reaps it.
+class DaemonProcess {
+ public:
+  static std::unique_ptr<DaemonProcess> Start(const DaemonOptions& options = {});
+  ~DaemonProcess();
+
+  const std::string& socket_path() const { return socket_path_; }
+  pid_t pid() const { return pid_; }
+  // True while the process has not exited.
+  bool Alive();
+  // SIGTERM, wait, and return the exit status (-signal if killed by one).
+  int Stop();
+  std::string Log() const;  // the daemon's stderr so far
+
+ private:
+  DaemonProcess() = default;
+  TempDir dir_;
+  std::string socket_path_;
+  pid_t pid_ = -1;
+  int exit_status_ = 0;
+  bool reaped_ = false;
+};
+
+// Runs `body` in a forked child; returns its exit code (128 + signal if it died of one).
+int RunInChild(const std::function<int()>& body);
+// Forks `body` and returns its pid without waiting.
+pid_t SpawnChild(const std::function<int()>& body);
+int WaitChild(pid_t pid);
+
+}  // namespace kvtier::testing
+
+namespace kvtier::testing {
+
+// Polls `condition` every 10 ms until it holds; false after `max_wait_ms` (a liveness bound for
+// a hung test, not a timing assertion: the condition normally holds within milliseconds).
+bool WaitUntil(const std::function<bool()>& condition, int max_wait_ms = 30000);
+
+}  // namespace kvtier::testing
