@@ -145,10 +145,10 @@ std::string JsonNumber(double v) {
 }
 
 void PrintTable(const std::vector<Row>& rows) {
-  std::printf("\n%-30s %10s %-7s  %-44s %10s %6s  %-12s %s\n", "figure", "value", "unit",
+  std::printf("\n%-34s %10s %-7s  %-44s %10s %6s  %-12s %s\n", "figure", "value", "unit",
               "limit (same run)", "limit", "ratio", "target", "result");
   for (const Row& r : rows) {
-    std::printf("%-30s %10s %-7s  %-44s %10s %6s  %-12s %s\n", r.metric.c_str(),
+    std::printf("%-34s %10s %-7s  %-44s %10s %6s  %-12s %s\n", r.metric.c_str(),
                 Human(r.value, r.unit).c_str(), r.unit.c_str(), r.limit_metric.c_str(),
                 Human(r.limit, r.unit).c_str(), Fixed(r.ratio, 2).c_str(),
                 r.target.empty() ? "-" : r.target.c_str(),

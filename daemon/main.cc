@@ -31,8 +31,11 @@ namespace {
 // another user could replace the socket under the clients.
 Status PrepareRunDir(const std::filesystem::path& dir) {
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) return Status(StatusCode::kIoError, "cannot create run_dir " + dir.string() + ": " + ec.message());
+  std::filesystem::create_directories(dir.parent_path(), ec);
+  // 0755: other uids must reach the socket; the socket's own mode decides who may connect.
+  if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    return ErrnoStatus("cannot create run_dir " + dir.string(), errno);
+  }
   struct stat st {};
   if (stat(dir.c_str(), &st) != 0) return ErrnoStatus("stat(" + dir.string() + ")", errno);
   if (!S_ISDIR(st.st_mode)) {
