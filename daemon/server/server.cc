@@ -153,6 +153,11 @@ void Server::Accept() {
 
 void Server::OnSessionEvent(Session& session, uint32_t events) {
   if (session.closed()) return;  // closed earlier in this round
+  if ((events & (EPOLLHUP | EPOLLERR)) != 0) {
+    // The peer is gone: no reply could reach it, and closing releases all it held. Requests it
+    // sent last are dropped with it (its client never saw them acknowledged).
+    return CloseSession(session, "peer hung up");
+  }
   if ((events & EPOLLOUT) != 0 && !session.pending_reply().empty()) {
     const Status s = SendFrame(session.fd(), session.pending_reply());
     if (s.code() == StatusCode::kResourceExhausted) return;  // still full
@@ -171,11 +176,6 @@ void Server::OnSessionEvent(Session& session, uint32_t events) {
     // A request never carries an fd; one that does is dropped here (UniqueFd closes it).
     if (!ServeFrame(session, received->bytes, received->truncated)) return;
     if (!session.pending_reply().empty()) break;
-  }
-  if ((events & (EPOLLHUP | EPOLLERR)) != 0 && session.pending_reply().empty()) {
-    // Requests still queued were served above; nothing more can arrive.
-    auto more = RecvFrame(session.fd(), recv_buffer_, MSG_DONTWAIT | MSG_PEEK);
-    if (!more.ok() || more->eof) CloseSession(session, "peer hung up");
   }
 }
 

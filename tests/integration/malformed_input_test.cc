@@ -1,6 +1,7 @@
 // Hostile and broken peers: every malformed frame gets an error reply or a closed session,
 // the daemon stays up, and well-behaved clients keep being served during the barrage.
 #include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -236,6 +237,31 @@ TEST_CASE("file descriptors smuggled into requests are closed, not kept",
     REQUIRE(r.got_reply);
   }
   CHECK(OpenFds(daemon->pid()) == before);
+}
+
+TEST_CASE("a client that stops reading its replies does not stall other clients",
+          "[integration][malformed]") {
+  auto daemon = DaemonProcess::Start();
+  UniqueFd slow = HelloedConnect(*daemon);
+  REQUIRE(fcntl(slow.get(), F_SETFL, O_NONBLOCK) == 0);
+  // Pipeline requests without reading until both directions' socket buffers are full.
+  uint64_t sent = 0;
+  for (; sent < 200000; ++sent) {
+    const Status s = SendFrame(slow.get(), StatsFrame(sent + 1));
+    if (s.code() == StatusCode::kResourceExhausted) break;
+    REQUIRE(s.ok());
+  }
+  REQUIRE(sent < 200000);  // the daemon applied backpressure instead of queueing forever
+  auto good = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "good"});
+  REQUIRE(good.ok());
+  CHECK((*good)->Stats().ok());
+  // The slow client still gets every reply, in order.
+  REQUIRE(fcntl(slow.get(), F_SETFL, 0) == 0);
+  for (uint64_t i = 1; i <= sent; ++i) {
+    RawReply r = ReadReply(slow.get());
+    REQUIRE(r.got_reply);
+    REQUIRE(r.header.request_id == i);
+  }
 }
 
 // A well-behaved client, in its own process, storing and verifying until told to stop.

@@ -619,9 +619,13 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
         (void)w.writer.Append(ns.data(), ns.size());
       } else if (op != Op::kStats) {
         const size_t item = RequestItemBytes(op);
-        const uint64_t n = below(8) == 0 ? below(kMaxBatch + 1) : below(6);
-        if (std::byte* p = reinterpret_cast<std::byte*>(w.writer.AppendItems<std::byte>(n * item))) {
-          for (size_t k = 0; k < n * item; ++k) p[k] = static_cast<std::byte>(below(4) == 0 ? rng() : 0);
+        // Mostly small batches; now and then up to a full one.
+        const uint64_t n = below(64) == 0 ? below(kMaxBatch + 1) : below(6);
+        if (std::byte* p = w.writer.AppendItems<std::byte>(n * item)) {
+          std::memset(p, 0, n * item);
+          for (uint64_t k = 0; k < n * item && k < 64; ++k) {
+            p[below(n * item)] = static_cast<std::byte>(rng());
+          }
         }
         w.writer.SetCount(static_cast<uint32_t>(n));
       }
