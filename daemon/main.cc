@@ -17,6 +17,7 @@
 #include "daemon/server/server.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/errno_status.h"
+#include "ipc/socket/seqpacket.h"
 
 namespace kvtier {
 
@@ -77,6 +78,11 @@ int Serve(const std::string& config_path) {
     return 1;
   }
   spdlog::info("kvtierd {} starting with {}", KVT_VERSION, config->source.string());
+  // Fail fast, before spending seconds pre-faulting pools, if another instance serves here.
+  if (Status s = EnsureNoListener(config->socket_path.string()); !s.ok()) {
+    spdlog::critical("{}", s.message());
+    return 1;
+  }
   std::vector<std::string> warnings;
   auto tenants = TenantRegistry::Create(*config, &warnings);
   if (!tenants.ok()) {

@@ -41,25 +41,29 @@ Status SizeSocketBuffers(int fd) {
   return Status::Ok();
 }
 
+Status EnsureNoListener(const std::string& path) {
+  KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return Status::Ok();
+  if (!S_ISSOCK(st.st_mode)) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "'" + path + "' exists and is not a socket; refusing to replace it");
+  }
+  UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  if (probe.valid() &&
+      connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+    return Status(StatusCode::kAlreadyExists, "another kvtierd is already serving '" + path + "'");
+  }
+  return Status::Ok();
+}
+
 Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog) {
   KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
   UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoStatus("socket(AF_UNIX, SOCK_SEQPACKET)", errno);
+  KVT_RETURN_IF_ERROR(EnsureNoListener(path));
   struct stat st {};
-  if (lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode)) {
-      return Status(StatusCode::kFailedPrecondition,
-                    "'" + path + "' exists and is not a socket; refusing to replace it");
-    }
-    // A socket file left by a previous run. If a daemon still answers there, do not steal it.
-    UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    if (probe.valid() &&
-        connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
-      return Status(StatusCode::kAlreadyExists,
-                    "another kvtierd is already serving '" + path + "'");
-    }
-    unlink(path.c_str());
-  }
+  unlink(path.c_str());  // a stale socket file left by a previous run
   // Create the socket file with no access at all, then open it up to exactly `mode`.
   const mode_t old_umask = umask(0777);
   const int rc = bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));

@@ -20,6 +20,9 @@ struct PeerCredentials {
   gid_t gid = 0;
 };
 
+// OK if nothing listens at `path` (a stale socket file is fine); kAlreadyExists if a live
+// listener answers there; kFailedPrecondition if `path` is some other kind of file.
+Status EnsureNoListener(const std::string& path);
 // Binds and listens at `path` (a stale socket file is replaced), chmods it to `mode` and
 // verifies the result with stat: the daemon never serves a socket with looser permissions
 // than configured. Non-blocking, close-on-exec.

@@ -1,0 +1,109 @@
+// kvtierd and kvtierctl as operators run them: config checking, socket permissions, a second
+// instance, clean stops, and kvtierctl's output.
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "kvclient/client.h"
+#include "tests/support/test_support.h"
+
+namespace kvtier::testing {
+namespace {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+CommandResult RunCommand(const std::string& command) {
+  CommandResult r;
+  FILE* p = popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.output.append(buf, n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST_CASE("kvtierd --check-config accepts the shipped configs", "[integration][cli]") {
+  for (const char* file : {"configs/kvtierd.toml", "configs/kvtierd.dev.toml"}) {
+    const CommandResult r = RunCommand(std::string(KVTIERD_PATH) + " --check-config " +
+                                       KVT_SOURCE_DIR + "/" + file);
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+    CHECK_THAT(r.output, Catch::Contains("valid"));
+  }
+}
+
+TEST_CASE("kvtierd refuses a bad config naming the key and line", "[integration][cli]") {
+  TempDir dir;
+  const auto path = dir.path() / "bad.toml";
+  std::ofstream(path) << "config_version = 1\n[daemon]\nlog_level = \"loud\"\n"
+                      << "[[tenant]]\nname = \"a\"\ndram_bytes = \"64MiB\"\n";
+  for (const char* mode : {"--check-config", "--config"}) {
+    const CommandResult r = RunCommand(std::string(KVTIERD_PATH) + " " + mode + " " +
+                                       path.string());
+    INFO(r.output);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.output, Catch::Contains("bad.toml:3:"));
+    CHECK_THAT(r.output, Catch::Contains("daemon.log_level"));
+  }
+}
+
+TEST_CASE("the control socket gets exactly the configured mode", "[integration][cli]") {
+  auto daemon = DaemonProcess::Start();
+  struct stat st {};
+  REQUIRE(stat(daemon->socket_path().c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 07777) == 0600);
+  CHECK(daemon->Stop() == 0);
+  // A clean stop removes the socket file.
+  CHECK(stat(daemon->socket_path().c_str(), &st) != 0);
+}
+
+TEST_CASE("a second kvtierd on the same socket refuses to start", "[integration][cli]") {
+  auto daemon = DaemonProcess::Start();
+  // The first daemon's config is beside its run directory.
+  const auto config = std::filesystem::path(daemon->socket_path()).parent_path().parent_path() /
+                      "kvtierd.toml";
+  const CommandResult r = RunCommand(std::string(KVTIERD_PATH) + " --config " + config.string());
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains("already serving"));
+  // The first one is unharmed.
+  auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "x"});
+  REQUIRE(client.ok());
+  CHECK((*client)->Stats().ok());
+}
+
+TEST_CASE("kvtierctl stats shows the tenant's pool as a table and as JSON", "[integration][cli]") {
+  auto daemon = DaemonProcess::Start();
+  const std::string base = std::string(KVTIERCTL_PATH) + " --socket " + daemon->socket_path();
+  CommandResult table = RunCommand(base + " stats");
+  INFO(table.output);
+  CHECK(table.exit_code == 0);
+  CHECK_THAT(table.output, Catch::Contains("tenant") && Catch::Contains("test"));
+  CHECK_THAT(table.output, Catch::Contains("pool_bytes           67108864"));
+  CommandResult json = RunCommand(base + " --json stats");
+  INFO(json.output);
+  CHECK(json.exit_code == 0);
+  CHECK_THAT(json.output, Catch::StartsWith("{\"tenant\": \"test\"") &&
+                              Catch::Contains("\"pool_bytes\": 67108864"));
+  CommandResult usage = RunCommand(base + " frobnicate");
+  CHECK(usage.exit_code == 2);
+  CHECK_THAT(usage.output, Catch::Contains("usage"));
+  daemon->Stop();
+  CommandResult down = RunCommand(base + " stats");
+  CHECK(down.exit_code == 1);
+  CHECK_THAT(down.output, Catch::Contains("not running"));
+}
+
+}  // namespace
+}  // namespace kvtier::testing
