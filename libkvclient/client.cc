@@ -46,6 +46,14 @@ wire::WireKey ToWire(const Key& key) {
   return w;
 }
 
+void AppendKeys(wire::FrameWriter& w, std::span<const Key> keys) {
+  auto* items = w.AppendItems<wire::WireKey>(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const wire::WireKey k = ToWire(keys[i]);
+    std::memcpy(&items[i], &k, sizeof(k));
+  }
+}
+
 Status SpanSizeError(const char* what) {
   return Status(StatusCode::kInvalidArgument, std::string(what) + " must be as long as keys");
 }
@@ -236,11 +244,7 @@ Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys, std::span<St
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl.Begin(op);
-    auto* items = w.AppendItems<wire::WireKey>(n);
-    for (size_t i = 0; i < n; ++i) {
-      const wire::WireKey k = ToWire(keys[base + i]);
-      std::memcpy(&items[i], &k, sizeof(k));
-    }
+    AppendKeys(w, keys.subspan(base, n));
     KVT_ASSIGN_OR_RETURN(auto reply, impl.RoundTrip(w, op, n, sizeof(uint16_t)));
     for (size_t i = 0; i < n; ++i) {
       const auto raw = reply.ItemAt<uint16_t>(i);
@@ -274,11 +278,7 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kAcquire);
-    auto* items = w.AppendItems<wire::WireKey>(n);
-    for (size_t i = 0; i < n; ++i) {
-      const wire::WireKey k = ToWire(keys[base + i]);
-      std::memcpy(&items[i], &k, sizeof(k));
-    }
+    AppendKeys(w, keys.subspan(base, n));
     KVT_ASSIGN_OR_RETURN(auto reply,
                          impl_->RoundTrip(w, wire::Op::kAcquire, n, sizeof(wire::AcquireResult)));
     for (size_t i = 0; i < n; ++i) {
@@ -333,11 +333,7 @@ Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> ti
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kMatchPrefix);
-    auto* items = w.AppendItems<wire::WireKey>(n);
-    for (size_t i = 0; i < n; ++i) {
-      const wire::WireKey k = ToWire(keys[base + i]);
-      std::memcpy(&items[i], &k, sizeof(k));
-    }
+    AppendKeys(w, keys.subspan(base, n));
     KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kMatchPrefix, n,
                                                       sizeof(uint8_t), /*exact_count=*/false));
     const uint32_t got = reply.header.count;

@@ -12,6 +12,12 @@ Status Invalid(std::string message) {
   return Status(StatusCode::kInvalidArgument, std::move(message));
 }
 
+// Per-item status replies are arrays of uint16_t, written unaligned-safe.
+void PutCode(uint16_t* out, size_t i, StatusCode code) {
+  const auto raw = static_cast<uint16_t>(code);
+  std::memcpy(&out[i], &raw, sizeof(raw));
+}
+
 }  // namespace
 
 RequestHandler::Outcome RequestHandler::Handle(Session& session, const wire::FrameView& request,
@@ -146,8 +152,7 @@ void RequestHandler::PerKey(Session& session, const wire::FrameView& request,
     if (code == StatusCode::kOk && request.op != wire::Op::kRemove) {
       session.NoteReservationEnded();
     }
-    const auto raw = static_cast<uint16_t>(code);
-    std::memcpy(&out[i], &raw, sizeof(raw));
+    PutCode(out, i, code);
   }
 }
 
@@ -206,8 +211,7 @@ void RequestHandler::Release(Session& session, const wire::FrameView& request,
       pool.Release(*ref);
       code = StatusCode::kOk;
     }
-    const auto raw = static_cast<uint16_t>(code);
-    std::memcpy(&out[i], &raw, sizeof(raw));
+    PutCode(out, i, code);
   }
 }
 
