@@ -128,7 +128,18 @@ Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op o
   if (!broken.ok()) return broken;
   const uint64_t id = next_request_id++;
   if (Status s = SendFrame(fd.get(), w.Finish()); !s.ok()) {
-    broken = Status(StatusCode::kUnavailable, "lost the connection to kvtierd: " + s.message());
+    // The daemon may have refused the session (e.g. max_sessions) and closed before our send;
+    // its reason is still waiting in the socket.
+    size_t pending = 0;
+    auto got = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+    if (got.ok() && !got->eof && !got->truncated) pending = got->bytes;
+    auto refusal = wire::DecodeReply(std::span(recv_buf).first(pending));
+    if (pending > 0 && refusal.ok() && refusal->header.status != 0) {
+      broken = Status(static_cast<StatusCode>(refusal->header.status),
+                      std::string(refusal->message));
+    } else {
+      broken = Status(StatusCode::kUnavailable, "lost the connection to kvtierd: " + s.message());
+    }
     return broken;
   }
   size_t bytes = 0;
@@ -204,6 +215,14 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
   if (offsets.size() < keys.size()) return SpanSizeError("offsets");
   if (codes.size() < keys.size()) return SpanSizeError("codes");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] == 0 || sizes[i] > impl_->max_block_bytes) {
+      return Status(StatusCode::kInvalidArgument,
+                    "item " + std::to_string(i) + ": block size " + std::to_string(sizes[i]) +
+                        " is outside 1.." + std::to_string(impl_->max_block_bytes) +
+                        " (max_block_bytes)");
+    }
+  }
   std::lock_guard lock(impl_->mu);
   const uint64_t pool_bytes = impl_->pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
@@ -368,20 +387,16 @@ Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const 
   r.sizes_.assign(sizes.begin(), sizes.end());
   r.offsets_.resize(keys.size());
   r.codes_.resize(keys.size(), StatusCode::kInternal);
-  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_); !s.ok()) {
-    r.done_ = true;
-    return s;
-  }
+  // On failure, `r` aborts whatever earlier frames of a split batch did reserve.
+  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_); !s.ok()) return s;
   return r;
 }
 
 Result<Leases> Client::Acquire(std::span<const Key> keys) {
   Leases l(this);
   l.infos_.resize(keys.size());
-  if (Status s = AcquireRaw(keys, l.infos_); !s.ok()) {
-    l.done_ = true;
-    return s;
-  }
+  // On failure, `l` releases whatever earlier frames of a split batch did lease.
+  if (Status s = AcquireRaw(keys, l.infos_); !s.ok()) return s;
   return l;
 }
 

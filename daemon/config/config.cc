@@ -32,6 +32,8 @@ constexpr uint64_t kTiB = 1024 * kGiB;
 constexpr uint64_t kMinSlabBytes = 2 * kMiB;
 constexpr uint64_t kMaxSlabBytes = kGiB;
 constexpr uint64_t kMinBlockBytes = 4 * kKiB;
+// Block sizes travel as 64 bits but the index keeps 32; 1 GiB is far above any KV block.
+constexpr uint64_t kMaxBlockBytes = 1 * kGiB;
 constexpr uint64_t kBytesPerDefaultBlock = 16 * kKiB;
 constexpr uint64_t kMaxBlocks = uint64_t{1} << 31;
 constexpr uint64_t kHostHeadroomBytes = kGiB;
@@ -509,10 +511,10 @@ Status ConfigParser::ParsePool(const toml::table& pool, Config* config) {
                      FormatSize(kMinSlabBytes) + " and " + FormatSize(kMaxSlabBytes));
   }
   KVT_RETURN_IF_ERROR(ReadSize(pool, "pool", "max_block_bytes", &config->max_block_bytes));
-  if (config->max_block_bytes < kMinBlockBytes) {
+  if (config->max_block_bytes < kMinBlockBytes || config->max_block_bytes > kMaxBlockBytes) {
     return Error(LineOr("pool.max_block_bytes", root_line_), "pool.max_block_bytes",
-                 FormatSize(config->max_block_bytes) + " is less than the minimum " +
-                     FormatSize(kMinBlockBytes));
+                 FormatSize(config->max_block_bytes) + " is outside " +
+                     FormatSize(kMinBlockBytes) + " .. " + FormatSize(kMaxBlockBytes));
   }
   int huge_pages = static_cast<int>(config->huge_pages);
   KVT_RETURN_IF_ERROR(ReadMode(pool, "pool", "huge_pages", &huge_pages));

@@ -142,8 +142,7 @@ void Server::Accept() {
       spdlog::warn("epoll_ctl(session): {}", ErrnoStatus("epoll_ctl", errno).message());
       continue;
     }
-    const uint32_t id = next_session_id_++;
-    if (next_session_id_ == 0) next_session_id_ = 1;
+    const uint32_t id = NextSessionId();
     spdlog::debug("session {}: connected pid {} uid {} gid {}", id, peer->pid, peer->uid,
                   peer->gid);
     sessions_[raw_fd] =
@@ -174,6 +173,9 @@ void Server::OnSessionEvent(Session& session, uint32_t events) {
     }
     if (received->eof) return CloseSession(session, "peer closed");
     // A request never carries an fd; one that does is dropped here (UniqueFd closes it).
+    if (received->fds_truncated) {
+      return CloseSession(session, "sent more file descriptors than any request may carry");
+    }
     if (!ServeFrame(session, received->bytes, received->truncated)) return;
     if (!session.pending_reply().empty()) break;
   }
@@ -222,6 +224,22 @@ bool Server::SendReply(Session& session, std::span<const std::byte> frame, int p
   }
   CloseSession(session, "send failed");
   return false;
+}
+
+uint32_t Server::NextSessionId() {
+  // Reservations are owned by session id, so a live id must never be handed out twice. Ids
+  // only repeat after 2^32 sessions; from then on skip the ones still in use.
+  for (;;) {
+    const uint32_t id = next_session_id_++;
+    if (next_session_id_ == 0) {
+      next_session_id_ = 1;
+      ids_wrapped_ = true;
+    }
+    if (!ids_wrapped_) return id;
+    bool in_use = false;
+    for (const auto& [fd, s] : sessions_) in_use = in_use || s->id() == id;
+    if (!in_use) return id;
+  }
 }
 
 bool Server::AllowPeerErrorLog() {

@@ -45,6 +45,7 @@ class Server {
   void WatchWritable(Session& session, bool writable);
   // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
   bool AllowPeerErrorLog();
+  uint32_t NextSessionId();
   static constexpr uint32_t kPeerErrorLogsPerSecond = 10;
 
   const Config& config_;
@@ -58,6 +59,7 @@ class Server {
   std::vector<std::byte> recv_buffer_;
   std::vector<std::byte> send_buffer_;
   uint32_t next_session_id_ = 1;
+  bool ids_wrapped_ = false;
   uint64_t log_second_ = 0;
   uint32_t logged_this_second_ = 0;
   uint64_t suppressed_logs_ = 0;

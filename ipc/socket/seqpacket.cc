@@ -170,7 +170,7 @@ Result<Received> RecvFrame(int fd, std::span<std::byte> buffer, int flags) {
       }
     }
   }
-  if ((msg.msg_flags & MSG_CTRUNC) != 0) out.truncated = true;
+  out.fds_truncated = (msg.msg_flags & MSG_CTRUNC) != 0;
   return out;
 }
 

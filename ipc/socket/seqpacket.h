@@ -41,6 +41,7 @@ struct Received {
   size_t bytes = 0;      // 0 with eof = true: the peer closed
   bool eof = false;
   bool truncated = false;  // the frame was larger than the buffer (MSG_TRUNC)
+  bool fds_truncated = false;  // more fds were sent than the control buffer holds (MSG_CTRUNC)
   UniqueFd passed_fd;      // an fd the peer sent, if any (extra fds are closed)
 };
 // Receives one frame. `flags` may hold MSG_DONTWAIT; an empty non-blocking socket then gives a

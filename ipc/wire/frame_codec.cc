@@ -66,6 +66,7 @@ Result<FrameView> DecodeRequest(std::span<const std::byte> frame) {
   } else if (view->op == Op::kStats) {
     if (h.count != 0 || h.body_bytes != 0) return Malformed("stats request carries a body");
   } else {  // kHello
+    if (h.count != 0) return Malformed("hello carries items");
     HelloRequest hello{};
     if (h.body_bytes < sizeof(hello)) return Malformed("hello body shorter than HelloRequest");
     std::memcpy(&hello, view->body.data(), sizeof(hello));
@@ -90,9 +91,9 @@ Result<FrameView> DecodeReply(std::span<const std::byte> frame) {
 }
 
 Status CheckKey(const WireKey& key) {
-  if (key.len > kMaxKeyBytes) {
+  if (key.len == 0 || key.len > kMaxKeyBytes) {
     return Status(StatusCode::kInvalidArgument,
-                  "key length " + std::to_string(key.len) + " exceeds 32 bytes");
+                  "key length " + std::to_string(key.len) + " is outside 1..32 bytes");
   }
   for (uint8_t b : key.reserved) {
     if (b != 0) return Status(StatusCode::kInvalidArgument, "key reserved bytes are not zero");

@@ -36,7 +36,7 @@ Result<FrameView> DecodeRequest(std::span<const std::byte> frame);
 // Same checks for the client side; item sizes are checked by the caller, who knows the op.
 Result<FrameView> DecodeReply(std::span<const std::byte> frame);
 
-// Checks a decoded key: len <= 32, reserved and padding bytes zero.
+// Checks a decoded key: len 1..32, reserved and padding bytes zero.
 Status CheckKey(const WireKey& key);
 
 // Writes one frame into a caller-owned buffer of kMaxFrameBytes. Items are appended in place.

@@ -60,7 +60,7 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == 32);
 
-// A block key: up to 32 opaque bytes. Bytes past `len` must be zero, so a key has exactly one
+// A block key: 1..32 opaque bytes. Bytes past `len` must be zero, so a key has exactly one
 // encoding and "ab" and "ab\0" are different keys.
 struct WireKey {
   uint8_t len;

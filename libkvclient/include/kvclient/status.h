@@ -24,7 +24,7 @@ enum class StatusCode : uint16_t {
   kUnavailable = 6,         // the daemon is not running, is draining, or the peer went away
   kVersionMismatch = 7,     // protocol versions do not overlap
   kProtocolError = 8,       // a malformed frame; the session is closed after the reply
-  kFailedPrecondition = 9,  // the call is valid but not in this state (e.g. commit unreserved)
+  kFailedPrecondition = 9,  // the call is valid but not in this state (e.g. not hello first)
   kDataLoss = 10,           // stored bytes failed verification; treated as a miss
   kInternal = 11,           // a bug in kvtier; please report
   kIoError = 12,            // an operating-system call failed (errno in the message)
