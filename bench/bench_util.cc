@@ -1,5 +1,6 @@
 #include "bench/bench_util.h"
 
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -10,15 +11,22 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 namespace kvtier::bench {
 namespace {
 
 pid_t g_child_to_stop = 0;
+std::string* g_dir_to_remove = nullptr;
 
 }  // namespace
 
 void SetChildToStopOnFailure(pid_t pid) { g_child_to_stop = pid; }
+
+void SetDirToRemoveOnFailure(const std::string& dir) {
+  delete g_dir_to_remove;
+  g_dir_to_remove = dir.empty() ? nullptr : new std::string(dir);
+}
 
 void Fail(const std::string& what) {
   std::fflush(stdout);
@@ -31,6 +39,10 @@ void Fail(const std::string& what) {
     }
     kill(g_child_to_stop, SIGKILL);
     waitpid(g_child_to_stop, nullptr, WNOHANG);
+  }
+  if (g_dir_to_remove != nullptr) {
+    std::error_code ec;
+    std::filesystem::remove_all(*g_dir_to_remove, ec);
   }
   std::exit(1);
 }
@@ -80,6 +92,28 @@ PrivateBuffer::PrivateBuffer(uint64_t bytes) : size_(bytes) {
 PrivateBuffer::~PrivateBuffer() {
   if (data_ != nullptr) munmap(data_, size_);
 }
+
+CpuMask GetCpuMask() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) Fail("sched_getaffinity: " + std::string(strerror(errno)));
+  CpuMask cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(static_cast<size_t>(c), &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+
+void SetCpuMask(const CpuMask& cpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : cpus) CPU_SET(static_cast<size_t>(c), &set);
+  if (sched_setaffinity(0, sizeof(set), &set) != 0) {
+    Fail("sched_setaffinity: " + std::string(strerror(errno)));
+  }
+}
+
+void PinToCpu(int cpu) { SetCpuMask({cpu}); }
 
 Key BenchKey(uint32_t tag, uint64_t index) {
   Key key;

@@ -26,6 +26,8 @@ inline constexpr uint64_t kGiB = 1024 * kMiB;
 void CheckOk(const Status& status, const std::string& what);
 // The daemon Fail() must stop; 0 for none.
 void SetChildToStopOnFailure(pid_t pid);
+// The temporary directory Fail() must remove (after stopping the daemon); "" for none.
+void SetDirToRemoveOnFailure(const std::string& dir);
 
 uint64_t NowNs();
 double Seconds(uint64_t ns);
@@ -53,6 +55,12 @@ class PrivateBuffer {
   std::byte* data_ = nullptr;
   uint64_t size_ = 0;
 };
+
+// CPU affinity of the calling thread (the benchmark is single-threaded, so of the process).
+using CpuMask = std::vector<int>;  // CPU numbers
+CpuMask GetCpuMask();
+void SetCpuMask(const CpuMask& cpus);
+void PinToCpu(int cpu);
 
 // A 16-byte benchmark key: "kvtb", a figure tag and the block number.
 Key BenchKey(uint32_t tag, uint64_t index);

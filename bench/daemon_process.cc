@@ -15,7 +15,7 @@
 #include <sstream>
 
 #include "bench/bench_util.h"
-#include "kvclient/client.h"
+#include "ipc/socket/seqpacket.h"
 
 namespace kvtier::bench {
 namespace {
@@ -57,6 +57,7 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options
   std::string templ = (std::filesystem::temp_directory_path() / "kvtier-bench.XXXXXX").string();
   if (mkdtemp(templ.data()) == nullptr) Fail("mkdtemp: " + std::string(strerror(errno)));
   d->dir_ = templ;
+  SetDirToRemoveOnFailure(d->dir_);
   const std::string run_dir = d->dir_ + "/run";
   const std::string config_path = d->dir_ + "/kvtierd.toml";
   d->socket_path_ = run_dir + "/kvtierd.sock";
@@ -74,6 +75,7 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != parent) _exit(127);
+    if (options.cpu >= 0) PinToCpu(options.cpu);
     const int log = open(d->log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (log >= 0) {
       dup2(log, STDOUT_FILENO);
@@ -87,11 +89,8 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options
   d->pid_ = pid;
   SetChildToStopOnFailure(pid);
 
-  // Ready when a client gets through hello (the pool is mapped and the socket is served).
-  ClientOptions probe;
-  probe.socket_path = d->socket_path_;
-  probe.name_space = "kvtier-bench-probe";
-  probe.timeout_ms = 120000;
+  // Ready when the socket accepts a connection: the daemon listens only once its pools are
+  // made. (A full Client::Connect would also map, and pre-fault, the whole pool.)
   for (;;) {
     int wstatus = 0;
     if (waitpid(pid, &wstatus, WNOHANG) == pid) {
@@ -101,10 +100,10 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options
            d->LogTail());
     }
     if (access(d->socket_path_.c_str(), F_OK) == 0) {
-      auto client = Client::Connect(probe);
-      if (client.ok()) break;
-      if (client.status().code() != StatusCode::kUnavailable) {
-        Fail("probing kvtierd: " + client.status().ToString() + "; its log:\n" + d->LogTail());
+      auto probe = ConnectSeqpacket(d->socket_path_);
+      if (probe.ok()) break;
+      if (probe.status().code() != StatusCode::kUnavailable) {
+        Fail("probing kvtierd: " + probe.status().ToString() + "; its log:\n" + d->LogTail());
       }
     }
     if (NowNs() - start_ns > kStartTimeoutNs) {
@@ -157,6 +156,7 @@ DaemonProcess::~DaemonProcess() {
   Stop();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
+  SetDirToRemoveOnFailure("");
 }
 
 }  // namespace kvtier::bench

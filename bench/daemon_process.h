@@ -21,6 +21,7 @@ struct DaemonOptions {
   uint64_t slab_bytes = 4 << 20;
   uint64_t max_block_bytes = 2 << 20;
   uint32_t poll_spin_us = 50;
+  int cpu = -1;  // pin the daemon to this CPU; -1: the scheduler decides
 };
 
 class DaemonProcess {

@@ -31,6 +31,8 @@ constexpr char kUsage[] =
     "  --spin-us N           poll_spin_us of the started daemon (default 50)\n"
     "  --client-spin-us N    ClientOptions::spin_us of the benchmark's client (default 50)\n"
     "  --pool-gib N          dram_bytes of the started daemon's tenant (default 8)\n"
+    "  --pin off|apart|same  CPUs of the benchmark's client and the started daemon: the\n"
+    "                        scheduler's choice (default), two different CPUs, or one CPU\n"
     "  --json FILE           also write one JSON line per figure to FILE\n"
     "  --quick               small totals: a smoke run that checks every path (< 20 s)\n"
     "  --help                this text\n"
@@ -44,6 +46,7 @@ struct Options {
   uint64_t pool_gib = 8;
   std::string json;
   bool quick = false;
+  std::string pin = "off";
 };
 
 struct Row {
@@ -87,6 +90,12 @@ Options ParseOptions(int argc, char** argv) {
       o.client_spin_us = ParseU32("--client-spin-us", argv[++i]);
     } else if (arg == "--pool-gib" && has_value) {
       o.pool_gib = ParseU32("--pool-gib", argv[++i]);
+    } else if (arg == "--pin" && has_value) {
+      o.pin = argv[++i];
+      if (o.pin != "off" && o.pin != "apart" && o.pin != "same") {
+        std::fprintf(stderr, "kvtier-bench: --pin takes off, apart or same\n%s", kUsage);
+        std::exit(2);
+      }
     } else if (arg == "--json" && has_value) {
       o.json = argv[++i];
     } else {
@@ -116,12 +125,14 @@ Plan MakePlan(bool quick) {
 }
 
 std::string Fixed(double v, int digits) {
+  if (!std::isfinite(v)) return "-";
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
   return buf;
 }
 
 std::string Human(double v, const std::string& unit) {
+  if (!std::isfinite(v)) return "-";
   if (unit == "keys/s") return Fixed(v / 1e6, 2) + "M";
   if (unit == "GB/s") return Fixed(v, 2);
   if (unit == "us") return Fixed(v, 1);
@@ -149,8 +160,8 @@ void PrintTable(const std::vector<Row>& rows) {
               "limit (same run)", "limit", "ratio", "target", "result");
   for (const Row& r : rows) {
     std::printf("%-34s %10s %-7s  %-44s %10s %6s  %-12s %s\n", r.metric.c_str(),
-                Human(r.value, r.unit).c_str(), r.unit.c_str(), r.limit_metric.c_str(),
-                Human(r.limit, r.unit).c_str(), Fixed(r.ratio, 2).c_str(),
+                Human(r.value, r.unit).c_str(), r.unit.c_str(), r.limit_metric.empty() ? "-" : r.limit_metric.c_str(),
+                Human(r.limit, r.unit).c_str(), Fixed(r.ratio, 3).c_str(),
                 r.target.empty() ? "-" : r.target.c_str(),
                 r.target.empty() ? "info" : (r.pass ? "PASS" : "MISS"));
   }
@@ -172,6 +183,17 @@ void WriteJson(const std::string& path, const std::vector<Row>& rows) {
   if (std::fclose(f) != 0) Fail("cannot write " + path);
 }
 
+void Progress(const char* op, uint64_t block_bytes, int batch, const Throughput& t,
+              double limit) {
+  std::printf("  %s %s batch%d: %.2f GB/s, best copy around it %.2f GB/s (%s in %llu blocks, "
+              "%.2f s, %.1f us per call)\n",
+              op, SizeName(block_bytes).c_str(), batch, t.gbps, limit, SizeName(t.bytes).c_str(),
+              static_cast<unsigned long long>(t.blocks), t.seconds,
+              t.seconds * 1e6 / static_cast<double>((t.blocks + static_cast<uint64_t>(batch) - 1) /
+                                                    static_cast<uint64_t>(batch)));
+  std::fflush(stdout);
+}
+
 int Run(const Options& options) {
   const Plan plan = MakePlan(options.quick);
   std::vector<Row> rows;
@@ -182,15 +204,28 @@ int Run(const Options& options) {
     CopyLimits copy;
   };
   std::vector<SizeLimits> limits;
-  for (uint64_t block_bytes : {2 * kMiB, 64 * kKiB}) {
+  CopyMeter meter(plan.working_set_bytes);
+  auto limit_options = [&](uint64_t block_bytes, int reps) {
     CopyLimitOptions o;
     o.block_bytes = block_bytes;
     o.working_set_bytes = plan.working_set_bytes;
     o.bytes_per_rep = plan.limit_bytes_per_rep;
-    o.reps = plan.limit_reps;
-    limits.push_back({block_bytes, MeasureCopyLimits(o)});
+    o.reps = reps;
+    return o;
+  };
+  for (uint64_t block_bytes : {2 * kMiB, 64 * kKiB}) {
+    limits.push_back({block_bytes, meter.Measure(limit_options(block_bytes, plan.limit_reps))});
   }
-  const RttLimit rtt = MeasureSocketRtt(plan.rtt_round_trips, plan.rtt_reps);
+  // The bare round trip between processes on two CPUs (how shared/BASELINES.md defines it) and
+  // on one CPU, where a wake-up is only a context switch.
+  const CpuMask cpus = GetCpuMask();
+  const int cpu_a = cpus[0];
+  const int cpu_b = cpus.size() > 1 ? cpus[1] : cpus[0];
+  const RttLimit rtt_apart = MeasureSocketRtt(plan.rtt_round_trips, plan.rtt_reps, cpu_a, cpu_b);
+  const RttLimit rtt_same = MeasureSocketRtt(plan.rtt_round_trips, plan.rtt_reps, cpu_a, cpu_a);
+  const bool same = options.pin == "same" || cpus.size() == 1;
+  const RttLimit rtt = same ? rtt_same : rtt_apart;
+  const std::string rtt_name = same ? "bare RTT 1 CPU" : "bare RTT 2 CPUs";
   std::printf("limits (1 core, best of %d, working set %s per side):\n", plan.limit_reps,
               SizeName(plan.working_set_bytes).c_str());
   for (const SizeLimits& l : limits) {
@@ -201,9 +236,14 @@ int Run(const Options& options) {
                 l.copy.out_of_shm.memcpy_gbps, l.copy.out_of_shm.nt_gbps,
                 l.copy.huge_pages ? "  (hugetlb)" : "  (4 KiB pages)");
   }
-  std::printf("  bare SOCK_SEQPACKET round trip, 64 B, blocking: p50 %.1f us  p99 %.1f us "
-              "(%d x %d)\n",
-              rtt.p50_us, rtt.p99_us, plan.rtt_reps, plan.rtt_round_trips);
+  std::printf("  bare SOCK_SEQPACKET round trip, 64 B, blocking, %d x %d: processes on CPUs %d+%d: "
+              "p50 %.1f us  p99 %.1f us; both on CPU %d: p50 %.1f us  p99 %.1f us\n",
+              plan.rtt_reps, plan.rtt_round_trips, cpu_a, cpu_b, rtt_apart.p50_us,
+              rtt_apart.p99_us, cpu_a, rtt_same.p50_us, rtt_same.p99_us);
+  if (options.pin != "off") {
+    PinToCpu(cpu_a);
+    std::printf("pinned: client on CPU %d, kvtierd on CPU %d\n", cpu_a, same ? cpu_a : cpu_b);
+  }
   std::fflush(stdout);
 
   // --- The daemon and the client. ---
@@ -215,6 +255,7 @@ int Run(const Options& options) {
     d.dram_bytes = options.quick ? 512 * kMiB : options.pool_gib * kGiB;
     d.max_blocks = plan.index_blocks;
     d.poll_spin_us = options.spin_us;
+    if (options.pin != "off") d.cpu = same ? cpu_a : cpu_b;
     daemon = DaemonProcess::Start(d);
     socket_path = daemon->socket_path();
     std::printf("kvtierd pid %d: pool %s, max_blocks %llu, poll_spin_us %u; up in %.1f s\n",
@@ -226,13 +267,15 @@ int Run(const Options& options) {
   co.socket_path = socket_path;
   co.name_space = "kvtier-bench";
   co.spin_us = options.client_spin_us;
+  const uint64_t connect_start = NowNs();
   auto client = Client::Connect(co);
   CheckOk(client.status(), "connecting to kvtierd at " + socket_path);
+  const double connect_s = Seconds(NowNs() - connect_start);
   const uint64_t pool = (*client)->pool().size();
   if ((*client)->max_block_bytes() < 2 * kMiB) Fail("the daemon's max_block_bytes is below 2 MiB");
   if (pool < 256 * kMiB) Fail("the tenant pool is " + SizeName(pool) + "; need >= 256 MiB");
-  std::printf("client spin_us %u, tenant '%s', pool %s mapped\n", co.spin_us,
-              (*client)->tenant().c_str(), SizeName(pool).c_str());
+  std::printf("client spin_us %u, tenant '%s': Connect (hello + map the %s pool) took %.2f s\n",
+              co.spin_us, (*client)->tenant().c_str(), SizeName(pool).c_str(), connect_s);
   std::fflush(stdout);
 
   PrivateBuffer src(plan.working_set_bytes);
@@ -259,22 +302,45 @@ int Run(const Options& options) {
       {64 * kKiB, pool / 4 / (64 * kKiB), pool * 3 / 8 / (64 * kKiB) / 64 * 64, 64}};
   struct Measured {
     Throughput put_b1, put_b64, get_b1, get_b64;
+    // The best copy limit measured just before and just after each figure.
+    double put_b1_limit, put_b64_limit, get_b1_limit, get_b64_limit;
+  };
+  const int bracket_reps = options.quick ? 1 : 3;
+  auto bracketed = [&](bool into_shm, uint64_t block_bytes, auto&& figure, double* limit) {
+    const CopyLimit before = meter.MeasureOne(into_shm, limit_options(block_bytes, bracket_reps));
+    auto result = figure();
+    const CopyLimit after = meter.MeasureOne(into_shm, limit_options(block_bytes, bracket_reps));
+    *limit = std::max(before.best(), after.best());
+    return result;
   };
   std::vector<Measured> measured(sizes.size());
   for (size_t k = 0; k < sizes.size(); ++k) {
     const Sizes& s = sizes[k];
-    measured[k].put_b1 = fig.Put(s.tag * 10 + 1, s.block_bytes, s.b1_blocks, 1);
+    Measured& m = measured[k];
+    m.put_b1 = bracketed(true, s.block_bytes, [&] {
+      return fig.Put(s.tag * 10 + 1, s.block_bytes, s.b1_blocks, 1);
+    }, &m.put_b1_limit);
+    Progress("put", s.block_bytes, 1, m.put_b1, m.put_b1_limit);
     fig.Remove(s.tag * 10 + 1, s.b1_blocks);
-    measured[k].put_b64 = fig.Put(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, 64);
+    m.put_b64 = bracketed(true, s.block_bytes, [&] {
+      return fig.Put(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, 64);
+    }, &m.put_b64_limit);
+    Progress("put", s.block_bytes, 64, m.put_b64, m.put_b64_limit);
   }
   for (size_t k = 0; k < sizes.size(); ++k) {
     const Sizes& s = sizes[k];
-    measured[k].get_b1 = fig.Get(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, s.b1_blocks, 1);
-    measured[k].get_b64 = fig.Get(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, s.b64_blocks, 64);
+    Measured& m = measured[k];
+    m.get_b1 = bracketed(false, s.block_bytes, [&] {
+      return fig.Get(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, s.b1_blocks, 1);
+    }, &m.get_b1_limit);
+    Progress("get", s.block_bytes, 1, m.get_b1, m.get_b1_limit);
+    m.get_b64 = bracketed(false, s.block_bytes, [&] {
+      return fig.Get(s.tag * 10 + 2, s.block_bytes, s.b64_blocks, s.b64_blocks, 64);
+    }, &m.get_b64_limit);
+    Progress("get", s.block_bytes, 64, m.get_b64, m.get_b64_limit);
   }
   for (size_t k = 0; k < sizes.size(); ++k) {
     const Sizes& s = sizes[k];
-    const SizeLimits& l = limits[k];
     const std::string size = SizeName(s.block_bytes);
     const double goal = s.block_bytes >= 2 * kMiB ? 0.9 : 0.7;
     const std::string target = ">= " + Fixed(goal, 1) + "x";
@@ -294,12 +360,11 @@ int Run(const Options& options) {
       if (t.evictions != 0) r.limit_metric += " [" + std::to_string(t.evictions) + " evictions!]";
       rows.push_back(r);
     };
-    add("put", 1, measured[k].put_b1, l.copy.into_shm.best(), "into");
-    add("put", 64, measured[k].put_b64, l.copy.into_shm.best(), "into");
+    add("put", 1, measured[k].put_b1, measured[k].put_b1_limit, "into");
+    add("put", 64, measured[k].put_b64, measured[k].put_b64_limit, "into");
   }
   for (size_t k = 0; k < sizes.size(); ++k) {
     const Sizes& s = sizes[k];
-    const SizeLimits& l = limits[k];
     const std::string size = SizeName(s.block_bytes);
     const double goal = s.block_bytes >= 2 * kMiB ? 0.9 : 0.7;
     for (int batch : {1, 64}) {
@@ -309,7 +374,7 @@ int Run(const Options& options) {
       r.value = t.gbps;
       r.unit = "GB/s";
       r.limit_metric = "best copy out of shm " + size;
-      r.limit = l.copy.out_of_shm.best();
+      r.limit = batch == 1 ? measured[k].get_b1_limit : measured[k].get_b64_limit;
       r.ratio = t.gbps / r.limit;
       if (batch == 64) {
         r.target = ">= " + Fixed(goal, 1) + "x";
@@ -329,7 +394,7 @@ int Run(const Options& options) {
     r.metric = "match_prefix batch256";
     r.value = keys_per_s;
     r.unit = "keys/s";
-    r.limit_metric = "256 keys per bare RTT p50 (256/rtt_p50)";
+    r.limit_metric = "256 keys per " + rtt_name + " p50";
     r.limit = 256.0 / (rtt.p50_us * 1e-6);
     r.ratio = keys_per_s / r.limit;
     r.target = ">= 5M keys/s";
@@ -342,7 +407,7 @@ int Run(const Options& options) {
     p50.metric = "match_prefix 1key rtt p50";
     p50.value = lat.p50_us;
     p50.unit = "us";
-    p50.limit_metric = "bare SOCK_SEQPACKET RTT p50";
+    p50.limit_metric = rtt_name + " p50";
     p50.limit = rtt.p50_us;
     p50.ratio = lat.p50_us / rtt.p50_us;
     p50.target = "<= 1.5x";
@@ -351,7 +416,7 @@ int Run(const Options& options) {
     Row p99 = p50;
     p99.metric = "match_prefix 1key rtt p99";
     p99.value = lat.p99_us;
-    p99.limit_metric = "bare SOCK_SEQPACKET RTT p99";
+    p99.limit_metric = rtt_name + " p99";
     p99.limit = rtt.p99_us;
     p99.ratio = lat.p99_us / rtt.p99_us;
     p99.target.clear();
@@ -391,9 +456,9 @@ int Run(const Options& options) {
     rate.metric = "reserve+commit 4KiB batch4096";
     rate.value = f.keys_per_s;
     rate.unit = "keys/s";
-    rate.limit_metric = "4096 keys per 2 bare RTT p50";
-    rate.limit = 4096.0 / (2 * rtt.p50_us * 1e-6);
-    rate.ratio = rate.value / rate.limit;
+    rate.limit_metric = "";  // no physical limit; shown for information
+    rate.limit = NAN;
+    rate.ratio = NAN;
     rows.push_back(rate);
     fig.Remove(7, blocks);
   }

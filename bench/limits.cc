@@ -45,12 +45,19 @@ double CopyGbps(CopyFn copy, std::byte* dst, const std::byte* src, const CopyLim
 
 }  // namespace
 
-CopyLimits MeasureCopyLimits(const CopyLimitOptions& options) {
+struct CopyMeter::State {
+  ShmRegion created;
+  ShmRegion mapped;
+  PrivateBuffer priv;
+  explicit State(uint64_t bytes) : priv(bytes) {}
+};
+
+CopyMeter::CopyMeter(uint64_t working_set_bytes) : state_(new State(working_set_bytes)) {
   // The same kind of mapping a client writes through: a sealed memfd made like a tenant pool
   // (hugetlb if reserved, pre-faulted), mapped a second time the way libkvclient maps it.
   ShmCreateOptions shm;
   shm.name = "kvtier-bench-limit";
-  shm.bytes = options.working_set_bytes;
+  shm.bytes = working_set_bytes;
   shm.huge_pages = HugePages::kTry;
   shm.lock_memory = LockMemory::kTry;
   std::string warnings;
@@ -58,21 +65,41 @@ CopyLimits MeasureCopyLimits(const CopyLimitOptions& options) {
   CheckOk(created.status(), "creating the shared mapping for the copy limit");
   const int fd = dup(created->fd());
   if (fd < 0) Fail("dup: " + std::string(strerror(errno)));
-  auto mapped = ShmRegion::Map(UniqueFd(fd), options.working_set_bytes);
+  auto mapped = ShmRegion::Map(UniqueFd(fd), working_set_bytes);
   CheckOk(mapped.status(), "mapping the shared memfd for the copy limit");
-  PrivateBuffer priv(options.working_set_bytes);
+  state_->created = std::move(*created);
+  state_->mapped = std::move(*mapped);
+}
 
+CopyMeter::~CopyMeter() { delete state_; }
+
+CopyLimit CopyMeter::MeasureOne(bool into_shm, const CopyLimitOptions& options) {
+  CopyLimitOptions o = options;
+  o.working_set_bytes = std::min(o.working_set_bytes, state_->priv.size());
+  std::byte* shared = state_->mapped.data();
+  std::byte* priv = state_->priv.data();
+  CopyLimit l;
+  if (into_shm) {
+    l.memcpy_gbps = CopyGbps(&Memcpy, shared, priv, o);
+    l.nt_gbps = CopyGbps(&CopyNonTemporal, shared, priv, o);
+  } else {
+    l.memcpy_gbps = CopyGbps(&Memcpy, priv, shared, o);
+    l.nt_gbps = CopyGbps(&CopyNonTemporal, priv, shared, o);
+  }
+  return l;
+}
+
+CopyLimits CopyMeter::Measure(const CopyLimitOptions& options) {
   CopyLimits out;
-  out.huge_pages = created->huge_pages();
-  std::byte* shared = mapped->data();
-  out.into_shm.memcpy_gbps = CopyGbps(&Memcpy, shared, priv.data(), options);
-  out.into_shm.nt_gbps = CopyGbps(&CopyNonTemporal, shared, priv.data(), options);
-  out.out_of_shm.memcpy_gbps = CopyGbps(&Memcpy, priv.data(), shared, options);
-  out.out_of_shm.nt_gbps = CopyGbps(&CopyNonTemporal, priv.data(), shared, options);
+  out.huge_pages = state_->created.huge_pages();
+  out.into_shm = MeasureOne(true, options);
+  out.out_of_shm = MeasureOne(false, options);
   return out;
 }
 
-RttLimit MeasureSocketRtt(int round_trips, int reps) {
+RttLimit MeasureSocketRtt(int round_trips, int reps, int self_cpu, int child_cpu) {
+  const CpuMask saved = GetCpuMask();
+  if (self_cpu >= 0) PinToCpu(self_cpu);
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
     Fail("socketpair(SOCK_SEQPACKET): " + std::string(strerror(errno)));
@@ -80,6 +107,7 @@ RttLimit MeasureSocketRtt(int round_trips, int reps) {
   const pid_t child = fork();
   if (child < 0) Fail("fork: " + std::string(strerror(errno)));
   if (child == 0) {
+    if (child_cpu >= 0) PinToCpu(child_cpu);
     close(sv[0]);
     char buf[64];
     for (;;) {
@@ -119,6 +147,7 @@ RttLimit MeasureSocketRtt(int round_trips, int reps) {
   int wstatus = 0;
   waitpid(child, &wstatus, 0);
   if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) Fail("echo child failed");
+  SetCpuMask(saved);
   return best;
 }
 

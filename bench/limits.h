@@ -26,8 +26,25 @@ struct CopyLimitOptions {
   int reps = 5;  // best of
 };
 
-// Best-of-reps GB/s (1e9 bytes/s) for each direction and copy function.
-CopyLimits MeasureCopyLimits(const CopyLimitOptions& options);
+// Holds a shared mapping and a private buffer of `working_set_bytes` each, so the copy limits
+// can be measured again next to every figure: this VM's memory bandwidth drifts by 2x within a
+// run, so a limit measured minutes earlier is no yardstick. Move-only.
+class CopyMeter {
+ public:
+  explicit CopyMeter(uint64_t working_set_bytes);
+  ~CopyMeter();
+  CopyMeter(const CopyMeter&) = delete;
+  CopyMeter& operator=(const CopyMeter&) = delete;
+
+  // Best-of-reps GB/s (1e9 bytes/s) for each direction and copy function.
+  CopyLimits Measure(const CopyLimitOptions& options);
+  // One direction only (into_shm true: private -> shared).
+  CopyLimit MeasureOne(bool into_shm, const CopyLimitOptions& options);
+
+ private:
+  struct State;
+  State* state_;
+};
 
 struct RttLimit {
   double p50_us = 0;
@@ -35,7 +52,9 @@ struct RttLimit {
 };
 
 // 64-byte round trips to a forked echo child over a SOCK_SEQPACKET socketpair; both sides block
-// in recv. Best p50 and best p99 over `reps` runs of `round_trips` each.
-RttLimit MeasureSocketRtt(int round_trips, int reps);
+// in recv. Best p50 and best p99 over `reps` runs of `round_trips` each. The caller runs on
+// `self_cpu` and the child on `child_cpu` for the measurement (-1: wherever the scheduler puts
+// them); the caller's CPU mask is restored afterwards.
+RttLimit MeasureSocketRtt(int round_trips, int reps, int self_cpu, int child_cpu);
 
 }  // namespace kvtier::bench
