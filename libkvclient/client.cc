@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -108,8 +109,10 @@ Status Client::Impl::Receive(size_t* bytes) {
     }
     auto got = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
     if (!got.ok()) {
-      if (IsWouldBlock(got.status())) continue;
-      return got.status();
+      if (!IsWouldBlock(got.status())) return got.status();
+      // If kvtierd shares this CPU, let it run: spinning would only delay the reply.
+      if (spinning) sched_yield();
+      continue;
     }
     if (got->eof) {
       return Status(StatusCode::kUnavailable, "kvtierd closed the connection");

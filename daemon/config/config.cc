@@ -689,8 +689,10 @@ Status ConfigParser::CheckHostMemory(const Config& config) const {
 
 Result<uint64_t> ParseSize(std::string_view text) {
   auto invalid = [text](std::string_view why) {
-    return Status(StatusCode::kInvalidArgument,
-                  "\"" + std::string(text) + "\" is not a size: " + std::string(why));
+    // Appended piecewise: g++ 12 -O2 warns falsely (-Wrestrict) on "\"" + std::string(...).
+    std::string message(1, '"');
+    message.append(text).append("\" is not a size: ").append(why);
+    return Status(StatusCode::kInvalidArgument, std::move(message));
   };
   if (text.empty()) return invalid("it is empty");
   if (text.front() == ' ' || text.back() == ' ')

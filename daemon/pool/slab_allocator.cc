@@ -10,7 +10,7 @@ namespace kvtier {
 SlabAllocator::SlabAllocator(const SizeClasses* classes, uint64_t pool_bytes)
     : classes_(classes),
       slabs_(pool_bytes / classes->slab_bytes()),
-      owner_(pool_bytes / kGranule, kNoOwner),
+      owners_(slabs_.size()),
       partial_head_(classes->count(), kNil),
       words_per_slab_(static_cast<uint32_t>((classes->slab_bytes() / kGranule + 63) / 64)),
       free_slabs_(static_cast<uint32_t>(slabs_.size())) {
@@ -19,8 +19,24 @@ SlabAllocator::SlabAllocator(const SizeClasses* classes, uint64_t pool_bytes)
 }
 
 uint64_t SlabAllocator::MemoryBytes() const {
-  return slabs_.size() * sizeof(Slab) + bitmap_.size() * sizeof(uint64_t) +
-         owner_.size() * sizeof(uint32_t);
+  return slabs_.size() * (sizeof(Slab) + sizeof(std::vector<uint32_t>)) +
+         bitmap_.size() * sizeof(uint64_t) + owner_slots_ * sizeof(uint32_t);
+}
+
+uint64_t SlabAllocator::SlotOf(uint64_t offset) const {
+  const uint32_t slab = SlabOf(offset);
+  const Slab& s = slabs_[slab];
+  KVT_DCHECK(s.kind == Kind::kSmall || s.kind == Kind::kLargeHead);
+  if (s.kind != Kind::kSmall) return 0;
+  return (offset - uint64_t{slab} * slab_bytes()) / classes_->SlotBytes(s.cls);
+}
+
+void SlabAllocator::Carve(uint32_t slab, Kind kind, uint8_t cls, uint32_t slots) {
+  Slab& s = slabs_[slab];
+  s.kind = kind;
+  s.cls = cls;
+  owners_[slab].assign(slots, kNoOwner);
+  owner_slots_ += slots;
 }
 
 std::optional<uint32_t> SlabAllocator::TakeFreeSlab() {
@@ -40,6 +56,8 @@ std::optional<uint32_t> SlabAllocator::TakeFreeSlab() {
 
 void SlabAllocator::ReleaseSlab(uint32_t slab) {
   slabs_[slab] = Slab{};
+  owner_slots_ -= owners_[slab].size();
+  std::vector<uint32_t>().swap(owners_[slab]);
   ++free_slabs_;
   free_hint_ = std::min(free_hint_, slab);
 }
@@ -70,9 +88,7 @@ std::optional<uint64_t> SlabAllocator::AllocSmall(uint8_t cls) {
     auto fresh = TakeFreeSlab();
     if (!fresh) return std::nullopt;
     slab = *fresh;
-    Slab& s = slabs_[slab];
-    s.kind = Kind::kSmall;
-    s.cls = cls;
+    Carve(slab, Kind::kSmall, cls, classes_->SlotsPerSlab(cls));
     std::fill_n(Bitmap(slab), words_per_slab_, 0);
     PartialPush(slab);
   }
@@ -100,8 +116,8 @@ std::optional<uint64_t> SlabAllocator::AllocLarge(uint32_t slabs) {
     if (run < slabs) continue;
     const uint32_t head = i + 1 - slabs;
     for (uint32_t j = head; j <= i; ++j) {
-      slabs_[j].kind = j == head ? Kind::kLargeHead : Kind::kLargeTail;
-      slabs_[j].cls = SizeClasses::kLarge;
+      Carve(j, j == head ? Kind::kLargeHead : Kind::kLargeTail, SizeClasses::kLarge,
+            j == head ? 1 : 0);
       slabs_[j].run = j == head ? slabs : head;
     }
     free_slabs_ -= slabs;
@@ -113,7 +129,7 @@ std::optional<uint64_t> SlabAllocator::AllocLarge(uint32_t slabs) {
 void SlabAllocator::Free(uint64_t offset) {
   const uint32_t slab = SlabOf(offset);
   Slab& s = slabs_[slab];
-  owner_[offset / kGranule] = kNoOwner;
+  owners_[slab][SlotOf(offset)] = kNoOwner;
   if (s.kind == Kind::kLargeHead) {
     KVT_CHECK(offset % slab_bytes() == 0);
     const uint32_t run = s.run;

@@ -30,9 +30,11 @@ class SlabAllocator {
   // Frees the slot or run that starts at `offset`.
   void Free(uint64_t offset);
 
-  // The block (an index entry id) that owns the slot at `offset`.
-  void SetOwner(uint64_t offset, uint32_t owner) { owner_[offset / kGranule] = owner; }
-  uint32_t Owner(uint64_t offset) const { return owner_[offset / kGranule]; }
+  // The block (an index entry id) that owns the allocated slot or run at `offset`.
+  void SetOwner(uint64_t offset, uint32_t owner) {
+    owners_[SlabOf(offset)][SlotOf(offset)] = owner;
+  }
+  uint32_t Owner(uint64_t offset) const { return owners_[SlabOf(offset)][SlotOf(offset)]; }
   void Pin(uint64_t offset) { ++slabs_[SlabOf(offset)].pinned; }
   void Unpin(uint64_t offset);
   void Touch(uint64_t offset, uint64_t tick) { slabs_[SlabOf(offset)].last_access = tick; }
@@ -65,6 +67,9 @@ class SlabAllocator {
   };
 
   uint32_t SlabOf(uint64_t offset) const { return static_cast<uint32_t>(offset / slab_bytes()); }
+  // The slot index of `offset` within its slab (0 for a large block's head).
+  uint64_t SlotOf(uint64_t offset) const;
+  void Carve(uint32_t slab, Kind kind, uint8_t cls, uint32_t slots);
   uint64_t* Bitmap(uint32_t slab) { return &bitmap_[size_t{slab} * words_per_slab_]; }
   const uint64_t* Bitmap(uint32_t slab) const { return &bitmap_[size_t{slab} * words_per_slab_]; }
   std::optional<uint32_t> TakeFreeSlab();
@@ -76,7 +81,10 @@ class SlabAllocator {
   const SizeClasses* classes_;
   std::vector<Slab> slabs_;
   std::vector<uint64_t> bitmap_;
-  std::vector<uint32_t> owner_;
+  // Per slab, the owner of each slot: sized to the slab's slots when it is carved and freed
+  // with it, so this costs 4 bytes per block, whatever the pool size.
+  std::vector<std::vector<uint32_t>> owners_;
+  uint64_t owner_slots_ = 0;
   std::vector<uint32_t> partial_head_;
   uint32_t words_per_slab_;
   uint32_t free_slabs_;

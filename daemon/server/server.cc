@@ -1,6 +1,7 @@
 #include "daemon/server/server.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
@@ -79,7 +80,12 @@ Status Server::Run() {
       if (errno == EINTR) continue;
       return ErrnoStatus("epoll_wait", errno);
     }
-    if (n == 0) continue;
+    if (n == 0) {
+      // Spinning: give the CPU away at once if a client waits for it (on a shared vCPU the
+      // client may be the very peer whose next request we are spinning for).
+      sched_yield();
+      continue;
+    }
     for (int i = 0; i < n; ++i) {
       const uint64_t tag = events[i].data.u64;
       if (tag == kListenTag) {

@@ -7,7 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "ipc/base/errno_status.h"
 #include "ipc/base/units.h"
@@ -21,6 +24,30 @@ void Note(std::string* warnings, const std::string& text) {
   if (warnings == nullptr) return;
   if (!warnings->empty()) *warnings += "; ";
   *warnings += text;
+}
+
+// Populates every page now, so no client ever takes a first-touch fault (0.15x of a warm copy
+// on these VMs). The kernel zeroes pages at about 1 GB/s per core, so large pools are split
+// across threads: an 8 GiB pool takes seconds, not tens of seconds.
+void PreFault(std::byte* data, uint64_t bytes) {
+  constexpr uint64_t kChunk = 256 * kMiB;
+  const uint64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  const uint64_t threads = std::clamp<uint64_t>(bytes / kChunk, 1, std::min<uint64_t>(cores, 16));
+  const uint64_t share = AlignUp(bytes / threads, 2 * kMiB);
+  auto populate = [](std::byte* begin, uint64_t n) {
+    // MADV_POPULATE_WRITE (Linux 5.14+) allocates without writing; else touch each page.
+    if (madvise(begin, n, MADV_POPULATE_WRITE) == 0) return;
+    const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    for (uint64_t off = 0; off < n; off += page) {
+      reinterpret_cast<volatile std::byte*>(begin)[off] = std::byte{0};
+    }
+  };
+  std::vector<std::thread> workers;
+  for (uint64_t off = share; off < bytes; off += share) {
+    workers.emplace_back(populate, data + off, std::min(share, bytes - off));
+  }
+  populate(data, std::min(share, bytes));
+  for (std::thread& t : workers) t.join();
 }
 
 }  // namespace
@@ -98,13 +125,7 @@ Result<ShmRegion> ShmRegion::Create(const ShmCreateOptions& options, std::string
     }
     Note(warnings, "no hugetlb pages reserved: pool uses 4 KiB pages (set vm.nr_hugepages)");
   }
-  // Pre-fault every page now and keep it: MADV_POPULATE_WRITE allocates without writing.
-  if (madvise(p, options.bytes, MADV_POPULATE_WRITE) != 0) {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    for (uint64_t off = 0; off < options.bytes; off += page) {
-      reinterpret_cast<volatile std::byte*>(region.data_)[off] = std::byte{0};
-    }
-  }
+  PreFault(region.data_, options.bytes);
   if (options.lock_memory != LockMemory::kOff) {
     if (mlock(p, options.bytes) == 0) {
       region.locked_ = true;

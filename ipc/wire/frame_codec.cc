@@ -1,6 +1,7 @@
 #include "ipc/wire/frame_codec.h"
 
 #include <algorithm>
+#include <bit>
 #include <string>
 
 #include "ipc/base/check.h"
@@ -90,7 +91,31 @@ Result<FrameView> DecodeReply(std::span<const std::byte> frame) {
   return view;
 }
 
+namespace {
+
+// The per-key hot path: true if `key` is well-formed, with a few word operations.
+bool KeyIsWellFormed(const WireKey& key) {
+  static_assert(std::endian::native == std::endian::little);
+  uint64_t head;
+  uint64_t words[4];
+  std::memcpy(&head, &key, sizeof(head));  // len and the 7 reserved bytes
+  std::memcpy(words, key.bytes, sizeof(words));
+  const unsigned len = key.len;
+  if (len == 0 || len > kMaxKeyBytes || (head >> 8) != 0) return false;
+  uint64_t padding = 0;
+  for (unsigned i = 0; i < 4; ++i) {
+    const unsigned first = 8 * i;
+    if (len >= first + 8) continue;
+    const unsigned valid = len > first ? len - first : 0;  // 0..7 bytes of this word are key
+    padding |= words[i] & (~uint64_t{0} << (8 * valid));
+  }
+  return padding == 0;
+}
+
+}  // namespace
+
 Status CheckKey(const WireKey& key) {
+  if (KeyIsWellFormed(key)) [[likely]] return Status::Ok();
   if (key.len == 0 || key.len > kMaxKeyBytes) {
     return Status(StatusCode::kInvalidArgument,
                   "key length " + std::to_string(key.len) + " is outside 1..32 bytes");
