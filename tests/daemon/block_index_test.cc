@@ -1,5 +1,6 @@
 #include "daemon/index/block_index.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -23,7 +24,9 @@ BlockKey Key(uint64_t n, uint32_t ns = 1, uint8_t len = 8) {
   return key;
 }
 
-auto Tuple(const BlockKey& k) { return std::tie(k.ns_id, k.len, k.bytes); }
+auto Tuple(const BlockKey& k) {
+  return std::tie(k.ns_id, k.len, k.bytes);
+}
 
 struct KeyLess {
   bool operator()(const BlockKey& a, const BlockKey& b) const { return Tuple(a) < Tuple(b); }
@@ -90,7 +93,8 @@ TEST_CASE("BlockIndex holds exactly capacity entries", "[daemon][index]") {
   CHECK(index.full());
   CHECK(index.Insert(Key(capacity)) == BlockIndex::kNil);
   // Everything inserted is still there.
-  for (uint32_t i = 0; i < capacity; ++i) CHECK(index.Find(Key(i)) != BlockIndex::kNil);
+  for (uint32_t i = 0; i < capacity; ++i)
+    CHECK(index.Find(Key(i)) != BlockIndex::kNil);
 }
 
 TEST_CASE("BlockIndex Unlink hides an entry and Free recycles it with a new generation",
@@ -127,12 +131,15 @@ TEST_CASE("BlockIndex Unlink hides an entry and Free recycles it with a new gene
 TEST_CASE("BlockIndex LRU lists order by recency and are independent", "[daemon][index]") {
   BlockIndex index(8, 2, 0);
   std::vector<uint32_t> ids;
-  for (uint32_t i = 0; i < 6; ++i) ids.push_back(index.Insert(Key(i)));
+  for (uint32_t i = 0; i < 6; ++i)
+    ids.push_back(index.Insert(Key(i)));
   CHECK(index.lru_lists() == 2);
   CHECK(index.LruBack(0) == BlockIndex::kNil);
   CHECK(index.LruBack(1) == BlockIndex::kNil);
-  for (uint32_t i = 0; i < 3; ++i) index.LruPushFront(0, ids[i]);
-  for (uint32_t i = 3; i < 6; ++i) index.LruPushFront(1, ids[i]);
+  for (uint32_t i = 0; i < 3; ++i)
+    index.LruPushFront(0, ids[i]);
+  for (uint32_t i = 3; i < 6; ++i)
+    index.LruPushFront(1, ids[i]);
   CHECK(index.LruBack(0) == ids[0]);
   CHECK(index.LruBack(1) == ids[3]);
   CHECK(index.at(ids[4]).lru_list == 1);
@@ -170,8 +177,8 @@ TEST_CASE("BlockIndex matches a std::map through random inserts, unlinks and fre
   for (int step = 0; step < 20000; ++step) {
     // Keys from a small space, so inserts, hits and misses all happen; lengths and namespaces
     // vary so that near-identical keys meet.
-    const BlockKey key = Key(rng() % 300, static_cast<uint32_t>(rng() % 3),
-                             static_cast<uint8_t>(1 + rng() % 8));
+    const BlockKey key =
+        Key(rng() % 300, static_cast<uint32_t>(rng() % 3), static_cast<uint8_t>(1 + rng() % 8));
     auto it = model.find(key);
     if (it == model.end()) {
       REQUIRE(index.Find(key) == BlockIndex::kNil);
@@ -191,10 +198,12 @@ TEST_CASE("BlockIndex matches a std::map through random inserts, unlinks and fre
       }
     }
     if (step % 1000 == 0) {
-      for (const auto& [k, id] : model) REQUIRE(index.Find(k) == id);
+      for (const auto& [k, id] : model)
+        REQUIRE(index.Find(k) == id);
     }
   }
-  for (const auto& [k, id] : model) CHECK(index.Find(k) == id);
+  for (const auto& [k, id] : model)
+    CHECK(index.Find(k) == id);
 }
 
 }  // namespace

@@ -26,12 +26,15 @@ struct Writer {
   FrameWriter writer{buffer};
 };
 
-Bytes Copy(std::span<const std::byte> frame) { return Bytes(frame.begin(), frame.end()); }
+Bytes Copy(std::span<const std::byte> frame) {
+  return Bytes(frame.begin(), frame.end());
+}
 
 WireKey Key(uint8_t len, uint8_t fill) {
   WireKey key{};
   key.len = len;
-  for (uint8_t i = 0; i < len; ++i) key.bytes[i] = static_cast<uint8_t>(fill + i);
+  for (uint8_t i = 0; i < len; ++i)
+    key.bytes[i] = static_cast<uint8_t>(fill + i);
   return key;
 }
 
@@ -52,7 +55,8 @@ void Mutate(Bytes* frame, const std::function<void(FrameHeader&)>& change) {
 Bytes CommitRequest(uint32_t n) {
   Writer w;
   w.writer.Begin(Op::kCommit, 77);
-  for (uint32_t i = 0; i < n; ++i) REQUIRE(w.writer.AppendItem(Key(8, static_cast<uint8_t>(i))));
+  for (uint32_t i = 0; i < n; ++i)
+    REQUIRE(w.writer.AppendItem(Key(8, static_cast<uint8_t>(i))));
   return Copy(w.writer.Finish());
 }
 
@@ -109,7 +113,7 @@ TEST_CASE("Every request op survives FrameWriter and DecodeRequest unchanged", "
     w.writer.Begin(Op::kReserve, request_id);
     std::vector<ReserveItem> items(n);
     for (uint32_t i = 0; i < n; ++i) {
-      items[i] = ReserveItem{Key(static_cast<uint8_t>(i % 33), static_cast<uint8_t>(i)),
+      items[i] = ReserveItem{Key(static_cast<uint8_t>(1 + i % 32), static_cast<uint8_t>(i)),
                              uint64_t{i} * 4096 + 1};
       REQUIRE(w.writer.AppendItem(items[i]));
     }
@@ -119,7 +123,8 @@ TEST_CASE("Every request op survives FrameWriter and DecodeRequest unchanged", "
     CHECK(view->header.request_id == request_id);
     REQUIRE(view->header.count == n);
     REQUIRE(view->body.size() == n * sizeof(ReserveItem));
-    for (uint32_t i = 0; i < n; ++i) CHECK(SameBytes(view->ItemAt<ReserveItem>(i), items[i]));
+    for (uint32_t i = 0; i < n; ++i)
+      CHECK(SameBytes(view->ItemAt<ReserveItem>(i), items[i]));
   }
   SECTION("the key ops") {
     const Op op = GENERATE(Op::kCommit, Op::kAbort, Op::kMatchPrefix, Op::kAcquire, Op::kRemove);
@@ -129,7 +134,7 @@ TEST_CASE("Every request op survives FrameWriter and DecodeRequest unchanged", "
     REQUIRE(keys != nullptr);
     std::vector<WireKey> expected(n);
     for (uint32_t i = 0; i < n; ++i) {
-      expected[i] = Key(static_cast<uint8_t>(32 - i % 33), static_cast<uint8_t>(i * 3));
+      expected[i] = Key(static_cast<uint8_t>(1 + i % 32), static_cast<uint8_t>(i * 3));
       std::memcpy(&keys[i], &expected[i], sizeof(WireKey));
     }
     auto view = DecodeRequest(w.writer.Finish());
@@ -146,13 +151,15 @@ TEST_CASE("Every request op survives FrameWriter and DecodeRequest unchanged", "
   }
   SECTION("release") {
     w.writer.Begin(Op::kRelease, request_id);
-    for (uint32_t i = 0; i < n; ++i) REQUIRE(w.writer.AppendItem(uint64_t{i} * 0x9e3779b9u));
+    for (uint32_t i = 0; i < n; ++i)
+      REQUIRE(w.writer.AppendItem(uint64_t{i} * 0x9e3779b9u));
     auto view = DecodeRequest(w.writer.Finish());
     REQUIRE(view.ok());
     CHECK(view->op == Op::kRelease);
     REQUIRE(view->header.count == n);
     REQUIRE(view->body.size() == n * sizeof(uint64_t));
-    for (uint32_t i = 0; i < n; ++i) CHECK(view->ItemAt<uint64_t>(i) == uint64_t{i} * 0x9e3779b9u);
+    for (uint32_t i = 0; i < n; ++i)
+      CHECK(view->ItemAt<uint64_t>(i) == uint64_t{i} * 0x9e3779b9u);
   }
   SECTION("stats") {
     w.writer.Begin(Op::kStats, request_id);
@@ -169,9 +176,9 @@ TEST_CASE("Every reply op survives FrameWriter and DecodeReply with its status a
           "[ipc][wire]") {
   Writer w;
   const uint64_t request_id = 42;
-  const Status status = GENERATE(Status(),
-                                 Status(StatusCode::kResourceExhausted, "tenant dev pool is full"),
-                                 Status(StatusCode::kTimedOut, "x"));
+  const Status status =
+      GENERATE(Status(), Status(StatusCode::kResourceExhausted, "tenant dev pool is full"),
+               Status(StatusCode::kTimedOut, "x"));
 
   auto decode = [&](Op op) {
     auto view = DecodeReply(w.writer.Finish());
@@ -209,17 +216,20 @@ TEST_CASE("Every reply op survives FrameWriter and DecodeReply with its status a
     const FrameView view = decode(Op::kReserve);
     REQUIRE(view.header.count == 5);
     REQUIRE(view.body.size() == 5 * sizeof(ReserveResult));
-    for (uint32_t i = 0; i < 5; ++i) CHECK(SameBytes(view.ItemAt<ReserveResult>(i), results[i]));
+    for (uint32_t i = 0; i < 5; ++i)
+      CHECK(SameBytes(view.ItemAt<ReserveResult>(i), results[i]));
   }
   SECTION("the ops answered with one status per item") {
     const Op op = GENERATE(Op::kCommit, Op::kAbort, Op::kRelease, Op::kRemove);
     w.writer.Begin(op, request_id);
     w.writer.SetStatus(status);
-    for (uint16_t i = 0; i < 7; ++i) REQUIRE(w.writer.AppendItem(uint16_t(i * 2)));
+    for (uint16_t i = 0; i < 7; ++i)
+      REQUIRE(w.writer.AppendItem(uint16_t(i * 2)));
     const FrameView view = decode(op);
     REQUIRE(view.header.count == 7);
     REQUIRE(view.body.size() == 7 * sizeof(uint16_t));
-    for (uint16_t i = 0; i < 7; ++i) CHECK(view.ItemAt<uint16_t>(i) == i * 2);
+    for (uint16_t i = 0; i < 7; ++i)
+      CHECK(view.ItemAt<uint16_t>(i) == i * 2);
   }
   SECTION("match_prefix") {
     w.writer.Begin(Op::kMatchPrefix, request_id);
@@ -400,8 +410,8 @@ TEST_CASE("DecodeRequest rejects a body that is not count items", "[ipc][wire]")
     size_t item;
   };
   const Case c = GENERATE(Case{Op::kReserve, sizeof(ReserveItem)}, Case{Op::kCommit, 40},
-                          Case{Op::kAbort, 40}, Case{Op::kMatchPrefix, 40},
-                          Case{Op::kAcquire, 40}, Case{Op::kRelease, 8}, Case{Op::kRemove, 40});
+                          Case{Op::kAbort, 40}, Case{Op::kMatchPrefix, 40}, Case{Op::kAcquire, 40},
+                          Case{Op::kRelease, 8}, Case{Op::kRemove, 40});
   const uint32_t count = 3;
   const size_t body = GENERATE_COPY(count * c.item + 1, count * c.item - 1, size_t{0}, c.item);
   Writer w;
@@ -416,8 +426,7 @@ TEST_CASE("DecodeRequest rejects a body that is not count items", "[ipc][wire]")
                       std::to_string(c.item) + " bytes"));
 }
 
-TEST_CASE("DecodeRequest rejects a header whose lengths disagree with the frame",
-          "[ipc][wire]") {
+TEST_CASE("DecodeRequest rejects a header whose lengths disagree with the frame", "[ipc][wire]") {
   Bytes frame = CommitRequest(2);
   const int64_t delta = GENERATE(-1, 1, 40);
   Mutate(&frame, [&](FrameHeader& h) {
@@ -466,6 +475,11 @@ TEST_CASE("DecodeRequest checks the hello body", "[ipc][wire]") {
     const uint32_t flags = GENERATE(1u, 0x80000000u);
     CHECK_THAT(RequestError(HelloRequestFrame(flags, 4, 4)), Contains("flags must be zero"));
   }
+  SECTION("items") {
+    Bytes frame = HelloRequestFrame(0, 4, 4);
+    Mutate(&frame, [](FrameHeader& h) { h.count = 1; });
+    CHECK_THAT(RequestError(frame), Contains("hello carries items"));
+  }
   SECTION("a body shorter than HelloRequest") {
     Writer w;
     w.writer.Begin(Op::kHello, 1);
@@ -488,8 +502,7 @@ TEST_CASE("DecodeRequest rejects a stats request with a body", "[ipc][wire]") {
   CHECK_THAT(RequestError(Copy(w.writer.Finish())), Contains("stats request carries a body"));
 }
 
-TEST_CASE("Decoding accepts a frame of kMaxFrameBytes and rejects one byte more",
-          "[ipc][wire]") {
+TEST_CASE("Decoding accepts a frame of kMaxFrameBytes and rejects one byte more", "[ipc][wire]") {
   // Reply bodies are not itemised by the decoder, so a reply can fill the limit exactly.
   Bytes frame(kMaxFrameBytes, std::byte{0});
   FrameHeader h{};
@@ -509,8 +522,7 @@ TEST_CASE("Decoding accepts a frame of kMaxFrameBytes and rejects one byte more"
   CHECK_THAT(RequestError(frame), Contains(limit));
 }
 
-TEST_CASE("DecodeReply rejects an unknown status code and an overlong message",
-          "[ipc][wire]") {
+TEST_CASE("DecodeReply rejects an unknown status code and an overlong message", "[ipc][wire]") {
   Writer w;
   w.writer.Begin(Op::kRemove, 1);
   w.writer.SetStatus(Status(StatusCode::kNotFound, "gone"));
@@ -532,8 +544,8 @@ TEST_CASE("DecodeReply rejects an unknown status code and an overlong message",
 }
 
 TEST_CASE("CheckKey accepts canonical keys and rejects every other encoding", "[ipc][wire]") {
-  SECTION("every length 0..32 with nonzero bytes up to its length is valid") {
-    for (uint8_t len = 0; len <= kMaxKeyBytes; ++len) {
+  SECTION("every length 1..32 with nonzero bytes up to its length is valid") {
+    for (uint8_t len = 1; len <= kMaxKeyBytes; ++len) {
       WireKey key{};
       key.len = len;
       std::fill_n(key.bytes, len, uint8_t{0xff});
@@ -541,12 +553,13 @@ TEST_CASE("CheckKey accepts canonical keys and rejects every other encoding", "[
       CHECK(CheckKey(key).ok());
     }
   }
-  SECTION("length 33 and above") {
+  SECTION("length 0, and 33 and above") {
     WireKey key{};
-    key.len = GENERATE(uint8_t{33}, uint8_t{255});
+    key.len = GENERATE(uint8_t{0}, uint8_t{33}, uint8_t{255});
     const Status status = CheckKey(key);
     CHECK(status.code() == StatusCode::kInvalidArgument);
-    CHECK_THAT(status.message(), Contains("exceeds 32 bytes"));
+    CHECK_THAT(status.message(),
+               Contains("key length " + std::to_string(key.len) + " is outside 1..32 bytes"));
   }
   SECTION("a nonzero reserved byte") {
     WireKey key = Key(4, 1);
@@ -556,7 +569,7 @@ TEST_CASE("CheckKey accepts canonical keys and rejects every other encoding", "[
     CHECK_THAT(status.message(), Contains("reserved"));
   }
   SECTION("a nonzero byte past the length") {
-    const uint8_t len = GENERATE(as<uint8_t>{}, 0, 1, 16, 31);
+    const uint8_t len = GENERATE(as<uint8_t>{}, 1, 16, 31);
     WireKey key = Key(len, 1);
     key.bytes[GENERATE_COPY(size_t{len}, size_t{31})] = 0x80;
     INFO("len " << int{len});
@@ -570,7 +583,9 @@ TEST_CASE("CheckKey accepts canonical keys and rejects every other encoding", "[
 // (ASan/UBSan builds turn any out-of-bounds read into a failure).
 TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz]") {
   std::mt19937_64 rng(0x6b767469657221ull);
-  auto below = [&](uint64_t n) { return static_cast<uint64_t>(rng() % n); };
+  auto below = [&](uint64_t n) {
+    return static_cast<uint64_t>(rng() % n);
+  };
   size_t decoded_ok = 0;
   size_t failures = 0;
   std::string first_failure;
@@ -584,6 +599,13 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
                 v.body.size() == v.header.body_bytes && v.header.count <= kMaxBatch &&
                 v.message.size() <= kMaxMessageBytes &&
                 (v.message.empty() || (msg >= begin && msg + v.message.size() <= end));
+    // protocol.h layout: header, message, body, and nothing after.
+    good = good && sizeof(FrameHeader) + v.message.size() + v.body.size() == frame.size() &&
+           v.message.size() == v.header.message_bytes &&
+           (v.message.empty() || msg == begin + sizeof(FrameHeader)) &&
+           v.body.data() == begin + sizeof(FrameHeader) + v.message.size() &&
+           static_cast<uint16_t>(v.op) == v.header.op && v.header.magic == kMagic &&
+           v.header.version == kProtocolVersion && v.header.reserved == 0;
     if (request) {
       const size_t item = RequestItemBytes(v.op);
       if (item != 0) good = good && v.body.size() == v.header.count * item;
@@ -591,8 +613,10 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
     }
     // Read every byte the view names, so a bad span trips ASan.
     unsigned sum = 0;
-    for (std::byte b : v.body) sum += static_cast<unsigned>(b);
-    for (char ch : v.message) sum += static_cast<unsigned char>(ch);
+    for (std::byte b : v.body)
+      sum += static_cast<unsigned>(b);
+    for (char ch : v.message)
+      sum += static_cast<unsigned char>(ch);
     (void)sum;
     if (!good && failures++ == 0) first_failure = "iteration " + std::to_string(iteration);
   };
@@ -603,14 +627,14 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
     if (kind == 0) {
       // Pure noise, mostly short.
       frame.resize(below(4) == 0 ? below(4096) : below(96));
-      for (auto& b : frame) b = static_cast<std::byte>(rng());
+      for (auto& b : frame)
+        b = static_cast<std::byte>(rng());
     } else {
       // A valid frame of a random op, then one to three mutations.
       const auto op = static_cast<Op>(1 + below(kMaxOp));
       w.writer.Begin(op, rng());
       if (below(2) == 0) {
-        w.writer.SetStatus(Status(static_cast<StatusCode>(below(14)),
-                                  std::string(below(40), 'e')));
+        w.writer.SetStatus(Status(static_cast<StatusCode>(below(14)), std::string(below(40), 'e')));
       }
       if (op == Op::kHello) {
         const HelloRequest hello{0, static_cast<uint32_t>(1 + below(kMaxNamespaceBytes))};
@@ -633,15 +657,25 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
       const uint64_t mutations = kind == 1 ? 0 : 1 + below(3);
       for (uint64_t m = 0; m < mutations; ++m) {
         switch (below(9)) {
-          case 0: frame.resize(below(frame.size() + 64)); break;  // cut or pad with zeros
+          case 0:
+            frame.resize(below(frame.size() + 64));
+            break;  // cut or pad with zeros
           case 1:
             if (!frame.empty()) frame[below(frame.size())] = static_cast<std::byte>(rng());
             break;
           default: {
             if (frame.size() < sizeof(FrameHeader)) break;
             // Overwrite a header field with a boundary-ish or random value.
-            const uint64_t values[] = {0, 1, 2, kMaxBatch, kMaxBatch + 1, 0xffff, 0xffffffff,
-                                       kMaxFrameBytes, kMaxMessageBytes + 1, rng()};
+            const uint64_t values[] = {0,
+                                       1,
+                                       2,
+                                       kMaxBatch,
+                                       kMaxBatch + 1,
+                                       0xffff,
+                                       0xffffffff,
+                                       kMaxFrameBytes,
+                                       kMaxMessageBytes + 1,
+                                       rng()};
             const uint64_t v = values[below(std::size(values))];
             const size_t offsets[] = {0, 4, 6, 16, 20, 24, 26, 28};
             const size_t widths[] = {4, 2, 2, 4, 4, 2, 2, 4};

@@ -8,8 +8,9 @@
 
 #include <cstddef>
 #include <cstring>
-#include <memory>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,8 @@ using Bytes = std::vector<std::byte>;
 
 Bytes Pattern(size_t n, uint8_t seed) {
   Bytes out(n);
-  for (size_t i = 0; i < n; ++i) out[i] = static_cast<std::byte>((i * 31 + seed) & 0xff);
+  for (size_t i = 0; i < n; ++i)
+    out[i] = static_cast<std::byte>((i * 31 + seed) & 0xff);
   return out;
 }
 
@@ -74,8 +76,7 @@ class ScopedUmask {
   mode_t old_;
 };
 
-TEST_CASE("ListenSeqpacket creates a socket with exactly the requested mode",
-          "[ipc][socket]") {
+TEST_CASE("ListenSeqpacket creates a socket with exactly the requested mode", "[ipc][socket]") {
   testing::TempDir dir;
   const std::string path = (dir.path() / "kvtierd.sock").string();
   // With a umask of 022 a plain bind would leave 0755 and drop group/other write bits.
@@ -150,8 +151,29 @@ TEST_CASE("ListenSeqpacket replaces a stale socket but not a live listener", "[i
   }
 }
 
-TEST_CASE("ConnectSeqpacket says kvtierd is not running when nothing listens",
-          "[ipc][socket]") {
+TEST_CASE("EnsureNoListener tells a stale socket from a live listener", "[ipc][socket]") {
+  testing::TempDir dir;
+  const std::string path = (dir.path() / "kvtierd.sock").string();
+  SECTION("nothing at the path") {
+    CHECK(EnsureNoListener(path).ok());
+  }
+  SECTION("a live listener, then its stale socket file") {
+    auto listener = ListenSeqpacket(path, 0600, 4);
+    REQUIRE(listener.ok());
+    const Status live = EnsureNoListener(path);
+    CHECK(live.code() == StatusCode::kAlreadyExists);
+    CHECK_THAT(live.message(), Contains(path));
+    listener->reset();
+    CHECK(EnsureNoListener(path).ok());
+  }
+  SECTION("a file that is not a socket") {
+    std::ofstream(path) << "x";
+    CHECK(EnsureNoListener(path).code() == StatusCode::kFailedPrecondition);
+    CHECK(std::filesystem::exists(path));
+  }
+}
+
+TEST_CASE("ConnectSeqpacket says kvtierd is not running when nothing listens", "[ipc][socket]") {
   testing::TempDir dir;
   const std::string path = (dir.path() / "kvtierd.sock").string();
   SECTION("no file at the path") {}
@@ -195,7 +217,8 @@ TEST_CASE("SendFrame and RecvFrame carry one frame and one passed fd", "[ipc][so
     CHECK(std::memcmp(buffer.data(), frame.data(), frame.size()) == 0);
     REQUIRE(got->passed_fd.valid());
     CHECK(got->passed_fd.get() != memfd.get());
-    struct stat sent {}, received {};
+    struct stat sent {
+    }, received{};
     REQUIRE(fstat(memfd.get(), &sent) == 0);
     REQUIRE(fstat(got->passed_fd.get(), &received) == 0);
     CHECK(received.st_ino == sent.st_ino);
@@ -267,6 +290,55 @@ TEST_CASE("RecvFrame reports a frame larger than its buffer as truncated", "[ipc
   CHECK(std::memcmp(small.data(), next.data(), next.size()) == 0);
 }
 
+size_t OpenFds() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/fd"))
+    ++n;
+  return n;
+}
+
+TEST_CASE("RecvFrame keeps one passed fd, closes the rest, and flags fds it had no room for",
+          "[ipc][socket]") {
+  Pair p = SocketPair();
+  UniqueFd memfd(memfd_create("kvtier-test", MFD_CLOEXEC));
+  REQUIRE(memfd.valid());
+  const int sent_fds = GENERATE(2, 4, 8);
+  // SendFrame passes one fd; a hostile peer can pass many in one message.
+  std::vector<int> fds(static_cast<size_t>(sent_fds), memfd.get());
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+  const char byte = 'x';
+  iovec iov{const_cast<char*>(&byte), 1};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(cmsg), fds.data(), sizeof(int) * fds.size());
+  REQUIRE(sendmsg(p.a.get(), &msg, MSG_NOSIGNAL) == 1);
+
+  const size_t open_before = OpenFds();
+  Bytes buffer(16);
+  {
+    auto got = RecvFrame(p.b.get(), buffer);
+    REQUIRE(got.ok());
+    CHECK(got->bytes == 1);
+    CHECK_FALSE(got->truncated);
+    CHECK(got->fds_truncated == (sent_fds > 4));  // RecvFrame has room for four
+    REQUIRE(got->passed_fd.valid());
+    struct stat sent {
+    }, received{};
+    REQUIRE(fstat(memfd.get(), &sent) == 0);
+    REQUIRE(fstat(got->passed_fd.get(), &received) == 0);
+    CHECK(received.st_ino == sent.st_ino);
+    CHECK(OpenFds() == open_before + 1);  // the kept one; the extras were closed
+  }
+  CHECK(OpenFds() == open_before);
+}
+
 TEST_CASE("RecvFrame reports a closed peer as eof", "[ipc][socket]") {
   Pair p = SocketPair();
   p.a.reset();
@@ -313,7 +385,8 @@ TEST_CASE("SendFrame on a full non-blocking socket is kResourceExhausted", "[ipc
   Status status;
   int sent = 0;
   // Bounded: the default buffers hold a few hundred such frames.
-  while (sent < 100000 && (status = SendFrame(p.a.get(), frame)).ok()) ++sent;
+  while (sent < 100000 && (status = SendFrame(p.a.get(), frame)).ok())
+    ++sent;
   CHECK(sent > 0);
   CHECK(status.code() == StatusCode::kResourceExhausted);
 }
