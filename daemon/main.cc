@@ -34,7 +34,9 @@ Status PrepareRunDir(const std::filesystem::path& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir.parent_path(), ec);
   // 0755: other uids must reach the socket; the socket's own mode decides who may connect.
-  if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) {
+  if (mkdir(dir.c_str(), 0755) == 0) {
+    if (chmod(dir.c_str(), 0755) != 0) return ErrnoStatus("chmod(" + dir.string() + ")", errno);
+  } else if (errno != EEXIST) {
     return ErrnoStatus("cannot create run_dir " + dir.string(), errno);
   }
   struct stat st {};
@@ -72,6 +74,9 @@ int Serve(const std::string& config_path) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Everything kvtierd creates (socket, later spill files and keys) starts owner-only and is
+  // opened up explicitly where the config says so.
+  umask(077);
 
   if (Status s = PrepareRunDir(config->run_dir); !s.ok()) {
     spdlog::critical("{}", s.message());

@@ -9,7 +9,10 @@ DramPool::DramPool(const Options& options)
     : options_(options),
       classes_(options.slab_bytes),
       slabs_(&classes_, options.pool_bytes),
-      index_(options.max_blocks, classes_.count() + 1u, options.hash_seed) {}
+      index_(options.max_blocks, classes_.count() + 1u, options.hash_seed) {
+  // The index keeps sizes in 32 bits; the config caps max_block_bytes at 1 GiB.
+  KVT_CHECK(options.max_block_bytes <= UINT32_MAX);
+}
 
 uint64_t DramPool::SlotBytes(const BlockEntry& e) const {
   if (e.size_class != SizeClasses::kLarge) return classes_.SlotBytes(e.size_class);

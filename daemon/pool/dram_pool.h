@@ -35,7 +35,7 @@ class DramPool {
   struct Options {
     uint64_t pool_bytes = 0;
     uint64_t slab_bytes = 0;
-    uint64_t max_block_bytes = 0;
+    uint64_t max_block_bytes = 0;  // <= UINT32_MAX (checked)
     uint32_t max_blocks = 0;
     uint64_t hash_seed = 0;
   };

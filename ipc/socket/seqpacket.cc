@@ -64,12 +64,11 @@ Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backl
   KVT_RETURN_IF_ERROR(EnsureNoListener(path));
   struct stat st {};
   unlink(path.c_str());  // a stale socket file left by a previous run
-  // Create the socket file with no access at all, then open it up to exactly `mode`.
-  const mode_t old_umask = umask(0777);
-  const int rc = bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
-  const int bind_errno = errno;
-  umask(old_umask);
-  if (rc != 0) return ErrnoStatus("bind('" + path + "')", bind_errno);
+  // bind creates the file with 0777 & ~umask (kvtierd runs with umask 077, so owner-only);
+  // then it is opened up to exactly `mode` and checked.
+  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return ErrnoStatus("bind('" + path + "')", errno);
+  }
   if (chmod(path.c_str(), mode) != 0) return ErrnoStatus("chmod('" + path + "')", errno);
   if (stat(path.c_str(), &st) != 0) return ErrnoStatus("stat('" + path + "')", errno);
   if ((st.st_mode & 07777) != mode || st.st_uid != geteuid()) {

@@ -25,7 +25,8 @@ struct PeerCredentials {
 Status EnsureNoListener(const std::string& path);
 // Binds and listens at `path` (a stale socket file is replaced), chmods it to `mode` and
 // verifies the result with stat: the daemon never serves a socket with looser permissions
-// than configured. Non-blocking, close-on-exec.
+// than configured. Run it under a restrictive umask (kvtierd sets 077 at start) so the socket
+// is never more open than `mode` between bind and chmod. Non-blocking, close-on-exec.
 Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog);
 // Blocking, close-on-exec. kUnavailable when no daemon listens at `path`.
 Result<UniqueFd> ConnectSeqpacket(const std::string& path);

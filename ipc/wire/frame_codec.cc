@@ -132,6 +132,7 @@ Status CheckKey(const WireKey& key) {
 }
 
 void FrameWriter::Begin(Op op, uint64_t request_id) {
+  KVT_CHECK(buf_.size() >= sizeof(FrameHeader));
   header_ = FrameHeader{};
   header_.magic = kMagic;
   header_.version = kProtocolVersion;
@@ -144,14 +145,15 @@ void FrameWriter::Begin(Op op, uint64_t request_id) {
 void FrameWriter::SetStatus(const Status& status) {
   KVT_DCHECK(size_ == sizeof(FrameHeader));
   header_.status = static_cast<uint16_t>(status.code());
-  const size_t n = std::min<size_t>(status.message().size(), kMaxMessageBytes);
+  const size_t n =
+      std::min({status.message().size(), size_t{kMaxMessageBytes}, buf_.size() - size_});
   std::memcpy(buf_.data() + size_, status.message().data(), n);
   header_.message_bytes = static_cast<uint16_t>(n);
   size_ += n;
 }
 
 std::byte* FrameWriter::Grow(size_t bytes) {
-  if (size_ + bytes > buf_.size()) return nullptr;
+  if (bytes > buf_.size() - size_) return nullptr;  // (size_ <= buf_.size() always)
   std::byte* at = buf_.data() + size_;
   size_ += bytes;
   return at;

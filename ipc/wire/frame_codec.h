@@ -39,7 +39,7 @@ Result<FrameView> DecodeReply(std::span<const std::byte> frame);
 // Checks a decoded key: len 1..32, reserved and padding bytes zero.
 Status CheckKey(const WireKey& key);
 
-// Writes one frame into a caller-owned buffer of kMaxFrameBytes. Items are appended in place.
+// Writes one frame into a caller-owned buffer (at least a header; kMaxFrameBytes for any frame). Items are appended in place.
 class FrameWriter {
  public:
   explicit FrameWriter(std::span<std::byte> buffer) : buf_(buffer) {}
@@ -59,6 +59,7 @@ class FrameWriter {
   // Reserves room for `n` items of T and returns where to write them (uninitialized).
   template <typename T>
   T* AppendItems(size_t n) {
+    if (n > SIZE_MAX / sizeof(T)) return nullptr;
     std::byte* at = Grow(n * sizeof(T));
     if (at == nullptr) return nullptr;
     count_ += static_cast<uint32_t>(n);

@@ -114,7 +114,7 @@ struct StatsReply {
   uint64_t pool_bytes;          // the tenant's DRAM reservation
   uint64_t used_bytes;          // bytes in slots that hold reserved or committed blocks
   uint64_t slab_bytes_in_use;   // slabs carved for some size class or large block
-  uint64_t committed_blocks;
+  uint64_t committed_blocks;    // includes removed blocks still held by a lease
   uint64_t reserved_blocks;
   uint64_t leased_blocks;       // blocks with at least one lease
   uint64_t index_capacity;      // blocks the index can hold

@@ -454,28 +454,6 @@ TEST_CASE("A full index evicts the least recently used block or refuses when all
   }
 }
 
-// BUG (latent; daemon/index/block_index.h BlockEntry::size is uint32_t and dram_pool.cc
-// Reserve stores `static_cast<uint32_t>(size)`): DramPool accepts any max_block_bytes, but a
-// block of 4 GiB or more comes back from Acquire with its size cut to the low 32 bits, and
-// used_bytes counts its slot from the cut size. Config now caps pool.max_block_bytes at 1 GiB,
-// so kvtierd cannot reach it; DramPool itself neither rejects nor checks it. Left out:
-//
-// TEST_CASE("Blocks of 4 GiB and more keep their size", "[daemon][pool]") {
-//   DramPool::Options o;
-//   o.pool_bytes = 8 * kGiB;
-//   o.slab_bytes = kGiB;
-//   o.max_block_bytes = 8 * kGiB;
-//   o.max_blocks = 16;
-//   DramPool pool(o);
-//   const uint64_t size = 4 * kGiB + 4096;
-//   Put(pool, 1, size);
-//   DramPool::Placement lease;
-//   REQUIRE(pool.Acquire(Key(1), &lease) == StatusCode::kOk);
-//   CHECK(lease.size == size);                          // actual: 4096
-//   CHECK(Stats(pool).used_bytes == 5 * kGiB);         // actual: 1 GiB
-//   pool.Release(lease.ref);
-// }
-
 // A randomized model test: thousands of operations against a plain model of what exists.
 // Eviction is the pool's choice; the model learns it by probing the evictable blocks (in
 // least-recently-used order, which keeps the pool's LRU order) whenever the eviction counter
