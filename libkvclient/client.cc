@@ -108,8 +108,14 @@ Status Client::Impl::Receive(size_t* bytes) {
       if (rc < 0 && errno != EINTR) return ErrnoStatus("poll(kvtierd socket)", errno);
     }
     auto got = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+    if (!got.ok() && !IsWouldBlock(got.status())) {
+      // A daemon that refuses a session replies and closes; the kernel then reports
+      // ECONNRESET once, ahead of the refusal still queued. Read past it once.
+      auto queued = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+      if (!queued.ok() || queued->eof) return got.status();
+      got = std::move(queued);
+    }
     if (!got.ok()) {
-      if (!IsWouldBlock(got.status())) return got.status();
       // If kvtierd shares this CPU, let it run: spinning would only delay the reply.
       if (spinning) sched_yield();
       continue;

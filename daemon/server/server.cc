@@ -22,6 +22,7 @@ namespace {
 constexpr uint64_t kListenTag = UINT64_MAX;
 constexpr uint64_t kSignalTag = UINT64_MAX - 1;
 constexpr int kMaxFramesPerWake = 16;  // then let other sessions in
+constexpr int64_t kMaxKeysPerWake = 8192;
 
 uint64_t NowUs() {
   timespec ts{};
@@ -75,11 +76,14 @@ Status Server::Run() {
   uint64_t last_activity_us = NowUs();
   for (;;) {
     const bool spinning = NowUs() - last_activity_us < config_.poll_spin_us;
-    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : -1);
+    // Sessions that have not said hello yet are timed out; wake up to check at least each second.
+    const int sleep_ms = awaiting_hello_ > 0 ? 1000 : -1;
+    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : sleep_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("epoll_wait", errno);
     }
+    if (awaiting_hello_ > 0) CloseSilentSessions();
     if (n == 0) {
       // Spinning: give the CPU away at once if a client waits for it (on a shared vCPU the
       // client may be the very peer whose next request we are spinning for).
@@ -107,36 +111,65 @@ Status Server::Run() {
       }
     }
     for (int fd : closing_) sessions_.erase(fd);
+    if (!closing_.empty()) SetAccepting(true);  // fds were freed
     closing_.clear();
     last_activity_us = NowUs();
   }
+}
+
+void Server::Refuse(int fd, const PeerCredentials& peer, const Status& why) {
+  // Sent as the reply to the hello the client is about to send, so it can show the reason.
+  std::byte frame[sizeof(wire::FrameHeader) + wire::kMaxMessageBytes];
+  wire::FrameWriter w(frame);
+  w.Begin(wire::Op::kHello, 0);
+  w.SetStatus(why);
+  (void)SendFrame(fd, w.Finish());
+  if (AllowPeerErrorLog()) {
+    spdlog::warn("refused pid {} uid {} gid {}: {}", peer.pid, peer.uid, peer.gid, why.message());
+  }
+}
+
+void Server::SetAccepting(bool on) {
+  if (accepting_ == on) return;
+  accepting_ = on;
+  epoll_event ev{};
+  ev.events = on ? uint32_t{EPOLLIN} : uint32_t{0};
+  ev.data.u64 = kListenTag;
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, listen_fd_.get(), &ev);
 }
 
 void Server::Accept() {
   for (;;) {
     UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd.valid()) {
-      if (errno != EAGAIN && errno != EINTR) {
-        spdlog::warn("accept on {}: {}", config_.socket_path.string(), ErrnoStatus("accept4", errno).message());
+      const int err = errno;
+      if (err == EMFILE || err == ENFILE) {
+        // The listener stays readable while we cannot accept: stop watching it until a
+        // session closes, rather than spin.
+        SetAccepting(false);
+        spdlog::warn("out of file descriptors ({} sessions); not accepting until one closes",
+                     sessions_.size());
+      } else if (err != EAGAIN && err != EINTR && AllowPeerErrorLog()) {
+        spdlog::warn("accept on {}: {}", config_.socket_path.string(),
+                     ErrnoStatus("accept4", err).message());
       }
       return;
     }
     auto peer = GetPeerCredentials(fd.get());
     if (!peer.ok()) {
-      spdlog::warn("dropping a connection: {}", peer.status().ToString());
+      if (AllowPeerErrorLog()) spdlog::warn("dropping a connection: {}", peer.status().ToString());
+      continue;
+    }
+    // A peer that maps to no tenant is refused now, so it never holds a session slot.
+    if (auto tenant = tenants_->Resolve(*peer); !tenant.ok()) {
+      Refuse(fd.get(), *peer, tenant.status());
       continue;
     }
     if (sessions_.size() >= config_.max_sessions) {
-      // Tell the client why before closing, as the reply to the hello it is about to send.
-      std::byte frame[sizeof(wire::FrameHeader) + wire::kMaxMessageBytes];
-      wire::FrameWriter w(frame);
-      w.Begin(wire::Op::kHello, 0);
-      w.SetStatus(Status(StatusCode::kResourceExhausted,
-                         "kvtierd already serves max_sessions = " +
-                             std::to_string(config_.max_sessions) + " sessions"));
-      (void)SendFrame(fd.get(), w.Finish());
-      spdlog::warn("refused pid {} uid {}: session limit {} reached", peer->pid, peer->uid,
-                   config_.max_sessions);
+      Refuse(fd.get(), *peer,
+             Status(StatusCode::kResourceExhausted,
+                    "kvtierd already serves max_sessions = " +
+                        std::to_string(config_.max_sessions) + " sessions"));
       continue;
     }
     (void)SizeSocketBuffers(fd.get());
@@ -153,6 +186,8 @@ void Server::Accept() {
                   peer->gid);
     sessions_[raw_fd] =
         std::make_unique<Session>(id, std::move(fd), *peer, config_.max_leases_per_session);
+    sessions_[raw_fd]->set_hello_deadline_us(NowUs() + kHelloTimeoutUs);
+    ++awaiting_hello_;
   }
 }
 
@@ -171,7 +206,10 @@ void Server::OnSessionEvent(Session& session, uint32_t events) {
     WatchWritable(session, false);
   }
   if (!session.pending_reply().empty()) return;  // no new requests until the reply is out
-  for (int i = 0; i < kMaxFramesPerWake; ++i) {
+  // Fairness: after this many frames or keys, let other sessions in (level-triggered epoll
+  // brings us back). A frame is at most 4096 keys, so one wake is bounded either way.
+  int64_t key_budget = kMaxKeysPerWake;
+  for (int i = 0; i < kMaxFramesPerWake && key_budget > 0; ++i) {
     auto received = RecvFrame(session.fd(), recv_buffer_, MSG_DONTWAIT);
     if (!received.ok()) {
       if (IsWouldBlock(received.status())) break;
@@ -181,6 +219,11 @@ void Server::OnSessionEvent(Session& session, uint32_t events) {
     // A request never carries an fd; one that does is dropped here (UniqueFd closes it).
     if (received->fds_truncated) {
       return CloseSession(session, "sent more file descriptors than any request may carry");
+    }
+    if (received->bytes >= sizeof(wire::FrameHeader)) {
+      wire::FrameHeader h;
+      std::memcpy(&h, recv_buffer_.data(), sizeof(h));
+      key_budget -= int64_t{1} + h.count;
     }
     if (!ServeFrame(session, received->bytes, received->truncated)) return;
     if (!session.pending_reply().empty()) break;
@@ -210,7 +253,9 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
     return false;
   }
   reply.Begin(request->op, request->header.request_id);
+  const bool was_anonymous = session.tenant() == nullptr;
   const RequestHandler::Outcome outcome = handler_.Handle(session, *request, reply);
+  if (was_anonymous && session.tenant() != nullptr) --awaiting_hello_;
   if (!SendReply(session, reply.Finish(), outcome.pass_fd)) return false;
   if (outcome.close_session) {
     CloseSession(session, "request refused");
@@ -273,8 +318,23 @@ void Server::WatchWritable(Session& session, bool writable) {
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, session.fd(), &ev);
 }
 
+void Server::CloseSilentSessions() {
+  const uint64_t now = NowUs();
+  if (now < next_hello_sweep_us_) return;
+  next_hello_sweep_us_ = now + 1000000u;
+  for (auto& [fd, session] : sessions_) {
+    if (session->tenant() == nullptr && !session->closed() && now > session->hello_deadline_us()) {
+      CloseSession(*session, "no hello within the time limit");
+    }
+  }
+  for (int fd : closing_) sessions_.erase(fd);
+  if (!closing_.empty()) SetAccepting(true);
+  closing_.clear();
+}
+
 void Server::CloseSession(Session& session, const char* why) {
   if (session.closed()) return;
+  if (session.tenant() == nullptr) --awaiting_hello_;
   spdlog::debug("session {}: closing ({})", session.id(), why);
   const int fd = session.fd();
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);

@@ -37,6 +37,10 @@ class Server {
  private:
   Server(const Config& config, TenantRegistry* tenants);
   void Accept();
+  void Refuse(int fd, const PeerCredentials& peer, const Status& why);
+  void SetAccepting(bool on);
+  // Closes sessions that connected but did not send hello in time (at most once a second).
+  void CloseSilentSessions();
   void OnSessionEvent(Session& session, uint32_t events);
   // Handles one frame; false if the session must close.
   bool ServeFrame(Session& session, size_t bytes, bool truncated);
@@ -47,6 +51,7 @@ class Server {
   bool AllowPeerErrorLog();
   uint32_t NextSessionId();
   static constexpr uint32_t kPeerErrorLogsPerSecond = 10;
+  static constexpr uint64_t kHelloTimeoutUs = 5'000'000;
 
   const Config& config_;
   TenantRegistry* tenants_;
@@ -60,6 +65,9 @@ class Server {
   std::vector<std::byte> send_buffer_;
   uint32_t next_session_id_ = 1;
   bool ids_wrapped_ = false;
+  bool accepting_ = true;
+  uint32_t awaiting_hello_ = 0;  // sessions accepted whose hello has not been served
+  uint64_t next_hello_sweep_us_ = 0;
   uint64_t log_second_ = 0;
   uint32_t logged_this_second_ = 0;
   uint64_t suppressed_logs_ = 0;

@@ -69,6 +69,8 @@ class Session {
   void NoteReservationEnded() { --live_reservations_; }
 
   uint32_t id() const { return id_; }
+  uint64_t hello_deadline_us() const { return hello_deadline_us_; }
+  void set_hello_deadline_us(uint64_t t) { hello_deadline_us_ = t; }
   int fd() const { return fd_.get(); }
   const PeerCredentials& peer() const { return peer_; }
   Tenant* tenant() const { return tenant_; }
@@ -89,6 +91,7 @@ class Session {
   LeaseTable leases_;
   std::vector<std::byte> pending_reply_;  // a reply the socket could not take yet
   bool closed_ = false;
+  uint64_t hello_deadline_us_ = 0;
 };
 
 }  // namespace kvtier

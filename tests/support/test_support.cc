@@ -33,8 +33,9 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
   d->socket_path_ = (dir / "run" / "kvtierd.sock").string();
   {
     std::ofstream cfg(dir / "kvtierd.toml");
-    cfg << "config_version = 1\n[daemon]\nrun_dir = \"run\"\nsocket_mode = \"0600\"\n"
-        << "log_level = \"info\"\ndefault_tenant = \"test\"\n"
+    cfg << "config_version = 1\n[daemon]\nrun_dir = \"run\"\nsocket_mode = \"" << o.socket_mode
+        << "\"\nlog_level = \"info\"\n"
+        << (o.default_tenant ? "default_tenant = \"test\"\n" : "")
         << "max_sessions = " << o.max_sessions << "\n"
         << "max_leases_per_session = " << o.max_leases_per_session << "\n"
         << "poll_spin_us = " << o.poll_spin_us << "\n"
@@ -42,7 +43,9 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
         << "\nmax_block_bytes = " << o.max_block_bytes
         << "\nhuge_pages = \"try\"\nlock_memory = \"try\"\n"
         << "[[tenant]]\nname = \"test\"\ndram_bytes = " << o.dram_bytes
-        << "\nmax_blocks = " << o.max_blocks << "\n";
+        << "\nmax_blocks = " << o.max_blocks << "\nuids = [";
+    for (size_t i = 0; i < o.tenant_uids.size(); ++i) cfg << (i ? ", " : "") << o.tenant_uids[i];
+    cfg << "]\n";
   }
   // Readiness comes as sd_notify's READY=1 on a datagram socket of our own.
   const std::string notify_path = (dir / "notify.sock").string();

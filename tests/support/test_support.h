@@ -8,6 +8,7 @@
 #include <memory>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace kvtier::testing {
 
@@ -30,6 +31,9 @@ struct DaemonOptions {
   uint32_t max_leases_per_session = 65536;
   uint32_t poll_spin_us = 0;
   std::string extra_toml;  // appended to the [daemon] table
+  std::string socket_mode = "0600";
+  bool default_tenant = true;       // every peer maps to tenant "test"
+  std::vector<uid_t> tenant_uids;   // else only these uids do
 };
 
 // Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
@@ -40,6 +44,7 @@ class DaemonProcess {
   ~DaemonProcess();
 
   const std::string& socket_path() const { return socket_path_; }
+  const std::filesystem::path& dir() const { return dir_.path(); }
   pid_t pid() const { return pid_; }
   // True while the process has not exited.
   bool Alive();
