@@ -74,14 +74,14 @@ int Serve(const std::string& config_path) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  // Everything kvtierd creates (socket, later spill files and keys) starts owner-only and is
-  // opened up explicitly where the config says so.
-  umask(077);
 
   if (Status s = PrepareRunDir(config->run_dir); !s.ok()) {
     spdlog::critical("{}", s.message());
     return 1;
   }
+  // From here on everything kvtierd creates (socket, later spill files and keys) starts
+  // owner-only and is opened up explicitly where the config says so.
+  umask(077);
   spdlog::info("kvtierd {} starting with {}", KVT_VERSION, config->source.string());
   // Fail fast, before spending seconds pre-faulting pools, if another instance serves here.
   if (Status s = EnsureNoListener(config->socket_path.string()); !s.ok()) {

@@ -1,6 +1,7 @@
 #include "kvclient/c_api.h"
 
 #include <cstring>
+#include <new>
 #include <memory>
 #include <cstdio>
 #include <string>
@@ -29,6 +30,26 @@ kvtier_status Record(kvtier_client* /*c*/, const Status& s) {
   return static_cast<kvtier_status>(s.code());
 }
 
+// Every entry point runs its body through Guard: no C++ exception ever crosses the C ABI
+// (std::bad_alloc for an absurd n becomes RESOURCE_EXHAUSTED), and null arrays are refused.
+template <typename F>
+kvtier_status Guard(F&& body) noexcept {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    t_last_error = "out of memory (is n reasonable?)";
+    return KVTIER_RESOURCE_EXHAUSTED;
+  } catch (...) {
+    t_last_error = "internal error in libkvclient";
+    return KVTIER_INTERNAL;
+  }
+}
+
+kvtier_status NullArgument(const char* what) {
+  t_last_error = std::string(what) + " is NULL";
+  return KVTIER_INVALID_ARGUMENT;
+}
+
 std::vector<Key> Keys(const kvtier_key* keys, size_t n) {
   std::vector<Key> out(n);
   for (size_t i = 0; i < n; ++i) {
@@ -49,19 +70,22 @@ extern "C" {
 
 kvtier_status kvtier_connect(const char* socket_path, const char* name_space, kvtier_client** out,
                              char* error, size_t error_bytes) {
-  *out = nullptr;
-  kvtier::ClientOptions options;
-  if (socket_path != nullptr) options.socket_path = socket_path;
-  options.name_space = name_space != nullptr ? name_space : "";
-  auto client = kvtier::Client::Connect(options);
-  if (!client.ok()) {
-    if (error != nullptr && error_bytes > 0) {
-      std::snprintf(error, error_bytes, "%s", client.status().message().c_str());
+  if (out == nullptr) return NullArgument("out");
+  return Guard([&]() -> kvtier_status {
+    *out = nullptr;
+    kvtier::ClientOptions options;
+    if (socket_path != nullptr) options.socket_path = socket_path;
+    options.name_space = name_space != nullptr ? name_space : "";
+    auto client = kvtier::Client::Connect(options);
+    if (!client.ok()) {
+      if (error != nullptr && error_bytes > 0) {
+        std::snprintf(error, error_bytes, "%s", client.status().message().c_str());
+      }
+      return static_cast<kvtier_status>(client.status().code());
     }
-    return static_cast<kvtier_status>(client.status().code());
-  }
-  *out = new kvtier_client{std::move(*client)};
-  return KVTIER_OK;
+    *out = new kvtier_client{std::move(*client)};
+    return KVTIER_OK;
+  });
 }
 
 void kvtier_close(kvtier_client* client) { delete client; }
@@ -77,73 +101,109 @@ uint64_t kvtier_pool_size(const kvtier_client* client) { return client->client->
 
 kvtier_status kvtier_reserve(kvtier_client* c, const kvtier_key* keys, const uint64_t* sizes,
                              size_t n, uint64_t* offsets, uint16_t* codes) {
-  std::vector<StatusCode> out(n);
-  const Status s = c->client->ReserveRaw(Keys(keys, n), {sizes, n}, {offsets, n}, out);
-  CopyCodes(out, codes);
-  return Record(c, s);
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (sizes == nullptr) return NullArgument("sizes");
+  if (offsets == nullptr) return NullArgument("offsets");
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = c->client->ReserveRaw(Keys(keys, n), {sizes, n}, {offsets, n}, out);
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
 }
 
 kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
-  std::vector<StatusCode> out(n);
-  const Status s = c->client->CommitRaw(Keys(keys, n), out);
-  CopyCodes(out, codes);
-  return Record(c, s);
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = c->client->CommitRaw(Keys(keys, n), out);
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
 }
 
 kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
-  std::vector<StatusCode> out(n);
-  const Status s = c->client->AbortRaw(Keys(keys, n), out);
-  CopyCodes(out, codes);
-  return Record(c, s);
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = c->client->AbortRaw(Keys(keys, n), out);
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
 }
 
 kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size_t n,
                                   size_t* matched, uint8_t* tiers) {
-  std::vector<kvtier::Tier> t(tiers != nullptr ? n : 0);
-  auto r = c->client->MatchPrefix(Keys(keys, n), t);
-  if (!r.ok()) return Record(c, r.status());
-  *matched = *r;
-  for (size_t i = 0; i < *r && tiers != nullptr; ++i) tiers[i] = static_cast<uint8_t>(t[i]);
-  return KVTIER_OK;
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (matched == nullptr) return NullArgument("matched");
+  return Guard([&]() -> kvtier_status {
+    std::vector<kvtier::Tier> t(tiers != nullptr ? n : 0);
+    auto r = c->client->MatchPrefix(Keys(keys, n), t);
+    if (!r.ok()) return Record(c, r.status());
+    *matched = *r;
+    for (size_t i = 0; i < *r && tiers != nullptr; ++i) tiers[i] = static_cast<uint8_t>(t[i]);
+    return KVTIER_OK;
+  });
 }
 
 kvtier_status kvtier_acquire(kvtier_client* c, const kvtier_key* keys, size_t n,
                              kvtier_lease* out) {
-  std::vector<kvtier::LeaseInfo> infos(n);
-  const Status s = c->client->AcquireRaw(Keys(keys, n), infos);
-  for (size_t i = 0; i < n; ++i) {
-    out[i] = kvtier_lease{infos[i].lease_id, infos[i].offset, infos[i].size,
-                          static_cast<uint16_t>(infos[i].code),
-                          static_cast<uint8_t>(infos[i].tier)};
-  }
-  return Record(c, s);
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (out == nullptr) return NullArgument("out");
+  return Guard([&]() -> kvtier_status {
+    std::vector<kvtier::LeaseInfo> infos(n);
+    const Status s = c->client->AcquireRaw(Keys(keys, n), infos);
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = kvtier_lease{infos[i].lease_id, infos[i].offset, infos[i].size,
+                            static_cast<uint16_t>(infos[i].code),
+                            static_cast<uint8_t>(infos[i].tier)};
+    }
+    return Record(c, s);
+  });
 }
 
 kvtier_status kvtier_release(kvtier_client* c, const uint64_t* lease_ids, size_t n,
                              uint16_t* codes) {
-  std::vector<StatusCode> out(n);
-  const Status s = c->client->ReleaseRaw({lease_ids, n}, out);
-  CopyCodes(out, codes);
-  return Record(c, s);
+  if (c == nullptr) return NullArgument("c");
+  if (lease_ids == nullptr) return NullArgument("lease_ids");
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = c->client->ReleaseRaw({lease_ids, n}, out);
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
 }
 
 kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
-  std::vector<StatusCode> out(n);
-  const Status s = c->client->Remove(Keys(keys, n), out);
-  CopyCodes(out, codes);
-  return Record(c, s);
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = c->client->Remove(Keys(keys, n), out);
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
 }
 
 kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
-  auto r = c->client->Stats();
-  if (!r.ok()) return Record(c, r.status());
-  *out = kvtier_stats{r->pool_bytes,       r->used_bytes,    r->slab_bytes_in_use,
-                      r->committed_blocks, r->reserved_blocks, r->leased_blocks,
-                      r->index_capacity,   r->index_bytes,   r->hits,
-                      r->misses,           r->evictions,     r->sessions};
-  return KVTIER_OK;
+  if (c == nullptr) return NullArgument("c");
+  if (out == nullptr) return NullArgument("out");
+  return Guard([&]() -> kvtier_status {
+    auto r = c->client->Stats();
+    if (!r.ok()) return Record(c, r.status());
+    *out = kvtier_stats{r->pool_bytes,       r->used_bytes,    r->slab_bytes_in_use,
+                        r->committed_blocks, r->reserved_blocks, r->leased_blocks,
+                        r->index_capacity,   r->index_bytes,   r->hits,
+                        r->misses,           r->evictions,     r->sessions};
+    return KVTIER_OK;
+  });
 }
 
 void kvtier_copy_to_pool(void* dst, const void* src, size_t bytes) {

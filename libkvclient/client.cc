@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <mutex>
 
@@ -251,6 +252,8 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
       offsets[base + i] = r.offset;
       if (codes[base + i] == StatusCode::kOk &&
           (r.offset > pool_bytes || sizes[base + i] > pool_bytes - r.offset)) {
+        // No item of this reply can be trusted: a caller that skips the Status must not write.
+        std::fill_n(codes.begin() + static_cast<ptrdiff_t>(base), n, StatusCode::kInternal);
         impl_->broken = Status(StatusCode::kProtocolError, "kvtierd sent an offset out of the pool");
         return impl_->broken;
       }
@@ -317,6 +320,7 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
                                               : StatusCode::kInternal;
       if (info.code != StatusCode::kOk) continue;
       if (r.offset > pool_bytes || r.size > pool_bytes - r.offset || r.tier > 3) {
+        for (size_t j = 0; j < n; ++j) out[base + j] = LeaseInfo{.code = StatusCode::kInternal};
         impl_->broken = Status(StatusCode::kProtocolError, "kvtierd sent a lease out of the pool");
         return impl_->broken;
       }

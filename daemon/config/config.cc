@@ -594,6 +594,14 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   if (tenant->max_blocks == 0) {
     tenant->max_blocks = std::min(tenant->dram_bytes / kBytesPerDefaultBlock, kMaxBlocks);
   }
+  // A block takes at least one 4 KiB slot, so more index entries than that could never be
+  // used; they would only cost memory (80 bytes each).
+  const uint64_t most_blocks = tenant->dram_bytes / (4 * kKiB);
+  if (tenant->max_blocks > most_blocks) {
+    return Error(LineOr(prefix + ".max_blocks", dram_line), prefix + ".max_blocks",
+                 std::to_string(tenant->max_blocks) + " is more than dram_bytes / 4KiB (" +
+                     std::to_string(most_blocks) + "), the most blocks the pool can hold");
+  }
   return Status::Ok();
 }
 
@@ -671,15 +679,19 @@ Status ConfigParser::CheckHostMemory(const Config& config) const {
   if (physical_bytes == 0) return Status::Ok();
   const uint64_t limit_bytes =
       physical_bytes > kHostHeadroomBytes ? physical_bytes - kHostHeadroomBytes : 0;
+  // Pools plus their indexes (about 100 bytes per block of capacity).
+  constexpr uint64_t kIndexBytesPerBlock = 100;
   uint64_t sum_bytes = 0;
   for (const TenantConfig& tenant : config.tenants) {
-    if (__builtin_add_overflow(sum_bytes, tenant.dram_bytes, &sum_bytes)) {
+    if (__builtin_add_overflow(sum_bytes, tenant.dram_bytes, &sum_bytes) ||
+        __builtin_add_overflow(sum_bytes, tenant.max_blocks * kIndexBytesPerBlock, &sum_bytes)) {
       sum_bytes = std::numeric_limits<uint64_t>::max();
     }
   }
   if (sum_bytes <= limit_bytes) return Status::Ok();
   return Error(LineOr("tenant", root_line_), "tenant",
-               "the tenants' dram_bytes add up to " + FormatSize(sum_bytes) + ", more than the " +
+               "the tenants' dram_bytes and indexes add up to " + FormatSize(sum_bytes) +
+                   ", more than the " +
                    FormatSize(limit_bytes) + " this host allows (physical memory " +
                    FormatSize(physical_bytes) + " minus " + FormatSize(kHostHeadroomBytes) +
                    " headroom)");

@@ -170,9 +170,10 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out) {
     ++misses_;
     return StatusCode::kNotFound;
   }
+  BlockEntry& e = index_.at(id);
+  if (e.lease_count == UINT32_MAX) return StatusCode::kResourceExhausted;
   ++hits_;
   Touch(id);
-  BlockEntry& e = index_.at(id);
   if (e.lease_count++ == 0) {
     index_.LruRemove(id);
     slabs_.Pin(e.offset);

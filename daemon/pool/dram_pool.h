@@ -62,7 +62,8 @@ class DramPool {
 
   // The tier of a committed block (kDram) or kNone; a hit counts as a use for the LRU.
   wire::Tier Match(const BlockKey& key);
-  // kOk: `out` names the leased block. kNotFound: not committed.
+  // kOk: `out` names the leased block. kNotFound: not committed. kResourceExhausted: the block
+  // already has 2^32 - 1 leases.
   StatusCode Acquire(const BlockKey& key, Placement* out);
   // Ends one lease taken by Acquire. The caller guarantees `ref` is a live lease.
   void Release(BlockRef ref);

@@ -172,7 +172,9 @@ void Server::Accept() {
                         std::to_string(config_.max_sessions) + " sessions"));
       continue;
     }
-    (void)SizeSocketBuffers(fd.get());
+    if (Status b = SizeSocketBuffers(fd.get()); !b.ok() && AllowPeerErrorLog()) {
+      spdlog::warn("session socket: {}", b.message());  // small batches still work
+    }
     const int raw_fd = fd.get();
     epoll_event ev{};
     ev.events = EPOLLIN;

@@ -38,6 +38,19 @@ Status SizeSocketBuffers(int fd) {
       setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes)) != 0) {
     return ErrnoStatus("setsockopt(SO_SNDBUF/SO_RCVBUF)", errno);
   }
+  // The kernel clamps to net.core.wmem_max; a buffer below one full frame would make the
+  // largest batches fail with EMSGSIZE, so say so now.
+  int got = 0;
+  socklen_t len = sizeof(got);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) != 0) {
+    return ErrnoStatus("getsockopt(SO_SNDBUF)", errno);
+  }
+  if (static_cast<uint64_t>(got) < uint64_t{wire::kMaxFrameBytes} + 64) {
+    return Status(StatusCode::kResourceExhausted,
+                  "socket send buffer is " + std::to_string(got) + " bytes, below a full frame (" +
+                      std::to_string(wire::kMaxFrameBytes) +
+                      "); raise net.core.wmem_max (sysctl) to at least 256 KiB");
+  }
   return Status::Ok();
 }
 
@@ -94,7 +107,8 @@ Result<UniqueFd> ConnectSeqpacket(const std::string& path) {
     if (err == EACCES) {
       return Status(StatusCode::kPermissionDenied,
                     "permission denied connecting to '" + path +
-                        "': ask the operator to add your uid or group to a tenant");
+                        "': the socket's mode (socket_mode) or its directory's permissions do "
+                        "not admit this uid; ask the operator");
     }
     return ErrnoStatus("connect('" + path + "')", err);
   }

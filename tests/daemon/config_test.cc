@@ -160,7 +160,7 @@ name = "a.1-x_Y"
 uids = [1000, 1001]
 gids = [0]
 dram_bytes = "2GiB"
-max_blocks = 2147483648
+max_blocks = 524288
 [[tenant]]
 name = "b"
 uids = [4294967294]
@@ -186,7 +186,7 @@ max_blocks = 1
   CHECK(config->tenants[0].uids == std::vector<uid_t>{1000, 1001});
   CHECK(config->tenants[0].gids == std::vector<gid_t>{0});
   CHECK(config->tenants[0].dram_bytes == 2 * kGiB);
-  CHECK(config->tenants[0].max_blocks == uint64_t{1} << 31);
+  CHECK(config->tenants[0].max_blocks == 2 * kGiB / (4 * kKiB));
   CHECK(config->tenants[1].uids == std::vector<uid_t>{4294967294u});
   CHECK(config->tenants[1].gids.empty());
   CHECK(config->tenants[1].dram_bytes == 6 * kMiB);
@@ -315,6 +315,8 @@ TEST_CASE("Values out of range are errors naming the key and its line", "[daemon
        At(3, "pool.max_block_bytes"), "2GiB is outside 4KiB .. 1GiB"},
       {"config_version = 1\n" + std::string(kTenant) + "max_blocks = 2147483649\n",
        At(5, "tenant[0].max_blocks"), "out of range"},
+      {"config_version = 1\n" + std::string(kTenant) + "max_blocks = 16385\n",
+       At(5, "tenant[0].max_blocks"), "more than dram_bytes / 4KiB (16384)"},
       {"config_version = 1\n" + std::string(kTenant) + "uids = [-1]\n", At(5, "tenant[0].uids[0]"),
        "-1 is out of range"},
       {"config_version = 1\n[daemon]\nrun_dir = \"\"\n" + std::string(kTenant),
@@ -379,11 +381,12 @@ TEST_CASE("The tenants' pools must fit in physical memory less 1 GiB", "[daemon]
         "\n[[tenant]]\nname = \"b\"\ndram_bytes = " + std::to_string(half) + "\n";
     const std::string message = ErrorOf(text);
     CHECK_THAT(message, StartsWith(At(3, "tenant")));
-    CHECK_THAT(message, Contains("add up to " + std::to_string(2 * half / kMiB) + "MiB"));
+    CHECK_THAT(message, Contains("dram_bytes and indexes add up to"));
     CHECK_THAT(message, Contains("minus 1GiB headroom"));
   }
-  SECTION("a pool of exactly the limit, rounded down to slabs, is accepted") {
-    const uint64_t most = limit / (4 * kMiB) * (4 * kMiB);
+  SECTION("a pool that fits with its index, rounded down to slabs, is accepted") {
+    // The default index costs 100 bytes per 16 KiB of pool.
+    const uint64_t most = limit / (16 * kKiB + 100) * (16 * kKiB) / (4 * kMiB) * (4 * kMiB);
     Result<Config> config =
         Parse("config_version = 1\n[[tenant]]\nname = \"a\"\ndram_bytes = " + std::to_string(most) +
               "\n");
