@@ -14,7 +14,13 @@ kvt_install_deps() {
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "kvtier: installing ${missing[*]}" >&2
   local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "kvtier: missing packages: ${missing[*]}; install them as root (apt-get install)" >&2
+      exit 1
+    fi
+    sudo="sudo"
+  fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }

@@ -8,11 +8,14 @@ source scripts/deps.sh
 kvt_install_deps
 
 jobs=$(nproc)
+# Each integration test starts a daemon with a 64-512 MiB pre-faulted pool: cap parallelism so
+# a many-core runner with a memory limit is not overcommitted.
+test_jobs=$(( jobs < 4 ? jobs : 4 ))
 run_suite() {  # build_dir, extra cmake args...
   local dir=$1; shift
   cmake -S . -B "$dir" -G Ninja -DKVT_WERROR=ON "$@" >/dev/null
   cmake --build "$dir" -j "$jobs"
-  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 600)
+  (cd "$dir" && ctest --output-on-failure -j "$test_jobs" --timeout 600)
 }
 
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo
