@@ -10,9 +10,9 @@
 // kResourceExhausted ("queue full"), which is flow control, not a failure: reap, then retry.
 //
 // Completion: event_fd() is readable while completions wait to be reaped, so an epoll loop can
-// wait on it; the caller never reads it, Reap drains it. It may be readable
-// spuriously (Reap then returns 0), but after a Reap that leaves nothing pending and nothing in
-// flight it is not readable.
+// wait on it; the caller never reads it, Reap drains it. A Reap that leaves completions behind
+// (`out` too small) keeps it readable. It may be readable spuriously (Reap then returns 0), but
+// once Reap has returned everything and nothing is in flight, it is not readable.
 //
 // Short transfers: a transfer that moves fewer bytes than asked is continued once, internally,
 // for its remainder (when the remainder stays aligned, or the file is buffered). What is still

@@ -10,9 +10,9 @@
 
 namespace kvtier {
 
-FaultyDevice::FaultyDevice(std::unique_ptr<BlockDevice> inner)
-    : inner_(std::move(inner)), name_("faulty " + std::string(inner_->name())) {
+FaultyDevice::FaultyDevice(std::unique_ptr<BlockDevice> inner) : inner_(std::move(inner)) {
   KVT_CHECK(inner_ != nullptr);
+  name_ = "faulty " + std::string(inner_->name());
 }
 
 void FaultyDevice::FailNthWrite(uint32_t n, int err) {
@@ -60,6 +60,7 @@ Status FaultyDevice::Submit(IoRequest* request) {
   }
 
   if (shorten_.Fires(ios_ + 1)) {
+    KVT_CHECK(shortened_ == nullptr);
     const size_t align = alignment();
     const uint64_t size = request->buffer.size();
     const uint64_t bytes =
@@ -85,6 +86,7 @@ Status FaultyDevice::Submit(IoRequest* request) {
   }
   accept();
   if (!write && flip_.Fires(nth_of_kind)) {
+    KVT_CHECK(flipped_ == nullptr);
     flip_ = Trigger{};
     flipped_ = request;
   }

@@ -3,8 +3,9 @@
 // the Nth read's buffer has one byte flipped after it completes. "Nth" counts the requests
 // Submit accepts after the fault is armed, from 1; each fault fires once.
 //
-// A failed request never reaches the inner device: it completes at once with -errno (a failed
-// write leaves the file untouched). A shortened request reaches it with a shorter buffer, which
+// A failed request never reaches the inner device, nor its checks: it completes at once with
+// -errno (a failed write leaves the file untouched). At most one shortened and one flipped
+// request may be in flight at a time (a test that arms another first aborts). A shortened request reaches it with a shorter buffer, which
 // is restored before Reap returns it, its result the shorter length. Injected completions
 // signal the inner device's event_fd(), which this device shares.
 // Ownership: owns the inner device. Thread-safety: none, like every BlockDevice.
