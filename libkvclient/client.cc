@@ -164,6 +164,13 @@ Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op o
   }
   const wire::FrameHeader& h = reply->header;
   const auto code = static_cast<StatusCode>(h.status);
+  // Only a refusal of the session (request id 0, before our hello was read) may carry another
+  // id; every other reply must answer this very request.
+  const bool refusal = op == wire::Op::kHello && h.request_id == 0 && code != StatusCode::kOk;
+  if (!refusal && (h.request_id != id || h.op != static_cast<uint16_t>(op))) {
+    broken = Status(StatusCode::kProtocolError, "kvtierd replied to a different request");
+    return broken;
+  }
   if (code != StatusCode::kOk) {
     Status s(code, std::string(reply->message));
     // The daemon closes the session after these.
@@ -172,10 +179,6 @@ Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op o
       broken = Status(StatusCode::kUnavailable, "session closed by kvtierd: " + s.ToString());
     }
     return s;
-  }
-  if (h.request_id != id || h.op != static_cast<uint16_t>(op)) {
-    broken = Status(StatusCode::kProtocolError, "kvtierd replied to a different request");
-    return broken;
   }
   const bool count_ok = exact_count ? h.count == items : h.count <= items;
   if (item_bytes != 0 && (!count_ok || h.body_bytes != size_t{h.count} * item_bytes)) {

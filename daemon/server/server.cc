@@ -139,7 +139,8 @@ void Server::SetAccepting(bool on) {
 }
 
 void Server::Accept() {
-  for (;;) {
+  // At most a backlog's worth per wake, so a connect flood cannot keep the loop from serving.
+  for (int accepted = 0; accepted < 256; ++accepted) {
     UniqueFd fd(accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
     if (!fd.valid()) {
       const int err = errno;
