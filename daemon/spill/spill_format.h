@@ -83,6 +83,19 @@ struct RecordHeader {
 static_assert(sizeof(RecordHeader) == kRecordHeaderBytes);
 inline constexpr size_t kRecordAadBytes = offsetof(RecordHeader, tag);
 
+// The GCM associated data of a record is RecordAadPrefix (the owning segment's identity, taken
+// from the store's own copy of the SegmentHeader, never from the record) followed by the
+// record's header bytes [0, kRecordAadBytes), 48 + 216 = 264 bytes.
+struct RecordAadPrefix {
+  char tenant[32];              // SegmentHeader::tenant, NUL-padded
+  uint32_t segment_id;          // SegmentHeader::segment_id
+  uint32_t reserved0;           // 0
+  uint64_t segment_generation;  // SegmentHeader::generation
+};
+static_assert(sizeof(RecordAadPrefix) == 48);
+static_assert(kRecordAadBytes == 216);
+inline constexpr size_t kRecordAadTotalBytes = sizeof(RecordAadPrefix) + kRecordAadBytes;
+
 // The record's nonce: 4 zero bytes, then its offset (little-endian).
 inline void RecordNonce(uint64_t offset, uint8_t out[12]) {
   for (int i = 0; i < 4; ++i) out[i] = 0;

@@ -1,0 +1,589 @@
+#include "daemon/spill/spill_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include "crypto/key_wrap.h"
+#include "crypto/secure_random.h"
+#include "daemon/spill/spill_record.h"
+#include "daemon/spill/spill_store_internal.h"
+#include "ipc/base/check.h"
+#include "ipc/base/errno_status.h"
+#include "ipc/base/units.h"
+
+namespace kvtier {
+namespace {
+
+using spill::kAlignBytes;
+using spill::kRecordHeaderBytes;
+
+constexpr uint64_t kSegmentGranuleBytes = 2 * kMiB;
+constexpr size_t kMaxKeyBytes = sizeof(spill::RecordHeader::key);
+constexpr size_t kMaxTenantBytes = sizeof(spill::SegmentHeader::tenant);
+
+Status Invalid(std::string message) {
+  return Status(StatusCode::kInvalidArgument, std::move(message));
+}
+
+Status ValidateOptions(const SpillOptions& o, const BlockDevice& device) {
+  if (o.dir.empty()) return Invalid("spill: dir is empty");
+  if (o.tenant.empty() || o.tenant.size() > kMaxTenantBytes ||
+      o.tenant.find('\0') != std::string::npos) {
+    return Invalid("spill: tenant name must be 1..32 bytes without NUL");
+  }
+  if (o.segment_bytes == 0 || o.segment_bytes % kSegmentGranuleBytes != 0) {
+    return Invalid("spill: segment_bytes must be a positive multiple of 2 MiB");
+  }
+  if (o.max_record_payload_bytes == 0 || o.max_record_payload_bytes > BlockDevice::kMaxIoBytes ||
+      spill::kSegmentHeaderBytes + spill::RecordBytes(o.max_record_payload_bytes) >
+          o.segment_bytes) {
+    return Invalid("spill: max_record_payload_bytes must be positive and a record of that size "
+                   "must fit in a segment after its header");
+  }
+  if (o.quota_bytes < o.segment_bytes) {
+    return Invalid("spill: quota_bytes must hold at least one segment");
+  }
+  if (o.staging_buffers == 0 || o.staging_buffers >= device.queue_depth()) {
+    return Invalid("spill: staging_buffers must be 1 .. the device queue depth - 1 (" +
+                   std::to_string(device.queue_depth()) + ")");
+  }
+  return Status::Ok();
+}
+
+bool ValidNameAndKey(std::string_view name_space, std::span<const uint8_t> key) {
+  return !name_space.empty() && name_space.size() <= spill::kMaxNamespaceBytes && !key.empty() &&
+         key.size() <= kMaxKeyBytes;
+}
+
+std::string Where(const SpillLocation& location) {
+  return "segment " + std::to_string(location.segment_id) + " offset " +
+         std::to_string(location.offset);
+}
+
+}  // namespace
+
+void SpillStore::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
+
+SpillStore::SpillStore(const SpillOptions& options, BlockDevice* device, SecretKey tenant_key)
+    : options_(options), device_(device), tenant_key_(std::move(tenant_key)) {}
+
+SpillStore::~SpillStore() {
+  // The device holds pointers into slots_ and the staging memory until it hands them back.
+  std::array<IoRequest*, 32> reaped{};
+  while (in_flight_ > 0) {
+    const size_t n = device_->Reap(reaped, /*wait=*/true);
+    KVT_CHECK(n > 0);
+    in_flight_ -= static_cast<uint32_t>(n);
+  }
+  (void)Sync();
+  for (auto& [id, segment] : segments_) (void)device_->CloseFile(segment->file);
+}
+
+Result<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions& options,
+                                                     BlockDevice* device,
+                                                     const SecretKey& tenant_key,
+                                                     std::vector<RecoveredRecord>* recovered) {
+  KVT_CHECK(device != nullptr);
+  KVT_RETURN_IF_ERROR(ValidateOptions(options, *device));
+  std::unique_ptr<SpillStore> store(
+      new SpillStore(options, device, SecretKey::FromBytes(tenant_key.bytes())));
+  KVT_RETURN_IF_ERROR(store->Start());
+  KVT_RETURN_IF_ERROR(store->Recover(recovered));
+  return store;
+}
+
+Status SpillStore::Start() {
+  std::filesystem::path dir = options_.dir;
+  if (!dir.has_filename()) dir = dir.parent_path();  // "a/b/" names "a/b"
+  std::error_code ec;
+  if (dir.has_parent_path()) std::filesystem::create_directories(dir.parent_path(), ec);
+  // The tenant's own directory is private from its first moment: mkdir with 0700, not chmod.
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoStatus("spill: mkdir " + dir.string(), errno);
+  }
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("spill: open directory " + dir.string(), errno);
+  dir_fd_.reset(fd);
+
+  slot_bytes_ = spill::RecordBytes(options_.max_record_payload_bytes);
+  const size_t count = options_.staging_buffers;
+  const size_t total = slot_bytes_ * count + kAlignBytes;  // + the header block
+  void* memory = std::aligned_alloc(kAlignBytes, total);
+  if (memory == nullptr) {
+    return Status(StatusCode::kResourceExhausted,
+                  "spill: cannot allocate " + std::to_string(total) + " bytes of staging");
+  }
+  std::memset(memory, 0, total);
+  staging_.reset(static_cast<std::byte*>(memory));
+  slots_ = std::vector<Slot>(count);
+  free_slots_.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    slots_[i].index = static_cast<uint32_t>(i);
+    slots_[i].buffer = std::span<std::byte>(staging_.get() + i * slot_bytes_, slot_bytes_);
+    free_slots_.push_back(static_cast<uint32_t>(count - 1 - i));
+  }
+  done_.assign(count, 0);
+  return Status::Ok();
+}
+
+std::span<std::byte> SpillStore::header_block() const {
+  return {staging_.get() + slot_bytes_ * slots_.size(), kAlignBytes};
+}
+
+std::filesystem::path SpillStore::SegmentPath(uint32_t id) const {
+  char name[32];
+  std::snprintf(name, sizeof(name), "seg-%08x.kvs", id);
+  return options_.dir / name;
+}
+
+Status SpillStore::SyncDir() {
+  if (::fsync(dir_fd_.get()) != 0) {
+    return ErrnoStatus("spill: fsync " + options_.dir.string(), errno);
+  }
+  return Status::Ok();
+}
+
+Status SpillStore::WaitFor(IoRequest* request) {
+  request->user = nullptr;
+  // Never "queue full": staging_buffers < queue_depth leaves this request a place.
+  KVT_RETURN_IF_ERROR(device_->Submit(request));
+  ++in_flight_;
+  std::array<IoRequest*, 16> reaped{};
+  bool done = false;
+  while (!done) {
+    const size_t n = device_->Reap(reaped, /*wait=*/true);
+    KVT_CHECK(n > 0);
+    for (size_t i = 0; i < n; ++i) {
+      --in_flight_;
+      if (reaped[i] == request) {
+        done = true;
+      } else {
+        Complete(static_cast<Slot*>(reaped[i]->user));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status SpillStore::WriteHeaderBlock(const Segment& segment, bool erase_key) {
+  spill::SegmentHeader header = segment.header;
+  if (erase_key) std::memset(&header.wrapped_key, 0, sizeof(header.wrapped_key));
+  const std::span<std::byte> block = header_block();
+  std::memset(block.data(), 0, block.size());
+  std::memcpy(block.data(), &header, sizeof(header));
+  IoRequest request;
+  request.op = IoOp::kWrite;
+  request.file = segment.file;
+  request.offset = 0;
+  request.buffer = block;
+  KVT_RETURN_IF_ERROR(WaitFor(&request));
+  if (request.result < 0) {
+    return ErrnoStatus("spill: write header of " + segment.path.string(),
+                       static_cast<int>(-request.result));
+  }
+  if (!request.complete()) {
+    return Status(StatusCode::kIoError, "spill: short header write to " + segment.path.string());
+  }
+  return device_->Sync(segment.file);
+}
+
+Result<std::unique_ptr<SpillStore::Segment>> SpillStore::CreateSegment(uint32_t id) {
+  auto segment = std::make_unique<Segment>();
+  segment->id = id;
+  segment->path = SegmentPath(id);
+  spill::SegmentHeader& header = segment->header;
+  std::memcpy(header.magic, spill::kSegmentMagic, sizeof(header.magic));
+  header.format_version = spill::kFormatVersion;
+  header.header_bytes = static_cast<uint32_t>(spill::kSegmentHeaderBytes);
+  header.segment_bytes = options_.segment_bytes;
+  KVT_ASSIGN_OR_RETURN(header.generation, SecureRandomU64());
+  header.segment_id = id;
+  std::memcpy(header.tenant, options_.tenant.data(), options_.tenant.size());
+  {
+    KVT_ASSIGN_OR_RETURN(SecretKey data_key, SecretKey::Random());
+    const auto aad = std::as_bytes(std::span(&header, 1)).first(spill::kSegmentAadBytes);
+    KVT_ASSIGN_OR_RETURN(WrappedKey wrapped, WrapKey(tenant_key_, data_key, aad));
+    static_assert(sizeof(wrapped) == sizeof(header.wrapped_key));
+    std::memcpy(&header.wrapped_key, &wrapped, sizeof(wrapped));
+    KVT_ASSIGN_OR_RETURN(AesGcm gcm, AesGcm::Create(data_key));
+    segment->gcm.emplace(std::move(gcm));
+  }  // data_key is zeroed here; the key lives on only inside the AesGcm.
+
+  // Preallocated, so a full disk shows up now (kResourceExhausted naming the file), not as a
+  // failed record write later.
+  KVT_ASSIGN_OR_RETURN(segment->file,
+                       device_->OpenFile(segment->path.string(),
+                                         OpenMode{.create = true,
+                                                  .preallocate_bytes = options_.segment_bytes}));
+  // The header is in the file, and synced, before any record is submitted behind it.
+  Status status = WriteHeaderBlock(*segment, /*erase_key=*/false);
+  if (status.ok()) status = SyncDir();
+  if (!status.ok()) {
+    (void)device_->CloseFile(segment->file);
+    (void)device_->RemoveFile(segment->path.string());
+    return status;
+  }
+  segment->tail = spill::kSegmentHeaderBytes;
+  segment->created_here = true;
+  return segment;
+}
+
+Result<SpillStore::Segment*> SpillStore::SegmentFor(uint64_t record_bytes) {
+  if (open_ != nullptr && open_->tail + record_bytes <= open_->segment_bytes()) return open_;
+  if (open_ != nullptr) {
+    // Sealed even if no new segment can be made: then it is reclaimable.
+    open_->sealed = true;
+    open_ = nullptr;
+    erase_pending_ = true;
+  }
+  // Dead sealed segments must not count against the quota.
+  if (erase_pending_) EraseDeadSegments();
+  const uint64_t after = (segments_.size() + 1) * options_.segment_bytes;
+  if (after > options_.quota_bytes) {
+    return Status(StatusCode::kResourceExhausted,
+                  "spill quota of " + std::to_string(options_.quota_bytes) + " bytes for tenant " +
+                      options_.tenant + " is full (" + std::to_string(segments_.size()) +
+                      " segments of " + std::to_string(options_.segment_bytes) + " bytes)");
+  }
+  if (next_segment_id_ == UINT32_MAX) {
+    return Status(StatusCode::kResourceExhausted, "spill: segment ids exhausted");
+  }
+  KVT_ASSIGN_OR_RETURN(std::unique_ptr<Segment> segment, CreateSegment(next_segment_id_));
+  ++next_segment_id_;
+  ++stats_.segments_created;
+  open_ = segment.get();
+  segments_.emplace(segment->id, std::move(segment));
+  return open_;
+}
+
+Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
+                                             std::span<const uint8_t> key,
+                                             std::span<const std::byte> plaintext,
+                                             uint64_t cookie) {
+  if (!ValidNameAndKey(name_space, key)) {
+    return Invalid("spill: namespace must be 1..128 bytes and key 1..32 bytes");
+  }
+  if (plaintext.size() > options_.max_record_payload_bytes) {
+    return Invalid("spill: payload of " + std::to_string(plaintext.size()) +
+                   " bytes exceeds max_record_payload_bytes");
+  }
+  if (free_slots_.empty()) {
+    return Status(StatusCode::kResourceExhausted, "staging buffers busy");
+  }
+  const uint64_t record_bytes = spill::RecordBytes(plaintext.size());
+  KVT_ASSIGN_OR_RETURN(Segment* segment, SegmentFor(record_bytes));
+  Slot& slot = slots_[free_slots_.back()];
+  const uint64_t offset = segment->tail;
+
+  spill::RecordHeader header{};
+  header.magic = spill::kRecordMagic;
+  header.format_version = static_cast<uint16_t>(spill::kFormatVersion);
+  header.header_bytes = static_cast<uint16_t>(kRecordHeaderBytes);
+  header.record_bytes = record_bytes;
+  header.payload_bytes = plaintext.size();
+  header.offset = offset;
+  header.sequence = next_sequence_;
+  header.segment_generation = segment->header.generation;
+  header.segment_id = segment->id;
+  header.key_len = static_cast<uint8_t>(key.size());
+  header.namespace_len = static_cast<uint8_t>(name_space.size());
+  std::memcpy(header.key, key.data(), key.size());
+  std::memcpy(header.name_space, name_space.data(), name_space.size());
+
+  // Encrypted straight from the caller's bytes into the staging buffer: plaintext never
+  // touches the staging memory.
+  const std::span<std::byte> record = slot.buffer.first(record_bytes);
+  const auto aad = spill::RecordAad(segment->header, header);
+  const auto nonce = spill::RecordNonceBytes(offset);
+  std::array<std::byte, AesGcm::kTagBytes> tag{};
+  KVT_RETURN_IF_ERROR(segment->gcm->Seal(nonce, aad, plaintext,
+                                         record.subspan(kRecordHeaderBytes, plaintext.size()),
+                                         tag));
+  std::memcpy(header.tag, tag.data(), tag.size());
+  std::memcpy(record.data(), &header, sizeof(header));
+  const size_t used = kRecordHeaderBytes + plaintext.size();
+  std::memset(record.data() + used, 0, record.size() - used);
+
+  slot.request = IoRequest{};
+  slot.request.op = IoOp::kWrite;
+  slot.request.file = segment->file;
+  slot.request.offset = offset;
+  slot.request.buffer = record;
+  slot.request.user = &slot;
+  KVT_RETURN_IF_ERROR(device_->Submit(&slot.request));
+
+  // Accepted: the offset is spent for good (even if the write fails, its nonce may have been
+  // used on disk), and the record is live until its completion says otherwise.
+  free_slots_.pop_back();
+  ++in_flight_;
+  segment->tail += record_bytes;
+  ++segment->in_flight;
+  segment->records.push_back(SpillRecordMeta{offset, plaintext.size(), next_sequence_, true});
+  ++segment->live;
+  ++stats_.live_records;
+  ++stats_.writes_started;
+  slot.is_write = true;
+  slot.cookie = cookie;
+  slot.segment = segment;
+  slot.location = SpillLocation{segment->id, offset, plaintext.size(), next_sequence_};
+  slot.out = {};
+  ++next_sequence_;
+  return slot.location;
+}
+
+Status SpillStore::StartRead(const SpillLocation& location, std::string_view name_space,
+                             std::span<const uint8_t> key, std::span<std::byte> out,
+                             uint64_t cookie) {
+  std::memset(out.data(), 0, out.size());
+  if (!ValidNameAndKey(name_space, key)) {
+    return Invalid("spill: namespace must be 1..128 bytes and key 1..32 bytes");
+  }
+  if (out.size() != location.payload_bytes) {
+    return Invalid("spill: read buffer of " + std::to_string(out.size()) +
+                   " bytes for a record of " + std::to_string(location.payload_bytes));
+  }
+  auto it = segments_.find(location.segment_id);
+  SpillRecordMeta* meta = it == segments_.end() ? nullptr : it->second->Find(location.offset);
+  if (meta == nullptr || !meta->live || meta->sequence != location.sequence ||
+      meta->payload_bytes != location.payload_bytes) {
+    return Status(StatusCode::kNotFound, "no live spill record at " + Where(location));
+  }
+  if (free_slots_.empty()) {
+    return Status(StatusCode::kResourceExhausted, "staging buffers busy");
+  }
+  Segment* segment = it->second.get();
+  Slot& slot = slots_[free_slots_.back()];
+  slot.request = IoRequest{};
+  slot.request.op = IoOp::kRead;
+  slot.request.file = segment->file;
+  slot.request.offset = location.offset;
+  slot.request.buffer = slot.buffer.first(spill::RecordBytes(location.payload_bytes));
+  slot.request.user = &slot;
+  KVT_RETURN_IF_ERROR(device_->Submit(&slot.request));
+
+  free_slots_.pop_back();
+  ++in_flight_;
+  ++segment->in_flight;
+  ++stats_.reads_started;
+  slot.is_write = false;
+  slot.cookie = cookie;
+  slot.segment = segment;
+  slot.location = location;
+  slot.out = out;
+  slot.key_len = static_cast<uint8_t>(key.size());
+  std::memcpy(slot.key, key.data(), key.size());
+  slot.namespace_len = static_cast<uint8_t>(name_space.size());
+  std::memcpy(slot.name_space, name_space.data(), name_space.size());
+  return Status::Ok();
+}
+
+Status SpillStore::Flush() { return device_->Flush(); }
+
+int SpillStore::event_fd() const { return device_->event_fd(); }
+
+void SpillStore::Complete(Slot* slot) {
+  KVT_CHECK(slot != nullptr && slot >= slots_.data() && slot < slots_.data() + slots_.size());
+  Segment* segment = slot->segment;
+  KVT_CHECK(segment != nullptr && segment->in_flight > 0);
+  --segment->in_flight;
+  if (slot->is_write) {
+    CompleteWrite(slot);
+  } else {
+    CompleteRead(slot);
+  }
+  // Erasing is blocking I/O, which may not nest inside WaitFor: Poll does it.
+  if (segment->sealed && segment->live == 0 && segment->in_flight == 0) erase_pending_ = true;
+  slot->segment = nullptr;
+  slot->out = {};
+  done_[(done_head_ + done_count_) % done_.size()] = slot->index;
+  ++done_count_;
+}
+
+void SpillStore::CompleteWrite(Slot* slot) {
+  const IoRequest& request = slot->request;
+  if (request.complete()) {
+    slot->status = Status::Ok();
+    return;
+  }
+  ++stats_.writes_failed;
+  const std::string what = "spill write to " + slot->segment->path.string() + " at offset " +
+                           std::to_string(request.offset);
+  slot->status = request.result < 0
+                     ? ErrnoStatus(what, static_cast<int>(-request.result))
+                     : Status(StatusCode::kIoError, what + ": short (" +
+                                                        std::to_string(request.result) + " of " +
+                                                        std::to_string(request.buffer.size()) +
+                                                        " bytes)");
+  SpillRecordMeta* meta = slot->segment->Find(slot->location.offset);
+  if (meta != nullptr && meta->live) {
+    meta->live = false;
+    --slot->segment->live;
+    --stats_.live_records;
+  }
+}
+
+void SpillStore::CompleteRead(Slot* slot) {
+  slot->status = VerifyRead(*slot);
+  if (slot->status.ok()) return;
+  std::memset(slot->out.data(), 0, slot->out.size());
+  if (slot->status.code() == StatusCode::kDataLoss) {
+    ++stats_.integrity_failures;
+  } else {
+    ++stats_.reads_failed;
+  }
+}
+
+Status SpillStore::VerifyRead(const Slot& slot) {
+  const IoRequest& request = slot.request;
+  const SpillLocation& location = slot.location;
+  const Segment& segment = *slot.segment;
+  if (request.result < 0) {
+    return ErrnoStatus("spill read of " + Where(location), static_cast<int>(-request.result));
+  }
+  if (!request.complete()) {
+    return Status(StatusCode::kDataLoss, "spill record at " + Where(location) + " is truncated");
+  }
+  spill::RecordHeader header;
+  std::memcpy(&header, request.buffer.data(), sizeof(header));
+  const bool matches =
+      spill::PlausibleRecord(header, segment.header, location.offset,
+                             segment.segment_bytes()) &&
+      header.payload_bytes == location.payload_bytes && header.sequence == location.sequence &&
+      header.key_len == slot.key_len && std::memcmp(header.key, slot.key, slot.key_len) == 0 &&
+      header.namespace_len == slot.namespace_len &&
+      std::memcmp(header.name_space, slot.name_space, slot.namespace_len) == 0;
+  if (!matches) {
+    return Status(StatusCode::kDataLoss,
+                  "spill record at " + Where(location) + " is not the record expected there");
+  }
+  const auto aad = spill::RecordAad(segment.header, header);
+  const auto nonce = spill::RecordNonceBytes(location.offset);
+  std::array<std::byte, AesGcm::kTagBytes> tag;
+  std::memcpy(tag.data(), header.tag, tag.size());
+  Status status = slot.segment->gcm->Open(
+      nonce, aad, request.buffer.subspan(kRecordHeaderBytes, location.payload_bytes), tag,
+      slot.out);
+  if (status.code() == StatusCode::kDataLoss) {
+    return Status(StatusCode::kDataLoss,
+                  "spill record at " + Where(location) + " failed authentication");
+  }
+  return status;
+}
+
+size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
+  std::array<IoRequest*, 32> reaped{};
+  const bool block = wait && done_count_ == 0 && in_flight_ > 0;
+  const size_t n = device_->Reap(reaped, block);
+  for (size_t i = 0; i < n; ++i) {
+    --in_flight_;
+    Complete(static_cast<Slot*>(reaped[i]->user));
+  }
+  if (erase_pending_) EraseDeadSegments();
+  size_t delivered = 0;
+  while (delivered < out.size() && done_count_ > 0) {
+    Slot& slot = slots_[done_[done_head_]];
+    done_head_ = (done_head_ + 1) % done_.size();
+    --done_count_;
+    out[delivered++] = SpillCompletion{slot.cookie, std::move(slot.status), slot.is_write};
+    slot.status = Status::Ok();
+    free_slots_.push_back(slot.index);
+  }
+  return delivered;
+}
+
+void SpillStore::Release(const SpillLocation& location) {
+  auto it = segments_.find(location.segment_id);
+  if (it == segments_.end()) return;
+  Segment* segment = it->second.get();
+  SpillRecordMeta* meta = segment->Find(location.offset);
+  if (meta == nullptr || !meta->live || meta->sequence != location.sequence) return;
+  meta->live = false;
+  --segment->live;
+  --stats_.live_records;
+  if (segment->sealed && segment->live == 0 && segment->in_flight == 0) (void)EraseSegment(it);
+}
+
+Status SpillStore::EraseSegment(SegmentMap::iterator it) {
+  Segment* segment = it->second.get();
+  KVT_CHECK(segment->in_flight == 0);
+  // Destroying the wrapped key makes every record unreadable even where the file's blocks
+  // survive its removal; the file goes regardless of whether that write worked.
+  Status status = WriteHeaderBlock(*segment, /*erase_key=*/true);
+  if (!status.ok()) ++stats_.erase_failures;
+  Status closed = device_->CloseFile(segment->file);
+  Status removed = device_->RemoveFile(segment->path.string());
+  if (status.ok()) status = closed;
+  if (status.ok()) status = removed;
+  ++stats_.segments_erased;
+  stats_.live_records -= segment->live;
+  if (open_ == segment) open_ = nullptr;
+  segments_.erase(it);
+  return status;
+}
+
+void SpillStore::EraseDeadSegments() {
+  erase_pending_ = false;
+  for (auto it = segments_.begin(); it != segments_.end();) {
+    Segment* segment = it->second.get();
+    auto next = std::next(it);
+    if (segment->sealed && segment->live == 0 && segment->in_flight == 0) {
+      (void)EraseSegment(it);  // counted in stats_
+    }
+    it = next;
+  }
+}
+
+Status SpillStore::ReclaimOldestSegment(std::vector<SpillLocation>* dropped) {
+  bool any_sealed = false;
+  for (auto it = segments_.begin(); it != segments_.end(); ++it) {
+    Segment* segment = it->second.get();
+    if (!segment->sealed) continue;
+    any_sealed = true;
+    if (segment->in_flight > 0) continue;
+    for (const SpillRecordMeta& meta : segment->records) {
+      if (meta.live && dropped != nullptr) {
+        dropped->push_back(
+            SpillLocation{segment->id, meta.offset, meta.payload_bytes, meta.sequence});
+      }
+    }
+    return EraseSegment(it);
+  }
+  if (any_sealed) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "every sealed spill segment has I/O in flight: poll, then retry");
+  }
+  return Status(StatusCode::kNotFound, "no sealed spill segment to reclaim");
+}
+
+Status SpillStore::CryptoEraseAll() {
+  if (in_flight_ > 0) {
+    return Status(StatusCode::kFailedPrecondition, "spill I/O in flight: poll until idle");
+  }
+  Status first;
+  while (!segments_.empty()) {
+    Status status = EraseSegment(segments_.begin());
+    if (first.ok()) first = std::move(status);
+  }
+  open_ = nullptr;
+  return first;
+}
+
+Status SpillStore::Sync() {
+  Status first;
+  for (auto& [id, segment] : segments_) {
+    if (!segment->created_here) continue;
+    Status status = device_->Sync(segment->file);
+    if (first.ok()) first = std::move(status);
+  }
+  return first;
+}
+
+}  // namespace kvtier

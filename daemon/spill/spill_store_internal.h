@@ -1,0 +1,65 @@
+// SpillStore's private types, shared by spill_store.cc and spill_recovery.cc only.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "crypto/aes_gcm.h"
+#include "daemon/spill/block_device.h"
+#include "daemon/spill/spill_format.h"
+#include "daemon/spill/spill_store.h"
+#include "kvclient/status.h"
+
+namespace kvtier {
+
+// One record the store knows of, in offset order within its segment.
+struct SpillRecordMeta {
+  uint64_t offset = 0;
+  uint64_t payload_bytes = 0;
+  uint64_t sequence = 0;
+  bool live = false;
+};
+
+struct SpillStore::Segment {
+  uint32_t id = 0;
+  std::filesystem::path path;
+  int file = -1;                  // device handle
+  spill::SegmentHeader header{};  // as on disk (the wrapped key included)
+  std::optional<AesGcm> gcm;      // the unwrapped data key, only inside OpenSSL's context
+  uint64_t tail = 0;              // next record offset (created in this process)
+  bool sealed = false;
+  bool created_here = false;  // written by this process: Sync() covers it
+  uint32_t in_flight = 0;
+  uint64_t live = 0;
+  std::vector<SpillRecordMeta> records;
+
+  uint64_t segment_bytes() const { return header.segment_bytes; }
+  SpillRecordMeta* Find(uint64_t offset) {
+    auto it = std::lower_bound(records.begin(), records.end(), offset,
+                               [](const SpillRecordMeta& r, uint64_t o) { return r.offset < o; });
+    return it != records.end() && it->offset == offset ? &*it : nullptr;
+  }
+};
+
+struct SpillStore::Slot {
+  IoRequest request;
+  std::span<std::byte> buffer;  // slot_bytes_ of aligned staging memory
+  uint32_t index = 0;
+  bool is_write = false;
+  uint64_t cookie = 0;
+  Segment* segment = nullptr;  // pinned by segment->in_flight while the I/O runs
+  SpillLocation location;
+  std::span<std::byte> out;  // reads: the caller's buffer
+  uint8_t key[32] = {};
+  uint8_t key_len = 0;
+  char name_space[spill::kMaxNamespaceBytes] = {};
+  uint8_t namespace_len = 0;
+  Status status;  // the completion's, once done
+};
+
+}  // namespace kvtier
