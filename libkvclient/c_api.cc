@@ -50,6 +50,16 @@ kvtier_status NullArgument(const char* what) {
   return KVTIER_INVALID_ARGUMENT;
 }
 
+// Far above any real batch (a call is split into frames of 4096), low enough that the copies
+// this shim makes can always be allocated: a larger n is a caller's bug, not a request.
+constexpr size_t kMaxKeysPerCall = size_t{1} << 24;
+
+kvtier_status CountTooLarge(size_t n) {
+  t_last_error = "n = " + std::to_string(n) + " exceeds " + std::to_string(kMaxKeysPerCall) +
+                 " keys per call";
+  return KVTIER_INVALID_ARGUMENT;
+}
+
 std::vector<Key> Keys(const kvtier_key* keys, size_t n) {
   std::vector<Key> out(n);
   for (size_t i = 0; i < n; ++i) {
@@ -105,6 +115,7 @@ kvtier_status kvtier_reserve(kvtier_client* c, const kvtier_key* keys, const uin
   if (keys == nullptr) return NullArgument("keys");
   if (sizes == nullptr) return NullArgument("sizes");
   if (offsets == nullptr) return NullArgument("offsets");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n);
     const Status s = c->client->ReserveRaw(Keys(keys, n), {sizes, n}, {offsets, n}, out);
@@ -117,6 +128,7 @@ kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n);
     const Status s = c->client->CommitRaw(Keys(keys, n), out);
@@ -128,6 +140,7 @@ kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
 kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n);
     const Status s = c->client->AbortRaw(Keys(keys, n), out);
@@ -141,6 +154,7 @@ kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (matched == nullptr) return NullArgument("matched");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::Tier> t(tiers != nullptr ? n : 0);
     auto r = c->client->MatchPrefix(Keys(keys, n), t);
@@ -156,6 +170,7 @@ kvtier_status kvtier_acquire(kvtier_client* c, const kvtier_key* keys, size_t n,
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (out == nullptr) return NullArgument("out");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::LeaseInfo> infos(n);
     const Status s = c->client->AcquireRaw(Keys(keys, n), infos);
@@ -172,6 +187,7 @@ kvtier_status kvtier_release(kvtier_client* c, const uint64_t* lease_ids, size_t
                              uint16_t* codes) {
   if (c == nullptr) return NullArgument("c");
   if (lease_ids == nullptr) return NullArgument("lease_ids");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n);
     const Status s = c->client->ReleaseRaw({lease_ids, n}, out);
@@ -184,6 +200,7 @@ kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n);
     const Status s = c->client->Remove(Keys(keys, n), out);

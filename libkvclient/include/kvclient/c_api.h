@@ -6,6 +6,8 @@
  * next call). Per-key outcomes go into `codes`
  * arrays of the same length as `keys` (optional where the pointer may be NULL).
  *
+ * Arrays must not be NULL (except where noted) and n must be at most 2^24; violations return
+ * KVTIER_INVALID_ARGUMENT. No C++ exception ever escapes these functions.
  * Thread-safety: calls on one kvtier_client may come from several threads (they are
  * serialized on its one connection).
  * Lifetime: every lease taken by kvtier_acquire must be given back with kvtier_release, and
