@@ -74,6 +74,18 @@ void CopyCodes(const std::vector<StatusCode>& in, uint16_t* out) {
   for (size_t i = 0; i < in.size(); ++i) out[i] = static_cast<uint16_t>(in[i]);
 }
 
+// Commit, abort and remove: keys in, a code per key out.
+kvtier_status PerKeyCodes(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes,
+                          Status (kvtier::Client::*op)(std::span<const Key>,
+                                                       std::span<StatusCode>)) {
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = (c->client.get()->*op)(Keys(keys, n), out);
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -129,24 +141,14 @@ kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
-    const Status s = c->client->CommitRaw(Keys(keys, n), out);
-    CopyCodes(out, codes);
-    return Record(c, s);
-  });
+  return PerKeyCodes(c, keys, n, codes, &kvtier::Client::CommitRaw);
 }
 
 kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
-    const Status s = c->client->AbortRaw(Keys(keys, n), out);
-    CopyCodes(out, codes);
-    return Record(c, s);
-  });
+  return PerKeyCodes(c, keys, n, codes, &kvtier::Client::AbortRaw);
 }
 
 kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size_t n,
@@ -201,12 +203,7 @@ kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
-    const Status s = c->client->Remove(Keys(keys, n), out);
-    CopyCodes(out, codes);
-    return Record(c, s);
-  });
+  return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Remove);
 }
 
 kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {

@@ -28,6 +28,7 @@
 #include "daemon/spill/thread_pool_device.h"
 #include "daemon/spill/uring_device.h"
 #include "ipc/base/units.h"
+#include "tests/daemon/spill_test_devices.h"
 #include "tests/support/test_support.h"
 
 namespace kvtier {
@@ -35,28 +36,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-enum class Kind { kUring, kThreadPool };
+using testing::Kind;
+using testing::KindName;
 
-const char* KindName(Kind kind) { return kind == Kind::kUring ? "io_uring" : "thread pool"; }
-
-// nullptr, after a WARN, when io_uring is unavailable here (Catch2 v2 has no SKIP).
 std::unique_ptr<BlockDevice> MakeDevice(Kind kind, uint32_t queue_depth = 8,
                                         uint32_t max_files = 16) {
-  DeviceOptions options;
-  options.queue_depth = queue_depth;
-  options.threads = 4;
-  options.max_files = max_files;
-  if (kind == Kind::kUring) {
-    auto device = UringDevice::Open(options);
-    if (!device.ok()) {
-      WARN("io_uring unavailable: " << device.status().ToString());
-      return nullptr;
-    }
-    return std::move(*device);
-  }
-  auto device = ThreadPoolDevice::Open(options);
-  REQUIRE(device.ok());
-  return std::move(*device);
+  return testing::OpenTestDevice(kind, queue_depth, max_files);
 }
 
 class AlignedBuffer {
@@ -170,31 +155,6 @@ int OpenOrFail(BlockDevice& device, const fs::path& path, OpenMode mode = {true,
   REQUIRE(file.ok());
   return *file;
 }
-
-// A filesystem mounted on a fresh directory for the test's lifetime (tests run as root).
-class ScopedMount {
- public:
-  ScopedMount(const char* type, const char* options) : dir_(tmp_.path() / "mnt") {
-    fs::create_directory(dir_);
-    if (::mount(type, dir_.c_str(), type, 0, options) != 0) {
-      why_ = std::string("mount -t ") + type + ": " + std::strerror(errno);
-    } else {
-      mounted_ = true;
-    }
-  }
-  ~ScopedMount() {
-    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  const fs::path& dir() const { return dir_; }
-
- private:
-  testing::TempDir tmp_;
-  fs::path dir_;
-  bool mounted_ = false;
-  std::string why_;
-};
 
 TEST_CASE("A block device reads back every byte it wrote, at 4 KiB and 2 MiB, at any aligned "
           "offset", "[daemon][spill]") {
@@ -444,7 +404,7 @@ TEST_CASE("Preallocation reserves space, and a full filesystem answers ENOSPC wi
   }
 
   SECTION("a 16 MiB tmpfs refuses a 32 MiB preallocation and writes beyond its size") {
-    ScopedMount mount("tmpfs", "size=16m");
+    testing::ScopedMount mount("tmpfs", "size=16m");
     if (!mount.ok()) {
       WARN("cannot make a small filesystem: " << mount.why());
       return;
@@ -487,7 +447,7 @@ TEST_CASE("A filesystem that rejects O_DIRECT gets buffered I/O that still works
   // tmpfs rejects O_DIRECT before Linux 6.6; ramfs always does.
   for (const char* type : {"tmpfs", "ramfs"}) {
     INFO(type);
-    ScopedMount mount(type, type == std::string("tmpfs") ? "size=16m" : nullptr);
+    testing::ScopedMount mount(type, type == std::string("tmpfs") ? "size=16m" : nullptr);
     if (!mount.ok()) continue;
     std::string warning;
     const int file = OpenOrFail(*device, mount.dir() / "log", OpenMode{true, 4 * kMiB}, &warning);

@@ -29,6 +29,7 @@
 #include "daemon/spill/thread_pool_device.h"
 #include "daemon/spill/uring_device.h"
 #include "ipc/base/units.h"
+#include "tests/daemon/spill_test_devices.h"
 #include "tests/support/test_support.h"
 
 namespace kvtier {
@@ -36,29 +37,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-enum class Kind { kUring, kThreadPool };
-
-const char* KindName(Kind kind) { return kind == Kind::kUring ? "io_uring" : "thread pool"; }
+using testing::Kind;
+using testing::KindName;
 
 constexpr uint32_t kQueueDepth = 16;
 
-// nullptr, after a WARN, when io_uring is unavailable here (Catch2 v2 has no SKIP).
 std::unique_ptr<BlockDevice> MakeDevice(Kind kind) {
-  DeviceOptions options;
-  options.queue_depth = kQueueDepth;
-  options.threads = 4;
-  options.max_files = 64;
-  if (kind == Kind::kUring) {
-    auto device = UringDevice::Open(options);
-    if (!device.ok()) {
-      WARN("io_uring unavailable: " << device.status().ToString());
-      return nullptr;
-    }
-    return std::move(*device);
-  }
-  auto device = ThreadPoolDevice::Open(options);
-  REQUIRE(device.ok());
-  return std::move(*device);
+  return testing::OpenTestDevice(kind, kQueueDepth, /*max_files=*/64);
 }
 
 SecretKey TenantKey(const std::string& tenant) {
@@ -691,31 +676,6 @@ TEST_CASE("Past its quota a spill store says so, and reclaiming the oldest segme
   CHECK(blocks[written].written);
 }
 
-// A filesystem mounted on a fresh directory for the test's lifetime (tests run as root).
-class ScopedMount {
- public:
-  ScopedMount(const char* type, const char* options) : dir_(tmp_.path() / "mnt") {
-    fs::create_directory(dir_);
-    if (::mount(type, dir_.c_str(), type, 0, options) != 0) {
-      why_ = std::string("mount -t ") + type + ": " + std::strerror(errno);
-    } else {
-      mounted_ = true;
-    }
-  }
-  ~ScopedMount() {
-    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  const fs::path& dir() const { return dir_; }
-
- private:
-  testing::TempDir tmp_;
-  fs::path dir_;
-  bool mounted_ = false;
-  std::string why_;
-};
-
 TEST_CASE("A full disk is a clear status and the spill store stays usable", "[daemon][spill]") {
   const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
   INFO(KindName(kind));
@@ -724,7 +684,7 @@ TEST_CASE("A full disk is a clear status and the spill store stays usable", "[da
   std::mt19937_64 rng(23);
 
   SECTION("a 16 MiB tmpfs refuses the segment that does not fit") {
-    ScopedMount mount("tmpfs", "size=16m");
+    testing::ScopedMount mount("tmpfs", "size=16m");
     if (!mount.ok()) {
       WARN("cannot make a small filesystem: " << mount.why());
       return;

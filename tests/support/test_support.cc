@@ -3,11 +3,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -113,6 +115,19 @@ std::string DaemonProcess::Log() const {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+ScopedMount::ScopedMount(const char* type, const char* options) : dir_(tmp_.path() / "mnt") {
+  std::filesystem::create_directory(dir_);
+  if (::mount(type, dir_.c_str(), type, 0, options) != 0) {
+    why_ = std::string("mount -t ") + type + ": " + std::strerror(errno);
+  } else {
+    mounted_ = true;
+  }
+}
+
+ScopedMount::~ScopedMount() {
+  if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
 }
 
 pid_t SpawnChild(const std::function<int()>& body) {

@@ -61,6 +61,23 @@ class DaemonProcess {
   bool reaped_ = false;
 };
 
+// A filesystem mounted on a fresh directory for the test's lifetime (tests run as root; where
+// mount fails, ok() is false and why() says why, and the test WARNs and returns).
+class ScopedMount {
+ public:
+  ScopedMount(const char* type, const char* options);
+  ~ScopedMount();
+  bool ok() const { return mounted_; }
+  const std::string& why() const { return why_; }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  TempDir tmp_;
+  std::filesystem::path dir_;
+  bool mounted_ = false;
+  std::string why_;
+};
+
 // Runs `body` in a forked child; returns its exit code (128 + signal if it died of one).
 int RunInChild(const std::function<int()>& body);
 // Forks `body` and returns its pid without waiting.
