@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 kvt_install_deps
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build --target kvtierd kvtierctl kvclient_example
+cmake --build build --target kvtierd kvtierctl kvclient_example kvtier-bench
 echo "kvtier: starting kvtierd; try: build/libkvclient/kvclient_example .run/kvtierd.sock" >&2
 exec build/daemon/kvtierd --config configs/kvtierd.dev.toml
