@@ -3,7 +3,9 @@
 // It starts its own kvtierd from a temporary config (or uses --socket), then measures in order:
 // the copy limits into / out of a shared memfd mapping and a bare SOCK_SEQPACKET round trip;
 // put and get GB/s through libkvclient at 2 MiB and 64 KiB, batch 1 and 64; match_prefix keys/s
-// at batch 256; the 1-key round trip; index bytes per block at 1M blocks. It prints one table
+// at batch 256; the 1-key round trip; index bytes per block at 1M blocks; and with --spill DIR,
+// after kvtierd has stopped, the spill store's figures beside the disk's and AES-GCM's limits
+// (bench/spill_bench.h: store-level, not yet through the daemon). It prints one table
 // row per figure with its limit, the ratio, the target and PASS/MISS, and with --json writes the
 // same rows as JSON lines. Exit status: 0 when it ran (targets missed or not), 1 on any error,
 // 2 on a usage error.
@@ -19,6 +21,8 @@
 #include "bench/daemon_process.h"
 #include "bench/figures.h"
 #include "bench/limits.h"
+#include "bench/report.h"
+#include "bench/spill_bench.h"
 #include "kvclient/client.h"
 
 namespace kvtier::bench {
@@ -34,6 +38,10 @@ constexpr char kUsage[] =
     "  --pin off|apart|same  CPUs of the benchmark's client and the started daemon: the\n"
     "                        scheduler's choice (default), two different CPUs, or one CPU\n"
     "  --json FILE           also write one JSON line per figure to FILE\n"
+    "  --spill DIR           also measure the spill store in DIR (a directory on the spill\n"
+    "                        disk; a scratch subdirectory is made there and removed): raw\n"
+    "                        O_DIRECT disk and AES-256-GCM limits, SpillStore write / read\n"
+    "                        GB/s and 2 MiB read latency (default: off)\n"
     "  --quick               small totals: a smoke run that checks every path (< 20 s)\n"
     "  --help                this text\n"
     "GB/s = 1e9 bytes/s. Limits are single-core, best of several repetitions, this run.\n";
@@ -47,17 +55,7 @@ struct Options {
   std::string json;
   bool quick = false;
   std::string pin = "off";
-};
-
-struct Row {
-  std::string metric;
-  double value = 0;
-  std::string unit;
-  std::string limit_metric;
-  double limit = 0;
-  double ratio = 0;
-  std::string target;  // "" for figures shown for information
-  bool pass = false;
+  std::string spill;  // --spill DIR; "" for none
 };
 
 uint32_t ParseU32(const char* flag, const char* text) {
@@ -96,6 +94,12 @@ Options ParseOptions(int argc, char** argv) {
         std::fprintf(stderr, "kvtier-bench: --pin takes off, apart or same\n%s", kUsage);
         std::exit(2);
       }
+    } else if (arg == "--spill" && has_value) {
+      o.spill = argv[++i];
+      if (o.spill.empty()) {
+        std::fprintf(stderr, "kvtier-bench: --spill wants a directory\n%s", kUsage);
+        std::exit(2);
+      }
     } else if (arg == "--json" && has_value) {
       o.json = argv[++i];
     } else {
@@ -122,65 +126,6 @@ struct Plan {
 Plan MakePlan(bool quick) {
   if (quick) return Plan{64 * kMiB, 128 * kMiB, 2, 5000, 1, 2000, 5000, 65536};
   return Plan{256 * kMiB, 512 * kMiB, 5, 20000, 3, 20000, 20000, 1048576};
-}
-
-std::string Fixed(double v, int digits) {
-  if (!std::isfinite(v)) return "-";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
-  return buf;
-}
-
-std::string Human(double v, const std::string& unit) {
-  if (!std::isfinite(v)) return "-";
-  if (unit == "keys/s") return Fixed(v / 1e6, 2) + "M";
-  if (unit == "GB/s") return Fixed(v, 2);
-  if (unit == "us") return Fixed(v, 1);
-  return Fixed(v, 1);
-}
-
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out + "\"";
-}
-
-std::string JsonNumber(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.6g", v);
-  return buf;
-}
-
-void PrintTable(const std::vector<Row>& rows) {
-  std::printf("\n%-34s %10s %-7s  %-44s %10s %6s  %-12s %s\n", "figure", "value", "unit",
-              "limit (same run)", "limit", "ratio", "target", "result");
-  for (const Row& r : rows) {
-    std::printf("%-34s %10s %-7s  %-44s %10s %6s  %-12s %s\n", r.metric.c_str(),
-                Human(r.value, r.unit).c_str(), r.unit.c_str(), r.limit_metric.empty() ? "-" : r.limit_metric.c_str(),
-                Human(r.limit, r.unit).c_str(), Fixed(r.ratio, 3).c_str(),
-                r.target.empty() ? "-" : r.target.c_str(),
-                r.target.empty() ? "info" : (r.pass ? "PASS" : "MISS"));
-  }
-}
-
-void WriteJson(const std::string& path, const std::vector<Row>& rows) {
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (f == nullptr) Fail("cannot write " + path);
-  for (const Row& r : rows) {
-    std::fprintf(f,
-                 "{\"metric\": %s, \"value\": %s, \"unit\": %s, \"limit_metric\": %s, "
-                 "\"limit\": %s, \"ratio\": %s, \"target\": %s, \"result\": %s}\n",
-                 JsonString(r.metric).c_str(), JsonNumber(r.value).c_str(),
-                 JsonString(r.unit).c_str(), JsonString(r.limit_metric).c_str(),
-                 JsonNumber(r.limit).c_str(), JsonNumber(r.ratio).c_str(),
-                 JsonString(r.target).c_str(),
-                 JsonString(r.target.empty() ? "info" : (r.pass ? "PASS" : "MISS")).c_str());
-  }
-  if (std::fclose(f) != 0) Fail("cannot write " + path);
 }
 
 void Progress(const char* op, uint64_t block_bytes, int batch, const Throughput& t,
@@ -476,6 +421,16 @@ int Run(const Options& options) {
               static_cast<unsigned long long>(end.misses));
   if (!options.json.empty()) WriteJson(options.json, rows);
   if (daemon && !daemon->Stop()) Fail("kvtierd did not stop cleanly");
+  daemon.reset();
+  // The spill section runs after kvtierd has gone, so its pool does not share the machine.
+  if (!options.spill.empty()) {
+    const std::vector<Row> spill_rows = RunSpillBench(options.spill, options.quick);
+    std::printf("\nspill: store-level figures (SpillStore on this thread, not yet through "
+                "kvtierd)\n");
+    PrintTable(spill_rows);
+    rows.insert(rows.end(), spill_rows.begin(), spill_rows.end());
+    if (!options.json.empty()) WriteJson(options.json, rows);  // again, with the spill rows
+  }
   return 0;
 }
 
