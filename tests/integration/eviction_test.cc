@@ -133,18 +133,8 @@ int Churn(const std::string& socket, uint64_t owner, int rounds) {
     next += 8;
     std::vector<uint64_t> sizes;
     for (size_t i = 0; i < keys.size(); ++i) sizes.push_back(4096 + rng() % (1536 * 1024));
-    auto batch = (*client)->Reserve(keys, sizes);
-    if (!batch.ok()) return 11;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (batch->code(i) == StatusCode::kOk) FillBlock(keys[i], batch->data(i));
-    }
-    if (!batch->Commit().ok()) return 12;
-    auto leases = (*client)->Acquire(keys);
-    if (!leases.ok()) return 13;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (leases->code(i) == StatusCode::kOk && !VerifyBlock(keys[i], leases->data(i))) {
-        return 14;
-      }
+    if (const int failed = StoreAndVerifyRound(**client, keys, sizes); failed != 0) {
+      return failed;
     }
     if (rng() % 2 == 0) (void)(*client)->Remove(std::span(keys).first(4));
   }

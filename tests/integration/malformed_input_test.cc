@@ -274,17 +274,8 @@ int WellBehaved(const std::string& socket, int stop_fd) {
     if (poll(&p, 1, 0) == 1 && rounds >= 20) return 0;
     std::vector<Key> keys;
     for (uint64_t i = 0; i < 16; ++i) keys.push_back(TestKey(rounds, i));
-    auto batch = (*client)->Reserve(keys, std::vector<uint64_t>(keys.size(), 64 * 1024));
-    if (!batch.ok()) return 11;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (batch->code(i) == StatusCode::kOk) FillBlock(keys[i], batch->data(i));
-    }
-    if (!batch->Commit().ok()) return 12;
-    auto leases = (*client)->Acquire(keys);
-    if (!leases.ok()) return 13;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (leases->code(i) == StatusCode::kOk && !VerifyBlock(keys[i], leases->data(i))) return 14;
-    }
+    const std::vector<uint64_t> sizes(keys.size(), 64 * 1024);
+    if (const int failed = StoreAndVerifyRound(**client, keys, sizes); failed != 0) return failed;
     ++rounds;
   }
 }

@@ -44,4 +44,23 @@ inline bool VerifyBlock(const Key& key, std::span<const std::byte> bytes) {
   return std::memcmp(expected.data(), bytes.data(), bytes.size()) == 0;
 }
 
+// One store-then-read round of a well-behaved client in a child process: reserve, fill, commit,
+// acquire, and verify whatever is present (other clients may have evicted some blocks).
+// 0 if every present block verifies, else which step failed (11..14), as a child exit code.
+inline int StoreAndVerifyRound(Client& client, const std::vector<Key>& keys,
+                               const std::vector<uint64_t>& sizes) {
+  auto batch = client.Reserve(keys, sizes);
+  if (!batch.ok()) return 11;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (batch->code(i) == StatusCode::kOk) FillBlock(keys[i], batch->data(i));
+  }
+  if (!batch->Commit().ok()) return 12;
+  auto leases = client.Acquire(keys);
+  if (!leases.ok()) return 13;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (leases->code(i) == StatusCode::kOk && !VerifyBlock(keys[i], leases->data(i))) return 14;
+  }
+  return 0;
+}
+
 }  // namespace kvtier::testing
