@@ -15,6 +15,7 @@
 #include "daemon/config/config.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server/server.h"
+#include "daemon/spill/spill_setup.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/socket/seqpacket.h"
@@ -100,7 +101,16 @@ int Serve(const std::string& config_path) {
                  t->config.dram_bytes >> 20, t->config.max_blocks,
                  t->memory.huge_pages() ? ", huge pages" : "", t->memory.locked() ? ", locked" : "");
   }
-  auto server = Server::Open(*config, tenants->get());
+  std::vector<std::string> spill_log;
+  auto workers = OpenSpillTier(*config, **tenants, &spill_log);
+  for (const std::string& line : spill_log) spdlog::info("{}", line);
+  if (!workers.ok()) {
+    spdlog::critical("{}", workers.status().ToString());
+    return 1;
+  }
+  std::vector<SpillWorker*> worker_ptrs;
+  for (auto& w : *workers) worker_ptrs.push_back(w.get());
+  auto server = Server::Open(*config, tenants->get(), worker_ptrs);
   if (!server.ok()) {
     spdlog::critical("{}", server.status().ToString());
     return 1;
@@ -111,6 +121,8 @@ int Serve(const std::string& config_path) {
   const Status run = (*server)->Run();
   SdNotify("STOPPING=1");
   server->reset();
+  // Workers finish their in-flight I/O and sync the spill files; pools outlive them.
+  workers->clear();
   if (!run.ok()) {
     spdlog::critical("{}", run.ToString());
     return 1;

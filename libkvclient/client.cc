@@ -304,6 +304,10 @@ Status Client::Remove(std::span<const Key> keys, std::span<StatusCode> codes) {
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kRemove), keys, codes, "removed");
 }
 
+Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) {
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kPrefetch), keys, codes, "prefetched");
+}
+
 Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
   if (out.size() < keys.size()) return SpanSizeError("out");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
@@ -390,9 +394,14 @@ Result<PoolStats> Client::Stats() {
     return Status(StatusCode::kProtocolError, "kvtierd's stats reply has the wrong size");
   }
   std::memcpy(&s, reply.body.data(), sizeof(s));
-  return PoolStats{s.pool_bytes,     s.used_bytes,     s.slab_bytes_in_use, s.committed_blocks,
-                   s.reserved_blocks, s.leased_blocks, s.index_capacity,     s.index_bytes,
-                   s.hits,           s.misses,         s.evictions,         s.sessions};
+  return PoolStats{s.pool_bytes,        s.used_bytes,         s.slab_bytes_in_use,
+                   s.committed_blocks,  s.reserved_blocks,    s.leased_blocks,
+                   s.index_capacity,    s.index_bytes,        s.hits,
+                   s.misses,            s.evictions,          s.sessions,
+                   s.ssd_quota_bytes,   s.ssd_blocks,         s.ssd_only_blocks,
+                   s.ssd_payload_bytes, s.dirty_bytes,        s.demotions,
+                   s.promotions,        s.demote_failures,    s.promote_failures,
+                   s.integrity_failures, s.ssd_dropped,       s.ssd_segments};
 }
 
 // --- RAII batches ---

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <initializer_list>
 #include <limits>
 #include <map>
@@ -18,6 +19,7 @@
 
 #include <toml++/toml.h>
 
+#include "daemon/spill/spill_format.h"
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/base/unique_fd.h"
@@ -35,8 +37,26 @@ constexpr uint64_t kMinBlockBytes = 4 * kKiB;
 // Block sizes travel as 64 bits but the index keeps 32; 1 GiB is far above any KV block.
 constexpr uint64_t kMaxBlockBytes = 1 * kGiB;
 constexpr uint64_t kBytesPerDefaultBlock = 16 * kKiB;
+// Spilled blocks are assumed larger on average: the default index adds one entry per 64 KiB.
+constexpr uint64_t kSsdBytesPerDefaultBlock = 64 * kKiB;
 constexpr uint64_t kMaxBlocks = uint64_t{1} << 31;
 constexpr uint64_t kHostHeadroomBytes = kGiB;
+// [spill]. Segment sizes are whole 2 MiB units, as SpillStore requires (spill_store.cc).
+constexpr uint64_t kSegmentGranuleBytes = 2 * kMiB;
+constexpr uint64_t kMaxSegmentBytes = 64 * kGiB;
+constexpr uint64_t kMaxSpillBlockBytes = 64 * kMiB;
+// One segment is being written while the oldest is reclaimed.
+constexpr uint64_t kMinSpillSegments = 2;
+// Per staging buffer, beyond max_block_bytes: the record header and 4 KiB alignment (at most
+// 4 KiB + 256 bytes, see spill::RecordBytes), rounded up.
+constexpr uint64_t kStagingOverheadBytes = 8 * kKiB;
+constexpr int64_t kMaxStagingBuffers = 256;
+constexpr int64_t kMaxQueueDepth = 4096;
+constexpr int64_t kMaxSpillThreads = 64;
+constexpr double kMinDemoteAbove = 0.05;
+constexpr double kMaxDemoteAbove = 0.95;
+// systemd credential names are file names in $CREDENTIALS_DIRECTORY.
+constexpr size_t kMaxCredentialNameBytes = 255;
 // uid_t/gid_t -1 means "no change" to chown() and is never a real id.
 constexpr int64_t kMaxId = int64_t{std::numeric_limits<uint32_t>::max()} - 1;
 // A config is a page of text; anything far larger is the wrong file.
@@ -120,6 +140,30 @@ int ModeIndex(std::string_view text) {
   return -1;
 }
 
+// "0.75"; %g drops the trailing zeros std::to_string would print.
+std::string FormatFraction(double value) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%g", value);
+  return text;
+}
+
+// A systemd credential name: one path component.
+bool IsCredentialName(std::string_view name) {
+  return !name.empty() && name.size() <= kMaxCredentialNameBytes && name != "." &&
+         name != ".." && name.find('/') == std::string_view::npos &&
+         name.find('\0') == std::string_view::npos;
+}
+
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) {
+  uint64_t sum = 0;
+  return __builtin_add_overflow(a, b, &sum) ? std::numeric_limits<uint64_t>::max() : sum;
+}
+
+uint64_t SaturatingMul(uint64_t a, uint64_t b) {
+  uint64_t product = 0;
+  return __builtin_mul_overflow(a, b, &product) ? std::numeric_limits<uint64_t>::max() : product;
+}
+
 // Drops a trailing separator ("/run/kvtier/" -> "/run/kvtier") so paths compare and join
 // predictably; the root stays "/".
 fs::path Normalized(const fs::path& path) {
@@ -159,11 +203,24 @@ class ConfigParser {
   Status ParsePaths(const toml::table& daemon, Config* config);
   Status ParseSocketMode(const toml::table& daemon, Config* config);
   Status ParsePool(const toml::table& pool, Config* config);
+  Status ParseSpill(const toml::table& spill, Config* config);
+  Status ParseSpillSizes(const toml::table& spill, SpillConfig* out);
+  Status ParseSpillKeySource(const toml::table& spill, SpillConfig* out);
+  // Reads an optional path and resolves it against the config file's directory; "" stays "".
+  Status ReadPath(const toml::table& table,
+                  std::string_view prefix,
+                  std::string_view name,
+                  bool must_name_file,
+                  fs::path* out);
   Status ParseTenants(const toml::table& root, Config* config);
   Status ParseTenant(const toml::table& table,
                      const std::string& prefix,
                      const Config& config,
                      TenantConfig* tenant);
+  Status ParseTenantSsd(const toml::table& table,
+                        const std::string& prefix,
+                        const Config& config,
+                        TenantConfig* tenant);
   Status CheckUniqueTenants(const Config& config) const;
   Status CheckUniqueIds(const Config& config, std::string_view field) const;
   Status CheckBlockSize(const Config& config) const;
@@ -202,6 +259,17 @@ class ConfigParser {
                   std::string_view prefix,
                   std::string_view name,
                   int* out);
+  Status ReadBool(const toml::table& table,
+                  std::string_view prefix,
+                  std::string_view name,
+                  bool* out);
+  // A number in [min, max]; integers are taken too, so "1" reports the range, not the type.
+  Status ReadFraction(const toml::table& table,
+                      std::string_view prefix,
+                      std::string_view name,
+                      double min,
+                      double max,
+                      double* out);
   Status ReadIds(const toml::table& table,
                  std::string_view prefix,
                  std::string_view name,
@@ -217,15 +285,18 @@ Result<Config> ConfigParser::Parse(const toml::table& root) {
   if (LineOf(root) != 0) root_line_ = LineOf(root);
   // The version decides how everything else reads, so it is checked before any other key.
   KVT_RETURN_IF_ERROR(CheckVersion(root));
-  KVT_RETURN_IF_ERROR(CheckKeys(root, "", {"config_version", "daemon", "pool", "tenant"}));
+  KVT_RETURN_IF_ERROR(
+      CheckKeys(root, "", {"config_version", "daemon", "pool", "spill", "tenant"}));
   Config config;
   config.run_dir = "/run/kvtier";
   config.socket_path = config.run_dir / "kvtierd.sock";
-  const toml::table absent;  // stands in for an omitted [daemon] or [pool]: all defaults
+  const toml::table absent;  // stands in for an omitted [daemon], [pool] or [spill]: defaults
   KVT_ASSIGN_OR_RETURN(const toml::table* daemon, SubTable(root, "daemon"));
   KVT_RETURN_IF_ERROR(ParseDaemon(daemon != nullptr ? *daemon : absent, &config));
   KVT_ASSIGN_OR_RETURN(const toml::table* pool, SubTable(root, "pool"));
   KVT_RETURN_IF_ERROR(ParsePool(pool != nullptr ? *pool : absent, &config));
+  KVT_ASSIGN_OR_RETURN(const toml::table* spill, SubTable(root, "spill"));
+  KVT_RETURN_IF_ERROR(ParseSpill(spill != nullptr ? *spill : absent, &config));
   KVT_RETURN_IF_ERROR(ParseTenants(root, &config));
   KVT_RETURN_IF_ERROR(CheckUniqueTenants(config));
   KVT_RETURN_IF_ERROR(CheckUniqueIds(config, "uids"));
@@ -377,6 +448,76 @@ Status ConfigParser::ReadMode(const toml::table& table,
   return Status::Ok();
 }
 
+Status ConfigParser::ReadBool(const toml::table& table,
+                              std::string_view prefix,
+                              std::string_view name,
+                              bool* out) {
+  const toml::node* node = Find(table, prefix, name);
+  if (node == nullptr) return Status::Ok();
+  const auto* value = node->as_boolean();
+  if (value == nullptr) {
+    return Error(LineOf(*node), Join(prefix, name),
+                 "expected true or false, got " + std::string(TypeName(node->type())));
+  }
+  *out = value->get();
+  return Status::Ok();
+}
+
+Status ConfigParser::ReadFraction(const toml::table& table,
+                                  std::string_view prefix,
+                                  std::string_view name,
+                                  double min,
+                                  double max,
+                                  double* out) {
+  const toml::node* node = Find(table, prefix, name);
+  if (node == nullptr) return Status::Ok();
+  double value = 0;
+  if (const auto* floating = node->as_floating_point()) {
+    value = floating->get();
+  } else if (const auto* integer = node->as_integer()) {
+    value = static_cast<double>(integer->get());
+  } else {
+    return Error(LineOf(*node), Join(prefix, name),
+                 "expected a number such as " + FormatFraction(*out) + ", got " +
+                     std::string(TypeName(node->type())));
+  }
+  // Written so that nan fails too.
+  if (!(value >= min && value <= max)) {
+    return Error(LineOf(*node), Join(prefix, name),
+                 FormatFraction(value) + " is out of range (" + FormatFraction(min) + " .. " +
+                     FormatFraction(max) + ")");
+  }
+  *out = value;
+  return Status::Ok();
+}
+
+Status ConfigParser::ReadPath(const toml::table& table,
+                              std::string_view prefix,
+                              std::string_view name,
+                              bool must_name_file,
+                              fs::path* out) {
+  std::string text;
+  if (table.get(name) == nullptr) return Status::Ok();
+  KVT_RETURN_IF_ERROR(ReadString(table, prefix, name, &text));
+  const std::string key = Join(prefix, name);
+  const uint32_t line = LineOr(key, root_line_);
+  if (text.empty()) {
+    out->clear();
+    return Status::Ok();
+  }
+  if (text.find('\0') != std::string::npos) return Error(line, key, "the path has a NUL byte");
+  const fs::path path =
+      Normalized(fs::path(text).is_absolute() ? fs::path(text) : base_dir_ / text);
+  if (must_name_file) {
+    const fs::path last = fs::path(text).filename();
+    if (text.back() == '/' || last == "." || last == ".." || path == path.root_path()) {
+      return Error(line, key, "\"" + text + "\" names a directory, not a file");
+    }
+  }
+  *out = path;
+  return Status::Ok();
+}
+
 Status ConfigParser::ReadIds(const toml::table& table,
                              std::string_view prefix,
                              std::string_view name,
@@ -525,6 +666,115 @@ Status ConfigParser::ParsePool(const toml::table& pool, Config* config) {
   return Status::Ok();
 }
 
+Status ConfigParser::ParseSpill(const toml::table& spill, Config* config) {
+  KVT_RETURN_IF_ERROR(CheckKeys(spill, "spill",
+                                {"dir", "segment_bytes", "max_block_bytes", "staging_buffers",
+                                 "queue_depth", "threads", "fallback_io_threads", "backend",
+                                 "key_file", "key_credential", "create_key", "demote_above"}));
+  SpillConfig& out = config->spill;
+  KVT_RETURN_IF_ERROR(ReadPath(spill, "spill", "dir", /*must_name_file=*/false, &out.dir));
+  KVT_RETURN_IF_ERROR(ParseSpillSizes(spill, &out));
+  KVT_RETURN_IF_ERROR(ReadUnsigned(spill, "spill", "staging_buffers", 1, kMaxStagingBuffers,
+                                   &out.staging_buffers));
+  // 2: the smallest depth above the smallest staging_buffers; the pair is checked below.
+  KVT_RETURN_IF_ERROR(
+      ReadUnsigned(spill, "spill", "queue_depth", 2, kMaxQueueDepth, &out.queue_depth));
+  if (out.queue_depth <= out.staging_buffers) {
+    // Point at whichever of the two keys the file actually spells out.
+    const bool at_depth = lines_.contains("spill.queue_depth");
+    const std::string key = at_depth ? "spill.queue_depth" : "spill.staging_buffers";
+    return Error(LineOr(key, root_line_), key,
+                 "spill.queue_depth (" + std::to_string(out.queue_depth) +
+                     ") must be more than spill.staging_buffers (" +
+                     std::to_string(out.staging_buffers) +
+                     "): one io_uring entry stays free for segment header writes");
+  }
+  KVT_RETURN_IF_ERROR(ReadUnsigned(spill, "spill", "threads", 1, kMaxSpillThreads, &out.threads));
+  KVT_RETURN_IF_ERROR(ReadUnsigned(spill, "spill", "fallback_io_threads", 1, kMaxSpillThreads,
+                                   &out.fallback_io_threads));
+  if (spill.get("backend") != nullptr) {
+    std::string backend;
+    KVT_RETURN_IF_ERROR(ReadString(spill, "spill", "backend", &backend));
+    if (backend == "auto") {
+      out.backend = SpillBackend::kAuto;
+    } else if (backend == "io_uring") {
+      out.backend = SpillBackend::kIoUring;
+    } else if (backend == "threads") {
+      out.backend = SpillBackend::kThreads;
+    } else {
+      return Error(LineOr("spill.backend", root_line_), "spill.backend",
+                   "\"" + backend + "\" is not one of \"auto\", \"io_uring\", \"threads\"");
+    }
+  }
+  KVT_RETURN_IF_ERROR(ParseSpillKeySource(spill, &out));
+  return ReadFraction(spill, "spill", "demote_above", kMinDemoteAbove, kMaxDemoteAbove,
+                      &out.demote_above);
+}
+
+Status ConfigParser::ParseSpillSizes(const toml::table& spill, SpillConfig* out) {
+  KVT_RETURN_IF_ERROR(ReadSize(spill, "spill", "segment_bytes", &out->segment_bytes));
+  if (out->segment_bytes % kSegmentGranuleBytes != 0 ||
+      out->segment_bytes < kSegmentGranuleBytes || out->segment_bytes > kMaxSegmentBytes) {
+    return Error(LineOr("spill.segment_bytes", root_line_), "spill.segment_bytes",
+                 FormatSize(out->segment_bytes) + " is not a multiple of " +
+                     FormatSize(kSegmentGranuleBytes) + " between " +
+                     FormatSize(kSegmentGranuleBytes) + " and " + FormatSize(kMaxSegmentBytes));
+  }
+  KVT_RETURN_IF_ERROR(ReadSize(spill, "spill", "max_block_bytes", &out->max_block_bytes));
+  if (out->max_block_bytes < kMinBlockBytes || out->max_block_bytes > kMaxSpillBlockBytes) {
+    return Error(LineOr("spill.max_block_bytes", root_line_), "spill.max_block_bytes",
+                 FormatSize(out->max_block_bytes) + " is outside " + FormatSize(kMinBlockBytes) +
+                     " .. " + FormatSize(kMaxSpillBlockBytes));
+  }
+  // The store's own rule (spill_store.cc): the segment header, then one whole record.
+  if (spill::kSegmentHeaderBytes + spill::RecordBytes(out->max_block_bytes) <=
+      out->segment_bytes) {
+    return Status::Ok();
+  }
+  const uint64_t largest =
+      out->segment_bytes - spill::kSegmentHeaderBytes - spill::kRecordHeaderBytes;
+  const std::string why = "a record of spill.max_block_bytes (" +
+                          FormatSize(out->max_block_bytes) + ") does not fit in a segment of " +
+                          FormatSize(out->segment_bytes) + " after its " +
+                          FormatSize(spill::kSegmentHeaderBytes) +
+                          " header; the largest that fits is " + FormatSize(largest) +
+                          " (segment_bytes - 4KiB - the 256-byte record header)";
+  if (lines_.contains("spill.max_block_bytes")) {
+    return Error(LineOr("spill.max_block_bytes", root_line_), "spill.max_block_bytes", why);
+  }
+  return Error(LineOr("spill.segment_bytes", root_line_), "spill.segment_bytes", why);
+}
+
+Status ConfigParser::ParseSpillKeySource(const toml::table& spill, SpillConfig* out) {
+  KVT_RETURN_IF_ERROR(
+      ReadPath(spill, "spill", "key_file", /*must_name_file=*/true, &out->key_file));
+  KVT_RETURN_IF_ERROR(ReadString(spill, "spill", "key_credential", &out->key_credential));
+  // "" is the default (no credential), as for dir and key_file.
+  if (!out->key_credential.empty() && !IsCredentialName(out->key_credential)) {
+    return Error(LineOr("spill.key_credential", root_line_), "spill.key_credential",
+                 "\"" + out->key_credential + "\" is not a credential name (one path " +
+                     "component: no '/', not \".\" or \"..\", at most " +
+                     std::to_string(kMaxCredentialNameBytes) + " bytes)");
+  }
+  KVT_RETURN_IF_ERROR(ReadBool(spill, "spill", "create_key", &out->create_key));
+  if (!out->key_file.empty() && !out->key_credential.empty()) {
+    return Error(LineOr("spill.key_credential", root_line_), "spill.key_credential",
+                 "set only one of spill.key_file (line " +
+                     std::to_string(LineOr("spill.key_file", 0)) +
+                     ") and spill.key_credential as the master key's source");
+  }
+  if (out->create_key && out->key_file.empty()) {
+    return Error(LineOr("spill.create_key", root_line_), "spill.create_key",
+                 "true needs spill.key_file: only a key file is created (never a credential)");
+  }
+  if (!out->dir.empty() && out->key_file.empty() && out->key_credential.empty()) {
+    return Error(LineOr("spill.dir", root_line_), "spill.dir",
+                 "spill.dir is set but no key source: set spill.key_file or "
+                 "spill.key_credential");
+  }
+  return Status::Ok();
+}
+
 Status ConfigParser::ParseTenants(const toml::table& root, Config* config) {
   const toml::node* node = root.get("tenant");
   if (node == nullptr) {
@@ -562,7 +812,7 @@ Status ConfigParser::ParseTenant(const toml::table& table,
                                  const Config& config,
                                  TenantConfig* tenant) {
   KVT_RETURN_IF_ERROR(
-      CheckKeys(table, prefix, {"name", "uids", "gids", "dram_bytes", "max_blocks"}));
+      CheckKeys(table, prefix, {"name", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks"}));
   const uint32_t table_line = lines_[prefix];
   if (table.get("name") == nullptr) return Error(table_line, prefix + ".name", "missing");
   KVT_RETURN_IF_ERROR(ReadString(table, prefix, "name", &tenant->name));
@@ -589,18 +839,52 @@ Status ConfigParser::ParseTenant(const toml::table& table,
                  FormatSize(tenant->dram_bytes) + " is not a multiple of pool.slab_bytes (" +
                      FormatSize(config.slab_bytes) + ")");
   }
+  KVT_RETURN_IF_ERROR(ParseTenantSsd(table, prefix, config, tenant));
   KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_blocks", 0, static_cast<int64_t>(kMaxBlocks),
                                    &tenant->max_blocks));
   if (tenant->max_blocks == 0) {
-    tenant->max_blocks = std::min(tenant->dram_bytes / kBytesPerDefaultBlock, kMaxBlocks);
+    tenant->max_blocks = std::min(tenant->dram_bytes / kBytesPerDefaultBlock +
+                                      tenant->ssd_bytes / kSsdBytesPerDefaultBlock,
+                                  kMaxBlocks);
   }
-  // A block takes at least one 4 KiB slot, so more index entries than that could never be
-  // used; they would only cost memory (80 bytes each).
-  const uint64_t most_blocks = tenant->dram_bytes / (4 * kKiB);
+  // A block takes at least one 4 KiB slot in the pool or on SSD, so more index entries than
+  // that could never be used; they would only cost memory (80 bytes each).
+  const uint64_t most_blocks = SaturatingAdd(tenant->dram_bytes, tenant->ssd_bytes) / (4 * kKiB);
   if (tenant->max_blocks > most_blocks) {
     return Error(LineOr(prefix + ".max_blocks", dram_line), prefix + ".max_blocks",
-                 std::to_string(tenant->max_blocks) + " is more than dram_bytes / 4KiB (" +
-                     std::to_string(most_blocks) + "), the most blocks the pool can hold");
+                 std::to_string(tenant->max_blocks) +
+                     " is more than (dram_bytes + ssd_bytes) / 4KiB (" +
+                     std::to_string(most_blocks) +
+                     "), the most blocks the pool and SSD quota can hold");
+  }
+  return Status::Ok();
+}
+
+Status ConfigParser::ParseTenantSsd(const toml::table& table,
+                                    const std::string& prefix,
+                                    const Config& config,
+                                    TenantConfig* tenant) {
+  KVT_RETURN_IF_ERROR(ReadSize(table, prefix, "ssd_bytes", &tenant->ssd_bytes));
+  if (tenant->ssd_bytes == 0) return Status::Ok();
+  const std::string key = prefix + ".ssd_bytes";
+  const uint32_t line = LineOr(key, root_line_);
+  const uint64_t segment_bytes = config.spill.segment_bytes;
+  if (config.spill.dir.empty()) {
+    return Error(line, key,
+                 FormatSize(tenant->ssd_bytes) + " needs the SSD tier, but spill.dir is not set; " +
+                     "set it in [spill] or make ssd_bytes 0");
+  }
+  if (tenant->ssd_bytes % segment_bytes != 0) {
+    return Error(line, key,
+                 FormatSize(tenant->ssd_bytes) + " is not a multiple of spill.segment_bytes (" +
+                     FormatSize(segment_bytes) + ")");
+  }
+  if (tenant->ssd_bytes / segment_bytes < kMinSpillSegments) {
+    return Error(line, key,
+                 FormatSize(tenant->ssd_bytes) + " is less than " +
+                     std::to_string(kMinSpillSegments) + " segments of spill.segment_bytes (" +
+                     FormatSize(segment_bytes) +
+                     "): one is being written while the oldest is reclaimed");
   }
   return Status::Ok();
 }
@@ -679,22 +963,31 @@ Status ConfigParser::CheckHostMemory(const Config& config) const {
   if (physical_bytes == 0) return Status::Ok();
   const uint64_t limit_bytes =
       physical_bytes > kHostHeadroomBytes ? physical_bytes - kHostHeadroomBytes : 0;
-  // Pools plus their indexes (about 100 bytes per block of capacity).
+  // Pools plus their indexes (about 100 bytes per block of capacity), plus the spill staging
+  // buffers of each tenant with an SSD quota.
   constexpr uint64_t kIndexBytesPerBlock = 100;
-  uint64_t sum_bytes = 0;
+  const uint64_t staging_per_tenant =
+      SaturatingMul(config.spill.staging_buffers,
+                    SaturatingAdd(config.spill.max_block_bytes, kStagingOverheadBytes));
+  uint64_t pool_bytes = 0;
+  uint64_t staging_bytes = 0;
   for (const TenantConfig& tenant : config.tenants) {
-    if (__builtin_add_overflow(sum_bytes, tenant.dram_bytes, &sum_bytes) ||
-        __builtin_add_overflow(sum_bytes, tenant.max_blocks * kIndexBytesPerBlock, &sum_bytes)) {
-      sum_bytes = std::numeric_limits<uint64_t>::max();
-    }
+    pool_bytes = SaturatingAdd(pool_bytes, tenant.dram_bytes);
+    pool_bytes = SaturatingAdd(pool_bytes, SaturatingMul(tenant.max_blocks, kIndexBytesPerBlock));
+    if (tenant.ssd_bytes > 0) staging_bytes = SaturatingAdd(staging_bytes, staging_per_tenant);
   }
+  const uint64_t sum_bytes = SaturatingAdd(pool_bytes, staging_bytes);
   if (sum_bytes <= limit_bytes) return Status::Ok();
+  std::string what = "the tenants' dram_bytes and indexes add up to " + FormatSize(pool_bytes);
+  if (staging_bytes > 0) {
+    what += ", and with " + FormatSize(staging_bytes) +
+            " of spill staging buffers (spill.staging_buffers x (spill.max_block_bytes + 8KiB) " +
+            "per tenant with ssd_bytes) to " + FormatSize(sum_bytes);
+  }
   return Error(LineOr("tenant", root_line_), "tenant",
-               "the tenants' dram_bytes and indexes add up to " + FormatSize(sum_bytes) +
-                   ", more than the " +
-                   FormatSize(limit_bytes) + " this host allows (physical memory " +
-                   FormatSize(physical_bytes) + " minus " + FormatSize(kHostHeadroomBytes) +
-                   " headroom)");
+               what + ", more than the " + FormatSize(limit_bytes) +
+                   " this host allows (physical memory " + FormatSize(physical_bytes) + " minus " +
+                   FormatSize(kHostHeadroomBytes) + " headroom)");
 }
 
 }  // namespace

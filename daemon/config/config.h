@@ -23,7 +23,40 @@ struct TenantConfig {
   std::vector<uid_t> uids;     // peers with any of these uids map to this tenant
   std::vector<gid_t> gids;     // ... or with any of these primary gids
   uint64_t dram_bytes = 0;     // the tenant's pool: a multiple of pool.slab_bytes
-  uint64_t max_blocks = 0;     // index capacity; 0 in the file means dram_bytes / 16 KiB
+  uint64_t ssd_bytes = 0;      // the tenant's SSD quota: 0 (no SSD tier for this tenant), or
+                               // at least 2 spill.segment_bytes and a multiple of it; needs
+                               // spill.dir
+  uint64_t max_blocks = 0;     // index capacity; 0 in the file means
+                               // dram_bytes / 16 KiB + ssd_bytes / 64 KiB (at most 2^31)
+};
+
+// How the SSD tier does its I/O.
+enum class SpillBackend {
+  kAuto,     // io_uring where the kernel allows it, else the pread/pwrite threads
+  kIoUring,  // io_uring or fail at start
+  kThreads,  // always the pread/pwrite threads (the fallback)
+};
+
+// [spill]: the encrypted SSD spill tier (docs/spill-format.md). Off while dir is empty.
+struct SpillConfig {
+  std::filesystem::path dir;  // absolute; empty: no SSD tier at all
+  uint64_t segment_bytes = uint64_t{256} << 20;  // multiple of 2 MiB, 2 MiB .. 64 GiB
+  // Largest block that is spilled (bigger ones stay DRAM-only): 4 KiB .. 64 MiB, and a record
+  // of it must fit in a segment after the segment header. Sizes the staging buffers.
+  uint64_t max_block_bytes = uint64_t{4} << 20;
+  uint32_t staging_buffers = 8;        // I/Os in flight per tenant, 1 .. 256
+  uint32_t queue_depth = 16;           // io_uring entries per tenant, > staging_buffers, <= 4096
+  uint32_t threads = 1;                // spill worker threads (each runs I/O and AES-GCM for its
+                                       // tenants), 1 .. 64
+  uint32_t fallback_io_threads = 4;    // pread/pwrite threads per tenant without io_uring, 1 .. 64
+  SpillBackend backend = SpillBackend::kAuto;  // "auto" | "io_uring" | "threads"
+  // The master key's source: with dir set, exactly one of key_file and key_credential.
+  std::filesystem::path key_file;      // absolute, or empty
+  std::string key_credential;          // systemd credential name (LoadCredential=), or empty
+  bool create_key = false;             // create key_file with a fresh key if missing (dev setups)
+  // Fraction of a tenant's pool that may hold blocks not yet on SSD before background demotion
+  // starts: 0.05 .. 0.95.
+  double demote_above = 0.75;
 };
 
 struct Config {
@@ -45,6 +78,7 @@ struct Config {
   LockMemory lock_memory = LockMemory::kTry;     // "off" | "try" | "require"
   std::string default_tenant;          // [daemon]: tenant for peers no [[tenant]] matches; ""
                                        // refuses them
+  SpillConfig spill;                   // [spill]
   // [[tenant]] entries, at least one.
   std::vector<TenantConfig> tenants;
 };

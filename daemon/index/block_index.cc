@@ -40,6 +40,9 @@ uint32_t BlockIndex::Insert(const BlockKey& key) {
   e.key_len = key.len;
   e.ns_id = key.ns_id;
   e.lease_count = 0;
+  e.flags = 0;
+  e.ssd_segment = 0;
+  e.ssd_page = 0;
   uint32_t& head = buckets_[Bucket(key)];
   e.hash_next = head;
   head = id;
@@ -77,6 +80,18 @@ void BlockIndex::LruPushFront(uint32_t list, uint32_t id) {
   if (l.head != kNil) entries_[l.head].lru_prev = id;
   l.head = id;
   if (l.tail == kNil) l.tail = id;
+}
+
+void BlockIndex::LruPushBack(uint32_t list, uint32_t id) {
+  BlockEntry& e = entries_[id];
+  KVT_DCHECK(e.lru_list == kNil);
+  List& l = lru_[list];
+  e.lru_list = list;
+  e.lru_next = kNil;
+  e.lru_prev = l.tail;
+  if (l.tail != kNil) entries_[l.tail].lru_next = id;
+  l.tail = id;
+  if (l.head == kNil) l.head = id;
 }
 
 void BlockIndex::LruRemove(uint32_t id) {

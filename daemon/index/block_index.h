@@ -1,6 +1,6 @@
 // BlockIndex: one tenant's map from BlockKey to its block, and the LRU lists.
 //
-// All memory is allocated at construction for `capacity` blocks: an entry array (80 bytes an
+// All memory is allocated at construction for `capacity` blocks: an entry array (88 bytes an
 // entry) and a bucket array of 32-bit chain heads (one per entry, rounded up to a power of
 // two). Entries are named by a 32-bit id and reused through a free list; each reuse bumps the
 // entry's generation, so a stale (id, generation) pair held by a session can be detected.
@@ -19,15 +19,28 @@ enum class BlockState : uint8_t {
   kFree = 0,       // on the free list
   kReserved = 1,   // slot allocated, bytes being written; invisible to readers
   kCommitted = 2,  // visible
-  kRemoved = 3,    // unlinked from the map, waiting for its last lease to end
+  kRemoved = 3,    // unlinked from the map, waiting for its last lease and its I/O to end
 };
+
+// BlockEntry::flags: where a committed block's bytes are, and what is happening to them.
+namespace block_flags {
+inline constexpr uint8_t kInDram = 1;   // `offset` names a slot in the pool
+inline constexpr uint8_t kOnSsd = 2;    // ssd_segment/ssd_page name its spill record
+inline constexpr uint8_t kDirty = 4;    // in DRAM only and due for demotion: pins its slab
+inline constexpr uint8_t kDemoting = 8;  // a demotion write reads the slot (still kDirty)
+inline constexpr uint8_t kNoSpill = 16;  // never demoted (too large, no SSD tier, or a failed
+                                         // write): eviction drops it
+inline constexpr uint8_t kPromoting = 32;  // a slot is allocated and pinned and a promotion read
+                                           // is writing it; not kInDram until it verifies
+// An entry with kDemoting or kPromoting is never freed: the worker uses its slot.
+}  // namespace block_flags
 
 struct BlockEntry {
   std::array<uint8_t, 32> key;
   uint8_t key_len;
   BlockState state;
   uint8_t size_class;
-  uint8_t reserved0;
+  uint8_t flags;           // block_flags
   uint32_t ns_id;
   uint64_t offset;         // in the pool
   uint32_t size;           // bytes the client asked for
@@ -38,6 +51,8 @@ struct BlockEntry {
   uint32_t lru_list;       // which LRU list it is on, or kNil
   uint32_t lease_count;
   uint32_t owner_session;  // kReserved: the reserving session
+  uint32_t ssd_segment;    // kOnSsd: the spill segment id (ids start at 1)
+  uint32_t ssd_page;       // kOnSsd: the record's offset in the segment / 4 KiB
 
   BlockKey Key() const {
     BlockKey k;
@@ -47,7 +62,7 @@ struct BlockEntry {
     return k;
   }
 };
-static_assert(sizeof(BlockEntry) == 80);
+static_assert(sizeof(BlockEntry) == 88);
 
 class BlockIndex {
  public:
@@ -65,6 +80,7 @@ class BlockIndex {
 
   // LRU: front is the most recently used.
   void LruPushFront(uint32_t list, uint32_t id);
+  void LruPushBack(uint32_t list, uint32_t id);
   void LruRemove(uint32_t id);  // no-op if not on a list
   uint32_t LruBack(uint32_t list) const { return lru_[list].tail; }
 

@@ -5,11 +5,15 @@
 
 namespace kvtier {
 
+using namespace block_flags;  // NOLINT: the flag names read as states here
+
 DramPool::DramPool(const Options& options)
     : options_(options),
       classes_(options.slab_bytes),
       slabs_(&classes_, options.pool_bytes),
-      index_(options.max_blocks, classes_.count() + 1u, options.hash_seed) {
+      // Lists: one per size class and one for large blocks (clean, evictable), then dirty, then
+      // SSD-only.
+      index_(options.max_blocks, classes_.count() + 3u, options.hash_seed) {
   // The index keeps sizes in 32 bits; the config caps max_block_bytes at 1 GiB.
   KVT_CHECK(options.max_block_bytes <= UINT32_MAX);
 }
@@ -21,10 +25,32 @@ uint64_t DramPool::SlotBytes(const BlockEntry& e) const {
 
 void DramPool::Touch(uint32_t id) {
   BlockEntry& e = index_.at(id);
-  slabs_.Touch(e.offset, ++tick_);
+  if ((e.flags & (kInDram | kPromoting)) != 0) slabs_.Touch(e.offset, ++tick_);
   if (e.lru_list != BlockIndex::kNil) {
+    const uint32_t list = e.lru_list;
     index_.LruRemove(id);
-    index_.LruPushFront(LruListOf(e.size_class), id);
+    index_.LruPushFront(list, id);
+  }
+}
+
+void DramPool::Relist(uint32_t id, bool front) {
+  BlockEntry& e = index_.at(id);
+  index_.LruRemove(id);
+  if (e.state != BlockState::kCommitted || (e.flags & (kDemoting | kPromoting)) != 0) return;
+  uint32_t list = BlockIndex::kNil;
+  if ((e.flags & kInDram) == 0) {
+    list = SsdList();  // SSD-only
+  } else if (e.lease_count > 0) {
+    return;
+  } else if ((e.flags & kDirty) != 0) {
+    list = DirtyList();
+  } else {
+    list = LruListOf(e.size_class);
+  }
+  if (front) {
+    index_.LruPushFront(list, id);
+  } else {
+    index_.LruPushBack(list, id);
   }
 }
 
@@ -33,31 +59,49 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   if (size == 0 || size > options_.max_block_bytes) return StatusCode::kInvalidArgument;
   if (index_.Find(key) != BlockIndex::kNil) return StatusCode::kAlreadyExists;
   const uint8_t cls = classes_.ClassFor(size);
-  if (index_.full() && !EvictForIndex(cls)) return StatusCode::kResourceExhausted;
-  const std::optional<uint64_t> offset = AllocateSpace(cls, size);
-  if (!offset) return StatusCode::kResourceExhausted;
+  if (index_.full() && !EvictForIndex()) return StatusCode::kResourceExhausted;
+  uint64_t offset = 0;
+  if (StatusCode code = AllocateOrWait(cls, size, &offset); code != StatusCode::kOk) return code;
   const uint32_t id = index_.Insert(key);
   KVT_CHECK(id != BlockIndex::kNil);  // room was made above and eviction only frees entries
   BlockEntry& e = index_.at(id);
   e.state = BlockState::kReserved;
+  e.flags = kInDram;
   e.size_class = cls;
-  e.offset = *offset;
+  e.offset = offset;
   e.size = static_cast<uint32_t>(size);
   e.owner_session = session;
-  slabs_.SetOwner(*offset, id);
-  slabs_.Pin(*offset);
-  slabs_.Touch(*offset, ++tick_);
+  slabs_.SetOwner(offset, id);
+  slabs_.Pin(offset);
+  slabs_.Touch(offset, ++tick_);
   used_bytes_ += SlotBytes(e);
   ++reserved_;
   *out = Placement{{id, e.generation}, e.offset, size};
   return StatusCode::kOk;
 }
 
+StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset) {
+  if (auto at = AllocateSpace(cls, size)) {
+    *offset = *at;
+    return StatusCode::kOk;
+  }
+  if (!options_.spill) return StatusCode::kResourceExhausted;
+  // Room comes from dirty blocks once they are on SSD: make sure enough are on their way.
+  const uint64_t need = cls == SizeClasses::kLarge ? AlignUp(size, classes_.slab_bytes())
+                                                   : classes_.slab_bytes();
+  while (demoting_bytes_ < need) {
+    const uint32_t victim = index_.LruBack(DirtyList());
+    if (victim == BlockIndex::kNil) break;
+    StartDemotion(victim);
+  }
+  return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : StatusCode::kResourceExhausted;
+}
+
 std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   uint32_t slabs_needed = 1;
   if (cls != SizeClasses::kLarge) {
     if (auto offset = slabs_.AllocSmall(cls)) return offset;
-    // The pool is carved up. The oldest unpinned block of the same class gives its slot.
+    // The pool is carved up. The oldest unpinned clean block of the same class gives its slot.
     const uint32_t victim = index_.LruBack(LruListOf(cls));
     if (victim != BlockIndex::kNil) {
       Evict(victim);
@@ -70,7 +114,8 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
                                          classes_.slab_bytes());
     if (auto offset = slabs_.AllocLarge(slabs_needed)) return offset;
   }
-  // Empty the cheapest window of whole slabs and carve it.
+  // Empty the cheapest window of whole slabs and carve it. Dirty, leased, reserved and
+  // in-flight blocks pin their slabs, so only clean blocks are in a window.
   const std::optional<uint32_t> first = slabs_.FindVictimWindow(slabs_needed);
   if (!first) return std::nullopt;
   scratch_offsets_.clear();
@@ -82,34 +127,78 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   return offset;
 }
 
-bool DramPool::EvictForIndex(uint8_t cls) {
-  uint32_t victim = index_.LruBack(LruListOf(cls));
-  if (victim == BlockIndex::kNil) {
-    for (uint32_t list = 0; list < index_.lru_lists() && victim == BlockIndex::kNil; ++list) {
-      victim = index_.LruBack(list);
-    }
+bool DramPool::EvictForIndex() {
+  // An entry must go: the coldest SSD-only block first, then the coldest clean DRAM block.
+  uint32_t victim = index_.LruBack(SsdList());
+  for (uint32_t list = 0; list <= classes_.count() && victim == BlockIndex::kNil; ++list) {
+    victim = index_.LruBack(list);
   }
   if (victim == BlockIndex::kNil) return false;
-  Evict(victim);
+  ++evictions_;
+  DropCommitted(victim);
   return true;
 }
 
 void DramPool::Evict(uint32_t id) {
-  const BlockEntry& e = index_.at(id);
-  KVT_CHECK(e.state == BlockState::kCommitted && e.lease_count == 0);
-  // The SSD tier demotes the block here instead of dropping it.
+  BlockEntry& e = index_.at(id);
+  KVT_CHECK(e.state == BlockState::kCommitted && e.lease_count == 0 &&
+            (e.flags & (kInDram | kDirty | kDemoting | kPromoting)) == kInDram);
   ++evictions_;
+  if ((e.flags & kOnSsd) == 0) {
+    DropCommitted(id);
+    return;
+  }
+  // Clean: the SSD copy stays; only the DRAM slot goes.
+  FreeSlot(e);
+  ++tier_.ssd_evictions;
+  ++tier_.ssd_only_blocks;
+  Relist(id);
+}
+
+void DramPool::FreeSlot(BlockEntry& e) {
+  used_bytes_ -= SlotBytes(e);
+  slabs_.Free(e.offset);
+  e.flags &= static_cast<uint8_t>(~(kInDram | kPromoting));
+}
+
+void DramPool::QueueRelease(BlockEntry& e) {
+  if ((e.flags & kOnSsd) == 0) return;
+  SpillOrder order;
+  order.kind = SpillOrder::Kind::kRelease;
+  order.ssd = SsdRef{e.ssd_segment, e.ssd_page};
+  orders_.push_back(order);
+  --tier_.ssd_blocks;
+  tier_.ssd_payload_bytes -= e.size;
+  if ((e.flags & (kInDram | kPromoting)) == 0) --tier_.ssd_only_blocks;
+  e.flags &= static_cast<uint8_t>(~kOnSsd);
+}
+
+void DramPool::DropCommitted(uint32_t id) {
   index_.Unlink(id);
   Drop(id);
 }
 
 void DramPool::Drop(uint32_t id) {
   BlockEntry& e = index_.at(id);
+  KVT_CHECK(e.lease_count == 0 && (e.flags & (kDemoting | kPromoting)) == 0);
   if (e.state == BlockState::kCommitted || e.state == BlockState::kRemoved) --committed_;
   index_.LruRemove(id);
-  used_bytes_ -= SlotBytes(e);
-  slabs_.Free(e.offset);
+  QueueRelease(e);
+  if ((e.flags & kDirty) != 0) {
+    slabs_.Unpin(e.offset);
+    tier_.dirty_bytes -= SlotBytes(e);
+  }
+  if ((e.flags & kInDram) != 0) FreeSlot(e);
+  e.flags = 0;
   index_.Free(id);
+}
+
+void DramPool::DropIfUnheld(uint32_t id) {
+  const BlockEntry& e = index_.at(id);
+  if (e.state == BlockState::kRemoved && e.lease_count == 0 &&
+      (e.flags & (kDemoting | kPromoting)) == 0) {
+    Drop(id);
+  }
 }
 
 StatusCode DramPool::Commit(const BlockKey& key, uint32_t session) {
@@ -120,8 +209,14 @@ StatusCode DramPool::Commit(const BlockKey& key, uint32_t session) {
     return StatusCode::kNotFound;
   }
   e.state = BlockState::kCommitted;
-  slabs_.Unpin(e.offset);
-  index_.LruPushFront(LruListOf(e.size_class), id);
+  if (options_.spill && e.size <= options_.spill_max_block_bytes) {
+    e.flags |= kDirty;  // keeps the reservation's pin until the block is on SSD
+    tier_.dirty_bytes += SlotBytes(e);
+  } else {
+    e.flags |= kNoSpill;
+    slabs_.Unpin(e.offset);
+  }
+  Relist(id);
   --reserved_;
   ++committed_;
   return StatusCode::kOk;
@@ -161,10 +256,10 @@ wire::Tier DramPool::Match(const BlockKey& key) {
   }
   ++hits_;
   Touch(id);
-  return wire::Tier::kDram;
+  return (index_.at(id).flags & kInDram) != 0 ? wire::Tier::kDram : wire::Tier::kSsd;
 }
 
-StatusCode DramPool::Acquire(const BlockKey& key, Placement* out) {
+StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* tier) {
   const uint32_t id = index_.Find(key);
   if (id == BlockIndex::kNil || index_.at(id).state != BlockState::kCommitted) {
     ++misses_;
@@ -172,6 +267,31 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out) {
   }
   BlockEntry& e = index_.at(id);
   if (e.lease_count == UINT32_MAX) return StatusCode::kResourceExhausted;
+  if ((e.flags & (kInDram | kPromoting)) == 0) {
+    // SSD-only: promote it into a fresh slot.
+    uint64_t offset = 0;
+    if (StatusCode code = AllocateOrWait(classes_.ClassFor(e.size), e.size, &offset);
+        code != StatusCode::kOk) {
+      return code;
+    }
+    e.size_class = classes_.ClassFor(e.size);
+    e.offset = offset;
+    e.flags |= kPromoting;
+    --tier_.ssd_only_blocks;
+    slabs_.SetOwner(offset, id);
+    slabs_.Pin(offset);  // the promotion's pin: the read writes into the slot
+    used_bytes_ += SlotBytes(e);
+    ++promotions_in_flight_;
+    index_.LruRemove(id);
+    SpillOrder order;
+    order.kind = SpillOrder::Kind::kPromote;
+    order.ref = {id, e.generation};
+    order.offset = offset;
+    order.size = e.size;
+    order.ssd = SsdRef{e.ssd_segment, e.ssd_page};
+    order.key = e.Key();
+    orders_.push_back(order);
+  }
   ++hits_;
   Touch(id);
   if (e.lease_count++ == 0) {
@@ -179,8 +299,25 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out) {
     slabs_.Pin(e.offset);
     ++leased_;
   }
+  *tier = (e.flags & kPromoting) != 0 ? wire::Tier::kSsd : wire::Tier::kDram;
   *out = Placement{{id, e.generation}, e.offset, e.size};
   return StatusCode::kOk;
+}
+
+bool DramPool::IsInDram(BlockRef ref) const {
+  const BlockEntry& e = index_.at(ref.id);
+  return e.generation == ref.generation && (e.flags & kInDram) != 0;
+}
+
+DramPool::Placement DramPool::PlacementOf(BlockRef ref) const {
+  const BlockEntry& e = index_.at(ref.id);
+  KVT_CHECK(e.generation == ref.generation);
+  return Placement{ref, e.offset, e.size};
+}
+
+bool DramPool::IsPromoting(BlockRef ref) const {
+  const BlockEntry& e = index_.at(ref.id);
+  return e.generation == ref.generation && (e.flags & kPromoting) != 0;
 }
 
 void DramPool::Release(BlockRef ref) {
@@ -190,9 +327,9 @@ void DramPool::Release(BlockRef ref) {
   --leased_;
   slabs_.Unpin(e.offset);
   if (e.state == BlockState::kRemoved) {
-    Drop(ref.id);
+    DropIfUnheld(ref.id);
   } else {
-    index_.LruPushFront(LruListOf(e.size_class), ref.id);
+    Relist(ref.id);
   }
 }
 
@@ -203,12 +340,147 @@ StatusCode DramPool::Remove(const BlockKey& key) {
   }
   index_.Unlink(id);
   BlockEntry& e = index_.at(id);
-  if (e.lease_count > 0) {
-    e.state = BlockState::kRemoved;  // freed by the last Release
-  } else {
-    Drop(id);
-  }
+  e.state = BlockState::kRemoved;  // freed now, or by the last Release or I/O completion
+  index_.LruRemove(id);
+  QueueRelease(e);
+  DropIfUnheld(id);
   return StatusCode::kOk;
+}
+
+// --- SSD tier ---
+
+void DramPool::StartDemotion(uint32_t id) {
+  BlockEntry& e = index_.at(id);
+  KVT_CHECK((e.flags & (kDirty | kInDram | kDemoting)) == (kDirty | kInDram));
+  e.flags |= kDemoting;
+  index_.LruRemove(id);
+  demoting_bytes_ += SlotBytes(e);
+  ++demotions_in_flight_;
+  SpillOrder order;
+  order.kind = SpillOrder::Kind::kDemote;
+  order.ref = {id, e.generation};
+  order.offset = e.offset;
+  order.size = e.size;
+  order.key = e.Key();
+  orders_.push_back(order);
+}
+
+void DramPool::Demote() {
+  if (!options_.spill) return;
+  while (tier_.dirty_bytes - demoting_bytes_ > options_.dirty_limit_bytes &&
+         demotions_in_flight_ < options_.max_demotions_in_flight) {
+    const uint32_t victim = index_.LruBack(DirtyList());
+    if (victim == BlockIndex::kNil) return;
+    StartDemotion(victim);
+  }
+}
+
+void DramPool::TakeOrders(std::vector<SpillOrder>* out) {
+  out->insert(out->end(), orders_.begin(), orders_.end());
+  orders_.clear();
+}
+
+void DramPool::DemoteDone(BlockRef ref, const Status& status, SsdRef ssd) {
+  BlockEntry& e = index_.at(ref.id);
+  KVT_CHECK(e.generation == ref.generation && (e.flags & kDemoting) != 0);
+  const uint64_t slot_bytes = SlotBytes(e);
+  demoting_bytes_ -= slot_bytes;
+  --demotions_in_flight_;
+  tier_.dirty_bytes -= slot_bytes;
+  slabs_.Unpin(e.offset);  // the dirty pin
+  e.flags &= static_cast<uint8_t>(~(kDemoting | kDirty));
+  if (status.ok()) {
+    ++tier_.demotions;
+    e.flags |= kOnSsd;
+    e.ssd_segment = ssd.segment;
+    e.ssd_page = ssd.page;
+    ++tier_.ssd_blocks;
+    tier_.ssd_payload_bytes += e.size;
+  } else {
+    // The SSD tier could not take it (full disk, I/O error): it stays in DRAM, evictable by
+    // dropping it like any block of a tenant without SSD.
+    ++tier_.demote_failures;
+    e.flags |= kNoSpill;
+  }
+  if (e.state == BlockState::kRemoved) {
+    QueueRelease(e);
+    DropIfUnheld(ref.id);
+    return;
+  }
+  Relist(ref.id, /*front=*/false);  // it was the coldest dirty block: evict it first
+}
+
+void DramPool::PromoteDone(BlockRef ref, const Status& status) {
+  BlockEntry& e = index_.at(ref.id);
+  KVT_CHECK(e.generation == ref.generation && (e.flags & kPromoting) != 0);
+  --promotions_in_flight_;
+  slabs_.Unpin(e.offset);  // the promotion's pin
+  if (status.ok()) {
+    ++tier_.promotions;
+    e.flags = static_cast<uint8_t>((e.flags & ~kPromoting) | kInDram);
+    if (e.state == BlockState::kRemoved) {
+      DropIfUnheld(ref.id);
+    } else {
+      Relist(ref.id);
+    }
+    return;
+  }
+  // Unreadable: the block is gone from every tier (a miss, never wrong bytes).
+  ++tier_.promote_failures;
+  if (status.code() == StatusCode::kDataLoss) ++tier_.integrity_failures;
+  FreeSlot(e);
+  if ((e.flags & kOnSsd) != 0) {
+    ++tier_.ssd_only_blocks;  // QueueRelease counts it down with the other SSD counters
+    QueueRelease(e);
+  }
+  if (e.state == BlockState::kCommitted) {
+    index_.Unlink(ref.id);
+    e.state = BlockState::kRemoved;
+  }
+  DropIfUnheld(ref.id);  // or by the last lease's Release
+}
+
+void DramPool::SsdCopyLost(BlockRef ref, SsdRef ssd) {
+  BlockEntry& e = index_.at(ref.id);
+  if (e.generation != ref.generation || (e.flags & kOnSsd) == 0 ||
+      SsdRef{e.ssd_segment, e.ssd_page} != ssd) {
+    return;  // the block already moved on
+  }
+  ++tier_.ssd_dropped;
+  --tier_.ssd_blocks;
+  tier_.ssd_payload_bytes -= e.size;
+  if ((e.flags & (kInDram | kPromoting)) == 0) --tier_.ssd_only_blocks;
+  e.flags = static_cast<uint8_t>((e.flags & ~kOnSsd) | kNoSpill);
+  // A promotion in flight will fail to find the record and drop the block then.
+  if ((e.flags & (kInDram | kPromoting)) == 0 && e.state == BlockState::kCommitted) {
+    DropCommitted(ref.id);
+  }
+}
+
+std::optional<BlockRef> DramPool::InsertRecovered(const BlockKey& key, uint64_t size,
+                                                  SsdRef ssd) {
+  const bool fits = size > 0 && size <= options_.max_block_bytes;
+  if (!fits || index_.Find(key) != BlockIndex::kNil || (index_.full() && !EvictForIndex())) {
+    SpillOrder order;
+    order.kind = SpillOrder::Kind::kRelease;
+    order.ssd = ssd;
+    orders_.push_back(order);
+    return std::nullopt;
+  }
+  const uint32_t id = index_.Insert(key);
+  BlockEntry& e = index_.at(id);
+  e.state = BlockState::kCommitted;
+  e.flags = kOnSsd;
+  e.size = static_cast<uint32_t>(size);
+  e.size_class = classes_.ClassFor(size);
+  e.ssd_segment = ssd.segment;
+  e.ssd_page = ssd.page;
+  ++committed_;
+  ++tier_.ssd_blocks;
+  ++tier_.ssd_only_blocks;
+  tier_.ssd_payload_bytes += size;
+  Relist(id);
+  return BlockRef{id, e.generation};
 }
 
 void DramPool::FillStats(wire::StatsReply* out) const {
@@ -224,6 +496,16 @@ void DramPool::FillStats(wire::StatsReply* out) const {
   out->hits = hits_;
   out->misses = misses_;
   out->evictions = evictions_;
+  out->ssd_blocks = tier_.ssd_blocks;
+  out->ssd_only_blocks = tier_.ssd_only_blocks;
+  out->ssd_payload_bytes = tier_.ssd_payload_bytes;
+  out->dirty_bytes = tier_.dirty_bytes;
+  out->demotions = tier_.demotions;
+  out->promotions = tier_.promotions;
+  out->demote_failures = tier_.demote_failures;
+  out->promote_failures = tier_.promote_failures;
+  out->integrity_failures = tier_.integrity_failures;
+  out->ssd_dropped = tier_.ssd_dropped;
 }
 
 }  // namespace kvtier

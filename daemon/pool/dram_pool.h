@@ -1,25 +1,40 @@
-// DramPool: one tenant's warm tier: which blocks exist, where their bytes are, and who may
-// touch them. It allocates slots (SlabAllocator) and names blocks (BlockIndex); it never reads
-// or writes block bytes (clients do, through their mapping of the pool).
+// DramPool: one tenant's block index over two tiers: its DRAM pool (warm) and, when the tenant
+// has one, its encrypted SSD spill store (cold). It decides which blocks live where and who may
+// touch them; it never reads or writes block bytes and never does I/O. Bytes move by "spill
+// orders" it queues (demote, promote, release), which the server turns into SpillWorker jobs,
+// and whose outcomes come back through DemoteDone / PromoteDone / SsdCopyLost.
 //
 // Life of a block: Reserve (slot allocated, invisible, pinned for the reserving session) ->
-// Commit (visible, on its class's LRU list) -> Acquire/Release (a leased block is pinned: never
-// evicted, moved or reused) -> dropped by Remove or eviction. A reservation or lease is named
-// by a BlockRef (entry id + generation) that sessions keep and give back.
+// Commit (visible) -> Acquire/Release (a leased block is pinned: never evicted, moved or
+// reused) -> dropped by Remove or eviction.
 //
-// Eviction, when a reserve finds no free slot: first the least-recently-used unpinned block of
-// the same size class (its slot is reused as is); otherwise the whole-slab window whose newest
-// use is oldest and that holds no pinned block (the slab changes class). Eviction happens in
-// one place, EvictLocked-style `Evict()`, where the SSD tier will demote instead of drop.
+// With an SSD tier a committed block starts "dirty" (in DRAM only) and pins its slab, so DRAM
+// eviction can never lose it. Once dirty blocks exceed `dirty_limit_bytes`, the least recently
+// used ones are demoted: written to SSD in the background while they stay readable in DRAM.
+// A demoted ("clean") block is evictable: eviction frees its DRAM slot and keeps it in the
+// index as an SSD-only block (match_prefix reports tier ssd). Acquire or Prefetch of an
+// SSD-only block promotes it: a slot is allocated and pinned, a read is ordered, and leases
+// taken meanwhile complete when PromoteDone reports the bytes in place. A reserve or promotion
+// that finds no free or clean slot while demotions are in flight answers kUnavailable ("wait"):
+// the caller parks the request and retries after the next DemoteDone. Blocks too large for the
+// spill store, or whose demotion failed, are "no-spill" and evicted by dropping them, as are
+// all blocks of a tenant without an SSD tier.
+//
+// Eviction, when a reserve finds no free slot: first the least-recently-used unpinned clean
+// block of the same size class (its slot is reused as is); otherwise the whole-slab window whose
+// newest use is oldest and that holds no pinned block (the slab changes class). When the index
+// is full, the oldest SSD-only entry is dropped first, then the oldest clean DRAM block.
 // Not thread-safe: used on the daemon's event-loop thread only.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "daemon/index/block_index.h"
 #include "daemon/pool/size_classes.h"
 #include "daemon/pool/slab_allocator.h"
+#include "daemon/spill/spill_worker.h"
 #include "ipc/wire/protocol.h"
 #include "kvclient/status.h"
 
@@ -28,6 +43,42 @@ namespace kvtier {
 struct BlockRef {
   uint32_t id = BlockIndex::kNil;
   uint32_t generation = 0;
+
+  // The 64-bit tag a spill job carries for the block.
+  uint64_t tag() const { return uint64_t{generation} << 32 | id; }
+  static BlockRef FromTag(uint64_t tag) {
+    return {static_cast<uint32_t>(tag), static_cast<uint32_t>(tag >> 32)};
+  }
+};
+
+// Work for the spill store that a pool call decided on (DramPool::TakeOrders).
+struct SpillOrder {
+  enum class Kind : uint8_t {
+    kDemote,   // write `size` bytes at pool `offset` as `key`; answer with DemoteDone(ref)
+    kPromote,  // read record `ssd` (`size` bytes) into pool `offset`; answer with PromoteDone
+    kRelease,  // the record `ssd` is dead
+  };
+  Kind kind = Kind::kDemote;
+  BlockRef ref;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  SsdRef ssd;
+  BlockKey key;
+};
+
+// Counters of the SSD side, for stats.
+struct TierCounters {
+  uint64_t ssd_blocks = 0;         // blocks with a record on SSD (clean in DRAM or SSD-only)
+  uint64_t ssd_only_blocks = 0;    // of which not in DRAM
+  uint64_t ssd_payload_bytes = 0;  // their sizes
+  uint64_t dirty_bytes = 0;        // DRAM slot bytes of blocks not yet on SSD (demoting too)
+  uint64_t demotions = 0;          // blocks written to SSD
+  uint64_t promotions = 0;         // blocks read back from SSD into DRAM
+  uint64_t demote_failures = 0;    // writes that failed (ENOSPC, EIO): the block stays in DRAM
+  uint64_t promote_failures = 0;   // reads that failed or did not verify: the block is gone
+  uint64_t integrity_failures = 0; // of which failed authentication (tampered or torn)
+  uint64_t ssd_dropped = 0;        // SSD records lost to segment reclaim (quota pressure)
+  uint64_t ssd_evictions = 0;      // clean blocks whose DRAM slot was freed (still on SSD)
 };
 
 class DramPool {
@@ -38,6 +89,11 @@ class DramPool {
     uint64_t max_block_bytes = 0;  // <= UINT32_MAX (checked)
     uint32_t max_blocks = 0;
     uint64_t hash_seed = 0;
+    // SSD tier: off when spill is false.
+    bool spill = false;
+    uint64_t spill_max_block_bytes = 0;  // larger blocks are never demoted
+    uint64_t dirty_limit_bytes = 0;      // demote LRU dirty blocks beyond this
+    uint32_t max_demotions_in_flight = 16;
   };
   struct Placement {
     BlockRef ref;
@@ -49,8 +105,9 @@ class DramPool {
 
   // kOk: `out` names a pinned slot of at least `size` bytes reserved for `session`.
   // kAlreadyExists: the key is committed or reserved (by anyone). kInvalidArgument: size is 0
-  // or above max_block_bytes. kResourceExhausted: no room even after evicting every unpinned
-  // block that could make room.
+  // or above max_block_bytes. kUnavailable: no room yet, but demotions in flight will make some
+  // (retry after DemoteDone; never sent to a client). kResourceExhausted: no room even after
+  // evicting every unpinned block that could make room.
   StatusCode Reserve(const BlockKey& key, uint64_t size, uint32_t session, Placement* out);
   // kOk: the block is visible. kNotFound: `session` holds no reservation for the key.
   StatusCode Commit(const BlockKey& key, uint32_t session);
@@ -60,29 +117,77 @@ class DramPool {
   void AbortIfReservedBy(BlockRef ref, uint32_t session);
   bool IsReservedBy(BlockRef ref, uint32_t session) const;
 
-  // The tier of a committed block (kDram) or kNone; a hit counts as a use for the LRU.
+  // The tier of a committed block (kDram, or kSsd while it is not in DRAM) or kNone; a hit
+  // counts as a use for the LRU.
   wire::Tier Match(const BlockKey& key);
-  // kOk: `out` names the leased block. kNotFound: not committed. kResourceExhausted: the block
-  // already has 2^32 - 1 leases.
-  StatusCode Acquire(const BlockKey& key, Placement* out);
+  // kOk: `out` names the leased block; `*tier` is kDram if its bytes are in place, kSsd if a
+  // promotion is in flight (the lease is valid; read the bytes after IsInDram(out->ref)).
+  // kNotFound: not committed. kUnavailable: an SSD block needs a slot that demotions in flight
+  // will free (retry). kResourceExhausted: no slot for the promotion, or the block already has
+  // 2^32 - 1 leases.
+  StatusCode Acquire(const BlockKey& key, Placement* out, wire::Tier* tier);
+  StatusCode Acquire(const BlockKey& key, Placement* out) {
+    wire::Tier tier;
+    return Acquire(key, out, &tier);
+  }
+  // A leased block whose promotion has ended: true if its bytes are in DRAM, false if the
+  // promotion failed (the block is gone; release the lease and report a miss).
+  bool IsInDram(BlockRef ref) const;
+  // Where a live block's slot is.
+  Placement PlacementOf(BlockRef ref) const;
+  bool IsPromoting(BlockRef ref) const;
   // Ends one lease taken by Acquire. The caller guarantees `ref` is a live lease.
   void Release(BlockRef ref);
   // kOk: the key is gone for readers; a leased block's slot is freed when its last lease ends.
   // kNotFound: not committed.
   StatusCode Remove(const BlockKey& key);
 
+  // --- SSD tier (only with Options::spill) ---
+  // Queues demotions while dirty blocks exceed the dirty limit.
+  void Demote();
+  // Orders queued by any call since the last TakeOrders, appended to `out`.
+  void TakeOrders(std::vector<SpillOrder>* out);
+  bool has_orders() const { return !orders_.empty(); }
+  // Outcome of a kDemote order: `ssd` is where the record went (status OK).
+  void DemoteDone(BlockRef ref, const Status& status, SsdRef ssd);
+  // Outcome of a kPromote order; kDataLoss counts as an integrity failure.
+  void PromoteDone(BlockRef ref, const Status& status);
+  // The spill store dropped the record `ssd` of block `ref` (segment reclaim).
+  void SsdCopyLost(BlockRef ref, SsdRef ssd);
+  // Start-up: a record found on SSD becomes an SSD-only block. Returns its ref, or nullopt
+  // (a release is queued) when the key exists or the index is full.
+  std::optional<BlockRef> InsertRecovered(const BlockKey& key, uint64_t size, SsdRef ssd);
+  uint32_t demotions_in_flight() const { return demotions_in_flight_; }
+  uint32_t promotions_in_flight() const { return promotions_in_flight_; }
+  const TierCounters& tier_counters() const { return tier_; }
+
   void FillStats(wire::StatsReply* out) const;
   uint64_t pool_bytes() const { return options_.pool_bytes; }
 
  private:
   std::optional<uint64_t> AllocateSpace(uint8_t cls, uint64_t size);
-  bool EvictForIndex(uint8_t cls);
+  // AllocateSpace, or: kUnavailable if demotions in flight (started here if need be) will make
+  // room, kResourceExhausted if nothing will.
+  StatusCode AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset);
+  bool EvictForIndex();
+  // Frees an unpinned clean block's slot: it stays as an SSD-only block if it is on SSD.
   void Evict(uint32_t id);
+  // Unlinks a committed block and drops it from every tier.
+  void DropCommitted(uint32_t id);
   void Drop(uint32_t id);
+  // Drops a kRemoved entry once no lease or I/O holds it.
+  void DropIfUnheld(uint32_t id);
+  void FreeSlot(BlockEntry& e);
   void Touch(uint32_t id);
+  // Puts the entry on the list its state calls for (or none).
+  void Relist(uint32_t id, bool front = true);
+  void StartDemotion(uint32_t id);
+  void QueueRelease(BlockEntry& e);
   uint32_t LruListOf(uint8_t cls) const {
     return cls == SizeClasses::kLarge ? classes_.count() : cls;
   }
+  uint32_t DirtyList() const { return classes_.count() + 1u; }
+  uint32_t SsdList() const { return classes_.count() + 2u; }
   uint64_t SlotBytes(const BlockEntry& e) const;
 
   Options options_;
@@ -99,6 +204,12 @@ class DramPool {
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
   uint64_t evictions_ = 0;
+  // SSD tier.
+  std::vector<SpillOrder> orders_;
+  uint64_t demoting_bytes_ = 0;
+  uint32_t demotions_in_flight_ = 0;
+  uint32_t promotions_in_flight_ = 0;
+  TierCounters tier_;
 };
 
 }  // namespace kvtier

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "daemon/spill/spill_worker.h"
 #include "ipc/base/check.h"
 
 namespace kvtier {
@@ -36,18 +37,30 @@ RequestHandler::Outcome RequestHandler::Handle(Session& session, const wire::Fra
       return {};
     }
   }
+  session.progress() = ItemProgress{};
   switch (request.op) {
-    case wire::Op::kReserve: Reserve(session, request, reply); break;
+    case wire::Op::kReserve:
+    case wire::Op::kAcquire:
+    case wire::Op::kPrefetch: {
+      const bool done = request.op == wire::Op::kReserve ? Reserve(session, request, reply)
+                                                        : Acquire(session, request, reply);
+      return {.park = !done};
+    }
     case wire::Op::kCommit:
     case wire::Op::kAbort:
     case wire::Op::kRemove: PerKey(session, request, reply); break;
     case wire::Op::kMatchPrefix: MatchPrefix(session, request, reply); break;
-    case wire::Op::kAcquire: Acquire(session, request, reply); break;
     case wire::Op::kRelease: Release(session, request, reply); break;
     case wire::Op::kStats: Stats(session, reply); break;
     case wire::Op::kHello: break;  // handled above
   }
   return {};
+}
+
+bool RequestHandler::Continue(Session& session, const wire::FrameView& request,
+                              wire::FrameWriter& reply) {
+  if (request.op == wire::Op::kReserve) return Reserve(session, request, reply);
+  return Acquire(session, request, reply);
 }
 
 RequestHandler::Outcome RequestHandler::Hello(Session& session, const wire::FrameView& request,
@@ -105,26 +118,34 @@ BlockKey RequestHandler::KeyAt(const Session& session, const wire::FrameView& re
   return key;
 }
 
-void RequestHandler::Reserve(Session& session, const wire::FrameView& request,
+bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
                              wire::FrameWriter& reply) {
   const uint32_t n = request.header.count;
-  for (uint32_t i = 0; i < n; ++i) {
-    const auto item = request.ItemAt<wire::ReserveItem>(i);
-    if (item.size == 0 || item.size > limits_.max_block_bytes) {
-      reply.SetStatus(Invalid("item " + std::to_string(i) + ": block size " +
-                              std::to_string(item.size) + " is outside 1.." +
-                              std::to_string(limits_.max_block_bytes) + " (max_block_bytes)"));
-      return;
+  ItemProgress& progress = session.progress();
+  if (progress.next == 0 && progress.items_offset == 0) {
+    for (uint32_t i = 0; i < n; ++i) {
+      const auto item = request.ItemAt<wire::ReserveItem>(i);
+      if (item.size == 0 || item.size > limits_.max_block_bytes) {
+        reply.SetStatus(Invalid("item " + std::to_string(i) + ": block size " +
+                                std::to_string(item.size) + " is outside 1.." +
+                                std::to_string(limits_.max_block_bytes) + " (max_block_bytes)"));
+        return true;
+      }
     }
+    auto* items = reply.AppendItems<wire::ReserveResult>(n);
+    KVT_CHECK(items != nullptr);  // replies are smaller than the largest request
+    progress.items_offset =
+        static_cast<size_t>(reinterpret_cast<std::byte*>(items) - reply.buffer().data());
   }
+  auto* out = reinterpret_cast<wire::ReserveResult*>(reply.buffer().data() + progress.items_offset);
   DramPool& pool = *session.tenant()->pool;
-  auto* out = reply.AppendItems<wire::ReserveResult>(n);
-  KVT_CHECK(out != nullptr);  // replies are smaller than the largest request
-  for (uint32_t i = 0; i < n; ++i) {
+  for (; progress.next < n; ++progress.next) {
+    const uint32_t i = progress.next;
     const auto item = request.ItemAt<wire::ReserveItem>(i);
     DramPool::Placement placement;
     const StatusCode code = pool.Reserve(KeyAt(session, request, i, sizeof(wire::ReserveItem)),
                                          item.size, session.id(), &placement);
+    if (code == StatusCode::kUnavailable) return false;  // room is on its way to SSD
     wire::ReserveResult r{};
     r.status = static_cast<uint16_t>(code);
     if (code == StatusCode::kOk) {
@@ -133,6 +154,7 @@ void RequestHandler::Reserve(Session& session, const wire::FrameView& request,
     }
     std::memcpy(&out[i], &r, sizeof(r));
   }
+  return true;
 }
 
 void RequestHandler::PerKey(Session& session, const wire::FrameView& request,
@@ -173,30 +195,91 @@ void RequestHandler::MatchPrefix(Session& session, const wire::FrameView& reques
   reply.Truncate(sizeof(uint8_t) * (n - matched));
 }
 
-void RequestHandler::Acquire(Session& session, const wire::FrameView& request,
+// Acquire and Prefetch: a block in DRAM is leased at once; an SSD block is leased too and its
+// promotion ordered, and its item is settled when the promotion ends. Prefetch gives each lease
+// back as soon as its block is in DRAM and answers only a status per key.
+bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
                              wire::FrameWriter& reply) {
-  DramPool& pool = *session.tenant()->pool;
+  const bool prefetch = request.op == wire::Op::kPrefetch;
   const uint32_t n = request.header.count;
-  auto* out = reply.AppendItems<wire::AcquireResult>(n);
-  KVT_CHECK(out != nullptr);
-  for (uint32_t i = 0; i < n; ++i) {
+  ItemProgress& progress = session.progress();
+  if (progress.next == 0 && progress.items_offset == 0) {
+    std::byte* items = prefetch
+                           ? reinterpret_cast<std::byte*>(reply.AppendItems<uint16_t>(n))
+                           : reinterpret_cast<std::byte*>(reply.AppendItems<wire::AcquireResult>(n));
+    KVT_CHECK(items != nullptr);
+    progress.items_offset = static_cast<size_t>(items - reply.buffer().data());
+  }
+  std::byte* base = reply.buffer().data() + progress.items_offset;
+  DramPool& pool = *session.tenant()->pool;
+  for (; progress.next < n; ++progress.next) {
+    const uint32_t i = progress.next;
     DramPool::Placement placement;
-    StatusCode code = pool.Acquire(KeyAt(session, request, i, sizeof(wire::WireKey)), &placement);
+    wire::Tier tier = wire::Tier::kNone;
+    StatusCode code =
+        pool.Acquire(KeyAt(session, request, i, sizeof(wire::WireKey)), &placement, &tier);
+    if (code == StatusCode::kUnavailable) break;  // a promotion waits for room
     wire::AcquireResult r{};
     if (code == StatusCode::kOk) {
-      r.lease_id = session.leases().Add(placement.ref);
-      if (r.lease_id == 0) {
+      const uint64_t lease_id = session.leases().Add(placement.ref);
+      if (lease_id == 0) {
         pool.Release(placement.ref);
         code = StatusCode::kResourceExhausted;
+      } else if (tier == wire::Tier::kSsd) {
+        progress.waiting.push_back({i, lease_id});
+        continue;  // settled by SettlePromotions
+      } else if (prefetch) {
+        session.leases().Take(lease_id);
+        pool.Release(placement.ref);
       } else {
+        r.lease_id = lease_id;
         r.offset = placement.offset;
         r.size = placement.size;
         r.tier = static_cast<uint8_t>(wire::Tier::kDram);
       }
     }
-    r.status = static_cast<uint16_t>(code);
-    std::memcpy(&out[i], &r, sizeof(r));
+    if (prefetch) {
+      PutCode(reinterpret_cast<uint16_t*>(base), i, code);
+    } else {
+      r.status = static_cast<uint16_t>(code);
+      std::memcpy(base + i * sizeof(r), &r, sizeof(r));
+    }
   }
+  const bool settled = SettlePromotions(session, request.op, reply);
+  return settled && progress.next == n;
+}
+
+bool RequestHandler::SettlePromotions(Session& session, wire::Op op, wire::FrameWriter& reply) {
+  ItemProgress& progress = session.progress();
+  std::byte* base = reply.buffer().data() + progress.items_offset;
+  DramPool& pool = *session.tenant()->pool;
+  std::erase_if(progress.waiting, [&](const ItemProgress::Waiting& w) {
+    const std::optional<BlockRef> ref = session.leases().Peek(w.lease_id);
+    KVT_CHECK(ref.has_value());  // the session holds it until the item is settled
+    if (pool.IsPromoting(*ref)) return false;
+    StatusCode code = StatusCode::kOk;
+    wire::AcquireResult r{};
+    if (!pool.IsInDram(*ref) || op == wire::Op::kPrefetch) {
+      // Prefetched, or the promotion failed (a miss; the pool counted why): give it back.
+      if (!pool.IsInDram(*ref)) code = StatusCode::kNotFound;
+      session.leases().Take(w.lease_id);
+      pool.Release(*ref);
+    } else {
+      DramPool::Placement placement = pool.PlacementOf(*ref);
+      r.lease_id = w.lease_id;
+      r.offset = placement.offset;
+      r.size = placement.size;
+      r.tier = static_cast<uint8_t>(wire::Tier::kSsd);
+    }
+    if (op == wire::Op::kPrefetch) {
+      PutCode(reinterpret_cast<uint16_t*>(base), w.item, code);
+    } else {
+      r.status = static_cast<uint16_t>(code);
+      std::memcpy(base + w.item * sizeof(r), &r, sizeof(r));
+    }
+    return true;
+  });
+  return progress.waiting.empty();
 }
 
 void RequestHandler::Release(Session& session, const wire::FrameView& request,
@@ -219,6 +302,10 @@ void RequestHandler::Stats(Session& session, wire::FrameWriter& reply) {
   wire::StatsReply stats{};
   session.tenant()->pool->FillStats(&stats);
   stats.sessions = session.tenant()->sessions;
+  if (session.tenant()->spill != nullptr) {
+    stats.ssd_quota_bytes = session.tenant()->config.ssd_bytes;
+    stats.ssd_segments = session.tenant()->spill->StatsOf(session.tenant()->spill_store).segments;
+  }
   reply.Append(&stats, sizeof(stats));
 }
 

@@ -21,6 +21,7 @@ namespace {
 // epoll user data for the two non-session fds; sessions use their fd (>= 0).
 constexpr uint64_t kListenTag = UINT64_MAX;
 constexpr uint64_t kSignalTag = UINT64_MAX - 1;
+constexpr uint64_t kWorkerTagBase = UINT64_MAX - 1024;  // + worker index (< 64)
 constexpr int kMaxFramesPerWake = 16;  // then let other sessions in
 constexpr int64_t kMaxKeysPerWake = 8192;
 
@@ -32,9 +33,10 @@ uint64_t NowUs() {
 
 }  // namespace
 
-Server::Server(const Config& config, TenantRegistry* tenants)
+Server::Server(const Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers)
     : config_(config),
       tenants_(tenants),
+      workers_(std::move(workers)),
       handler_(tenants, HandlerLimits{config.max_block_bytes}),
       recv_buffer_(wire::kMaxFrameBytes),
       send_buffer_(wire::kMaxFrameBytes) {}
@@ -45,8 +47,10 @@ Server::~Server() {
   if (listen_fd_.valid()) unlink(config_.socket_path.c_str());
 }
 
-Result<std::unique_ptr<Server>> Server::Open(const Config& config, TenantRegistry* tenants) {
-  std::unique_ptr<Server> server(new Server(config, tenants));
+Result<std::unique_ptr<Server>> Server::Open(const Config& config, TenantRegistry* tenants,
+                                             std::vector<SpillWorker*> workers) {
+  KVT_CHECK(workers.size() < 1024);
+  std::unique_ptr<Server> server(new Server(config, tenants, std::move(workers)));
   server->epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!server->epoll_fd_.valid()) return ErrnoStatus("epoll_create1", errno);
   sigset_t signals;
@@ -67,6 +71,20 @@ Result<std::unique_ptr<Server>> Server::Open(const Config& config, TenantRegistr
   ev.data.u64 = kSignalTag;
   if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->signal_fd_.get(), &ev) != 0) {
     return ErrnoStatus("epoll_ctl(signalfd)", errno);
+  }
+  server->spill_tenants_.resize(server->workers_.size());
+  for (size_t i = 0; i < server->workers_.size(); ++i) {
+    ev.data.u64 = kWorkerTagBase + i;
+    if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->workers_[i]->event_fd(), &ev) !=
+        0) {
+      return ErrnoStatus("epoll_ctl(spill worker)", errno);
+    }
+    for (auto& tenant : tenants->tenants()) {
+      if (tenant->spill != server->workers_[i]) continue;
+      auto& stores = server->spill_tenants_[i];
+      if (stores.size() <= tenant->spill_store) stores.resize(tenant->spill_store + 1);
+      stores[tenant->spill_store] = tenant.get();
+    }
   }
   return server;
 }
@@ -105,11 +123,14 @@ Status Server::Run() {
                        sessions_.size());
           return Status::Ok();
         }
+      } else if (tag >= kWorkerTagBase) {
+        OnSpillResults(tag - kWorkerTagBase);
       } else {
         auto it = sessions_.find(static_cast<int>(tag));
         if (it != sessions_.end()) OnSessionEvent(*it->second, events[i].events);
       }
     }
+    if (!workers_.empty()) PostSpillOrders();
     for (int fd : closing_) sessions_.erase(fd);
     if (!closing_.empty()) SetAccepting(true);  // fds were freed
     closing_.clear();
@@ -259,6 +280,10 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
   const bool was_anonymous = session.tenant() == nullptr;
   const RequestHandler::Outcome outcome = handler_.Handle(session, *request, reply);
   if (was_anonymous && session.tenant() != nullptr) --awaiting_hello_;
+  if (outcome.park) {
+    Park(session, bytes, reply);
+    return false;  // read nothing more from it until the reply is out
+  }
   if (!SendReply(session, reply.Finish(), outcome.pass_fd)) return false;
   if (outcome.close_session) {
     CloseSession(session, "request refused");
@@ -315,10 +340,113 @@ bool Server::AllowPeerErrorLog() {
 }
 
 void Server::WatchWritable(Session& session, bool writable) {
+  SetInterest(session, writable ? EPOLLOUT : EPOLLIN);
+}
+
+void Server::SetInterest(Session& session, uint32_t events) {
   epoll_event ev{};
-  ev.events = writable ? EPOLLOUT : EPOLLIN;
+  ev.events = events;
   ev.data.u64 = static_cast<uint64_t>(session.fd());
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, session.fd(), &ev);
+}
+
+void Server::Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply) {
+  auto parked = std::make_unique<ParkedRequest>();
+  const auto request = std::span(recv_buffer_).first(request_bytes);
+  parked->frame.assign(request.begin(), request.end());
+  parked->reply.resize(wire::kMaxFrameBytes);
+  std::memcpy(parked->reply.data(), send_buffer_.data(), reply.size());
+  parked->writer = reply;
+  parked->writer.Rebind(parked->reply);
+  session.parked() = std::move(parked);
+  SetInterest(session, 0);
+  parked_.push_back(session.fd());
+}
+
+void Server::ContinueParked() {
+  std::erase_if(parked_, [&](int fd) {
+    auto it = sessions_.find(fd);
+    if (it == sessions_.end() || it->second->closed() || it->second->parked() == nullptr) {
+      return true;
+    }
+    Session& session = *it->second;
+    std::unique_ptr<ParkedRequest> parked = std::move(session.parked());
+    auto request = wire::DecodeRequest(parked->frame);
+    KVT_CHECK(request.ok());  // it was decoded before it was parked
+    if (!handler_.Continue(session, *request, parked->writer)) {
+      session.parked() = std::move(parked);
+      return false;
+    }
+    if (SendReply(session, parked->writer.Finish(), -1) && session.pending_reply().empty()) {
+      SetInterest(session, EPOLLIN);  // requests it sent meanwhile are read from here
+    }
+    return true;
+  });
+}
+
+void Server::OnSpillResults(size_t worker) {
+  spill_results_.clear();
+  workers_[worker]->TakeResults(&spill_results_);
+  for (const SpillResult& r : spill_results_) {
+    Tenant& tenant = *spill_tenants_[worker][r.store];
+    DramPool& pool = *tenant.pool;
+    const BlockRef ref = BlockRef::FromTag(r.tag);
+    switch (r.kind) {
+      case SpillResult::Kind::kWritten:
+        pool.DemoteDone(ref, r.status, r.ref);
+        if (!r.status.ok() && AllowPeerErrorLog()) {
+          spdlog::warn("tenant '{}': demotion to SSD failed, the block stays in DRAM only: {}",
+                       tenant.config.name, r.status.ToString());
+        }
+        break;
+      case SpillResult::Kind::kRead:
+        pool.PromoteDone(ref, r.status);
+        if (!r.status.ok() && AllowPeerErrorLog()) {
+          spdlog::warn("tenant '{}': promotion from SSD failed, the block is dropped (a miss): {}",
+                       tenant.config.name, r.status.ToString());
+        }
+        break;
+      case SpillResult::Kind::kDropped:
+        pool.SsdCopyLost(ref, r.ref);
+        break;
+    }
+  }
+  ContinueParked();
+}
+
+void Server::PostSpillOrders() {
+  for (auto& tenant : tenants_->tenants()) {
+    if (tenant->spill == nullptr) continue;
+    DramPool& pool = *tenant->pool;
+    pool.Demote();
+    if (!pool.has_orders()) continue;
+    spill_orders_.clear();
+    pool.TakeOrders(&spill_orders_);
+    spill_jobs_.clear();
+    for (const SpillOrder& order : spill_orders_) {
+      SpillJob job;
+      job.store = tenant->spill_store;
+      job.tag = order.ref.tag();
+      job.ref = order.ssd;
+      job.bytes = order.size;
+      switch (order.kind) {
+        case SpillOrder::Kind::kDemote: job.kind = SpillJob::Kind::kWrite; break;
+        case SpillOrder::Kind::kPromote: job.kind = SpillJob::Kind::kRead; break;
+        case SpillOrder::Kind::kRelease: job.kind = SpillJob::Kind::kRelease; break;
+      }
+      if (order.kind != SpillOrder::Kind::kRelease) {
+        KVT_CHECK(order.offset + order.size <= tenant->memory.size());
+        job.data = tenant->memory.data() + order.offset;
+        const std::string& ns = tenant->namespace_names.at(order.key.ns_id - 1);
+        job.ns_len = static_cast<uint8_t>(ns.size());
+        std::memcpy(job.ns.data(), ns.data(), ns.size());
+        job.key_len = order.key.len;
+        std::memcpy(job.key.data(), order.key.bytes.data(), order.key.len);
+      }
+      spill_jobs_.push_back(job);
+    }
+    tenant->spill->Post(spill_jobs_);
+  }
 }
 
 void Server::CloseSilentSessions() {

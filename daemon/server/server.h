@@ -19,6 +19,7 @@
 #include "daemon/config/config.h"
 #include "daemon/server/request_handler.h"
 #include "daemon/server/session.h"
+#include "daemon/spill/spill_worker.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/unique_fd.h"
 
@@ -28,14 +29,17 @@ class Server {
  public:
   // Binds the control socket; signals SIGINT/SIGTERM/SIGHUP must already be blocked in every
   // thread (main does this first) so the signalfd receives them.
-  static Result<std::unique_ptr<Server>> Open(const Config& config, TenantRegistry* tenants);
+  // `workers` run the tenants' spill stores (Tenant::spill names one of them); they must outlive
+  // the server.
+  static Result<std::unique_ptr<Server>> Open(const Config& config, TenantRegistry* tenants,
+                                              std::vector<SpillWorker*> workers = {});
   ~Server();
 
   // Serves until SIGINT or SIGTERM. Returns OK after a clean stop.
   Status Run();
 
  private:
-  Server(const Config& config, TenantRegistry* tenants);
+  Server(const Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers);
   void Accept();
   void Refuse(int fd, const PeerCredentials& peer, const Status& why);
   void SetAccepting(bool on);
@@ -47,6 +51,14 @@ class Server {
   bool SendReply(Session& session, std::span<const std::byte> frame, int pass_fd);
   void CloseSession(Session& session, const char* why);
   void WatchWritable(Session& session, bool writable);
+  // epoll interest of a session: `events` (0 while its request is parked; hang-ups still come).
+  void SetInterest(Session& session, uint32_t events);
+  // SSD tier: keeps a request that must wait, continues parked ones, applies spill results, and
+  // sends the pools' spill orders to the workers.
+  void Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply);
+  void ContinueParked();
+  void OnSpillResults(size_t worker);
+  void PostSpillOrders();
   // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
   bool AllowPeerErrorLog();
   uint32_t NextSessionId();
@@ -55,6 +67,8 @@ class Server {
 
   const Config& config_;
   TenantRegistry* tenants_;
+  std::vector<SpillWorker*> workers_;
+  std::vector<std::vector<Tenant*>> spill_tenants_;  // [worker][store]
   RequestHandler handler_;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
@@ -63,6 +77,10 @@ class Server {
   std::vector<int> closing_;
   std::vector<std::byte> recv_buffer_;
   std::vector<std::byte> send_buffer_;
+  std::vector<int> parked_;  // fds of sessions with a parked request (some may have moved on)
+  std::vector<SpillResult> spill_results_;
+  std::vector<SpillOrder> spill_orders_;
+  std::vector<SpillJob> spill_jobs_;
   uint32_t next_session_id_ = 1;
   bool ids_wrapped_ = false;
   bool accepting_ = true;

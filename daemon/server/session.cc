@@ -22,6 +22,15 @@ uint64_t LeaseTable::Add(BlockRef ref) {
   return (uint64_t{s.generation} << 32) | index;
 }
 
+std::optional<BlockRef> LeaseTable::Peek(uint64_t id) const {
+  const auto index = static_cast<uint32_t>(id);
+  const auto generation = static_cast<uint32_t>(id >> 32);
+  if (index >= slots_.size()) return std::nullopt;
+  const Slot& s = slots_[index];
+  if (!s.in_use || s.generation != generation) return std::nullopt;
+  return s.ref;
+}
+
 std::optional<BlockRef> LeaseTable::Take(uint64_t id) {
   const auto index = static_cast<uint32_t>(id);
   const auto generation = static_cast<uint32_t>(id >> 32);
@@ -56,6 +65,8 @@ void Session::Close() {
     tenant_ = nullptr;
   }
   pending_reply_.clear();
+  parked_.reset();
+  progress_ = ItemProgress{};
   closed_ = true;
 }
 

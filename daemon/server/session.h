@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/unique_fd.h"
 #include "ipc/socket/seqpacket.h"
+#include "ipc/wire/frame_codec.h"
 
 namespace kvtier {
 
@@ -24,6 +26,8 @@ class LeaseTable {
 
   // 0 if the table is full.
   uint64_t Add(BlockRef ref);
+  // The lease's block, if `id` is a live lease here.
+  std::optional<BlockRef> Peek(uint64_t id) const;
   // The lease's block, and the lease is gone; nullopt if `id` is not a live lease here.
   std::optional<BlockRef> Take(uint64_t id);
   template <typename F>
@@ -44,6 +48,27 @@ class LeaseTable {
   std::vector<uint32_t> free_;
   uint32_t max_;
   uint32_t live_ = 0;
+};
+
+// A request that waits for the SSD tier: a reserve or promotion waiting for demotions to make
+// room, or acquires and prefetches waiting for their promotions. The server keeps the request
+// and the reply begun for it, stops reading the session, and lets the handler continue it
+// after each batch of spill results; the reply goes out when every item is settled.
+struct ParkedRequest {
+  std::vector<std::byte> frame;  // the request as received
+  std::vector<std::byte> reply;  // kMaxFrameBytes; `writer` writes here
+  wire::FrameWriter writer{std::span<std::byte>()};
+};
+
+// How far the handler got with a request's items (valid while it is parked).
+struct ItemProgress {
+  struct Waiting {
+    uint32_t item;
+    uint64_t lease_id;  // taken at once; valid when the promotion ends
+  };
+  uint32_t next = 0;          // first item not yet handled
+  size_t items_offset = 0;    // where the reply's item array starts in the reply buffer
+  std::vector<Waiting> waiting;
 };
 
 class Session {
@@ -77,6 +102,9 @@ class Session {
   uint32_t ns_id() const { return ns_id_; }
   LeaseTable& leases() { return leases_; }
   std::vector<std::byte>& pending_reply() { return pending_reply_; }
+  ItemProgress& progress() { return progress_; }
+  // Non-null while a request waits (see ParkedRequest).
+  std::unique_ptr<ParkedRequest>& parked() { return parked_; }
 
  private:
   uint32_t id_;
@@ -90,6 +118,8 @@ class Session {
   uint32_t live_reservations_ = 0;
   LeaseTable leases_;
   std::vector<std::byte> pending_reply_;  // a reply the socket could not take yet
+  ItemProgress progress_;
+  std::unique_ptr<ParkedRequest> parked_;
   bool closed_ = false;
   uint64_t hello_deadline_us_ = 0;
 };

@@ -326,7 +326,8 @@ Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
   ++in_flight_;
   segment->tail += record_bytes;
   ++segment->in_flight;
-  segment->records.push_back(SpillRecordMeta{offset, plaintext.size(), next_sequence_, true});
+  segment->records.push_back(
+      SpillRecordMeta{offset, plaintext.size(), next_sequence_, true, cookie});
   ++segment->live;
   ++stats_.live_records;
   ++stats_.writes_started;
@@ -511,6 +512,14 @@ void SpillStore::Release(const SpillLocation& location) {
   if (segment->sealed && segment->live == 0 && segment->in_flight == 0) (void)EraseSegment(it);
 }
 
+std::optional<SpillLocation> SpillStore::Locate(uint32_t segment_id, uint64_t offset) const {
+  auto it = segments_.find(segment_id);
+  if (it == segments_.end()) return std::nullopt;
+  const SpillRecordMeta* meta = it->second->Find(offset);
+  if (meta == nullptr || !meta->live) return std::nullopt;
+  return SpillLocation{segment_id, offset, meta->payload_bytes, meta->sequence};
+}
+
 Status SpillStore::EraseSegment(SegmentMap::iterator it) {
   Segment* segment = it->second.get();
   KVT_CHECK(segment->in_flight == 0);
@@ -541,7 +550,15 @@ void SpillStore::EraseDeadSegments() {
   }
 }
 
-Status SpillStore::ReclaimOldestSegment(std::vector<SpillLocation>* dropped) {
+void SpillStore::SetUser(const SpillLocation& location, uint64_t user) {
+  auto it = segments_.find(location.segment_id);
+  if (it == segments_.end()) return;
+  SpillRecordMeta* meta = it->second->Find(location.offset);
+  if (meta != nullptr && meta->live && meta->sequence == location.sequence) meta->user = user;
+}
+
+Status SpillStore::ReclaimOldestSegment(std::vector<SpillLocation>* dropped,
+                                        std::vector<uint64_t>* users) {
   bool any_sealed = false;
   for (auto it = segments_.begin(); it != segments_.end(); ++it) {
     Segment* segment = it->second.get();
@@ -549,10 +566,12 @@ Status SpillStore::ReclaimOldestSegment(std::vector<SpillLocation>* dropped) {
     any_sealed = true;
     if (segment->in_flight > 0) continue;
     for (const SpillRecordMeta& meta : segment->records) {
-      if (meta.live && dropped != nullptr) {
+      if (!meta.live) continue;
+      if (dropped != nullptr) {
         dropped->push_back(
             SpillLocation{segment->id, meta.offset, meta.payload_bytes, meta.sequence});
       }
+      if (users != nullptr) users->push_back(meta.user);
     }
     return EraseSegment(it);
   }

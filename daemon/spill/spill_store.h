@@ -44,6 +44,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -103,6 +104,7 @@ struct SpillStats {
   uint64_t segments_erased = 0;  // crypto-erased and removed (empty, reclaimed or purged)
   uint64_t erase_failures = 0;   // the zeroed header could not be written or synced
   uint64_t live_records = 0;
+  uint64_t segments = 0;  // segment files held now (segment_count())
 };
 
 struct SpillCompletion {
@@ -157,13 +159,20 @@ class SpillStore {
   // The device's: readable while completions wait for Poll.
   int event_fd() const;
 
+  // The live record at (segment_id, offset), if any: records are never rewritten in place and
+  // segment ids are not reused while the store lives, so the pair names one record.
+  std::optional<SpillLocation> Locate(uint32_t segment_id, uint64_t offset) const;
   // The record is dead; releasing an unknown or already dead location does nothing.
   void Release(const SpillLocation& location);
+  // Tags a live record (e.g. a recovered one) with the caller's value, which
+  // ReclaimOldestSegment reports for it. A record written by StartWrite is tagged with its cookie.
+  void SetUser(const SpillLocation& location, uint64_t user);
   // Crypto-erases and removes the oldest sealed segment without I/O in flight and appends its
-  // live records to `dropped` (the caller forgets them). kNotFound: no sealed segment.
+  // live records to `dropped` and their tags to `users` (the caller forgets them). kNotFound: no sealed segment.
   // kFailedPrecondition: every sealed segment has I/O in flight (Poll, retry). An erase that
   // could not write the zeroed header still removes the file; its Status is returned.
-  Status ReclaimOldestSegment(std::vector<SpillLocation>* dropped);
+  Status ReclaimOldestSegment(std::vector<SpillLocation>* dropped,
+                              std::vector<uint64_t>* users = nullptr);
   // Crypto-erases and removes every segment (a tenant purge); the store stays usable and
   // starts a fresh segment at the next write. kFailedPrecondition: I/O in flight.
   Status CryptoEraseAll();
@@ -171,10 +180,16 @@ class SpillStore {
   Status Sync();
 
   const RecoveryStats& recovery_stats() const { return recovery_; }
-  const SpillStats& stats() const { return stats_; }
+  SpillStats stats() const {
+    SpillStats s = stats_;
+    s.segments = segments_.size();
+    return s;
+  }
   // Segment files currently held (each counts segment_bytes against the quota).
   size_t segment_count() const { return segments_.size(); }
   uint32_t in_flight() const { return in_flight_; }
+  // A Start* now would not answer "staging buffers busy".
+  bool staging_available() const { return !free_slots_.empty(); }
 
  private:
   struct Segment;  // spill_store_internal.h

@@ -23,6 +23,7 @@ struct SpillRecordMeta {
   uint64_t payload_bytes = 0;
   uint64_t sequence = 0;
   bool live = false;
+  uint64_t user = 0;  // the caller's tag: StartWrite's cookie, or SetUser's after recovery
 };
 
 struct SpillStore::Segment {
@@ -39,6 +40,9 @@ struct SpillStore::Segment {
   std::vector<SpillRecordMeta> records;
 
   uint64_t segment_bytes() const { return header.segment_bytes; }
+  const SpillRecordMeta* Find(uint64_t offset) const {
+    return const_cast<Segment*>(this)->Find(offset);
+  }
   SpillRecordMeta* Find(uint64_t offset) {
     auto it = std::lower_bound(records.begin(), records.end(), offset,
                                [](const SpillRecordMeta& r, uint64_t o) { return r.offset < o; });

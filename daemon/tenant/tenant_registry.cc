@@ -34,6 +34,14 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
     pool.max_block_bytes = config.max_block_bytes;
     pool.max_blocks = static_cast<uint32_t>(tc.max_blocks);
     pool.hash_seed = seed;
+    if (!config.spill.dir.empty() && tc.ssd_bytes > 0) {
+      pool.spill = true;
+      pool.spill_max_block_bytes = config.spill.max_block_bytes;
+      pool.dirty_limit_bytes =
+          static_cast<uint64_t>(static_cast<double>(tc.dram_bytes) * config.spill.demote_above);
+      // Enough writes queued to keep every staging buffer busy, twice over.
+      pool.max_demotions_in_flight = 2 * config.spill.staging_buffers;
+    }
     tenant->pool = std::make_unique<DramPool>(pool);
     Tenant* raw = tenant.get();
     for (uid_t uid : tc.uids) registry->by_uid_[uid] = raw;
@@ -64,6 +72,7 @@ Result<uint32_t> TenantRegistry::NamespaceId(Tenant& tenant, std::string_view na
   }
   const auto id = static_cast<uint32_t>(tenant.namespaces.size() + 1);
   tenant.namespaces.emplace(std::string(name), id);
+  tenant.namespace_names.emplace_back(name);
   return id;
 }
 

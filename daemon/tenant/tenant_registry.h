@@ -21,12 +21,19 @@
 
 namespace kvtier {
 
+class SpillWorker;
+
 struct Tenant {
   TenantConfig config;
   ShmRegion memory;
   std::unique_ptr<DramPool> pool;
   std::unordered_map<std::string, uint32_t> namespaces;
+  std::vector<std::string> namespace_names;  // by id - 1
   uint32_t sessions = 0;
+  // SSD tier: the worker that runs this tenant's spill store (null: no SSD tier), and the
+  // store's index there. Set by OpenSpillTier.
+  SpillWorker* spill = nullptr;
+  uint32_t spill_store = 0;
 };
 
 class TenantRegistry {

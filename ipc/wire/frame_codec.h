@@ -70,6 +70,12 @@ class FrameWriter {
   void Truncate(size_t bytes) { size_ -= bytes; }
   // Finishes the header; returns the frame's bytes.
   std::span<const std::byte> Finish();
+  // Bytes written so far (header included).
+  size_t size() const { return size_; }
+  // Continues in `buffer`, which already holds a copy of the size() bytes written so far (a
+  // reply parked while its request waits).
+  void Rebind(std::span<std::byte> buffer) { buf_ = buffer; }
+  std::span<std::byte> buffer() const { return buf_; }
 
  private:
   std::byte* Grow(size_t bytes);

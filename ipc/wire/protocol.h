@@ -41,8 +41,10 @@ enum class Op : uint16_t {
   kRelease = 7,      // items: uint64_t lease id; reply items: uint16_t status
   kRemove = 8,       // items: WireKey;           reply items: uint16_t status
   kStats = 9,        // no items;                 reply body: StatsReply
+  kPrefetch = 10,    // items: WireKey;           reply items: uint16_t status (the reply
+                     // comes when every found block is in DRAM)
 };
-inline constexpr uint16_t kMaxOp = 9;
+inline constexpr uint16_t kMaxOp = 10;
 
 // Where a block lives. Values go on the wire.
 enum class Tier : uint8_t { kNone = 0, kGpu = 1, kDram = 2, kSsd = 3 };
@@ -123,8 +125,21 @@ struct StatsReply {
   uint64_t misses;
   uint64_t evictions;           // committed blocks dropped to make room
   uint64_t sessions;            // live sessions of this tenant
+  // SSD tier (all 0 for a tenant without one).
+  uint64_t ssd_quota_bytes;     // the tenant's ssd_bytes
+  uint64_t ssd_blocks;          // blocks with a record on SSD (also in DRAM or not)
+  uint64_t ssd_only_blocks;     // of which not in DRAM
+  uint64_t ssd_payload_bytes;   // their sizes
+  uint64_t dirty_bytes;         // DRAM held by blocks not yet on SSD
+  uint64_t demotions;           // blocks written to SSD
+  uint64_t promotions;          // blocks read back into DRAM
+  uint64_t demote_failures;     // writes that failed (disk full, I/O error)
+  uint64_t promote_failures;    // reads that failed or did not verify (a miss)
+  uint64_t integrity_failures;  // of which failed authentication (tampered or torn record)
+  uint64_t ssd_dropped;         // SSD records dropped when their segment was reclaimed
+  uint64_t ssd_segments;        // spill segment files held
 };
-static_assert(sizeof(StatsReply) == 96);
+static_assert(sizeof(StatsReply) == 192);
 
 // Item size of a request body for `op`, or 0 where the body is not a list of items.
 constexpr size_t RequestItemBytes(Op op) {
@@ -134,7 +149,8 @@ constexpr size_t RequestItemBytes(Op op) {
     case Op::kAbort:
     case Op::kMatchPrefix:
     case Op::kAcquire:
-    case Op::kRemove: return sizeof(WireKey);
+    case Op::kRemove:
+    case Op::kPrefetch: return sizeof(WireKey);
     case Op::kRelease: return sizeof(uint64_t);
     case Op::kHello:
     case Op::kStats: return 0;

@@ -32,6 +32,12 @@ constexpr std::string_view kTenant =
     "name = \"a\"\n"
     "dram_bytes = \"64MiB\"\n";
 
+// A [spill] table that enables the SSD tier, in lines 2 to 4 after "config_version = 1".
+constexpr std::string_view kSpill =
+    "[spill]\n"
+    "dir = \"/var/lib/kvtier/spill\"\n"
+    "key_file = \"/etc/kvtier/spill.key\"\n";
+
 Result<Config> Parse(std::string_view text) {
   return ParseConfig(text, kFile);
 }
@@ -82,10 +88,16 @@ TEST_CASE("The shipped developer config loads and points into the checkout", "[d
   CHECK(config->huge_pages == HugePages::kTry);
   CHECK(config->lock_memory == LockMemory::kTry);
   CHECK(config->default_tenant == "dev");
+  CHECK(config->spill.dir == root / ".run" / "spill");
+  CHECK(config->spill.key_file == root / ".run" / "spill.key");
+  CHECK(config->spill.key_credential.empty());
+  CHECK(config->spill.create_key);
+  CHECK(config->spill.segment_bytes == 64 * kMiB);
   REQUIRE(config->tenants.size() == 1);
   CHECK(config->tenants[0].name == "dev");
   CHECK(config->tenants[0].dram_bytes == kGiB);
-  CHECK(config->tenants[0].max_blocks == kGiB / (16 * kKiB));
+  CHECK(config->tenants[0].ssd_bytes == 2 * kGiB);
+  CHECK(config->tenants[0].max_blocks == kGiB / (16 * kKiB) + 2 * kGiB / (64 * kKiB));
   CHECK(config->tenants[0].uids.empty());
   CHECK(config->tenants[0].gids.empty());
 }
@@ -110,7 +122,20 @@ TEST_CASE("The shipped production config loads with every value at its default",
   CHECK(config->huge_pages == defaults.huge_pages);
   CHECK(config->lock_memory == defaults.lock_memory);
   CHECK(config->default_tenant.empty());
+  CHECK(config->spill.dir.empty());
+  CHECK(config->spill.segment_bytes == defaults.spill.segment_bytes);
+  CHECK(config->spill.max_block_bytes == defaults.spill.max_block_bytes);
+  CHECK(config->spill.staging_buffers == defaults.spill.staging_buffers);
+  CHECK(config->spill.queue_depth == defaults.spill.queue_depth);
+  CHECK(config->spill.threads == defaults.spill.threads);
+  CHECK(config->spill.fallback_io_threads == defaults.spill.fallback_io_threads);
+  CHECK(config->spill.backend == defaults.spill.backend);
+  CHECK(config->spill.key_file.empty());
+  CHECK(config->spill.key_credential.empty());
+  CHECK(config->spill.create_key == defaults.spill.create_key);
+  CHECK(config->spill.demote_above == defaults.spill.demote_above);
   REQUIRE(config->tenants.size() == 1);
+  CHECK(config->tenants[0].ssd_bytes == 0);
   CHECK(config->tenants[0].max_blocks == config->tenants[0].dram_bytes / (16 * kKiB));
 }
 
@@ -131,9 +156,22 @@ TEST_CASE("Omitted keys take their documented defaults", "[daemon][config]") {
   CHECK(config->huge_pages == HugePages::kTry);
   CHECK(config->lock_memory == LockMemory::kTry);
   CHECK(config->default_tenant.empty());
+  CHECK(config->spill.dir.empty());
+  CHECK(config->spill.segment_bytes == 256 * kMiB);
+  CHECK(config->spill.max_block_bytes == 4 * kMiB);
+  CHECK(config->spill.staging_buffers == 8);
+  CHECK(config->spill.queue_depth == 16);
+  CHECK(config->spill.threads == 1);
+  CHECK(config->spill.fallback_io_threads == 4);
+  CHECK(config->spill.backend == SpillBackend::kAuto);
+  CHECK(config->spill.key_file.empty());
+  CHECK(config->spill.key_credential.empty());
+  CHECK_FALSE(config->spill.create_key);
+  CHECK(config->spill.demote_above == 0.75);
   REQUIRE(config->tenants.size() == 1);
   CHECK(config->tenants[0].name == "a");
   CHECK(config->tenants[0].dram_bytes == 64 * kMiB);
+  CHECK(config->tenants[0].ssd_bytes == 0);
   CHECK(config->tenants[0].max_blocks == 4096);
   CHECK(config->tenants[0].uids.empty());
   CHECK(config->tenants[0].gids.empty());
@@ -316,7 +354,7 @@ TEST_CASE("Values out of range are errors naming the key and its line", "[daemon
       {"config_version = 1\n" + std::string(kTenant) + "max_blocks = 2147483649\n",
        At(5, "tenant[0].max_blocks"), "out of range"},
       {"config_version = 1\n" + std::string(kTenant) + "max_blocks = 16385\n",
-       At(5, "tenant[0].max_blocks"), "more than dram_bytes / 4KiB (16384)"},
+       At(5, "tenant[0].max_blocks"), "more than (dram_bytes + ssd_bytes) / 4KiB (16384)"},
       {"config_version = 1\n" + std::string(kTenant) + "uids = [-1]\n", At(5, "tenant[0].uids[0]"),
        "-1 is out of range"},
       {"config_version = 1\n[daemon]\nrun_dir = \"\"\n" + std::string(kTenant),
@@ -402,6 +440,329 @@ TEST_CASE("The tenants' pools must fit in physical memory less 1 GiB", "[daemon]
         "dram_bytes = " +
         half + "\n[[tenant]]\nname = \"b\"\ndram_bytes = " + half + "\n");
     CHECK_THAT(message, StartsWith(At(4, "tenant")));
+  }
+}
+
+TEST_CASE("A full [spill] table and tenant SSD quotas are read back", "[daemon][config]") {
+  Result<Config> config = Parse(R"(config_version = 1
+[spill]
+dir = "/srv/spill/"
+segment_bytes = "2MiB"
+max_block_bytes = 2092800
+staging_buffers = 256
+queue_depth = 4096
+threads = 64
+fallback_io_threads = 64
+backend = "threads"
+key_credential = "kvtier-master.key"
+create_key = false
+demote_above = 0.05
+[[tenant]]
+name = "a"
+dram_bytes = "64MiB"
+ssd_bytes = "4MiB"
+[[tenant]]
+name = "b"
+dram_bytes = "64MiB"
+ssd_bytes = "1GiB"
+max_blocks = 278528
+[[tenant]]
+name = "c"
+dram_bytes = "64MiB"
+ssd_bytes = 0
+)");
+  INFO(config.status().ToString());
+  REQUIRE(config.ok());
+  const SpillConfig& spill = config->spill;
+  CHECK(spill.dir == "/srv/spill");
+  CHECK(spill.segment_bytes == 2 * kMiB);
+  // The largest block whose record fits in a 2 MiB segment after the 4 KiB header.
+  CHECK(spill.max_block_bytes == 2 * kMiB - 4 * kKiB - 256);
+  CHECK(spill.staging_buffers == 256);
+  CHECK(spill.queue_depth == 4096);
+  CHECK(spill.threads == 64);
+  CHECK(spill.fallback_io_threads == 64);
+  CHECK(spill.backend == SpillBackend::kThreads);
+  CHECK(spill.key_file.empty());
+  CHECK(spill.key_credential == "kvtier-master.key");
+  CHECK_FALSE(spill.create_key);
+  CHECK(spill.demote_above == 0.05);
+  REQUIRE(config->tenants.size() == 3);
+  CHECK(config->tenants[0].ssd_bytes == 4 * kMiB);
+  // The default index adds one entry per 64 KiB of SSD quota.
+  CHECK(config->tenants[0].max_blocks == 64 * kMiB / (16 * kKiB) + 4 * kMiB / (64 * kKiB));
+  CHECK(config->tenants[1].ssd_bytes == kGiB);
+  // (dram_bytes + ssd_bytes) / 4 KiB, the most the pool and SSD quota can hold.
+  CHECK(config->tenants[1].max_blocks == (64 * kMiB + kGiB) / (4 * kKiB));
+  CHECK(config->tenants[2].ssd_bytes == 0);
+  CHECK(config->tenants[2].max_blocks == 4096);
+}
+
+TEST_CASE("spill.backend is auto, io_uring or threads", "[daemon][config]") {
+  const auto [text, backend] = GENERATE(table<std::string, SpillBackend>({
+      {"auto", SpillBackend::kAuto},
+      {"io_uring", SpillBackend::kIoUring},
+      {"threads", SpillBackend::kThreads},
+  }));
+  Result<Config> config = Parse("config_version = 1\n[spill]\nbackend = \"" + text + "\"\n" +
+                                std::string(kTenant));
+  INFO(text << ": " << config.status().ToString());
+  REQUIRE(config.ok());
+  CHECK(config->spill.backend == backend);
+}
+
+TEST_CASE("Relative spill paths resolve against the config file's directory", "[daemon][config]") {
+  auto parse = [](std::string_view spill, const fs::path& source) {
+    return ParseConfig(
+        "config_version = 1\n[spill]\n" + std::string(spill) + "\n" + std::string(kTenant),
+        source);
+  };
+  SECTION("relative dir and key_file go beside the file, normalized") {
+    Result<Config> config = parse("dir = \"../.run/spill/\"\nkey_file = \"../.run/./spill.key\"",
+                                  "/srv/kvtier/configs/kvtierd.toml");
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.dir == "/srv/kvtier/.run/spill");
+    CHECK(config->spill.key_file == "/srv/kvtier/.run/spill.key");
+  }
+  SECTION("plain relative names are inside the file's directory") {
+    Result<Config> config =
+        parse("dir = \"spill\"\nkey_file = \"keys/master\"", "/srv/kvtier/configs/kvtierd.toml");
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.dir == "/srv/kvtier/configs/spill");
+    CHECK(config->spill.key_file == "/srv/kvtier/configs/keys/master");
+  }
+  SECTION("absolute paths are kept, without a trailing slash or doubled separators") {
+    Result<Config> config =
+        parse("dir = \"/var/lib//kvtier/spill/\"\nkey_file = \"/etc/kvtier//spill.key\"", kFile);
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.dir == "/var/lib/kvtier/spill");
+    CHECK(config->spill.key_file == "/etc/kvtier/spill.key");
+  }
+  SECTION("empty strings are the defaults: no SSD tier, no key file, no credential") {
+    Result<Config> config = parse("dir = \"\"\nkey_file = \"\"\nkey_credential = \"\"", kFile);
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.dir.empty());
+    CHECK(config->spill.key_file.empty());
+    CHECK(config->spill.key_credential.empty());
+  }
+  SECTION("a relative source name resolves against the working directory") {
+    Result<Config> config = parse("dir = \"spill\"\nkey_file = \"k\"", "configs/x.toml");
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.dir == fs::current_path() / "configs" / "spill");
+    CHECK(config->spill.key_file == fs::current_path() / "configs" / "k");
+  }
+}
+
+TEST_CASE("[spill] values out of range are errors naming the key and its line",
+          "[daemon][config]") {
+  const std::string tenant(kTenant);
+  CheckError(GENERATE_COPY(values<ErrorCase>({
+      {"config_version = 1\nspill = 5\n" + tenant, At(2, "spill"), "expected a table"},
+      {"config_version = 1\n[spill]\n\nssd_bytes = 1\n" + tenant, At(4, "spill.ssd_bytes"),
+       "unknown key (expected one of: dir, segment_bytes, max_block_bytes"},
+      {"config_version = 1\n[spill]\ndir = 5\n" + tenant, At(3, "spill.dir"),
+       "expected a string, got an integer"},
+      {"config_version = 1\n[spill]\nsegment_bytes = \"3MiB\"\n" + tenant,
+       At(3, "spill.segment_bytes"), "3MiB is not a multiple of 2MiB between 2MiB and 64GiB"},
+      {"config_version = 1\n[spill]\nsegment_bytes = 0\n" + tenant, At(3, "spill.segment_bytes"),
+       "0B is not a multiple of 2MiB"},
+      {"config_version = 1\n[spill]\nsegment_bytes = \"66GiB\"\n" + tenant,
+       At(3, "spill.segment_bytes"), "66GiB is not a multiple of 2MiB between 2MiB and 64GiB"},
+      {"config_version = 1\n[spill]\nsegment_bytes = \"64MB\"\n" + tenant,
+       At(3, "spill.segment_bytes"), "\"64MB\" is not a size"},
+      {"config_version = 1\n[spill]\nmax_block_bytes = \"2KiB\"\n" + tenant,
+       At(3, "spill.max_block_bytes"), "2KiB is outside 4KiB .. 64MiB"},
+      {"config_version = 1\n[spill]\nmax_block_bytes = \"65MiB\"\n" + tenant,
+       At(3, "spill.max_block_bytes"), "65MiB is outside 4KiB .. 64MiB"},
+      // A record needs the 4 KiB segment header and its own 256-byte header besides the block.
+      {"config_version = 1\n[spill]\nsegment_bytes = \"4MiB\"\nmax_block_bytes = \"4MiB\"\n" +
+           tenant,
+       At(4, "spill.max_block_bytes"),
+       "a record of spill.max_block_bytes (4MiB) does not fit in a segment of 4MiB after its "
+       "4KiB header; the largest that fits is 4189952B"},
+      {"config_version = 1\n[spill]\nsegment_bytes = \"2MiB\"\nmax_block_bytes = 2092801\n" +
+           tenant,
+       At(4, "spill.max_block_bytes"), "the largest that fits is 2092800B"},
+      // max_block_bytes left at its default (4 MiB): the error is at segment_bytes.
+      {"config_version = 1\n[spill]\nsegment_bytes = \"2MiB\"\n" + tenant,
+       At(3, "spill.segment_bytes"), "a record of spill.max_block_bytes (4MiB) does not fit"},
+      {"config_version = 1\n[spill]\nstaging_buffers = 0\n" + tenant,
+       At(3, "spill.staging_buffers"), "0 is out of range (1 .. 256)"},
+      {"config_version = 1\n[spill]\nstaging_buffers = 257\n" + tenant,
+       At(3, "spill.staging_buffers"), "257 is out of range (1 .. 256)"},
+      {"config_version = 1\n[spill]\nqueue_depth = 4097\n" + tenant, At(3, "spill.queue_depth"),
+       "4097 is out of range (2 .. 4096)"},
+      // queue_depth left at its default (16): the error is at staging_buffers.
+      {"config_version = 1\n[spill]\nstaging_buffers = 16\n" + tenant,
+       At(3, "spill.staging_buffers"),
+       "spill.queue_depth (16) must be more than spill.staging_buffers (16)"},
+      {"config_version = 1\n[spill]\nstaging_buffers = 8\nqueue_depth = 8\n" + tenant,
+       At(4, "spill.queue_depth"), "spill.queue_depth (8) must be more than"},
+      {"config_version = 1\n[spill]\nqueue_depth = 8\n" + tenant, At(3, "spill.queue_depth"),
+       "must be more than spill.staging_buffers (8)"},
+      {"config_version = 1\n[spill]\nthreads = 0\n" + tenant, At(3, "spill.threads"),
+       "0 is out of range (1 .. 64)"},
+      {"config_version = 1\n[spill]\nthreads = 65\n" + tenant, At(3, "spill.threads"),
+       "65 is out of range (1 .. 64)"},
+      {"config_version = 1\n[spill]\nfallback_io_threads = 0\n" + tenant,
+       At(3, "spill.fallback_io_threads"), "0 is out of range (1 .. 64)"},
+      {"config_version = 1\n[spill]\nfallback_io_threads = 65\n" + tenant,
+       At(3, "spill.fallback_io_threads"), "out of range"},
+      {"config_version = 1\n[spill]\nbackend = \"uring\"\n" + tenant, At(3, "spill.backend"),
+       "\"uring\" is not one of \"auto\", \"io_uring\", \"threads\""},
+      {"config_version = 1\n[spill]\nbackend = \"\"\n" + tenant, At(3, "spill.backend"),
+       "\"\" is not one of"},
+      {"config_version = 1\n[spill]\nbackend = 1\n" + tenant, At(3, "spill.backend"),
+       "expected a string, got an integer"},
+      {"config_version = 1\n[spill]\ndemote_above = 0.96\n" + tenant,
+       At(3, "spill.demote_above"), "0.96 is out of range (0.05 .. 0.95)"},
+      {"config_version = 1\n[spill]\ndemote_above = 0.01\n" + tenant,
+       At(3, "spill.demote_above"), "0.01 is out of range (0.05 .. 0.95)"},
+      {"config_version = 1\n[spill]\ndemote_above = 1\n" + tenant, At(3, "spill.demote_above"),
+       "1 is out of range (0.05 .. 0.95)"},
+      {"config_version = 1\n[spill]\ndemote_above = nan\n" + tenant,
+       At(3, "spill.demote_above"), "nan is out of range"},
+      {"config_version = 1\n[spill]\ndemote_above = \"0.5\"\n" + tenant,
+       At(3, "spill.demote_above"), "expected a number such as 0.75, got a string"},
+      {"config_version = 1\n[spill]\ncreate_key = \"yes\"\n" + tenant, At(3, "spill.create_key"),
+       "expected true or false, got a string"},
+  })));
+}
+
+TEST_CASE("The SSD tier needs exactly one master key source", "[daemon][config]") {
+  const std::string tenant(kTenant);
+  CheckError(GENERATE_COPY(values<ErrorCase>({
+      {"config_version = 1\n[spill]\n\ndir = \"/s\"\n" + tenant, At(4, "spill.dir"),
+       "spill.dir is set but no key source: set spill.key_file or spill.key_credential"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"\"\nkey_credential = \"\"\n" +
+           tenant,
+       At(3, "spill.dir"), "no key source"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nkey_credential = \"k\"\n" +
+           tenant,
+       At(5, "spill.key_credential"),
+       "set only one of spill.key_file (line 4) and spill.key_credential"},
+      // Judged even while dir is empty: the file would mean something else once dir is set.
+      {"config_version = 1\n[spill]\nkey_file = \"/k\"\nkey_credential = \"k\"\n" + tenant,
+       At(4, "spill.key_credential"), "set only one of"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"a/b\"\n" + tenant,
+       At(4, "spill.key_credential"), "\"a/b\" is not a credential name (one path component"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \".\"\n" + tenant,
+       At(4, "spill.key_credential"), "is not a credential name"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"..\"\n" + tenant,
+       At(4, "spill.key_credential"), "is not a credential name"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"" + std::string(256, 'c') +
+           "\"\n" + tenant,
+       At(4, "spill.key_credential"), "at most 255 bytes"},
+      {"config_version = 1\n[spill]\nkey_credential = 7\n" + tenant,
+       At(3, "spill.key_credential"), "expected a string, got an integer"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"k\"\ncreate_key = true\n" +
+           tenant,
+       At(5, "spill.create_key"), "true needs spill.key_file"},
+      {"config_version = 1\n[spill]\ncreate_key = true\n" + tenant, At(3, "spill.create_key"),
+       "true needs spill.key_file"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"keys/\"\n" + tenant,
+       At(4, "spill.key_file"), "\"keys/\" names a directory, not a file"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/etc/..\"\n" + tenant,
+       At(4, "spill.key_file"), "names a directory"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \".\"\n" + tenant,
+       At(4, "spill.key_file"), "names a directory"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = false\n" + tenant,
+       At(4, "spill.key_file"), "expected a string, got a boolean"},
+  })));
+  SECTION("a key file, or a credential, alone is accepted; create_key goes with a key file") {
+    Result<Config> file = Parse(
+        "config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\ncreate_key = true\n" +
+        tenant);
+    INFO(file.status().ToString());
+    REQUIRE(file.ok());
+    CHECK(file->spill.key_file == "/k");
+    CHECK(file->spill.create_key);
+    Result<Config> credential =
+        Parse("config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"kvtier.key\"\n" +
+              tenant);
+    INFO(credential.status().ToString());
+    REQUIRE(credential.ok());
+    CHECK(credential->spill.key_credential == "kvtier.key");
+  }
+}
+
+TEST_CASE("Tenant SSD quotas need spill.dir and whole segments", "[daemon][config]") {
+  const std::string spill(kSpill);
+  CheckError(GENERATE_COPY(values<ErrorCase>({
+      {"config_version = 1\n" + std::string(kTenant) + "ssd_bytes = \"1GiB\"\n",
+       At(5, "tenant[0].ssd_bytes"),
+       "1GiB needs the SSD tier, but spill.dir is not set; set it in [spill] or make ssd_bytes 0"},
+      {"config_version = 1\n[spill]\ndir = \"\"\n" + std::string(kTenant) +
+           "ssd_bytes = \"1GiB\"\n",
+       At(7, "tenant[0].ssd_bytes"), "spill.dir is not set"},
+      {"config_version = 1\n" + spill + std::string(kTenant) + "ssd_bytes = \"300MiB\"\n",
+       At(8, "tenant[0].ssd_bytes"), "300MiB is not a multiple of spill.segment_bytes (256MiB)"},
+      {"config_version = 1\n" + spill + std::string(kTenant) + "ssd_bytes = \"256MiB\"\n",
+       At(8, "tenant[0].ssd_bytes"),
+       "256MiB is less than 2 segments of spill.segment_bytes (256MiB): one is being written "
+       "while the oldest is reclaimed"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nsegment_bytes = \"2MiB\"\n"
+       "max_block_bytes = \"1MiB\"\n" +
+           std::string(kTenant) + "ssd_bytes = \"3MiB\"\n",
+       At(10, "tenant[0].ssd_bytes"), "3MiB is not a multiple of spill.segment_bytes (2MiB)"},
+      {"config_version = 1\n" + spill + std::string(kTenant) + "ssd_bytes = -1\n",
+       At(8, "tenant[0].ssd_bytes"), "is negative"},
+      {"config_version = 1\n" + spill + std::string(kTenant) + "ssd_bytes = true\n",
+       At(8, "tenant[0].ssd_bytes"), "expected an integer or a size string"},
+      // The second tenant is judged on its own.
+      {"config_version = 1\n" + spill + std::string(kTenant) + "ssd_bytes = \"512MiB\"\n" +
+           "[[tenant]]\nname = \"b\"\ndram_bytes = \"64MiB\"\nssd_bytes = \"768MiB\"\n" +
+           "[[tenant]]\nname = \"c\"\ndram_bytes = \"64MiB\"\nssd_bytes = \"100MiB\"\n",
+       At(16, "tenant[2].ssd_bytes"), "100MiB is not a multiple of spill.segment_bytes"},
+      {"config_version = 1\n" + spill + std::string(kTenant) +
+           "ssd_bytes = \"512MiB\"\nmax_blocks = 147457\n",
+       At(9, "tenant[0].max_blocks"),
+       "147457 is more than (dram_bytes + ssd_bytes) / 4KiB (147456), the most blocks the pool "
+       "and SSD quota can hold"},
+  })));
+  SECTION("two segments are enough, and the default index grows with the quota") {
+    Result<Config> config =
+        Parse("config_version = 1\n" + spill + std::string(kTenant) + "ssd_bytes = \"512MiB\"\n");
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->tenants[0].ssd_bytes == 512 * kMiB);
+    CHECK(config->tenants[0].max_blocks == 4096 + 8192);
+  }
+  SECTION("spill.dir without any tenant quota is accepted (the tier stays idle)") {
+    Result<Config> config = Parse("config_version = 1\n" + spill + std::string(kTenant));
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.dir == "/var/lib/kvtier/spill");
+    CHECK(config->tenants[0].ssd_bytes == 0);
+  }
+}
+
+TEST_CASE("Spill staging buffers count against physical memory", "[daemon][config]") {
+  const uint64_t physical = PhysicalMemoryBytes();
+  REQUIRE(physical > 2 * kGiB);
+  const uint64_t limit = physical - kGiB;
+  // A pool that just fits with a one-entry index (100 bytes), less than 4 MiB to spare: any
+  // tenant with ssd_bytes then needs 8 x (4 MiB + 8 KiB) of staging buffers more.
+  const uint64_t dram = (limit - 100) / (4 * kMiB) * (4 * kMiB);
+  const std::string head = "config_version = 1\n" + std::string(kSpill) +
+                           "[[tenant]]\nname = \"a\"\ndram_bytes = " + std::to_string(dram) +
+                           "\nmax_blocks = 1\n";
+  SECTION("without ssd_bytes the pool fits") {
+    Result<Config> config = Parse(head);
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+  }
+  SECTION("with ssd_bytes its staging buffers do not, and the message says so") {
+    const std::string message = ErrorOf(head + "ssd_bytes = \"512MiB\"\n");
+    CHECK_THAT(message, StartsWith(At(5, "tenant")));
+    CHECK_THAT(message, Contains("the tenants' dram_bytes and indexes add up to"));
+    CHECK_THAT(message, Contains("and with 32832KiB of spill staging buffers"));
+    CHECK_THAT(message, Contains("minus 1GiB headroom"));
   }
 }
 

@@ -48,6 +48,12 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
         << "\nmax_blocks = " << o.max_blocks << "\nuids = [";
     for (size_t i = 0; i < o.tenant_uids.size(); ++i) cfg << (i ? ", " : "") << o.tenant_uids[i];
     cfg << "]\n";
+    if (!o.spill_dir.empty()) {
+      cfg << "ssd_bytes = " << o.ssd_bytes << "\n[spill]\ndir = \"" << o.spill_dir.string()
+          << "\"\nkey_file = \"" << (o.spill_dir.parent_path() / "kvtier-test.key").string()
+          << "\"\ncreate_key = true\nsegment_bytes = " << o.segment_bytes << "\n"
+          << o.spill_toml << "\n";
+    }
   }
   // Readiness comes as sd_notify's READY=1 on a datagram socket of our own.
   const std::string notify_path = (dir / "notify.sock").string();

@@ -34,6 +34,13 @@ struct DaemonOptions {
   std::string socket_mode = "0600";
   bool default_tenant = true;       // every peer maps to tenant "test"
   std::vector<uid_t> tenant_uids;   // else only these uids do
+  // SSD tier: on when spill_dir is set (an absolute path the test owns, so a restarted daemon
+  // finds what the first one wrote). The master key is spill_dir/../kvtier-test.key, created on
+  // first start.
+  std::filesystem::path spill_dir;
+  uint64_t ssd_bytes = 0;
+  uint64_t segment_bytes = 16ull << 20;
+  std::string spill_toml;  // more [spill] keys
 };
 
 // Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1

@@ -77,6 +77,19 @@ struct PoolStats {
   uint64_t misses = 0;
   uint64_t evictions = 0;
   uint64_t sessions = 0;
+  // SSD tier (0 without one); see wire::StatsReply for each.
+  uint64_t ssd_quota_bytes = 0;
+  uint64_t ssd_blocks = 0;
+  uint64_t ssd_only_blocks = 0;
+  uint64_t ssd_payload_bytes = 0;
+  uint64_t dirty_bytes = 0;
+  uint64_t demotions = 0;
+  uint64_t promotions = 0;
+  uint64_t demote_failures = 0;
+  uint64_t promote_failures = 0;
+  uint64_t integrity_failures = 0;
+  uint64_t ssd_dropped = 0;
+  uint64_t ssd_segments = 0;
 };
 
 struct LeaseInfo {
@@ -161,6 +174,9 @@ class KVCLIENT_EXPORT Client {
   // kOk per removed key, kNotFound if it was not stored. A leased block stays readable by its
   // lease holders until they release it.
   Status Remove(std::span<const Key> keys, std::span<StatusCode> codes = {});
+  // Brings SSD blocks into DRAM ahead of an Acquire: returns once every found key is in DRAM
+  // (kOk per key) or known missing (kNotFound, also when its SSD record failed to verify).
+  Status Prefetch(std::span<const Key> keys, std::span<StatusCode> codes = {});
   Result<PoolStats> Stats();
 
   // --- Raw API (what the RAII types and the C ABI use); spans are sized like `keys`. ---

@@ -1,0 +1,155 @@
+#include "daemon/spill/spill_setup.h"
+
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include "crypto/master_key.h"
+#include "daemon/spill/io_probe.h"
+#include "ipc/base/check.h"
+#include "ipc/base/errno_status.h"
+
+namespace kvtier {
+namespace {
+
+// Spill files are ciphertext, but their removal or replacement by another user would still be
+// denial of service: the directory must be ours and closed to everybody else.
+Status PrepareSpillDir(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir.parent_path(), ec);
+  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    return ErrnoStatus("cannot create spill.dir " + dir.string(), errno);
+  }
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0) return ErrnoStatus("stat(" + dir.string() + ")", errno);
+  if (!S_ISDIR(st.st_mode)) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "spill.dir " + dir.string() + " is not a directory");
+  }
+  if (st.st_uid != geteuid()) {
+    return Status(StatusCode::kPermissionDenied,
+                  "spill.dir " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) +
+                      ", not by kvtierd's uid " + std::to_string(geteuid()));
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return Status(StatusCode::kPermissionDenied,
+                  "spill.dir " + dir.string() + " is writable by group or others; chmod 700 it");
+  }
+  return Status::Ok();
+}
+
+Result<SecretKey> LoadKey(const SpillConfig& spill, std::vector<std::string>* log) {
+  if (!spill.key_credential.empty()) {
+    auto key = LoadCredential(spill.key_credential);
+    if (!key.ok()) {
+      return Status(key.status().code(), "spill.key_credential: " + key.status().message());
+    }
+    return key;
+  }
+  auto key = LoadMasterKey(spill.key_file);
+  if (key.status().code() == StatusCode::kNotFound && spill.create_key) {
+    if (Status s = CreateMasterKeyFile(spill.key_file); !s.ok()) {
+      return Status(s.code(), "spill.create_key: " + s.message());
+    }
+    log->push_back("created a new spill master key in " + spill.key_file.string() +
+                   " (spill.create_key); keep it: without it the SSD tier cannot be read");
+    key = LoadMasterKey(spill.key_file);
+  }
+  if (!key.ok()) return Status(key.status().code(), "spill.key_file: " + key.status().message());
+  return key;
+}
+
+}  // namespace
+
+Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
+                                                                TenantRegistry& tenants,
+                                                                std::vector<std::string>* log) {
+  std::vector<std::unique_ptr<SpillWorker>> workers;
+  const SpillConfig& spill = config.spill;
+  if (spill.dir.empty()) return workers;
+  KVT_RETURN_IF_ERROR(PrepareSpillDir(spill.dir));
+  KVT_ASSIGN_OR_RETURN(const SecretKey master, LoadKey(spill, log));
+  for (uint32_t i = 0; i < spill.threads; ++i) workers.push_back(std::make_unique<SpillWorker>());
+
+  size_t next_worker = 0;
+  for (auto& tenant_ptr : tenants.tenants()) {
+    Tenant& tenant = *tenant_ptr;
+    if (tenant.config.ssd_bytes == 0) continue;
+    const std::string& name = tenant.config.name;
+    auto tenant_error = [&](const Status& s) {
+      return Status(s.code(), "tenant '" + name + "' SSD tier: " + s.message());
+    };
+    auto tenant_key = DeriveTenantKey(master, name);
+    if (!tenant_key.ok()) return tenant_error(tenant_key.status());
+
+    DeviceOptions device_options;
+    device_options.queue_depth = spill.queue_depth;
+    device_options.threads = spill.fallback_io_threads;
+    // Every segment stays open; recovery may briefly find a few more than the quota holds.
+    device_options.max_files =
+        static_cast<uint32_t>(tenant.config.ssd_bytes / spill.segment_bytes) + 64;
+    device_options.force_thread_pool = spill.backend == SpillBackend::kThreads;
+    std::string why_fallback;
+    auto device = OpenBestDevice(device_options, &why_fallback);
+    if (!device.ok()) return tenant_error(device.status());
+    if (!why_fallback.empty()) {
+      if (spill.backend == SpillBackend::kIoUring) {
+        return tenant_error(Status(StatusCode::kUnavailable,
+                                   "spill.backend = \"io_uring\" but " + why_fallback));
+      }
+      log->push_back("tenant '" + name + "' SSD tier: " + why_fallback);
+    }
+
+    SpillOptions options;
+    options.dir = spill.dir / name;
+    options.tenant = name;
+    options.segment_bytes = spill.segment_bytes;
+    options.quota_bytes = tenant.config.ssd_bytes;
+    options.max_record_payload_bytes = spill.max_block_bytes;
+    options.staging_buffers = spill.staging_buffers;
+    std::vector<RecoveredRecord> recovered;
+    auto store = SpillStore::Open(options, device->get(), *tenant_key, &recovered);
+    if (!store.ok()) return tenant_error(store.status());
+
+    // What an earlier run left on SSD is served again, as SSD-only blocks.
+    uint64_t restored = 0;
+    uint64_t restored_bytes = 0;
+    for (const RecoveredRecord& record : recovered) {
+      auto ns_id = tenants.NamespaceId(tenant, record.name_space);
+      const SsdRef ref{record.location.segment_id,
+                       static_cast<uint32_t>(record.location.offset / spill::kAlignBytes)};
+      if (!ns_id.ok() || record.key.empty() || record.key.size() > 32) {
+        (*store)->Release(record.location);
+        continue;
+      }
+      BlockKey key;
+      key.ns_id = *ns_id;
+      key.len = static_cast<uint8_t>(record.key.size());
+      std::copy(record.key.begin(), record.key.end(), key.bytes.begin());
+      auto block = tenant.pool->InsertRecovered(key, record.location.payload_bytes, ref);
+      if (!block) continue;  // the pool queued its release
+      (*store)->SetUser(record.location, block->tag());
+      ++restored;
+      restored_bytes += record.location.payload_bytes;
+    }
+    const RecoveryStats& rs = (*store)->recovery_stats();
+    SpillWorker& worker = *workers[next_worker++ % workers.size()];
+    log->push_back("tenant '" + name + "' SSD tier: " + options.dir.string() + ", quota " +
+                   std::to_string(options.quota_bytes >> 20) + " MiB, " +
+                   std::string((*device)->name()) + "; recovered " + std::to_string(restored) +
+                   " blocks (" + std::to_string(restored_bytes >> 20) + " MiB) from " +
+                   std::to_string(rs.segments_scanned) + " segments; rejected " +
+                   std::to_string(rs.records_rejected) + " torn or tampered records, discarded " +
+                   std::to_string(rs.segments_discarded) + " segments");
+    tenant.spill_store = worker.AddStore(std::move(*device), std::move(*store));
+    tenant.spill = &worker;
+  }
+  for (auto& worker : workers) KVT_RETURN_IF_ERROR(worker->Start());
+  return workers;
+}
+
+}  // namespace kvtier

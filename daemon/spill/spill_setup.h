@@ -1,0 +1,27 @@
+// OpenSpillTier: start-up of the SSD tier from the config: the spill directory, the master key,
+// each tenant's spill store (recovering what an earlier run left, into the tenant's index as
+// SSD-only blocks), and the worker threads that run the stores.
+// Thread-safety: call once at start-up, before the server runs.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/spill/spill_worker.h"
+#include "daemon/tenant/tenant_registry.h"
+#include "kvclient/status.h"
+
+namespace kvtier {
+
+// No workers when config.spill.dir is empty (no SSD tier). Otherwise every tenant with
+// ssd_bytes > 0 gets a store under spill.dir/<tenant>/ and Tenant::spill set; `log` receives one
+// line per tenant (device, recovery counts) and each degradation (the io_uring fallback).
+// Errors name the directory, key source or tenant: the key missing or with loose permissions,
+// a spill directory writable by others, io_uring refused while spill.backend = "io_uring".
+Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
+                                                                TenantRegistry& tenants,
+                                                                std::vector<std::string>* log);
+
+}  // namespace kvtier

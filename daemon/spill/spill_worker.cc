@@ -1,0 +1,260 @@
+#include "daemon/spill/spill_worker.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "ipc/base/check.h"
+#include "ipc/base/errno_status.h"
+
+namespace kvtier {
+namespace {
+
+void Signal(int fd) {
+  const uint64_t one = 1;
+  // EAGAIN means the counter is already huge: the reader is woken either way.
+  (void)!write(fd, &one, sizeof(one));
+}
+
+void Drain(int fd) {
+  uint64_t count = 0;
+  (void)!read(fd, &count, sizeof(count));
+}
+
+std::string_view Namespace(const SpillJob& job) { return {job.ns.data(), job.ns_len}; }
+std::span<const uint8_t> Key(const SpillJob& job) { return {job.key.data(), job.key_len}; }
+
+SsdRef RefOf(const SpillLocation& location) {
+  KVT_CHECK(location.offset % spill::kAlignBytes == 0 &&
+            location.offset / spill::kAlignBytes <= UINT32_MAX);
+  return SsdRef{location.segment_id, static_cast<uint32_t>(location.offset / spill::kAlignBytes)};
+}
+
+}  // namespace
+
+SpillWorker::SpillWorker()
+    : jobs_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
+      results_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+
+SpillWorker::~SpillWorker() {
+  if (thread_.joinable()) {
+    stop_.store(true);
+    Signal(jobs_fd_.get());
+    thread_.join();
+  }
+  // Each SpillStore's destructor waits for its in-flight I/O and syncs; then its device goes.
+  for (auto& s : stores_) s->store.reset();
+}
+
+uint32_t SpillWorker::AddStore(std::unique_ptr<BlockDevice> device,
+                               std::unique_ptr<SpillStore> store) {
+  KVT_CHECK(!thread_.joinable());
+  auto s = std::make_unique<Store>();
+  s->device = std::move(device);
+  s->store = std::move(store);
+  stats_.push_back(s->store->stats());
+  stores_.push_back(std::move(s));
+  return static_cast<uint32_t>(stores_.size() - 1);
+}
+
+void SpillWorker::TagRecovered(uint32_t store, const SpillLocation& location, uint64_t tag) {
+  KVT_CHECK(!thread_.joinable());
+  stores_.at(store)->store->SetUser(location, tag);
+}
+
+Status SpillWorker::Start() {
+  if (!jobs_fd_.valid() || !results_fd_.valid()) return ErrnoStatus("eventfd", errno);
+  thread_ = std::thread([this] { Run(); });
+  return Status::Ok();
+}
+
+void SpillWorker::Post(std::span<const SpillJob> jobs) {
+  if (jobs.empty()) return;
+  bool was_empty = false;
+  {
+    std::lock_guard lock(mu_);
+    was_empty = inbox_.empty();
+    inbox_.insert(inbox_.end(), jobs.begin(), jobs.end());
+  }
+  if (was_empty) Signal(jobs_fd_.get());
+}
+
+void SpillWorker::TakeResults(std::vector<SpillResult>* out) {
+  Drain(results_fd_.get());
+  std::lock_guard lock(mu_);
+  for (SpillResult& r : outbox_) out->push_back(std::move(r));
+  outbox_.clear();
+}
+
+SpillStats SpillWorker::StatsOf(uint32_t store) const {
+  std::lock_guard lock(mu_);
+  return stats_.at(store);
+}
+
+void SpillWorker::Run() {
+  std::vector<SpillJob> jobs;
+  std::vector<SpillResult> results;
+  while (!stop_.load(std::memory_order_relaxed)) {
+    Drain(jobs_fd_.get());
+    {
+      std::lock_guard lock(mu_);
+      jobs.swap(inbox_);
+    }
+    for (SpillJob& job : jobs) stores_.at(job.store)->pending.push_back(job);
+    bool progress = !jobs.empty();
+    jobs.clear();
+    for (uint32_t i = 0; i < stores_.size(); ++i) {
+      progress |= StartJobs(i, &results);
+      const size_t before = results.size();
+      Reap(i, &results);
+      if (results.size() != before) {
+        progress = true;
+        // Completions freed staging buffers or segments: the front job may go now.
+        stores_[i]->blocked = false;
+        progress |= StartJobs(i, &results);
+      }
+    }
+    Publish(&results);
+    if (!progress) WaitForWork();
+  }
+}
+
+bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
+  Store& s = *stores_[index];
+  SpillStore& store = *s.store;
+  bool started = false;
+  while (!s.pending.empty() && !s.blocked) {
+    const SpillJob& job = s.pending.front();
+    switch (job.kind) {
+      case SpillJob::Kind::kRelease: {
+        if (auto location = store.Locate(job.ref.segment, job.ref.offset())) {
+          store.Release(*location);
+        }
+        break;
+      }
+      case SpillJob::Kind::kRead: {
+        auto location = store.Locate(job.ref.segment, job.ref.offset());
+        if (!location || location->payload_bytes != job.bytes) {
+          std::memset(job.data, 0, job.bytes);
+          results->push_back({SpillResult::Kind::kRead, index, job.tag, job.ref,
+                              Status(StatusCode::kNotFound, "spill record is gone")});
+          break;
+        }
+        if (!store.staging_available()) {
+          s.blocked = true;
+          continue;
+        }
+        Status st = store.StartRead(*location, Namespace(job), Key(job),
+                                    std::span(job.data, job.bytes), job.tag);
+        if (!st.ok()) {
+          results->push_back({SpillResult::Kind::kRead, index, job.tag, job.ref, std::move(st)});
+        }
+        break;
+      }
+      case SpillJob::Kind::kWrite:
+        if (!StartWrite(index, job, results)) {
+          s.blocked = true;
+          continue;
+        }
+        break;
+    }
+    s.pending.pop_front();
+    started = true;
+  }
+  if (started) (void)store.Flush();  // a failed submit completes its I/O with the error
+  return started;
+}
+
+bool SpillWorker::StartWrite(uint32_t index, const SpillJob& job,
+                             std::vector<SpillResult>* results) {
+  Store& s = *stores_[index];
+  SpillStore& store = *s.store;
+  std::vector<SpillLocation> dropped;
+  std::vector<uint64_t> tags;
+  for (;;) {
+    if (!store.staging_available()) return false;
+    auto location = store.StartWrite(Namespace(job), Key(job),
+                                     std::span<const std::byte>(job.data, job.bytes), job.tag);
+    if (location.ok()) {
+      s.writing[job.tag] = *location;
+      return true;
+    }
+    if (location.status().code() != StatusCode::kResourceExhausted) {
+      results->push_back(
+          {SpillResult::Kind::kWritten, index, job.tag, SsdRef{}, location.status()});
+      return true;
+    }
+    // Quota or disk full: make room by reclaiming the oldest segment, then try again.
+    dropped.clear();
+    tags.clear();
+    const Status reclaimed = store.ReclaimOldestSegment(&dropped, &tags);
+    for (size_t i = 0; i < dropped.size(); ++i) {
+      results->push_back({SpillResult::Kind::kDropped, index, tags[i], RefOf(dropped[i]), {}});
+    }
+    if (reclaimed.code() == StatusCode::kFailedPrecondition) return false;  // I/O in flight
+    if (reclaimed.code() == StatusCode::kNotFound) {
+      // Nothing left to reclaim: the disk itself is full (or the quota holds one segment).
+      results->push_back(
+          {SpillResult::Kind::kWritten, index, job.tag, SsdRef{}, location.status()});
+      return true;
+    }
+    // A reclaim whose erase write failed still removed the file: keep going.
+  }
+}
+
+void SpillWorker::Reap(uint32_t index, std::vector<SpillResult>* results) {
+  Store& s = *stores_[index];
+  SpillCompletion done[32];
+  for (;;) {
+    const size_t n = s.store->Poll(done, /*wait=*/false);
+    for (size_t i = 0; i < n; ++i) {
+      SpillResult r;
+      r.store = index;
+      r.tag = done[i].cookie;
+      r.status = std::move(done[i].status);
+      if (done[i].is_write) {
+        r.kind = SpillResult::Kind::kWritten;
+        auto it = s.writing.find(done[i].cookie);
+        KVT_CHECK(it != s.writing.end());
+        if (r.status.ok()) r.ref = RefOf(it->second);
+        s.writing.erase(it);
+      } else {
+        r.kind = SpillResult::Kind::kRead;
+      }
+      results->push_back(std::move(r));
+    }
+    if (n < std::size(done)) break;
+  }
+}
+
+void SpillWorker::Publish(std::vector<SpillResult>* results) {
+  bool signal = false;
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < stores_.size(); ++i) stats_[i] = stores_[i]->store->stats();
+    if (!results->empty()) {
+      signal = outbox_.empty();
+      for (SpillResult& r : *results) outbox_.push_back(std::move(r));
+    }
+  }
+  results->clear();
+  if (signal) Signal(results_fd_.get());
+}
+
+void SpillWorker::WaitForWork() {
+  std::vector<pollfd> fds;
+  fds.push_back({jobs_fd_.get(), POLLIN, 0});
+  for (const auto& s : stores_) {
+    if (s->store->in_flight() > 0) fds.push_back({s->store->event_fd(), POLLIN, 0});
+  }
+  // Jobs and completions both wake us; a stop request writes jobs_fd_.
+  while (poll(fds.data(), fds.size(), -1) < 0 && errno == EINTR) {
+  }
+}
+
+}  // namespace kvtier

@@ -1,0 +1,126 @@
+// SpillWorker: a thread that runs the spill stores of some tenants, so that the event loop
+// never blocks on the disk, on fsync, or on AES-GCM. The worker encrypts while writing and
+// decrypts while reading (SpillStore does both on its owner thread), so each worker is also one
+// crypto thread; tenants are spread over `spill.threads` workers.
+//
+// The loop Posts jobs: write a block from the pool to the SSD tier, read a record back into a
+// pool slot, release a record. It collects results with TakeResults when event_fd() is
+// readable. Pool memory named by a job belongs to the worker until that job's result has been
+// taken (the loop keeps the slot pinned); a release has no result.
+// Under quota or disk-space pressure the worker reclaims whole segments, oldest first (each
+// crypto-erased before its space is reused), and reports every live record it dropped as a
+// kDropped result carrying the tag the record was written (or tagged) under, so the loop can
+// forget it. A write that still cannot be placed fails with the store's status.
+// Thread-safety: AddStore before Start, on one thread. After Start: Post, TakeResults and
+// event_fd from the loop thread; StatsOf from any thread. The destructor stops the thread
+// (jobs not yet started are dropped), waits for in-flight I/O and syncs every store.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "daemon/spill/block_device.h"
+#include "daemon/spill/spill_store.h"
+#include "ipc/base/unique_fd.h"
+#include "kvclient/status.h"
+
+namespace kvtier {
+
+// A record's place, as the index keeps it: 8 bytes instead of a SpillLocation's 32.
+struct SsdRef {
+  uint32_t segment = 0;  // 0: none (segment ids start at 1)
+  uint32_t page = 0;     // record offset / 4 KiB
+
+  uint64_t offset() const { return uint64_t{page} * spill::kAlignBytes; }
+  friend bool operator==(const SsdRef&, const SsdRef&) = default;
+};
+
+struct SpillJob {
+  enum class Kind : uint8_t { kWrite, kRead, kRelease };
+  Kind kind = Kind::kWrite;
+  uint8_t key_len = 0;
+  uint8_t ns_len = 0;
+  uint32_t store = 0;          // from AddStore
+  uint64_t tag = 0;            // the loop's name for the block, echoed in the result
+  SsdRef ref;                  // kRead, kRelease
+  uint64_t bytes = 0;          // kWrite: plaintext size; kRead: the record's payload size
+  std::byte* data = nullptr;   // kWrite: source; kRead: destination (zeroed on failure)
+  std::array<uint8_t, 32> key{};
+  std::array<char, spill::kMaxNamespaceBytes> ns{};
+};
+
+struct SpillResult {
+  enum class Kind : uint8_t {
+    kWritten,  // status OK: the record is on disk at `ref`; else it is not (kResourceExhausted
+               // for no space or quota, kIoError)
+    kRead,     // status OK: the destination holds the authentic bytes; kDataLoss (failed
+               // authentication), kNotFound (record gone), kIoError: destination zeroed
+    kDropped,  // a live record was reclaimed with its segment; `tag` is what it was written
+               // (or tagged) under
+  };
+  Kind kind = Kind::kWritten;
+  uint32_t store = 0;
+  uint64_t tag = 0;
+  SsdRef ref;
+  Status status;
+};
+
+class SpillWorker {
+ public:
+  SpillWorker();
+  ~SpillWorker();
+  SpillWorker(const SpillWorker&) = delete;
+  SpillWorker& operator=(const SpillWorker&) = delete;
+
+  // Takes a tenant's store and the device it uses alone. Returns the store's index for jobs.
+  uint32_t AddStore(std::unique_ptr<BlockDevice> device, std::unique_ptr<SpillStore> store);
+  // Tags a recovered record before Start (see SpillStore::SetUser).
+  void TagRecovered(uint32_t store, const SpillLocation& location, uint64_t tag);
+  Status Start();
+
+  void Post(std::span<const SpillJob> jobs);
+  // Appends every result waiting; clears event_fd's readiness.
+  void TakeResults(std::vector<SpillResult>* out);
+  int event_fd() const { return results_fd_.get(); }
+  SpillStats StatsOf(uint32_t store) const;
+
+ private:
+  struct Store {
+    std::unique_ptr<BlockDevice> device;
+    std::unique_ptr<SpillStore> store;
+    std::deque<SpillJob> pending;                              // not yet started
+    std::unordered_map<uint64_t, SpillLocation> writing;       // tag -> location
+    bool blocked = false;  // the front job waits for in-flight I/O
+  };
+
+  void Run();
+  // Starts pending jobs until one must wait for I/O; true if anything was started or finished.
+  bool StartJobs(uint32_t index, std::vector<SpillResult>* results);
+  // One attempt at the front write; false if it must wait.
+  bool StartWrite(uint32_t index, const SpillJob& job, std::vector<SpillResult>* results);
+  void Reap(uint32_t index, std::vector<SpillResult>* results);
+  void Publish(std::vector<SpillResult>* results);
+  void WaitForWork();
+
+  std::vector<std::unique_ptr<Store>> stores_;
+  std::thread thread_;
+  UniqueFd jobs_fd_;     // eventfd: the loop posted jobs (or asked to stop)
+  UniqueFd results_fd_;  // eventfd: results wait for the loop
+
+  mutable std::mutex mu_;
+  std::vector<SpillJob> inbox_;          // guarded by mu_
+  std::vector<SpillResult> outbox_;      // guarded by mu_
+  std::vector<SpillStats> stats_;        // guarded by mu_
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace kvtier

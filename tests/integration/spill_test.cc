@@ -1,0 +1,398 @@
+// The encrypted SSD tier through the real daemon: demotion under DRAM pressure, promotion on
+// acquire and prefetch, no plaintext on disk, tampered records as misses, warm restart after
+// SIGKILL, a full disk, and the pread/pwrite fallback.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "daemon/spill/spill_format.h"
+#include "kvclient/client.h"
+#include "tests/integration/test_blocks.h"
+#include "tests/support/test_support.h"
+
+namespace kvtier::testing {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kMiB = 1 << 20;
+constexpr uint64_t kKiB = 1 << 10;
+
+std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
+  auto c = Client::Connect({.socket_path = d.socket_path(), .name_space = "spill"});
+  if (!c.ok()) FAIL("connect: " << c.status().ToString());
+  return std::move(*c);
+}
+
+DaemonOptions SpillOptions(const fs::path& spill_dir, uint64_t dram = 64 * kMiB,
+                           uint64_t ssd = 1024 * kMiB) {
+  DaemonOptions o;
+  o.dram_bytes = dram;
+  o.slab_bytes = 2 * kMiB;
+  o.max_block_bytes = 2 * kMiB;
+  o.spill_dir = spill_dir;
+  o.ssd_bytes = ssd;
+  o.segment_bytes = 16 * kMiB;
+  return o;
+}
+
+// Stores `keys` with `sizes` in batches of `batch`, each block FillBlock'ed.
+void StoreAll(Client& client, const std::vector<Key>& keys, const std::vector<uint64_t>& sizes,
+              size_t batch = 16) {
+  for (size_t at = 0; at < keys.size(); at += batch) {
+    const size_t n = std::min(batch, keys.size() - at);
+    const auto first = static_cast<std::ptrdiff_t>(at);
+    const auto last = static_cast<std::ptrdiff_t>(at + n);
+    std::vector<Key> k(keys.begin() + first, keys.begin() + last);
+    std::vector<uint64_t> s(sizes.begin() + first, sizes.begin() + last);
+    auto r = client.Reserve(k, s);
+    REQUIRE(r.ok());
+    for (size_t i = 0; i < n; ++i) {
+      REQUIRE(r->code(i) == StatusCode::kOk);
+      FillBlock(k[i], r->data(i));
+    }
+    REQUIRE(r->Commit().ok());
+  }
+}
+
+struct ReadBack {
+  size_t verified = 0;
+  size_t missing = 0;
+  size_t wrong = 0;
+};
+
+// Acquires every key in batches and checks each present block byte for byte.
+ReadBack ReadAll(Client& client, const std::vector<Key>& keys, size_t batch = 8) {
+  ReadBack out;
+  for (size_t at = 0; at < keys.size(); at += batch) {
+    const size_t n = std::min(batch, keys.size() - at);
+    std::vector<Key> k(keys.begin() + static_cast<std::ptrdiff_t>(at),
+                       keys.begin() + static_cast<std::ptrdiff_t>(at + n));
+    auto leases = client.Acquire(k);
+    REQUIRE(leases.ok());
+    for (size_t i = 0; i < n; ++i) {
+      if (leases->code(i) != StatusCode::kOk) {
+        ++out.missing;
+      } else if (VerifyBlock(k[i], leases->data(i))) {
+        ++out.verified;
+      } else {
+        ++out.wrong;
+      }
+    }
+  }
+  return out;
+}
+
+PoolStats MustStats(Client& client) {
+  auto s = client.Stats();
+  REQUIRE(s.ok());
+  return *s;
+}
+
+// Every regular file under `dir`, read whole.
+std::vector<std::pair<fs::path, std::string>> FilesUnder(const fs::path& dir) {
+  std::vector<std::pair<fs::path, std::string>> files;
+  for (const auto& entry : fs::recursive_directory_iterator(dir)) {
+    if (!entry.is_regular_file()) continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    files.emplace_back(entry.path(), std::string(std::istreambuf_iterator<char>(in), {}));
+  }
+  return files;
+}
+
+struct RecordSpot {
+  fs::path file;
+  uint64_t offset = 0;
+  spill::RecordHeader header{};
+};
+
+// Finds the record of `key` in the spill files by its (plaintext) header.
+std::optional<RecordSpot> FindRecord(const fs::path& dir, const Key& key) {
+  for (const auto& [path, bytes] : FilesUnder(dir)) {
+    for (uint64_t at = spill::kSegmentHeaderBytes; at + sizeof(spill::RecordHeader) <= bytes.size();
+         at += spill::kAlignBytes) {
+      spill::RecordHeader h;
+      std::memcpy(&h, bytes.data() + at, sizeof(h));
+      if (h.magic != spill::kRecordMagic || h.key_len != key.len ||
+          std::memcmp(h.key, key.bytes.data(), key.len) != 0) {
+        continue;
+      }
+      return RecordSpot{path, at, h};
+    }
+  }
+  return std::nullopt;
+}
+
+void PatchFile(const fs::path& file, uint64_t offset, const void* data, size_t n) {
+  const int fd = open(file.c_str(), O_WRONLY);
+  REQUIRE(fd >= 0);
+  REQUIRE(pwrite(fd, data, n, static_cast<off_t>(offset)) == static_cast<ssize_t>(n));
+  REQUIRE(fsync(fd) == 0);
+  close(fd);
+}
+
+void FlipByte(const fs::path& file, uint64_t offset) {
+  std::ifstream in(file, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  in.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5a);
+  PatchFile(file, offset, &c, 1);
+}
+
+std::vector<Key> Keys(uint64_t owner, size_t n) {
+  std::vector<Key> keys;
+  for (size_t i = 0; i < n; ++i) keys.push_back(TestKey(owner, i));
+  return keys;
+}
+
+// Fills DRAM with `n` other 1 MiB blocks so that earlier blocks move to SSD only.
+void PushOut(Client& client, uint64_t owner, size_t n) {
+  StoreAll(client, Keys(owner, n), std::vector<uint64_t>(n, kMiB));
+}
+
+TEST_CASE("512 MiB through a 64 MiB pool and a 1 GiB SSD tier reads back byte for byte",
+          "[integration][spill]") {
+  TempDir spill;
+  auto daemon = DaemonProcess::Start(SpillOptions(spill.path() / "spill"));
+  auto client = MustConnect(*daemon);
+  std::mt19937_64 rng(42);
+  std::vector<Key> keys;
+  std::vector<uint64_t> sizes;
+  uint64_t total = 0;
+  while (total < 512 * kMiB) {
+    const uint64_t size = 64 * kKiB + rng() % (2 * kMiB - 64 * kKiB + 1);
+    keys.push_back(TestKey(1, keys.size()));
+    sizes.push_back(size);
+    total += size;
+  }
+  StoreAll(*client, keys, sizes);
+  const PoolStats stored = MustStats(*client);
+  CHECK(stored.demotions > 0);
+  CHECK(stored.ssd_only_blocks > 0);
+  CHECK(stored.demote_failures == 0);
+  CHECK(stored.ssd_dropped == 0);  // 512 MiB fit the 1 GiB quota
+
+  // match_prefix tells the tier: the first blocks are long gone from DRAM.
+  std::vector<Tier> tiers(4);
+  REQUIRE(*client->MatchPrefix(std::span(keys).first(4), tiers) == 4);
+  CHECK(tiers[0] == Tier::kSsd);
+
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  CHECK(back.missing == 0);
+  CHECK(back.verified == keys.size());
+  const PoolStats after = MustStats(*client);
+  CHECK(after.promotions > 0);
+  CHECK(after.promote_failures == 0);
+  CHECK(after.integrity_failures == 0);
+  CHECK(after.ssd_quota_bytes == 1024 * kMiB);
+  CHECK(after.ssd_segments > 0);
+  CHECK(daemon->Alive());
+}
+
+TEST_CASE("prefetch brings SSD blocks back into DRAM before the acquire",
+          "[integration][spill]") {
+  TempDir spill;
+  auto daemon = DaemonProcess::Start(SpillOptions(spill.path() / "spill"));
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(2, 8);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+  PushOut(*client, 3, 160);
+  std::vector<Tier> tiers(keys.size());
+  REQUIRE(*client->MatchPrefix(keys, tiers) == keys.size());
+  REQUIRE(std::all_of(tiers.begin(), tiers.end(), [](Tier t) { return t == Tier::kSsd; }));
+
+  std::vector<StatusCode> codes(keys.size() + 1);
+  std::vector<Key> with_missing = keys;
+  with_missing.push_back(TestKey(2, 999));  // never stored
+  CHECK(client->Prefetch(with_missing, codes).code() == StatusCode::kNotFound);
+  for (size_t i = 0; i < keys.size(); ++i) CHECK(codes[i] == StatusCode::kOk);
+  CHECK(codes.back() == StatusCode::kNotFound);
+  REQUIRE(*client->MatchPrefix(keys, tiers) == keys.size());
+  CHECK(std::all_of(tiers.begin(), tiers.end(), [](Tier t) { return t == Tier::kDram; }));
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.verified == keys.size());
+}
+
+TEST_CASE("no plaintext of a demoted block reaches the spill files", "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  const std::string canary = "KVTIER-PLAINTEXT-CANARY-0123456789";
+  {
+    auto daemon = DaemonProcess::Start(SpillOptions(dir));
+    auto client = MustConnect(*daemon);
+    const std::vector<Key> keys = Keys(4, 16);
+    auto r = client->Reserve(keys, std::vector<uint64_t>(keys.size(), kMiB));
+    REQUIRE(r.ok());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      std::span<std::byte> data = r->data(i);
+      for (size_t at = 0; at + canary.size() <= data.size(); at += canary.size()) {
+        std::memcpy(data.data() + at, canary.data(), canary.size());
+      }
+    }
+    REQUIRE(r->Commit().ok());
+    PushOut(*client, 5, 160);
+    REQUIRE(MustStats(*client).demotions >= keys.size());
+    REQUIRE(daemon->Stop() == 0);
+  }
+  size_t bytes = 0;
+  for (const auto& [path, contents] : FilesUnder(dir)) {
+    bytes += contents.size();
+    INFO(path);
+    CHECK(contents.find(canary.substr(0, 16)) == std::string::npos);
+  }
+  CHECK(bytes > 16 * kMiB);  // the test looked at real spill files
+}
+
+TEST_CASE("a tampered or moved SSD record is a miss counted as an integrity failure",
+          "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  auto daemon = DaemonProcess::Start(SpillOptions(dir));
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(6, 5);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), 256 * kKiB));
+  PushOut(*client, 7, 160);
+  std::vector<RecordSpot> spots;
+  for (const Key& key : keys) {
+    auto spot = FindRecord(dir, key);
+    REQUIRE(spot.has_value());
+    spots.push_back(*spot);
+  }
+  // 0: ciphertext byte, 1: tag byte, 2: header byte (payload size), 3: record 4's bytes copied
+  // over record 3 (a moved record), 4: untouched.
+  FlipByte(spots[0].file, spots[0].offset + spill::kRecordHeaderBytes + 1000);
+  FlipByte(spots[1].file, spots[1].offset + offsetof(spill::RecordHeader, tag) + 3);
+  FlipByte(spots[2].file, spots[2].offset + offsetof(spill::RecordHeader, sequence));
+  {
+    std::ifstream in(spots[4].file, std::ios::binary);
+    std::string record(spots[4].header.record_bytes, '\0');
+    in.seekg(static_cast<std::streamoff>(spots[4].offset));
+    in.read(record.data(), static_cast<std::streamsize>(record.size()));
+    PatchFile(spots[3].file, spots[3].offset, record.data(), record.size());
+  }
+  auto leases = client->Acquire(keys);
+  REQUIRE(leases.ok());
+  for (size_t i = 0; i < 4; ++i) {
+    INFO("record " << i);
+    CHECK(leases->code(i) == StatusCode::kNotFound);
+  }
+  REQUIRE(leases->code(4) == StatusCode::kOk);
+  CHECK(VerifyBlock(keys[4], leases->data(4)));
+  const PoolStats stats = MustStats(*client);
+  CHECK(stats.integrity_failures == 4);
+  // Gone for good: a second look is a plain miss.
+  CHECK(*client->MatchPrefix(std::span(keys).first(1)) == 0);
+  CHECK(daemon->Alive());
+}
+
+TEST_CASE("after SIGKILL in the middle of demotion, a restart serves what reached the SSD",
+          "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  const std::vector<Key> keys = Keys(8, 200);
+  {
+    auto daemon = DaemonProcess::Start(SpillOptions(dir));
+    auto client = MustConnect(*daemon);
+    StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+    // 200 MiB through 64 MiB: demotions have run, and more are queued or in flight.
+    REQUIRE(MustStats(*client).demotions > 0);
+    kill(daemon->pid(), SIGKILL);
+    CHECK(daemon->Stop() == -SIGKILL);
+  }
+  // Tear the last record of one segment as a crash inside a write would.
+  std::optional<RecordSpot> torn = FindRecord(dir, keys[3]);
+  REQUIRE(torn.has_value());
+  const std::string zeros(torn->header.record_bytes / 2, '\0');
+  PatchFile(torn->file, torn->offset + torn->header.record_bytes / 2, zeros.data(), zeros.size());
+
+  auto daemon = DaemonProcess::Start(SpillOptions(dir));
+  auto client = MustConnect(*daemon);
+  const PoolStats stats = MustStats(*client);
+  CHECK(stats.ssd_only_blocks > 0);
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  CHECK(back.verified == stats.ssd_only_blocks);
+  CHECK(back.verified + back.missing == keys.size());
+  // The torn record is gone, not served.
+  CHECK(*client->MatchPrefix(std::vector<Key>{keys[3]}) == 0);
+  CHECK(daemon->Log().find("rejected 1 torn or tampered records") != std::string::npos);
+}
+
+TEST_CASE("a clean stop keeps the SSD tier for the next start", "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  const std::vector<Key> keys = Keys(9, 100);
+  uint64_t on_ssd = 0;
+  {
+    auto daemon = DaemonProcess::Start(SpillOptions(dir));
+    auto client = MustConnect(*daemon);
+    StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+    on_ssd = MustStats(*client).ssd_blocks;
+    REQUIRE(on_ssd > 0);
+    REQUIRE(daemon->Stop() == 0);
+  }
+  auto daemon = DaemonProcess::Start(SpillOptions(dir));
+  auto client = MustConnect(*daemon);
+  // Demotions in flight at the stop finished before it; ones not yet started did not.
+  const uint64_t recovered = MustStats(*client).ssd_only_blocks;
+  CHECK(recovered >= on_ssd);
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  CHECK(back.verified == recovered);
+  CHECK(back.verified + back.missing == keys.size());
+}
+
+TEST_CASE("a full spill filesystem degrades to reclaiming old segments; DRAM keeps serving",
+          "[integration][spill]") {
+  ScopedMount small("tmpfs", "size=40m,mode=0700");
+  if (!small.ok()) {
+    WARN("cannot mount a small tmpfs here (" << small.why() << "); ENOSPC is covered by "
+                                                "the spill store tests through the fault seam");
+    return;
+  }
+  // The quota (1 GiB) is far above what the filesystem holds (two 16 MiB segments and a bit).
+  auto daemon = DaemonProcess::Start(SpillOptions(small.dir() / "spill"));
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(10, 160);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+  const PoolStats stats = MustStats(*client);
+  CHECK(stats.demotions > 0);
+  CHECK(stats.ssd_dropped + stats.demote_failures > 0);  // the disk ran out
+  // Whatever is still stored reads back exactly, and the newest blocks are all there.
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  const ReadBack newest = ReadAll(*client, std::vector<Key>(keys.end() - 16, keys.end()));
+  CHECK(newest.verified == 16);
+  CHECK(daemon->Alive());
+}
+
+TEST_CASE("the pread/pwrite fallback serves the SSD tier when io_uring is switched off",
+          "[integration][spill]") {
+  TempDir spill;
+  DaemonOptions options = SpillOptions(spill.path() / "spill");
+  options.spill_toml = "backend = \"threads\"\n";
+  auto daemon = DaemonProcess::Start(options);
+  CHECK(daemon->Log().find("pread/pwrite threads") != std::string::npos);
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(11, 120);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  CHECK(back.verified == keys.size());
+  CHECK(MustStats(*client).promotions > 0);
+}
+
+}  // namespace
+}  // namespace kvtier::testing
