@@ -325,7 +325,8 @@ void DramPool::Release(BlockRef ref) {
   KVT_CHECK(e.generation == ref.generation && e.lease_count > 0);
   if (--e.lease_count > 0) return;
   --leased_;
-  slabs_.Unpin(e.offset);
+  // Leases pin the slot they were granted on; a failed promotion already gave its slot back.
+  if ((e.flags & (kInDram | kPromoting)) != 0) slabs_.Unpin(e.offset);
   if (e.state == BlockState::kRemoved) {
     DropIfUnheld(ref.id);
   } else {
@@ -428,6 +429,7 @@ void DramPool::PromoteDone(BlockRef ref, const Status& status) {
   // Unreadable: the block is gone from every tier (a miss, never wrong bytes).
   ++tier_.promote_failures;
   if (status.code() == StatusCode::kDataLoss) ++tier_.integrity_failures;
+  if (e.lease_count > 0) slabs_.Unpin(e.offset);  // the leases' pin goes with the slot
   FreeSlot(e);
   if ((e.flags & kOnSsd) != 0) {
     ++tier_.ssd_only_blocks;  // QueueRelease counts it down with the other SSD counters

@@ -1,0 +1,514 @@
+// DramPool with an SSD tier: the state machine of demotion, eviction to SSD and promotion,
+// first against an in-memory spill store that completes orders in random order (and fails some),
+// checking every byte a lease sees; then against the real SpillWorker over a FaultyDevice for
+// the I/O faults a disk can have (EIO, short writes, flipped bytes).
+#include <poll.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "crypto/secret_key.h"
+#include "daemon/pool/dram_pool.h"
+#include "daemon/spill/faulty_device.h"
+#include "daemon/spill/spill_store.h"
+#include "daemon/spill/spill_worker.h"
+#include "daemon/spill/thread_pool_device.h"
+#include "ipc/base/units.h"
+#include "tests/support/test_support.h"
+
+namespace kvtier {
+namespace {
+
+using testing::TempDir;
+
+constexpr uint64_t kSlab = 2 * kMiB;
+constexpr uint32_t kSession = 1;
+constexpr std::string_view kTenant = "tenant-a";
+
+DramPool::Options TierOptions(uint64_t pool_bytes, uint32_t max_blocks = 4096) {
+  DramPool::Options o;
+  o.pool_bytes = pool_bytes;
+  o.slab_bytes = kSlab;
+  o.max_block_bytes = kSlab;
+  o.max_blocks = max_blocks;
+  o.hash_seed = 7;
+  o.spill = true;
+  o.spill_max_block_bytes = kSlab;
+  o.dirty_limit_bytes = pool_bytes / 2;
+  o.max_demotions_in_flight = 8;
+  return o;
+}
+
+BlockKey Key(uint64_t n) {
+  BlockKey key;
+  key.ns_id = 1;
+  key.len = 8;
+  std::memcpy(key.bytes.data(), &n, sizeof(n));
+  return key;
+}
+
+uint64_t KeyNumber(const BlockKey& key) {
+  uint64_t n = 0;
+  std::memcpy(&n, key.bytes.data(), sizeof(n));
+  return n;
+}
+
+// Block contents: a function of (key number, version, position).
+void Fill(std::span<std::byte> out, uint64_t n, uint64_t version) {
+  uint64_t x = (n * 0x9e3779b97f4a7c15ull) ^ (version << 20) ^ out.size();
+  for (size_t i = 0; i + 8 <= out.size(); i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(out.data() + i, &x, 8);
+  }
+}
+
+bool Holds(std::span<const std::byte> bytes, uint64_t n, uint64_t version) {
+  std::vector<std::byte> expected(bytes.size());
+  Fill(expected, n, version);
+  return std::memcmp(expected.data(), bytes.data(), bytes.size()) == 0;
+}
+
+wire::StatsReply Stats(const DramPool& pool) {
+  wire::StatsReply s{};
+  pool.FillStats(&s);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A random workload against an in-memory spill store.
+
+class TierModel {
+ public:
+  TierModel(uint64_t pool_bytes, uint32_t max_blocks, uint64_t seed)
+      : memory_(pool_bytes), pool_(TierOptions(pool_bytes, max_blocks)), rng_(seed) {}
+
+  void Run(int steps) {
+    for (int step = 0; step < steps; ++step) {
+      const uint64_t dice = rng_() % 100;
+      if (dice < 35) {
+        DoPut();
+      } else if (dice < 55) {
+        DoAcquire();
+      } else if (dice < 68) {
+        DoRelease();
+      } else if (dice < 73) {
+        DoRemove();
+      } else if (dice < 78) {
+        (void)pool_.Match(Key(rng_() % kKeys));
+      } else {
+        CompleteSome(1 + rng_() % 8);
+      }
+      pool_.Demote();
+      pool_.TakeOrders(&orders_);
+      SettleLeases();
+    }
+    // Wind down: every lease and key goes, every order completes; nothing may be left behind.
+    while (!leases_.empty()) DoRelease();
+    for (uint64_t n = 0; n < kKeys; ++n) (void)pool_.Remove(Key(n));
+    pool_.TakeOrders(&orders_);
+    for (int i = 0; i < 10000 && !orders_.empty(); ++i) {
+      CompleteSome(orders_.size());
+      pool_.TakeOrders(&orders_);
+    }
+    REQUIRE(orders_.empty());
+    const wire::StatsReply s = Stats(pool_);
+    CHECK(s.used_bytes == 0);
+    CHECK(s.committed_blocks == 0);
+    CHECK(s.leased_blocks == 0);
+    CHECK(s.ssd_blocks == 0);
+    CHECK(s.ssd_only_blocks == 0);
+    CHECK(s.ssd_payload_bytes == 0);
+    CHECK(s.dirty_bytes == 0);
+    CHECK(ssd_.empty());  // every record was released
+    INFO("puts " << puts_ << ", waits " << waits_ << ", promotions " << s.promotions
+                 << ", demotions " << s.demotions << ", failures " << s.demote_failures << "/"
+                 << s.promote_failures << ", lost " << s.ssd_dropped);
+    CHECK(puts_ > 300);
+    CHECK(s.demotions > 200);
+    CHECK(s.promotions > 50);
+    CHECK(waits_ > 0);
+    CHECK(checked_ > 150);
+  }
+
+ private:
+  static constexpr uint64_t kKeys = 200;
+  struct Lease {
+    BlockRef ref;
+    uint64_t n;
+    uint64_t version;
+    bool checked;
+  };
+
+  std::span<std::byte> Slot(uint64_t offset, uint64_t size) {
+    REQUIRE(offset + size <= memory_.size());
+    return std::span(memory_).subspan(offset, size);
+  }
+
+  uint64_t Size() { return (64 + rng_() % (2048 - 64 + 1)) * kKiB; }
+
+  void DoPut() {
+    const uint64_t n = rng_() % kKeys;
+    const uint64_t size = Size();
+    DramPool::Placement p;
+    StatusCode code = pool_.Reserve(Key(n), size, kSession, &p);
+    for (int tries = 0; code == StatusCode::kUnavailable && tries < 100; ++tries) {
+      ++waits_;
+      pool_.TakeOrders(&orders_);
+      REQUIRE(!orders_.empty());  // a wait is only answered while demotions are on their way
+      CompleteSome(orders_.size());
+      code = pool_.Reserve(Key(n), size, kSession, &p);
+    }
+    if (code != StatusCode::kOk) return;  // exists, or every slot pinned
+    const uint64_t version = ++next_version_;
+    Fill(Slot(p.offset, size), n, version);
+    if (rng_() % 10 == 0) {
+      REQUIRE(pool_.Abort(Key(n), kSession) == StatusCode::kOk);
+      return;
+    }
+    REQUIRE(pool_.Commit(Key(n), kSession) == StatusCode::kOk);
+    versions_[n] = version;
+    ++puts_;
+  }
+
+  void DoAcquire() {
+    const uint64_t n = rng_() % kKeys;
+    DramPool::Placement p;
+    wire::Tier tier;
+    const StatusCode code = pool_.Acquire(Key(n), &p, &tier);
+    if (code != StatusCode::kOk) return;
+    leases_.push_back({p.ref, n, versions_.at(n), false});
+    if (tier == wire::Tier::kDram) {
+      REQUIRE(pool_.IsInDram(p.ref));
+    } else {
+      REQUIRE(pool_.IsPromoting(p.ref));
+    }
+  }
+
+  void DoRelease() {
+    if (leases_.empty()) return;
+    const size_t i = rng_() % leases_.size();
+    pool_.Release(leases_[i].ref);
+    leases_.erase(leases_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+
+  void DoRemove() {
+    const uint64_t n = rng_() % kKeys;
+    (void)pool_.Remove(Key(n));
+  }
+
+  // A lease whose block is in DRAM must show exactly the bytes its key was committed with.
+  void SettleLeases() {
+    for (Lease& lease : leases_) {
+      if (lease.checked || pool_.IsPromoting(lease.ref)) continue;
+      lease.checked = true;
+      if (!pool_.IsInDram(lease.ref)) continue;  // its promotion failed: a miss
+      const DramPool::Placement p = pool_.PlacementOf(lease.ref);
+      INFO("key " << lease.n << " version " << lease.version);
+      REQUIRE(Holds(Slot(p.offset, p.size), lease.n, lease.version));
+      ++checked_;
+    }
+  }
+
+  // Completes up to `count` orders, picked at random; a few fail, and a few records get lost
+  // to a (pretend) segment reclaim.
+  void CompleteSome(size_t count) {
+    for (size_t k = 0; k < count && !orders_.empty(); ++k) {
+      const size_t i = rng_() % orders_.size();
+      const SpillOrder order = orders_[i];
+      orders_.erase(orders_.begin() + static_cast<std::ptrdiff_t>(i));
+      const bool fail = rng_() % 20 == 0;
+      switch (order.kind) {
+        case SpillOrder::Kind::kDemote: {
+          if (fail) {
+            pool_.DemoteDone(order.ref, Status(StatusCode::kIoError, "injected"), {});
+            break;
+          }
+          const SsdRef ref{1, next_page_++};
+          // The slot must still hold the block: it stayed pinned while "written".
+          ssd_[ref.page] = std::vector<std::byte>(Slot(order.offset, order.size).begin(),
+                                                  Slot(order.offset, order.size).end());
+          REQUIRE(Holds(ssd_[ref.page], KeyNumber(order.key), versions_.at(KeyNumber(order.key))));
+          pool_.DemoteDone(order.ref, Status::Ok(), ref);
+          if (rng_() % 30 == 0) {
+            ssd_.erase(ref.page);
+            pool_.SsdCopyLost(order.ref, ref);
+          }
+          break;
+        }
+        case SpillOrder::Kind::kPromote: {
+          auto it = ssd_.find(order.ssd.page);
+          std::span<std::byte> slot = Slot(order.offset, order.size);
+          if (fail || it == ssd_.end()) {
+            std::fill(slot.begin(), slot.end(), std::byte{0});
+            pool_.PromoteDone(order.ref, Status(StatusCode::kDataLoss, "injected"));
+            break;
+          }
+          REQUIRE(it->second.size() == order.size);
+          std::copy(it->second.begin(), it->second.end(), slot.begin());
+          pool_.PromoteDone(order.ref, Status::Ok());
+          break;
+        }
+        case SpillOrder::Kind::kRelease:
+          ssd_.erase(order.ssd.page);
+          break;
+      }
+      pool_.TakeOrders(&orders_);
+    }
+  }
+
+  std::vector<std::byte> memory_;
+  DramPool pool_;
+  std::mt19937_64 rng_;
+  std::vector<SpillOrder> orders_;
+  std::map<uint32_t, std::vector<std::byte>> ssd_;  // page -> record
+  std::map<uint64_t, uint64_t> versions_;           // key -> version last committed
+  std::vector<Lease> leases_;
+  uint32_t next_page_ = 1;
+  uint64_t next_version_ = 0;
+  uint64_t puts_ = 0, waits_ = 0, checked_ = 0;
+};
+
+TEST_CASE("A tiered pool never shows a lease wrong bytes and leaks nothing under random "
+          "operations, failures and lost records",
+          "[daemon][pool][spill]") {
+  const uint64_t seed = GENERATE(uint64_t{1}, uint64_t{2}, uint64_t{3});
+  const uint32_t max_blocks = GENERATE(uint32_t{4096}, uint32_t{64});
+  INFO("seed " << seed << ", max_blocks " << max_blocks);
+  TierModel model(16 * kMiB, max_blocks, seed);
+  model.Run(6000);
+}
+
+TEST_CASE("A tiered pool answers 'wait' only while demotions are on their way",
+          "[daemon][pool][spill]") {
+  DramPool pool(TierOptions(8 * kMiB));
+  // Four 2 MiB dirty blocks fill the pool; the dirty limit (4 MiB) has started demotions.
+  for (uint64_t n = 0; n < 4; ++n) {
+    DramPool::Placement p;
+    REQUIRE(pool.Reserve(Key(n), kSlab, kSession, &p) == StatusCode::kOk);
+    REQUIRE(pool.Commit(Key(n), kSession) == StatusCode::kOk);
+  }
+  pool.Demote();
+  std::vector<SpillOrder> orders;
+  pool.TakeOrders(&orders);
+  REQUIRE(orders.size() == 2);  // down to the dirty limit
+  DramPool::Placement p;
+  CHECK(pool.Reserve(Key(10), kSlab, kSession, &p) == StatusCode::kUnavailable);
+  // One demotion lands: its block is clean and evictable, so the reserve goes through, and the
+  // evicted block is still there, on SSD.
+  pool.DemoteDone(orders[0].ref, Status::Ok(), SsdRef{1, 1});
+  REQUIRE(pool.Reserve(Key(10), kSlab, kSession, &p) == StatusCode::kOk);
+  CHECK(pool.Match(orders[0].key) == wire::Tier::kSsd);
+  // A failed demotion leaves its block in DRAM, unpinned: eviction may drop it.
+  pool.DemoteDone(orders[1].ref, Status(StatusCode::kIoError, "injected"), {});
+  CHECK(pool.Match(orders[1].key) == wire::Tier::kDram);
+  REQUIRE(pool.Commit(Key(10), kSession) == StatusCode::kOk);
+  REQUIRE(pool.Reserve(Key(11), kSlab, kSession, &p) == StatusCode::kOk);
+  CHECK(pool.Match(orders[1].key) == wire::Tier::kNone);
+  // Everything left is dirty or reserved: demotions start, and the answer is "wait".
+  CHECK(pool.Reserve(Key(12), kSlab, kSession, &p) == StatusCode::kUnavailable);
+  orders.clear();
+  pool.TakeOrders(&orders);
+  CHECK(!orders.empty());
+  const wire::StatsReply s = Stats(pool);
+  CHECK(s.demotions == 1);
+  CHECK(s.demote_failures == 1);
+  CHECK(s.ssd_only_blocks == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real SpillWorker over a FaultyDevice.
+
+class WorkerHarness {
+ public:
+  // `arm` sets faults on the device before the worker thread starts using it.
+  explicit WorkerHarness(const std::function<void(FaultyDevice&)>& arm = {})
+      : memory_(16 * kMiB), pool_(TierOptions(16 * kMiB)) {
+    DeviceOptions d;
+    d.queue_depth = 8;
+    d.threads = 2;
+    d.max_files = 16;
+    auto inner = ThreadPoolDevice::Open(d);
+    REQUIRE(inner.ok());
+    auto device = std::make_unique<FaultyDevice>(std::move(*inner));
+    auto key = SecretKey::Random();
+    REQUIRE(key.ok());
+    SpillOptions o;
+    o.dir = dir_.path() / kTenant;
+    o.tenant = std::string(kTenant);
+    o.segment_bytes = 16 * kMiB;
+    o.quota_bytes = 64 * kMiB;
+    o.max_record_payload_bytes = kSlab;
+    o.staging_buffers = 4;
+    auto store = SpillStore::Open(o, device.get(), *key, nullptr);
+    REQUIRE(store.ok());
+    if (arm) arm(*device);
+    worker_.AddStore(std::move(device), std::move(*store));
+    REQUIRE(worker_.Start().ok());
+  }
+
+  DramPool& pool() { return pool_; }
+  std::span<std::byte> Slot(const DramPool::Placement& p) {
+    return std::span(memory_).subspan(p.offset, p.size);
+  }
+
+  void Put(uint64_t n, uint64_t size = kSlab) {
+    DramPool::Placement p;
+    REQUIRE(pool_.Reserve(Key(n), size, kSession, &p) == StatusCode::kOk);
+    Fill(Slot(p), n, 1);
+    REQUIRE(pool_.Commit(Key(n), kSession) == StatusCode::kOk);
+  }
+
+  // Posts the pool's orders and applies results until no I/O is in flight.
+  void Settle() {
+    for (;;) {
+      pool_.Demote();
+      std::vector<SpillOrder> orders;
+      pool_.TakeOrders(&orders);
+      std::vector<SpillJob> jobs;
+      for (const SpillOrder& order : orders) {
+        SpillJob job;
+        job.kind = order.kind == SpillOrder::Kind::kDemote    ? SpillJob::Kind::kWrite
+                   : order.kind == SpillOrder::Kind::kPromote ? SpillJob::Kind::kRead
+                                                              : SpillJob::Kind::kRelease;
+        job.tag = order.ref.tag();
+        job.ref = order.ssd;
+        job.bytes = order.size;
+        job.data = memory_.data() + order.offset;
+        job.key_len = order.key.len;
+        std::memcpy(job.key.data(), order.key.bytes.data(), order.key.len);
+        job.ns_len = 2;
+        std::memcpy(job.ns.data(), "ns", 2);
+        jobs.push_back(job);
+      }
+      worker_.Post(jobs);
+      // Releases have no result: done once no write or read is in flight.
+      if (pool_.demotions_in_flight() + pool_.promotions_in_flight() == 0) return;
+      pollfd p{worker_.event_fd(), POLLIN, 0};
+      REQUIRE(poll(&p, 1, 30000) == 1);  // a liveness bound, not a timing assertion
+      std::vector<SpillResult> results;
+      worker_.TakeResults(&results);
+      for (const SpillResult& r : results) {
+        const BlockRef ref = BlockRef::FromTag(r.tag);
+        if (r.kind == SpillResult::Kind::kWritten) pool_.DemoteDone(ref, r.status, r.ref);
+        if (r.kind == SpillResult::Kind::kRead) pool_.PromoteDone(ref, r.status);
+        if (r.kind == SpillResult::Kind::kDropped) pool_.SsdCopyLost(ref, r.ref);
+      }
+    }
+  }
+
+  // Pushes block `n` out of DRAM: fills the pool with others and settles.
+  void PushOut(uint64_t first_other, int count) {
+    for (int i = 0; i < count; ++i) {
+      DramPool::Placement p;
+      const BlockKey key = Key(first_other + static_cast<uint64_t>(i));
+      StatusCode code = pool_.Reserve(key, kSlab, kSession, &p);
+      while (code == StatusCode::kUnavailable) {
+        Settle();
+        code = pool_.Reserve(key, kSlab, kSession, &p);
+      }
+      REQUIRE(code == StatusCode::kOk);
+      REQUIRE(pool_.Commit(key, kSession) == StatusCode::kOk);
+    }
+    Settle();
+  }
+
+  SpillStats store_stats() { return worker_.StatsOf(0); }
+
+ private:
+  TempDir dir_;
+  std::vector<std::byte> memory_;
+  DramPool pool_;
+  SpillWorker worker_;
+};
+
+TEST_CASE("Blocks demoted by the worker come back byte for byte on promotion",
+          "[daemon][pool][spill]") {
+  WorkerHarness h;
+  for (uint64_t n = 0; n < 4; ++n) h.Put(n, kSlab - n * 4096);
+  h.PushOut(100, 12);
+  for (uint64_t n = 0; n < 4; ++n) REQUIRE(h.pool().Match(Key(n)) == wire::Tier::kSsd);
+  for (uint64_t n = 0; n < 4; ++n) {
+    DramPool::Placement p;
+    wire::Tier tier;
+    REQUIRE(h.pool().Acquire(Key(n), &p, &tier) == StatusCode::kOk);
+    CHECK(tier == wire::Tier::kSsd);
+    h.Settle();
+    REQUIRE(h.pool().IsInDram(p.ref));
+    CHECK(Holds(h.Slot(p), n, 1));
+    h.pool().Release(p.ref);
+  }
+  CHECK(Stats(h.pool()).promotions == 4);
+}
+
+TEST_CASE("A write that fails with EIO or comes up short leaves the block in DRAM, serving",
+          "[daemon][pool][spill]") {
+  const bool short_write = GENERATE(false, true);
+  INFO((short_write ? "short write" : "EIO"));
+  // The first write the store makes is its segment header; the second is block 0's record.
+  WorkerHarness h([&](FaultyDevice& d) {
+    if (short_write) {
+      d.ShortenNthIo(2);
+    } else {
+      d.FailNthWrite(2, EIO);
+    }
+  });
+  for (uint64_t n = 0; n < 6; ++n) h.Put(n);  // 12 MiB of 16: demotions start at 8
+  h.Settle();
+  const wire::StatsReply s = Stats(h.pool());
+  CHECK(s.demote_failures == 1);
+  CHECK(s.demotions >= 1);
+  // Block 0 was the write that failed: still in DRAM, intact.
+  DramPool::Placement p;
+  wire::Tier tier;
+  REQUIRE(h.pool().Acquire(Key(0), &p, &tier) == StatusCode::kOk);
+  CHECK(tier == wire::Tier::kDram);
+  CHECK(Holds(h.Slot(p), 0, 1));
+  h.pool().Release(p.ref);
+  CHECK(h.store_stats().writes_failed == 1);
+}
+
+TEST_CASE("A read that fails, or returns a flipped byte, is a miss and never wrong bytes",
+          "[daemon][pool][spill]") {
+  const bool flip = GENERATE(false, true);
+  INFO((flip ? "flipped byte" : "EIO"));
+  WorkerHarness h([&](FaultyDevice& d) {
+    if (flip) {
+      d.FlipByteOfNthRead(1, 12345);
+    } else {
+      d.FailNthRead(1, EIO);
+    }
+  });
+  h.Put(0);
+  h.Put(1);
+  h.PushOut(100, 12);
+  REQUIRE(h.pool().Match(Key(0)) == wire::Tier::kSsd);
+  DramPool::Placement p;
+  wire::Tier tier;
+  REQUIRE(h.pool().Acquire(Key(0), &p, &tier) == StatusCode::kOk);
+  h.Settle();
+  CHECK_FALSE(h.pool().IsInDram(p.ref));
+  CHECK(std::all_of(h.Slot(p).begin(), h.Slot(p).end(), [](std::byte b) { return b == std::byte{0}; }));
+  h.pool().Release(p.ref);
+  CHECK(h.pool().Match(Key(0)) == wire::Tier::kNone);
+  const wire::StatsReply s = Stats(h.pool());
+  CHECK(s.promote_failures == 1);
+  CHECK(s.integrity_failures == (flip ? 1u : 0u));
+  // The next read is fine.
+  REQUIRE(h.pool().Acquire(Key(1), &p, &tier) == StatusCode::kOk);
+  h.Settle();
+  REQUIRE(h.pool().IsInDram(p.ref));
+  CHECK(Holds(h.Slot(p), 1, 1));
+  h.pool().Release(p.ref);
+}
+
+}  // namespace
+}  // namespace kvtier
