@@ -206,16 +206,28 @@ kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Remove);
 }
 
+kvtier_status kvtier_prefetch(kvtier_client* c, const kvtier_key* keys, size_t n,
+                              uint16_t* codes) {
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Prefetch);
+}
+
 kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
   if (c == nullptr) return NullArgument("c");
   if (out == nullptr) return NullArgument("out");
   return Guard([&]() -> kvtier_status {
     auto r = c->client->Stats();
     if (!r.ok()) return Record(c, r.status());
-    *out = kvtier_stats{r->pool_bytes,       r->used_bytes,    r->slab_bytes_in_use,
-                        r->committed_blocks, r->reserved_blocks, r->leased_blocks,
-                        r->index_capacity,   r->index_bytes,   r->hits,
-                        r->misses,           r->evictions,     r->sessions};
+    *out = kvtier_stats{r->pool_bytes,         r->used_bytes,         r->slab_bytes_in_use,
+                        r->committed_blocks,   r->reserved_blocks,    r->leased_blocks,
+                        r->index_capacity,     r->index_bytes,        r->hits,
+                        r->misses,             r->evictions,          r->sessions,
+                        r->ssd_quota_bytes,    r->ssd_blocks,         r->ssd_only_blocks,
+                        r->ssd_payload_bytes,  r->dirty_bytes,        r->demotions,
+                        r->promotions,         r->demote_failures,    r->promote_failures,
+                        r->integrity_failures, r->ssd_dropped,        r->ssd_segments};
     return KVTIER_OK;
   });
 }

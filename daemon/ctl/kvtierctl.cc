@@ -56,7 +56,13 @@ int main(int argc, char** argv) {
       {"reserved_blocks", s.reserved_blocks}, {"leased_blocks", s.leased_blocks},
       {"index_capacity", s.index_capacity}, {"index_bytes", s.index_bytes},
       {"hits", s.hits},                     {"misses", s.misses},
-      {"evictions", s.evictions},           {"sessions", s.sessions}};
+      {"evictions", s.evictions},           {"sessions", s.sessions},
+      {"ssd_quota_bytes", s.ssd_quota_bytes}, {"ssd_blocks", s.ssd_blocks},
+      {"ssd_only_blocks", s.ssd_only_blocks}, {"ssd_payload_bytes", s.ssd_payload_bytes},
+      {"dirty_bytes", s.dirty_bytes},       {"demotions", s.demotions},
+      {"promotions", s.promotions},         {"demote_failures", s.demote_failures},
+      {"promote_failures", s.promote_failures}, {"integrity_failures", s.integrity_failures},
+      {"ssd_dropped", s.ssd_dropped},       {"ssd_segments", s.ssd_segments}};
   if (json) {
     std::printf("{\"tenant\": \"%s\"", tenant.c_str());
     for (const auto& [name, value] : rows) std::printf(", \"%s\": %llu", name,

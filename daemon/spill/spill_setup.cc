@@ -1,6 +1,7 @@
 #include "daemon/spill/spill_setup.h"
 
 #include <errno.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -71,6 +72,19 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
   std::vector<std::unique_ptr<SpillWorker>> workers;
   const SpillConfig& spill = config.spill;
   if (spill.dir.empty()) return workers;
+  // Every segment file stays open: make sure the fd limit holds them beside the sessions.
+  uint64_t segments = 0;
+  for (const TenantConfig& t : config.tenants) segments += t.ssd_bytes / spill.segment_bytes;
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 &&
+      segments + config.max_sessions + 256 > files.rlim_cur) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "the tenants' ssd_bytes make " + std::to_string(segments) +
+                      " spill segment files, which with max_sessions (" +
+                      std::to_string(config.max_sessions) + ") exceed the open-file limit of " +
+                      std::to_string(files.rlim_cur) +
+                      ": raise spill.segment_bytes or LimitNOFILE (ulimit -n)");
+  }
   KVT_RETURN_IF_ERROR(PrepareSpillDir(spill.dir));
   KVT_ASSIGN_OR_RETURN(const SecretKey master, LoadKey(spill, log));
   for (uint32_t i = 0; i < spill.threads; ++i) workers.push_back(std::make_unique<SpillWorker>());

@@ -64,6 +64,10 @@ typedef struct kvtier_lease {
 typedef struct kvtier_stats {
   uint64_t pool_bytes, used_bytes, slab_bytes_in_use, committed_blocks, reserved_blocks,
       leased_blocks, index_capacity, index_bytes, hits, misses, evictions, sessions;
+  /* SSD tier (0 without one); see docs/protocol.md, "9 stats". */
+  uint64_t ssd_quota_bytes, ssd_blocks, ssd_only_blocks, ssd_payload_bytes, dirty_bytes,
+      demotions, promotions, demote_failures, promote_failures, integrity_failures, ssd_dropped,
+      ssd_segments;
 } kvtier_stats;
 
 /* Connects to the daemon at socket_path (NULL: /run/kvtier/kvtierd.sock) for namespace
@@ -95,6 +99,10 @@ KVCLIENT_EXPORT kvtier_status kvtier_release(kvtier_client* client, const uint64
                                              size_t n, uint16_t* codes);
 KVCLIENT_EXPORT kvtier_status kvtier_remove(kvtier_client* client, const kvtier_key* keys,
                                             size_t n, uint16_t* codes);
+/* Brings SSD blocks into DRAM before an acquire; returns when each is in DRAM (OK) or known
+ * missing (NOT_FOUND). */
+KVCLIENT_EXPORT kvtier_status kvtier_prefetch(kvtier_client* client, const kvtier_key* keys,
+                                              size_t n, uint16_t* codes);
 KVCLIENT_EXPORT kvtier_status kvtier_stats_get(kvtier_client* client, kvtier_stats* out);
 
 /* Streaming-store copy helpers (kvclient/copy.h): use for blocks of 16 KiB and more. */
