@@ -153,7 +153,7 @@ class TierModel {
     return std::span(memory_).subspan(offset, size);
   }
 
-  uint64_t Size() { return (64 + rng_() % (2048 - 64 + 1)) * kKiB; }
+  uint64_t Size() { return (16 + rng_() % (512 - 16 + 1)) * kKiB; }
 
   void DoPut() {
     const uint64_t n = rng_() % kKeys;
@@ -283,7 +283,7 @@ TEST_CASE("A tiered pool never shows a lease wrong bytes and leaks nothing under
   const uint64_t seed = GENERATE(uint64_t{1}, uint64_t{2}, uint64_t{3});
   const uint32_t max_blocks = GENERATE(uint32_t{4096}, uint32_t{64});
   INFO("seed " << seed << ", max_blocks " << max_blocks);
-  TierModel model(16 * kMiB, max_blocks, seed);
+  TierModel model(4 * kMiB, max_blocks, seed);
   model.Run(6000);
 }
 

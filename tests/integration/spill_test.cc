@@ -354,6 +354,30 @@ TEST_CASE("a clean stop keeps the SSD tier for the next start", "[integration][s
   CHECK(back.verified + back.missing == keys.size());
 }
 
+TEST_CASE("over its SSD quota a tenant loses its oldest segments whole, crypto-erased",
+          "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  // Four 16 MiB segments of quota for 200 MiB of blocks.
+  auto daemon = DaemonProcess::Start(SpillOptions(dir, 64 * kMiB, 64 * kMiB));
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(12, 200);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+  const PoolStats stats = MustStats(*client);
+  CHECK(stats.ssd_dropped > 0);
+  CHECK(stats.ssd_segments <= 4);
+  CHECK(stats.ssd_payload_bytes <= 64 * kMiB);
+  size_t segment_files = 0;
+  for (const auto& [path, contents] : FilesUnder(dir)) segment_files += contents.size() > 0;
+  CHECK(segment_files <= 4);
+  // The oldest blocks went with their segments; what is left reads back exactly.
+  CHECK(*client->MatchPrefix(std::span(keys).first(1)) == 0);
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  CHECK(back.verified > 0);
+  CHECK(back.missing > 0);
+}
+
 TEST_CASE("a full spill filesystem degrades to reclaiming old segments; DRAM keeps serving",
           "[integration][spill]") {
   ScopedMount small("tmpfs", "size=40m,mode=0700");
