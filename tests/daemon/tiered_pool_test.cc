@@ -136,7 +136,7 @@ class TierModel {
     CHECK(s.demotions > 200);
     CHECK(s.promotions > 50);
     CHECK(waits_ > 0);
-    CHECK(checked_ > 150);
+    CHECK(checked_ > 100);
   }
 
  private:
