@@ -12,20 +12,27 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <ranges>
+#include <string>
+#include <vector>
 
 namespace kvtier::bench {
 namespace {
 
 pid_t g_child_to_stop = 0;
-std::string* g_dir_to_remove = nullptr;
+std::vector<std::string>* g_dirs_to_remove = nullptr;
 
 }  // namespace
 
 void SetChildToStopOnFailure(pid_t pid) { g_child_to_stop = pid; }
 
-void SetDirToRemoveOnFailure(const std::string& dir) {
-  delete g_dir_to_remove;
-  g_dir_to_remove = dir.empty() ? nullptr : new std::string(dir);
+void AddDirToRemoveOnFailure(const std::string& dir) {
+  if (g_dirs_to_remove == nullptr) g_dirs_to_remove = new std::vector<std::string>();
+  g_dirs_to_remove->push_back(dir);
+}
+
+void ForgetDirToRemoveOnFailure(const std::string& dir) {
+  if (g_dirs_to_remove != nullptr) std::erase(*g_dirs_to_remove, dir);
 }
 
 void Fail(const std::string& what) {
@@ -40,9 +47,11 @@ void Fail(const std::string& what) {
     kill(g_child_to_stop, SIGKILL);
     waitpid(g_child_to_stop, nullptr, WNOHANG);
   }
-  if (g_dir_to_remove != nullptr) {
-    std::error_code ec;
-    std::filesystem::remove_all(*g_dir_to_remove, ec);
+  if (g_dirs_to_remove != nullptr) {
+    for (const std::string& dir : std::views::reverse(*g_dirs_to_remove)) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
   }
   std::exit(1);
 }

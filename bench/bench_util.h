@@ -26,8 +26,10 @@ inline constexpr uint64_t kGiB = 1024 * kMiB;
 void CheckOk(const Status& status, const std::string& what);
 // The daemon Fail() must stop; 0 for none.
 void SetChildToStopOnFailure(pid_t pid);
-// The temporary directory Fail() must remove (after stopping the daemon); "" for none.
-void SetDirToRemoveOnFailure(const std::string& dir);
+// Temporary directories Fail() must remove (after stopping the daemon), newest first: Add one
+// when it is made, Forget it once it is removed (or handed on).
+void AddDirToRemoveOnFailure(const std::string& dir);
+void ForgetDirToRemoveOnFailure(const std::string& dir);
 
 uint64_t NowNs();
 double Seconds(uint64_t ns);

@@ -22,7 +22,9 @@ namespace {
 
 constexpr uint64_t kStartTimeoutNs = 120ull * 1000000000u;  // an 8 GiB pool pre-faults first
 
-std::string ConfigText(const DaemonOptions& o, const std::string& run_dir) {
+std::string ConfigText(const DaemonOptions& o,
+                       const std::string& run_dir,
+                       const std::string& key_file) {
   std::ostringstream s;
   s << "# Written by kvtier-bench.\n"
     << "config_version = 1\n\n"
@@ -44,6 +46,19 @@ std::string ConfigText(const DaemonOptions& o, const std::string& run_dir) {
     << "gids = []\n"
     << "dram_bytes = " << o.dram_bytes << "\n"
     << "max_blocks = " << o.max_blocks << "\n";
+  if (o.spill) {
+    const DaemonSpillOptions& sp = *o.spill;
+    s << "ssd_bytes = " << sp.ssd_bytes << "\n\n"
+      << "[spill]\n"
+      << "dir = \"" << sp.dir << "\"\n"
+      << "key_file = \"" << key_file << "\"\n"
+      << "create_key = true\n"
+      << "segment_bytes = " << sp.segment_bytes << "\n"
+      << "threads = " << sp.threads << "\n"
+      << "staging_buffers = " << sp.staging_buffers << "\n"
+      << "queue_depth = " << sp.queue_depth << "\n"
+      << "demote_above = " << sp.demote_above << "\n";
+  }
   return s.str();
 }
 
@@ -57,14 +72,14 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options
   std::string templ = (std::filesystem::temp_directory_path() / "kvtier-bench.XXXXXX").string();
   if (mkdtemp(templ.data()) == nullptr) Fail("mkdtemp: " + std::string(strerror(errno)));
   d->dir_ = templ;
-  SetDirToRemoveOnFailure(d->dir_);
+  AddDirToRemoveOnFailure(d->dir_);
   const std::string run_dir = d->dir_ + "/run";
   const std::string config_path = d->dir_ + "/kvtierd.toml";
   d->socket_path_ = run_dir + "/kvtierd.sock";
   d->log_path_ = d->dir_ + "/kvtierd.log";
   {
     std::ofstream config(config_path);
-    config << ConfigText(options, run_dir);
+    config << ConfigText(options, run_dir, d->dir_ + "/spill.key");
     if (!config) Fail("cannot write " + config_path);
   }
 
@@ -156,7 +171,7 @@ DaemonProcess::~DaemonProcess() {
   Stop();
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
-  SetDirToRemoveOnFailure("");
+  ForgetDirToRemoveOnFailure(dir_);
 }
 
 }  // namespace kvtier::bench

@@ -1,6 +1,7 @@
 // DaemonProcess: a kvtierd that kvtier-bench starts for itself in a temporary directory.
 //
-// Start() writes a config (one default tenant, socket mode 0600, run_dir in the temp dir),
+// Start() writes a config (one default tenant, socket mode 0600, run_dir in the temp dir; with
+// DaemonOptions::spill, an SSD tier whose master key file kvtierd creates in the temp dir),
 // fork/execs the binary with its log in the temp dir, and waits until the socket accepts a
 // client. The destructor stops it with SIGTERM (SIGKILL after 30 s) and removes the directory.
 // If the benchmark dies, the daemon gets SIGTERM (PR_SET_PDEATHSIG). Not thread-safe.
@@ -10,9 +11,21 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace kvtier::bench {
+
+// The tenant's SSD tier ([spill] and the tenant's ssd_bytes; configs/kvtierd.toml).
+struct DaemonSpillOptions {
+  std::string dir;         // absolute: spill.dir (the caller makes and removes it)
+  uint64_t ssd_bytes = 0;  // the tenant's quota: >= 2 segments, a multiple of one
+  uint64_t segment_bytes = 256ull << 20;
+  uint32_t threads = 1;          // spill worker threads (each is one crypto thread)
+  uint32_t staging_buffers = 8;  // I/Os in flight per tenant
+  uint32_t queue_depth = 16;     // > staging_buffers
+  double demote_above = 0.75;
+};
 
 struct DaemonOptions {
   std::string binary;
@@ -21,7 +34,8 @@ struct DaemonOptions {
   uint64_t slab_bytes = 4 << 20;
   uint64_t max_block_bytes = 2 << 20;
   uint32_t poll_spin_us = 50;
-  int cpu = -1;  // pin the daemon to this CPU; -1: the scheduler decides
+  int cpu = -1;                             // pin the daemon to this CPU; -1: the scheduler decides
+  std::optional<DaemonSpillOptions> spill;  // none: DRAM only
 };
 
 class DaemonProcess {

@@ -5,10 +5,11 @@
 // put and get GB/s through libkvclient at 2 MiB and 64 KiB, batch 1 and 64; match_prefix keys/s
 // at batch 256; the 1-key round trip; index bytes per block at 1M blocks; and with --spill DIR,
 // after kvtierd has stopped, the spill store's figures beside the disk's and AES-GCM's limits
-// (bench/spill_bench.h: store-level, not yet through the daemon). It prints one table
-// row per figure with its limit, the ratio, the target and PASS/MISS, and with --json writes the
-// same rows as JSON lines. Exit status: 0 when it ran (targets missed or not), 1 on any error,
-// 2 on a usage error.
+// (bench/spill_bench.h, store level), then demotion and promotion through a second kvtierd
+// with a small pool and an SSD tier in DIR, each beside limits measured just before and after
+// it (bench/daemon_spill_bench.h). It prints one table row per figure with its limit, the
+// ratio, the target and PASS/MISS, and with --json writes the same rows as JSON lines. Exit
+// status: 0 when it ran (targets missed or not), 1 on any error, 2 on a usage error.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 
 #include "bench/bench_util.h"
 #include "bench/daemon_process.h"
+#include "bench/daemon_spill_bench.h"
 #include "bench/figures.h"
 #include "bench/limits.h"
 #include "bench/report.h"
@@ -38,11 +40,13 @@ constexpr char kUsage[] =
     "  --pin off|apart|same  CPUs of the benchmark's client and the started daemon: the\n"
     "                        scheduler's choice (default), two different CPUs, or one CPU\n"
     "  --json FILE           also write one JSON line per figure to FILE\n"
-    "  --spill DIR           also measure the spill store in DIR (a directory on the spill\n"
-    "                        disk; a scratch subdirectory is made there and removed): raw\n"
+    "  --spill DIR           also measure the SSD tier in DIR (a directory on the spill\n"
+    "                        disk; scratch subdirectories are made there and removed): raw\n"
     "                        O_DIRECT disk and AES-256-GCM limits, SpillStore write / read\n"
-    "                        GB/s and 2 MiB read latency (default: off)\n"
-    "  --quick               small totals: a smoke run that checks every path (< 20 s)\n"
+    "                        GB/s and 2 MiB read latency, then through a kvtierd with a\n"
+    "                        small pool: demotion and promotion GB/s and the latency of\n"
+    "                        promoting one 2 MiB block (default: off)\n"
+    "  --quick               small totals: a smoke run that checks every path (< 30 s)\n"
     "  --help                this text\n"
     "GB/s = 1e9 bytes/s. Limits are single-core, best of several repetitions, this run.\n";
 
@@ -422,14 +426,27 @@ int Run(const Options& options) {
   if (!options.json.empty()) WriteJson(options.json, rows);
   if (daemon && !daemon->Stop()) Fail("kvtierd did not stop cleanly");
   daemon.reset();
-  // The spill section runs after kvtierd has gone, so its pool does not share the machine.
+  // The spill sections run after kvtierd has gone, so its pool does not share the machine.
   if (!options.spill.empty()) {
     const std::vector<Row> spill_rows = RunSpillBench(options.spill, options.quick);
-    std::printf("\nspill: store-level figures (SpillStore on this thread, not yet through "
-                "kvtierd)\n");
+    std::printf("\nspill: store-level figures (SpillStore on this thread)\n");
     PrintTable(spill_rows);
     rows.insert(rows.end(), spill_rows.begin(), spill_rows.end());
     if (!options.json.empty()) WriteJson(options.json, rows);  // again, with the spill rows
+
+    DaemonSpillBenchOptions dso;
+    dso.dir = options.spill;
+    dso.kvtierd = options.kvtierd;
+    dso.quick = options.quick;
+    dso.poll_spin_us = options.spin_us;
+    dso.client_spin_us = options.client_spin_us;
+    const DaemonSpillBenchResult daemon_spill = RunDaemonSpillBench(dso);
+    std::printf("\nspill through kvtierd: demotion and promotion (limits measured just before "
+                "and after each figure)\n");
+    PrintTable(daemon_spill.rows);
+    rows.insert(rows.end(), daemon_spill.rows.begin(), daemon_spill.rows.end());
+    if (!options.json.empty()) WriteJson(options.json, rows);
+    std::printf("\n%s\n", daemon_spill.note.c_str());
   }
   return 0;
 }

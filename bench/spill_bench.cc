@@ -16,22 +16,19 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "crypto/aes_gcm.h"
+#include "bench/spill_limits.h"
 #include "crypto/master_key.h"
 #include "crypto/secret_key.h"
 #include "daemon/spill/block_device.h"
-#include "daemon/spill/io_probe.h"
 #include "daemon/spill/spill_format.h"
 #include "daemon/spill/spill_store.h"
 
 namespace kvtier::bench {
 namespace {
 
-constexpr uint64_t kBlock = 2 * kMiB;
-// Raw I/Os in flight, and the store's staging buffers (its I/Os in flight).
-constexpr uint32_t kQueueDepth = 8;
-// The device's queue: the store needs more than its staging buffers (one for header I/O).
-constexpr uint32_t kDeviceQueue = 16;
+constexpr uint64_t kBlock = kSpillBlock;
+// The store's staging buffers (its I/Os in flight), as many as the raw limit's.
+constexpr uint32_t kQueueDepth = kRawQueueDepth;
 constexpr uint64_t kSegmentBytes = 256 * kMiB;
 constexpr char kTenant[] = "kvtier-bench";
 constexpr char kNamespace[] = "kvtier-bench";
@@ -50,22 +47,7 @@ SpillPlan MakeSpillPlan(bool quick) {
   return SpillPlan{1 * kGiB, 3, 64 * kMiB, 512 * kMiB, 3, 200};
 }
 
-// bytes per ns = GB/s (1e9 bytes/s).
-double Gbps(uint64_t bytes, uint64_t ns) {
-  return ns == 0 ? 0 : static_cast<double>(bytes) / static_cast<double>(ns);
-}
-
 double Us(uint64_t ns) { return static_cast<double>(ns) * 1e-3; }
-
-std::unique_ptr<BlockDevice> OpenDevice() {
-  DeviceOptions options;
-  options.queue_depth = kDeviceQueue;
-  std::string why_fallback;
-  auto device = OpenBestDevice(options, &why_fallback);
-  CheckOk(device.status(), "opening the spill block device");
-  if (!why_fallback.empty()) std::printf("  note: %s\n", why_fallback.c_str());
-  return std::move(*device);
-}
 
 // --- Raw disk ---
 
@@ -78,151 +60,33 @@ struct DiskLimits {
   double qd1_read_p99_us = 0;
 };
 
-int OpenRawFile(BlockDevice* device, const std::string& path, uint64_t bytes) {
-  std::string warning;
-  auto file = device->OpenFile(path, OpenMode{.create = true, .preallocate_bytes = bytes},
-                               &warning);
-  CheckOk(file.status(), "creating " + path);
-  if (!warning.empty()) std::printf("  note: %s\n", warning.c_str());
-  return *file;
-}
-
-// `total` bytes of 2 MiB I/Os at offsets 0, 2 MiB, ... of `file`, kQueueDepth in flight, from
-// / into the kQueueDepth blocks of `buffers`. Returns the ns from the first submit to the last
-// completion.
-uint64_t RawPass(BlockDevice* device, int file, IoOp op, uint64_t total,
-                 const PrivateBuffer& buffers) {
-  std::array<IoRequest, kQueueDepth> requests{};
-  std::vector<size_t> free_requests;
-  for (size_t k = 0; k < kQueueDepth; ++k) free_requests.push_back(k);
-  std::array<IoRequest*, kQueueDepth> reaped{};
-  const char* what = op == IoOp::kWrite ? "raw write" : "raw read";
-  uint64_t next = 0;
-  uint64_t done = 0;
-  const uint64_t start = NowNs();
-  while (done < total) {
-    while (next < total && !free_requests.empty()) {
-      const size_t k = free_requests.back();
-      free_requests.pop_back();
-      IoRequest& r = requests[k];
-      r = IoRequest{};
-      r.op = op;
-      r.file = file;
-      r.offset = next;
-      r.buffer = std::span<std::byte>(buffers.data() + k * kBlock, kBlock);
-      CheckOk(device->Submit(&r), std::string(what) + " submit");
-      next += kBlock;
-    }
-    const size_t n = device->Reap(reaped, true);
-    for (size_t i = 0; i < n; ++i) {
-      if (!reaped[i]->complete()) {
-        Fail(std::string(what) + " at offset " + std::to_string(reaped[i]->offset) +
-             ": result " + std::to_string(reaped[i]->result));
-      }
-      done += kBlock;
-      free_requests.push_back(static_cast<size_t>(reaped[i] - requests.data()));
-    }
-  }
-  return NowNs() - start;
-}
-
 DiskLimits MeasureDisk(const std::filesystem::path& dir, const SpillPlan& plan) {
   DiskLimits d;
-  std::unique_ptr<BlockDevice> device = OpenDevice();
-  d.device = std::string(device->name());
-  const std::string path = (dir / "raw.bin").string();
-  const PrivateBuffer buffers(kQueueDepth * kBlock);
-  int file = -1;
-  // Writes: a freshly preallocated file each time, as the store writes into freshly
-  // preallocated segments (unwritten extents, converted on write).
+  RawDisk raw(dir);
+  d.device = raw.device();
+  // Writes: a freshly preallocated file each time.
   for (int rep = 0; rep < plan.disk_reps; ++rep) {
-    if (file >= 0) {
-      CheckOk(device->CloseFile(file), "closing " + path);
-      CheckOk(device->RemoveFile(path), "removing " + path);
-    }
-    file = OpenRawFile(device.get(), path, plan.pass_bytes);
-    d.direct = device->direct_io(file);
-    const uint64_t ns = RawPass(device.get(), file, IoOp::kWrite, plan.pass_bytes, buffers);
-    d.write_gbps = std::max(d.write_gbps, Gbps(plan.pass_bytes, ns));
+    const double gbps = raw.Write(plan.pass_bytes);
+    d.direct = raw.direct();
+    d.write_gbps = std::max(d.write_gbps, gbps);
     std::printf("  raw %s write 2MiB qd%u (%s, fresh preallocated file): %.2f GB/s\n",
-                d.device.c_str(), kQueueDepth, SizeName(plan.pass_bytes).c_str(),
-                Gbps(plan.pass_bytes, ns));
+                d.device.c_str(), kRawQueueDepth, SizeName(plan.pass_bytes).c_str(), gbps);
     std::fflush(stdout);
   }
-  CheckOk(device->Sync(file), "fdatasync of " + path);
   for (int rep = 0; rep < plan.disk_reps; ++rep) {
-    const uint64_t ns = RawPass(device.get(), file, IoOp::kRead, plan.pass_bytes, buffers);
-    d.read_gbps = std::max(d.read_gbps, Gbps(plan.pass_bytes, ns));
-    std::printf("  raw %s read 2MiB qd%u (%s): %.2f GB/s\n", d.device.c_str(), kQueueDepth,
-                SizeName(plan.pass_bytes).c_str(), Gbps(plan.pass_bytes, ns));
+    const double gbps = raw.Read(plan.pass_bytes);
+    d.read_gbps = std::max(d.read_gbps, gbps);
+    std::printf("  raw %s read 2MiB qd%u (%s): %.2f GB/s\n", d.device.c_str(), kRawQueueDepth,
+                SizeName(plan.pass_bytes).c_str(), gbps);
     std::fflush(stdout);
   }
   // One 2 MiB read at a time, scattered over the file.
-  const uint64_t blocks = plan.pass_bytes / kBlock;
-  std::vector<uint64_t> samples;
-  std::array<IoRequest*, 1> reaped{};
-  for (int i = 0; i < plan.latency_reads; ++i) {
-    IoRequest r;
-    r.op = IoOp::kRead;
-    r.file = file;
-    r.offset = (static_cast<uint64_t>(i) * 7919 % blocks) * kBlock;
-    r.buffer = std::span<std::byte>(buffers.data(), kBlock);
-    const uint64_t start = NowNs();
-    CheckOk(device->Submit(&r), "raw read submit");
-    if (device->Reap(reaped, true) != 1 || !r.complete()) Fail("raw qd1 read failed");
-    samples.push_back(NowNs() - start);
-  }
-  d.qd1_read_p50_us = Us(Quantile(samples, 0.5));
-  d.qd1_read_p99_us = Us(Quantile(samples, 0.99));
+  const Latency qd1 = raw.ReadQd1(plan.latency_reads);
+  d.qd1_read_p50_us = qd1.p50_us;
+  d.qd1_read_p99_us = qd1.p99_us;
   std::printf("  raw %s read 2MiB qd1 (%d reads): p50 %.1f us  p99 %.1f us\n", d.device.c_str(),
               plan.latency_reads, d.qd1_read_p50_us, d.qd1_read_p99_us);
-  CheckOk(device->CloseFile(file), "closing " + path);
-  CheckOk(device->RemoveFile(path), "removing " + path);
   return d;
-}
-
-// --- AES-256-GCM on one core ---
-
-struct AesLimits {
-  double encrypt_gbps = 0;
-  double decrypt_gbps = 0;
-};
-
-// Seal `src` -> `ct` and Open `ct` -> `pt` in 2 MiB blocks, cycling over the working set, with
-// an AAD the size of a spill record's, as SpillStore does (out of place, one context).
-AesLimits MeasureAes(const SpillPlan& plan, AesGcm* gcm, const PrivateBuffer& src,
-                     const PrivateBuffer& ct, const PrivateBuffer& pt, uint64_t* nonce_counter) {
-  const uint64_t slots = plan.aes_working_set / kBlock;
-  const uint64_t blocks = plan.aes_bytes_per_rep / kBlock;
-  std::vector<std::array<std::byte, AesGcm::kNonceBytes>> nonces(slots);
-  std::vector<std::array<std::byte, AesGcm::kTagBytes>> tags(slots);
-  std::array<std::byte, spill::kRecordAadTotalBytes> aad{};
-  auto block = [&](const PrivateBuffer& b, uint64_t slot) {
-    return std::span<std::byte>(b.data() + slot * kBlock, kBlock);
-  };
-  AesLimits a;
-  for (int rep = 0; rep < plan.aes_reps; ++rep) {
-    uint64_t start = NowNs();
-    for (uint64_t i = 0; i < blocks; ++i) {
-      const uint64_t slot = i % slots;
-      const uint64_t n = (*nonce_counter)++;
-      std::memcpy(nonces[slot].data() + 4, &n, sizeof(n));
-      CheckOk(gcm->Seal(nonces[slot], aad, block(src, slot), block(ct, slot), tags[slot]),
-              "AES-GCM Seal");
-    }
-    a.encrypt_gbps = std::max(a.encrypt_gbps, Gbps(blocks * kBlock, NowNs() - start));
-    start = NowNs();
-    for (uint64_t i = 0; i < blocks; ++i) {
-      const uint64_t slot = i % slots;
-      CheckOk(gcm->Open(nonces[slot], aad, block(ct, slot), tags[slot], block(pt, slot)),
-              "AES-GCM Open");
-    }
-    a.decrypt_gbps = std::max(a.decrypt_gbps, Gbps(blocks * kBlock, NowNs() - start));
-  }
-  if (std::memcmp(src.data(), pt.data(), std::min(blocks, slots) * kBlock) != 0) {
-    Fail("AES-GCM round trip changed the bytes");
-  }
-  return a;
 }
 
 // --- SpillStore ---
@@ -269,7 +133,7 @@ void CheckRead(const PrivateBuffer& src, uint64_t i, const std::byte* got, bool 
 StoreFigures MeasureStore(const std::filesystem::path& dir, const SpillPlan& plan,
                           const PrivateBuffer& src) {
   StoreFigures f;
-  std::unique_ptr<BlockDevice> device = OpenDevice();
+  std::unique_ptr<BlockDevice> device = OpenSpillDevice();
   auto master = SecretKey::Random();
   CheckOk(master.status(), "random master key");
   auto tenant_key = DeriveTenantKey(*master, kTenant);
@@ -434,9 +298,8 @@ std::vector<Row> RunSpillBench(const std::string& dir, bool quick) {
       std::filesystem::path(dir) / ("kvtier-bench-spill." + std::to_string(getpid()));
   std::filesystem::create_directory(scratch, ec);
   if (ec) Fail("--spill: cannot create " + scratch.string() + ": " + ec.message());
-  SetDirToRemoveOnFailure(scratch.string());
-  std::printf("\nspill section in %s (%s per pass, best of %d; store-level, not yet through "
-              "kvtierd):\n",
+  AddDirToRemoveOnFailure(scratch.string());
+  std::printf("\nspill section, store level, in %s (%s per pass, best of %d):\n",
               scratch.c_str(), SizeName(plan.pass_bytes).c_str(), plan.disk_reps);
   std::fflush(stdout);
 
@@ -444,24 +307,24 @@ std::vector<Row> RunSpillBench(const std::string& dir, bool quick) {
   // taken (this VM's speed drifts within a run, and its disk is faster after idle periods, so
   // a limit measured only once can sit below what the store then reaches).
   const DiskLimits disk_before = MeasureDisk(scratch, plan);
-  auto key = SecretKey::Random();
-  CheckOk(key.status(), "random AES key");
-  auto gcm = AesGcm::Create(*key);
-  CheckOk(gcm.status(), "AesGcm::Create");
-  const PrivateBuffer src(plan.aes_working_set);
-  const PrivateBuffer ct(plan.aes_working_set);
-  const PrivateBuffer pt(plan.aes_working_set);
-  uint64_t nonce_counter = 0;
-  const AesLimits aes_before = MeasureAes(plan, &*gcm, src, ct, pt, &nonce_counter);
+  AesMeter aes(plan.aes_working_set);
+  AesLimits aes_before;
+  aes_before.encrypt_gbps = aes.Encrypt(plan.aes_bytes_per_rep, plan.aes_reps);
+  aes_before.decrypt_gbps = aes.Decrypt(plan.aes_bytes_per_rep, plan.aes_reps);
   std::printf("  AES-256-GCM 2MiB 1 core (best of %d, %s each): encrypt %.2f GB/s  decrypt "
               "%.2f GB/s\n",
               plan.aes_reps, SizeName(plan.aes_bytes_per_rep).c_str(), aes_before.encrypt_gbps,
               aes_before.decrypt_gbps);
   std::fflush(stdout);
 
-  const StoreFigures store = MeasureStore(scratch, plan, src);
+  const StoreFigures store = [&] {
+    const PrivateBuffer src(plan.aes_working_set);
+    return MeasureStore(scratch, plan, src);
+  }();
 
-  const AesLimits aes_after = MeasureAes(plan, &*gcm, src, ct, pt, &nonce_counter);
+  AesLimits aes_after;
+  aes_after.encrypt_gbps = aes.Encrypt(plan.aes_bytes_per_rep, plan.aes_reps);
+  aes_after.decrypt_gbps = aes.Decrypt(plan.aes_bytes_per_rep, plan.aes_reps);
   std::printf("  AES-256-GCM 2MiB 1 core, after the store: encrypt %.2f GB/s  decrypt %.2f "
               "GB/s\n",
               aes_after.encrypt_gbps, aes_after.decrypt_gbps);
@@ -476,7 +339,7 @@ std::vector<Row> RunSpillBench(const std::string& dir, bool quick) {
 
   std::filesystem::remove_all(scratch, ec);
   if (ec) Fail("removing " + scratch.string() + ": " + ec.message());
-  SetDirToRemoveOnFailure("");
+  ForgetDirToRemoveOnFailure(scratch.string());
 
   std::vector<Row> rows;
   const std::string how =

@@ -1,6 +1,6 @@
-// The spill section of kvtier-bench (--spill DIR): the spill tier's figures at the store level,
-// each beside this run's limits. In order, on one thread, in a scratch subdirectory of DIR that
-// it removes afterwards:
+// The store-level spill section of kvtier-bench (--spill DIR): the spill tier's figures at the
+// store level, each beside this run's limits (bench/spill_limits.h). In order, on one thread,
+// in a scratch subdirectory of DIR that it removes afterwards:
 //   limits   raw O_DIRECT write and read GB/s of 2 MiB buffers at queue depth 8 on a freshly
 //            preallocated file (the device OpenBestDevice picks: io_uring when allowed), the
 //            raw 2 MiB read latency at queue depth 1, and AES-256-GCM encrypt / decrypt GB/s of
@@ -10,7 +10,8 @@
 //            record's stamp checked and one in 64 compared whole, untimed), each beside
 //            min(raw disk, AES-GCM x 1 crypto thread): the store encrypts and decrypts on the
 //            calling thread; and the p50 / p99 latency of reading one 2 MiB record.
-// These are SpillStore figures, not yet demotion / promotion through kvtierd.
+// These are SpillStore figures; bench/daemon_spill_bench.h measures demotion and promotion
+// through kvtierd.
 // Fails loudly (bench::Fail) on any error status or wrong byte.
 #pragma once
 
