@@ -123,7 +123,8 @@ uint64_t PhysicalMemoryBytes() {
 }
 
 bool IsTenantName(std::string_view name) {
-  if (name.empty() || name.size() > 31) return false;
+  // The name is also a directory under spill.dir: "." and ".." would leave it.
+  if (name.empty() || name.size() > 31 || name == "." || name == "..") return false;
   for (char c : name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '_' || c == '.' || c == '-';
@@ -818,7 +819,8 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   KVT_RETURN_IF_ERROR(ReadString(table, prefix, "name", &tenant->name));
   if (!IsTenantName(tenant->name)) {
     return Error(lines_[prefix + ".name"], prefix + ".name",
-                 "\"" + tenant->name + "\" is not 1 to 31 of the characters A-Z a-z 0-9 _ . -");
+                 "\"" + tenant->name +
+                     "\" is not 1 to 31 of the characters A-Z a-z 0-9 _ . - (and not . or ..)");
   }
   std::vector<uint32_t> ids;
   KVT_RETURN_IF_ERROR(ReadIds(table, prefix, "uids", &ids));

@@ -59,7 +59,14 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   if (size == 0 || size > options_.max_block_bytes) return StatusCode::kInvalidArgument;
   if (index_.Find(key) != BlockIndex::kNil) return StatusCode::kAlreadyExists;
   const uint8_t cls = classes_.ClassFor(size);
-  if (index_.full() && !EvictForIndex()) return StatusCode::kResourceExhausted;
+  if (index_.full() && !EvictForIndex()) {
+    // Every entry is dirty, leased or reserved. Dirty ones become evictable once on SSD.
+    if (!options_.spill) return StatusCode::kResourceExhausted;
+    if (demotions_in_flight_ == 0 && index_.LruBack(DirtyList()) != BlockIndex::kNil) {
+      StartDemotion(index_.LruBack(DirtyList()));
+    }
+    return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : StatusCode::kResourceExhausted;
+  }
   uint64_t offset = 0;
   if (StatusCode code = AllocateOrWait(cls, size, &offset); code != StatusCode::kOk) return code;
   const uint32_t id = index_.Insert(key);

@@ -44,6 +44,9 @@ Server::Server(const Config& config, TenantRegistry* tenants, std::vector<SpillW
 Server::~Server() {
   for (auto& [fd, session] : sessions_) session->Close();
   sessions_.clear();
+  // Closing sessions can free removed blocks: their SSD records go to the workers, which
+  // release them before they stop.
+  if (!workers_.empty()) PostSpillOrders(/*demote=*/false);
   if (listen_fd_.valid()) unlink(config_.socket_path.c_str());
 }
 
@@ -354,7 +357,15 @@ void Server::Park(Session& session, size_t request_bytes, const wire::FrameWrite
   auto parked = std::make_unique<ParkedRequest>();
   const auto request = std::span(recv_buffer_).first(request_bytes);
   parked->frame.assign(request.begin(), request.end());
-  parked->reply.resize(wire::kMaxFrameBytes);
+  // Room for this request's reply only: header, message, and its items (the largest item is
+  // an AcquireResult), not a whole frame.
+  wire::FrameHeader header{};
+  std::memcpy(&header, parked->frame.data(), sizeof(header));
+  const size_t capacity = std::min<size_t>(
+      wire::kMaxFrameBytes, sizeof(wire::FrameHeader) + wire::kMaxMessageBytes +
+                                size_t{header.count} * sizeof(wire::AcquireResult));
+  KVT_CHECK(capacity >= reply.size());
+  parked->reply.resize(capacity);
   std::memcpy(parked->reply.data(), send_buffer_.data(), reply.size());
   parked->writer = reply;
   parked->writer.Rebind(parked->reply);
@@ -363,13 +374,14 @@ void Server::Park(Session& session, size_t request_bytes, const wire::FrameWrite
   parked_.push_back(session.fd());
 }
 
-void Server::ContinueParked() {
+void Server::ContinueParked(const Tenant* tenant) {
   std::erase_if(parked_, [&](int fd) {
     auto it = sessions_.find(fd);
     if (it == sessions_.end() || it->second->closed() || it->second->parked() == nullptr) {
       return true;
     }
     Session& session = *it->second;
+    if (session.tenant() != tenant) return false;  // only its own tenant's results move it
     std::unique_ptr<ParkedRequest> parked = std::move(session.parked());
     auto request = wire::DecodeRequest(parked->frame);
     KVT_CHECK(request.ok());  // it was decoded before it was parked
@@ -387,7 +399,9 @@ void Server::ContinueParked() {
 void Server::OnSpillResults(size_t worker) {
   spill_results_.clear();
   workers_[worker]->TakeResults(&spill_results_);
+  std::vector<bool> touched(spill_tenants_[worker].size(), false);
   for (const SpillResult& r : spill_results_) {
+    touched[r.store] = true;
     Tenant& tenant = *spill_tenants_[worker][r.store];
     DramPool& pool = *tenant.pool;
     const BlockRef ref = BlockRef::FromTag(r.tag);
@@ -411,14 +425,16 @@ void Server::OnSpillResults(size_t worker) {
         break;
     }
   }
-  ContinueParked();
+  for (size_t store = 0; store < touched.size(); ++store) {
+    if (touched[store]) ContinueParked(spill_tenants_[worker][store]);
+  }
 }
 
-void Server::PostSpillOrders() {
+void Server::PostSpillOrders(bool demote) {
   for (auto& tenant : tenants_->tenants()) {
     if (tenant->spill == nullptr) continue;
     DramPool& pool = *tenant->pool;
-    pool.Demote();
+    if (demote) pool.Demote();
     if (!pool.has_orders()) continue;
     spill_orders_.clear();
     pool.TakeOrders(&spill_orders_);

@@ -56,9 +56,10 @@ class Server {
   // SSD tier: keeps a request that must wait, continues parked ones, applies spill results, and
   // sends the pools' spill orders to the workers.
   void Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply);
-  void ContinueParked();
+  // Continues the parked requests of `tenant`'s sessions.
+  void ContinueParked(const Tenant* tenant);
   void OnSpillResults(size_t worker);
-  void PostSpillOrders();
+  void PostSpillOrders(bool demote = true);
   // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
   bool AllowPeerErrorLog();
   uint32_t NextSessionId();

@@ -77,11 +77,26 @@ SpillStore::SpillStore(const SpillOptions& options, BlockDevice* device, SecretK
 
 SpillStore::~SpillStore() {
   // The device holds pointers into slots_ and the staging memory until it hands them back.
+  // Scrubs still pending are written first, so a clean stop leaves no released record behind.
   std::array<IoRequest*, 32> reaped{};
+  // Completions nobody will collect now give their staging buffers to the scrubs.
+  for (; done_count_ > 0; --done_count_) {
+    free_slots_.push_back(done_[done_head_]);
+    done_head_ = (done_head_ + 1) % done_.size();
+  }
+  StartScrubs();
   while (in_flight_ > 0) {
     const size_t n = device_->Reap(reaped, /*wait=*/true);
     KVT_CHECK(n > 0);
     in_flight_ -= static_cast<uint32_t>(n);
+    for (size_t i = 0; i < n; ++i) {
+      auto* slot = static_cast<Slot*>(reaped[i]->user);
+      if (slot != nullptr && slot->is_scrub) {
+        slot->is_scrub = false;
+        free_slots_.push_back(slot->index);
+      }
+    }
+    StartScrubs();
   }
   (void)Sync();
   for (auto& [id, segment] : segments_) (void)device_->CloseFile(segment->file);
@@ -386,7 +401,10 @@ Status SpillStore::StartRead(const SpillLocation& location, std::string_view nam
   return Status::Ok();
 }
 
-Status SpillStore::Flush() { return device_->Flush(); }
+Status SpillStore::Flush() {
+  StartScrubs();
+  return device_->Flush();
+}
 
 int SpillStore::event_fd() const { return device_->event_fd(); }
 
@@ -395,6 +413,7 @@ void SpillStore::Complete(Slot* slot) {
   Segment* segment = slot->segment;
   KVT_CHECK(segment != nullptr && segment->in_flight > 0);
   --segment->in_flight;
+  if (slot->is_scrub) return CompleteScrub(slot);
   if (slot->is_write) {
     CompleteWrite(slot);
   } else {
@@ -497,6 +516,10 @@ size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
     slot.status = Status::Ok();
     free_slots_.push_back(slot.index);
   }
+  if (!pending_scrubs_.empty()) {
+    StartScrubs();
+    (void)device_->Flush();
+  }
   return delivered;
 }
 
@@ -509,7 +532,53 @@ void SpillStore::Release(const SpillLocation& location) {
   meta->live = false;
   --segment->live;
   --stats_.live_records;
-  if (segment->sealed && segment->live == 0 && segment->in_flight == 0) (void)EraseSegment(it);
+  if (segment->sealed && segment->live == 0 && segment->in_flight == 0) {
+    (void)EraseSegment(it);  // crypto-erased: no record of it can come back
+    return;
+  }
+  pending_scrubs_.push_back({segment->id, location.offset});
+}
+
+void SpillStore::CompleteScrub(Slot* slot) {
+  Segment* segment = slot->segment;
+  if (slot->request.complete()) {
+    ++stats_.scrubs;
+  } else {
+    ++stats_.scrub_failures;  // the record stays readable on disk until its segment goes
+  }
+  if (segment->sealed && segment->live == 0 && segment->in_flight == 0) erase_pending_ = true;
+  slot->segment = nullptr;
+  slot->is_scrub = false;
+  free_slots_.push_back(slot->index);  // never delivered: the caller did not start it
+}
+
+void SpillStore::StartScrubs() {
+  while (!pending_scrubs_.empty() && !free_slots_.empty()) {
+    const PendingScrub scrub = pending_scrubs_.front();
+    pending_scrubs_.pop_front();
+    auto it = segments_.find(scrub.segment_id);
+    if (it == segments_.end()) continue;  // crypto-erased meanwhile: nothing left to scrub
+    Segment* segment = it->second.get();
+    Slot& slot = slots_[free_slots_.back()];
+    const std::span<std::byte> block = slot.buffer.first(kAlignBytes);
+    std::memset(block.data(), 0, block.size());
+    slot.request = IoRequest{};
+    slot.request.op = IoOp::kWrite;
+    slot.request.file = segment->file;
+    slot.request.offset = scrub.offset;
+    slot.request.buffer = block;
+    slot.request.user = &slot;
+    if (!device_->Submit(&slot.request).ok()) {
+      ++stats_.scrub_failures;
+      continue;
+    }
+    free_slots_.pop_back();
+    ++in_flight_;
+    ++segment->in_flight;
+    slot.is_scrub = true;
+    slot.is_write = true;
+    slot.segment = segment;
+  }
 }
 
 std::optional<SpillLocation> SpillStore::Locate(uint32_t segment_id, uint64_t offset) const {

@@ -41,6 +41,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -105,6 +106,8 @@ struct SpillStats {
   uint64_t erase_failures = 0;   // the zeroed header could not be written or synced
   uint64_t live_records = 0;
   uint64_t segments = 0;  // segment files held now (segment_count())
+  uint64_t scrubs = 0;    // released records whose header was zeroed on disk
+  uint64_t scrub_failures = 0;
 };
 
 struct SpillCompletion {
@@ -162,7 +165,12 @@ class SpillStore {
   // The live record at (segment_id, offset), if any: records are never rewritten in place and
   // segment ids are not reused while the store lives, so the pair names one record.
   std::optional<SpillLocation> Locate(uint32_t segment_id, uint64_t offset) const;
-  // The record is dead; releasing an unknown or already dead location does nothing.
+  // The record is dead; releasing an unknown or already dead location does nothing. Unless its
+  // segment goes with it (crypto-erased: its last live record), the record's header block is
+  // overwritten with zeros in the background (a "scrub", using a staging buffer when one is
+  // free), so a restart does not bring a removed block back. A crash before the scrub lands
+  // can.
+
   void Release(const SpillLocation& location);
   // Tags a live record (e.g. a recovered one) with the caller's value, which
   // ReclaimOldestSegment reports for it. A record written by StartWrite is tagged with its cookie.
@@ -211,6 +219,9 @@ class SpillStore {
   Result<std::unique_ptr<Segment>> CreateSegment(uint32_t id);
   Status WriteHeaderBlock(const Segment& segment, bool erase_key);
   Status EraseSegment(SegmentMap::iterator it);
+  // Submits pending scrubs while staging buffers are free.
+  void StartScrubs();
+  void CompleteScrub(Slot* slot);
   void EraseDeadSegments();
   void Complete(Slot* slot);
   void CompleteWrite(Slot* slot);
@@ -240,6 +251,11 @@ class SpillStore {
   size_t done_count_ = 0;
   uint32_t in_flight_ = 0;  // slots and blocking requests submitted, not yet reaped
   bool erase_pending_ = false;  // a sealed segment may have lost its last live record
+  struct PendingScrub {
+    uint32_t segment_id;
+    uint64_t offset;
+  };
+  std::deque<PendingScrub> pending_scrubs_;
 
   SegmentMap segments_;  // by id: oldest first
   Segment* open_ = nullptr;

@@ -55,6 +55,7 @@ struct SpillStore::Slot {
   std::span<std::byte> buffer;  // slot_bytes_ of aligned staging memory
   uint32_t index = 0;
   bool is_write = false;
+  bool is_scrub = false;  // an internal write zeroing a released record's header block
   uint64_t cookie = 0;
   Segment* segment = nullptr;  // pinned by segment->in_flight while the I/O runs
   SpillLocation location;

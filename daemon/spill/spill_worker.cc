@@ -47,7 +47,21 @@ SpillWorker::~SpillWorker() {
     Signal(jobs_fd_.get());
     thread_.join();
   }
-  // Each SpillStore's destructor waits for its in-flight I/O and syncs; then its device goes.
+  // Writes and reads not yet started are dropped, but releases are kept: a record the loop
+  // let go of must not come back at the next start (the store scrubs it before it closes).
+  for (SpillJob& job : inbox_) stores_.at(job.store)->pending.push_back(job);
+  inbox_.clear();
+  for (auto& s : stores_) {
+    for (const SpillJob& job : s->pending) {
+      if (job.kind != SpillJob::Kind::kRelease) continue;
+      if (auto location = s->store->Locate(job.ref.segment, job.ref.offset())) {
+        s->store->Release(*location);
+      }
+    }
+    s->pending.clear();
+  }
+  // Each SpillStore's destructor writes pending scrubs, waits for its in-flight I/O and syncs;
+  // then its device goes.
   for (auto& s : stores_) s->store.reset();
 }
 
@@ -105,7 +119,19 @@ void SpillWorker::Run() {
       std::lock_guard lock(mu_);
       jobs.swap(inbox_);
     }
-    for (SpillJob& job : jobs) stores_.at(job.store)->pending.push_back(job);
+    for (SpillJob& job : jobs) {
+      Store& store = *stores_.at(job.store);
+      if (job.kind == SpillJob::Kind::kRelease) {
+        // At once, not behind writes waiting for staging: the loop only learns of a record
+        // from its write's result, so nothing pending can concern it.
+        if (auto location = store.store->Locate(job.ref.segment, job.ref.offset())) {
+          store.store->Release(*location);
+        }
+        (void)store.store->Flush();  // starts its scrub
+        continue;
+      }
+      store.pending.push_back(job);
+    }
     bool progress = !jobs.empty();
     jobs.clear();
     for (uint32_t i = 0; i < stores_.size(); ++i) {
@@ -221,7 +247,14 @@ void SpillWorker::Reap(uint32_t index, std::vector<SpillResult>* results) {
         r.kind = SpillResult::Kind::kWritten;
         auto it = s.writing.find(done[i].cookie);
         KVT_CHECK(it != s.writing.end());
-        if (r.status.ok()) r.ref = RefOf(it->second);
+        const SpillLocation& at = it->second;
+        // A segment reclaim in this round may have taken the record between its completion and
+        // now (and reported it dropped already): then it is not on SSD after all.
+        if (r.status.ok() && !s.store->Locate(at.segment_id, at.offset)) {
+          r.status = Status(StatusCode::kResourceExhausted,
+                            "spill record reclaimed with its segment before it was reported");
+        }
+        if (r.status.ok()) r.ref = RefOf(at);
         s.writing.erase(it);
       } else {
         r.kind = SpillResult::Kind::kRead;
@@ -252,8 +285,10 @@ void SpillWorker::WaitForWork() {
   for (const auto& s : stores_) {
     if (s->store->in_flight() > 0) fds.push_back({s->store->event_fd(), POLLIN, 0});
   }
-  // Jobs and completions both wake us; a stop request writes jobs_fd_.
-  while (poll(fds.data(), fds.size(), -1) < 0 && errno == EINTR) {
+  // Jobs and completions both wake us; a stop request writes jobs_fd_. While I/O is in flight
+  // the wait is bounded, so a submission the kernel deferred (EAGAIN) is retried.
+  const int timeout_ms = fds.size() > 1 ? 100 : -1;
+  while (poll(fds.data(), fds.size(), timeout_ms) < 0 && errno == EINTR) {
   }
 }
 

@@ -772,6 +772,8 @@ TEST_CASE("Tenant names and ids must be unique and well formed", "[daemon][confi
        At(6, "tenant[1].name"), "tenant \"a\" is already defined at line 3"},
       {"config_version = 1\n[[tenant]]\nname = \"a b\"\ndram_bytes = \"4MiB\"\n",
        At(3, "tenant[0].name"), "is not 1 to 31 of the characters"},
+      {"config_version = 1\n[[tenant]]\nname = \"..\"\ndram_bytes = \"4MiB\"\n",
+       At(3, "tenant[0].name"), "is not 1 to 31 of the characters"},
       {"config_version = 1\n[[tenant]]\nname = \"" + std::string(32, 'n') +
            "\"\ndram_bytes = \"4MiB\"\n",
        At(3, "tenant[0].name"), "is not 1 to 31"},

@@ -354,6 +354,37 @@ TEST_CASE("a clean stop keeps the SSD tier for the next start", "[integration][s
   CHECK(back.verified + back.missing == keys.size());
 }
 
+TEST_CASE("a removed SSD block stays removed after a restart, also when its key was reused",
+          "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  const std::vector<Key> keys = Keys(13, 8);
+  {
+    auto daemon = DaemonProcess::Start(SpillOptions(dir));
+    auto client = MustConnect(*daemon);
+    StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+    PushOut(*client, 14, 160);
+    std::vector<Tier> tiers(keys.size());
+    REQUIRE(*client->MatchPrefix(keys, tiers) == keys.size());
+    REQUIRE(tiers[0] == Tier::kSsd);
+    REQUIRE(client->Remove(std::span(keys).first(4)).ok());
+    // Key 1 again, with other bytes (another size), still only in DRAM when the daemon stops.
+    StoreAll(*client, {keys[1]}, {512 * kKiB});
+    REQUIRE(daemon->Stop() == 0);
+  }
+  auto daemon = DaemonProcess::Start(SpillOptions(dir));
+  auto client = MustConnect(*daemon);
+  for (size_t i : {0u, 2u, 3u}) CHECK(*client->MatchPrefix(std::vector<Key>{keys[i]}) == 0);
+  auto leases = client->Acquire(keys);
+  REQUIRE(leases.ok());
+  // The old 1 MiB block of key 1 must not come back in place of the new one.
+  CHECK(leases->code(1) == StatusCode::kNotFound);
+  for (size_t i = 4; i < keys.size(); ++i) {
+    REQUIRE(leases->code(i) == StatusCode::kOk);
+    CHECK(VerifyBlock(keys[i], leases->data(i)));
+  }
+}
+
 TEST_CASE("over its SSD quota a tenant loses its oldest segments whole, crypto-erased",
           "[integration][spill]") {
   TempDir spill;
