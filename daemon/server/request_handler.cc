@@ -196,8 +196,9 @@ void RequestHandler::MatchPrefix(Session& session, const wire::FrameView& reques
 }
 
 // Acquire and Prefetch: a block in DRAM is leased at once; an SSD block is leased too and its
-// promotion ordered, and its item is settled when the promotion ends. Prefetch gives each lease
-// back as soon as its block is in DRAM and answers only a status per key.
+// promotion ordered, and its item is settled when the promotion ends. Prefetch holds its leases
+// until every item is settled, gives them all back with the reply, and answers only a status
+// per key.
 bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
                              wire::FrameWriter& reply) {
   const bool prefetch = request.op == wire::Op::kPrefetch;
@@ -229,8 +230,7 @@ bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
         progress.waiting.push_back({i, lease_id});
         continue;  // settled by SettlePromotions
       } else if (prefetch) {
-        session.leases().Take(lease_id);
-        pool.Release(placement.ref);
+        progress.held.push_back(lease_id);
       } else {
         r.lease_id = lease_id;
         r.offset = placement.offset;
@@ -246,7 +246,12 @@ bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
     }
   }
   const bool settled = SettlePromotions(session, request.op, reply);
-  return settled && progress.next == n;
+  if (!settled || progress.next != n) return false;
+  for (uint64_t lease_id : progress.held) {
+    if (auto ref = session.leases().Take(lease_id)) pool.Release(*ref);
+  }
+  progress.held.clear();
+  return true;
 }
 
 bool RequestHandler::SettlePromotions(Session& session, wire::Op op, wire::FrameWriter& reply) {
@@ -259,11 +264,13 @@ bool RequestHandler::SettlePromotions(Session& session, wire::Op op, wire::Frame
     if (pool.IsPromoting(*ref)) return false;
     StatusCode code = StatusCode::kOk;
     wire::AcquireResult r{};
-    if (!pool.IsInDram(*ref) || op == wire::Op::kPrefetch) {
-      // Prefetched, or the promotion failed (a miss; the pool counted why): give it back.
-      if (!pool.IsInDram(*ref)) code = StatusCode::kNotFound;
+    if (!pool.IsInDram(*ref)) {
+      // The promotion failed (a miss; the pool counted why): give the lease back.
+      code = StatusCode::kNotFound;
       session.leases().Take(w.lease_id);
       pool.Release(*ref);
+    } else if (op == wire::Op::kPrefetch) {
+      progress.held.push_back(w.lease_id);  // given back with the reply
     } else {
       DramPool::Placement placement = pool.PlacementOf(*ref);
       r.lease_id = w.lease_id;

@@ -69,6 +69,9 @@ struct ItemProgress {
   uint32_t next = 0;          // first item not yet handled
   size_t items_offset = 0;    // where the reply's item array starts in the reply buffer
   std::vector<Waiting> waiting;
+  // Prefetch: leases held on blocks already in DRAM until the whole request is settled, so a
+  // later item's promotion cannot evict an earlier one before the reply.
+  std::vector<uint64_t> held;
 };
 
 class Session {

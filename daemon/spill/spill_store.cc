@@ -79,6 +79,7 @@ SpillStore::~SpillStore() {
   // The device holds pointers into slots_ and the staging memory until it hands them back.
   // Scrubs still pending are written first, so a clean stop leaves no released record behind.
   std::array<IoRequest*, 32> reaped{};
+  SubmitOpenBatch();  // accepted writes are written
   // Completions nobody will collect now give their staging buffers to the scrubs.
   for (; done_count_ > 0; --done_count_) {
     free_slots_.push_back(done_[done_head_]);
@@ -279,6 +280,31 @@ Result<SpillStore::Segment*> SpillStore::SegmentFor(uint64_t record_bytes) {
   return open_;
 }
 
+bool SpillStore::BatchFits(uint64_t record_bytes) const {
+  if (open_batch_ < 0 || open_ == nullptr) return false;
+  const Slot& batch = slots_[static_cast<size_t>(open_batch_)];
+  return batch.segment == open_ && open_->tail + record_bytes <= open_->segment_bytes() &&
+         batch.used + record_bytes <= batch.buffer.size();
+}
+
+bool SpillStore::CanStartWrite(uint64_t payload_bytes) const {
+  return !free_slots_.empty() || BatchFits(spill::RecordBytes(payload_bytes));
+}
+
+void SpillStore::SubmitOpenBatch() {
+  if (open_batch_ < 0) return;
+  Slot& slot = slots_[static_cast<size_t>(open_batch_)];
+  open_batch_ = -1;
+  slot.request.buffer = slot.buffer.first(slot.used);
+  if (device_->Submit(&slot.request).ok()) {
+    ++in_flight_;
+    return;
+  }
+  // Not even queued (a broken ring): every record of the batch fails now.
+  slot.request.result = -EIO;
+  Complete(&slot);
+}
+
 Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
                                              std::span<const uint8_t> key,
                                              std::span<const std::byte> plaintext,
@@ -290,13 +316,37 @@ Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
     return Invalid("spill: payload of " + std::to_string(plaintext.size()) +
                    " bytes exceeds max_record_payload_bytes");
   }
-  if (free_slots_.empty()) {
+  const uint64_t record_bytes = spill::RecordBytes(plaintext.size());
+  // The record joins the batch being filled if it is the next one in that batch's segment and
+  // fits its buffer; otherwise that batch goes to the device and a new one starts.
+  if (!BatchFits(record_bytes)) SubmitOpenBatch();
+  if (open_batch_ < 0 && free_slots_.empty()) {
     return Status(StatusCode::kResourceExhausted, "staging buffers busy");
   }
-  const uint64_t record_bytes = spill::RecordBytes(plaintext.size());
   KVT_ASSIGN_OR_RETURN(Segment* segment, SegmentFor(record_bytes));
-  Slot& slot = slots_[free_slots_.back()];
   const uint64_t offset = segment->tail;
+  bool new_batch = false;
+  if (open_batch_ < 0) {
+    Slot& fresh = slots_[free_slots_.back()];
+    free_slots_.pop_back();
+    fresh.request = IoRequest{};
+    fresh.request.op = IoOp::kWrite;
+    fresh.request.file = segment->file;
+    fresh.request.offset = offset;
+    fresh.request.user = &fresh;
+    fresh.batch.clear();
+    fresh.used = 0;
+    fresh.next_delivery = 0;
+    fresh.is_write = true;
+    fresh.is_scrub = false;
+    fresh.segment = segment;
+    fresh.out = {};
+    ++segment->in_flight;  // until the batch completes: the segment is not erased under it
+    open_batch_ = fresh.index;
+    new_batch = true;
+  }
+  Slot& slot = slots_[static_cast<size_t>(open_batch_)];
+  KVT_CHECK(slot.segment == segment && slot.request.offset + slot.used == offset);
 
   spill::RecordHeader header{};
   header.magic = spill::kRecordMagic;
@@ -315,44 +365,41 @@ Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
 
   // Encrypted straight from the caller's bytes into the staging buffer: plaintext never
   // touches the staging memory.
-  const std::span<std::byte> record = slot.buffer.first(record_bytes);
+  const std::span<std::byte> record = slot.buffer.subspan(slot.used, record_bytes);
   const auto aad = spill::RecordAad(segment->header, header);
   const auto nonce = spill::RecordNonceBytes(offset);
   std::array<std::byte, AesGcm::kTagBytes> tag{};
-  KVT_RETURN_IF_ERROR(segment->gcm->Seal(nonce, aad, plaintext,
+  if (Status sealed = segment->gcm->Seal(nonce, aad, plaintext,
                                          record.subspan(kRecordHeaderBytes, plaintext.size()),
-                                         tag));
+                                         tag);
+      !sealed.ok()) {
+    if (new_batch) {  // give the empty batch's slot back
+      open_batch_ = -1;
+      --segment->in_flight;
+      slot.segment = nullptr;
+      free_slots_.push_back(slot.index);
+    }
+    return sealed;
+  }
   std::memcpy(header.tag, tag.data(), tag.size());
   std::memcpy(record.data(), &header, sizeof(header));
   const size_t used = kRecordHeaderBytes + plaintext.size();
   std::memset(record.data() + used, 0, record.size() - used);
 
-  slot.request = IoRequest{};
-  slot.request.op = IoOp::kWrite;
-  slot.request.file = segment->file;
-  slot.request.offset = offset;
-  slot.request.buffer = record;
-  slot.request.user = &slot;
-  KVT_RETURN_IF_ERROR(device_->Submit(&slot.request));
-
   // Accepted: the offset is spent for good (even if the write fails, its nonce may have been
   // used on disk), and the record is live until its completion says otherwise.
-  free_slots_.pop_back();
-  ++in_flight_;
+  slot.used += record_bytes;
+  slot.batch.push_back(Slot::BatchRecord{cookie, offset, record_bytes, Status::Ok()});
   segment->tail += record_bytes;
-  ++segment->in_flight;
-  segment->records.push_back(
-      SpillRecordMeta{offset, plaintext.size(), next_sequence_, true, cookie});
+  SpillRecordMeta meta{offset, plaintext.size(), next_sequence_, true, cookie};
+  meta.writing = true;
+  segment->records.push_back(meta);
   ++segment->live;
   ++stats_.live_records;
   ++stats_.writes_started;
-  slot.is_write = true;
-  slot.cookie = cookie;
-  slot.segment = segment;
-  slot.location = SpillLocation{segment->id, offset, plaintext.size(), next_sequence_};
-  slot.out = {};
+  const SpillLocation location{segment->id, offset, plaintext.size(), next_sequence_};
   ++next_sequence_;
-  return slot.location;
+  return location;
 }
 
 Status SpillStore::StartRead(const SpillLocation& location, std::string_view name_space,
@@ -402,6 +449,7 @@ Status SpillStore::StartRead(const SpillLocation& location, std::string_view nam
 }
 
 Status SpillStore::Flush() {
+  SubmitOpenBatch();
   StartScrubs();
   return device_->Flush();
 }
@@ -429,24 +477,35 @@ void SpillStore::Complete(Slot* slot) {
 
 void SpillStore::CompleteWrite(Slot* slot) {
   const IoRequest& request = slot->request;
-  if (request.complete()) {
-    slot->status = Status::Ok();
-    return;
-  }
-  ++stats_.writes_failed;
-  const std::string what = "spill write to " + slot->segment->path.string() + " at offset " +
-                           std::to_string(request.offset);
-  slot->status = request.result < 0
-                     ? ErrnoStatus(what, static_cast<int>(-request.result))
-                     : Status(StatusCode::kIoError, what + ": short (" +
-                                                        std::to_string(request.result) + " of " +
-                                                        std::to_string(request.buffer.size()) +
-                                                        " bytes)");
-  SpillRecordMeta* meta = slot->segment->Find(slot->location.offset);
-  if (meta != nullptr && meta->live) {
-    meta->live = false;
-    --slot->segment->live;
-    --stats_.live_records;
+  Segment* segment = slot->segment;
+  // A short batch still wrote the records that lie wholly in what it moved.
+  const uint64_t moved = request.result > 0 ? static_cast<uint64_t>(request.result) : 0;
+  for (Slot::BatchRecord& record : slot->batch) {
+    SpillRecordMeta* meta = segment->Find(record.offset);
+    const bool written = record.offset + record.record_bytes - request.offset <= moved;
+    if (meta != nullptr) {
+      meta->writing = false;
+      if (written && !meta->live && meta->scrub_after_write) {
+        pending_scrubs_.push_back({segment->id, record.offset});
+      }
+    }
+    if (written) {
+      record.status = Status::Ok();
+      continue;
+    }
+    ++stats_.writes_failed;
+    const std::string what = "spill write to " + segment->path.string() + " at offset " +
+                             std::to_string(record.offset);
+    record.status = request.result < 0
+                        ? ErrnoStatus(what, static_cast<int>(-request.result))
+                        : Status(StatusCode::kIoError,
+                                 what + ": short (" + std::to_string(request.result) + " of " +
+                                     std::to_string(request.buffer.size()) + " bytes)");
+    if (meta != nullptr && meta->live) {
+      meta->live = false;
+      --segment->live;
+      --stats_.live_records;
+    }
   }
 }
 
@@ -499,6 +558,7 @@ Status SpillStore::VerifyRead(const Slot& slot) {
 }
 
 size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
+  SubmitOpenBatch();
   std::array<IoRequest*, 32> reaped{};
   const bool block = wait && done_count_ == 0 && in_flight_ > 0;
   const size_t n = device_->Reap(reaped, block);
@@ -510,10 +570,18 @@ size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
   size_t delivered = 0;
   while (delivered < out.size() && done_count_ > 0) {
     Slot& slot = slots_[done_[done_head_]];
+    if (slot.is_write) {
+      Slot::BatchRecord& record = slot.batch[slot.next_delivery++];
+      out[delivered++] = SpillCompletion{record.cookie, std::move(record.status), true};
+      if (slot.next_delivery < slot.batch.size()) continue;  // more records of this batch
+      slot.batch.clear();
+      slot.next_delivery = 0;
+    } else {
+      out[delivered++] = SpillCompletion{slot.cookie, std::move(slot.status), false};
+      slot.status = Status::Ok();
+    }
     done_head_ = (done_head_ + 1) % done_.size();
     --done_count_;
-    out[delivered++] = SpillCompletion{slot.cookie, std::move(slot.status), slot.is_write};
-    slot.status = Status::Ok();
     free_slots_.push_back(slot.index);
   }
   if (!pending_scrubs_.empty()) {
@@ -534,6 +602,10 @@ void SpillStore::Release(const SpillLocation& location) {
   --stats_.live_records;
   if (segment->sealed && segment->live == 0 && segment->in_flight == 0) {
     (void)EraseSegment(it);  // crypto-erased: no record of it can come back
+    return;
+  }
+  if (meta->writing) {
+    meta->scrub_after_write = true;  // a scrub now could land before the record does
     return;
   }
   pending_scrubs_.push_back({segment->id, location.offset});
@@ -652,6 +724,7 @@ Status SpillStore::ReclaimOldestSegment(std::vector<SpillLocation>* dropped,
 }
 
 Status SpillStore::CryptoEraseAll() {
+  SubmitOpenBatch();
   if (in_flight_ > 0) {
     return Status(StatusCode::kFailedPrecondition, "spill I/O in flight: poll until idle");
   }

@@ -1,8 +1,9 @@
 // SpillStore: one tenant's encrypted, append-only spill store over a BlockDevice, in the format
 // of daemon/spill/spill_format.h (docs/spill-format.md explains it).
 //
-// Records are written at the tail of the open segment with one aligned write each, read back
-// with one aligned read each, and encrypted with AES-256-GCM under the segment's random data
+// Records are written at the tail of the open segment, adjacent ones batched into one aligned
+// write (up to one staging buffer, submitted at Flush or Poll), read back with one aligned
+// read each, and encrypted with AES-256-GCM under the segment's random data
 // key, which is stored only wrapped under the tenant key. Every write and read is asynchronous:
 // Start* takes one of `staging_buffers` aligned buffers and submits one I/O; Poll reaps the
 // device and hands back one SpillCompletion per started I/O, in completion order. Between a
@@ -196,8 +197,11 @@ class SpillStore {
   // Segment files currently held (each counts segment_bytes against the quota).
   size_t segment_count() const { return segments_.size(); }
   uint32_t in_flight() const { return in_flight_; }
-  // A Start* now would not answer "staging buffers busy".
+  // A StartRead now would not answer "staging buffers busy".
   bool staging_available() const { return !free_slots_.empty(); }
+  // A StartWrite of `payload_bytes` now would not answer "staging buffers busy" (it would join
+  // the batch being filled, or start one).
+  bool CanStartWrite(uint64_t payload_bytes) const;
 
  private:
   struct Segment;  // spill_store_internal.h
@@ -221,6 +225,10 @@ class SpillStore {
   Status EraseSegment(SegmentMap::iterator it);
   // Submits pending scrubs while staging buffers are free.
   void StartScrubs();
+  // Submits the batch being filled, if any (Flush and Poll do).
+  void SubmitOpenBatch();
+  // The open batch can take a record of `record_bytes` in the open segment.
+  bool BatchFits(uint64_t record_bytes) const;
   void CompleteScrub(Slot* slot);
   void EraseDeadSegments();
   void Complete(Slot* slot);
@@ -256,6 +264,7 @@ class SpillStore {
     uint64_t offset;
   };
   std::deque<PendingScrub> pending_scrubs_;
+  int64_t open_batch_ = -1;  // the write slot being filled and not yet submitted, or -1
 
   SegmentMap segments_;  // by id: oldest first
   Segment* open_ = nullptr;

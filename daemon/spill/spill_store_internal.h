@@ -24,6 +24,8 @@ struct SpillRecordMeta {
   uint64_t sequence = 0;
   bool live = false;
   uint64_t user = 0;  // the caller's tag: StartWrite's cookie, or SetUser's after recovery
+  bool writing = false;            // its write has not completed
+  bool scrub_after_write = false;  // released while writing: scrub once the write is done
 };
 
 struct SpillStore::Segment {
@@ -51,11 +53,22 @@ struct SpillStore::Segment {
 };
 
 struct SpillStore::Slot {
+  // A write slot carries a batch: adjacent records of one segment, encrypted one after the
+  // other into `buffer` and written with one I/O.
+  struct BatchRecord {
+    uint64_t cookie = 0;
+    uint64_t offset = 0;        // in the segment
+    uint64_t record_bytes = 0;
+    Status status;              // the completion's
+  };
   IoRequest request;
   std::span<std::byte> buffer;  // slot_bytes_ of aligned staging memory
   uint32_t index = 0;
   bool is_write = false;
   bool is_scrub = false;  // an internal write zeroing a released record's header block
+  std::vector<BatchRecord> batch;  // writes
+  uint64_t used = 0;               // writes: bytes of `buffer` the batch fills
+  size_t next_delivery = 0;        // writes: batch records already handed out by Poll
   uint64_t cookie = 0;
   Segment* segment = nullptr;  // pinned by segment->in_flight while the I/O runs
   SpillLocation location;

@@ -203,7 +203,7 @@ bool SpillWorker::StartWrite(uint32_t index, const SpillJob& job,
   std::vector<SpillLocation> dropped;
   std::vector<uint64_t> tags;
   for (;;) {
-    if (!store.staging_available()) return false;
+    if (!store.CanStartWrite(job.bytes)) return false;
     auto location = store.StartWrite(Namespace(job), Key(job),
                                      std::span<const std::byte>(job.data, job.bytes), job.tag);
     if (location.ok()) {

@@ -511,6 +511,56 @@ TEST_CASE("A released record stays dead across a reopen: its header is scrubbed 
   CHECK(store->recovery_stats().records_rejected == 0);
 }
 
+TEST_CASE("Small records are batched into few writes, each completed and read back on its own",
+          "[daemon][spill]") {
+  const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
+  INFO(KindName(kind));
+  auto inner = MakeDevice(kind);
+  if (!inner) return;
+  testing::TempDir dir;
+  const SpillOptions options = Options(dir.path());  // 256 KiB + a header per staging buffer
+  std::mt19937_64 rng(14);
+  // 40 records of 12..20 KiB: about 13 to a batch.
+  std::vector<Block> blocks = RandomBlocks(rng, 40, 12 * kKiB, 20 * kKiB);
+  FaultyDevice device(std::move(inner));
+  auto store = OpenStore(options, &device);
+  const bool short_batch = GENERATE(false, true);
+  INFO((short_batch ? "the second batch is cut short" : "all batches whole"));
+  // Write 1 is the segment header; the batches follow.
+  if (short_batch) device.ShortenNthIo(3);
+  std::map<uint64_t, Status> completed;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    REQUIRE(store->CanStartWrite(blocks[i].data.size()));
+    auto location = store->StartWrite("ns", blocks[i].key, blocks[i].data, i);
+    REQUIRE(location.ok());
+    blocks[i].location = *location;
+  }
+  REQUIRE(store->Flush().ok());
+  for (SpillCompletion& c : Drain(*store)) completed[c.cookie] = std::move(c.status);
+  REQUIRE(completed.size() == blocks.size());  // one completion per record
+  CHECK(store->stats().writes_started == blocks.size());
+  size_t failed = 0;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    INFO("record " << i << ": " << completed[i].ToString());
+    if (!completed[i].ok()) {
+      ++failed;
+      continue;
+    }
+    CheckReadsBack(*store, blocks[i]);
+  }
+  if (short_batch) {
+    // Half of the second batch reached the disk: its first records count, the rest failed.
+    CHECK(failed > 0);
+    CHECK(failed < 13);
+    CHECK(completed[0].ok());            // the first batch is whole
+    CHECK(completed[39].ok());           // and so are the later ones
+  } else {
+    CHECK(failed == 0);
+  }
+  CHECK(store->stats().writes_failed == failed);
+  CHECK(store->stats().live_records == blocks.size() - failed);
+}
+
 TEST_CASE("A torn record is not recovered and the others are", "[daemon][spill]") {
   const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
   INFO(KindName(kind));
@@ -553,9 +603,9 @@ TEST_CASE("A torn record is not recovered and the others are", "[daemon][spill]"
     auto store = OpenStore(options, &device);
     torn = 3;
     rejected = 0;  // nothing plausible was written at its offset
-    device.FailNthWrite(static_cast<uint32_t>(torn + 2), EIO);
     std::vector<Block> before(blocks.begin(), blocks.begin() + static_cast<ptrdiff_t>(torn));
     REQUIRE(WriteBlocks(*store, before).ok());
+    device.FailNthWrite(1, EIO);  // the next write: the torn record's
     auto location = store->StartWrite("ns", blocks[torn].key, blocks[torn].data, torn);
     REQUIRE(location.ok());
     blocks[torn].location = *location;
@@ -826,13 +876,16 @@ TEST_CASE("A spill store checks its options and its arguments", "[daemon][spill]
         StatusCode::kInvalidArgument);
   CHECK(store->StartWrite("ns", {}, std::span(data).first(10), 0).status().code() ==
         StatusCode::kInvalidArgument);
-  REQUIRE(store->StartWrite("ns", key, std::span(data).first(10), 1).ok());
-  REQUIRE(store->StartWrite("ns", key, std::span(data).first(10), 2).ok());
-  auto busy = store->StartWrite("ns", key, std::span(data).first(10), 3);
+  // 200 KiB records: one per staging buffer (256 KiB), so two buffers take two records.
+  const auto big = std::span(data).first(200 * kKiB);
+  REQUIRE(store->StartWrite("ns", key, big, 1).ok());
+  REQUIRE(store->StartWrite("ns", key, big, 2).ok());
+  CHECK_FALSE(store->CanStartWrite(big.size()));
+  auto busy = store->StartWrite("ns", key, big, 3);
   CHECK(busy.status().code() == StatusCode::kResourceExhausted);
   CHECK(busy.status().message() == "staging buffers busy");
   CHECK(Drain(*store).size() == 2);
-  CHECK(store->StartWrite("ns", key, std::span(data).first(10), 3).ok());
+  CHECK(store->StartWrite("ns", key, big, 3).ok());
   CHECK(Drain(*store).size() == 1);
 }
 
