@@ -644,7 +644,8 @@ Status ConfigParser::ParseSocketMode(const toml::table& daemon, Config* config) 
 
 Status ConfigParser::ParsePool(const toml::table& pool, Config* config) {
   KVT_RETURN_IF_ERROR(
-      CheckKeys(pool, "pool", {"slab_bytes", "max_block_bytes", "huge_pages", "lock_memory"}));
+      CheckKeys(pool, "pool",
+                {"slab_bytes", "max_block_bytes", "huge_pages", "lock_memory", "zero_freed"}));
   KVT_RETURN_IF_ERROR(ReadSize(pool, "pool", "slab_bytes", &config->slab_bytes));
   if (!IsPowerOfTwo(config->slab_bytes) || config->slab_bytes < kMinSlabBytes ||
       config->slab_bytes > kMaxSlabBytes) {
@@ -664,6 +665,7 @@ Status ConfigParser::ParsePool(const toml::table& pool, Config* config) {
   int lock_memory = static_cast<int>(config->lock_memory);
   KVT_RETURN_IF_ERROR(ReadMode(pool, "pool", "lock_memory", &lock_memory));
   config->lock_memory = static_cast<LockMemory>(lock_memory);
+  KVT_RETURN_IF_ERROR(ReadBool(pool, "pool", "zero_freed", &config->zero_freed));
   return Status::Ok();
 }
 

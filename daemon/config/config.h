@@ -76,6 +76,7 @@ struct Config {
   uint64_t max_block_bytes = uint64_t{64} << 20;  // <= the smallest tenant pool
   HugePages huge_pages = HugePages::kTry;        // "off" | "try" | "require"
   LockMemory lock_memory = LockMemory::kTry;     // "off" | "try" | "require"
+  bool zero_freed = true;                         // zero a block's slot when it is freed
   std::string default_tenant;          // [daemon]: tenant for peers no [[tenant]] matches; ""
                                        // refuses them
   SpillConfig spill;                   // [spill]

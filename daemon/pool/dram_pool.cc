@@ -1,5 +1,7 @@
 #include "daemon/pool/dram_pool.h"
 
+#include <cstring>
+
 #include "ipc/base/check.h"
 #include "ipc/base/units.h"
 
@@ -163,6 +165,11 @@ void DramPool::Evict(uint32_t id) {
 }
 
 void DramPool::FreeSlot(BlockEntry& e) {
+  // Secure deletion: the next block placed here starts from zeros, not from these bytes. Every
+  // slot leaves the pool through here, and no lease or I/O holds it any more.
+  if (options_.zero_memory != nullptr) {
+    std::memset(options_.zero_memory + e.offset, 0, SlotBytes(e));
+  }
   used_bytes_ -= SlotBytes(e);
   slabs_.Free(e.offset);
   e.flags &= static_cast<uint8_t>(~(kInDram | kPromoting));

@@ -89,6 +89,8 @@ class DramPool {
     uint64_t max_block_bytes = 0;  // <= UINT32_MAX (checked)
     uint32_t max_blocks = 0;
     uint64_t hash_seed = 0;
+    // The pool's memory, to zero freed slots (null: not zeroed, e.g. in unit tests).
+    std::byte* zero_memory = nullptr;
     // SSD tier: off when spill is false.
     bool spill = false;
     uint64_t spill_max_block_bytes = 0;  // larger blocks are never demoted

@@ -11,8 +11,11 @@
 //
 // Completion: event_fd() is readable while completions wait to be reaped, so an epoll loop can
 // wait on it; the caller never reads it, Reap drains it. A Reap that leaves completions behind
-// (`out` too small) keeps it readable. It may be readable spuriously (Reap then returns 0), but
-// once Reap has returned everything and nothing is in flight, it is not readable.
+// (`out` too small) keeps it readable. It may be readable spuriously (Reap then returns 0):
+// io_uring makes a completion visible a moment before it signals the eventfd, so the Reap that
+// collects the last completion can leave that one late signal behind; the next Reap, which
+// returns 0, clears it. A loop that waits on the fd sees at most one false wake-up, never a
+// spin.
 //
 // Short transfers: a transfer that moves fewer bytes than asked is continued once, internally,
 // for its remainder (when the remainder stays aligned, or the file is buffered). What is still

@@ -34,6 +34,7 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
     pool.max_block_bytes = config.max_block_bytes;
     pool.max_blocks = static_cast<uint32_t>(tc.max_blocks);
     pool.hash_seed = seed;
+    if (config.zero_freed) pool.zero_memory = tenant->memory.data();
     if (!config.spill.dir.empty() && tc.ssd_bytes > 0) {
       pool.spill = true;
       pool.spill_max_block_bytes = config.spill.max_block_bytes;

@@ -1,6 +1,7 @@
 // Eviction under pool pressure, and lease stability under churn, with the real daemon.
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -165,6 +166,37 @@ TEST_CASE("a held lease keeps its bytes stable while other clients churn the poo
   CHECK(stable);
   for (size_t k = 0; k < keys.size(); ++k) CHECK(VerifyBlock(keys[k], leases->data(k)));
   CHECK(client->Stats()->evictions > 0);  // the churn really did push blocks out
+}
+
+TEST_CASE("a slot freed by remove or eviction reads as zeros when it is handed out again",
+          "[integration][eviction][secure-deletion]") {
+  DaemonOptions options;
+  options.dram_bytes = 32 * kMiB;  // 32 slots of 1 MiB
+  const bool zero_freed = GENERATE(true, false);
+  options.zero_freed = zero_freed;
+  INFO("zero_freed = " << zero_freed);
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  // Fill every slot, then free half of them by remove and make room for the rest by eviction.
+  const std::vector<Key> first = Keys(20, 0, 32);
+  Store(*client, first, kMiB);
+  REQUIRE(client->Remove(std::span(first).first(16)).ok());
+  const std::vector<Key> second = Keys(21, 0, 32);  // 16 into removed slots, 16 by eviction
+  auto batch = client->Reserve(second, std::vector<uint64_t>(second.size(), kMiB));
+  REQUIRE(batch.ok());
+  size_t dirty_slots = 0;
+  for (size_t i = 0; i < second.size(); ++i) {
+    REQUIRE(batch->code(i) == StatusCode::kOk);
+    std::span<const std::byte> data = batch->data(i);
+    const bool zeros =
+        std::all_of(data.begin(), data.end(), [](std::byte b) { return b == std::byte{0}; });
+    dirty_slots += zeros ? 0 : 1;
+  }
+  if (zero_freed) {
+    CHECK(dirty_slots == 0);
+  } else {
+    CHECK(dirty_slots == second.size());  // the check sees old bytes where they are left
+  }
 }
 
 }  // namespace

@@ -43,7 +43,8 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
         << "poll_spin_us = " << o.poll_spin_us << "\n"
         << o.extra_toml << "\n[pool]\nslab_bytes = " << o.slab_bytes
         << "\nmax_block_bytes = " << o.max_block_bytes
-        << "\nhuge_pages = \"try\"\nlock_memory = \"try\"\n"
+        << "\nhuge_pages = \"try\"\nlock_memory = \"try\"\nzero_freed = "
+        << (o.zero_freed ? "true" : "false") << "\n"
         << "[[tenant]]\nname = \"test\"\ndram_bytes = " << o.dram_bytes
         << "\nmax_blocks = " << o.max_blocks << "\nuids = [";
     for (size_t i = 0; i < o.tenant_uids.size(); ++i) cfg << (i ? ", " : "") << o.tenant_uids[i];

@@ -34,6 +34,7 @@ struct DaemonOptions {
   std::string socket_mode = "0600";
   bool default_tenant = true;       // every peer maps to tenant "test"
   std::vector<uid_t> tenant_uids;   // else only these uids do
+  bool zero_freed = true;           // [pool] zero_freed
   // SSD tier: on when spill_dir is set (an absolute path the test owns, so a restarted daemon
   // finds what the first one wrote). The master key is spill_dir/../kvtier-test.key, created on
   // first start.
