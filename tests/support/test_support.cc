@@ -55,6 +55,12 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
           << "\"\ncreate_key = true\nsegment_bytes = " << o.segment_bytes << "\n"
           << o.spill_toml << "\n";
     }
+    for (const DaemonOptions::Tenant& t : o.more_tenants) {
+      cfg << "[[tenant]]\nname = \"" << t.name << "\"\ndram_bytes = " << t.dram_bytes
+          << "\nuids = [";
+      for (size_t i = 0; i < t.uids.size(); ++i) cfg << (i ? ", " : "") << t.uids[i];
+      cfg << "]\n";
+    }
   }
   // Readiness comes as sd_notify's READY=1 on a datagram socket of our own.
   const std::string notify_path = (dir / "notify.sock").string();

@@ -35,6 +35,13 @@ struct DaemonOptions {
   bool default_tenant = true;       // every peer maps to tenant "test"
   std::vector<uid_t> tenant_uids;   // else only these uids do
   bool zero_freed = true;           // [pool] zero_freed
+  // More tenants, after "test": each its own pool, mapped from its uids only.
+  struct Tenant {
+    std::string name;
+    std::vector<uid_t> uids;
+    uint64_t dram_bytes = 16ull << 20;
+  };
+  std::vector<Tenant> more_tenants;
   // SSD tier: on when spill_dir is set (an absolute path the test owns, so a restarted daemon
   // finds what the first one wrote). The master key is spill_dir/../kvtier-test.key, created on
   // first start.
