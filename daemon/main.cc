@@ -103,7 +103,13 @@ int Serve(const std::string& config_path) {
   }
   std::vector<std::string> spill_log;
   auto workers = OpenSpillTier(*config, **tenants, &spill_log);
-  for (const std::string& line : spill_log) spdlog::info("{}", line);
+  for (const std::string& line : spill_log) {
+    if (line.starts_with("warning: ")) {
+      spdlog::warn("{}", line.substr(9));
+    } else {
+      spdlog::info("{}", line);
+    }
+  }
   if (!workers.ok()) {
     spdlog::critical("{}", workers.status().ToString());
     return 1;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -86,6 +87,27 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
                       ": raise spill.segment_bytes or LimitNOFILE (ulimit -n)");
   }
   KVT_RETURN_IF_ERROR(PrepareSpillDir(spill.dir));
+  // Quotas are promises the disk may not keep: say so when they add up to more than it has
+  // (segments already written count as space the tier holds).
+  uint64_t quotas = 0;
+  for (const TenantConfig& t : config.tenants) quotas += t.ssd_bytes;
+  uint64_t held = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(spill.dir, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec)) held += it->file_size(ec);
+  }
+  struct statvfs fs {};
+  if (statvfs(spill.dir.c_str(), &fs) == 0) {
+    const uint64_t available = uint64_t{fs.f_bavail} * fs.f_frsize + held;
+    if (quotas > available) {
+      log->push_back("warning: the tenants' ssd_bytes add up to " + std::to_string(quotas >> 20) +
+                     " MiB but " + spill.dir.string() + " has " +
+                     std::to_string(available >> 20) +
+                     " MiB for the SSD tier: when the disk fills, a tenant reclaims its own "
+                     "oldest segments early (lower ssd_bytes or free space)");
+    }
+  }
   KVT_ASSIGN_OR_RETURN(const SecretKey master, LoadKey(spill, log));
   for (uint32_t i = 0; i < spill.threads; ++i) workers.push_back(std::make_unique<SpillWorker>());
 

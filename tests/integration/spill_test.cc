@@ -419,6 +419,8 @@ TEST_CASE("a full spill filesystem degrades to reclaiming old segments; DRAM kee
   }
   // The quota (1 GiB) is far above what the filesystem holds (two 16 MiB segments and a bit).
   auto daemon = DaemonProcess::Start(SpillOptions(small.dir() / "spill"));
+  // Start-up said so.
+  CHECK_THAT(daemon->Log(), Catch::Contains("ssd_bytes add up to 1024 MiB"));
   auto client = MustConnect(*daemon);
   const std::vector<Key> keys = Keys(10, 160);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
