@@ -227,7 +227,8 @@ kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
                         r->ssd_quota_bytes,    r->ssd_blocks,         r->ssd_only_blocks,
                         r->ssd_payload_bytes,  r->dirty_bytes,        r->demotions,
                         r->promotions,         r->demote_failures,    r->promote_failures,
-                        r->integrity_failures, r->ssd_dropped,        r->ssd_segments};
+                        r->integrity_failures, r->ssd_dropped,        r->ssd_segments,
+                        r->expirations};
     return KVTIER_OK;
   });
 }

@@ -223,8 +223,12 @@ uint64_t Client::max_block_bytes() const { return impl_->max_block_bytes; }
 uint64_t Client::session_id() const { return impl_->session_id; }
 
 Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
-                          std::span<uint64_t> offsets, std::span<StatusCode> codes) {
+                          std::span<uint64_t> offsets, std::span<StatusCode> codes,
+                          std::span<const uint32_t> ttl_seconds) {
   if (sizes.size() != keys.size()) return SpanSizeError("sizes");
+  if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
+    return SpanSizeError("ttl_seconds");
+  }
   if (offsets.size() < keys.size()) return SpanSizeError("offsets");
   if (codes.size() < keys.size()) return SpanSizeError("codes");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
@@ -243,7 +247,8 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
     wire::FrameWriter w = impl_->Begin(wire::Op::kReserve);
     auto* items = w.AppendItems<wire::ReserveItem>(n);
     for (size_t i = 0; i < n; ++i) {
-      wire::ReserveItem item{ToWire(keys[base + i]), sizes[base + i]};
+      wire::ReserveItem item{ToWire(keys[base + i]), sizes[base + i],
+                             ttl_seconds.empty() ? 0u : ttl_seconds[base + i], 0};
       std::memcpy(&items[i], &item, sizeof(item));
     }
     KVT_ASSIGN_OR_RETURN(auto reply,
@@ -401,19 +406,21 @@ Result<PoolStats> Client::Stats() {
                    s.ssd_quota_bytes,   s.ssd_blocks,         s.ssd_only_blocks,
                    s.ssd_payload_bytes, s.dirty_bytes,        s.demotions,
                    s.promotions,        s.demote_failures,    s.promote_failures,
-                   s.integrity_failures, s.ssd_dropped,       s.ssd_segments};
+                   s.integrity_failures, s.ssd_dropped,       s.ssd_segments,
+                   s.expirations};
 }
 
 // --- RAII batches ---
 
-Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const uint64_t> sizes) {
+Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const uint64_t> sizes,
+                                     std::span<const uint32_t> ttl_seconds) {
   Reservations r(this);
   r.keys_.assign(keys.begin(), keys.end());
   r.sizes_.assign(sizes.begin(), sizes.end());
   r.offsets_.resize(keys.size());
   r.codes_.resize(keys.size(), StatusCode::kInternal);
   // On failure, `r` aborts whatever earlier frames of a split batch did reserve.
-  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_); !s.ok()) return s;
+  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_, ttl_seconds); !s.ok()) return s;
   return r;
 }
 

@@ -40,6 +40,8 @@ constexpr uint64_t kBytesPerDefaultBlock = 16 * kKiB;
 // Spilled blocks are assumed larger on average: the default index adds one entry per 64 KiB.
 constexpr uint64_t kSsdBytesPerDefaultBlock = 64 * kKiB;
 constexpr uint64_t kMaxBlocks = uint64_t{1} << 31;
+// Ten years: far beyond any cache lifetime, and well inside the index's 32-bit seconds.
+constexpr int64_t kMaxTtlSeconds = int64_t{10} * 366 * 24 * 3600;
 constexpr uint64_t kHostHeadroomBytes = kGiB;
 // [spill]. Segment sizes are whole 2 MiB units, as SpillStore requires (spill_store.cc).
 constexpr uint64_t kSegmentGranuleBytes = 2 * kMiB;
@@ -815,7 +817,9 @@ Status ConfigParser::ParseTenant(const toml::table& table,
                                  const Config& config,
                                  TenantConfig* tenant) {
   KVT_RETURN_IF_ERROR(
-      CheckKeys(table, prefix, {"name", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks"}));
+      CheckKeys(table, prefix,
+                {"name", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks",
+                 "default_ttl_seconds", "max_ttl_seconds"}));
   const uint32_t table_line = lines_[prefix];
   if (table.get("name") == nullptr) return Error(table_line, prefix + ".name", "missing");
   KVT_RETURN_IF_ERROR(ReadString(table, prefix, "name", &tenant->name));
@@ -851,8 +855,19 @@ Status ConfigParser::ParseTenant(const toml::table& table,
                                       tenant->ssd_bytes / kSsdBytesPerDefaultBlock,
                                   kMaxBlocks);
   }
+  // Expiry: 0 means none (default) or no cap (max). A default above the cap would never hold.
+  KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "default_ttl_seconds", 0, kMaxTtlSeconds,
+                                   &tenant->default_ttl_seconds));
+  KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_ttl_seconds", 0, kMaxTtlSeconds,
+                                   &tenant->max_ttl_seconds));
+  if (tenant->max_ttl_seconds != 0 && tenant->default_ttl_seconds > tenant->max_ttl_seconds) {
+    return Error(LineOr(prefix + ".default_ttl_seconds", table_line),
+                 prefix + ".default_ttl_seconds",
+                 std::to_string(tenant->default_ttl_seconds) + " is more than max_ttl_seconds (" +
+                     std::to_string(tenant->max_ttl_seconds) + ")");
+  }
   // A block takes at least one 4 KiB slot in the pool or on SSD, so more index entries than
-  // that could never be used; they would only cost memory (80 bytes each).
+  // that could never be used; they would only cost memory (96 bytes each).
   const uint64_t most_blocks = SaturatingAdd(tenant->dram_bytes, tenant->ssd_bytes) / (4 * kKiB);
   if (tenant->max_blocks > most_blocks) {
     return Error(LineOr(prefix + ".max_blocks", dram_line), prefix + ".max_blocks",

@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
       {"dirty_bytes", s.dirty_bytes},       {"demotions", s.demotions},
       {"promotions", s.promotions},         {"demote_failures", s.demote_failures},
       {"promote_failures", s.promote_failures}, {"integrity_failures", s.integrity_failures},
-      {"ssd_dropped", s.ssd_dropped},       {"ssd_segments", s.ssd_segments}};
+      {"ssd_dropped", s.ssd_dropped},       {"ssd_segments", s.ssd_segments},
+      {"expirations", s.expirations}};
   if (json) {
     std::printf("{\"tenant\": \"%s\"", tenant.c_str());
     for (const auto& [name, value] : rows) std::printf(", \"%s\": %llu", name,

@@ -43,6 +43,7 @@ uint32_t BlockIndex::Insert(const BlockKey& key) {
   e.flags = 0;
   e.ssd_segment = 0;
   e.ssd_page = 0;
+  e.expires_s = 0;
   uint32_t& head = buckets_[Bucket(key)];
   e.hash_next = head;
   head = id;

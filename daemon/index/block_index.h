@@ -1,6 +1,6 @@
 // BlockIndex: one tenant's map from BlockKey to its block, and the LRU lists.
 //
-// All memory is allocated at construction for `capacity` blocks: an entry array (88 bytes an
+// All memory is allocated at construction for `capacity` blocks: an entry array (96 bytes an
 // entry) and a bucket array of 32-bit chain heads (one per entry, rounded up to a power of
 // two). Entries are named by a 32-bit id and reused through a free list; each reuse bumps the
 // entry's generation, so a stale (id, generation) pair held by a session can be detected.
@@ -53,6 +53,8 @@ struct BlockEntry {
   uint32_t owner_session;  // kReserved: the reserving session
   uint32_t ssd_segment;    // kOnSsd: the spill segment id (ids start at 1)
   uint32_t ssd_page;       // kOnSsd: the record's offset in the segment / 4 KiB
+  uint32_t expires_s;      // kCommitted: DramPool's clock second it expires at; 0: never.
+                           // kReserved: its TTL in seconds, applied at commit
 
   BlockKey Key() const {
     BlockKey k;
@@ -62,7 +64,7 @@ struct BlockEntry {
     return k;
   }
 };
-static_assert(sizeof(BlockEntry) == 88);
+static_assert(sizeof(BlockEntry) == 96);
 
 class BlockIndex {
  public:

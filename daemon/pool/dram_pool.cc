@@ -56,10 +56,54 @@ void DramPool::Relist(uint32_t id, bool front) {
   }
 }
 
+uint32_t DramPool::FindCommitted(const BlockKey& key) {
+  const uint32_t id = index_.Find(key);
+  if (id == BlockIndex::kNil || index_.at(id).state != BlockState::kCommitted) {
+    return BlockIndex::kNil;
+  }
+  if (Expired(index_.at(id))) {
+    Expire(id);
+    return BlockIndex::kNil;
+  }
+  return id;
+}
+
+void DramPool::Expire(uint32_t id) {
+  ++expirations_;
+  Unpublish(id);
+}
+
+void DramPool::Unpublish(uint32_t id) {
+  // Gone for readers now; its slot and SSD record go once no lease or I/O holds it.
+  index_.Unlink(id);
+  BlockEntry& e = index_.at(id);
+  e.state = BlockState::kRemoved;
+  index_.LruRemove(id);
+  QueueRelease(e);
+  DropIfUnheld(id);
+}
+
+uint32_t DramPool::Reap(uint32_t budget) {
+  uint32_t dropped = 0;
+  const uint32_t capacity = index_.capacity();
+  for (uint32_t i = 0; i < budget && i < capacity; ++i) {
+    const uint32_t id = reap_cursor_;
+    reap_cursor_ = reap_cursor_ + 1 == capacity ? 0 : reap_cursor_ + 1;
+    if (Expired(index_.at(id))) {
+      Expire(id);
+      ++dropped;
+    }
+  }
+  return dropped;
+}
+
 StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t session,
-                             Placement* out) {
+                             Placement* out, uint32_t ttl_s) {
   if (size == 0 || size > options_.max_block_bytes) return StatusCode::kInvalidArgument;
-  if (index_.Find(key) != BlockIndex::kNil) return StatusCode::kAlreadyExists;
+  if (const uint32_t found = index_.Find(key); found != BlockIndex::kNil) {
+    if (!Expired(index_.at(found))) return StatusCode::kAlreadyExists;
+    Expire(found);  // an expired block does not hold its key
+  }
   const uint8_t cls = classes_.ClassFor(size);
   if (index_.full() && !EvictForIndex()) {
     // Every entry is dirty, leased or reserved. Dirty ones become evictable once on SSD.
@@ -80,6 +124,7 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   e.offset = offset;
   e.size = static_cast<uint32_t>(size);
   e.owner_session = session;
+  e.expires_s = ttl_s;  // relative until Commit
   slabs_.SetOwner(offset, id);
   slabs_.Pin(offset);
   slabs_.Touch(offset, ++tick_);
@@ -223,6 +268,9 @@ StatusCode DramPool::Commit(const BlockKey& key, uint32_t session) {
     return StatusCode::kNotFound;
   }
   e.state = BlockState::kCommitted;
+  if (e.expires_s != 0) {
+    e.expires_s = e.expires_s > UINT32_MAX - now_s_ ? UINT32_MAX : now_s_ + e.expires_s;
+  }
   if (options_.spill && e.size <= options_.spill_max_block_bytes) {
     e.flags |= kDirty;  // keeps the reservation's pin until the block is on SSD
     tier_.dirty_bytes += SlotBytes(e);
@@ -263,8 +311,8 @@ void DramPool::AbortIfReservedBy(BlockRef ref, uint32_t session) {
 }
 
 wire::Tier DramPool::Match(const BlockKey& key) {
-  const uint32_t id = index_.Find(key);
-  if (id == BlockIndex::kNil || index_.at(id).state != BlockState::kCommitted) {
+  const uint32_t id = FindCommitted(key);
+  if (id == BlockIndex::kNil) {
     ++misses_;
     return wire::Tier::kNone;
   }
@@ -274,8 +322,8 @@ wire::Tier DramPool::Match(const BlockKey& key) {
 }
 
 StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* tier) {
-  const uint32_t id = index_.Find(key);
-  if (id == BlockIndex::kNil || index_.at(id).state != BlockState::kCommitted) {
+  const uint32_t id = FindCommitted(key);
+  if (id == BlockIndex::kNil) {
     ++misses_;
     return StatusCode::kNotFound;
   }
@@ -349,16 +397,9 @@ void DramPool::Release(BlockRef ref) {
 }
 
 StatusCode DramPool::Remove(const BlockKey& key) {
-  const uint32_t id = index_.Find(key);
-  if (id == BlockIndex::kNil || index_.at(id).state != BlockState::kCommitted) {
-    return StatusCode::kNotFound;
-  }
-  index_.Unlink(id);
-  BlockEntry& e = index_.at(id);
-  e.state = BlockState::kRemoved;  // freed now, or by the last Release or I/O completion
-  index_.LruRemove(id);
-  QueueRelease(e);
-  DropIfUnheld(id);
+  const uint32_t id = FindCommitted(key);
+  if (id == BlockIndex::kNil) return StatusCode::kNotFound;
+  Unpublish(id);
   return StatusCode::kOk;
 }
 
@@ -474,7 +515,7 @@ void DramPool::SsdCopyLost(BlockRef ref, SsdRef ssd) {
 }
 
 std::optional<BlockRef> DramPool::InsertRecovered(const BlockKey& key, uint64_t size,
-                                                  SsdRef ssd) {
+                                                  SsdRef ssd, uint32_t ttl_s) {
   const bool fits = size > 0 && size <= options_.max_block_bytes;
   if (!fits || index_.Find(key) != BlockIndex::kNil || (index_.full() && !EvictForIndex())) {
     SpillOrder order;
@@ -491,6 +532,7 @@ std::optional<BlockRef> DramPool::InsertRecovered(const BlockKey& key, uint64_t 
   e.size_class = classes_.ClassFor(size);
   e.ssd_segment = ssd.segment;
   e.ssd_page = ssd.page;
+  if (ttl_s != 0) e.expires_s = ttl_s > UINT32_MAX - now_s_ ? UINT32_MAX : now_s_ + ttl_s;
   ++committed_;
   ++tier_.ssd_blocks;
   ++tier_.ssd_only_blocks;
@@ -522,6 +564,7 @@ void DramPool::FillStats(wire::StatsReply* out) const {
   out->promote_failures = tier_.promote_failures;
   out->integrity_failures = tier_.integrity_failures;
   out->ssd_dropped = tier_.ssd_dropped;
+  out->expirations = expirations_;
 }
 
 }  // namespace kvtier

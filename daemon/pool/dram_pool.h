@@ -27,6 +27,7 @@
 // Not thread-safe: used on the daemon's event-loop thread only.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -110,7 +111,9 @@ class DramPool {
   // or above max_block_bytes. kUnavailable: no room yet, but demotions in flight will make some
   // (retry after DemoteDone; never sent to a client). kResourceExhausted: no room even after
   // evicting every unpinned block that could make room.
-  StatusCode Reserve(const BlockKey& key, uint64_t size, uint32_t session, Placement* out);
+  // `ttl_s`: seconds from commit until the block expires (0: never).
+  StatusCode Reserve(const BlockKey& key, uint64_t size, uint32_t session, Placement* out,
+                     uint32_t ttl_s = 0);
   // kOk: the block is visible. kNotFound: `session` holds no reservation for the key.
   StatusCode Commit(const BlockKey& key, uint32_t session);
   // kOk: the reservation is gone and its slot free. kNotFound as for Commit.
@@ -158,13 +161,24 @@ class DramPool {
   void SsdCopyLost(BlockRef ref, SsdRef ssd);
   // Start-up: a record found on SSD becomes an SSD-only block. Returns its ref, or nullopt
   // (a release is queued) when the key exists or the index is full.
-  std::optional<BlockRef> InsertRecovered(const BlockKey& key, uint64_t size, SsdRef ssd);
+  // `ttl_s`: the record keeps no expiry, so it gets this one from now (0: never).
+  std::optional<BlockRef> InsertRecovered(const BlockKey& key, uint64_t size, SsdRef ssd,
+                                          uint32_t ttl_s = 0);
   uint32_t demotions_in_flight() const { return demotions_in_flight_; }
   uint32_t promotions_in_flight() const { return promotions_in_flight_; }
   const TierCounters& tier_counters() const { return tier_; }
 
   void FillStats(wire::StatsReply* out) const;
   uint64_t pool_bytes() const { return options_.pool_bytes; }
+
+  // --- Expiry ---
+  // The pool's clock, in whole seconds (the daemon's monotonic uptime); only moves forward.
+  // An expired block is a miss at once for every call; Reap reclaims expired blocks nobody
+  // looks up.
+  void SetNow(uint32_t now_s) { now_s_ = std::max(now_s_, now_s); }
+  // Examines up to `budget` index entries (round robin) and drops the expired ones; returns
+  // how many it dropped.
+  uint32_t Reap(uint32_t budget);
 
  private:
   std::optional<uint64_t> AllocateSpace(uint8_t cls, uint64_t size);
@@ -184,6 +198,14 @@ class DramPool {
   // Puts the entry on the list its state calls for (or none).
   void Relist(uint32_t id, bool front = true);
   void StartDemotion(uint32_t id);
+  // kNil, or the committed block of `key`; an expired one is dropped and reads as kNil.
+  uint32_t FindCommitted(const BlockKey& key);
+  bool Expired(const BlockEntry& e) const {
+    return e.state == BlockState::kCommitted && e.expires_s != 0 && e.expires_s <= now_s_;
+  }
+  void Expire(uint32_t id);
+  // Remove's work: unlinks a committed block and drops it once nothing holds it.
+  void Unpublish(uint32_t id);
   void QueueRelease(BlockEntry& e);
   uint32_t LruListOf(uint8_t cls) const {
     return cls == SizeClasses::kLarge ? classes_.count() : cls;
@@ -206,6 +228,9 @@ class DramPool {
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
   uint64_t evictions_ = 0;
+  uint64_t expirations_ = 0;
+  uint32_t now_s_ = 1;        // 0 is "never" in BlockEntry::expires_s
+  uint32_t reap_cursor_ = 0;
   // SSD tier.
   std::vector<SpillOrder> orders_;
   uint64_t demoting_bytes_ = 0;

@@ -125,6 +125,10 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
   if (progress.next == 0 && progress.items_offset == 0) {
     for (uint32_t i = 0; i < n; ++i) {
       const auto item = request.ItemAt<wire::ReserveItem>(i);
+      if (item.reserved != 0) {
+        reply.SetStatus(Invalid("item " + std::to_string(i) + ": reserved field is not zero"));
+        return true;
+      }
       if (item.size == 0 || item.size > limits_.max_block_bytes) {
         reply.SetStatus(Invalid("item " + std::to_string(i) + ": block size " +
                                 std::to_string(item.size) + " is outside 1.." +
@@ -143,8 +147,10 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
     const uint32_t i = progress.next;
     const auto item = request.ItemAt<wire::ReserveItem>(i);
     DramPool::Placement placement;
-    const StatusCode code = pool.Reserve(KeyAt(session, request, i, sizeof(wire::ReserveItem)),
-                                         item.size, session.id(), &placement);
+    const StatusCode code =
+        pool.Reserve(KeyAt(session, request, i, sizeof(wire::ReserveItem)), item.size,
+                     session.id(), &placement,
+                     EffectiveTtl(session.tenant()->config, item.ttl_seconds));
     if (code == StatusCode::kUnavailable) return false;  // room is on its way to SSD
     wire::ReserveResult r{};
     r.status = static_cast<uint16_t>(code);

@@ -34,7 +34,8 @@ uint64_t NowUs() {
 }  // namespace
 
 Server::Server(const Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers)
-    : config_(config),
+    : start_us_(NowUs()),
+      config_(config),
       tenants_(tenants),
       workers_(std::move(workers)),
       handler_(tenants, HandlerLimits{config.max_block_bytes}),
@@ -97,14 +98,14 @@ Status Server::Run() {
   uint64_t last_activity_us = NowUs();
   for (;;) {
     const bool spinning = NowUs() - last_activity_us < config_.poll_spin_us;
-    // Sessions that have not said hello yet are timed out; wake up to check at least each second.
-    const int sleep_ms = awaiting_hello_ > 0 ? 1000 : -1;
-    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : sleep_ms);
+    // Wake up at least each second: silent sessions are timed out and expired blocks reaped.
+    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : 1000);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("epoll_wait", errno);
     }
     if (awaiting_hello_ > 0) CloseSilentSessions();
+    Tick();
     if (n == 0) {
       // Spinning: give the CPU away at once if a client waits for it (on a shared vCPU the
       // client may be the very peer whose next request we are spinning for).
@@ -139,6 +140,19 @@ Status Server::Run() {
     closing_.clear();
     last_activity_us = NowUs();
   }
+}
+
+void Server::Tick() {
+  // Block expiry runs on whole seconds of the daemon's uptime (1 at start; 0 means "never").
+  const auto now_s = static_cast<uint32_t>((NowUs() - start_us_) / 1000000u + 1);
+  if (now_s == clock_s_) return;
+  clock_s_ = now_s;
+  bool reaped = false;
+  for (auto& tenant : tenants_->tenants()) {
+    tenant->pool->SetNow(now_s);
+    reaped |= tenant->pool->Reap(kReapEntriesPerSecond) > 0;
+  }
+  if (reaped && !workers_.empty()) PostSpillOrders();  // their SSD records go too
 }
 
 void Server::Refuse(int fd, const PeerCredentials& peer, const Status& why) {

@@ -63,9 +63,16 @@ class Server {
   // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
   bool AllowPeerErrorLog();
   uint32_t NextSessionId();
+  // Once a second: moves the pools' clocks and reaps a bounded number of expired blocks.
+  void Tick();
+  // Index entries each tenant's reaper looks at per second: a 1M-block index in ~16 s, at
+  // about a millisecond of loop time per tick.
+  static constexpr uint32_t kReapEntriesPerSecond = 65536;
   static constexpr uint32_t kPeerErrorLogsPerSecond = 10;
   static constexpr uint64_t kHelloTimeoutUs = 5'000'000;
 
+  uint64_t start_us_;
+  uint32_t clock_s_ = 0;
   const Config& config_;
   TenantRegistry* tenants_;
   std::vector<SpillWorker*> workers_;

@@ -166,7 +166,9 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
       key.ns_id = *ns_id;
       key.len = static_cast<uint8_t>(record.key.size());
       std::copy(record.key.begin(), record.key.end(), key.bytes.begin());
-      auto block = tenant.pool->InsertRecovered(key, record.location.payload_bytes, ref);
+      // Records keep no expiry: a recovered block gets the tenant's default from now on.
+      auto block = tenant.pool->InsertRecovered(key, record.location.payload_bytes, ref,
+                                                EffectiveTtl(tenant.config, 0));
       if (!block) continue;  // the pool queued its release
       (*store)->SetUser(record.location, block->tag());
       ++restored;

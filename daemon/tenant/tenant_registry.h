@@ -36,6 +36,16 @@ struct Tenant {
   uint32_t spill_store = 0;
 };
 
+// The TTL a block of `tenant` gets for a requested one (0: the tenant's default): capped by
+// max_ttl_seconds, which also applies to blocks without a TTL. 0: never expires.
+inline uint32_t EffectiveTtl(const TenantConfig& tenant, uint32_t requested) {
+  uint32_t ttl = requested != 0 ? requested : tenant.default_ttl_seconds;
+  if (tenant.max_ttl_seconds != 0 && (ttl == 0 || ttl > tenant.max_ttl_seconds)) {
+    ttl = tenant.max_ttl_seconds;
+  }
+  return ttl;
+}
+
 class TenantRegistry {
  public:
   static constexpr size_t kMaxNamespacesPerTenant = 4096;

@@ -89,9 +89,11 @@ static_assert(sizeof(HelloReply) == 64);
 
 struct ReserveItem {
   WireKey key;
-  uint64_t size;  // bytes, 1..max_block_bytes
+  uint64_t size;         // bytes, 1..max_block_bytes
+  uint32_t ttl_seconds;  // 0: the tenant's default_ttl_seconds; lowered to its max_ttl_seconds
+  uint32_t reserved;     // 0
 };
-static_assert(sizeof(ReserveItem) == 48);
+static_assert(sizeof(ReserveItem) == 56);
 
 struct ReserveResult {
   uint64_t offset;  // into the pool mapping; valid when status == kOk
@@ -138,8 +140,9 @@ struct StatsReply {
   uint64_t integrity_failures;  // of which failed authentication (tampered or torn record)
   uint64_t ssd_dropped;         // SSD records dropped when their segment was reclaimed
   uint64_t ssd_segments;        // spill segment files held
+  uint64_t expirations;         // blocks dropped because their TTL ran out
 };
-static_assert(sizeof(StatsReply) == 192);
+static_assert(sizeof(StatsReply) == 200);
 
 // Item size of a request body for `op`, or 0 where the body is not a list of items.
 constexpr size_t RequestItemBytes(Op op) {

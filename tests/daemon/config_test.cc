@@ -13,6 +13,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/units.h"
 
 namespace kvtier {
@@ -884,6 +885,37 @@ TEST_CASE("ParseSize rejects what is not a whole, known-unit size", "[daemon][co
   CHECK(parsed.status().code() == StatusCode::kInvalidArgument);
   CHECK_THAT(parsed.status().message(), StartsWith("\"" + text + "\" is not a size: "));
   CHECK_THAT(parsed.status().message(), Contains(why));
+}
+
+}  // namespace
+}  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST_CASE("Tenant TTLs are read, and a default above the cap is an error naming both",
+          "[daemon][config][expiry]") {
+  auto config = Parse(
+      "config_version = 1\n[[tenant]]\nname = \"a\"\ndram_bytes = \"64MiB\"\n"
+      "default_ttl_seconds = 60\nmax_ttl_seconds = 3600\n");
+  INFO(config.status().ToString());
+  REQUIRE(config.ok());
+  CHECK(config->tenants[0].default_ttl_seconds == 60);
+  CHECK(config->tenants[0].max_ttl_seconds == 3600);
+  CHECK(EffectiveTtl(config->tenants[0], 0) == 60);
+  CHECK(EffectiveTtl(config->tenants[0], 10) == 10);
+  CHECK(EffectiveTtl(config->tenants[0], 7200) == 3600);  // lowered to the cap
+  TenantConfig uncapped;
+  CHECK(EffectiveTtl(uncapped, 0) == 0);                   // never expires
+  TenantConfig capped;
+  capped.max_ttl_seconds = 30;
+  CHECK(EffectiveTtl(capped, 0) == 30);                    // the cap applies to "no TTL" too
+  CheckError({"config_version = 1\n[[tenant]]\nname = \"a\"\ndram_bytes = \"4MiB\"\n"
+              "default_ttl_seconds = 61\nmax_ttl_seconds = 60\n",
+              At(5, "tenant[0].default_ttl_seconds"), "is more than max_ttl_seconds (60)"});
+  CheckError({"config_version = 1\n[[tenant]]\nname = \"a\"\ndram_bytes = \"4MiB\"\n"
+              "max_ttl_seconds = -1\n",
+              At(5, "tenant[0].max_ttl_seconds"), ""});
 }
 
 }  // namespace

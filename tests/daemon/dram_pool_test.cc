@@ -833,3 +833,67 @@ TEST_CASE("DramPool keeps live slots disjoint and its stats exact under random o
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST_CASE("An expired block is a miss at once, frees its slot, and frees its key",
+          "[daemon][pool][expiry]") {
+  DramPool pool(Options());
+  pool.SetNow(100);
+  DramPool::Placement p;
+  REQUIRE(pool.Reserve(Key(1), kSlab, kSession, &p, /*ttl_s=*/10) == StatusCode::kOk);
+  REQUIRE(pool.Commit(Key(1), kSession) == StatusCode::kOk);
+  REQUIRE(pool.Reserve(Key(2), kSlab, kSession, &p) == StatusCode::kOk);  // no TTL
+  REQUIRE(pool.Commit(Key(2), kSession) == StatusCode::kOk);
+  pool.SetNow(109);
+  CHECK(Present(pool, 1));
+  pool.SetNow(110);  // commit at 100 + 10 s
+  CHECK_FALSE(Present(pool, 1));
+  CHECK(Present(pool, 2));
+  wire::StatsReply s = Stats(pool);
+  CHECK(s.expirations == 1);
+  CHECK(s.committed_blocks == 1);
+  CHECK(s.used_bytes == kSlab);
+  // The key is free again.
+  CHECK(pool.Reserve(Key(1), kSlab, kSession, &p) == StatusCode::kOk);
+}
+
+TEST_CASE("A leased block that expires stays readable to its lease holders until released",
+          "[daemon][pool][expiry]") {
+  DramPool pool(Options());
+  DramPool::Placement p;
+  REQUIRE(pool.Reserve(Key(1), kSlab, kSession, &p, 5) == StatusCode::kOk);
+  REQUIRE(pool.Commit(Key(1), kSession) == StatusCode::kOk);
+  DramPool::Placement lease;
+  REQUIRE(pool.Acquire(Key(1), &lease) == StatusCode::kOk);
+  pool.SetNow(1000);
+  CHECK(pool.Acquire(Key(1), &p) == StatusCode::kNotFound);
+  CHECK(Stats(pool).used_bytes == kSlab);  // held by the lease
+  pool.Release(lease.ref);
+  CHECK(Stats(pool).used_bytes == 0);
+  CHECK(Stats(pool).expirations == 1);
+}
+
+TEST_CASE("The reaper drops expired blocks nobody looks up, a bounded number per call",
+          "[daemon][pool][expiry]") {
+  DramPool pool(Options(kPool, /*max_blocks=*/64));
+  DramPool::Placement p;
+  for (uint64_t n = 0; n < 6; ++n) {
+    REQUIRE(pool.Reserve(Key(n), 64 * kKiB, kSession, &p, n < 4 ? 2 : 0) == StatusCode::kOk);
+    REQUIRE(pool.Commit(Key(n), kSession) == StatusCode::kOk);
+  }
+  pool.SetNow(50);
+  CHECK(pool.Reap(0) == 0);
+  uint32_t dropped = 0;
+  for (int call = 0; call < 8; ++call) dropped += pool.Reap(16);  // 8 x 16 = two sweeps of 64
+  CHECK(dropped == 4);
+  const wire::StatsReply s = Stats(pool);
+  CHECK(s.expirations == 4);
+  CHECK(s.committed_blocks == 2);
+  CHECK(Present(pool, 4));
+  CHECK(Present(pool, 5));
+}
+
+}  // namespace
+}  // namespace kvtier

@@ -199,5 +199,34 @@ TEST_CASE("a slot freed by remove or eviction reads as zeros when it is handed o
   }
 }
 
+TEST_CASE("a block whose TTL runs out becomes a miss and gives its space back; a TTL above "
+          "the tenant's cap is lowered to it", "[integration][expiry]") {
+  DaemonOptions options;
+  options.max_ttl_seconds = 2;  // the cap
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(30, 0, 3);
+  // 1 s; far above the cap (so 2 s); none (so the cap, 2 s).
+  const std::vector<uint32_t> ttls = {1, 3600, 0};
+  auto batch = client->Reserve(keys, std::vector<uint64_t>(keys.size(), kMiB), ttls);
+  REQUIRE(batch.ok());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE(batch->code(i) == StatusCode::kOk);
+    FillBlock(keys[i], batch->data(i));
+  }
+  REQUIRE(batch->Commit().ok());
+  const uint64_t used = client->Stats()->used_bytes;
+  REQUIRE(used >= 3 * kMiB);
+  // Each one goes (the wait bounds a hung test; it is not a timing assertion), and the reaper
+  // frees the space without anyone looking the keys up.
+  REQUIRE(WaitUntil([&] { return client->Stats()->expirations == 3; }));
+  const PoolStats stats = *client->Stats();
+  CHECK(stats.used_bytes == used - 3 * kMiB);
+  CHECK(stats.committed_blocks == 0);
+  CHECK(*client->MatchPrefix(std::span(keys).first(1)) == 0);
+  // The keys are free to be stored again.
+  Store(*client, keys, kMiB);
+}
+
 }  // namespace
 }  // namespace kvtier::testing

@@ -46,7 +46,9 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
         << "\nhuge_pages = \"try\"\nlock_memory = \"try\"\nzero_freed = "
         << (o.zero_freed ? "true" : "false") << "\n"
         << "[[tenant]]\nname = \"test\"\ndram_bytes = " << o.dram_bytes
-        << "\nmax_blocks = " << o.max_blocks << "\nuids = [";
+        << "\nmax_blocks = " << o.max_blocks
+        << "\ndefault_ttl_seconds = " << o.default_ttl_seconds
+        << "\nmax_ttl_seconds = " << o.max_ttl_seconds << "\nuids = [";
     for (size_t i = 0; i < o.tenant_uids.size(); ++i) cfg << (i ? ", " : "") << o.tenant_uids[i];
     cfg << "]\n";
     if (!o.spill_dir.empty()) {

@@ -35,6 +35,8 @@ struct DaemonOptions {
   bool default_tenant = true;       // every peer maps to tenant "test"
   std::vector<uid_t> tenant_uids;   // else only these uids do
   bool zero_freed = true;           // [pool] zero_freed
+  uint32_t default_ttl_seconds = 0;  // of tenant "test"
+  uint32_t max_ttl_seconds = 0;
   // More tenants, after "test": each its own pool, mapped from its uids only.
   struct Tenant {
     std::string name;

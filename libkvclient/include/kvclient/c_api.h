@@ -68,6 +68,7 @@ typedef struct kvtier_stats {
   uint64_t ssd_quota_bytes, ssd_blocks, ssd_only_blocks, ssd_payload_bytes, dirty_bytes,
       demotions, promotions, demote_failures, promote_failures, integrity_failures, ssd_dropped,
       ssd_segments;
+  uint64_t expirations; /* blocks dropped because their TTL ran out */
 } kvtier_stats;
 
 /* Connects to the daemon at socket_path (NULL: /run/kvtier/kvtierd.sock) for namespace

@@ -90,6 +90,7 @@ struct PoolStats {
   uint64_t integrity_failures = 0;
   uint64_t ssd_dropped = 0;
   uint64_t ssd_segments = 0;
+  uint64_t expirations = 0;  // blocks dropped because their TTL ran out
 };
 
 struct LeaseInfo {
@@ -166,7 +167,10 @@ class KVCLIENT_EXPORT Client {
   Client& operator=(const Client&) = delete;
 
   // --- RAII batch API ---
-  Result<Reservations> Reserve(std::span<const Key> keys, std::span<const uint64_t> sizes);
+  // `ttl_seconds` (empty, or one per key): seconds from commit until the block expires; 0 or
+  // empty: the tenant's default_ttl_seconds. The tenant's max_ttl_seconds caps every TTL.
+  Result<Reservations> Reserve(std::span<const Key> keys, std::span<const uint64_t> sizes,
+                               std::span<const uint32_t> ttl_seconds = {});
   Result<Leases> Acquire(std::span<const Key> keys);
   // How many leading keys are present; `tiers`, if not empty (size >= keys), gets each one's
   // tier. A KV prefix is usable only whole, so matching stops at the first miss.
@@ -181,7 +185,8 @@ class KVCLIENT_EXPORT Client {
 
   // --- Raw API (what the RAII types and the C ABI use); spans are sized like `keys`. ---
   Status ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
-                    std::span<uint64_t> offsets, std::span<StatusCode> codes);
+                    std::span<uint64_t> offsets, std::span<StatusCode> codes,
+                    std::span<const uint32_t> ttl_seconds = {});
   Status CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes = {});
   Status AbortRaw(std::span<const Key> keys, std::span<StatusCode> codes = {});
   Status AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out);
