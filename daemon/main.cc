@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/config/config.h"
+#include "daemon/owned_dir.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server/server.h"
 #include "daemon/spill/spill_setup.h"
@@ -28,34 +29,6 @@ constexpr char kUsage[] =
     "       kvtierd --version\n";
 
 namespace {
-
-// The run directory holds the control socket. It must be ours and writable by nobody else, or
-// another user could replace the socket under the clients.
-Status PrepareRunDir(const std::filesystem::path& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir.parent_path(), ec);
-  // 0755: other uids must reach the socket; the socket's own mode decides who may connect.
-  if (mkdir(dir.c_str(), 0755) == 0) {
-    if (chmod(dir.c_str(), 0755) != 0) return ErrnoStatus("chmod(" + dir.string() + ")", errno);
-  } else if (errno != EEXIST) {
-    return ErrnoStatus("cannot create run_dir " + dir.string(), errno);
-  }
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0) return ErrnoStatus("stat(" + dir.string() + ")", errno);
-  if (!S_ISDIR(st.st_mode)) {
-    return Status(StatusCode::kFailedPrecondition, "run_dir " + dir.string() + " is not a directory");
-  }
-  if (st.st_uid != geteuid()) {
-    return Status(StatusCode::kPermissionDenied,
-                  "run_dir " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) +
-                      ", not by kvtierd's uid " + std::to_string(geteuid()));
-  }
-  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    return Status(StatusCode::kPermissionDenied,
-                  "run_dir " + dir.string() + " is writable by group or others; chmod go-w it");
-  }
-  return Status::Ok();
-}
 
 int Serve(const std::string& config_path) {
   auto config = LoadConfig(config_path);
@@ -76,7 +49,9 @@ int Serve(const std::string& config_path) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  if (Status s = PrepareRunDir(config->run_dir); !s.ok()) {
+  // The run directory holds the control socket: 0755, because other uids must reach the
+  // socket; the socket's own mode decides who may connect.
+  if (Status s = PrepareOwnedDir(config->run_dir, 0755, "run_dir"); !s.ok()) {
     spdlog::critical("{}", s.message());
     return 1;
   }

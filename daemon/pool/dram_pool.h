@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <vector>
 
 #include "daemon/index/block_index.h"
@@ -66,6 +67,12 @@ struct SpillOrder {
   SsdRef ssd;
   BlockKey key;
 };
+
+// The SpillWorker job that carries out `order` for the tenant whose pool memory starts at
+// `pool` (of `pool_bytes`), in its store `store`; `name_space` is the name of the order key's
+// namespace (unused for kRelease).
+SpillJob ToSpillJob(const SpillOrder& order, uint32_t store, std::byte* pool, uint64_t pool_bytes,
+                    std::string_view name_space);
 
 // Counters of the SSD side, for stats.
 struct TierCounters {

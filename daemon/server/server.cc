@@ -454,26 +454,11 @@ void Server::PostSpillOrders(bool demote) {
     pool.TakeOrders(&spill_orders_);
     spill_jobs_.clear();
     for (const SpillOrder& order : spill_orders_) {
-      SpillJob job;
-      job.store = tenant->spill_store;
-      job.tag = order.ref.tag();
-      job.ref = order.ssd;
-      job.bytes = order.size;
-      switch (order.kind) {
-        case SpillOrder::Kind::kDemote: job.kind = SpillJob::Kind::kWrite; break;
-        case SpillOrder::Kind::kPromote: job.kind = SpillJob::Kind::kRead; break;
-        case SpillOrder::Kind::kRelease: job.kind = SpillJob::Kind::kRelease; break;
-      }
-      if (order.kind != SpillOrder::Kind::kRelease) {
-        KVT_CHECK(order.offset + order.size <= tenant->memory.size());
-        job.data = tenant->memory.data() + order.offset;
-        const std::string& ns = tenant->namespace_names.at(order.key.ns_id - 1);
-        job.ns_len = static_cast<uint8_t>(ns.size());
-        std::memcpy(job.ns.data(), ns.data(), ns.size());
-        job.key_len = order.key.len;
-        std::memcpy(job.key.data(), order.key.bytes.data(), order.key.len);
-      }
-      spill_jobs_.push_back(job);
+      const std::string_view ns = order.kind == SpillOrder::Kind::kRelease
+                                      ? std::string_view()
+                                      : tenant->namespace_names.at(order.key.ns_id - 1);
+      spill_jobs_.push_back(ToSpillJob(order, tenant->spill_store, tenant->memory.data(),
+                                       tenant->memory.size(), ns));
     }
     tenant->spill->Post(spill_jobs_);
   }

@@ -11,38 +11,13 @@
 #include <utility>
 
 #include "crypto/master_key.h"
+#include "daemon/owned_dir.h"
 #include "daemon/spill/io_probe.h"
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 
 namespace kvtier {
 namespace {
-
-// Spill files are ciphertext, but their removal or replacement by another user would still be
-// denial of service: the directory must be ours and closed to everybody else.
-Status PrepareSpillDir(const std::filesystem::path& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir.parent_path(), ec);
-  if (mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    return ErrnoStatus("cannot create spill.dir " + dir.string(), errno);
-  }
-  struct stat st {};
-  if (stat(dir.c_str(), &st) != 0) return ErrnoStatus("stat(" + dir.string() + ")", errno);
-  if (!S_ISDIR(st.st_mode)) {
-    return Status(StatusCode::kFailedPrecondition,
-                  "spill.dir " + dir.string() + " is not a directory");
-  }
-  if (st.st_uid != geteuid()) {
-    return Status(StatusCode::kPermissionDenied,
-                  "spill.dir " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) +
-                      ", not by kvtierd's uid " + std::to_string(geteuid()));
-  }
-  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    return Status(StatusCode::kPermissionDenied,
-                  "spill.dir " + dir.string() + " is writable by group or others; chmod 700 it");
-  }
-  return Status::Ok();
-}
 
 Result<SecretKey> LoadKey(const SpillConfig& spill, std::vector<std::string>* log) {
   if (!spill.key_credential.empty()) {
@@ -86,7 +61,9 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
                       std::to_string(files.rlim_cur) +
                       ": raise spill.segment_bytes or LimitNOFILE (ulimit -n)");
   }
-  KVT_RETURN_IF_ERROR(PrepareSpillDir(spill.dir));
+  // Spill files are ciphertext, but their removal or replacement by another user would still
+  // be denial of service: the directory is ours and closed to everybody else.
+  KVT_RETURN_IF_ERROR(PrepareOwnedDir(spill.dir, 0700, "spill.dir"));
   // Quotas are promises the disk may not keep: say so when they add up to more than it has
   // (segments already written count as space the tier holds).
   uint64_t quotas = 0;

@@ -49,17 +49,11 @@ SpillWorker::~SpillWorker() {
   }
   // Writes and reads not yet started are dropped, but releases are kept: a record the loop
   // let go of must not come back at the next start (the store scrubs it before it closes).
-  for (SpillJob& job : inbox_) stores_.at(job.store)->pending.push_back(job);
-  inbox_.clear();
-  for (auto& s : stores_) {
-    for (const SpillJob& job : s->pending) {
-      if (job.kind != SpillJob::Kind::kRelease) continue;
-      if (auto location = s->store->Locate(job.ref.segment, job.ref.offset())) {
-        s->store->Release(*location);
-      }
-    }
-    s->pending.clear();
+  // (The thread has run every release it took; only the inbox can still hold some.)
+  for (const SpillJob& job : inbox_) {
+    if (job.kind == SpillJob::Kind::kRelease) ReleaseNow(job);
   }
+  inbox_.clear();
   // Each SpillStore's destructor writes pending scrubs, waits for its in-flight I/O and syncs;
   // then its device goes.
   for (auto& s : stores_) s->store.reset();
@@ -120,17 +114,14 @@ void SpillWorker::Run() {
       jobs.swap(inbox_);
     }
     for (SpillJob& job : jobs) {
-      Store& store = *stores_.at(job.store);
       if (job.kind == SpillJob::Kind::kRelease) {
         // At once, not behind writes waiting for staging: the loop only learns of a record
         // from its write's result, so nothing pending can concern it.
-        if (auto location = store.store->Locate(job.ref.segment, job.ref.offset())) {
-          store.store->Release(*location);
-        }
-        (void)store.store->Flush();  // starts its scrub
+        ReleaseNow(job);
+        (void)stores_[job.store]->store->Flush();  // starts its scrub
         continue;
       }
-      store.pending.push_back(job);
+      stores_.at(job.store)->pending.push_back(job);
     }
     bool progress = !jobs.empty();
     jobs.clear();
@@ -150,6 +141,11 @@ void SpillWorker::Run() {
   }
 }
 
+void SpillWorker::ReleaseNow(const SpillJob& job) {
+  SpillStore& store = *stores_.at(job.store)->store;
+  if (auto location = store.Locate(job.ref.segment, job.ref.offset())) store.Release(*location);
+}
+
 bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
   Store& s = *stores_[index];
   SpillStore& store = *s.store;
@@ -157,12 +153,9 @@ bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
   while (!s.pending.empty() && !s.blocked) {
     const SpillJob& job = s.pending.front();
     switch (job.kind) {
-      case SpillJob::Kind::kRelease: {
-        if (auto location = store.Locate(job.ref.segment, job.ref.offset())) {
-          store.Release(*location);
-        }
+      case SpillJob::Kind::kRelease:
+        KVT_CHECK(false && "releases run when they arrive, never from `pending`");
         break;
-      }
       case SpillJob::Kind::kRead: {
         auto location = store.Locate(job.ref.segment, job.ref.offset());
         if (!location || location->payload_bytes != job.bytes) {

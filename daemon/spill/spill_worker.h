@@ -97,12 +97,14 @@ class SpillWorker {
   struct Store {
     std::unique_ptr<BlockDevice> device;
     std::unique_ptr<SpillStore> store;
-    std::deque<SpillJob> pending;                              // not yet started
+    std::deque<SpillJob> pending;  // writes and reads not yet started
     std::unordered_map<uint64_t, SpillLocation> writing;       // tag -> location
     bool blocked = false;  // the front job waits for in-flight I/O
   };
 
   void Run();
+  // The record of a kRelease job is dead (the store scrubs it).
+  void ReleaseNow(const SpillJob& job);
   // Starts pending jobs until one must wait for I/O; true if anything was started or finished.
   bool StartJobs(uint32_t index, std::vector<SpillResult>* results);
   // One attempt at the front write; false if it must wait.

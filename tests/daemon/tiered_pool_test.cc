@@ -399,19 +399,7 @@ class WorkerHarness {
       pool_.TakeOrders(&orders);
       std::vector<SpillJob> jobs;
       for (const SpillOrder& order : orders) {
-        SpillJob job;
-        job.kind = order.kind == SpillOrder::Kind::kDemote    ? SpillJob::Kind::kWrite
-                   : order.kind == SpillOrder::Kind::kPromote ? SpillJob::Kind::kRead
-                                                              : SpillJob::Kind::kRelease;
-        job.tag = order.ref.tag();
-        job.ref = order.ssd;
-        job.bytes = order.size;
-        job.data = memory_.data() + order.offset;
-        job.key_len = order.key.len;
-        std::memcpy(job.key.data(), order.key.bytes.data(), order.key.len);
-        job.ns_len = 2;
-        std::memcpy(job.ns.data(), "ns", 2);
-        jobs.push_back(job);
+        jobs.push_back(ToSpillJob(order, 0, memory_.data(), memory_.size(), "ns"));
       }
       worker_.Post(jobs);
       // Releases have no result: done once no write or read is in flight.
