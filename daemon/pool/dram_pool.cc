@@ -1,6 +1,7 @@
 #include "daemon/pool/dram_pool.h"
 
 #include <cstring>
+#include <string>
 
 #include "ipc/base/check.h"
 #include "ipc/base/units.h"
@@ -58,7 +59,7 @@ void DramPool::Touch(uint32_t id) {
 
 void DramPool::Relist(uint32_t id, bool front) {
   BlockEntry& e = index_.at(id);
-  index_.LruRemove(id);
+  Unlist(id);
   if (e.state != BlockState::kCommitted || (e.flags & (kDemoting | kPromoting)) != 0) return;
   uint32_t list = BlockIndex::kNil;
   if ((e.flags & kInDram) == 0) {
@@ -69,12 +70,19 @@ void DramPool::Relist(uint32_t id, bool front) {
     list = DirtyList();
   } else {
     list = LruListOf(e.size_class);
+    evictable_bytes_ += SlotBytes(e);
   }
   if (front) {
     index_.LruPushFront(list, id);
   } else {
     index_.LruPushBack(list, id);
   }
+}
+
+void DramPool::Unlist(uint32_t id) {
+  const BlockEntry& e = index_.at(id);
+  if (e.lru_list <= classes_.count()) evictable_bytes_ -= SlotBytes(e);  // a clean list
+  index_.LruRemove(id);
 }
 
 uint32_t DramPool::FindCommitted(const BlockKey& key) {
@@ -99,8 +107,8 @@ void DramPool::Unpublish(uint32_t id) {
   index_.Unlink(id);
   BlockEntry& e = index_.at(id);
   e.state = BlockState::kRemoved;
-  index_.LruRemove(id);
-  QueueRelease(e);
+  Unlist(id);
+  ForgetSsdRecord(e);
   DropIfUnheld(id);
 }
 
@@ -128,11 +136,11 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   const uint8_t cls = classes_.ClassFor(size);
   if (index_.full() && !EvictForIndex()) {
     // Every entry is dirty, leased or reserved. Dirty ones become evictable once on SSD.
-    if (!options_.spill) return StatusCode::kResourceExhausted;
+    if (!options_.spill) return RefuseIndex();
     if (demotions_in_flight_ == 0 && index_.LruBack(DirtyList()) != BlockIndex::kNil) {
       StartDemotion(index_.LruBack(DirtyList()));
     }
-    return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : StatusCode::kResourceExhausted;
+    return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : RefuseIndex();
   }
   uint64_t offset = 0;
   if (StatusCode code = AllocateOrWait(cls, size, &offset); code != StatusCode::kOk) return code;
@@ -160,7 +168,7 @@ StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset
     *offset = *at;
     return StatusCode::kOk;
   }
-  if (!options_.spill) return StatusCode::kResourceExhausted;
+  if (!options_.spill) return RefuseDram(cls, size);
   // Room comes from dirty blocks once they are on SSD: make sure enough are on their way.
   const uint64_t need = cls == SizeClasses::kLarge ? AlignUp(size, classes_.slab_bytes())
                                                    : classes_.slab_bytes();
@@ -169,7 +177,54 @@ StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset
     if (victim == BlockIndex::kNil) break;
     StartDemotion(victim);
   }
-  return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : StatusCode::kResourceExhausted;
+  return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : RefuseDram(cls, size);
+}
+
+StatusCode DramPool::RefuseDram(uint8_t cls, uint64_t size) {
+  const uint64_t slab = classes_.slab_bytes();
+  std::string& why = last_refusal_;
+  why.assign("DRAM pool of ")
+      .append(std::to_string(options_.pool_bytes))
+      .append(" bytes is full: a ")
+      .append(std::to_string(size))
+      .append("-byte block needs ");
+  if (cls == SizeClasses::kLarge) {
+    const uint64_t run = AlignUp(size, slab);
+    why.append(std::to_string(run / slab))
+        .append(" adjacent free slabs (")
+        .append(std::to_string(run))
+        .append(" bytes)");
+  } else {
+    why.append("a free ").append(std::to_string(classes_.SlotBytes(cls))).append("-byte slot");
+  }
+  // Every block not on a clean LRU list holds its slot: that is what "pinned" means here.
+  why.append("; ")
+      .append(std::to_string(used_bytes_))
+      .append(" bytes are in use, ")
+      .append(std::to_string(used_bytes_ - evictable_bytes_))
+      .append(" of them pinned (leased, reserved, not yet on SSD or with I/O in flight), and ");
+  if (evictable_bytes_ == 0) {
+    why.append("nothing is evictable");
+  } else {
+    why.append("evicting the other ")
+        .append(std::to_string(evictable_bytes_))
+        .append(" bytes would free no such space");
+  }
+  return StatusCode::kResourceExhausted;
+}
+
+StatusCode DramPool::RefuseIndex() {
+  const std::string capacity = std::to_string(index_.capacity());
+  last_refusal_.assign("block index is full (")
+      .append(capacity)
+      .append(" of ")
+      .append(capacity)
+      .append(" entries, none evictable: ")
+      .append(std::to_string(reserved_))
+      .append(" reserved and ")
+      .append(std::to_string(leased_))
+      .append(" leased blocks; raise max_blocks)");
+  return StatusCode::kResourceExhausted;
 }
 
 std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
@@ -179,7 +234,7 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
     // The pool is carved up. The oldest unpinned clean block of the same class gives its slot.
     const uint32_t victim = index_.LruBack(LruListOf(cls));
     if (victim != BlockIndex::kNil) {
-      Evict(victim);
+      EvictBlock(victim);
       auto offset = slabs_.AllocSmall(cls);
       KVT_CHECK(offset.has_value());
       return offset;
@@ -195,7 +250,7 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   if (!first) return std::nullopt;
   scratch_offsets_.clear();
   slabs_.CollectBlocks(*first, slabs_needed, &scratch_offsets_);
-  for (uint64_t offset : scratch_offsets_) Evict(slabs_.Owner(offset));
+  for (uint64_t offset : scratch_offsets_) EvictBlock(slabs_.Owner(offset));
   auto offset = cls == SizeClasses::kLarge ? slabs_.AllocLarge(slabs_needed)
                                            : slabs_.AllocSmall(cls);
   KVT_CHECK(offset.has_value());
@@ -214,7 +269,7 @@ bool DramPool::EvictForIndex() {
   return true;
 }
 
-void DramPool::Evict(uint32_t id) {
+void DramPool::EvictBlock(uint32_t id) {
   BlockEntry& e = index_.at(id);
   KVT_CHECK(e.state == BlockState::kCommitted && e.lease_count == 0 &&
             (e.flags & (kInDram | kDirty | kDemoting | kPromoting)) == kInDram);
@@ -230,6 +285,86 @@ void DramPool::Evict(uint32_t id) {
   Relist(id);
 }
 
+EvictReport DramPool::Evict(EvictTiers tiers, bool release_ssd_records) {
+  EvictReport report;
+  for (uint32_t id = 0; id < index_.capacity(); ++id) {
+    const BlockEntry& e = index_.at(id);
+    // Free entries, and removed ones already on their way out, are no one's blocks any more.
+    if (e.state != BlockState::kReserved && e.state != BlockState::kCommitted) continue;
+    const bool in_dram = (e.flags & (kInDram | kPromoting)) != 0;
+    const bool on_ssd = (e.flags & kOnSsd) != 0;
+    if ((tiers == EvictTiers::kDram && !in_dram) || (tiers == EvictTiers::kSsd && !on_ssd)) {
+      continue;
+    }
+    const bool held = e.state == BlockState::kReserved || e.lease_count > 0;
+    const bool io = (e.flags & (kDemoting | kPromoting)) != 0;
+    if (held || (io && tiers != EvictTiers::kAll)) {
+      ++report.kept_pinned;
+      continue;
+    }
+    switch (tiers) {
+      case EvictTiers::kDram: EvictFromDram(id, &report); break;
+      case EvictTiers::kSsd: EvictFromSsd(id, release_ssd_records, &report); break;
+      case EvictTiers::kAll: EvictEverywhere(id, release_ssd_records, &report); break;
+    }
+  }
+  return report;
+}
+
+void DramPool::EvictFromDram(uint32_t id, EvictReport* report) {
+  BlockEntry& e = index_.at(id);
+  ++report->dram_blocks;
+  report->dram_bytes += e.size;
+  if ((e.flags & kOnSsd) != 0) {
+    EvictBlock(id);  // clean: stays on SSD
+    return;
+  }
+  // Dirty or no-spill: DRAM holds its only copy.
+  ++evictions_;
+  ++report->dropped_blocks;
+  DropCommitted(id);
+}
+
+void DramPool::EvictFromSsd(uint32_t id, bool release_ssd_record, EvictReport* report) {
+  BlockEntry& e = index_.at(id);
+  ++report->ssd_blocks;
+  report->ssd_bytes += e.size;
+  ForgetSsdRecord(e, release_ssd_record);
+  if ((e.flags & kInDram) == 0) {  // SSD-only: nothing is left of it
+    ++evictions_;
+    ++report->dropped_blocks;
+    DropCommitted(id);
+    return;
+  }
+  // DRAM holds its only copy now: as after Commit, it is due for demotion and pins its slab
+  // until then, unless it is too large for the SSD tier.
+  if (e.size <= options_.spill_max_block_bytes) {
+    e.flags |= kDirty;
+    tier_.dirty_bytes += SlotBytes(e);
+    slabs_.Pin(e.offset);
+  } else {
+    e.flags |= kNoSpill;
+  }
+  Relist(id);
+}
+
+void DramPool::EvictEverywhere(uint32_t id, bool release_ssd_record, EvictReport* report) {
+  BlockEntry& e = index_.at(id);
+  if ((e.flags & kInDram) != 0) {
+    ++report->dram_blocks;
+    report->dram_bytes += e.size;
+  }
+  if ((e.flags & kOnSsd) != 0) {
+    ++report->ssd_blocks;
+    report->ssd_bytes += e.size;
+  }
+  ++evictions_;
+  ++report->dropped_blocks;
+  ForgetSsdRecord(e, release_ssd_record);
+  // A miss from now on; a block with I/O in flight is dropped when the I/O's result arrives.
+  Unpublish(id);
+}
+
 void DramPool::FreeSlot(BlockEntry& e) {
   // Secure deletion: the next block placed here starts from zeros, not from these bytes. Every
   // slot leaves the pool through here, and no lease or I/O holds it any more.
@@ -241,12 +376,14 @@ void DramPool::FreeSlot(BlockEntry& e) {
   e.flags &= static_cast<uint8_t>(~(kInDram | kPromoting));
 }
 
-void DramPool::QueueRelease(BlockEntry& e) {
+void DramPool::ForgetSsdRecord(BlockEntry& e, bool release) {
   if ((e.flags & kOnSsd) == 0) return;
-  SpillOrder order;
-  order.kind = SpillOrder::Kind::kRelease;
-  order.ssd = SsdRef{e.ssd_segment, e.ssd_page};
-  orders_.push_back(order);
+  if (release) {
+    SpillOrder order;
+    order.kind = SpillOrder::Kind::kRelease;
+    order.ssd = SsdRef{e.ssd_segment, e.ssd_page};
+    orders_.push_back(order);
+  }
   --tier_.ssd_blocks;
   tier_.ssd_payload_bytes -= e.size;
   if ((e.flags & (kInDram | kPromoting)) == 0) --tier_.ssd_only_blocks;
@@ -262,8 +399,8 @@ void DramPool::Drop(uint32_t id) {
   BlockEntry& e = index_.at(id);
   KVT_CHECK(e.lease_count == 0 && (e.flags & (kDemoting | kPromoting)) == 0);
   if (e.state == BlockState::kCommitted || e.state == BlockState::kRemoved) --committed_;
-  index_.LruRemove(id);
-  QueueRelease(e);
+  Unlist(id);
+  ForgetSsdRecord(e);
   if ((e.flags & kDirty) != 0) {
     slabs_.Unpin(e.offset);
     tier_.dirty_bytes -= SlotBytes(e);
@@ -339,7 +476,9 @@ wire::Tier DramPool::Match(const BlockKey& key) {
   }
   ++hits_;
   Touch(id);
-  return (index_.at(id).flags & kInDram) != 0 ? wire::Tier::kDram : wire::Tier::kSsd;
+  if ((index_.at(id).flags & kInDram) != 0) return wire::Tier::kDram;
+  ++ssd_hits_;
+  return wire::Tier::kSsd;
 }
 
 StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* tier) {
@@ -349,7 +488,13 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* ti
     return StatusCode::kNotFound;
   }
   BlockEntry& e = index_.at(id);
-  if (e.lease_count == UINT32_MAX) return StatusCode::kResourceExhausted;
+  const bool in_dram = (e.flags & kInDram) != 0;
+  if (e.lease_count == UINT32_MAX) {
+    last_refusal_.assign("the block already has ")
+        .append(std::to_string(UINT32_MAX))
+        .append(" leases, the most one block can have");
+    return StatusCode::kResourceExhausted;
+  }
   if ((e.flags & (kInDram | kPromoting)) == 0) {
     // SSD-only: promote it into a fresh slot.
     uint64_t offset = 0;
@@ -365,7 +510,7 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* ti
     slabs_.Pin(offset);  // the promotion's pin: the read writes into the slot
     used_bytes_ += SlotBytes(e);
     ++promotions_in_flight_;
-    index_.LruRemove(id);
+    Unlist(id);
     SpillOrder order;
     order.kind = SpillOrder::Kind::kPromote;
     order.ref = {id, e.generation};
@@ -376,9 +521,10 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* ti
     orders_.push_back(order);
   }
   ++hits_;
+  if (!in_dram) ++ssd_hits_;
   Touch(id);
   if (e.lease_count++ == 0) {
-    index_.LruRemove(id);
+    Unlist(id);
     slabs_.Pin(e.offset);
     ++leased_;
   }
@@ -430,7 +576,7 @@ void DramPool::StartDemotion(uint32_t id) {
   BlockEntry& e = index_.at(id);
   KVT_CHECK((e.flags & (kDirty | kInDram | kDemoting)) == (kDirty | kInDram));
   e.flags |= kDemoting;
-  index_.LruRemove(id);
+  Unlist(id);
   demoting_bytes_ += SlotBytes(e);
   ++demotions_in_flight_;
   SpillOrder order;
@@ -480,7 +626,7 @@ void DramPool::DemoteDone(BlockRef ref, const Status& status, SsdRef ssd) {
     e.flags |= kNoSpill;
   }
   if (e.state == BlockState::kRemoved) {
-    QueueRelease(e);
+    ForgetSsdRecord(e);
     DropIfUnheld(ref.id);
     return;
   }
@@ -508,8 +654,8 @@ void DramPool::PromoteDone(BlockRef ref, const Status& status) {
   if (e.lease_count > 0) slabs_.Unpin(e.offset);  // the leases' pin goes with the slot
   FreeSlot(e);
   if ((e.flags & kOnSsd) != 0) {
-    ++tier_.ssd_only_blocks;  // QueueRelease counts it down with the other SSD counters
-    QueueRelease(e);
+    ++tier_.ssd_only_blocks;  // ForgetSsdRecord counts it down with the other SSD counters
+    ForgetSsdRecord(e);
   }
   if (e.state == BlockState::kCommitted) {
     index_.Unlink(ref.id);

@@ -24,12 +24,14 @@
 // block of the same size class (its slot is reused as is); otherwise the whole-slab window whose
 // newest use is oldest and that holds no pinned block (the slab changes class). When the index
 // is full, the oldest SSD-only entry is dropped first, then the oldest clean DRAM block.
+// Evict empties a tier (or all of them) on demand, e.g. for an operator or a tenant purge.
 // Not thread-safe: used on the daemon's event-loop thread only.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -89,6 +91,19 @@ struct TierCounters {
   uint64_t ssd_evictions = 0;      // clean blocks whose DRAM slot was freed (still on SSD)
 };
 
+// Which tier DramPool::Evict empties.
+enum class EvictTiers : uint8_t { kDram, kSsd, kAll };
+
+// What an Evict removed.
+struct EvictReport {
+  uint64_t dram_blocks = 0;     // blocks whose DRAM copy went
+  uint64_t dram_bytes = 0;      // their block sizes
+  uint64_t ssd_blocks = 0;      // blocks whose SSD record went
+  uint64_t ssd_bytes = 0;       // their payload sizes
+  uint64_t dropped_blocks = 0;  // blocks gone from the index entirely (no copy left)
+  uint64_t kept_pinned = 0;     // blocks skipped because leased, reserved or with I/O in flight
+};
+
 class DramPool {
  public:
   struct Options {
@@ -117,7 +132,7 @@ class DramPool {
   // kAlreadyExists: the key is committed or reserved (by anyone). kInvalidArgument: size is 0
   // or above max_block_bytes. kUnavailable: no room yet, but demotions in flight will make some
   // (retry after DemoteDone; never sent to a client). kResourceExhausted: no room even after
-  // evicting every unpinned block that could make room.
+  // evicting every unpinned block that could make room (last_refusal() says why).
   // `ttl_s`: seconds from commit until the block expires (0: never).
   StatusCode Reserve(const BlockKey& key, uint64_t size, uint32_t session, Placement* out,
                      uint32_t ttl_s = 0);
@@ -136,7 +151,7 @@ class DramPool {
   // promotion is in flight (the lease is valid; read the bytes after IsInDram(out->ref)).
   // kNotFound: not committed. kUnavailable: an SSD block needs a slot that demotions in flight
   // will free (retry). kResourceExhausted: no slot for the promotion, or the block already has
-  // 2^32 - 1 leases.
+  // 2^32 - 1 leases (last_refusal() says which).
   StatusCode Acquire(const BlockKey& key, Placement* out, wire::Tier* tier);
   StatusCode Acquire(const BlockKey& key, Placement* out) {
     wire::Tier tier;
@@ -153,6 +168,27 @@ class DramPool {
   // kOk: the key is gone for readers; a leased block's slot is freed when its last lease ends.
   // kNotFound: not committed.
   StatusCode Remove(const BlockKey& key);
+  // Why the last Reserve or Acquire answered kResourceExhausted: which limit, and by how much
+  // (the caller prefixes the tenant). Only meaningful right after such an answer.
+  const std::string& last_refusal() const { return last_refusal_; }
+
+  // Empties `tiers` of every block that is not pinned, at once; counts in evictions (every
+  // block that left DRAM or the index) and ssd_evictions, never in expirations.
+  //   kDram: a clean block (on SSD) stays as an SSD-only block; any other block in DRAM
+  //          (dirty, no-spill, or a pool without SSD tier) is dropped.
+  //   kSsd:  an SSD-only block is dropped; a block in DRAM loses its SSD copy and is dirty
+  //          again (due for demotion) or, if too large to spill, no-spill.
+  //   kAll:  every block is dropped from every tier.
+  // Pinned blocks are left as they are and counted in kept_pinned: reserved, leased, and with a
+  // demotion or promotion in flight; except that kAll unpublishes a block with I/O in flight
+  // (a miss at once, counted as dropped) and drops it when its DemoteDone/PromoteDone arrives.
+  // `release_ssd_records`: queue a kRelease order for each SSD record dropped; false when the
+  // caller erases the whole store instead. A tenant purge closes every session of the tenant
+  // first (no lease or reservation is left), calls Evict(kAll, false), posts its orders and a
+  // SpillJob::kErase, and applies results until kErased: then the pool is empty() and idle().
+  EvictReport Evict(EvictTiers tiers, bool release_ssd_records = true);
+  // No block and no DRAM byte in use (kRemoved blocks waiting for I/O count as blocks).
+  bool empty() const { return committed_ == 0 && reserved_ == 0 && used_bytes_ == 0; }
 
   // --- SSD tier (only with Options::spill) ---
   // Queues demotions while dirty blocks exceed the dirty limit.
@@ -173,10 +209,16 @@ class DramPool {
                                           uint32_t ttl_s = 0);
   uint32_t demotions_in_flight() const { return demotions_in_flight_; }
   uint32_t promotions_in_flight() const { return promotions_in_flight_; }
+  // No demotion or promotion in flight: no spill job reads or writes this pool's memory.
+  bool idle() const { return demotions_in_flight_ == 0 && promotions_in_flight_ == 0; }
   const TierCounters& tier_counters() const { return tier_; }
 
   void FillStats(wire::StatsReply* out) const;
   uint64_t pool_bytes() const { return options_.pool_bytes; }
+  // Of the hits in FillStats, those on blocks that were on SSD only (metrics: hits by tier).
+  uint64_t ssd_hits() const { return ssd_hits_; }
+  // Drain: 0 makes Demote() write out every dirty block that can go to SSD.
+  void set_dirty_limit_bytes(uint64_t bytes) { options_.dirty_limit_bytes = bytes; }
 
   // --- Expiry ---
   // The pool's clock, in whole seconds (the daemon's monotonic uptime); only moves forward.
@@ -194,7 +236,14 @@ class DramPool {
   StatusCode AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset);
   bool EvictForIndex();
   // Frees an unpinned clean block's slot: it stays as an SSD-only block if it is on SSD.
-  void Evict(uint32_t id);
+  void EvictBlock(uint32_t id);
+  // Evict(tiers)'s work on one unpinned committed block.
+  void EvictFromDram(uint32_t id, EvictReport* report);
+  void EvictFromSsd(uint32_t id, bool release_ssd_record, EvictReport* report);
+  void EvictEverywhere(uint32_t id, bool release_ssd_record, EvictReport* report);
+  // kResourceExhausted, with last_refusal_ saying what holds the pool or the index.
+  StatusCode RefuseDram(uint8_t cls, uint64_t size);
+  StatusCode RefuseIndex();
   // Unlinks a committed block and drops it from every tier.
   void DropCommitted(uint32_t id);
   void Drop(uint32_t id);
@@ -213,7 +262,11 @@ class DramPool {
   void Expire(uint32_t id);
   // Remove's work: unlinks a committed block and drops it once nothing holds it.
   void Unpublish(uint32_t id);
-  void QueueRelease(BlockEntry& e);
+  // The block no longer has its SSD record (counters included); a kRelease order is queued for
+  // it if `release`.
+  void ForgetSsdRecord(BlockEntry& e, bool release = true);
+  // Takes the entry off its LRU list (if any), keeping evictable_bytes_.
+  void Unlist(uint32_t id);
   uint32_t LruListOf(uint8_t cls) const {
     return cls == SizeClasses::kLarge ? classes_.count() : cls;
   }
@@ -229,15 +282,18 @@ class DramPool {
   uint64_t tick_ = 0;
   // Stats.
   uint64_t used_bytes_ = 0;
+  uint64_t evictable_bytes_ = 0;  // slot bytes of the blocks on the clean LRU lists
   uint64_t committed_ = 0;
   uint64_t reserved_ = 0;
   uint64_t leased_ = 0;
   uint64_t hits_ = 0;
+  uint64_t ssd_hits_ = 0;
   uint64_t misses_ = 0;
   uint64_t evictions_ = 0;
   uint64_t expirations_ = 0;
   uint32_t now_s_ = 1;        // 0 is "never" in BlockEntry::expires_s
   uint32_t reap_cursor_ = 0;
+  std::string last_refusal_;
   // SSD tier.
   std::vector<SpillOrder> orders_;
   uint64_t demoting_bytes_ = 0;

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -121,19 +122,23 @@ void SpillWorker::Run() {
         (void)stores_[job.store]->store->Flush();  // starts its scrub
         continue;
       }
+      if (job.kind == SpillJob::Kind::kErase) AbortPending(job, &results);
       stores_.at(job.store)->pending.push_back(job);
     }
     bool progress = !jobs.empty();
     jobs.clear();
     for (uint32_t i = 0; i < stores_.size(); ++i) {
+      Store& s = *stores_[i];
       progress |= StartJobs(i, &results);
       const size_t before = results.size();
       Reap(i, &results);
-      if (results.size() != before) {
-        progress = true;
-        // Completions freed staging buffers or segments: the front job may go now.
-        stores_[i]->blocked = false;
-        progress |= StartJobs(i, &results);
+      // Completions freed staging buffers or segments, and an erase waits for the last one
+      // (a scrub's completion has no result): the front job may go now.
+      const bool reaped = results.size() != before;
+      if (reaped || (!s.pending.empty() && s.pending.front().kind == SpillJob::Kind::kErase)) {
+        s.blocked = false;
+        const bool started = StartJobs(i, &results);
+        progress |= reaped || started;
       }
     }
     Publish(&results);
@@ -144,6 +149,38 @@ void SpillWorker::Run() {
 void SpillWorker::ReleaseNow(const SpillJob& job) {
   SpillStore& store = *stores_.at(job.store)->store;
   if (auto location = store.Locate(job.ref.segment, job.ref.offset())) store.Release(*location);
+}
+
+void SpillWorker::AbortPending(const SpillJob& erase, std::vector<SpillResult>* results) {
+  Store& s = *stores_.at(erase.store);
+  const Status purged(StatusCode::kUnavailable, "purged: the spill store was erased first");
+  for (const SpillJob& job : s.pending) {
+    if (job.kind == SpillJob::Kind::kRead) {
+      std::memset(job.data, 0, job.bytes);
+      results->push_back({SpillResult::Kind::kRead, erase.store, job.tag, job.ref, purged});
+    } else if (job.kind == SpillJob::Kind::kWrite) {
+      results->push_back({SpillResult::Kind::kWritten, erase.store, job.tag, SsdRef{}, purged});
+    }
+  }
+  // Earlier erases keep their place; nothing else was started.
+  std::erase_if(s.pending, [](const SpillJob& job) { return job.kind != SpillJob::Kind::kErase; });
+  s.blocked = false;
+}
+
+bool SpillWorker::EraseNow(uint32_t index, uint64_t tag, std::vector<SpillResult>* results) {
+  SpillStore& store = *stores_[index]->store;
+  // Completions the store reaped already (e.g. while creating a segment) are reported first.
+  Reap(index, results);
+  if (store.in_flight() > 0) return false;
+  const uint64_t erased_before = store.stats().segments_erased;
+  SpillResult r;
+  r.kind = SpillResult::Kind::kErased;
+  r.store = index;
+  r.tag = tag;
+  r.status = store.CryptoEraseAll();
+  r.segments = store.stats().segments_erased - erased_before;
+  results->push_back(std::move(r));
+  return true;
 }
 
 bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
@@ -177,6 +214,12 @@ bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
       }
       case SpillJob::Kind::kWrite:
         if (!StartWrite(index, job, results)) {
+          s.blocked = true;
+          continue;
+        }
+        break;
+      case SpillJob::Kind::kErase:
+        if (!EraseNow(index, job.tag, results)) {
           s.blocked = true;
           continue;
         }

@@ -11,6 +11,17 @@
 // crypto-erased before its space is reused), and reports every live record it dropped as a
 // kDropped result carrying the tag the record was written (or tagged) under, so the loop can
 // forget it. A write that still cannot be placed fails with the store's status.
+// Erase (a tenant purge): a kErase job fails every write and read of its store that is still
+// pending (not started) with kUnavailable "purged" (a read's destination zeroed), as kWritten
+// and kRead results like any failure, so the loop unpins their slots. Then the store starts
+// nothing new until its I/O in flight (scrubs included) has completed (other stores are served
+// meanwhile; the thread never blocks on it), crypto-erases and removes every segment
+// (SpillStore::CryptoEraseAll), and publishes a kErased result with the job's tag after every
+// result of the store's earlier jobs: when the loop sees it, no I/O of that store touches pool
+// memory any more. Jobs posted after the kErase are served normally after it, into a fresh
+// segment. A kErase is meant to follow DramPool::Evict(kAll, false), which forgets every record
+// the erase destroys; releases posted afterwards for records that went with it do nothing
+// (segment ids are never reused).
 // Thread-safety: AddStore before Start, on one thread. After Start: Post, TakeResults and
 // event_fd from the loop thread; StatsOf from any thread. The destructor stops the thread
 // (jobs not yet started are dropped), waits for in-flight I/O and syncs every store.
@@ -45,7 +56,7 @@ struct SsdRef {
 };
 
 struct SpillJob {
-  enum class Kind : uint8_t { kWrite, kRead, kRelease };
+  enum class Kind : uint8_t { kWrite, kRead, kRelease, kErase };  // kErase: `store`, `tag`
   Kind kind = Kind::kWrite;
   uint8_t key_len = 0;
   uint8_t ns_len = 0;
@@ -66,12 +77,15 @@ struct SpillResult {
                // authentication), kNotFound (record gone), kIoError: destination zeroed
     kDropped,  // a live record was reclaimed with its segment; `tag` is what it was written
                // (or tagged) under
+    kErased,   // a kErase job ended (its `tag`): status is CryptoEraseAll's (a segment whose
+               // erase write failed is removed all the same); `segments` says how many went
   };
   Kind kind = Kind::kWritten;
   uint32_t store = 0;
   uint64_t tag = 0;
   SsdRef ref;
   Status status;
+  uint64_t segments = 0;  // kErased: segment files crypto-erased and removed
 };
 
 class SpillWorker {
@@ -97,7 +111,7 @@ class SpillWorker {
   struct Store {
     std::unique_ptr<BlockDevice> device;
     std::unique_ptr<SpillStore> store;
-    std::deque<SpillJob> pending;  // writes and reads not yet started
+    std::deque<SpillJob> pending;  // writes, reads and erases not yet started, in order
     std::unordered_map<uint64_t, SpillLocation> writing;       // tag -> location
     bool blocked = false;  // the front job waits for in-flight I/O
   };
@@ -105,6 +119,11 @@ class SpillWorker {
   void Run();
   // The record of a kRelease job is dead (the store scrubs it).
   void ReleaseNow(const SpillJob& job);
+  // A kErase job arrived: fails the store's pending writes and reads (Run queues the erase).
+  void AbortPending(const SpillJob& erase, std::vector<SpillResult>* results);
+  // The front job is a kErase: false while the store has I/O in flight, else erases and
+  // reports it.
+  bool EraseNow(uint32_t index, uint64_t tag, std::vector<SpillResult>* results);
   // Starts pending jobs until one must wait for I/O; true if anything was started or finished.
   bool StartJobs(uint32_t index, std::vector<SpillResult>* results);
   // One attempt at the front write; false if it must wait.

@@ -897,3 +897,118 @@ TEST_CASE("The reaper drops expired blocks nobody looks up, a bounded number per
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST_CASE("Evict without an SSD tier drops every unpinned block, zeroes its slot and keeps "
+          "leased and reserved ones",
+          "[daemon][pool][evict]") {
+  constexpr uint64_t kBytes = 64 * kKiB;
+  std::vector<std::byte> memory(kPool, std::byte{0});
+  DramPool::Options options = Options();
+  options.zero_memory = memory.data();
+  DramPool pool(options);
+  for (uint64_t n = 0; n < 5; ++n) {
+    const uint64_t offset = Put(pool, n, kBytes);
+    std::fill_n(memory.begin() + static_cast<std::ptrdiff_t>(offset), kBytes, std::byte{0xab});
+  }
+  DramPool::Placement lease;
+  REQUIRE(pool.Acquire(Key(4), &lease) == StatusCode::kOk);
+  DramPool::Placement reserved;
+  REQUIRE(pool.Reserve(Key(5), kBytes, kSession, &reserved) == StatusCode::kOk);
+
+  const EvictTiers tiers = GENERATE(EvictTiers::kDram, EvictTiers::kSsd, EvictTiers::kAll);
+  const EvictReport r = pool.Evict(tiers);
+  if (tiers == EvictTiers::kSsd) {  // nothing is on SSD
+    CHECK(r.dram_blocks == 0);
+    CHECK(r.ssd_blocks == 0);
+    CHECK(r.dropped_blocks == 0);
+    CHECK(r.kept_pinned == 0);  // neither pinned block is on SSD either
+    CHECK(Stats(pool).committed_blocks == 5);
+    for (uint64_t n = 0; n < 5; ++n) CHECK(Present(pool, n));
+    return;
+  }
+  CHECK(r.dram_blocks == 4);
+  CHECK(r.dram_bytes == 4 * kBytes);
+  CHECK(r.ssd_blocks == 0);
+  CHECK(r.ssd_bytes == 0);
+  CHECK(r.dropped_blocks == 4);
+  CHECK(r.kept_pinned == 2);
+  for (uint64_t n = 0; n < 4; ++n) CHECK_FALSE(Present(pool, n));
+  CHECK(Present(pool, 4));
+  const wire::StatsReply s = Stats(pool);
+  CHECK(s.committed_blocks == 1);
+  CHECK(s.reserved_blocks == 1);
+  CHECK(s.used_bytes == 2 * kBytes);
+  CHECK(s.evictions == 4);
+  CHECK(s.expirations == 0);
+  CHECK_FALSE(pool.empty());
+  // Once the lease and the reservation end, nothing is left, and every freed slot is zeros.
+  pool.Release(lease.ref);
+  pool.AbortIfReservedBy(reserved.ref, kSession);
+  CHECK(pool.Evict(tiers).dropped_blocks == 1);
+  CHECK(pool.empty());
+  CHECK(Stats(pool).used_bytes == 0);
+  CHECK(Stats(pool).slab_bytes_in_use == 0);
+  CHECK(std::all_of(memory.begin(), memory.end(), [](std::byte b) { return b == std::byte{0}; }));
+  // The pool works as before.
+  Put(pool, 7, kBytes);
+  CHECK(Present(pool, 7));
+}
+
+TEST_CASE("A DRAM refusal says which limit, what is pinned and what the block needed",
+          "[daemon][pool]") {
+  DramPool pool(Options());  // 16 MiB: eight 2 MiB slabs
+  DramPool::Placement p;
+  SECTION("a full slot class, everything reserved") {
+    for (uint64_t n = 0; n < 8; ++n) {
+      REQUIRE(pool.Reserve(Key(n), kSlab, kSession, &p) == StatusCode::kOk);
+    }
+    REQUIRE(pool.Reserve(Key(8), kSlab, kSession, &p) == StatusCode::kResourceExhausted);
+    CHECK(pool.last_refusal() ==
+          "DRAM pool of 16777216 bytes is full: a 2097152-byte block needs a free 2097152-byte "
+          "slot; 16777216 bytes are in use, 16777216 of them pinned (leased, reserved, not yet "
+          "on SSD or with I/O in flight), and nothing is evictable");
+  }
+  SECTION("a large block, every run of slabs holding a leased block") {
+    std::vector<DramPool::Placement> leases;
+    for (uint64_t n = 0; n < 8; ++n) {
+      Put(pool, n, kSlab);
+      if (n % 2 == 1) {
+        REQUIRE(pool.Acquire(Key(n), &p) == StatusCode::kOk);
+        leases.push_back(p);
+      }
+    }
+    REQUIRE(pool.Reserve(Key(8), 3 * kSlab, kSession, &p) == StatusCode::kResourceExhausted);
+    CHECK(pool.last_refusal() ==
+          "DRAM pool of 16777216 bytes is full: a 6291456-byte block needs 3 adjacent free slabs "
+          "(6291456 bytes); 16777216 bytes are in use, 8388608 of them pinned (leased, reserved, "
+          "not yet on SSD or with I/O in flight), and evicting the other 8388608 bytes would "
+          "free no such space");
+    CHECK(Stats(pool).evictions == 0);
+    for (const auto& lease : leases) pool.Release(lease.ref);
+    CHECK(pool.Reserve(Key(8), 3 * kSlab, kSession, &p) == StatusCode::kOk);
+  }
+}
+
+TEST_CASE("An index refusal says how many entries there are and what holds them",
+          "[daemon][pool]") {
+  DramPool pool(Options(kPool, /*max_blocks=*/4));
+  DramPool::Placement p;
+  for (uint64_t n = 0; n < 4; ++n) {
+    if (n < 2) {
+      REQUIRE(pool.Reserve(Key(n), 4096, kSession, &p) == StatusCode::kOk);
+    } else {
+      Put(pool, n, 4096);
+      REQUIRE(pool.Acquire(Key(n), &p) == StatusCode::kOk);
+    }
+  }
+  REQUIRE(pool.Reserve(Key(9), 4096, kSession, &p) == StatusCode::kResourceExhausted);
+  CHECK(pool.last_refusal() ==
+        "block index is full (4 of 4 entries, none evictable: 2 reserved and 2 leased blocks; "
+        "raise max_blocks)");
+}
+
+}  // namespace
+}  // namespace kvtier

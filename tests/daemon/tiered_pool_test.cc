@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <string>
@@ -404,17 +405,61 @@ class WorkerHarness {
       worker_.Post(jobs);
       // Releases have no result: done once no write or read is in flight.
       if (pool_.demotions_in_flight() + pool_.promotions_in_flight() == 0) return;
-      pollfd p{worker_.event_fd(), POLLIN, 0};
-      REQUIRE(poll(&p, 1, 30000) == 1);  // a liveness bound, not a timing assertion
-      std::vector<SpillResult> results;
-      worker_.TakeResults(&results);
-      for (const SpillResult& r : results) {
-        const BlockRef ref = BlockRef::FromTag(r.tag);
-        if (r.kind == SpillResult::Kind::kWritten) pool_.DemoteDone(ref, r.status, r.ref);
-        if (r.kind == SpillResult::Kind::kRead) pool_.PromoteDone(ref, r.status);
-        if (r.kind == SpillResult::Kind::kDropped) pool_.SsdCopyLost(ref, r.ref);
+      for (const SpillResult& r : WaitForResults()) Apply(r);
+    }
+  }
+
+  // Posts the pool's orders and then, if `erase`, a kErase job, in one Post.
+  void PostOrders(bool erase = false) {
+    std::vector<SpillOrder> orders;
+    pool_.TakeOrders(&orders);
+    std::vector<SpillJob> jobs;
+    for (const SpillOrder& order : orders) {
+      jobs.push_back(ToSpillJob(order, 0, memory_.data(), memory_.size(), "ns"));
+    }
+    if (erase) {
+      SpillJob job;
+      job.kind = SpillJob::Kind::kErase;
+      jobs.push_back(job);
+    }
+    worker_.Post(jobs);
+  }
+
+  // Applies results until kErased, which must come last; returns it. `purged` counts the
+  // results of jobs the erase dropped before they started.
+  SpillResult ApplyUntilErased(int* purged) {
+    for (;;) {
+      const std::vector<SpillResult> results = WaitForResults();
+      for (size_t i = 0; i < results.size(); ++i) {
+        const SpillResult& r = results[i];
+        if (r.kind == SpillResult::Kind::kErased) {
+          CHECK(i + 1 == results.size());
+          return r;
+        }
+        if (r.status.code() == StatusCode::kUnavailable) ++*purged;
+        Apply(r);
       }
     }
+  }
+
+  SpillResult ApplyUntilErased() {
+    int purged = 0;
+    return ApplyUntilErased(&purged);
+  }
+
+  std::vector<SpillResult> WaitForResults() {
+    pollfd p{worker_.event_fd(), POLLIN, 0};
+    REQUIRE(poll(&p, 1, 30000) == 1);  // a liveness bound, not a timing assertion
+    std::vector<SpillResult> results;
+    worker_.TakeResults(&results);
+    return results;
+  }
+
+  void Apply(const SpillResult& r) {
+    const BlockRef ref = BlockRef::FromTag(r.tag);
+    if (r.kind == SpillResult::Kind::kWritten) pool_.DemoteDone(ref, r.status, r.ref);
+    if (r.kind == SpillResult::Kind::kRead) pool_.PromoteDone(ref, r.status);
+    if (r.kind == SpillResult::Kind::kDropped) pool_.SsdCopyLost(ref, r.ref);
   }
 
   // Pushes block `n` out of DRAM: fills the pool with others and settles.
@@ -434,6 +479,7 @@ class WorkerHarness {
   }
 
   SpillStats store_stats() { return worker_.StatsOf(0); }
+  std::filesystem::path store_dir() const { return dir_.path() / kTenant; }
 
  private:
   TempDir dir_;
@@ -584,6 +630,426 @@ TEST_CASE("The worker never reports a record written after reporting it dropped"
     }
   }
   CHECK(worker.StatsOf(0).segments <= 2);
+}
+
+}  // namespace
+}  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+// One block in each state a tiered pool has, 2 MiB each (a slot per slab):
+//   0 clean (DRAM and SSD)   1 SSD-only      2 dirty         3 demoting
+//   4 clean and leased       5 reserved      6 promoting     7 no-spill (its demotion failed)
+class EveryState {
+ public:
+  EveryState() : pool_(Options()) {
+    for (uint64_t n : {0u, 3u, 4u, 7u}) Put(n);
+    pool_.Demote();  // a dirty limit of 0: all four
+    std::vector<SpillOrder> orders;
+    pool_.TakeOrders(&orders);
+    REQUIRE(orders.size() == 4);
+    for (const SpillOrder& order : orders) {
+      const uint64_t n = KeyNumber(order.key);
+      if (n == 0 || n == 4) {
+        pool_.DemoteDone(order.ref, Status::Ok(), SsdRef{1, static_cast<uint32_t>(n)});
+      }
+      if (n == 7) pool_.DemoteDone(order.ref, Status(StatusCode::kIoError, "injected"), {});
+      if (n == 3) demoting_ = order.ref;
+    }
+    REQUIRE(pool_.InsertRecovered(Key(1), kSlab, SsdRef{1, 1}).has_value());
+    Put(2);  // no Demote() after it: dirty
+    DramPool::Placement p;
+    REQUIRE(pool_.Acquire(Key(4), &p) == StatusCode::kOk);
+    lease_ = p.ref;
+    REQUIRE(pool_.Reserve(Key(5), kSlab, kSession, &p) == StatusCode::kOk);
+    reservation_ = p.ref;
+    REQUIRE(pool_.InsertRecovered(Key(6), kSlab, SsdRef{1, 6}).has_value());
+    wire::Tier tier;
+    REQUIRE(pool_.Acquire(Key(6), &p, &tier) == StatusCode::kOk);
+    REQUIRE(tier == wire::Tier::kSsd);
+    pool_.Release(p.ref);  // the promotion goes on without a lease
+    promoting_ = p.ref;
+    orders.clear();
+    pool_.TakeOrders(&orders);
+    REQUIRE(orders.size() == 1);  // the promotion
+  }
+
+  static DramPool::Options Options() {
+    DramPool::Options o = TierOptions(16 * kMiB);
+    o.dirty_limit_bytes = 0;
+    return o;
+  }
+
+  void Put(uint64_t n) {
+    DramPool::Placement p;
+    REQUIRE(pool_.Reserve(Key(n), kSlab, kSession, &p) == StatusCode::kOk);
+    REQUIRE(pool_.Commit(Key(n), kSession) == StatusCode::kOk);
+  }
+
+  std::vector<SpillOrder> Orders() {
+    std::vector<SpillOrder> orders;
+    pool_.TakeOrders(&orders);
+    return orders;
+  }
+
+  DramPool pool_;
+  BlockRef demoting_, lease_, reservation_, promoting_;
+};
+
+TEST_CASE("Evict(kDram) moves clean blocks to SSD only and drops those DRAM alone holds",
+          "[daemon][pool][spill][evict]") {
+  EveryState t;
+  DramPool& pool = t.pool_;
+  const EvictReport r = pool.Evict(EvictTiers::kDram);
+  CHECK(r.dram_blocks == 3);  // 0 (now SSD-only), 2 and 7 (dropped)
+  CHECK(r.dram_bytes == 3 * kSlab);
+  CHECK(r.ssd_blocks == 0);
+  CHECK(r.dropped_blocks == 2);
+  CHECK(r.kept_pinned == 4);  // 3, 4, 5, 6
+  CHECK(pool.Match(Key(0)) == wire::Tier::kSsd);
+  CHECK(pool.Match(Key(1)) == wire::Tier::kSsd);
+  CHECK(pool.Match(Key(2)) == wire::Tier::kNone);
+  CHECK(pool.Match(Key(3)) == wire::Tier::kDram);
+  CHECK(pool.Match(Key(4)) == wire::Tier::kDram);
+  CHECK(pool.Match(Key(7)) == wire::Tier::kNone);
+  CHECK(t.Orders().empty());  // no SSD record went
+  const wire::StatsReply s = Stats(pool);
+  CHECK(s.evictions == 3);
+  CHECK(pool.tier_counters().ssd_evictions == 1);
+  CHECK(s.dirty_bytes == kSlab);  // block 3, still demoting
+  CHECK(s.ssd_blocks == 4);       // 0, 1, 4, 6
+  CHECK(s.ssd_only_blocks == 2);  // 0 and 1
+  CHECK(s.used_bytes == 4 * kSlab);
+}
+
+TEST_CASE("Evict(kSsd) drops SSD-only blocks and makes clean DRAM blocks dirty again",
+          "[daemon][pool][spill][evict]") {
+  const bool release = GENERATE(true, false);
+  EveryState t;
+  DramPool& pool = t.pool_;
+  const EvictReport r = pool.Evict(EvictTiers::kSsd, release);
+  CHECK(r.ssd_blocks == 2);  // 0 (back to dirty) and 1 (dropped)
+  CHECK(r.ssd_bytes == 2 * kSlab);
+  CHECK(r.dram_blocks == 0);
+  CHECK(r.dropped_blocks == 1);
+  CHECK(r.kept_pinned == 2);  // 4 (leased) and 6 (promoting)
+  CHECK(pool.Match(Key(0)) == wire::Tier::kDram);
+  CHECK(pool.Match(Key(1)) == wire::Tier::kNone);
+  std::vector<SpillOrder> orders = t.Orders();
+  CHECK(orders.size() == (release ? 2u : 0u));
+  for (const SpillOrder& order : orders) CHECK(order.kind == SpillOrder::Kind::kRelease);
+  wire::StatsReply s = Stats(pool);
+  CHECK(s.dirty_bytes == 3 * kSlab);  // 0, 2 and 3
+  CHECK(s.ssd_blocks == 2);           // 4 and 6
+  CHECK(s.ssd_only_blocks == 0);
+  CHECK(s.ssd_payload_bytes == 2 * kSlab);
+  CHECK(s.evictions == 1);
+  // Block 0 is due for demotion again; its dirty pin keeps it from eviction meanwhile.
+  pool.Demote();
+  orders = t.Orders();
+  const bool demotes_0 = std::any_of(orders.begin(), orders.end(), [](const SpillOrder& o) {
+    return o.kind == SpillOrder::Kind::kDemote && KeyNumber(o.key) == 0;
+  });
+  CHECK(demotes_0);
+  for (const SpillOrder& order : orders) {
+    pool.DemoteDone(order.ref, Status::Ok(),
+                    SsdRef{2, static_cast<uint32_t>(KeyNumber(order.key))});
+  }
+  pool.DemoteDone(t.demoting_, Status::Ok(), SsdRef{2, 3});
+  s = Stats(pool);
+  CHECK(s.dirty_bytes == 0);
+  CHECK(s.ssd_blocks == 5);  // 0, 2, 3, 4, 6
+}
+
+TEST_CASE("Evict(kAll) drops every block but leased and reserved ones, those with I/O in flight "
+          "when it ends",
+          "[daemon][pool][spill][evict]") {
+  const bool release = GENERATE(true, false);
+  EveryState t;
+  DramPool& pool = t.pool_;
+  const EvictReport r = pool.Evict(EvictTiers::kAll, release);
+  CHECK(r.dram_blocks == 4);  // 0, 2, 3, 7
+  CHECK(r.dram_bytes == 4 * kSlab);
+  CHECK(r.ssd_blocks == 3);  // 0, 1, 6
+  CHECK(r.ssd_bytes == 3 * kSlab);
+  CHECK(r.dropped_blocks == 6);
+  CHECK(r.kept_pinned == 2);  // 4 and 5
+  for (uint64_t n : {0u, 1u, 2u, 3u, 6u, 7u}) CHECK(pool.Match(Key(n)) == wire::Tier::kNone);
+  CHECK(pool.Match(Key(4)) == wire::Tier::kDram);
+  CHECK(t.Orders().size() == (release ? 3u : 0u));
+  // The demotion and the promotion in flight hold their slots until their results.
+  CHECK(Stats(pool).used_bytes == 4 * kSlab);  // 3, 4, 5, 6
+  CHECK_FALSE(pool.idle());
+  pool.DemoteDone(t.demoting_, Status::Ok(), SsdRef{2, 3});
+  pool.PromoteDone(t.promoting_, Status::Ok());
+  CHECK(pool.idle());
+  // The record written meanwhile is released: it belongs to no block.
+  const std::vector<SpillOrder> orders = t.Orders();
+  REQUIRE(orders.size() == 1);
+  CHECK(orders[0].kind == SpillOrder::Kind::kRelease);
+  CHECK(orders[0].ssd == SsdRef{2, 3});
+  wire::StatsReply s = Stats(pool);
+  CHECK(s.committed_blocks == 1);
+  CHECK(s.reserved_blocks == 1);
+  CHECK(s.used_bytes == 2 * kSlab);
+  CHECK(s.ssd_blocks == 1);  // 4
+  CHECK(s.dirty_bytes == 0);
+  pool.Release(t.lease_);
+  pool.AbortIfReservedBy(t.reservation_, kSession);
+  CHECK(pool.Evict(EvictTiers::kAll, release).dropped_blocks == 1);
+  CHECK(pool.empty());
+  s = Stats(pool);
+  CHECK(s.used_bytes == 0);
+  CHECK(s.slab_bytes_in_use == 0);
+  CHECK(s.ssd_blocks == 0);
+  CHECK(s.ssd_only_blocks == 0);
+  CHECK(s.ssd_payload_bytes == 0);
+  CHECK(s.expirations == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// kErase on the real worker.
+
+class EraseHarness {
+ public:
+  EraseHarness() : data_(kMiB, std::byte{7}) {
+    DeviceOptions d;
+    d.queue_depth = 4;
+    d.threads = 2;
+    d.max_files = 16;
+    auto device = ThreadPoolDevice::Open(d);
+    REQUIRE(device.ok());
+    auto key = SecretKey::Random();
+    REQUIRE(key.ok());
+    SpillOptions o;
+    o.dir = dir_.path() / "t";
+    o.tenant = std::string(kTenant);
+    o.segment_bytes = 4 * kMiB;  // three 1 MiB records a segment
+    o.quota_bytes = 64 * kMiB;
+    o.max_record_payload_bytes = kMiB;
+    o.staging_buffers = 2;  // most writes of a burst wait, pending
+    auto store = SpillStore::Open(o, device->get(), *key, nullptr);
+    REQUIRE(store.ok());
+    worker_.AddStore(std::move(*device), std::move(*store));
+    REQUIRE(worker_.Start().ok());
+  }
+
+  SpillJob Write(uint64_t tag) {
+    SpillJob job;
+    job.kind = SpillJob::Kind::kWrite;
+    job.tag = tag;
+    job.bytes = data_.size();
+    job.data = data_.data();
+    job.key_len = 8;
+    std::memcpy(job.key.data(), &tag, 8);
+    job.ns_len = 2;
+    std::memcpy(job.ns.data(), "ns", 2);
+    return job;
+  }
+  SpillJob Read(uint64_t tag, SsdRef ref, std::span<std::byte> out) {
+    SpillJob job = Write(tag);
+    job.kind = SpillJob::Kind::kRead;
+    job.ref = ref;
+    job.data = out.data();
+    return job;
+  }
+  static SpillJob Erase(uint64_t tag) {
+    SpillJob job;
+    job.kind = SpillJob::Kind::kErase;
+    job.tag = tag;
+    return job;
+  }
+
+  // Results in the order the worker published them, until `count` have come.
+  std::vector<SpillResult> Collect(size_t count) {
+    std::vector<SpillResult> all;
+    while (all.size() < count) {
+      pollfd p{worker_.event_fd(), POLLIN, 0};
+      REQUIRE(poll(&p, 1, 30000) == 1);  // a liveness bound, not a timing assertion
+      worker_.TakeResults(&all);
+    }
+    CHECK(all.size() == count);
+    return all;
+  }
+
+  size_t SegmentFiles() const {
+    size_t n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(dir_.path() / "t")) {
+      n += entry.path().extension() == ".kvs" ? 1u : 0u;
+    }
+    return n;
+  }
+
+  SpillWorker& worker() { return worker_; }
+
+ private:
+  TempDir dir_;
+  std::vector<std::byte> data_;
+  SpillWorker worker_;
+};
+
+TEST_CASE("A kErase fails pending jobs, waits for I/O in flight, erases every segment and is "
+          "reported after every earlier result",
+          "[daemon][spill][erase]") {
+  const bool one_post = GENERATE(false, true);
+  INFO((one_post ? "writes and erase in one post" : "erase posted after the writes"));
+  EraseHarness h;
+  // Some records on disk first, in three segments.
+  std::vector<SpillJob> jobs;
+  for (uint64_t tag = 1; tag <= 8; ++tag) jobs.push_back(h.Write(tag));
+  h.worker().Post(jobs);
+  std::vector<SpillResult> results = h.Collect(8);
+  for (const SpillResult& r : results) REQUIRE(r.status.ok());
+  REQUIRE(h.worker().StatsOf(0).segments == 3);
+  const SsdRef first = results[0].ref;
+
+  // A burst of writes and a read, then the erase, then a write that must land afterwards.
+  std::vector<std::byte> out(kMiB, std::byte{1});
+  jobs.clear();
+  for (uint64_t tag = 11; tag <= 16; ++tag) jobs.push_back(h.Write(tag));
+  jobs.push_back(h.Read(17, first, out));
+  if (!one_post) {
+    h.worker().Post(jobs);
+    jobs.clear();
+  }
+  jobs.push_back(EraseHarness::Erase(99));
+  jobs.push_back(h.Write(21));
+  h.worker().Post(jobs);
+  results = h.Collect(9);
+
+  // Every earlier job has its result before kErased; the later write comes after it.
+  size_t purged = 0;
+  for (size_t i = 0; i < 7; ++i) {
+    INFO("result " << i << ": tag " << results[i].tag << " " << results[i].status.ToString());
+    CHECK(results[i].tag >= 11);
+    CHECK(results[i].tag <= 17);
+    CHECK(((results[i].status.ok()) || (results[i].status.code() == StatusCode::kUnavailable)));
+    if (!results[i].status.ok()) ++purged;
+  }
+  CHECK(results[7].kind == SpillResult::Kind::kErased);
+  CHECK(results[7].tag == 99);
+  CHECK(results[7].status.ok());
+  CHECK(results[7].segments >= 3);
+  CHECK(results[8].kind == SpillResult::Kind::kWritten);
+  CHECK(results[8].tag == 21);
+  CHECK(results[8].status.ok());
+  if (one_post) {
+    CHECK(purged == 7);  // none had started
+    CHECK(std::all_of(out.begin(), out.end(), [](std::byte b) { return b == std::byte{0}; }));
+  }
+  // Only the segment of the later write is left.
+  const SpillStats s = h.worker().StatsOf(0);
+  CHECK(s.segments == 1);
+  CHECK(s.live_records == 1);
+  CHECK(h.SegmentFiles() == 1);
+  // A release of a record that went with the erase does nothing.
+  SpillJob release;
+  release.kind = SpillJob::Kind::kRelease;
+  release.ref = first;
+  std::vector<SpillJob> later{release, h.Write(22)};
+  h.worker().Post(later);
+  results = h.Collect(1);
+  CHECK(results[0].status.ok());
+  CHECK(h.worker().StatsOf(0).live_records == 2);
+}
+
+TEST_CASE("Two erases in a row are each reported, the second one erasing nothing",
+          "[daemon][spill][erase]") {
+  EraseHarness h;
+  std::vector<SpillJob> jobs{h.Write(1), EraseHarness::Erase(2), h.Write(3),
+                             EraseHarness::Erase(4)};
+  h.worker().Post(jobs);
+  const std::vector<SpillResult> results = h.Collect(4);
+  CHECK(results[0].kind == SpillResult::Kind::kWritten);
+  CHECK(results[0].status.code() == StatusCode::kUnavailable);  // pending at the first erase
+  CHECK(results[1].kind == SpillResult::Kind::kWritten);
+  CHECK(results[1].status.code() == StatusCode::kUnavailable);  // pending at the second
+  CHECK(results[2].kind == SpillResult::Kind::kErased);
+  CHECK(results[2].tag == 2);
+  CHECK(results[3].kind == SpillResult::Kind::kErased);
+  CHECK(results[3].tag == 4);
+  CHECK(results[3].segments == 0);
+  CHECK(h.SegmentFiles() == 0);
+}
+
+// A tenant purge as the server runs it: leases end, Evict(kAll, false), the orders and a kErase
+// go to the worker, and results are applied until kErased.
+TEST_CASE("A purge leaves an empty pool and an empty spill store, with I/O in flight or "
+          "not yet started",
+          "[daemon][pool][spill][erase]") {
+  const bool posted_first = GENERATE(false, true);
+  INFO((posted_first ? "I/O posted before the purge" : "I/O posted with the erase"));
+  WorkerHarness h;
+  DramPool& pool = h.pool();
+  for (uint64_t n = 0; n < 4; ++n) h.Put(n);
+  h.PushOut(100, 12);
+  for (uint64_t n = 0; n < 4; ++n) REQUIRE(pool.Match(Key(n)) == wire::Tier::kSsd);
+  REQUIRE(h.store_stats().segments > 0);
+
+  // Two promotions (one leased), two new dirty blocks, two demotions, a leased DRAM block.
+  DramPool::Placement promoting, leased;
+  wire::Tier tier;
+  REQUIRE(pool.Acquire(Key(0), &promoting, &tier) == StatusCode::kOk);
+  REQUIRE(tier == wire::Tier::kSsd);
+  DramPool::Placement p;
+  REQUIRE(pool.Acquire(Key(1), &p, &tier) == StatusCode::kOk);
+  REQUIRE(tier == wire::Tier::kSsd);
+  pool.Release(p.ref);
+  for (uint64_t n = 200; n < 202; ++n) h.Put(n);
+  pool.Demote();
+  REQUIRE(pool.demotions_in_flight() > 0);
+  REQUIRE(pool.promotions_in_flight() == 2);
+  REQUIRE(pool.Acquire(Key(201), &leased, &tier) == StatusCode::kOk);
+  REQUIRE(tier == wire::Tier::kDram);
+  if (posted_first) h.PostOrders();
+
+  // The tenant's sessions close, then the purge.
+  pool.Release(promoting.ref);
+  pool.Release(leased.ref);
+  const uint64_t blocks = Stats(pool).committed_blocks;
+  const EvictReport r = pool.Evict(EvictTiers::kAll, /*release_ssd_records=*/false);
+  CHECK(r.dropped_blocks == blocks);
+  CHECK(r.kept_pinned == 0);
+  for (uint64_t n : {0u, 1u, 2u, 3u, 100u, 111u, 200u, 201u}) {
+    CHECK(pool.Match(Key(n)) == wire::Tier::kNone);
+  }
+  h.PostOrders(/*erase=*/true);
+  int purged = 0;
+  const SpillResult erased = h.ApplyUntilErased(&purged);
+  CHECK(erased.status.ok());
+  CHECK(erased.segments > 0);
+  if (!posted_first) CHECK(purged == 4);  // two demotions and two promotions
+  h.PostOrders();  // releases of records written meanwhile: the store knows them no more
+
+  CHECK(pool.idle());
+  CHECK(pool.empty());
+  const wire::StatsReply s = Stats(pool);
+  CHECK(s.committed_blocks == 0);
+  CHECK(s.reserved_blocks == 0);
+  CHECK(s.leased_blocks == 0);
+  CHECK(s.used_bytes == 0);
+  CHECK(s.slab_bytes_in_use == 0);
+  CHECK(s.dirty_bytes == 0);
+  CHECK(s.ssd_blocks == 0);
+  CHECK(s.ssd_only_blocks == 0);
+  CHECK(s.ssd_payload_bytes == 0);
+  CHECK(h.store_stats().segments == 0);
+  CHECK(h.store_stats().live_records == 0);
+  CHECK(std::filesystem::is_empty(h.store_dir()));
+
+  // The tenant goes on: new blocks are demoted into a fresh segment and come back.
+  for (uint64_t n = 300; n < 306; ++n) h.Put(n);
+  h.Settle();
+  CHECK(Stats(pool).ssd_blocks == 2);  // 12 MiB dirty, a limit of 8
+  CHECK(h.store_stats().segments == 1);
+  h.PushOut(400, 8);
+  REQUIRE(pool.Match(Key(300)) == wire::Tier::kSsd);
+  REQUIRE(pool.Acquire(Key(300), &p, &tier) == StatusCode::kOk);
+  h.Settle();
+  REQUIRE(pool.IsInDram(p.ref));
+  CHECK(Holds(h.Slot(p), 300, 1));
+  pool.Release(p.ref);
 }
 
 }  // namespace
