@@ -12,6 +12,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "daemon/admin/admin_server.h"
+#include "daemon/admin/audit_log.h"
 #include "daemon/config/config.h"
 #include "daemon/owned_dir.h"
 #include "daemon/sd_notify.h"
@@ -31,7 +33,7 @@ constexpr char kUsage[] =
 namespace {
 
 int Serve(const std::string& config_path) {
-  auto config = LoadConfig(config_path);
+  Result<Config> config = LoadConfig(config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "kvtierd: %s\n", config.status().message().c_str());
     return 2;
@@ -91,23 +93,47 @@ int Serve(const std::string& config_path) {
   }
   std::vector<SpillWorker*> worker_ptrs;
   for (auto& w : *workers) worker_ptrs.push_back(w.get());
-  auto server = Server::Open(*config, tenants->get(), worker_ptrs);
+  auto audit = AuditLog::Open(config->admin.audit_log);
+  if (!audit.ok()) {
+    spdlog::critical("{}", audit.status().ToString());
+    return 1;
+  }
+  (*audit)->Record("start", "pid=" + std::to_string(getpid()) + " config=" +
+                                AuditLog::Quote(config->source.string()));
+  AdminInbox inbox;
+  auto server = Server::Open(*config, tenants->get(), worker_ptrs, &inbox, audit->get());
   if (!server.ok()) {
     spdlog::critical("{}", server.status().ToString());
     return 1;
   }
-  spdlog::info("serving on {} (mode {:o}); Ctrl-C or SIGTERM stops", config->socket_path.string(),
-               config->socket_mode);
+  auto admin = AdminServer::Open(config->admin, audit->get(), &inbox);
+  if (!admin.ok()) {
+    spdlog::critical("admin socket {}: {}", config->admin.socket.string(),
+                     admin.status().ToString());
+    return 1;
+  }
+  spdlog::info("serving on {} (mode {:o}); admin socket {} (mode {:o}){}; Ctrl-C or SIGTERM "
+               "stops, SIGHUP reloads",
+               config->socket_path.string(), config->socket_mode, config->admin.socket.string(),
+               config->admin.socket_mode,
+               config->admin.metrics_listen.empty()
+                   ? std::string()
+                   : "; metrics on http://" + config->admin.metrics_listen + "/metrics");
   SdNotify("READY=1\nSTATUS=serving");
   const Status run = (*server)->Run();
   SdNotify("STOPPING=1");
+  // The server answers commands still waiting, the inbox refuses new ones, and the admin
+  // thread writes those answers before it stops.
   server->reset();
+  inbox.Close();
+  admin->reset();
   // Workers finish their in-flight I/O and sync the spill files; pools outlive them.
   workers->clear();
   if (!run.ok()) {
     spdlog::critical("{}", run.ToString());
     return 1;
   }
+  (*audit)->Record("stop", "pid=" + std::to_string(getpid()) + " result=ok");
   spdlog::info("stopped cleanly");
   return 0;
 }

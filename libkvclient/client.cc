@@ -224,7 +224,7 @@ uint64_t Client::session_id() const { return impl_->session_id; }
 
 Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
                           std::span<uint64_t> offsets, std::span<StatusCode> codes,
-                          std::span<const uint32_t> ttl_seconds) {
+                          std::span<const uint32_t> ttl_seconds, std::string* refusal) {
   if (sizes.size() != keys.size()) return SpanSizeError("sizes");
   if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
     return SpanSizeError("ttl_seconds");
@@ -253,6 +253,7 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
     }
     KVT_ASSIGN_OR_RETURN(auto reply,
                          impl_->RoundTrip(w, wire::Op::kReserve, n, sizeof(wire::ReserveResult)));
+    if (refusal != nullptr && refusal->empty()) refusal->assign(reply.message);
     for (size_t i = 0; i < n; ++i) {
       const auto r = reply.ItemAt<wire::ReserveResult>(i);
       codes[base + i] = IsKnownStatusCode(r.status) ? static_cast<StatusCode>(r.status)
@@ -420,7 +421,10 @@ Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const 
   r.offsets_.resize(keys.size());
   r.codes_.resize(keys.size(), StatusCode::kInternal);
   // On failure, `r` aborts whatever earlier frames of a split batch did reserve.
-  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_, ttl_seconds); !s.ok()) return s;
+  if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_, ttl_seconds, &r.refusal_);
+      !s.ok()) {
+    return s;
+  }
   return r;
 }
 
@@ -438,6 +442,7 @@ Reservations::Reservations(Reservations&& other) noexcept
       sizes_(std::move(other.sizes_)),
       offsets_(std::move(other.offsets_)),
       codes_(std::move(other.codes_)),
+      refusal_(std::move(other.refusal_)),
       done_(std::exchange(other.done_, true)) {}
 
 Reservations& Reservations::operator=(Reservations&& other) noexcept {
@@ -448,6 +453,7 @@ Reservations& Reservations::operator=(Reservations&& other) noexcept {
     sizes_ = std::move(other.sizes_);
     offsets_ = std::move(other.offsets_);
     codes_ = std::move(other.codes_);
+    refusal_ = std::move(other.refusal_);
     done_ = std::exchange(other.done_, true);
   }
   return *this;

@@ -1,7 +1,10 @@
 #include "daemon/config/config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -204,7 +207,12 @@ class ConfigParser {
 
   Status ParseDaemon(const toml::table& daemon, Config* config);
   Status ParsePaths(const toml::table& daemon, Config* config);
-  Status ParseSocketMode(const toml::table& daemon, Config* config);
+  Status ReadSocketMode(const toml::table& table,
+                        std::string_view prefix,
+                        std::string_view name,
+                        mode_t* out);
+  Status ParseAdmin(const toml::table& admin, Config* config);
+  Status ParseMetricsListen(const toml::table& admin, AdminConfig* out);
   Status ParsePool(const toml::table& pool, Config* config);
   Status ParseSpill(const toml::table& spill, Config* config);
   Status ParseSpillSizes(const toml::table& spill, SpillConfig* out);
@@ -289,7 +297,7 @@ Result<Config> ConfigParser::Parse(const toml::table& root) {
   // The version decides how everything else reads, so it is checked before any other key.
   KVT_RETURN_IF_ERROR(CheckVersion(root));
   KVT_RETURN_IF_ERROR(
-      CheckKeys(root, "", {"config_version", "daemon", "pool", "spill", "tenant"}));
+      CheckKeys(root, "", {"config_version", "daemon", "pool", "spill", "admin", "tenant"}));
   Config config;
   config.run_dir = "/run/kvtier";
   config.socket_path = config.run_dir / "kvtierd.sock";
@@ -300,6 +308,8 @@ Result<Config> ConfigParser::Parse(const toml::table& root) {
   KVT_RETURN_IF_ERROR(ParsePool(pool != nullptr ? *pool : absent, &config));
   KVT_ASSIGN_OR_RETURN(const toml::table* spill, SubTable(root, "spill"));
   KVT_RETURN_IF_ERROR(ParseSpill(spill != nullptr ? *spill : absent, &config));
+  KVT_ASSIGN_OR_RETURN(const toml::table* admin, SubTable(root, "admin"));
+  KVT_RETURN_IF_ERROR(ParseAdmin(admin != nullptr ? *admin : absent, &config));
   KVT_RETURN_IF_ERROR(ParseTenants(root, &config));
   KVT_RETURN_IF_ERROR(CheckUniqueTenants(config));
   KVT_RETURN_IF_ERROR(CheckUniqueIds(config, "uids"));
@@ -557,7 +567,7 @@ Status ConfigParser::ParseDaemon(const toml::table& daemon, Config* config) {
                                 {"run_dir", "socket", "socket_mode", "log_level", "max_sessions",
                                  "max_leases_per_session", "poll_spin_us", "default_tenant"}));
   KVT_RETURN_IF_ERROR(ParsePaths(daemon, config));
-  KVT_RETURN_IF_ERROR(ParseSocketMode(daemon, config));
+  KVT_RETURN_IF_ERROR(ReadSocketMode(daemon, "daemon", "socket_mode", &config->socket_mode));
   KVT_RETURN_IF_ERROR(ReadString(daemon, "daemon", "log_level", &config->log_level));
   static constexpr std::string_view kLevels[] = {"trace", "debug",    "info", "warn",
                                                  "error", "critical", "off"};
@@ -612,12 +622,16 @@ Status ConfigParser::ParsePaths(const toml::table& daemon, Config* config) {
   return Status::Ok();
 }
 
-Status ConfigParser::ParseSocketMode(const toml::table& daemon, Config* config) {
-  const toml::node* node = Find(daemon, "daemon", "socket_mode");
+Status ConfigParser::ReadSocketMode(const toml::table& table,
+                                    std::string_view prefix,
+                                    std::string_view name,
+                                    mode_t* out) {
+  const toml::node* node = Find(table, prefix, name);
+  const std::string key = Join(prefix, name);
   if (node == nullptr) return Status::Ok();
   const auto* text = node->as_string();
   if (text == nullptr) {
-    return Error(LineOf(*node), "daemon.socket_mode",
+    return Error(LineOf(*node), key,
                  "expected a string of octal digits such as \"0660\", got " +
                      std::string(TypeName(node->type())));
   }
@@ -629,18 +643,106 @@ Status ConfigParser::ParseSocketMode(const toml::table& daemon, Config* config) 
     if (octal) mode = static_cast<mode_t>(mode * 8 + static_cast<mode_t>(c - '0'));
   }
   if (!octal) {
-    return Error(LineOf(*node), "daemon.socket_mode",
+    return Error(LineOf(*node), key,
                  "\"" + digits + "\" is not an octal mode such as \"0660\"");
   }
   if (mode > 0777) {
-    return Error(LineOf(*node), "daemon.socket_mode",
+    return Error(LineOf(*node), key,
                  "\"" + digits + "\" sets bits above 0777 (setuid, setgid or sticky)");
   }
   if ((mode & 0600) != 0600) {
-    return Error(LineOf(*node), "daemon.socket_mode",
+    return Error(LineOf(*node), key,
                  "\"" + digits + "\" must give the owner read and write (0600)");
   }
-  config->socket_mode = mode;
+  *out = mode;
+  return Status::Ok();
+}
+
+Status ConfigParser::ParseAdmin(const toml::table& admin, Config* config) {
+  KVT_RETURN_IF_ERROR(CheckKeys(admin, "admin",
+                                {"socket", "socket_mode", "group", "audit_log", "metrics_listen"}));
+  AdminConfig& out = config->admin;
+  out.socket = config->run_dir / "kvtierd-admin.sock";
+  out.audit_log = "/var/log/kvtier/audit.log";
+  std::string socket;
+  KVT_RETURN_IF_ERROR(ReadString(admin, "admin", "socket", &socket));
+  const bool given = admin.get("socket") != nullptr;
+  if (socket.find('\0') != std::string::npos || (given && socket.empty())) {
+    return Error(LineOr("admin.socket", root_line_), "admin.socket",
+                 "expected a non-empty path without NUL bytes");
+  }
+  // Like daemon.socket: relative to run_dir.
+  if (!socket.empty()) {
+    out.socket = Normalized(fs::path(socket).is_absolute() ? fs::path(socket)
+                                                           : config->run_dir / socket);
+  }
+  if (!out.socket.has_filename() || out.socket == config->run_dir) {
+    return Error(LineOr("admin.socket", root_line_), "admin.socket",
+                 "\"" + socket + "\" names a directory, not a socket file");
+  }
+  if (out.socket == config->socket_path) {
+    return Error(LineOr("admin.socket", root_line_), "admin.socket",
+                 "is the same path as daemon.socket; the two sockets must differ");
+  }
+  if (out.socket.native().size() > sizeof(sockaddr_un::sun_path) - 1) {
+    return Error(LineOr("admin.socket", root_line_), "admin.socket",
+                 "the socket path " + out.socket.string() + " is too long for a Unix socket");
+  }
+  KVT_RETURN_IF_ERROR(ReadString(admin, "admin", "group", &out.group));
+  if (!out.group.empty()) {
+    // Resolved now so a typo fails at start (and at reload), not at the first kvtierctl call.
+    const group* g = getgrnam(out.group.c_str());
+    if (g == nullptr) {
+      return Error(LineOr("admin.group", root_line_), "admin.group",
+                   "no group named \"" + out.group + "\" on this host");
+    }
+    out.group_id = g->gr_gid;
+    out.socket_mode = 0660;
+  }
+  KVT_RETURN_IF_ERROR(ReadSocketMode(admin, "admin", "socket_mode", &out.socket_mode));
+  fs::path audit;
+  KVT_RETURN_IF_ERROR(ReadPath(admin, "admin", "audit_log", /*must_name_file=*/true, &audit));
+  if (!audit.empty()) out.audit_log = audit;
+  return ParseMetricsListen(admin, &out);
+}
+
+Status ConfigParser::ParseMetricsListen(const toml::table& admin, AdminConfig* out) {
+  KVT_RETURN_IF_ERROR(ReadString(admin, "admin", "metrics_listen", &out->metrics_listen));
+  const std::string& text = out->metrics_listen;
+  if (text.empty()) return Status::Ok();
+  const uint32_t line = LineOr("admin.metrics_listen", root_line_);
+  const size_t colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return Error(line, "admin.metrics_listen",
+                 "\"" + text + "\" is not ADDRESS:PORT (e.g. \"127.0.0.1:9464\")");
+  }
+  std::string address = text.substr(0, colon);
+  if (address.size() >= 2 && address.front() == '[' && address.back() == ']') {
+    address = address.substr(1, address.size() - 2);
+  }
+  // Metrics name tenants and their traffic: they stay on this host.
+  in_addr v4{};
+  in6_addr v6{};
+  const bool loopback =
+      (inet_pton(AF_INET, address.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127) ||
+      (inet_pton(AF_INET6, address.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6));
+  if (!loopback) {
+    return Error(line, "admin.metrics_listen",
+                 "\"" + address + "\" is not a loopback address (127.0.0.0/8 or ::1); metrics " +
+                     "are served on this host only");
+  }
+  const std::string port = text.substr(colon + 1);
+  uint32_t value = 0;
+  bool digits = !port.empty() && port.size() <= 5;
+  for (char c : port) {
+    digits = digits && c >= '0' && c <= '9';
+    if (digits) value = value * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (!digits || value == 0 || value > 65535) {
+    return Error(line, "admin.metrics_listen", "\"" + port + "\" is not a port (1 .. 65535)");
+  }
+  out->metrics_address = address;
+  out->metrics_port = static_cast<uint16_t>(value);
   return Status::Ok();
 }
 

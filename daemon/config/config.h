@@ -63,6 +63,24 @@ struct SpillConfig {
   double demote_above = 0.75;
 };
 
+// [admin]: the operators' socket (kvtierctl), the audit log and the metrics listener.
+struct AdminConfig {
+  std::filesystem::path socket;        // absolute; default run_dir / "kvtierd-admin.sock"
+  // Who may use the socket: the daemon's own uid, root, and members of `group` (by the peer's
+  // primary or supplementary groups). The file mode is a first gate: default 0600, or 0660 with
+  // the socket's group set to `group` when a group is configured. A peer that passes the mode
+  // but not the check is refused by kvtierd and audited.
+  mode_t socket_mode = 0600;
+  std::string group;                   // admin group name; "" for none
+  gid_t group_id = 0;                  // resolved at load time (valid when group is set)
+  std::filesystem::path audit_log;     // absolute; default "/var/log/kvtier/audit.log"
+  // Loopback HTTP listener for Prometheus (GET /metrics): "" (off, the default) or
+  // "127.0.0.1:PORT" / "[::1]:PORT". Only loopback addresses are accepted.
+  std::string metrics_listen;
+  std::string metrics_address;         // parsed from metrics_listen
+  uint16_t metrics_port = 0;
+};
+
 struct Config {
   static constexpr int64_t kVersion = 1;
 
@@ -84,6 +102,7 @@ struct Config {
   std::string default_tenant;          // [daemon]: tenant for peers no [[tenant]] matches; ""
                                        // refuses them
   SpillConfig spill;                   // [spill]
+  AdminConfig admin;                   // [admin]
   // [[tenant]] entries, at least one.
   std::vector<TenantConfig> tenants;
 };

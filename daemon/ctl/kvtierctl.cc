@@ -1,79 +1,120 @@
-// kvtierctl: operator CLI. In this version it speaks the client protocol (the admin socket
-// comes later) and shows the calling tenant's pool:
-//   kvtierctl [--socket PATH] [--json] stats
+// kvtierctl: the operators' CLI. It speaks the admin socket's line protocol (admin_server.h,
+// docs/protocol.md "Admin socket"): one request line out, "OK" or "ERROR ..." and the body
+// back. The daemon renders the tables (or the JSON), so the CLI stays a thin pipe and scripts
+// can use `socat` the same way.
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
-
-#include "kvclient/client.h"
 
 namespace {
 
 constexpr char kUsage[] =
-    "usage: kvtierctl [--socket PATH] [--json] stats\n"
-    "  stats   the pool of the tenant this user maps to\n"
-    "  --socket PATH   control socket (default $KVTIER_SOCKET or /run/kvtier/kvtierd.sock)\n";
+    "usage: kvtierctl [--admin-socket PATH] [--json] COMMAND [ARG ...]\n"
+    "commands:\n"
+    "  status                              the daemon: version, uptime, sockets, sessions\n"
+    "  stats [--tenant T]                  counters of every tenant (or of T)\n"
+    "  tenants                             the configured tenants and their limits\n"
+    "  evict --tenant T [--tier dram|ssd]  drop T's unpinned blocks from a tier (both if none)\n"
+    "  purge TENANT                        delete every block of TENANT in every tier, zero its\n"
+    "                                      pool, crypto-erase its segments, close its sessions\n"
+    "  reload                              re-read the config file (as SIGHUP does)\n"
+    "  drain                               refuse new sessions, finish requests, flush, exit\n"
+    "  metrics                             Prometheus text exposition\n"
+    "options:\n"
+    "  --admin-socket PATH  default $KVTIER_ADMIN_SOCKET or /run/kvtier/kvtierd-admin.sock\n"
+    "  --json               one JSON object instead of tables\n";
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "kvtierctl: %s\n", message.c_str());
+  return 1;
+}
+
+// Each argument is one word of the request line.
+bool IsWord(const std::string& arg) {
+  if (arg.empty()) return false;
+  for (char c : arg) {
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string socket_path = "/run/kvtier/kvtierd.sock";
-  if (const char* env = std::getenv("KVTIER_SOCKET")) socket_path = env;
+  std::string socket_path = "/run/kvtier/kvtierd-admin.sock";
+  if (const char* env = std::getenv("KVTIER_ADMIN_SOCKET")) socket_path = env;
   bool json = false;
-  std::string command;
+  std::vector<std::string> command;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--socket" && i + 1 < argc) {
+    if (command.empty() && arg == "--admin-socket" && i + 1 < argc) {
       socket_path = argv[++i];
-    } else if (arg == "--json") {
+    } else if (command.empty() && arg == "--json") {
       json = true;
-    } else if (command.empty() && arg[0] != '-') {
-      command = arg;
+    } else if (command.empty() && (arg == "--help" || arg == "-h")) {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (!command.empty() || (!arg.empty() && arg[0] != '-')) {
+      if (!IsWord(arg)) return Fail("argument '" + arg + "' may not contain spaces");
+      command.push_back(arg);
     } else {
       std::fputs(kUsage, stderr);
       return 2;
     }
   }
-  if (command != "stats") {
+  if (command.empty()) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  auto client = kvtier::Client::Connect({.socket_path = socket_path, .name_space = "kvtierctl"});
-  if (!client.ok()) {
-    std::fprintf(stderr, "kvtierctl: %s\n", client.status().ToString().c_str());
-    return 1;
-  }
-  auto stats = (*client)->Stats();
-  if (!stats.ok()) {
-    std::fprintf(stderr, "kvtierctl: %s\n", stats.status().ToString().c_str());
-    return 1;
-  }
-  const kvtier::PoolStats& s = *stats;
-  const std::string& tenant = (*client)->tenant();
-  const std::vector<std::pair<const char*, uint64_t>> rows = {
-      {"pool_bytes", s.pool_bytes},         {"used_bytes", s.used_bytes},
-      {"slab_bytes_in_use", s.slab_bytes_in_use}, {"committed_blocks", s.committed_blocks},
-      {"reserved_blocks", s.reserved_blocks}, {"leased_blocks", s.leased_blocks},
-      {"index_capacity", s.index_capacity}, {"index_bytes", s.index_bytes},
-      {"hits", s.hits},                     {"misses", s.misses},
-      {"evictions", s.evictions},           {"sessions", s.sessions},
-      {"ssd_quota_bytes", s.ssd_quota_bytes}, {"ssd_blocks", s.ssd_blocks},
-      {"ssd_only_blocks", s.ssd_only_blocks}, {"ssd_payload_bytes", s.ssd_payload_bytes},
-      {"dirty_bytes", s.dirty_bytes},       {"demotions", s.demotions},
-      {"promotions", s.promotions},         {"demote_failures", s.demote_failures},
-      {"promote_failures", s.promote_failures}, {"integrity_failures", s.integrity_failures},
-      {"ssd_dropped", s.ssd_dropped},       {"ssd_segments", s.ssd_segments},
-      {"expirations", s.expirations}};
-  if (json) {
-    std::printf("{\"tenant\": \"%s\"", tenant.c_str());
-    for (const auto& [name, value] : rows) std::printf(", \"%s\": %llu", name,
-                                                      static_cast<unsigned long long>(value));
-    std::printf("}\n");
-  } else {
-    std::printf("%-20s %s\n", "tenant", tenant.c_str());
-    for (const auto& [name, value] : rows) {
-      std::printf("%-20s %llu\n", name, static_cast<unsigned long long>(value));
+  std::string request = std::string("KVTIER-ADMIN 1 ") + (json ? "json" : "text");
+  for (const std::string& word : command) request += " " + word;
+  request += "\n";
+
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof(addr.sun_path)) return Fail("socket path too long");
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Fail(std::string("socket: ") + std::strerror(errno));
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int err = errno;
+    if (err == ENOENT || err == ECONNREFUSED) {
+      return Fail("kvtierd is not running: nothing listens at " + socket_path);
     }
+    if (err == EACCES) {
+      return Fail("permission denied on " + socket_path +
+                  ": the admin socket admits kvtierd's user, root and the admin group "
+                  "(admin.group) only");
+    }
+    return Fail("connect(" + socket_path + "): " + std::strerror(err));
   }
+  for (size_t sent = 0; sent < request.size();) {
+    const ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    // A refused peer may find the socket closed before its request is out; the reply says why.
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  std::string reply;
+  char buffer[65536];
+  for (;;) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    reply.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t eol = reply.find('\n');
+  if (eol == std::string::npos) return Fail("kvtierd closed the connection without a reply");
+  const std::string status = reply.substr(0, eol);
+  if (status.starts_with("ERROR ")) return Fail(status.substr(6));
+  if (status != "OK") return Fail("unexpected reply from kvtierd: " + status);
+  std::fwrite(reply.data() + eol + 1, 1, reply.size() - eol - 1, stdout);
   return 0;
 }

@@ -152,6 +152,9 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
                      session.id(), &placement,
                      EffectiveTtl(session.tenant()->config, item.ttl_seconds));
     if (code == StatusCode::kUnavailable) return false;  // room is on its way to SSD
+    if (code == StatusCode::kResourceExhausted && progress.refusal.empty()) {
+      progress.refusal = "tenant '" + session.tenant()->config.name + "': " + pool.last_refusal();
+    }
     wire::ReserveResult r{};
     r.status = static_cast<uint16_t>(code);
     if (code == StatusCode::kOk) {
@@ -160,6 +163,7 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
     }
     std::memcpy(&out[i], &r, sizeof(r));
   }
+  if (!progress.refusal.empty()) reply.InsertMessage(progress.refusal);
   return true;
 }
 
@@ -311,14 +315,19 @@ void RequestHandler::Release(Session& session, const wire::FrameView& request,
   }
 }
 
-void RequestHandler::Stats(Session& session, wire::FrameWriter& reply) {
+wire::StatsReply StatsOf(const Tenant& tenant) {
   wire::StatsReply stats{};
-  session.tenant()->pool->FillStats(&stats);
-  stats.sessions = session.tenant()->sessions;
-  if (session.tenant()->spill != nullptr) {
-    stats.ssd_quota_bytes = session.tenant()->config.ssd_bytes;
-    stats.ssd_segments = session.tenant()->spill->StatsOf(session.tenant()->spill_store).segments;
+  tenant.pool->FillStats(&stats);
+  stats.sessions = tenant.sessions;
+  if (tenant.spill != nullptr) {
+    stats.ssd_quota_bytes = tenant.config.ssd_bytes;
+    stats.ssd_segments = tenant.spill->StatsOf(tenant.spill_store).segments;
   }
+  return stats;
+}
+
+void RequestHandler::Stats(Session& session, wire::FrameWriter& reply) {
+  const wire::StatsReply stats = StatsOf(*session.tenant());
   reply.Append(&stats, sizeof(stats));
 }
 

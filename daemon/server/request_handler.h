@@ -15,6 +15,9 @@ struct HandlerLimits {
   uint64_t max_block_bytes = 0;
 };
 
+// The tenant's counters, as the stats op and the admin commands report them.
+wire::StatsReply StatsOf(const Tenant& tenant);
+
 class RequestHandler {
  public:
   RequestHandler(TenantRegistry* tenants, HandlerLimits limits)

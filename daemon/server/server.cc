@@ -21,9 +21,12 @@ namespace {
 // epoll user data for the two non-session fds; sessions use their fd (>= 0).
 constexpr uint64_t kListenTag = UINT64_MAX;
 constexpr uint64_t kSignalTag = UINT64_MAX - 1;
+constexpr uint64_t kAdminTag = UINT64_MAX - 2;
 constexpr uint64_t kWorkerTagBase = UINT64_MAX - 1024;  // + worker index (< 64)
 constexpr int kMaxFramesPerWake = 16;  // then let other sessions in
 constexpr int64_t kMaxKeysPerWake = 8192;
+
+}  // namespace
 
 uint64_t NowUs() {
   timespec ts{};
@@ -31,9 +34,7 @@ uint64_t NowUs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
 }
 
-}  // namespace
-
-Server::Server(const Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers)
+Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers)
     : start_us_(NowUs()),
       config_(config),
       tenants_(tenants),
@@ -43,6 +44,9 @@ Server::Server(const Config& config, TenantRegistry* tenants, std::vector<SpillW
       send_buffer_(wire::kMaxFrameBytes) {}
 
 Server::~Server() {
+  const Status stopping(StatusCode::kUnavailable, "kvtierd is stopping");
+  for (PendingPurge& purge : purges_) purge.done(AdminReply{stopping, {}});
+  if (drain_) drain_->done(AdminReply{stopping, {}});
   for (auto& [fd, session] : sessions_) session->Close();
   sessions_.clear();
   // Closing sessions can free removed blocks: their SSD records go to the workers, which
@@ -51,10 +55,13 @@ Server::~Server() {
   if (listen_fd_.valid()) unlink(config_.socket_path.c_str());
 }
 
-Result<std::unique_ptr<Server>> Server::Open(const Config& config, TenantRegistry* tenants,
-                                             std::vector<SpillWorker*> workers) {
+Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* tenants,
+                                             std::vector<SpillWorker*> workers,
+                                             AdminInbox* admin, AuditLog* audit) {
   KVT_CHECK(workers.size() < 1024);
   std::unique_ptr<Server> server(new Server(config, tenants, std::move(workers)));
+  server->admin_ = admin;
+  server->audit_ = audit;
   server->epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!server->epoll_fd_.valid()) return ErrnoStatus("epoll_create1", errno);
   sigset_t signals;
@@ -75,6 +82,12 @@ Result<std::unique_ptr<Server>> Server::Open(const Config& config, TenantRegistr
   ev.data.u64 = kSignalTag;
   if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->signal_fd_.get(), &ev) != 0) {
     return ErrnoStatus("epoll_ctl(signalfd)", errno);
+  }
+  if (admin != nullptr) {
+    ev.data.u64 = kAdminTag;
+    if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, admin->event_fd(), &ev) != 0) {
+      return ErrnoStatus("epoll_ctl(admin inbox)", errno);
+    }
   }
   server->spill_tenants_.resize(server->workers_.size());
   for (size_t i = 0; i < server->workers_.size(); ++i) {
@@ -106,7 +119,7 @@ Status Server::Run() {
     }
     if (awaiting_hello_ > 0) CloseSilentSessions();
     Tick();
-    if (n == 0) {
+    if (n == 0 && purges_.empty() && !drain_) {
       // Spinning: give the CPU away at once if a client waits for it (on a shared vCPU the
       // client may be the very peer whose next request we are spinning for).
       sched_yield();
@@ -120,13 +133,15 @@ Status Server::Run() {
         signalfd_siginfo info{};
         while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
           if (info.ssi_signo == SIGHUP) {
-            spdlog::info("SIGHUP: configuration reload is not supported yet; ignoring");
+            (void)Reload("SIGHUP");  // logs and audits what it did or why it did nothing
             continue;
           }
           spdlog::info("signal {}: stopping; closing {} session(s)", info.ssi_signo,
                        sessions_.size());
           return Status::Ok();
         }
+      } else if (tag == kAdminTag) {
+        OnAdminCommands();
       } else if (tag >= kWorkerTagBase) {
         OnSpillResults(tag - kWorkerTagBase);
       } else {
@@ -134,9 +149,13 @@ Status Server::Run() {
         if (it != sessions_.end()) OnSessionEvent(*it->second, events[i].events);
       }
     }
+    if (!purges_.empty() || drain_) {
+      AdvanceAdmin();
+      if (drain_ && AdvanceDrain()) return Status::Ok();
+    }
     if (!workers_.empty()) PostSpillOrders();
     for (int fd : closing_) sessions_.erase(fd);
-    if (!closing_.empty()) SetAccepting(true);  // fds were freed
+    if (!closing_.empty() && !drain_) SetAccepting(true);  // fds were freed
     closing_.clear();
     last_activity_us = NowUs();
   }
@@ -294,14 +313,18 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
     return false;
   }
   reply.Begin(request->op, request->header.request_id);
+  const uint64_t arrived_us = NowUs();
   const bool was_anonymous = session.tenant() == nullptr;
   const RequestHandler::Outcome outcome = handler_.Handle(session, *request, reply);
   if (was_anonymous && session.tenant() != nullptr) --awaiting_hello_;
   if (outcome.park) {
     Park(session, bytes, reply);
+    session.parked()->arrived_us = arrived_us;
     return false;  // read nothing more from it until the reply is out
   }
-  if (!SendReply(session, reply.Finish(), outcome.pass_fd)) return false;
+  const bool sent = SendReply(session, reply.Finish(), outcome.pass_fd);
+  latency_[static_cast<size_t>(request->op)].Observe(NowUs() - arrived_us);
+  if (!sent) return false;
   if (outcome.close_session) {
     CloseSession(session, "request refused");
     return false;
@@ -403,6 +426,7 @@ void Server::ContinueParked(const Tenant* tenant) {
       session.parked() = std::move(parked);
       return false;
     }
+    latency_[static_cast<size_t>(request->op)].Observe(NowUs() - parked->arrived_us);
     if (SendReply(session, parked->writer.Finish(), -1) && session.pending_reply().empty()) {
       SetInterest(session, EPOLLIN);  // requests it sent meanwhile are read from here
     }
@@ -422,16 +446,32 @@ void Server::OnSpillResults(size_t worker) {
     switch (r.kind) {
       case SpillResult::Kind::kWritten:
         pool.DemoteDone(ref, r.status, r.ref);
-        if (!r.status.ok() && AllowPeerErrorLog()) {
+        // During a purge the worker fails the tenant's queued jobs on purpose.
+        if (!r.status.ok() && !tenant.purging && AllowPeerErrorLog()) {
           spdlog::warn("tenant '{}': demotion to SSD failed, the block stays in DRAM only: {}",
                        tenant.config.name, r.status.ToString());
         }
         break;
       case SpillResult::Kind::kRead:
         pool.PromoteDone(ref, r.status);
-        if (!r.status.ok() && AllowPeerErrorLog()) {
+        if (r.status.code() == StatusCode::kDataLoss) {
+          Audit("integrity_failure", "tenant=" + tenant.config.name + " segment=" +
+                                         std::to_string(r.ref.segment) + " offset=" +
+                                         std::to_string(r.ref.offset()) +
+                                         " reason=" + AuditLog::Quote(r.status.message()));
+        }
+        if (!r.status.ok() && !tenant.purging && AllowPeerErrorLog()) {
           spdlog::warn("tenant '{}': promotion from SSD failed, the block is dropped (a miss): {}",
                        tenant.config.name, r.status.ToString());
+        }
+        break;
+      case SpillResult::Kind::kErased:
+        for (PendingPurge& purge : purges_) {
+          if (purge.tenant != &tenant || !purge.erase_posted || purge.erased) continue;
+          purge.erased = true;
+          purge.erase_status = r.status;
+          purge.segments_erased = r.segments;
+          break;
         }
         break;
       case SpillResult::Kind::kDropped:
@@ -474,7 +514,7 @@ void Server::CloseSilentSessions() {
     }
   }
   for (int fd : closing_) sessions_.erase(fd);
-  if (!closing_.empty()) SetAccepting(true);
+  if (!closing_.empty() && !drain_) SetAccepting(true);
   closing_.clear();
 }
 

@@ -4,7 +4,9 @@
 // The loop is epoll, level-triggered. After any activity it busy-polls (epoll_wait with a zero
 // timeout) for poll_spin_us before sleeping: a wake-up costs ~25 us on these VMs, more than a
 // whole batch of lookups, and an engine's next request usually follows within microseconds.
-// SIGINT and SIGTERM (through a signalfd) stop the loop cleanly.
+// SIGINT and SIGTERM (through a signalfd) stop the loop cleanly; SIGHUP reloads the config.
+// Admin commands (admin_commands.cc) arrive from the AdminServer's thread through an
+// AdminInbox and run here too, so they see and change tenant state without locks.
 // Why epoll and not Asio here: SOCK_SEQPACKET with SCM_RIGHTS needs recvmsg/sendmsg, which Asio
 // has no protocol for, and the busy-poll window needs control of the wait (docs/design.md).
 #pragma once
@@ -12,10 +14,16 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <array>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "daemon/admin/admin_inbox.h"
+#include "daemon/admin/audit_log.h"
+#include "daemon/admin/metrics.h"
+#include "daemon/admin/report.h"
 #include "daemon/config/config.h"
 #include "daemon/server/request_handler.h"
 #include "daemon/server/session.h"
@@ -25,21 +33,51 @@
 
 namespace kvtier {
 
+// CLOCK_MONOTONIC, in microseconds.
+uint64_t NowUs();
+
 class Server {
  public:
   // Binds the control socket; signals SIGINT/SIGTERM/SIGHUP must already be blocked in every
   // thread (main does this first) so the signalfd receives them.
   // `workers` run the tenants' spill stores (Tenant::spill names one of them); they must outlive
-  // the server.
-  static Result<std::unique_ptr<Server>> Open(const Config& config, TenantRegistry* tenants,
-                                              std::vector<SpillWorker*> workers = {});
+  // the server. `config` is the running configuration; reload changes it in place. `admin`
+  // and `audit` may be null (no admin socket).
+  static Result<std::unique_ptr<Server>> Open(Config& config, TenantRegistry* tenants,
+                                              std::vector<SpillWorker*> workers = {},
+                                              AdminInbox* admin = nullptr,
+                                              AuditLog* audit = nullptr);
+  // Answers admin commands still waiting (kUnavailable: stopping).
   ~Server();
 
-  // Serves until SIGINT or SIGTERM. Returns OK after a clean stop.
+  // Serves until SIGINT or SIGTERM, or until a drain has finished. Returns OK after a clean
+  // stop.
   Status Run();
 
  private:
-  Server(const Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers);
+  // An admin command that finishes after spill I/O: a purge waits for its tenant's in-flight
+  // I/O and the crypto-erase of its segments; a drain for in-flight requests and demotions.
+  struct PendingPurge {
+    Tenant* tenant = nullptr;
+    AdminRequest request;
+    AdminDone done;
+    EvictReport removed;
+    uint64_t sessions_closed = 0;
+    bool erase_posted = false;
+    bool erased = false;
+    Status erase_status;
+    uint64_t segments_erased = 0;
+  };
+  struct PendingDrain {
+    AdminRequest request;
+    AdminDone done;
+    uint64_t sessions_closed = 0;
+    uint64_t flushed_bytes = 0;
+    bool sessions_done = false;
+    uint64_t deadline_us = 0;  // then sessions still busy are closed anyway
+  };
+
+  Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers);
   void Accept();
   void Refuse(int fd, const PeerCredentials& peer, const Status& why);
   void SetAccepting(bool on);
@@ -65,6 +103,29 @@ class Server {
   uint32_t NextSessionId();
   // Once a second: moves the pools' clocks and reaps a bounded number of expired blocks.
   void Tick();
+
+  // --- admin_commands.cc ---
+  void OnAdminCommands();
+  // Runs one command; `done` is called now, or later for a purge or a drain.
+  void RunAdmin(AdminRequest request, AdminDone done);
+  Result<Report> AdminStatus();
+  Result<Report> AdminStats(const std::vector<std::string>& args);
+  Result<Report> AdminTenants();
+  Result<Report> AdminEvict(const std::vector<std::string>& args);
+  void AdminPurge(AdminRequest request, AdminDone done);
+  Result<Report> Reload(const char* origin);
+  std::string Metrics();
+  Result<Tenant*> TenantNamed(std::string_view name);
+  // Closes every session of `tenant`; returns how many.
+  uint64_t CloseTenantSessions(const Tenant* tenant);
+  // Advances purges and a drain that wait for spill I/O; called after each loop round.
+  void AdvanceAdmin();
+  void FinishPurge(PendingPurge& purge);
+  // True once a drain has closed every session and flushed the SSD tier.
+  bool AdvanceDrain();
+  void Audit(std::string_view event, std::string_view fields) {
+    if (audit_ != nullptr) audit_->Record(event, fields);
+  }
   // Index entries each tenant's reaper looks at per second: a 1M-block index in ~16 s, at
   // about a millisecond of loop time per tick.
   static constexpr uint32_t kReapEntriesPerSecond = 65536;
@@ -73,7 +134,12 @@ class Server {
 
   uint64_t start_us_;
   uint32_t clock_s_ = 0;
-  const Config& config_;
+  Config& config_;
+  AdminInbox* admin_ = nullptr;
+  AuditLog* audit_ = nullptr;
+  std::vector<PendingPurge> purges_;
+  std::optional<PendingDrain> drain_;
+  std::array<LatencyHistogram, wire::kMaxOp + 1> latency_{};
   TenantRegistry* tenants_;
   std::vector<SpillWorker*> workers_;
   std::vector<std::vector<Tenant*>> spill_tenants_;  // [worker][store]

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "daemon/pool/dram_pool.h"
@@ -58,6 +59,7 @@ struct ParkedRequest {
   std::vector<std::byte> frame;  // the request as received
   std::vector<std::byte> reply;  // kMaxFrameBytes; `writer` writes here
   wire::FrameWriter writer{std::span<std::byte>()};
+  uint64_t arrived_us = 0;       // when the request was received (latency metrics)
 };
 
 // How far the handler got with a request's items (valid while it is parked).
@@ -72,6 +74,8 @@ struct ItemProgress {
   // Prefetch: leases held on blocks already in DRAM until the whole request is settled, so a
   // later item's promotion cannot evict an earlier one before the reply.
   std::vector<uint64_t> held;
+  // Reserve: why the first item refused with kResourceExhausted was refused.
+  std::string refusal;
 };
 
 class Session {

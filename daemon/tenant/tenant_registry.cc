@@ -54,13 +54,39 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
 }
 
 Result<Tenant*> TenantRegistry::Resolve(const PeerCredentials& peer) {
-  if (auto it = by_uid_.find(peer.uid); it != by_uid_.end()) return it->second;
-  if (auto it = by_gid_.find(peer.gid); it != by_gid_.end()) return it->second;
-  if (default_tenant_ != nullptr) return default_tenant_;
+  Tenant* tenant = default_tenant_;
+  if (auto it = by_uid_.find(peer.uid); it != by_uid_.end()) {
+    tenant = it->second;
+  } else if (auto g = by_gid_.find(peer.gid); g != by_gid_.end()) {
+    tenant = g->second;
+  }
+  if (tenant != nullptr && tenant->purging) {
+    return Status(StatusCode::kUnavailable, "tenant '" + tenant->config.name +
+                                                "' is being purged; connect again when it is done");
+  }
+  if (tenant != nullptr) return tenant;
   return Status(StatusCode::kPermissionDenied,
                 "uid " + std::to_string(peer.uid) + " gid " + std::to_string(peer.gid) +
                     " matches no tenant of kvtierd; ask the operator to add it to a [[tenant]] "
                     "in " + config_path_);
+}
+
+void TenantRegistry::Remap(const Config& next) {
+  by_uid_.clear();
+  by_gid_.clear();
+  default_tenant_ = nullptr;
+  config_path_ = next.source.string();
+  for (size_t i = 0; i < tenants_.size(); ++i) {
+    Tenant* tenant = tenants_[i].get();
+    const TenantConfig& tc = next.tenants.at(i);
+    tenant->config.uids = tc.uids;
+    tenant->config.gids = tc.gids;
+    tenant->config.default_ttl_seconds = tc.default_ttl_seconds;
+    tenant->config.max_ttl_seconds = tc.max_ttl_seconds;
+    for (uid_t uid : tc.uids) by_uid_[uid] = tenant;
+    for (gid_t gid : tc.gids) by_gid_[gid] = tenant;
+    if (tc.name == next.default_tenant) default_tenant_ = tenant;
+  }
 }
 
 Result<uint32_t> TenantRegistry::NamespaceId(Tenant& tenant, std::string_view name) {

@@ -30,6 +30,8 @@ struct Tenant {
   std::unordered_map<std::string, uint32_t> namespaces;
   std::vector<std::string> namespace_names;  // by id - 1
   uint32_t sessions = 0;
+  // A purge is under way: peers of this tenant are refused until it ends.
+  bool purging = false;
   // SSD tier: the worker that runs this tenant's spill store (null: no SSD tier), and the
   // store's index there. Set by OpenSpillTier.
   SpillWorker* spill = nullptr;
@@ -54,8 +56,13 @@ class TenantRegistry {
   static Result<std::unique_ptr<TenantRegistry>> Create(const Config& config,
                                                         std::vector<std::string>* warnings);
 
-  // kPermissionDenied naming the uid and gid when no tenant matches.
+  // kPermissionDenied naming the uid and gid when no tenant matches; kUnavailable while the
+  // tenant is being purged.
   Result<Tenant*> Resolve(const PeerCredentials& peer);
+  // Reload: takes the peer mapping (uids, gids, default tenant) and the TTL limits of `next`,
+  // whose tenants must be the running ones (checked by the caller). Sessions already attached
+  // keep their tenant.
+  void Remap(const Config& next);
   // The tenant's id for `name`, assigning the next one on first use; kResourceExhausted past
   // kMaxNamespacesPerTenant.
   Result<uint32_t> NamespaceId(Tenant& tenant, std::string_view name);

@@ -54,7 +54,7 @@ Status SizeSocketBuffers(int fd) {
   return Status::Ok();
 }
 
-Status EnsureNoListener(const std::string& path) {
+Status EnsureNoListener(const std::string& path, int type) {
   KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
   struct stat st {};
   if (lstat(path.c_str(), &st) != 0) return Status::Ok();
@@ -62,7 +62,7 @@ Status EnsureNoListener(const std::string& path) {
     return Status(StatusCode::kFailedPrecondition,
                   "'" + path + "' exists and is not a socket; refusing to replace it");
   }
-  UniqueFd probe(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  UniqueFd probe(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
   if (probe.valid() &&
       connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
     return Status(StatusCode::kAlreadyExists, "another kvtierd is already serving '" + path + "'");
@@ -70,11 +70,12 @@ Status EnsureNoListener(const std::string& path) {
   return Status::Ok();
 }
 
-Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog) {
+Result<UniqueFd> ListenUnix(const std::string& path, int type, mode_t mode, gid_t gid,
+                            int backlog) {
   KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
-  UniqueFd fd(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return ErrnoStatus("socket(AF_UNIX, SOCK_SEQPACKET)", errno);
-  KVT_RETURN_IF_ERROR(EnsureNoListener(path));
+  UniqueFd fd(socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return ErrnoStatus("socket(AF_UNIX)", errno);
+  KVT_RETURN_IF_ERROR(EnsureNoListener(path, type));
   struct stat st {};
   unlink(path.c_str());  // a stale socket file left by a previous run
   // bind creates the file with 0777 & ~umask (kvtierd runs with umask 077, so owner-only);
@@ -82,9 +83,14 @@ Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backl
   if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
     return ErrnoStatus("bind('" + path + "')", errno);
   }
+  constexpr gid_t kNoGroup = static_cast<gid_t>(-1);
+  if (gid != kNoGroup && chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
+    return ErrnoStatus("chown('" + path + "', group " + std::to_string(gid) + ")", errno);
+  }
   if (chmod(path.c_str(), mode) != 0) return ErrnoStatus("chmod('" + path + "')", errno);
   if (stat(path.c_str(), &st) != 0) return ErrnoStatus("stat('" + path + "')", errno);
-  if ((st.st_mode & 07777) != mode || st.st_uid != geteuid()) {
+  if ((st.st_mode & 07777) != mode || st.st_uid != geteuid() ||
+      (gid != kNoGroup && st.st_gid != gid)) {
     return Status(StatusCode::kPermissionDenied,
                   "socket '" + path + "' did not get mode or owner as configured");
   }

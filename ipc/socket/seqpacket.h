@@ -3,6 +3,7 @@
 // All functions are thread-safe; they touch only the fds they are given.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <cstddef>
@@ -22,12 +23,18 @@ struct PeerCredentials {
 
 // OK if nothing listens at `path` (a stale socket file is fine); kAlreadyExists if a live
 // listener answers there; kFailedPrecondition if `path` is some other kind of file.
-Status EnsureNoListener(const std::string& path);
-// Binds and listens at `path` (a stale socket file is replaced), chmods it to `mode` and
-// verifies the result with stat: the daemon never serves a socket with looser permissions
-// than configured. Run it under a restrictive umask (kvtierd sets 077 at start) so the socket
-// is never more open than `mode` between bind and chmod. Non-blocking, close-on-exec.
-Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog);
+// `type`: SOCK_SEQPACKET (the data socket) or SOCK_STREAM (the admin socket).
+Status EnsureNoListener(const std::string& path, int type = SOCK_SEQPACKET);
+// Binds and listens at `path` (a stale socket file is replaced), chmods it to `mode` (and
+// chowns it to group `gid` unless that is -1) and verifies the result with stat: the daemon
+// never serves a socket with looser permissions than configured. Run it under a restrictive
+// umask (kvtierd sets 077 at start) so the socket is never more open than `mode` between bind
+// and chmod. Non-blocking, close-on-exec.
+Result<UniqueFd> ListenUnix(const std::string& path, int type, mode_t mode, gid_t gid,
+                            int backlog);
+inline Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog) {
+  return ListenUnix(path, SOCK_SEQPACKET, mode, static_cast<gid_t>(-1), backlog);
+}
 // Blocking, close-on-exec. kUnavailable when no daemon listens at `path`.
 Result<UniqueFd> ConnectSeqpacket(const std::string& path);
 // Sets SO_SNDBUF/SO_RCVBUF so a kMaxFrameBytes frame always fits.

@@ -152,6 +152,16 @@ void FrameWriter::SetStatus(const Status& status) {
   size_ += n;
 }
 
+void FrameWriter::InsertMessage(std::string_view message) {
+  KVT_DCHECK(header_.message_bytes == 0);
+  const size_t n = std::min({message.size(), size_t{kMaxMessageBytes}, buf_.size() - size_});
+  std::byte* body = buf_.data() + sizeof(FrameHeader);
+  std::memmove(body + n, body, size_ - sizeof(FrameHeader));
+  std::memcpy(body, message.data(), n);
+  header_.message_bytes = static_cast<uint16_t>(n);
+  size_ += n;
+}
+
 std::byte* FrameWriter::Grow(size_t bytes) {
   if (bytes > buf_.size() - size_) return nullptr;  // (size_ <= buf_.size() always)
   std::byte* at = buf_.data() + size_;

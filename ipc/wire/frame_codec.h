@@ -48,6 +48,10 @@ class FrameWriter {
   void Begin(Op op, uint64_t request_id);
   // Replies: sets the status and message (truncated to kMaxMessageBytes). Call before items.
   void SetStatus(const Status& status);
+  // Replies whose status stays OK but whose items need explaining (e.g. why items were
+  // refused): puts `message` (truncated to kMaxMessageBytes and to the room left) before the
+  // items already written. Only when no message was set.
+  void InsertMessage(std::string_view message);
   // Appends raw body bytes; false (and nothing written) if the frame would exceed the buffer.
   bool Append(const void* data, size_t bytes);
   template <typename T>

@@ -1,5 +1,5 @@
-// kvtierd and kvtierctl as operators run them: config checking, socket permissions, a second
-// instance, clean stops, and kvtierctl's output.
+// kvtierd as operators run it: config checking, socket permissions, a second instance and
+// clean stops (kvtierctl: admin_test.cc).
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -81,28 +81,6 @@ TEST_CASE("a second kvtierd on the same socket refuses to start", "[integration]
   auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "x"});
   REQUIRE(client.ok());
   CHECK((*client)->Stats().ok());
-}
-
-TEST_CASE("kvtierctl stats shows the tenant's pool as a table and as JSON", "[integration][cli]") {
-  auto daemon = DaemonProcess::Start();
-  const std::string base = std::string(KVTIERCTL_PATH) + " --socket " + daemon->socket_path();
-  CommandResult table = RunCommand(base + " stats");
-  INFO(table.output);
-  CHECK(table.exit_code == 0);
-  CHECK_THAT(table.output, Catch::Contains("tenant") && Catch::Contains("test"));
-  CHECK_THAT(table.output, Catch::Contains("pool_bytes           67108864"));
-  CommandResult json = RunCommand(base + " --json stats");
-  INFO(json.output);
-  CHECK(json.exit_code == 0);
-  CHECK_THAT(json.output, Catch::StartsWith("{\"tenant\": \"test\"") &&
-                              Catch::Contains("\"pool_bytes\": 67108864"));
-  CommandResult usage = RunCommand(base + " frobnicate");
-  CHECK(usage.exit_code == 2);
-  CHECK_THAT(usage.output, Catch::Contains("usage"));
-  daemon->Stop();
-  CommandResult down = RunCommand(base + " stats");
-  CHECK(down.exit_code == 1);
-  CHECK_THAT(down.output, Catch::Contains("not running"));
 }
 
 }  // namespace

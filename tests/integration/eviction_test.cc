@@ -199,7 +199,7 @@ TEST_CASE("a slot freed by remove or eviction reads as zeros when it is handed o
   }
 }
 
-TEST_CASE("a block whose TTL runs out becomes a miss and gives its space back; a TTL above "
+TEST_CASE("a block whose TTL runs out becomes a miss and gives its space back, and a TTL above "
           "the tenant's cap is lowered to it", "[integration][expiry]") {
   DaemonOptions options;
   options.max_ttl_seconds = 2;  // the cap

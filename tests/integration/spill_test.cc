@@ -409,7 +409,7 @@ TEST_CASE("over its SSD quota a tenant loses its oldest segments whole, crypto-e
   CHECK(back.missing > 0);
 }
 
-TEST_CASE("a full spill filesystem degrades to reclaiming old segments; DRAM keeps serving",
+TEST_CASE("a full spill filesystem degrades to reclaiming old segments while DRAM keeps serving",
           "[integration][spill]") {
   ScopedMount small("tmpfs", "size=40m,mode=0700");
   if (!small.ok()) {

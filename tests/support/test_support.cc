@@ -57,6 +57,7 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
           << "\"\ncreate_key = true\nsegment_bytes = " << o.segment_bytes << "\n"
           << o.spill_toml << "\n";
     }
+    cfg << "[admin]\naudit_log = \"run/audit.log\"\n" << o.admin_toml << "\n";
     for (const DaemonOptions::Tenant& t : o.more_tenants) {
       cfg << "[[tenant]]\nname = \"" << t.name << "\"\ndram_bytes = " << t.dram_bytes
           << "\nuids = [";
@@ -168,6 +169,43 @@ int WaitChild(pid_t pid) {
 }
 
 int RunInChild(const std::function<int()>& body) { return WaitChild(SpawnChild(body)); }
+
+std::string ReadFile(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int RunCtl(const DaemonProcess& daemon, const std::vector<std::string>& args, std::string* out,
+           std::string* err) {
+  TempDir files;
+  const auto out_path = files.path() / "stdout";
+  const auto err_path = files.path() / "stderr";
+  std::vector<std::string> argv = {"kvtierctl"};
+  bool names_socket = false;
+  for (const std::string& a : args) names_socket = names_socket || a == "--admin-socket";
+  if (!names_socket) argv.insert(argv.end(), {"--admin-socket", daemon.admin_socket_path()});
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::vector<char*> raw;
+    for (std::string& a : argv) raw.push_back(a.data());
+    raw.push_back(nullptr);
+    FILE* o = std::fopen(out_path.c_str(), "w");
+    FILE* e = std::fopen(err_path.c_str(), "w");
+    if (o == nullptr || e == nullptr) _exit(126);
+    dup2(fileno(o), STDOUT_FILENO);
+    dup2(fileno(e), STDERR_FILENO);
+    execv(KVTIERCTL_PATH, raw.data());
+    _exit(127);
+  }
+  const int code = WaitChild(pid);
+  if (out != nullptr) *out = ReadFile(out_path);
+  if (err != nullptr) *err = ReadFile(err_path);
+  return code;
+}
 
 }  // namespace kvtier::testing
 

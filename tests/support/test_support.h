@@ -51,6 +51,7 @@ struct DaemonOptions {
   uint64_t ssd_bytes = 0;
   uint64_t segment_bytes = 16ull << 20;
   std::string spill_toml;  // more [spill] keys
+  std::string admin_toml;  // more [admin] keys (the audit log is run/audit.log already)
 };
 
 // Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
@@ -61,6 +62,10 @@ class DaemonProcess {
   ~DaemonProcess();
 
   const std::string& socket_path() const { return socket_path_; }
+  std::string admin_socket_path() const { return (dir() / "run" / "kvtierd-admin.sock").string(); }
+  std::filesystem::path audit_log_path() const { return dir() / "run" / "audit.log"; }
+  // The config file it runs with (a reload test rewrites it).
+  std::filesystem::path config_path() const { return dir() / "kvtierd.toml"; }
   const std::filesystem::path& dir() const { return dir_.path(); }
   pid_t pid() const { return pid_; }
   // True while the process has not exited.
@@ -100,6 +105,14 @@ int RunInChild(const std::function<int()>& body);
 // Forks `body` and returns its pid without waiting.
 pid_t SpawnChild(const std::function<int()>& body);
 int WaitChild(pid_t pid);
+
+// Runs build/daemon/kvtierctl with `args` (and the admin socket of `daemon` unless args name
+// one); returns its exit status and fills `out` with its stdout and `err` with its stderr.
+class DaemonProcess;
+int RunCtl(const DaemonProcess& daemon, const std::vector<std::string>& args, std::string* out,
+           std::string* err = nullptr);
+// The whole file, or "" if it cannot be read.
+std::string ReadFile(const std::filesystem::path& path);
 
 }  // namespace kvtier::testing
 

@@ -113,8 +113,12 @@ class KVCLIENT_EXPORT Reservations {
 
   size_t size() const { return keys_.size(); }
   // kOk: data(i) is writable. kAlreadyExists: the key is stored or being stored already.
-  // kResourceExhausted: no room even after eviction.
+  // kResourceExhausted: no room even after eviction; refusal() says which limit and by how
+  // much.
   StatusCode code(size_t i) const { return codes_[i]; }
+  // Why the first kResourceExhausted item was refused ("" if none was), from kvtierd, e.g.
+  // "tenant 'a': DRAM pool of 67108864 bytes is full: ...".
+  const std::string& refusal() const { return refusal_; }
   std::span<std::byte> data(size_t i) const;
   // Commits every kOk item. Not OK if any commit failed (the others are committed).
   Status Commit();
@@ -130,6 +134,7 @@ class KVCLIENT_EXPORT Reservations {
   std::vector<uint64_t> sizes_;
   std::vector<uint64_t> offsets_;
   std::vector<StatusCode> codes_;
+  std::string refusal_;
   bool done_ = false;
 };
 
@@ -184,9 +189,10 @@ class KVCLIENT_EXPORT Client {
   Result<PoolStats> Stats();
 
   // --- Raw API (what the RAII types and the C ABI use); spans are sized like `keys`. ---
+  // `refusal`, if not null, gets why the first kResourceExhausted item was refused.
   Status ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
                     std::span<uint64_t> offsets, std::span<StatusCode> codes,
-                    std::span<const uint32_t> ttl_seconds = {});
+                    std::span<const uint32_t> ttl_seconds = {}, std::string* refusal = nullptr);
   Status CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes = {});
   Status AbortRaw(std::span<const Key> keys, std::span<StatusCode> codes = {});
   Status AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out);

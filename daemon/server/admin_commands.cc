@@ -1,0 +1,482 @@
+// The admin commands (kvtierctl), run on the event loop: see admin_server.h for how they
+// arrive and docs/operations.md for what each does.
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "daemon/server/server.h"
+#include "ipc/base/check.h"
+
+namespace kvtier {
+namespace {
+
+constexpr char kCommands[] =
+    "commands: status | stats [--tenant T] | tenants | evict --tenant T [--tier dram|ssd] | "
+    "purge TENANT | reload | drain | metrics";
+// A drain waits this long for in-flight requests, then closes what is left.
+constexpr uint64_t kDrainGraceUs = 30'000'000;
+
+Status Usage(const std::string& what) {
+  return Status(StatusCode::kInvalidArgument, what + "; " + kCommands);
+}
+
+std::string Ids(const std::vector<uint32_t>& ids) {
+  std::string out;
+  for (uint32_t id : ids)
+    out += (out.empty() ? "" : ",") + std::to_string(id);
+  return out.empty() ? "-" : out;
+}
+
+// The first setting that differs between `a` and `b` and that only a restart can change, or "".
+std::string RestartOnlyChange(const Config& a, const Config& b) {
+  const std::vector<std::pair<const char*, bool>> checks = {
+      {"daemon.run_dir", a.run_dir != b.run_dir},
+      {"daemon.socket", a.socket_path != b.socket_path},
+      {"daemon.socket_mode", a.socket_mode != b.socket_mode},
+      {"pool.slab_bytes", a.slab_bytes != b.slab_bytes},
+      {"pool.max_block_bytes", a.max_block_bytes != b.max_block_bytes},
+      {"pool.huge_pages", a.huge_pages != b.huge_pages},
+      {"pool.lock_memory", a.lock_memory != b.lock_memory},
+      {"pool.zero_freed", a.zero_freed != b.zero_freed},
+      {"spill.dir", a.spill.dir != b.spill.dir},
+      {"spill.segment_bytes", a.spill.segment_bytes != b.spill.segment_bytes},
+      {"spill.max_block_bytes", a.spill.max_block_bytes != b.spill.max_block_bytes},
+      {"spill.staging_buffers", a.spill.staging_buffers != b.spill.staging_buffers},
+      {"spill.queue_depth", a.spill.queue_depth != b.spill.queue_depth},
+      {"spill.threads", a.spill.threads != b.spill.threads},
+      {"spill.fallback_io_threads", a.spill.fallback_io_threads != b.spill.fallback_io_threads},
+      {"spill.backend", a.spill.backend != b.spill.backend},
+      {"spill.key_file", a.spill.key_file != b.spill.key_file},
+      {"spill.key_credential", a.spill.key_credential != b.spill.key_credential},
+      {"spill.demote_above", a.spill.demote_above != b.spill.demote_above},
+      {"admin.socket", a.admin.socket != b.admin.socket},
+      {"admin.socket_mode", a.admin.socket_mode != b.admin.socket_mode},
+      {"admin.group", a.admin.group != b.admin.group},
+      {"admin.audit_log", a.admin.audit_log != b.admin.audit_log},
+      {"admin.metrics_listen", a.admin.metrics_listen != b.admin.metrics_listen},
+      {"the list of [[tenant]] names", a.tenants.size() != b.tenants.size()},
+  };
+  for (const auto& [name, changed] : checks) {
+    if (changed) return name;
+  }
+  for (size_t i = 0; i < a.tenants.size(); ++i) {
+    const TenantConfig& x = a.tenants[i];
+    const TenantConfig& y = b.tenants[i];
+    const std::string prefix = "tenant '" + x.name + "' ";
+    if (x.name != y.name) return "the list of [[tenant]] names";
+    if (x.dram_bytes != y.dram_bytes) return prefix + "dram_bytes";
+    if (x.ssd_bytes != y.ssd_bytes) return prefix + "ssd_bytes";
+    if (x.max_blocks != y.max_blocks) return prefix + "max_blocks";
+  }
+  return "";
+}
+
+}  // namespace
+
+void Server::OnAdminCommands() {
+  for (auto& [request, done] : admin_->Take())
+    RunAdmin(std::move(request), std::move(done));
+}
+
+void Server::RunAdmin(AdminRequest request, AdminDone done) {
+  const std::vector<std::string>& args = request.args;
+  const std::string command = args.empty() ? "" : args[0];
+  const bool read_only = command == "status" || command == "stats" || command == "tenants" ||
+                         command == "metrics";
+  const bool no_args = command == "status" || command == "tenants" || command == "reload" ||
+                       command == "drain" || command == "metrics";
+  if (no_args && args.size() != 1) {
+    return done(AdminReply{Usage("'" + command + "' takes no arguments"), {}});
+  }
+  if (drain_ && !read_only) {
+    return done(AdminReply{
+        Status(StatusCode::kUnavailable, "kvtierd is draining; it takes no more commands"), {}});
+  }
+  Result<Report> report = Status(StatusCode::kInternal, "no report");
+  if (command == "status") {
+    report = AdminStatus();
+  } else if (command == "stats") {
+    report = AdminStats(args);
+  } else if (command == "tenants") {
+    report = AdminTenants();
+  } else if (command == "evict") {
+    report = AdminEvict(args);
+  } else if (command == "purge") {
+    return AdminPurge(std::move(request), std::move(done));
+  } else if (command == "reload") {
+    report = Reload("kvtierctl reload");
+  } else if (command == "drain") {
+    spdlog::info("drain: no new sessions; finishing in-flight requests, then flushing and exiting");
+    epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
+    listen_fd_.reset();
+    unlink(config_.socket_path.c_str());  // new clients learn at once that nobody serves here
+    drain_ =
+        PendingDrain{std::move(request), std::move(done), 0, 0, false, NowUs() + kDrainGraceUs};
+    return;
+  } else if (command == "metrics") {
+    return done(AdminReply{Status::Ok(), Metrics()});
+  } else {
+    report = Usage(command.empty() ? "no command" : "unknown command '" + command + "'");
+  }
+  if (!report.ok()) return done(AdminReply{report.status(), {}});
+  done(AdminReply{Status::Ok(), request.json ? report->Json() : report->Text()});
+}
+
+Result<Tenant*> Server::TenantNamed(std::string_view name) {
+  for (auto& tenant : tenants_->tenants()) {
+    if (tenant->config.name == name) return tenant.get();
+  }
+  std::string known;
+  for (auto& tenant : tenants_->tenants())
+    known += (known.empty() ? "" : ", ") + tenant->config.name;
+  return Status(StatusCode::kNotFound,
+                "no tenant named '" + std::string(name) + "' (tenants: " + known + ")");
+}
+
+Result<Report> Server::AdminStatus() {
+  Report r;
+  r.Field("version", std::string(KVT_VERSION));
+  r.Field("pid", static_cast<uint64_t>(getpid()));
+  r.Field("uptime_seconds", (NowUs() - start_us_) / 1000000u);
+  r.Field("config", config_.source.string());
+  r.Field("socket", config_.socket_path.string());
+  r.Field("admin_socket", config_.admin.socket.string());
+  r.Field("audit_log", config_.admin.audit_log.string());
+  r.Field("metrics_listen",
+          config_.admin.metrics_listen.empty() ? std::string("off") : config_.admin.metrics_listen);
+  r.Field("state", std::string(drain_ ? "draining" : "serving"));
+  r.Field("tenants", static_cast<uint64_t>(tenants_->tenants().size()));
+  r.Field("sessions", static_cast<uint64_t>(sessions_.size()));
+  r.Field("ssd_tier", !workers_.empty());
+  r.Field("purges_in_progress", static_cast<uint64_t>(purges_.size()));
+  return r;
+}
+
+Result<Report> Server::AdminStats(const std::vector<std::string>& args) {
+  Tenant* only = nullptr;
+  if (args.size() == 3 && args[1] == "--tenant") {
+    KVT_ASSIGN_OR_RETURN(only, TenantNamed(args[2]));
+  } else if (args.size() != 1) {
+    return Usage("stats takes no argument but --tenant T");
+  }
+  Report r;
+  Report::Table& table = r.AddTable("tenants", {"tenant",
+                                                "pool_bytes",
+                                                "used_bytes",
+                                                "slab_bytes_in_use",
+                                                "committed_blocks",
+                                                "reserved_blocks",
+                                                "leased_blocks",
+                                                "index_capacity",
+                                                "index_bytes",
+                                                "hits",
+                                                "misses",
+                                                "evictions",
+                                                "expirations",
+                                                "sessions",
+                                                "ssd_quota_bytes",
+                                                "ssd_blocks",
+                                                "ssd_only_blocks",
+                                                "ssd_payload_bytes",
+                                                "ssd_segments",
+                                                "dirty_bytes",
+                                                "demotions",
+                                                "promotions",
+                                                "demote_failures",
+                                                "promote_failures",
+                                                "integrity_failures",
+                                                "ssd_dropped"});
+  table.transpose_text = true;
+  for (auto& tenant : tenants_->tenants()) {
+    if (only != nullptr && tenant.get() != only) continue;
+    const wire::StatsReply s = StatsOf(*tenant);
+    table.rows.push_back({tenant->config.name,
+                          s.pool_bytes,
+                          s.used_bytes,
+                          s.slab_bytes_in_use,
+                          s.committed_blocks,
+                          s.reserved_blocks,
+                          s.leased_blocks,
+                          s.index_capacity,
+                          s.index_bytes,
+                          s.hits,
+                          s.misses,
+                          s.evictions,
+                          s.expirations,
+                          s.sessions,
+                          s.ssd_quota_bytes,
+                          s.ssd_blocks,
+                          s.ssd_only_blocks,
+                          s.ssd_payload_bytes,
+                          s.ssd_segments,
+                          s.dirty_bytes,
+                          s.demotions,
+                          s.promotions,
+                          s.demote_failures,
+                          s.promote_failures,
+                          s.integrity_failures,
+                          s.ssd_dropped});
+  }
+  return r;
+}
+
+Result<Report> Server::AdminTenants() {
+  Report r;
+  Report::Table& table = r.AddTable(
+      "tenants", {"tenant", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks",
+                  "default_ttl_seconds", "max_ttl_seconds", "sessions", "blocks", "state"});
+  for (auto& tenant : tenants_->tenants()) {
+    const TenantConfig& c = tenant->config;
+    const wire::StatsReply s = StatsOf(*tenant);
+    table.rows.push_back({c.name, Ids(c.uids), Ids(c.gids), c.dram_bytes, c.ssd_bytes, c.max_blocks,
+                          uint64_t{c.default_ttl_seconds}, uint64_t{c.max_ttl_seconds},
+                          uint64_t{tenant->sessions}, s.committed_blocks,
+                          std::string(tenant->purging ? "purging" : "serving")});
+  }
+  return r;
+}
+
+Result<Report> Server::AdminEvict(const std::vector<std::string>& args) {
+  // evict --tenant T [--tier dram|ssd]
+  std::string tenant_name;
+  std::string tier = "all";
+  for (size_t i = 1; i < args.size(); i += 2) {
+    if (i + 1 >= args.size()) return Usage("'" + args[i] + "' needs a value");
+    if (args[i] == "--tenant") {
+      tenant_name = args[i + 1];
+    } else if (args[i] == "--tier" && (args[i + 1] == "dram" || args[i + 1] == "ssd")) {
+      tier = args[i + 1];
+    } else {
+      return Usage("evict takes --tenant T and optionally --tier dram|ssd, not '" + args[i] + " " +
+                   args[i + 1] + "'");
+    }
+  }
+  if (tenant_name.empty()) return Usage("evict needs --tenant T");
+  KVT_ASSIGN_OR_RETURN(Tenant * tenant, TenantNamed(tenant_name));
+  if (tenant->purging) {
+    return Status(StatusCode::kFailedPrecondition, "tenant '" + tenant_name + "' is being purged");
+  }
+  const EvictTiers tiers = tier == "dram"  ? EvictTiers::kDram
+                           : tier == "ssd" ? EvictTiers::kSsd
+                                           : EvictTiers::kAll;
+  const EvictReport removed = tenant->pool->Evict(tiers);
+  Report r;
+  r.Field("tenant", tenant_name);
+  r.Field("tier", tier);
+  r.Field("dram_blocks", removed.dram_blocks);
+  r.Field("dram_bytes", removed.dram_bytes);
+  r.Field("ssd_blocks", removed.ssd_blocks);
+  r.Field("ssd_bytes", removed.ssd_bytes);
+  r.Field("dropped_blocks", removed.dropped_blocks);
+  r.Field("kept_pinned", removed.kept_pinned);
+  spdlog::info("evict tenant '{}' tier {}: {} DRAM and {} SSD blocks removed, {} pinned kept",
+               tenant_name, tier, removed.dram_blocks, removed.ssd_blocks, removed.kept_pinned);
+  return r;
+}
+
+uint64_t Server::CloseTenantSessions(const Tenant* tenant) {
+  uint64_t closed = 0;
+  for (auto& [fd, session] : sessions_) {
+    if (session->tenant() != tenant || session->closed()) continue;
+    CloseSession(*session, "tenant purged");
+    ++closed;
+  }
+  return closed;
+}
+
+void Server::AdminPurge(AdminRequest request, AdminDone done) {
+  if (request.args.size() != 2) return done(AdminReply{Usage("purge takes one TENANT"), {}});
+  auto tenant = TenantNamed(request.args[1]);
+  if (!tenant.ok()) return done(AdminReply{tenant.status(), {}});
+  if ((*tenant)->purging) {
+    return done(AdminReply{Status(StatusCode::kFailedPrecondition,
+                                  "a purge of tenant '" + request.args[1] + "' is under way"),
+                           {}});
+  }
+  // From here on the tenant's peers are refused and its sessions are gone, so nothing new can
+  // arrive; what is left is the I/O already in flight, which the pool and the worker finish.
+  PendingPurge purge;
+  purge.tenant = *tenant;
+  purge.tenant->purging = true;
+  purge.sessions_closed = CloseTenantSessions(purge.tenant);
+  purge.removed = purge.tenant->pool->Evict(EvictTiers::kAll, /*release_ssd_records=*/false);
+  if (purge.tenant->spill != nullptr) {
+    // Orders the pool queued before the purge go first; the erase then fails whatever of them
+    // has not started, waits for what has, and destroys every segment key.
+    PostSpillOrders(/*demote=*/false);
+    SpillJob erase;
+    erase.kind = SpillJob::Kind::kErase;
+    erase.store = purge.tenant->spill_store;
+    purge.tenant->spill->Post(std::span(&erase, 1));
+    purge.erase_posted = true;
+  }
+  spdlog::info("purge of tenant '{}' started: {} session(s) closed", purge.tenant->config.name,
+               purge.sessions_closed);
+  purge.request = std::move(request);
+  purge.done = std::move(done);
+  purges_.push_back(std::move(purge));
+  AdvanceAdmin();
+}
+
+void Server::AdvanceAdmin() {
+  std::erase_if(purges_, [&](PendingPurge& purge) {
+    if ((purge.erase_posted && !purge.erased) || !purge.tenant->pool->idle()) return false;
+    FinishPurge(purge);
+    return true;
+  });
+}
+
+void Server::FinishPurge(PendingPurge& purge) {
+  Tenant& tenant = *purge.tenant;
+  // No block, lease or I/O touches the pool now: wipe all of it, including slots that were
+  // freed without zeroing (pool.zero_freed off) and bytes clients wrote and never committed.
+  explicit_bzero(tenant.memory.data(), tenant.memory.size());
+  tenant.purging = false;
+  const EvictReport& removed = purge.removed;
+  Status status = purge.erase_status;
+  if (status.ok() && !tenant.pool->empty()) {
+    status = Status(StatusCode::kInternal, "the pool still holds blocks after the purge");
+  }
+  Audit("purge",
+        "tenant=" + tenant.config.name + " by_uid=" + std::to_string(purge.request.peer.uid) +
+            " by_pid=" + std::to_string(purge.request.peer.pid) +
+            " sessions_closed=" + std::to_string(purge.sessions_closed) +
+            " dram_blocks=" + std::to_string(removed.dram_blocks) +
+            " dram_bytes=" + std::to_string(removed.dram_bytes) + " ssd_blocks=" +
+            std::to_string(removed.ssd_blocks) + " ssd_bytes=" + std::to_string(removed.ssd_bytes) +
+            " segments_erased=" + std::to_string(purge.segments_erased) +
+            " result=" + (status.ok() ? std::string("ok") : status.ToString()));
+  spdlog::info("purge of tenant '{}' done: {} DRAM and {} SSD blocks, {} segments erased",
+               tenant.config.name, removed.dram_blocks, removed.ssd_blocks, purge.segments_erased);
+  if (!status.ok()) return purge.done(AdminReply{status, {}});
+  Report r;
+  r.Field("tenant", tenant.config.name);
+  r.Field("sessions_closed", purge.sessions_closed);
+  r.Field("dram_blocks", removed.dram_blocks);
+  r.Field("dram_bytes", removed.dram_bytes);
+  r.Field("ssd_blocks", removed.ssd_blocks);
+  r.Field("ssd_bytes", removed.ssd_bytes);
+  r.Field("segments_erased", purge.segments_erased);
+  r.Field("pool_bytes_zeroed", static_cast<uint64_t>(tenant.memory.size()));
+  purge.done(AdminReply{Status::Ok(), purge.request.json ? r.Json() : r.Text()});
+}
+
+bool Server::AdvanceDrain() {
+  PendingDrain& drain = *drain_;
+  if (!drain.sessions_done) {
+    // Sessions between requests close now; one with a request still waiting for the SSD tier
+    // or a reply the socket has not taken yet closes once that is done, or at the deadline.
+    const bool late = NowUs() > drain.deadline_us;
+    for (auto& [fd, session] : sessions_) {
+      if (session->closed()) continue;
+      if (!late && (session->parked() != nullptr || !session->pending_reply().empty())) continue;
+      CloseSession(*session, "kvtierd is draining");
+      ++drain.sessions_closed;
+    }
+    for (int fd : closing_)
+      sessions_.erase(fd);
+    closing_.clear();
+    if (!sessions_.empty()) return false;
+    drain.sessions_done = true;
+    for (auto& tenant : tenants_->tenants()) {
+      if (tenant->spill == nullptr) continue;
+      drain.flushed_bytes += tenant->pool->tier_counters().dirty_bytes;
+      tenant->pool->set_dirty_limit_bytes(0);  // every block that can go to SSD goes now
+    }
+  }
+  for (auto& tenant : tenants_->tenants()) {
+    if (tenant->spill == nullptr) continue;
+    tenant->pool->Demote();
+    if (!tenant->pool->idle()) return false;
+  }
+  if (!purges_.empty()) return false;
+  Report r;
+  r.Field("sessions_closed", drain.sessions_closed);
+  r.Field("flushed_bytes", drain.flushed_bytes);
+  uint64_t left = 0;
+  for (auto& tenant : tenants_->tenants()) {
+    if (tenant->spill != nullptr) left += tenant->pool->tier_counters().dirty_bytes;
+  }
+  r.Field("not_flushed_bytes", left);  // blocks too large for the SSD tier, or failed writes
+  spdlog::info("drained: {} session(s) closed, {} bytes flushed to SSD; exiting",
+               drain.sessions_closed, drain.flushed_bytes - left);
+  drain.done(AdminReply{Status::Ok(), drain.request.json ? r.Json() : r.Text()});
+  drain_.reset();
+  return true;
+}
+
+Result<Report> Server::Reload(const char* origin) {
+  auto next = LoadConfig(config_.source);
+  Status refused;
+  if (!next.ok()) {
+    refused = Status(next.status().code(),
+                     "config not reloaded, the running one stays: " + next.status().message());
+  } else if (std::string what = RestartOnlyChange(config_, *next); !what.empty()) {
+    refused = Status(StatusCode::kFailedPrecondition,
+                     "config not reloaded, the running one stays: " + what +
+                         " changed, which takes a restart of kvtierd");
+  }
+  if (!refused.ok()) {
+    spdlog::error("{}: {}", origin, refused.message());
+    Audit("reload", "origin=" + AuditLog::Quote(origin) +
+                        " result=refused reason=" + AuditLog::Quote(refused.message()));
+    return refused;
+  }
+  Report r;
+  r.Field("config", next->source.string());
+  Report::Table& changes = r.AddTable("changes", {"setting", "old", "new"});
+  auto note = [&](std::string setting, std::string old_value, std::string new_value) {
+    if (old_value != new_value) {
+      changes.rows.push_back({std::move(setting), std::move(old_value), std::move(new_value)});
+    }
+  };
+  note("daemon.log_level", config_.log_level, next->log_level);
+  note("daemon.max_sessions", std::to_string(config_.max_sessions),
+       std::to_string(next->max_sessions));
+  note("daemon.max_leases_per_session", std::to_string(config_.max_leases_per_session),
+       std::to_string(next->max_leases_per_session));
+  note("daemon.poll_spin_us", std::to_string(config_.poll_spin_us),
+       std::to_string(next->poll_spin_us));
+  note("daemon.default_tenant", config_.default_tenant, next->default_tenant);
+  for (size_t i = 0; i < next->tenants.size(); ++i) {
+    const TenantConfig& a = config_.tenants[i];
+    const TenantConfig& b = next->tenants[i];
+    const std::string prefix = "tenant." + a.name + ".";
+    note(prefix + "uids", Ids(a.uids), Ids(b.uids));
+    note(prefix + "gids", Ids(a.gids), Ids(b.gids));
+    note(prefix + "default_ttl_seconds", std::to_string(a.default_ttl_seconds),
+         std::to_string(b.default_ttl_seconds));
+    note(prefix + "max_ttl_seconds", std::to_string(a.max_ttl_seconds),
+         std::to_string(b.max_ttl_seconds));
+  }
+  spdlog::set_level(spdlog::level::from_str(next->log_level));
+  tenants_->Remap(*next);
+  config_ = std::move(*next);  // what a restart would need is unchanged, checked above
+  spdlog::info("{}: config reloaded, {} setting(s) changed", origin, changes.rows.size());
+  Audit("reload", "origin=" + AuditLog::Quote(origin) +
+                      " result=ok changes=" + std::to_string(changes.rows.size()));
+  return r;
+}
+
+std::string Server::Metrics() {
+  MetricsSnapshot snapshot;
+  for (auto& tenant : tenants_->tenants()) {
+    TenantMetrics t;
+    t.name = tenant->config.name;
+    t.stats = StatsOf(*tenant);
+    t.ssd_hits = tenant->pool->ssd_hits();
+    t.dram_hits = t.stats.hits - t.ssd_hits;
+    t.demotions_in_flight = tenant->pool->demotions_in_flight();
+    t.promotions_in_flight = tenant->pool->promotions_in_flight();
+    snapshot.tenants.push_back(std::move(t));
+  }
+  snapshot.latency = latency_;
+  snapshot.sessions = sessions_.size();
+  snapshot.uptime_seconds = (NowUs() - start_us_) / 1000000u;
+  snapshot.spill_queue_depth = workers_.empty() ? 0 : config_.spill.queue_depth;
+  return RenderMetrics(snapshot);
+}
+
+}  // namespace kvtier
