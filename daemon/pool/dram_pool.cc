@@ -378,6 +378,10 @@ void DramPool::FreeSlot(BlockEntry& e) {
 
 void DramPool::ForgetSsdRecord(BlockEntry& e, bool release) {
   if ((e.flags & kOnSsd) == 0) return;
+  // A promotion in flight still reads the record. Released now, its scrub could zero the
+  // record under the read, which would then fail as if tampered with (a false integrity
+  // failure); Drop releases it once PromoteDone has come.
+  if (release && (e.flags & kPromoting) != 0) return;
   if (release) {
     SpillOrder order;
     order.kind = SpillOrder::Kind::kRelease;
