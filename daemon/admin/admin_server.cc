@@ -81,7 +81,10 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
       : server_(server), socket_(std::move(socket)), timer_(server->io_) {
     ++server_->connections_;
   }
-  ~Connection() { server_->ConnectionEnded(); }
+  ~Connection() {
+    if (counted_) --server_->admin_active_;
+    server_->ConnectionEnded();
+  }
 
   void Start() {
     const int fd = socket_.native_handle();
@@ -92,16 +95,19 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
       server_->audit_->RecordRefusal(peer_.pid, peer_.uid, peer_.gid, allowed.message());
       return Send(AdminReply{allowed, {}}, /*audit=*/false);
     }
-    if (server_->connections_ > kMaxConnections) {
-      return Send(AdminReply{Status(StatusCode::kResourceExhausted,
-                                    "too many admin connections at once; retry"),
-                             {}},
-                  /*audit=*/false);
+    // Counted only once authorized: other uids cannot crowd administrators out.
+    counted_ = true;
+    if (++server_->admin_active_ > kMaxConnections) {
+      const Status busy(StatusCode::kResourceExhausted,
+                        "too many admin connections at once; retry");
+      server_->audit_->RecordRefusal(peer_.pid, peer_.uid, peer_.gid, busy.message());
+      return Send(AdminReply{busy, {}}, /*audit=*/false);
     }
     // A peer that connects and says nothing is dropped: it must not hold a slot for good.
     timer_.expires_after(std::chrono::seconds(kRequestTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
-      if (!ec) self->socket_.close();
+      error_code ignored;
+      if (!ec) self->socket_.close(ignored);
     });
     asio::async_read_until(
         socket_, asio::dynamic_buffer(line_, kMaxRequestBytes), '\n',
@@ -161,6 +167,7 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
       server_->audit_->Record("admin", fields);
     }
     out_ = AdminWireReply(reply);
+    StartReplyDeadline();
     asio::async_write(socket_, asio::buffer(out_), [self = shared_from_this()](error_code, size_t) {
       error_code ignored;
       self->socket_.shutdown(asio::socket_base::shutdown_both, ignored);
@@ -169,9 +176,19 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
     });
   }
 
+  // A peer that stops reading its reply must not hold a connection for good.
+  void StartReplyDeadline() {
+    timer_.expires_after(std::chrono::seconds(kReplyTimeoutSeconds));
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      error_code ignored;
+      if (!ec) self->socket_.close(ignored);
+    });
+  }
+
   AdminServer* server_;
   asio::local::stream_protocol::socket socket_;
   asio::steady_timer timer_;
+  bool counted_ = false;  // in admin_active_
   PeerCredentials peer_;
   std::string line_;
   std::string command_;
@@ -185,13 +202,18 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
       : server_(server), socket_(std::move(socket)), timer_(server->io_) {
     ++server_->connections_;
   }
-  ~HttpConnection() { server_->ConnectionEnded(); }
+  ~HttpConnection() {
+    --server_->http_active_;
+    server_->ConnectionEnded();
+  }
 
   void Start() {
-    if (server_->connections_ > kMaxConnections) return;  // closed: the scraper retries
+    // Its own limit: scrapers (any local uid may connect) never crowd out the admin socket.
+    if (++server_->http_active_ > kMaxHttpConnections) return;  // closed: the scraper retries
     timer_.expires_after(std::chrono::seconds(kRequestTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
-      if (!ec) self->socket_.close();
+      error_code ignored;
+      if (!ec) self->socket_.close(ignored);
     });
     asio::async_read_until(
         socket_, asio::dynamic_buffer(head_, kMaxHttpHeaderBytes), "\r\n\r\n",
@@ -227,6 +249,11 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
     out_ = "HTTP/1.1 " + std::string(status) +
            "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    timer_.expires_after(std::chrono::seconds(kReplyTimeoutSeconds));
+    timer_.async_wait([self = shared_from_this()](error_code ec) {
+      error_code ignored;
+      if (!ec) self->socket_.close(ignored);
+    });
     asio::async_write(socket_, asio::buffer(out_), [self = shared_from_this()](error_code, size_t) {
       error_code ignored;
       self->socket_.shutdown(asio::socket_base::shutdown_both, ignored);

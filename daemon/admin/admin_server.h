@@ -35,7 +35,9 @@ class AdminServer {
   static constexpr size_t kMaxRequestBytes = 1024;
   static constexpr size_t kMaxHttpHeaderBytes = 8192;
   static constexpr int kRequestTimeoutSeconds = 5;
-  static constexpr int kMaxConnections = 32;
+  static constexpr int kReplyTimeoutSeconds = 10;  // to take a reply, once it is ready
+  static constexpr int kMaxConnections = 32;       // authorized admin connections at once
+  static constexpr int kMaxHttpConnections = 16;   // metrics scrapes at once
 
   // Binds the admin socket (and the metrics listener); the thread starts serving at once.
   static Result<std::unique_ptr<AdminServer>> Open(const AdminConfig& config,
@@ -61,7 +63,9 @@ class AdminServer {
   AuditLog* audit_;
   AdminInbox* inbox_;
   // Before io_: connections still queued in io_ when it is destroyed end here.
-  std::atomic<int> connections_{0};  // open connections
+  std::atomic<int> connections_{0};  // open connections of both kinds
+  int admin_active_ = 0;             // authorized admin connections (io thread)
+  int http_active_ = 0;              // metrics connections (io thread)
   bool stopped_ = false;             // the thread has ended
   boost::asio::io_context io_;
   boost::asio::local::stream_protocol::acceptor admin_;

@@ -952,6 +952,7 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   KVT_RETURN_IF_ERROR(ParseTenantSsd(table, prefix, config, tenant));
   KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_blocks", 0, static_cast<int64_t>(kMaxBlocks),
                                    &tenant->max_blocks));
+  tenant->max_blocks_derived = tenant->max_blocks == 0;
   if (tenant->max_blocks == 0) {
     tenant->max_blocks = std::min(tenant->dram_bytes / kBytesPerDefaultBlock +
                                       tenant->ssd_bytes / kSsdBytesPerDefaultBlock,

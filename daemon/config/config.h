@@ -28,6 +28,7 @@ struct TenantConfig {
                                // spill.dir
   uint64_t max_blocks = 0;     // index capacity; 0 in the file means
                                // dram_bytes / 16 KiB + ssd_bytes / 64 KiB (at most 2^31)
+  bool max_blocks_derived = false;  // max_blocks was 0 (or absent) in the file
   // Expiry, in seconds: blocks stored without a TTL get default_ttl_seconds (0: never expire);
   // any TTL above max_ttl_seconds (0: no cap) is lowered to it.
   uint32_t default_ttl_seconds = 0;

@@ -311,6 +311,21 @@ EvictReport DramPool::Evict(EvictTiers tiers, bool release_ssd_records) {
   return report;
 }
 
+uint64_t DramPool::UnspilledBytes(uint64_t* blocks) const {
+  uint64_t bytes = 0;
+  *blocks = 0;
+  for (uint32_t id = 0; id < index_.capacity(); ++id) {
+    const BlockEntry& e = index_.at(id);
+    if (e.state != BlockState::kCommitted || (e.flags & kInDram) == 0 ||
+        (e.flags & kOnSsd) != 0) {
+      continue;
+    }
+    ++*blocks;
+    bytes += e.size;
+  }
+  return bytes;
+}
+
 void DramPool::EvictFromDram(uint32_t id, EvictReport* report) {
   BlockEntry& e = index_.at(id);
   ++report->dram_blocks;

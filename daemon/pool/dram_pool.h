@@ -217,6 +217,9 @@ class DramPool {
   uint64_t pool_bytes() const { return options_.pool_bytes; }
   // Of the hits in FillStats, those on blocks that were on SSD only (metrics: hits by tier).
   uint64_t ssd_hits() const { return ssd_hits_; }
+  // Committed blocks whose only copy is in DRAM (dirty, no-spill, or no SSD tier): their
+  // bytes, and their count in `blocks`. O(index capacity).
+  uint64_t UnspilledBytes(uint64_t* blocks) const;
   // Drain: 0 makes Demote() write out every dirty block that can go to SSD.
   void set_dirty_limit_bytes(uint64_t bytes) { options_.dirty_limit_bytes = bytes; }
 

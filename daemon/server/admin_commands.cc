@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/server/server.h"
+#include "daemon/spill/spill_setup.h"
 #include "ipc/base/check.h"
 
 namespace kvtier {
@@ -67,8 +68,9 @@ std::string RestartOnlyChange(const Config& a, const Config& b) {
     const std::string prefix = "tenant '" + x.name + "' ";
     if (x.name != y.name) return "the list of [[tenant]] names";
     if (x.dram_bytes != y.dram_bytes) return prefix + "dram_bytes";
-    if (x.ssd_bytes != y.ssd_bytes) return prefix + "ssd_bytes";
-    if (x.max_blocks != y.max_blocks) return prefix + "max_blocks";
+    if ((x.ssd_bytes == 0) != (y.ssd_bytes == 0)) return prefix + "ssd_bytes (to or from 0)";
+    // A derived max_blocks follows ssd_bytes; the index keeps the size it started with.
+    if (x.max_blocks != y.max_blocks && !y.max_blocks_derived) return prefix + "max_blocks";
   }
   return "";
 }
@@ -83,8 +85,8 @@ void Server::OnAdminCommands() {
 void Server::RunAdmin(AdminRequest request, AdminDone done) {
   const std::vector<std::string>& args = request.args;
   const std::string command = args.empty() ? "" : args[0];
-  const bool read_only = command == "status" || command == "stats" || command == "tenants" ||
-                         command == "metrics";
+  const bool read_only =
+      command == "status" || command == "stats" || command == "tenants" || command == "metrics";
   const bool no_args = command == "status" || command == "tenants" || command == "reload" ||
                        command == "drain" || command == "metrics";
   if (no_args && args.size() != 1) {
@@ -314,6 +316,10 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
   }
   spdlog::info("purge of tenant '{}' started: {} session(s) closed", purge.tenant->config.name,
                purge.sessions_closed);
+  // Recorded now too: if kvtierd dies before the purge ends, the log still says who began it.
+  Audit("purge_started", "tenant=" + purge.tenant->config.name +
+                             " by_uid=" + std::to_string(request.peer.uid) +
+                             " by_pid=" + std::to_string(request.peer.pid));
   purge.request = std::move(request);
   purge.done = std::move(done);
   purges_.push_back(std::move(purge));
@@ -347,7 +353,7 @@ void Server::FinishPurge(PendingPurge& purge) {
             " dram_bytes=" + std::to_string(removed.dram_bytes) + " ssd_blocks=" +
             std::to_string(removed.ssd_blocks) + " ssd_bytes=" + std::to_string(removed.ssd_bytes) +
             " segments_erased=" + std::to_string(purge.segments_erased) +
-            " result=" + (status.ok() ? std::string("ok") : status.ToString()));
+            " result=" + (status.ok() ? std::string("ok") : AuditLog::Quote(status.ToString())));
   spdlog::info("purge of tenant '{}' done: {} DRAM and {} SSD blocks, {} segments erased",
                tenant.config.name, removed.dram_blocks, removed.ssd_blocks, purge.segments_erased);
   if (!status.ok()) return purge.done(AdminReply{status, {}});
@@ -382,7 +388,7 @@ bool Server::AdvanceDrain() {
     drain.sessions_done = true;
     for (auto& tenant : tenants_->tenants()) {
       if (tenant->spill == nullptr) continue;
-      drain.flushed_bytes += tenant->pool->tier_counters().dirty_bytes;
+      drain.demotions_before += tenant->pool->tier_counters().demotions;
       tenant->pool->set_dirty_limit_bytes(0);  // every block that can go to SSD goes now
     }
   }
@@ -392,16 +398,29 @@ bool Server::AdvanceDrain() {
     if (!tenant->pool->idle()) return false;
   }
   if (!purges_.empty()) return false;
+  uint64_t flushed = 0;
+  uint64_t left_blocks = 0;
+  uint64_t left_bytes = 0;
+  for (auto& tenant : tenants_->tenants()) {
+    flushed += tenant->pool->tier_counters().demotions;
+    // Blocks DRAM alone holds (a tenant without SSD tier, a block too large for it, a write
+    // that failed): they are lost when kvtierd exits.
+    uint64_t blocks = 0;
+    left_bytes += tenant->pool->UnspilledBytes(&blocks);
+    left_blocks += blocks;
+  }
+  flushed -= drain.demotions_before;
   Report r;
   r.Field("sessions_closed", drain.sessions_closed);
-  r.Field("flushed_bytes", drain.flushed_bytes);
-  uint64_t left = 0;
-  for (auto& tenant : tenants_->tenants()) {
-    if (tenant->spill != nullptr) left += tenant->pool->tier_counters().dirty_bytes;
+  r.Field("flushed_blocks", flushed);
+  r.Field("not_flushed_blocks", left_blocks);
+  r.Field("not_flushed_bytes", left_bytes);
+  if (left_blocks > 0) {
+    spdlog::warn("drain: {} blocks ({} bytes) are in DRAM only and are lost on exit", left_blocks,
+                 left_bytes);
   }
-  r.Field("not_flushed_bytes", left);  // blocks too large for the SSD tier, or failed writes
-  spdlog::info("drained: {} session(s) closed, {} bytes flushed to SSD; exiting",
-               drain.sessions_closed, drain.flushed_bytes - left);
+  spdlog::info("drained: {} session(s) closed, {} blocks written to SSD; exiting",
+               drain.sessions_closed, flushed);
   drain.done(AdminReply{Status::Ok(), drain.request.json ? r.Json() : r.Text()});
   drain_.reset();
   return true;
@@ -417,6 +436,22 @@ Result<Report> Server::Reload(const char* origin) {
     refused = Status(StatusCode::kFailedPrecondition,
                      "config not reloaded, the running one stays: " + what +
                          " changed, which takes a restart of kvtierd");
+  } else if (Status files = CheckFileBudget(*next); !files.ok()) {
+    refused =
+        Status(files.code(), "config not reloaded, the running one stays: " + files.message());
+  } else {
+    for (size_t i = 0; i < next->tenants.size() && refused.ok(); ++i) {
+      const Tenant& tenant = *tenants_->tenants()[i];
+      if (next->tenants[i].ssd_bytes > tenant.ssd_bytes_at_start) {
+        refused =
+            Status(StatusCode::kFailedPrecondition,
+                   "config not reloaded, the running one stays: tenant '" + tenant.config.name +
+                       "' ssd_bytes may be lowered live, but raising "
+                       "it above the " +
+                       std::to_string(tenant.ssd_bytes_at_start) +
+                       " bytes kvtierd started with takes a restart");
+      }
+    }
   }
   if (!refused.ok()) {
     spdlog::error("{}: {}", origin, refused.message());
@@ -450,9 +485,23 @@ Result<Report> Server::Reload(const char* origin) {
          std::to_string(b.default_ttl_seconds));
     note(prefix + "max_ttl_seconds", std::to_string(a.max_ttl_seconds),
          std::to_string(b.max_ttl_seconds));
+    note(prefix + "ssd_bytes", std::to_string(a.ssd_bytes), std::to_string(b.ssd_bytes));
+    Tenant& tenant = *tenants_->tenants()[i];
+    if (a.ssd_bytes != b.ssd_bytes && tenant.spill != nullptr) {
+      // A lower quota reclaims the tenant's oldest segments at once (their blocks become
+      // misses, reported back as dropped records).
+      SpillJob quota;
+      quota.kind = SpillJob::Kind::kSetQuota;
+      quota.store = tenant.spill_store;
+      quota.bytes = b.ssd_bytes;
+      tenant.spill->Post(std::span(&quota, 1));
+    }
   }
   spdlog::set_level(spdlog::level::from_str(next->log_level));
   tenants_->Remap(*next);
+  for (size_t i = 0; i < next->tenants.size(); ++i) {
+    next->tenants[i].max_blocks = config_.tenants[i].max_blocks;  // the index keeps its size
+  }
   config_ = std::move(*next);  // what a restart would need is unchanged, checked above
   spdlog::info("{}: config reloaded, {} setting(s) changed", origin, changes.rows.size());
   Audit("reload", "origin=" + AuditLog::Quote(origin) +

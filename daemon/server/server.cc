@@ -157,7 +157,8 @@ Status Server::Run() {
     for (int fd : closing_) sessions_.erase(fd);
     if (!closing_.empty() && !drain_) SetAccepting(true);  // fds were freed
     closing_.clear();
-    last_activity_us = NowUs();
+    // A round woken by the timeout (a purge or drain waiting) is no activity to spin after.
+    if (n > 0) last_activity_us = NowUs();
   }
 }
 

@@ -72,7 +72,7 @@ class Server {
     AdminRequest request;
     AdminDone done;
     uint64_t sessions_closed = 0;
-    uint64_t flushed_bytes = 0;
+    uint64_t demotions_before = 0;  // the tenants' demotions when the flush began
     bool sessions_done = false;
     uint64_t deadline_us = 0;  // then sessions still busy are closed anyway
   };

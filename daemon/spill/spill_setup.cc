@@ -42,15 +42,11 @@ Result<SecretKey> LoadKey(const SpillConfig& spill, std::vector<std::string>* lo
 
 }  // namespace
 
-Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
-                                                                TenantRegistry& tenants,
-                                                                std::vector<std::string>* log) {
-  std::vector<std::unique_ptr<SpillWorker>> workers;
-  const SpillConfig& spill = config.spill;
-  if (spill.dir.empty()) return workers;
-  // Every segment file stays open: make sure the fd limit holds them beside the sessions.
+Status CheckFileBudget(const Config& config) {
   uint64_t segments = 0;
-  for (const TenantConfig& t : config.tenants) segments += t.ssd_bytes / spill.segment_bytes;
+  if (!config.spill.dir.empty()) {
+    for (const TenantConfig& t : config.tenants) segments += t.ssd_bytes / config.spill.segment_bytes;
+  }
   rlimit files{};
   if (getrlimit(RLIMIT_NOFILE, &files) == 0 &&
       segments + config.max_sessions + 256 > files.rlim_cur) {
@@ -61,6 +57,16 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
                       std::to_string(files.rlim_cur) +
                       ": raise spill.segment_bytes or LimitNOFILE (ulimit -n)");
   }
+  return Status::Ok();
+}
+
+Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
+                                                                TenantRegistry& tenants,
+                                                                std::vector<std::string>* log) {
+  std::vector<std::unique_ptr<SpillWorker>> workers;
+  const SpillConfig& spill = config.spill;
+  if (spill.dir.empty()) return workers;
+  KVT_RETURN_IF_ERROR(CheckFileBudget(config));
   // Spill files are ciphertext, but their removal or replacement by another user would still
   // be denial of service: the directory is ours and closed to everybody else.
   KVT_RETURN_IF_ERROR(PrepareOwnedDir(spill.dir, 0700, "spill.dir"));

@@ -15,6 +15,10 @@
 
 namespace kvtier {
 
+// Every segment file and every session holds a file descriptor: kFailedPrecondition when the
+// tenants' segments, max_sessions and a margin exceed RLIMIT_NOFILE. Also checked at reload.
+Status CheckFileBudget(const Config& config);
+
 // No workers when config.spill.dir is empty (no SSD tier). Otherwise every tenant with
 // ssd_bytes > 0 gets a store under spill.dir/<tenant>/ and Tenant::spill set; `log` receives one
 // line per tenant (device, recovery counts) and each degradation (the io_uring fallback).

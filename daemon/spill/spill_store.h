@@ -41,6 +41,7 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <filesystem>
@@ -196,6 +197,12 @@ class SpillStore {
   }
   // Segment files currently held (each counts segment_bytes against the quota).
   size_t segment_count() const { return segments_.size(); }
+  uint64_t segment_bytes() const { return options_.segment_bytes; }
+  // A new quota (at least one segment) for segments created from now on; segments held beyond
+  // it stay until reclaimed (ReclaimOldestSegment).
+  void set_quota_bytes(uint64_t bytes) {
+    options_.quota_bytes = std::max(bytes, options_.segment_bytes);
+  }
   uint32_t in_flight() const { return in_flight_; }
   // A StartRead now would not answer "staging buffers busy".
   bool staging_available() const { return !free_slots_.empty(); }

@@ -122,6 +122,10 @@ void SpillWorker::Run() {
         (void)stores_[job.store]->store->Flush();  // starts its scrub
         continue;
       }
+      if (job.kind == SpillJob::Kind::kSetQuota) {
+        SetQuotaNow(job, &results);
+        continue;
+      }
       if (job.kind == SpillJob::Kind::kErase) AbortPending(job, &results);
       stores_.at(job.store)->pending.push_back(job);
     }
@@ -149,6 +153,26 @@ void SpillWorker::Run() {
 void SpillWorker::ReleaseNow(const SpillJob& job) {
   SpillStore& store = *stores_.at(job.store)->store;
   if (auto location = store.Locate(job.ref.segment, job.ref.offset())) store.Release(*location);
+}
+
+void SpillWorker::SetQuotaNow(const SpillJob& job, std::vector<SpillResult>* results) {
+  SpillStore& store = *stores_.at(job.store)->store;
+  store.set_quota_bytes(job.bytes);
+  std::vector<SpillLocation> dropped;
+  std::vector<uint64_t> tags;
+  while (store.segment_count() * store.segment_bytes() > job.bytes) {
+    dropped.clear();
+    tags.clear();
+    const Status reclaimed = store.ReclaimOldestSegment(&dropped, &tags);
+    for (size_t i = 0; i < dropped.size(); ++i) {
+      results->push_back({SpillResult::Kind::kDropped, job.store, tags[i], RefOf(dropped[i]), {}});
+    }
+    // Nothing sealed without I/O in flight: the rest goes when a segment is next needed.
+    if (reclaimed.code() == StatusCode::kNotFound ||
+        reclaimed.code() == StatusCode::kFailedPrecondition) {
+      break;
+    }
+  }
 }
 
 void SpillWorker::AbortPending(const SpillJob& erase, std::vector<SpillResult>* results) {
@@ -191,7 +215,8 @@ bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
     const SpillJob& job = s.pending.front();
     switch (job.kind) {
       case SpillJob::Kind::kRelease:
-        KVT_CHECK(false && "releases run when they arrive, never from `pending`");
+      case SpillJob::Kind::kSetQuota:
+        KVT_CHECK(false && "releases and quotas apply when they arrive, never from `pending`");
         break;
       case SpillJob::Kind::kRead: {
         auto location = store.Locate(job.ref.segment, job.ref.offset());

@@ -22,6 +22,10 @@
 // segment. A kErase is meant to follow DramPool::Evict(kAll, false), which forgets every record
 // the erase destroys; releases posted afterwards for records that went with it do nothing
 // (segment ids are never reused).
+// Quota (a reload): a kSetQuota job sets the store's quota to `bytes` when it arrives and
+// reclaims the oldest sealed segments at once while the store holds more (kDropped results,
+// as under pressure); what cannot go yet (I/O in flight, the open segment) goes when the store
+// next needs a segment.
 // Thread-safety: AddStore before Start, on one thread. After Start: Post, TakeResults and
 // event_fd from the loop thread; StatsOf from any thread. The destructor stops the thread
 // (jobs not yet started are dropped), waits for in-flight I/O and syncs every store.
@@ -56,14 +60,16 @@ struct SsdRef {
 };
 
 struct SpillJob {
-  enum class Kind : uint8_t { kWrite, kRead, kRelease, kErase };  // kErase: `store`, `tag`
+  // kErase: `store`, `tag`; kSetQuota: `store`, `bytes`
+  enum class Kind : uint8_t { kWrite, kRead, kRelease, kErase, kSetQuota };
   Kind kind = Kind::kWrite;
   uint8_t key_len = 0;
   uint8_t ns_len = 0;
   uint32_t store = 0;          // from AddStore
   uint64_t tag = 0;            // the loop's name for the block, echoed in the result
   SsdRef ref;                  // kRead, kRelease
-  uint64_t bytes = 0;          // kWrite: plaintext size; kRead: the record's payload size
+  uint64_t bytes = 0;          // kWrite: plaintext size; kRead: the record's payload size;
+                               // kSetQuota: the quota
   std::byte* data = nullptr;   // kWrite: source; kRead: destination (zeroed on failure)
   std::array<uint8_t, 32> key{};
   std::array<char, spill::kMaxNamespaceBytes> ns{};
@@ -119,6 +125,8 @@ class SpillWorker {
   void Run();
   // The record of a kRelease job is dead (the store scrubs it).
   void ReleaseNow(const SpillJob& job);
+  // A kSetQuota job: the new quota, and the segments beyond it reclaimed where possible.
+  void SetQuotaNow(const SpillJob& job, std::vector<SpillResult>* results);
   // A kErase job arrived: fails the store's pending writes and reads (Run queues the erase).
   void AbortPending(const SpillJob& erase, std::vector<SpillResult>* results);
   // The front job is a kErase: false while the store has I/O in flight, else erases and

@@ -12,6 +12,7 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
   for (const TenantConfig& tc : config.tenants) {
     auto tenant = std::make_unique<Tenant>();
     tenant->config = tc;
+    tenant->ssd_bytes_at_start = tc.ssd_bytes;
     ShmCreateOptions shm;
     shm.name = "kvtier-pool-" + tc.name;
     shm.bytes = tc.dram_bytes;
@@ -83,6 +84,7 @@ void TenantRegistry::Remap(const Config& next) {
     tenant->config.gids = tc.gids;
     tenant->config.default_ttl_seconds = tc.default_ttl_seconds;
     tenant->config.max_ttl_seconds = tc.max_ttl_seconds;
+    tenant->config.ssd_bytes = tc.ssd_bytes;
     for (uid_t uid : tc.uids) by_uid_[uid] = tenant;
     for (gid_t gid : tc.gids) by_gid_[gid] = tenant;
     if (tc.name == next.default_tenant) default_tenant_ = tenant;

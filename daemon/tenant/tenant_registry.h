@@ -36,6 +36,9 @@ struct Tenant {
   // store's index there. Set by OpenSpillTier.
   SpillWorker* spill = nullptr;
   uint32_t spill_store = 0;
+  // The SSD quota the store was opened for: its device holds that many segment files, so a
+  // reload may lower ssd_bytes but not raise it above this.
+  uint64_t ssd_bytes_at_start = 0;
 };
 
 // The TTL a block of `tenant` gets for a requested one (0: the tenant's default): capped by
@@ -59,7 +62,8 @@ class TenantRegistry {
   // kPermissionDenied naming the uid and gid when no tenant matches; kUnavailable while the
   // tenant is being purged.
   Result<Tenant*> Resolve(const PeerCredentials& peer);
-  // Reload: takes the peer mapping (uids, gids, default tenant) and the TTL limits of `next`,
+  // Reload: takes the peer mapping (uids, gids, default tenant), the TTL limits and the SSD
+  // quota (Tenant::config only; the caller tells the spill worker) of `next`,
   // whose tenants must be the running ones (checked by the caller). Sessions already attached
   // keep their tenant.
   void Remap(const Config& next);
