@@ -193,5 +193,39 @@ TEST_CASE("a tenant that fills its own pool evicts only its own blocks",
         }) == 0);
 }
 
+TEST_CASE("a tenant's quota is hard: past it a reserve is refused, naming the quota",
+          "[integration][tenancy]") {
+  auto daemon = StartTwoTenants();
+  // b leases its whole 16 MiB pool, so nothing of it can be evicted, then asks for more.
+  CHECK(RunInChild([&] {
+          auto b = ConnectAs(*daemon, kUidB);
+          if (!b) return 10;
+          std::vector<Key> keys;
+          for (uint64_t i = 0; i < 8; ++i) keys.push_back(TestKey(99, i));
+          if (int step = StoreKeys(*b, keys, 2 * kMiB); step != 0) return step;
+          auto leases = b->Acquire(keys);
+          if (!leases.ok()) return 40;
+          const Key extra = TestKey(99, 100);
+          const uint64_t size = 2 * kMiB;
+          auto more = b->Reserve(std::span(&extra, 1), std::span(&size, 1));
+          if (!more.ok() || more->code(0) != StatusCode::kResourceExhausted) return 41;
+          // Which quota, and by how much: the pool's size and the block that did not fit.
+          const std::string& why = more->refusal();
+          if (why.find("tenant 'b'") != 0 || why.find("16777216") == std::string::npos ||
+              why.find("2097152") == std::string::npos) {
+            return 42;
+          }
+          return 0;
+        }) == 0);
+  // a's quota is its own: it stores 24 MiB, more than b's whole pool.
+  CHECK(RunInChild([&] {
+          auto a = ConnectAs(*daemon, kUidA);
+          if (!a) return 10;
+          std::vector<Key> keys;
+          for (uint64_t i = 0; i < 12; ++i) keys.push_back(TestKey(98, i));
+          return StoreKeys(*a, keys, 2 * kMiB);
+        }) == 0);
+}
+
 }  // namespace
 }  // namespace kvtier::testing
