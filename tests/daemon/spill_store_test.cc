@@ -698,6 +698,26 @@ TEST_CASE("Crypto-erased segments are unreadable and removed", "[daemon][spill]"
     }
   }
 
+  SECTION("releasing every record of the segment being written erases it at once too") {
+    auto store = OpenStore(options, device.get());
+    std::vector<Block> few = RandomBlocks(rng, 3, 100 * kKiB, 100 * kKiB);
+    REQUIRE(WriteBlocks(*store, few).ok());
+    REQUIRE(store->segment_count() == 1);
+    const fs::path open = SegmentFile(options, 1);
+    const fs::path link = dir.path() / "open-segment-link";
+    fs::create_hard_link(open, link);
+    for (const Block& block : few) store->Release(block.location);
+    CHECK_FALSE(fs::exists(open));
+    CHECK(store->segment_count() == 0);
+    CHECK(AllZero(ReadFileBytes(link, offsetof(spill::SegmentHeader, wrapped_key),
+                                sizeof(spill::WrappedKeyBytes))));
+    // Writing goes on in a new segment.
+    std::vector<Block> more = RandomBlocks(rng, 2, 100, 100);
+    REQUIRE(WriteBlocks(*store, more).ok());
+    CHECK(more[0].location.segment_id == 2);
+    CheckReadsBack(*store, more[1]);
+  }
+
   SECTION("CryptoEraseAll removes everything and the store keeps working") {
     auto store = OpenStore(options, device.get());
     REQUIRE(WriteBlocks(*store, blocks).ok());
