@@ -75,6 +75,14 @@ std::string RestartOnlyChange(const Config& a, const Config& b) {
   return "";
 }
 
+// What an evict or purge removed, per tier.
+void AddRemoved(Report& r, const EvictReport& removed) {
+  r.Field("dram_blocks", removed.dram_blocks);
+  r.Field("dram_bytes", removed.dram_bytes);
+  r.Field("ssd_blocks", removed.ssd_blocks);
+  r.Field("ssd_bytes", removed.ssd_bytes);
+}
+
 }  // namespace
 
 void Server::OnAdminCommands() {
@@ -267,10 +275,7 @@ Result<Report> Server::AdminEvict(const std::vector<std::string>& args) {
   Report r;
   r.Field("tenant", tenant_name);
   r.Field("tier", tier);
-  r.Field("dram_blocks", removed.dram_blocks);
-  r.Field("dram_bytes", removed.dram_bytes);
-  r.Field("ssd_blocks", removed.ssd_blocks);
-  r.Field("ssd_bytes", removed.ssd_bytes);
+  AddRemoved(r, removed);
   r.Field("dropped_blocks", removed.dropped_blocks);
   r.Field("kept_pinned", removed.kept_pinned);
   spdlog::info("evict tenant '{}' tier {}: {} DRAM and {} SSD blocks removed, {} pinned kept",
@@ -360,10 +365,7 @@ void Server::FinishPurge(PendingPurge& purge) {
   Report r;
   r.Field("tenant", tenant.config.name);
   r.Field("sessions_closed", purge.sessions_closed);
-  r.Field("dram_blocks", removed.dram_blocks);
-  r.Field("dram_bytes", removed.dram_bytes);
-  r.Field("ssd_blocks", removed.ssd_blocks);
-  r.Field("ssd_bytes", removed.ssd_bytes);
+  AddRemoved(r, removed);
   r.Field("segments_erased", purge.segments_erased);
   r.Field("pool_bytes_zeroed", static_cast<uint64_t>(tenant.memory.size()));
   purge.done(AdminReply{Status::Ok(), purge.request.json ? r.Json() : r.Text()});

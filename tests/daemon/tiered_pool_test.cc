@@ -574,13 +574,11 @@ TEST_CASE("A read that fails, or returns a flipped byte, is a miss and never wro
 namespace kvtier {
 namespace {
 
-TEST_CASE("The worker never reports a record written after reporting it dropped",
-          "[daemon][spill]") {
-  // One 1 MiB record per 2 MiB segment and a two-segment quota: nearly every write reclaims a
-  // segment, often one whose write completion is reaped but not yet reported.
-  TempDir dir;
+// Adds a store for 1 MiB records in `dir` on a two-thread pread/pwrite device to `worker`.
+void AddThreadPoolStore(SpillWorker& worker, const std::filesystem::path& dir, uint64_t segment_bytes,
+                        uint64_t quota_bytes, uint32_t queue_depth, uint32_t staging_buffers) {
   DeviceOptions d;
-  d.queue_depth = 16;
+  d.queue_depth = queue_depth;
   d.threads = 2;
   d.max_files = 16;
   auto device = ThreadPoolDevice::Open(d);
@@ -588,16 +586,25 @@ TEST_CASE("The worker never reports a record written after reporting it dropped"
   auto key = SecretKey::Random();
   REQUIRE(key.ok());
   SpillOptions o;
-  o.dir = dir.path() / "t";
+  o.dir = dir;
   o.tenant = std::string(kTenant);
-  o.segment_bytes = 2 * kMiB;
-  o.quota_bytes = 4 * kMiB;
+  o.segment_bytes = segment_bytes;
+  o.quota_bytes = quota_bytes;
   o.max_record_payload_bytes = kMiB;
-  o.staging_buffers = 8;
+  o.staging_buffers = staging_buffers;
   auto store = SpillStore::Open(o, device->get(), *key, nullptr);
   REQUIRE(store.ok());
-  SpillWorker worker;
   worker.AddStore(std::move(*device), std::move(*store));
+}
+
+TEST_CASE("The worker never reports a record written after reporting it dropped",
+          "[daemon][spill]") {
+  // One 1 MiB record per 2 MiB segment and a two-segment quota: nearly every write reclaims a
+  // segment, often one whose write completion is reaped but not yet reported.
+  TempDir dir;
+  SpillWorker worker;
+  AddThreadPoolStore(worker, dir.path() / "t", 2 * kMiB, 4 * kMiB, /*queue_depth=*/16,
+                     /*staging_buffers=*/8);
   REQUIRE(worker.Start().ok());
   std::vector<std::byte> data(kMiB, std::byte{7});
   for (int round = 0; round < 10; ++round) {
@@ -834,24 +841,9 @@ TEST_CASE("Evict(kAll) drops every block but leased and reserved ones, those wit
 class EraseHarness {
  public:
   EraseHarness() : data_(kMiB, std::byte{7}) {
-    DeviceOptions d;
-    d.queue_depth = 4;
-    d.threads = 2;
-    d.max_files = 16;
-    auto device = ThreadPoolDevice::Open(d);
-    REQUIRE(device.ok());
-    auto key = SecretKey::Random();
-    REQUIRE(key.ok());
-    SpillOptions o;
-    o.dir = dir_.path() / "t";
-    o.tenant = std::string(kTenant);
-    o.segment_bytes = 4 * kMiB;  // three 1 MiB records a segment
-    o.quota_bytes = 64 * kMiB;
-    o.max_record_payload_bytes = kMiB;
-    o.staging_buffers = 2;  // most writes of a burst wait, pending
-    auto store = SpillStore::Open(o, device->get(), *key, nullptr);
-    REQUIRE(store.ok());
-    worker_.AddStore(std::move(*device), std::move(*store));
+    // Three 1 MiB records a segment; two staging buffers, so most writes of a burst wait.
+    AddThreadPoolStore(worker_, dir_.path() / "t", 4 * kMiB, 64 * kMiB, /*queue_depth=*/4,
+                       /*staging_buffers=*/2);
     REQUIRE(worker_.Start().ok());
   }
 
