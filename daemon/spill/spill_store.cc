@@ -600,15 +600,6 @@ void SpillStore::Release(const SpillLocation& location) {
   meta->live = false;
   --segment->live;
   --stats_.live_records;
-  // The segment being written is erased too once nothing in it lives and no write to it is
-  // queued or running: its key goes now, not when it would have filled up. The next write
-  // starts a fresh segment.
-  const bool batch_open =
-      open_batch_ >= 0 && slots_[static_cast<size_t>(open_batch_)].segment == segment;
-  if (segment == open_ && segment->live == 0 && segment->in_flight == 0 && !batch_open) {
-    segment->sealed = true;
-    open_ = nullptr;
-  }
   if (segment->sealed && segment->live == 0 && segment->in_flight == 0) {
     (void)EraseSegment(it);  // crypto-erased: no record of it can come back
     return;
@@ -618,6 +609,16 @@ void SpillStore::Release(const SpillLocation& location) {
     return;
   }
   pending_scrubs_.push_back({segment->id, location.offset});
+}
+
+bool SpillStore::RetireEmptyOpenSegment() {
+  if (open_ == nullptr || open_->live > 0 || open_->in_flight > 0) return false;
+  if (open_batch_ >= 0 && slots_[static_cast<size_t>(open_batch_)].segment == open_) return false;
+  auto it = segments_.find(open_->id);
+  open_->sealed = true;
+  open_ = nullptr;
+  (void)EraseSegment(it);  // counted in stats_; its pending scrubs find it gone
+  return true;
 }
 
 void SpillStore::CompleteScrub(Slot* slot) {

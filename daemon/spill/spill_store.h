@@ -183,6 +183,11 @@ class SpillStore {
   // could not write the zeroed header still removes the file; its Status is returned.
   Status ReclaimOldestSegment(std::vector<SpillLocation>* dropped,
                               std::vector<uint64_t>* users = nullptr);
+  // The segment being written, once no record in it lives and no I/O for it is queued or
+  // running, is crypto-erased and removed (true); the next write starts a fresh one. Costs a
+  // header write, an fdatasync and an unlink, and the next write a segment creation: the
+  // worker calls it only when it has nothing else to do.
+  bool RetireEmptyOpenSegment();
   // Crypto-erases and removes every segment (a tenant purge); the store stays usable and
   // starts a fresh segment at the next write. kFailedPrecondition: I/O in flight.
   Status CryptoEraseAll();

@@ -145,6 +145,11 @@ void SpillWorker::Run() {
         progress |= reaped || started;
       }
     }
+    if (!progress) {
+      // Idle: the segments being written that no live record needs lose their keys now,
+      // rather than when they would have filled up.
+      for (auto& s : stores_) progress |= s->pending.empty() && s->store->RetireEmptyOpenSegment();
+    }
     Publish(&results);
     if (!progress) WaitForWork();
   }

@@ -22,6 +22,8 @@
 // segment. A kErase is meant to follow DramPool::Evict(kAll, false), which forgets every record
 // the erase destroys; releases posted afterwards for records that went with it do nothing
 // (segment ids are never reused).
+// When the worker has nothing else to do, a store's segment being written that no live
+// record needs any more is crypto-erased (SpillStore::RetireEmptyOpenSegment).
 // Quota (a reload): a kSetQuota job sets the store's quota to `bytes` when it arrives and
 // reclaims the oldest sealed segments at once while the store holds more (kDropped results,
 // as under pressure); what cannot go yet (I/O in flight, the open segment) goes when the store

@@ -698,7 +698,7 @@ TEST_CASE("Crypto-erased segments are unreadable and removed", "[daemon][spill]"
     }
   }
 
-  SECTION("releasing every record of the segment being written erases it at once too") {
+  SECTION("the segment being written, once empty and idle, can be retired and erased") {
     auto store = OpenStore(options, device.get());
     std::vector<Block> few = RandomBlocks(rng, 3, 100 * kKiB, 100 * kKiB);
     REQUIRE(WriteBlocks(*store, few).ok());
@@ -706,7 +706,14 @@ TEST_CASE("Crypto-erased segments are unreadable and removed", "[daemon][spill]"
     const fs::path open = SegmentFile(options, 1);
     const fs::path link = dir.path() / "open-segment-link";
     fs::create_hard_link(open, link);
-    for (const Block& block : few) store->Release(block.location);
+    store->Release(few[0].location);
+    store->Release(few[1].location);
+    CHECK_FALSE(store->RetireEmptyOpenSegment());  // one record still lives
+    store->Release(few[2].location);
+    REQUIRE(store->Flush().ok());  // the scrubs are in flight
+    CHECK_FALSE(store->RetireEmptyOpenSegment());
+    Drain(*store);
+    CHECK(store->RetireEmptyOpenSegment());
     CHECK_FALSE(fs::exists(open));
     CHECK(store->segment_count() == 0);
     CHECK(AllZero(ReadFileBytes(link, offsetof(spill::SegmentHeader, wrapped_key),

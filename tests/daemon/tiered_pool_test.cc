@@ -639,6 +639,50 @@ TEST_CASE("The worker never reports a record written after reporting it dropped"
   CHECK(worker.StatsOf(0).segments <= 2);
 }
 
+TEST_CASE("Once idle, the worker erases the segment being written when no record in it lives",
+          "[daemon][spill]") {
+  // Releases posted together: the first one's scrub is in flight when the last one arrives, so
+  // the erase must come later, when the worker is idle, not from the release itself.
+  TempDir dir;
+  SpillWorker worker;
+  AddThreadPoolStore(worker, dir.path() / "t", 8 * kMiB, 64 * kMiB, /*queue_depth=*/16,
+                     /*staging_buffers=*/8);
+  REQUIRE(worker.Start().ok());
+  std::vector<std::byte> data(kMiB, std::byte{7});
+  std::vector<SpillJob> jobs(3);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    jobs[i].kind = SpillJob::Kind::kWrite;
+    jobs[i].tag = i + 1;
+    jobs[i].bytes = data.size();
+    jobs[i].data = data.data();
+    jobs[i].key_len = 1;
+    jobs[i].key[0] = static_cast<uint8_t>(i);
+    jobs[i].ns_len = 2;
+    std::memcpy(jobs[i].ns.data(), "ns", 2);
+  }
+  worker.Post(jobs);
+  std::vector<SpillJob> releases;
+  while (releases.size() < jobs.size()) {
+    pollfd p{worker.event_fd(), POLLIN, 0};
+    REQUIRE(poll(&p, 1, 30000) == 1);  // a liveness bound, not a timing assertion
+    std::vector<SpillResult> results;
+    worker.TakeResults(&results);
+    for (const SpillResult& r : results) {
+      REQUIRE(r.kind == SpillResult::Kind::kWritten);
+      REQUIRE(r.status.ok());
+      SpillJob release;
+      release.kind = SpillJob::Kind::kRelease;
+      release.ref = r.ref;
+      releases.push_back(release);
+    }
+  }
+  REQUIRE(worker.StatsOf(0).segments == 1);
+  worker.Post(releases);
+  CHECK(testing::WaitUntil([&] { return worker.StatsOf(0).segments == 0; }));
+  CHECK(worker.StatsOf(0).segments_erased == 1);
+  CHECK(std::filesystem::is_empty(dir.path() / "t"));
+}
+
 }  // namespace
 }  // namespace kvtier
 
