@@ -107,7 +107,7 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
     timer_.expires_after(std::chrono::seconds(kRequestTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
       error_code ignored;
-      if (!ec) self->socket_.close(ignored);
+      if (!ec && !self->request_read_) self->socket_.close(ignored);
     });
     asio::async_read_until(
         socket_, asio::dynamic_buffer(line_, kMaxRequestBytes), '\n',
@@ -125,6 +125,8 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
     }
     if (ec) return;  // closed, or timed out
     // The limit is on sending the request; a purge or a drain may take longer to answer.
+    // A timeout already due may still run its handler: the flag makes it a no-op.
+    request_read_ = true;
     timer_.cancel();
     const std::string_view line(line_.data(), bytes - 1);
     std::vector<std::string> words = SplitWords(line);
@@ -188,7 +190,8 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
   AdminServer* server_;
   asio::local::stream_protocol::socket socket_;
   asio::steady_timer timer_;
-  bool counted_ = false;  // in admin_active_
+  bool counted_ = false;       // in admin_active_
+  bool request_read_ = false;  // the request timeout no longer applies
   PeerCredentials peer_;
   std::string line_;
   std::string command_;
@@ -213,7 +216,7 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
     timer_.expires_after(std::chrono::seconds(kRequestTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
       error_code ignored;
-      if (!ec) self->socket_.close(ignored);
+      if (!ec && !self->request_read_) self->socket_.close(ignored);
     });
     asio::async_read_until(
         socket_, asio::dynamic_buffer(head_, kMaxHttpHeaderBytes), "\r\n\r\n",
@@ -224,6 +227,7 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
   void OnHead(error_code ec) {
     if (ec == asio::error::not_found) return Respond("431 Request Header Fields Too Large", "");
     if (ec) return;
+    request_read_ = true;
     timer_.cancel();
     const std::string_view line(head_.data(), head_.find("\r\n"));
     const std::vector<std::string> words = SplitWords(line);
@@ -265,6 +269,7 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
   AdminServer* server_;
   asio::ip::tcp::socket socket_;
   asio::steady_timer timer_;
+  bool request_read_ = false;  // the request timeout no longer applies
   std::string head_;
   std::string out_;
 };

@@ -161,8 +161,13 @@ void SpillWorker::ReleaseNow(const SpillJob& job) {
 }
 
 void SpillWorker::SetQuotaNow(const SpillJob& job, std::vector<SpillResult>* results) {
-  SpillStore& store = *stores_.at(job.store)->store;
+  Store& s = *stores_.at(job.store);
+  SpillStore& store = *s.store;
   store.set_quota_bytes(job.bytes);
+  // An erase on its way takes every segment anyway, and reports how many went.
+  for (const SpillJob& pending : s.pending) {
+    if (pending.kind == SpillJob::Kind::kErase) return;
+  }
   std::vector<SpillLocation> dropped;
   std::vector<uint64_t> tags;
   while (store.segment_count() * store.segment_bytes() > job.bytes) {
