@@ -106,6 +106,7 @@ int Serve(const std::string& config_path) {
     spdlog::critical("{}", server.status().ToString());
     return 1;
   }
+  spdlog::info("GPU: {}", (*server)->gpu().summary);
   auto admin = AdminServer::Open(config->admin, audit->get(), &inbox);
   if (!admin.ok()) {
     spdlog::critical("admin socket {}: {}", config->admin.socket.string(),

@@ -160,6 +160,8 @@ Result<Report> Server::AdminStatus() {
   r.Field("tenants", static_cast<uint64_t>(tenants_->tenants().size()));
   r.Field("sessions", static_cast<uint64_t>(sessions_.size()));
   r.Field("ssd_tier", !workers_.empty());
+  r.Field("gpu_devices", static_cast<uint64_t>(gpu_.devices));
+  r.Field("gpu", gpu_.summary);
   r.Field("purges_in_progress", static_cast<uint64_t>(purges_.size()));
   return r;
 }

@@ -62,6 +62,7 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
   std::unique_ptr<Server> server(new Server(config, tenants, std::move(workers)));
   server->admin_ = admin;
   server->audit_ = audit;
+  server->gpu_ = ProbeGpus();
   server->epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!server->epoll_fd_.valid()) return ErrnoStatus("epoll_create1", errno);
   sigset_t signals;

@@ -25,6 +25,7 @@
 #include "daemon/admin/metrics.h"
 #include "daemon/admin/report.h"
 #include "daemon/config/config.h"
+#include "daemon/gpu/gpu.h"
 #include "daemon/server/request_handler.h"
 #include "daemon/server/session.h"
 #include "daemon/spill/spill_worker.h"
@@ -53,6 +54,8 @@ class Server {
   // Serves until SIGINT or SIGTERM, or until a drain has finished. Returns OK after a clean
   // stop.
   Status Run();
+  // The CUDA devices found at Open (none where kvtierd was built without CUDA).
+  const GpuProbe& gpu() const { return gpu_; }
 
  private:
   // An admin command that finishes after spill I/O: a purge waits for its tenant's in-flight
@@ -135,6 +138,7 @@ class Server {
   uint64_t start_us_;
   uint32_t clock_s_ = 0;
   Config& config_;
+  GpuProbe gpu_;
   AdminInbox* admin_ = nullptr;
   AuditLog* audit_ = nullptr;
   std::vector<PendingPurge> purges_;

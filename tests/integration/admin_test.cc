@@ -176,6 +176,12 @@ TEST_CASE("every kvtierctl command answers as a table and as JSON", "[integratio
     CHECK(LooksLikeJsonObject(json.out));
     CHECK_THAT(json.out, Catch::Contains(c.in_json));
   }
+  // Without a CUDA device (or a CUDA build) the daemon says so plainly and serves on.
+  const std::string status = RunCtl(*daemon, {"--json", "status"}).out;
+  CHECK_THAT(status, Catch::Contains("\"gpu_devices\": "));
+  if (status.find("\"gpu_devices\": 0,") != std::string::npos) {
+    CHECK_THAT(status, Catch::Contains("\"gpu\": \"no CUDA device: "));
+  }
   // Text tables line up the tenant's counters.
   CHECK_THAT(RunCtl(*daemon, {"stats"}).out,
              Catch::Matches("(.|\\n)*committed_blocks +4\\n(.|\\n)*"));
