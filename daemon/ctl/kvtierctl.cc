@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string request = std::string("KVTIER-ADMIN 1 ") + (json ? "json" : "text");
-  for (const std::string& word : command) request += " " + word;
+  for (const std::string& word : command)
+    request += " " + word;
   request += "\n";
 
   sockaddr_un addr{};
@@ -111,7 +112,8 @@ int main(int argc, char** argv) {
   }
   close(fd);
   const size_t eol = reply.find('\n');
-  if (eol == std::string::npos) return Fail("kvtierd closed the connection without a reply");
+  if (eol == std::string::npos)
+    return Fail("kvtierd closed the connection without a reply (it may be stopping; see its log)");
   const std::string status = reply.substr(0, eol);
   if (status.starts_with("ERROR ")) return Fail(status.substr(6));
   if (status != "OK") return Fail("unexpected reply from kvtierd: " + status);

@@ -597,6 +597,20 @@ void AddThreadPoolStore(SpillWorker& worker, const std::filesystem::path& dir, u
   worker.AddStore(std::move(*device), std::move(*store));
 }
 
+// A job writing `data` as the record of key `tag` (its 8 bytes) in namespace "ns".
+SpillJob WriteJob(uint64_t tag, std::span<std::byte> data) {
+  SpillJob job;
+  job.kind = SpillJob::Kind::kWrite;
+  job.tag = tag;
+  job.bytes = data.size();
+  job.data = data.data();
+  job.key_len = 8;
+  std::memcpy(job.key.data(), &tag, 8);
+  job.ns_len = 2;
+  std::memcpy(job.ns.data(), "ns", 2);
+  return job;
+}
+
 TEST_CASE("The worker never reports a record written after reporting it dropped",
           "[daemon][spill]") {
   // One 1 MiB record per 2 MiB segment and a two-segment quota: nearly every write reclaims a
@@ -608,16 +622,9 @@ TEST_CASE("The worker never reports a record written after reporting it dropped"
   REQUIRE(worker.Start().ok());
   std::vector<std::byte> data(kMiB, std::byte{7});
   for (int round = 0; round < 10; ++round) {
-    std::vector<SpillJob> jobs(30);
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      jobs[i].kind = SpillJob::Kind::kWrite;
-      jobs[i].tag = static_cast<uint64_t>(round) * 1000 + i + 1;
-      jobs[i].bytes = data.size();
-      jobs[i].data = data.data();
-      jobs[i].key_len = 8;
-      std::memcpy(jobs[i].key.data(), &jobs[i].tag, 8);
-      jobs[i].ns_len = 2;
-      std::memcpy(jobs[i].ns.data(), "ns", 2);
+    std::vector<SpillJob> jobs;
+    for (uint64_t i = 0; i < 30; ++i) {
+      jobs.push_back(WriteJob(static_cast<uint64_t>(round) * 1000 + i + 1, data));
     }
     worker.Post(jobs);
     std::map<uint64_t, bool> dropped;
@@ -649,17 +656,8 @@ TEST_CASE("Once idle, the worker erases the segment being written when no record
                      /*staging_buffers=*/8);
   REQUIRE(worker.Start().ok());
   std::vector<std::byte> data(kMiB, std::byte{7});
-  std::vector<SpillJob> jobs(3);
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    jobs[i].kind = SpillJob::Kind::kWrite;
-    jobs[i].tag = i + 1;
-    jobs[i].bytes = data.size();
-    jobs[i].data = data.data();
-    jobs[i].key_len = 1;
-    jobs[i].key[0] = static_cast<uint8_t>(i);
-    jobs[i].ns_len = 2;
-    std::memcpy(jobs[i].ns.data(), "ns", 2);
-  }
+  std::vector<SpillJob> jobs;
+  for (uint64_t i = 0; i < 3; ++i) jobs.push_back(WriteJob(i + 1, data));
   worker.Post(jobs);
   std::vector<SpillJob> releases;
   while (releases.size() < jobs.size()) {
@@ -891,18 +889,7 @@ class EraseHarness {
     REQUIRE(worker_.Start().ok());
   }
 
-  SpillJob Write(uint64_t tag) {
-    SpillJob job;
-    job.kind = SpillJob::Kind::kWrite;
-    job.tag = tag;
-    job.bytes = data_.size();
-    job.data = data_.data();
-    job.key_len = 8;
-    std::memcpy(job.key.data(), &tag, 8);
-    job.ns_len = 2;
-    std::memcpy(job.ns.data(), "ns", 2);
-    return job;
-  }
+  SpillJob Write(uint64_t tag) { return WriteJob(tag, data_); }
   SpillJob Read(uint64_t tag, SsdRef ref, std::span<std::byte> out) {
     SpillJob job = Write(tag);
     job.kind = SpillJob::Kind::kRead;

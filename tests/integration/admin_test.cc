@@ -39,6 +39,15 @@ std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
+// Tenant "test" with a `dram_bytes` pool and a 256 MiB SSD quota under `state`.
+DaemonOptions WithSsd(const TempDir& state, uint64_t dram_bytes) {
+  DaemonOptions o;
+  o.dram_bytes = dram_bytes;
+  o.spill_dir = state.path() / "spill";
+  o.ssd_bytes = 256 * kMiB;
+  return o;
+}
+
 void Store(Client& client, uint64_t owner, size_t count, uint64_t size) {
   for (size_t i = 0; i < count; ++i) {
     const Key key = TestKey(owner, i);
@@ -244,9 +253,7 @@ TEST_CASE("every kvtierctl command answers as a table and as JSON", "[integratio
 TEST_CASE("drain finishes the request in flight, flushes dirty blocks to SSD, and they survive",
           "[integration][admin]") {
   TempDir state;
-  DaemonOptions o;
-  o.spill_dir = state.path() / "spill";
-  o.ssd_bytes = 256 * kMiB;
+  const DaemonOptions o = WithSsd(state, 64 * kMiB);
   auto daemon = DaemonProcess::Start(o);
   {
     auto client = MustConnect(*daemon);
@@ -323,11 +330,7 @@ TEST_CASE(
 TEST_CASE("reload lowers a tenant's SSD quota at once and refuses to raise it past its start",
           "[integration][admin]") {
   TempDir state;
-  DaemonOptions o;
-  o.dram_bytes = 32 * kMiB;
-  o.spill_dir = state.path() / "spill";
-  o.ssd_bytes = 256 * kMiB;
-  o.segment_bytes = 16 * kMiB;
+  const DaemonOptions o = WithSsd(state, 32 * kMiB);  // 16 MiB segments
   auto daemon = DaemonProcess::Start(o);
   auto client = MustConnect(*daemon);
   Store(*client, 6, 120, kMiB);
@@ -454,10 +457,7 @@ TEST_CASE(
     "segment keys",
     "[integration][admin]") {
   TempDir state;
-  DaemonOptions o;
-  o.dram_bytes = 32 * kMiB;
-  o.spill_dir = state.path() / "spill";
-  o.ssd_bytes = 256 * kMiB;
+  DaemonOptions o = WithSsd(state, 32 * kMiB);
   o.more_tenants = {{"other", {kOtherUid}, 16 * kMiB}};
   auto daemon = DaemonProcess::Start(o);
   auto client = MustConnect(*daemon);
