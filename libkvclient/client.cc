@@ -1,15 +1,22 @@
 #include "kvclient/client.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <utility>
 #include <cstddef>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
@@ -17,6 +24,7 @@
 #include "ipc/socket/seqpacket.h"
 #include "ipc/wire/frame_codec.h"
 #include "ipc/wire/protocol.h"
+#include "libkvclient/cuda_pin.h"
 
 namespace kvtier {
 namespace {
@@ -89,10 +97,27 @@ struct Client::Impl {
     return w;
   }
   Status Receive(size_t* bytes);
-  // Sends the frame in `w`, waits for its reply and checks it: a non-OK reply status is
-  // returned as is; on OK the reply has `items` items of `item_bytes` (when item_bytes != 0).
+  // Sends the frame in `w` (with `pass_fd` as SCM_RIGHTS if >= 0), waits for its reply and
+  // checks it: a non-OK reply status is returned as is; on OK the reply has `items` items of
+  // `item_bytes` (when item_bytes != 0).
   Result<wire::FrameView> RoundTrip(wire::FrameWriter& w, wire::Op op, size_t items,
-                                    size_t item_bytes, bool exact_count = true);
+                                    size_t item_bytes, bool exact_count = true, int pass_fd = -1);
+  // RoundTrip's halves: Send returns the request id that Await expects.
+  Result<uint64_t> Send(wire::FrameWriter& w, int pass_fd = -1);
+  Result<wire::FrameView> Await(uint64_t id, wire::Op op, size_t items, size_t item_bytes,
+                                bool exact_count = true);
+
+  // Host regions registered with a local mapping, by region id (to wait on progress words).
+  std::unordered_map<uint32_t, std::pair<std::byte*, uint64_t>> local_regions;
+  // The onload between StartOnload and FinishOnload.
+  struct OpenTransfer {
+    bool active = false;
+    uint64_t request_id = 0;
+    size_t items = 0;
+    uint32_t layers = 0;
+    const uint32_t* progress = nullptr;  // in the caller's mapping, or null
+  } transfer;
+  bool pinned = false;  // pool registered with cudaHostRegister (PinPoolForCuda)
 };
 
 Status Client::Impl::Receive(size_t* bytes) {
@@ -133,11 +158,14 @@ Status Client::Impl::Receive(size_t* bytes) {
   }
 }
 
-Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op op, size_t items,
-                                                size_t item_bytes, bool exact_count) {
+Result<uint64_t> Client::Impl::Send(wire::FrameWriter& w, int pass_fd) {
   if (!broken.ok()) return broken;
+  if (transfer.active) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "an onload started with StartOnload is still open: call FinishOnload first");
+  }
   const uint64_t id = next_request_id++;
-  if (Status s = SendFrame(fd.get(), w.Finish()); !s.ok()) {
+  if (Status s = SendFrame(fd.get(), w.Finish(), pass_fd); !s.ok()) {
     // The daemon may have refused the session (e.g. max_sessions) and closed before our send;
     // its reason is still waiting in the socket.
     size_t pending = 0;
@@ -152,6 +180,11 @@ Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op o
     }
     return broken;
   }
+  return id;
+}
+
+Result<wire::FrameView> Client::Impl::Await(uint64_t id, wire::Op op, size_t items,
+                                            size_t item_bytes, bool exact_count) {
   size_t bytes = 0;
   if (Status s = Receive(&bytes); !s.ok()) {
     broken = s;  // after a timeout the reply stream is out of step: do not reuse it
@@ -188,8 +221,17 @@ Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op o
   return reply;
 }
 
+Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op op, size_t items,
+                                                size_t item_bytes, bool exact_count,
+                                                int pass_fd) {
+  KVT_ASSIGN_OR_RETURN(const uint64_t id, Send(w, pass_fd));
+  return Await(id, op, items, item_bytes, exact_count);
+}
+
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Client::~Client() = default;
+Client::~Client() {
+  if (impl_ != nullptr && impl_->pinned) client_cuda::Unpin(impl_->pool.data());
+}
 
 Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.name_space.empty() || options.name_space.size() > wire::kMaxNamespaceBytes) {
@@ -529,6 +571,306 @@ Status Leases::Release() {
     if (info.code == StatusCode::kOk) ids.push_back(info.lease_id);
   }
   return client_->ReleaseRaw(ids);
+}
+
+
+// --- Daemon-driven copies ---
+
+namespace {
+
+Status TransferChecks(std::span<const Key> keys, std::span<const uint64_t> offsets,
+                      const TransferOptions& options, bool single_frame) {
+  if (offsets.size() != keys.size()) return SpanSizeError("offsets");
+  KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  if (options.layers == 0 || keys.size() % options.layers != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  std::to_string(keys.size()) + " keys do not split into " +
+                      std::to_string(options.layers) + " equal layers");
+  }
+  if ((single_frame || options.layers > 1 || options.progress_region != 0) &&
+      keys.size() > kMaxBatch) {
+    return Status(StatusCode::kInvalidArgument,
+                  "a layered or pipelined transfer carries at most " + std::to_string(kMaxBatch) +
+                      " keys (one request)");
+  }
+  return Status::Ok();
+}
+
+void AppendTransferSpec(wire::FrameWriter& w, uint32_t region, const TransferOptions& options) {
+  wire::TransferSpec spec{};
+  spec.region_id = region;
+  spec.layers = options.layers;
+  spec.progress_region = options.progress_region;
+  spec.progress_offset = options.progress_offset;
+  spec.wait_event = options.wait_event;
+  spec.signal_event = options.signal_event;
+  w.Append(&spec, sizeof(spec));
+}
+
+}  // namespace
+
+Result<HostMemory> HostMemory::Create(uint64_t bytes, const std::string& name) {
+  KVT_ASSIGN_OR_RETURN(ShmRegion region,
+                       ShmRegion::Create({.name = name,
+                                          .bytes = bytes,
+                                          .huge_pages = HugePages::kOff,
+                                          .lock_memory = LockMemory::kOff},
+                                         nullptr));
+  HostMemory memory;
+  // Taken over from the ShmRegion: HostMemory is part of the exported API, ShmRegion is not.
+  memory.fd_ = dup(region.fd());
+  if (memory.fd_ < 0) return ErrnoStatus("dup(region memfd)", errno);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memory.fd_, 0);
+  if (p == MAP_FAILED) return ErrnoStatus("mmap(region memfd)", errno);
+  memory.data_ = static_cast<std::byte*>(p);
+  memory.size_ = bytes;
+  return memory;
+}
+
+HostMemory::HostMemory(HostMemory&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      fd_(std::exchange(other.fd_, -1)) {}
+
+HostMemory& HostMemory::operator=(HostMemory&& other) noexcept {
+  if (this != &other) {
+    this->~HostMemory();
+    new (this) HostMemory(std::move(other));
+  }
+  return *this;
+}
+
+HostMemory::~HostMemory() {
+  if (data_ != nullptr) munmap(data_, size_);
+  if (fd_ >= 0) close(fd_);
+}
+
+Result<uint32_t> Client::RegisterHostRegion(int memfd, uint64_t bytes, std::byte* local) {
+  wire::RegionSpec spec{};
+  spec.kind = static_cast<uint32_t>(wire::RegionKind::kHost);
+  spec.bytes = bytes;
+  std::lock_guard lock(impl_->mu);
+  wire::FrameWriter w = impl_->Begin(wire::Op::kRegisterRegion);
+  w.Append(&spec, sizeof(spec));
+  KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kRegisterRegion, 0, 0,
+                                                    /*exact_count=*/true, memfd));
+  wire::RegionReply out{};
+  if (reply.body.size() != sizeof(out)) {
+    return Status(StatusCode::kProtocolError, "kvtierd's register_region reply has the wrong size");
+  }
+  std::memcpy(&out, reply.body.data(), sizeof(out));
+  if (local != nullptr) impl_->local_regions[out.region_id] = {local, bytes};
+  return out.region_id;
+}
+
+Result<uint32_t> Client::RegisterCudaRegion(int device, std::span<const std::byte> ipc_handle,
+                                            uint64_t bytes,
+                                            std::span<const std::byte> event_handles) {
+  wire::RegionSpec spec{};
+  if (ipc_handle.size() != sizeof(spec.ipc_handle) ||
+      event_handles.size() % wire::kCudaIpcHandleBytes != 0 ||
+      event_handles.size() / wire::kCudaIpcHandleBytes > wire::kMaxRegionEvents) {
+    return Status(StatusCode::kInvalidArgument,
+                  "CUDA IPC handles are 64 bytes each, and a region has at most " +
+                      std::to_string(wire::kMaxRegionEvents) + " events");
+  }
+  spec.kind = static_cast<uint32_t>(wire::RegionKind::kCuda);
+  spec.device = device;
+  spec.bytes = bytes;
+  std::memcpy(spec.ipc_handle, ipc_handle.data(), ipc_handle.size());
+  spec.events = static_cast<uint32_t>(event_handles.size() / wire::kCudaIpcHandleBytes);
+  std::lock_guard lock(impl_->mu);
+  wire::FrameWriter w = impl_->Begin(wire::Op::kRegisterRegion);
+  w.Append(&spec, sizeof(spec));
+  w.Append(event_handles.data(), event_handles.size());
+  KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kRegisterRegion, 0, 0));
+  wire::RegionReply out{};
+  if (reply.body.size() != sizeof(out)) {
+    return Status(StatusCode::kProtocolError, "kvtierd's register_region reply has the wrong size");
+  }
+  std::memcpy(&out, reply.body.data(), sizeof(out));
+  return out.region_id;
+}
+
+Status Client::DeregisterRegion(uint32_t region) {
+  std::lock_guard lock(impl_->mu);
+  wire::FrameWriter w = impl_->Begin(wire::Op::kDeregisterRegion);
+  const wire::RegionId id{region, 0};
+  w.Append(&id, sizeof(id));
+  KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kDeregisterRegion, 0, 0));
+  (void)reply;
+  impl_->local_regions.erase(region);
+  return Status::Ok();
+}
+
+Status Client::Offload(std::span<const Key> keys, uint32_t region,
+                       std::span<const uint64_t> offsets, std::span<const uint64_t> sizes,
+                       std::span<StatusCode> codes, const TransferOptions& options,
+                       std::span<const uint32_t> ttl_seconds) {
+  if (sizes.size() != keys.size()) return SpanSizeError("sizes");
+  if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
+  if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
+    return SpanSizeError("ttl_seconds");
+  }
+  KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] == 0 || sizes[i] > impl_->max_block_bytes) {
+      return Status(StatusCode::kInvalidArgument,
+                    "item " + std::to_string(i) + ": block size " + std::to_string(sizes[i]) +
+                        " is outside 1.." + std::to_string(impl_->max_block_bytes) +
+                        " (max_block_bytes)");
+    }
+  }
+  std::lock_guard lock(impl_->mu);
+  size_t failures = 0;
+  StatusCode first_failure = StatusCode::kOk;
+  std::string message;
+  for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, keys.size() - base);
+    wire::FrameWriter w = impl_->Begin(wire::Op::kOffload);
+    AppendTransferSpec(w, region, options);
+    auto* items = w.AppendItems<wire::OffloadItem>(n);
+    for (size_t i = 0; i < n; ++i) {
+      wire::OffloadItem item{ToWire(keys[base + i]), offsets[base + i],
+                             static_cast<uint32_t>(sizes[base + i]),
+                             ttl_seconds.empty() ? 0u : ttl_seconds[base + i]};
+      std::memcpy(&items[i], &item, sizeof(item));
+    }
+    KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kOffload, n, sizeof(uint16_t)));
+    if (message.empty()) message.assign(reply.message);
+    for (size_t i = 0; i < n; ++i) {
+      const auto raw = reply.ItemAt<uint16_t>(i);
+      const StatusCode code =
+          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
+      if (!codes.empty()) codes[base + i] = code;
+      if (code != StatusCode::kOk && failures++ == 0) first_failure = code;
+    }
+    if (n == 0) break;
+  }
+  if (failures == 0) return Status::Ok();
+  return Status(first_failure, std::to_string(failures) + " of " + std::to_string(keys.size()) +
+                                   " blocks were not stored (first: " +
+                                   std::string(StatusCodeName(first_failure)) + ")" +
+                                   (message.empty() ? "" : ": " + message));
+}
+
+Status Client::ReadOnloadReply(uint64_t id, size_t n, std::span<OnloadInfo> out) {
+  KVT_ASSIGN_OR_RETURN(auto reply,
+                       impl_->Await(id, wire::Op::kOnload, n, sizeof(wire::OnloadResult)));
+  for (size_t i = 0; i < n; ++i) {
+    const auto r = reply.ItemAt<wire::OnloadResult>(i);
+    OnloadInfo& info = out[i];
+    info.code = IsKnownStatusCode(r.status) ? static_cast<StatusCode>(r.status)
+                                            : StatusCode::kInternal;
+    info.size = r.size;
+    info.tier = static_cast<Tier>(std::min<uint8_t>(r.tier, 3));
+  }
+  return Status::Ok();
+}
+
+Status Client::Onload(std::span<const Key> keys, uint32_t region,
+                      std::span<const uint64_t> offsets, std::span<OnloadInfo> out,
+                      const TransferOptions& options) {
+  if (out.size() < keys.size()) return SpanSizeError("out");
+  KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
+  std::lock_guard lock(impl_->mu);
+  for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, keys.size() - base);
+    wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
+    AppendTransferSpec(w, region, options);
+    auto* items = w.AppendItems<wire::OnloadItem>(n);
+    for (size_t i = 0; i < n; ++i) {
+      const wire::OnloadItem item{ToWire(keys[base + i]), offsets[base + i]};
+      std::memcpy(&items[i], &item, sizeof(item));
+    }
+    KVT_ASSIGN_OR_RETURN(const uint64_t id, impl_->Send(w));
+    KVT_RETURN_IF_ERROR(ReadOnloadReply(id, n, out.subspan(base, n)));
+    if (n == 0) break;
+  }
+  return Status::Ok();
+}
+
+Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
+                           std::span<const uint64_t> offsets, const TransferOptions& options) {
+  KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/true));
+  std::lock_guard lock(impl_->mu);
+  const uint32_t* progress = nullptr;
+  if (options.progress_region != 0) {
+    auto it = impl_->local_regions.find(options.progress_region);
+    if (it == impl_->local_regions.end() || options.progress_offset % 4 != 0 ||
+        options.progress_offset > it->second.second - 4 || it->second.second < 4) {
+      return Status(StatusCode::kInvalidArgument,
+                    "the progress word must be 4-byte aligned inside a host region registered "
+                    "with its local mapping");
+    }
+    progress = reinterpret_cast<const uint32_t*>(it->second.first + options.progress_offset);
+  }
+  wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
+  AppendTransferSpec(w, region, options);
+  auto* items = w.AppendItems<wire::OnloadItem>(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const wire::OnloadItem item{ToWire(keys[i]), offsets[i]};
+    std::memcpy(&items[i], &item, sizeof(item));
+  }
+  KVT_ASSIGN_OR_RETURN(const uint64_t id, impl_->Send(w));
+  impl_->transfer = Impl::OpenTransfer{true, id, keys.size(), options.layers, progress};
+  return Status::Ok();
+}
+
+Status Client::WaitLayer(uint32_t layer) {
+  std::lock_guard lock(impl_->mu);
+  const Impl::OpenTransfer& t = impl_->transfer;
+  if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
+  if (t.progress == nullptr) {
+    return Status(StatusCode::kFailedPrecondition, "the onload was started without a progress word");
+  }
+  if (layer >= t.layers) {
+    return Status(StatusCode::kInvalidArgument, "layer " + std::to_string(layer) +
+                                                    " of an onload of " +
+                                                    std::to_string(t.layers) + " layers");
+  }
+  const uint64_t deadline = NowUs() + uint64_t(impl_->options.timeout_ms) * 1000u;
+  for (;;) {
+    const uint32_t seen = std::atomic_ref<const uint32_t>(*t.progress).load(std::memory_order_acquire);
+    if (seen > layer) return Status::Ok();
+    // The daemon sets every layer before it replies, so a reply waiting means this layer
+    // will never come (the request failed as a whole).
+    pollfd p{impl_->fd.get(), POLLIN, 0};
+    if (poll(&p, 1, 0) > 0) {
+      if (std::atomic_ref<const uint32_t>(*t.progress).load(std::memory_order_acquire) > layer) {
+        return Status::Ok();
+      }
+      return Status(StatusCode::kFailedPrecondition,
+                    "the onload ended without layer " + std::to_string(layer) +
+                        "; FinishOnload says why");
+    }
+    const uint64_t now = NowUs();
+    if (now >= deadline) {
+      return Status(StatusCode::kTimedOut, "layer " + std::to_string(layer) +
+                                               " did not land within " +
+                                               std::to_string(impl_->options.timeout_ms) + " ms");
+    }
+    // Sleep until the word changes, in slices, to notice a reply that ends the onload early.
+    const timespec slice{0, 10'000'000};
+    syscall(SYS_futex, t.progress, FUTEX_WAIT, seen, &slice, nullptr, 0);
+  }
+}
+
+Status Client::FinishOnload(std::span<OnloadInfo> out) {
+  std::lock_guard lock(impl_->mu);
+  Impl::OpenTransfer t = impl_->transfer;
+  if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
+  if (out.size() < t.items) return SpanSizeError("out");
+  impl_->transfer = Impl::OpenTransfer{};
+  return ReadOnloadReply(t.request_id, t.items, out);
+}
+
+Status Client::PinPoolForCuda() {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->pinned) return Status::Ok();
+  KVT_RETURN_IF_ERROR(client_cuda::Pin(impl_->pool.data(), impl_->pool.size()));
+  impl_->pinned = true;
+  return Status::Ok();
 }
 
 }  // namespace kvtier

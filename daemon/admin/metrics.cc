@@ -14,7 +14,8 @@ using prometheus::MetricType;
 
 constexpr std::array<const char*, wire::kMaxOp + 1> kOpNames = {
     "",        "hello",   "reserve", "commit", "abort",   "match_prefix",
-    "acquire", "release", "remove",  "stats",  "prefetch"};
+    "acquire", "release", "remove",  "stats",  "prefetch", "register_region",
+    "deregister_region", "offload", "onload"};
 
 class Builder {
  public:

@@ -162,6 +162,16 @@ Result<Report> Server::AdminStatus() {
   r.Field("ssd_tier", !workers_.empty());
   r.Field("gpu_devices", static_cast<uint64_t>(gpu_.devices));
   r.Field("gpu", gpu_.summary);
+  if (pinner_ != nullptr) {
+    const Pinner::Progress pin = pinner_->progress();
+    r.Field("pools_pinned_bytes", pin.pinned_bytes);
+    r.Field("pools_bytes", pin.total_bytes);
+    r.Field("pinning", std::string(!pin.done ? "in progress" : pin.error.empty() ? "done"
+                                                                                 : pin.error));
+  } else {
+    r.Field("pinning", std::string("off (no CUDA device)"));
+  }
+  r.Field("copies_in_flight", static_cast<uint64_t>(copies_.size()));
   r.Field("purges_in_progress", static_cast<uint64_t>(purges_.size()));
   return r;
 }
@@ -310,6 +320,7 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
   purge.tenant = *tenant;
   purge.tenant->purging = true;
   purge.sessions_closed = CloseTenantSessions(purge.tenant);
+  purge.copies_waited = purge.tenant->copies_in_flight > 0;
   purge.removed = purge.tenant->pool->Evict(EvictTiers::kAll, /*release_ssd_records=*/false);
   if (purge.tenant->spill != nullptr) {
     // Orders the pool queued before the purge go first; the erase then fails whatever of them
@@ -335,7 +346,20 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
 
 void Server::AdvanceAdmin() {
   std::erase_if(purges_, [&](PendingPurge& purge) {
-    if ((purge.erase_posted && !purge.erased) || !purge.tenant->pool->idle()) return false;
+    if ((purge.erase_posted && !purge.erased) || !purge.tenant->pool->idle() ||
+        purge.tenant->copies_in_flight > 0) {
+      return false;
+    }
+    if (purge.copies_waited) {
+      // Blocks its closed sessions' copies held were kept; they go now.
+      const EvictReport more = purge.tenant->pool->Evict(EvictTiers::kAll, false);
+      purge.removed.dram_blocks += more.dram_blocks;
+      purge.removed.dram_bytes += more.dram_bytes;
+      purge.removed.ssd_blocks += more.ssd_blocks;
+      purge.removed.ssd_bytes += more.ssd_bytes;
+      purge.removed.dropped_blocks += more.dropped_blocks;
+      purge.removed.kept_pinned = more.kept_pinned;
+    }
     FinishPurge(purge);
     return true;
   });
@@ -385,10 +409,8 @@ bool Server::AdvanceDrain() {
       CloseSession(*session, "kvtierd is draining");
       ++drain.sessions_closed;
     }
-    for (int fd : closing_)
-      sessions_.erase(fd);
-    closing_.clear();
-    if (!sessions_.empty()) return false;
+    ForgetClosedSessions();
+    if (!sessions_.empty() || !detached_.empty()) return false;
     drain.sessions_done = true;
     for (auto& tenant : tenants_->tenants()) {
       if (tenant->spill == nullptr) continue;

@@ -21,46 +21,70 @@ void PutCode(uint16_t* out, size_t i, StatusCode code) {
 
 }  // namespace
 
+namespace {
+
+// The stride of a request's items, whose key comes first.
+size_t KeyStride(wire::Op op) {
+  return op == wire::Op::kRelease ? 0 : wire::RequestItemBytes(op);
+}
+
+}  // namespace
+
 RequestHandler::Outcome RequestHandler::Handle(Session& session, const wire::FrameView& request,
-                                               wire::FrameWriter& reply) {
+                                               wire::FrameWriter& reply, UniqueFd passed_fd) {
   if (request.op == wire::Op::kHello) return Hello(session, request, reply);
   if (session.tenant() == nullptr) {
     reply.SetStatus(Status(StatusCode::kFailedPrecondition,
                            "the first request of a session must be hello"));
     return {.close_session = true};
   }
-  const size_t stride = wire::RequestItemBytes(request.op);
-  if (request.op != wire::Op::kRelease && stride != 0) {
-    const size_t key_stride = request.op == wire::Op::kReserve ? sizeof(wire::ReserveItem) : stride;
-    if (Status s = CheckKeys(request, key_stride); !s.ok()) {
+  if (const size_t stride = KeyStride(request.op); stride != 0) {
+    if (Status s = CheckKeys(request, stride); !s.ok()) {
       reply.SetStatus(s);
       return {};
     }
   }
   session.progress() = ItemProgress{};
   switch (request.op) {
+    case wire::Op::kOffload:
+    case wire::Op::kOnload:
+      if (Status s = CheckTransfer(session, request); !s.ok()) {
+        reply.SetStatus(s);
+        return {};
+      }
+      session.progress().scratch.resize(
+          size_t{request.header.count} *
+          (request.op == wire::Op::kOffload ? sizeof(wire::ReserveResult)
+                                            : sizeof(wire::AcquireResult)));
+      return Continue(session, request, reply);
     case wire::Op::kReserve:
     case wire::Op::kAcquire:
-    case wire::Op::kPrefetch: {
-      const bool done = request.op == wire::Op::kReserve ? Reserve(session, request, reply)
-                                                        : Acquire(session, request, reply);
-      return {.park = !done};
-    }
+    case wire::Op::kPrefetch: return Continue(session, request, reply);
     case wire::Op::kCommit:
     case wire::Op::kAbort:
     case wire::Op::kRemove: PerKey(session, request, reply); break;
     case wire::Op::kMatchPrefix: MatchPrefix(session, request, reply); break;
     case wire::Op::kRelease: Release(session, request, reply); break;
     case wire::Op::kStats: Stats(session, reply); break;
+    case wire::Op::kRegisterRegion:
+      RegisterRegion(session, request, reply, std::move(passed_fd));
+      break;
+    case wire::Op::kDeregisterRegion: DeregisterRegion(session, request, reply); break;
     case wire::Op::kHello: break;  // handled above
   }
   return {};
 }
 
-bool RequestHandler::Continue(Session& session, const wire::FrameView& request,
-                              wire::FrameWriter& reply) {
-  if (request.op == wire::Op::kReserve) return Reserve(session, request, reply);
-  return Acquire(session, request, reply);
+RequestHandler::Outcome RequestHandler::Continue(Session& session, const wire::FrameView& request,
+                                                 wire::FrameWriter& reply) {
+  const bool reserving = request.op == wire::Op::kReserve || request.op == wire::Op::kOffload;
+  const bool done =
+      reserving ? Reserve(session, request, reply) : Acquire(session, request, reply);
+  if (!done) return {.park = true};
+  if (request.op == wire::Op::kOffload || request.op == wire::Op::kOnload) {
+    return StartCopy(session, request, reply);
+  }
+  return {};
 }
 
 RequestHandler::Outcome RequestHandler::Hello(Session& session, const wire::FrameView& request,
@@ -99,7 +123,7 @@ RequestHandler::Outcome RequestHandler::Hello(Session& session, const wire::Fram
 Status RequestHandler::CheckKeys(const wire::FrameView& request, size_t stride) const {
   for (size_t i = 0; i < request.header.count; ++i) {
     wire::WireKey key;
-    std::memcpy(&key, request.body.data() + i * stride, sizeof(key));
+    std::memcpy(&key, request.items.data() + i * stride, sizeof(key));
     if (Status s = wire::CheckKey(key); !s.ok()) {
       return Invalid("item " + std::to_string(i) + ": " + s.message());
     }
@@ -110,7 +134,7 @@ Status RequestHandler::CheckKeys(const wire::FrameView& request, size_t stride) 
 BlockKey RequestHandler::KeyAt(const Session& session, const wire::FrameView& request, size_t i,
                                size_t stride) const {
   // The key is the first member of every keyed item, and CheckKeys has vetted it.
-  const std::byte* p = request.body.data() + i * stride;
+  const std::byte* p = request.items.data() + i * stride;
   BlockKey key;
   key.ns_id = session.ns_id();
   std::memcpy(&key.len, p + offsetof(wire::WireKey, len), 1);
@@ -118,11 +142,32 @@ BlockKey RequestHandler::KeyAt(const Session& session, const wire::FrameView& re
   return key;
 }
 
+std::byte* RequestHandler::ResultsBase(Session& session, wire::FrameWriter& reply) const {
+  ItemProgress& progress = session.progress();
+  if (!progress.scratch.empty()) return progress.scratch.data();
+  return reply.buffer().data() + progress.items_offset;
+}
+
+// Reserve and the reserve phase of Offload.
 bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
                              wire::FrameWriter& reply) {
   const uint32_t n = request.header.count;
+  const bool offload = request.op == wire::Op::kOffload;
+  const size_t stride = offload ? sizeof(wire::OffloadItem) : sizeof(wire::ReserveItem);
+  struct Wanted {
+    uint64_t size;
+    uint32_t ttl_seconds;
+  };
+  auto wanted = [&](uint32_t i) {
+    if (offload) {
+      const auto item = request.ItemAt<wire::OffloadItem>(i);
+      return Wanted{item.size, item.ttl_seconds};
+    }
+    const auto item = request.ItemAt<wire::ReserveItem>(i);
+    return Wanted{item.size, item.ttl_seconds};
+  };
   ItemProgress& progress = session.progress();
-  if (progress.next == 0 && progress.items_offset == 0) {
+  if (progress.next == 0 && progress.items_offset == 0 && !offload) {
     for (uint32_t i = 0; i < n; ++i) {
       const auto item = request.ItemAt<wire::ReserveItem>(i);
       if (item.reserved != 0) {
@@ -141,16 +186,15 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
     progress.items_offset =
         static_cast<size_t>(reinterpret_cast<std::byte*>(items) - reply.buffer().data());
   }
-  auto* out = reinterpret_cast<wire::ReserveResult*>(reply.buffer().data() + progress.items_offset);
+  std::byte* out = ResultsBase(session, reply);
   DramPool& pool = *session.tenant()->pool;
   for (; progress.next < n; ++progress.next) {
     const uint32_t i = progress.next;
-    const auto item = request.ItemAt<wire::ReserveItem>(i);
+    const Wanted w = wanted(i);
     DramPool::Placement placement;
     const StatusCode code =
-        pool.Reserve(KeyAt(session, request, i, sizeof(wire::ReserveItem)), item.size,
-                     session.id(), &placement,
-                     EffectiveTtl(session.tenant()->config, item.ttl_seconds));
+        pool.Reserve(KeyAt(session, request, i, stride), w.size, session.id(), &placement,
+                     EffectiveTtl(session.tenant()->config, w.ttl_seconds));
     if (code == StatusCode::kUnavailable) return false;  // room is on its way to SSD
     if (code == StatusCode::kResourceExhausted && progress.refusal.empty()) {
       progress.refusal = "tenant '" + session.tenant()->config.name + "': " + pool.last_refusal();
@@ -161,9 +205,9 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
       r.offset = placement.offset;
       session.NoteReservation(placement.ref);
     }
-    std::memcpy(&out[i], &r, sizeof(r));
+    std::memcpy(out + i * sizeof(r), &r, sizeof(r));
   }
-  if (!progress.refusal.empty()) reply.InsertMessage(progress.refusal);
+  if (!progress.refusal.empty() && !offload) reply.InsertMessage(progress.refusal);
   return true;
 }
 
@@ -214,21 +258,21 @@ bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
   const bool prefetch = request.op == wire::Op::kPrefetch;
   const uint32_t n = request.header.count;
   ItemProgress& progress = session.progress();
-  if (progress.next == 0 && progress.items_offset == 0) {
+  const size_t stride = KeyStride(request.op);
+  if (progress.next == 0 && progress.items_offset == 0 && progress.scratch.empty()) {
     std::byte* items = prefetch
                            ? reinterpret_cast<std::byte*>(reply.AppendItems<uint16_t>(n))
                            : reinterpret_cast<std::byte*>(reply.AppendItems<wire::AcquireResult>(n));
     KVT_CHECK(items != nullptr);
     progress.items_offset = static_cast<size_t>(items - reply.buffer().data());
   }
-  std::byte* base = reply.buffer().data() + progress.items_offset;
+  std::byte* base = ResultsBase(session, reply);
   DramPool& pool = *session.tenant()->pool;
   for (; progress.next < n; ++progress.next) {
     const uint32_t i = progress.next;
     DramPool::Placement placement;
     wire::Tier tier = wire::Tier::kNone;
-    StatusCode code =
-        pool.Acquire(KeyAt(session, request, i, sizeof(wire::WireKey)), &placement, &tier);
+    StatusCode code = pool.Acquire(KeyAt(session, request, i, stride), &placement, &tier);
     if (code == StatusCode::kUnavailable) break;  // a promotion waits for room
     wire::AcquireResult r{};
     if (code == StatusCode::kOk) {
@@ -266,7 +310,7 @@ bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
 
 bool RequestHandler::SettlePromotions(Session& session, wire::Op op, wire::FrameWriter& reply) {
   ItemProgress& progress = session.progress();
-  std::byte* base = reply.buffer().data() + progress.items_offset;
+  std::byte* base = ResultsBase(session, reply);
   DramPool& pool = *session.tenant()->pool;
   std::erase_if(progress.waiting, [&](const ItemProgress::Waiting& w) {
     const std::optional<BlockRef> ref = session.leases().Peek(w.lease_id);
@@ -312,6 +356,203 @@ void RequestHandler::Release(Session& session, const wire::FrameView& request,
       code = StatusCode::kOk;
     }
     PutCode(out, i, code);
+  }
+}
+
+void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& request,
+                                    wire::FrameWriter& reply, UniqueFd passed_fd) {
+  const auto spec = request.Prefix<wire::RegionSpec>();
+  Result<std::shared_ptr<Region>> region = Status(StatusCode::kInternal, "unreachable");
+  if (spec.kind == static_cast<uint32_t>(wire::RegionKind::kHost)) {
+    if (spec.events != 0 || spec.device != 0) {
+      reply.SetStatus(Invalid("a host region has no device and no events"));
+      return;
+    }
+    region = Region::OpenHost(std::move(passed_fd), spec.bytes);
+  } else {
+    if (passed_fd.valid()) {
+      reply.SetStatus(Invalid("a CUDA region is named by its IPC handle; no fd goes with it"));
+      return;
+    }
+    region = Region::OpenCuda(
+        spec.device, std::span(spec.ipc_handle),  spec.bytes,
+        std::span(reinterpret_cast<const uint8_t*>(request.body.data()) + sizeof(spec),
+                  size_t{spec.events} * wire::kCudaIpcHandleBytes));
+  }
+  if (!region.ok()) {
+    reply.SetStatus(region.status());
+    return;
+  }
+  auto id = session.regions().Add(std::move(*region));
+  if (!id.ok()) {
+    reply.SetStatus(id.status());
+    return;
+  }
+  wire::RegionReply out{};
+  out.region_id = *id;
+  out.bytes = spec.bytes;
+  reply.Append(&out, sizeof(out));
+}
+
+void RequestHandler::DeregisterRegion(Session& session, const wire::FrameView& request,
+                                      wire::FrameWriter& reply) {
+  const uint32_t id = request.Prefix<wire::RegionId>().region_id;
+  // A copy still running keeps its own reference: the memory stays mapped until it ends.
+  if (!session.regions().Remove(id)) {
+    reply.SetStatus(Status(StatusCode::kNotFound,
+                           "region " + std::to_string(id) + " is not registered in this session"));
+  }
+}
+
+Status RequestHandler::CheckTransfer(Session& session, const wire::FrameView& request) const {
+  const auto spec = request.Prefix<wire::TransferSpec>();
+  const std::shared_ptr<Region> region = session.regions().Find(spec.region_id);
+  if (region == nullptr) {
+    return Status(StatusCode::kNotFound, "region " + std::to_string(spec.region_id) +
+                                             " is not registered in this session");
+  }
+  const bool cuda = region->kind() == wire::RegionKind::kCuda;
+  if (!cuda && (spec.wait_event != wire::kNoEvent || spec.signal_event != wire::kNoEvent)) {
+    return Invalid("wait_event and signal_event are for CUDA regions; use kNoEvent");
+  }
+  if (request.op == wire::Op::kOffload && spec.signal_event != wire::kNoEvent) {
+    return Invalid("an offload signals no event (its reply says the bytes are stored)");
+  }
+  if (request.op == wire::Op::kOnload && spec.wait_event != wire::kNoEvent) {
+    return Invalid("an onload waits for no event (its copies only read the pool)");
+  }
+  if (spec.progress_region != wire::kNoRegion) {
+    const std::shared_ptr<Region> progress = session.regions().Find(spec.progress_region);
+    if (progress == nullptr || progress->kind() != wire::RegionKind::kHost) {
+      return Invalid("progress_region " + std::to_string(spec.progress_region) +
+                     " is not a host region of this session");
+    }
+    if (spec.progress_offset % sizeof(uint32_t) != 0 ||
+        !progress->Holds(spec.progress_offset, sizeof(uint32_t))) {
+      return Invalid("progress_offset " + std::to_string(spec.progress_offset) +
+                     " is not a 4-byte-aligned offset inside region " +
+                     std::to_string(spec.progress_region));
+    }
+  }
+  if (request.op == wire::Op::kOffload) {
+    for (uint32_t i = 0; i < request.header.count; ++i) {
+      const auto item = request.ItemAt<wire::OffloadItem>(i);
+      if (item.size == 0 || item.size > limits_.max_block_bytes) {
+        return Invalid("item " + std::to_string(i) + ": block size " + std::to_string(item.size) +
+                       " is outside 1.." + std::to_string(limits_.max_block_bytes) +
+                       " (max_block_bytes)");
+      }
+      if (!region->Holds(item.offset, item.size)) {
+        return Invalid("item " + std::to_string(i) + ": bytes [" + std::to_string(item.offset) +
+                       ", +" + std::to_string(item.size) + ") are outside region " +
+                       std::to_string(spec.region_id) + " of " +
+                       std::to_string(region->bytes()) + " bytes");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+RequestHandler::Outcome RequestHandler::StartCopy(Session& session,
+                                                  const wire::FrameView& request,
+                                                  wire::FrameWriter& reply) {
+  const auto spec = request.Prefix<wire::TransferSpec>();
+  const uint32_t n = request.header.count;
+  const uint32_t per_layer = n / spec.layers;  // 0 for an empty request
+  ItemProgress& progress = session.progress();
+  DramPool& pool = *session.tenant()->pool;
+  Outcome outcome;
+  CopyJob& job = outcome.copy.emplace();
+  job.to_pool = request.op == wire::Op::kOffload;
+  job.region = session.regions().Find(spec.region_id);
+  KVT_CHECK(job.region != nullptr);  // checked before the request could wait
+  job.pool = session.tenant()->memory.data();
+  if (spec.progress_region != wire::kNoRegion) {
+    job.progress = session.regions().Find(spec.progress_region);
+    job.progress_offset = spec.progress_offset;
+  }
+  job.wait_event = spec.wait_event;
+  job.signal_event = spec.signal_event;
+  job.spans.reserve(n);
+  job.layer_ends.reserve(spec.layers);
+  outcome.hold.op = request.op;
+  auto end_layer = [&](uint32_t i) {
+    if (per_layer == 0 || (i + 1) % per_layer == 0) {
+      job.layer_ends.push_back(static_cast<uint32_t>(job.spans.size()));
+    }
+  };
+  if (request.op == wire::Op::kOnload) {
+    auto* out = reply.AppendItems<wire::OnloadResult>(n);
+    KVT_CHECK(out != nullptr);
+    for (uint32_t i = 0; i < n; ++i) {
+      wire::AcquireResult got;
+      std::memcpy(&got, progress.scratch.data() + i * sizeof(got), sizeof(got));
+      const uint64_t offset = request.ItemAt<wire::OnloadItem>(i).offset;
+      wire::OnloadResult r{};
+      r.status = got.status;
+      r.tier = got.tier;
+      if (got.status == static_cast<uint16_t>(StatusCode::kOk)) {
+        if (job.region->Holds(offset, got.size)) {
+          r.size = got.size;
+          job.spans.push_back({got.offset, offset, got.size});
+          outcome.hold.items.push_back({.index = i, .lease_id = got.lease_id});
+        } else {
+          // The caller learns the block's size and can make room for it.
+          r.size = got.size;
+          r.status = static_cast<uint16_t>(StatusCode::kInvalidArgument);
+          if (auto ref = session.leases().Take(got.lease_id)) pool.Release(*ref);
+        }
+      }
+      std::memcpy(&out[i], &r, sizeof(r));
+      end_layer(i);
+    }
+  } else {
+    auto* out = reply.AppendItems<uint16_t>(n);
+    KVT_CHECK(out != nullptr);
+    for (uint32_t i = 0; i < n; ++i) {
+      wire::ReserveResult got;
+      std::memcpy(&got, progress.scratch.data() + i * sizeof(got), sizeof(got));
+      const auto item = request.ItemAt<wire::OffloadItem>(i);
+      if (got.status == static_cast<uint16_t>(StatusCode::kOk)) {
+        job.spans.push_back({got.offset, item.offset, item.size});
+        outcome.hold.items.push_back(
+            {.index = i, .key = KeyAt(session, request, i, sizeof(wire::OffloadItem))});
+      }
+      PutCode(out, i, static_cast<StatusCode>(got.status));  // kOk is confirmed by FinishCopy
+      end_layer(i);
+    }
+    if (!progress.refusal.empty()) reply.InsertMessage(progress.refusal);
+  }
+  if (job.layer_ends.empty()) job.layer_ends.push_back(0);  // an empty request is one layer
+  progress.scratch.clear();
+  return outcome;
+}
+
+void RequestHandler::FinishCopy(Session& session, const CopyHold& hold, const Status& status,
+                                wire::FrameWriter* reply, const wire::FrameView* request) {
+  DramPool& pool = *session.tenant()->pool;
+  if (hold.op == wire::Op::kOnload) {
+    for (const CopyHold::Item& item : hold.items) {
+      if (auto ref = session.leases().Take(item.lease_id)) pool.Release(*ref);
+    }
+  } else {
+    // The items' statuses follow the message, if any, in the reply.
+    uint16_t* codes = nullptr;
+    if (reply != nullptr) {
+      codes = reinterpret_cast<uint16_t*>(reply->buffer().data() + reply->size() -
+                                          size_t{request->header.count} * sizeof(uint16_t));
+    }
+    for (const CopyHold::Item& item : hold.items) {
+      const StatusCode code =
+          status.ok() ? pool.Commit(item.key, session.id()) : pool.Abort(item.key, session.id());
+      if (code == StatusCode::kOk) session.NoteReservationEnded();
+      if (codes != nullptr) PutCode(codes, item.index, status.ok() ? code : status.code());
+    }
+  }
+  if (reply != nullptr && !status.ok()) {
+    // The copy itself failed (a CUDA error): the request as a whole did not happen.
+    reply->Begin(request->op, request->header.request_id);
+    reply->SetStatus(status);
   }
 }
 

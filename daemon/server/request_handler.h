@@ -5,7 +5,10 @@
 // Not thread-safe: runs on the Server's event-loop thread.
 #pragma once
 
+#include <optional>
+
 #include "daemon/server/session.h"
+#include "daemon/transfer/copy_engine.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/wire/frame_codec.h"
 
@@ -28,11 +31,22 @@ class RequestHandler {
     int pass_fd = -1;            // send with the reply (hello: the tenant's pool memfd)
     bool park = false;           // the request waits for the SSD tier: keep it and `reply`,
                                  // and call Continue after spill results (ParkedRequest)
+    // Offload and onload: the copy to run (the caller sets its id and posts it). The request
+    // stays parked until the copy's result, then FinishCopy completes the reply.
+    std::optional<CopyJob> copy;
+    CopyHold hold;
   };
   // `reply` has been begun with the request's op and id; Handle sets status and items.
-  Outcome Handle(Session& session, const wire::FrameView& request, wire::FrameWriter& reply);
-  // Continues a parked request; true when its reply is complete (then send it).
-  bool Continue(Session& session, const wire::FrameView& request, wire::FrameWriter& reply);
+  // `passed_fd`: a file descriptor that came with the request (register_region's memfd).
+  Outcome Handle(Session& session, const wire::FrameView& request, wire::FrameWriter& reply,
+                 UniqueFd passed_fd = UniqueFd());
+  // Continues a parked request: park again, a copy to run, or else the reply is complete.
+  Outcome Continue(Session& session, const wire::FrameView& request, wire::FrameWriter& reply);
+  // A copy has ended with `status`: gives back what `hold` held in the session (an offload's
+  // blocks are committed if the copy succeeded, else aborted) and, if `reply` is not null,
+  // completes the reply (item statuses, or the copy's error).
+  void FinishCopy(Session& session, const CopyHold& hold, const Status& status,
+                  wire::FrameWriter* reply, const wire::FrameView* request);
 
  private:
   Outcome Hello(Session& session, const wire::FrameView& request, wire::FrameWriter& reply);
@@ -49,6 +63,17 @@ class RequestHandler {
   bool SettlePromotions(Session& session, wire::Op op, wire::FrameWriter& reply);
   void Release(Session& session, const wire::FrameView& request, wire::FrameWriter& reply);
   void Stats(Session& session, wire::FrameWriter& reply);
+  void RegisterRegion(Session& session, const wire::FrameView& request, wire::FrameWriter& reply,
+                      UniqueFd passed_fd);
+  void DeregisterRegion(Session& session, const wire::FrameView& request,
+                        wire::FrameWriter& reply);
+  // Offload and onload, before their reserve or acquire phase: the regions, the progress word
+  // and (offload) every item's range.
+  Status CheckTransfer(Session& session, const wire::FrameView& request) const;
+  // After that phase: the copy of every item that got a slot or a lease.
+  Outcome StartCopy(Session& session, const wire::FrameView& request, wire::FrameWriter& reply);
+  // Where a phase writes its per-item results: the reply, or ItemProgress::scratch.
+  std::byte* ResultsBase(Session& session, wire::FrameWriter& reply) const;
 
   TenantRegistry* tenants_;
   HandlerLimits limits_;

@@ -22,6 +22,7 @@ namespace {
 constexpr uint64_t kListenTag = UINT64_MAX;
 constexpr uint64_t kSignalTag = UINT64_MAX - 1;
 constexpr uint64_t kAdminTag = UINT64_MAX - 2;
+constexpr uint64_t kCopyTag = UINT64_MAX - 3;
 constexpr uint64_t kWorkerTagBase = UINT64_MAX - 1024;  // + worker index (< 64)
 constexpr int kMaxFramesPerWake = 16;  // then let other sessions in
 constexpr int64_t kMaxKeysPerWake = 8192;
@@ -44,11 +45,14 @@ Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*
       send_buffer_(wire::kMaxFrameBytes) {}
 
 Server::~Server() {
+  // Copies still queued run to their end first: they use the sessions' blocks and regions.
+  copier_.reset();
   const Status stopping(StatusCode::kUnavailable, "kvtierd is stopping");
   for (PendingPurge& purge : purges_) purge.done(AdminReply{stopping, {}});
   if (drain_) drain_->done(AdminReply{stopping, {}});
   for (auto& [fd, session] : sessions_) session->Close();
   sessions_.clear();
+  detached_.clear();
   // Closing sessions can free removed blocks: their SSD records go to the workers, which
   // release them before they stop.
   if (!workers_.empty()) PostSpillOrders(/*demote=*/false);
@@ -63,6 +67,17 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
   server->admin_ = admin;
   server->audit_ = audit;
   server->gpu_ = ProbeGpus();
+  server->copier_ = std::make_unique<CopyEngine>();
+  KVT_RETURN_IF_ERROR(server->copier_->Start());
+  if (server->gpu_.devices > 0) {
+    // Pools are pinned for DMA in the background: kvtierd serves meanwhile (pinner.h).
+    std::vector<Pinner::Range> pools;
+    for (auto& tenant : tenants->tenants()) {
+      pools.push_back({tenant->memory.data(), tenant->memory.size()});
+    }
+    server->pinner_ = std::make_unique<Pinner>();
+    server->pinner_->Start(std::move(pools));
+  }
   server->epoll_fd_.reset(epoll_create1(EPOLL_CLOEXEC));
   if (!server->epoll_fd_.valid()) return ErrnoStatus("epoll_create1", errno);
   sigset_t signals;
@@ -83,6 +98,10 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
   ev.data.u64 = kSignalTag;
   if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->signal_fd_.get(), &ev) != 0) {
     return ErrnoStatus("epoll_ctl(signalfd)", errno);
+  }
+  ev.data.u64 = kCopyTag;
+  if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->copier_->event_fd(), &ev) != 0) {
+    return ErrnoStatus("epoll_ctl(copy engine)", errno);
   }
   if (admin != nullptr) {
     ev.data.u64 = kAdminTag;
@@ -143,6 +162,8 @@ Status Server::Run() {
         }
       } else if (tag == kAdminTag) {
         OnAdminCommands();
+      } else if (tag == kCopyTag) {
+        OnCopyResults();
       } else if (tag >= kWorkerTagBase) {
         OnSpillResults(tag - kWorkerTagBase);
       } else {
@@ -155,9 +176,7 @@ Status Server::Run() {
       if (drain_ && AdvanceDrain()) return Status::Ok();
     }
     if (!workers_.empty()) PostSpillOrders();
-    for (int fd : closing_) sessions_.erase(fd);
-    if (!closing_.empty() && !drain_) SetAccepting(true);  // fds were freed
-    closing_.clear();
+    ForgetClosedSessions();
     // A round woken by the timeout (a purge or drain waiting) is no activity to spin after.
     if (n > 0) last_activity_us = NowUs();
   }
@@ -278,7 +297,7 @@ void Server::OnSessionEvent(Session& session, uint32_t events) {
       return CloseSession(session, "receive failed");
     }
     if (received->eof) return CloseSession(session, "peer closed");
-    // A request never carries an fd; one that does is dropped here (UniqueFd closes it).
+    // Only register_region uses an fd; another request's is closed with the UniqueFd.
     if (received->fds_truncated) {
       return CloseSession(session, "sent more file descriptors than any request may carry");
     }
@@ -287,12 +306,15 @@ void Server::OnSessionEvent(Session& session, uint32_t events) {
       std::memcpy(&h, recv_buffer_.data(), sizeof(h));
       key_budget -= int64_t{1} + h.count;
     }
-    if (!ServeFrame(session, received->bytes, received->truncated)) return;
+    if (!ServeFrame(session, received->bytes, received->truncated,
+                    std::move(received->passed_fd))) {
+      return;
+    }
     if (!session.pending_reply().empty()) break;
   }
 }
 
-bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
+bool Server::ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd passed_fd) {
   wire::FrameWriter reply(send_buffer_);
   auto request = truncated ? Result<wire::FrameView>(Status(
                                  StatusCode::kProtocolError,
@@ -317,11 +339,13 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated) {
   reply.Begin(request->op, request->header.request_id);
   const uint64_t arrived_us = NowUs();
   const bool was_anonymous = session.tenant() == nullptr;
-  const RequestHandler::Outcome outcome = handler_.Handle(session, *request, reply);
+  RequestHandler::Outcome outcome =
+      handler_.Handle(session, *request, reply, std::move(passed_fd));
   if (was_anonymous && session.tenant() != nullptr) --awaiting_hello_;
-  if (outcome.park) {
+  if (outcome.park || outcome.copy) {
     Park(session, bytes, reply);
     session.parked()->arrived_us = arrived_us;
+    if (outcome.copy) StartCopy(session, outcome);
     return false;  // read nothing more from it until the reply is out
   }
   const bool sent = SendReply(session, reply.Finish(), outcome.pass_fd);
@@ -413,6 +437,79 @@ void Server::Park(Session& session, size_t request_bytes, const wire::FrameWrite
   parked_.push_back(session.fd());
 }
 
+void Server::StartCopy(Session& session, RequestHandler::Outcome& outcome) {
+  const uint64_t id = next_copy_id_++;
+  outcome.copy->id = id;
+  session.progress().copy_id = id;
+  ++session.copies_in_flight();
+  ++session.tenant()->copies_in_flight;
+  copies_.emplace(id, PendingCopy{session.fd(), session.id(), session.tenant(),
+                                  std::move(outcome.hold), false});
+  copier_->Post(std::move(*outcome.copy));
+}
+
+void Server::SendParkedReply(Session& session, const wire::FrameView& request) {
+  std::unique_ptr<ParkedRequest> parked = std::move(session.parked());
+  latency_[static_cast<size_t>(request.op)].Observe(NowUs() - parked->arrived_us);
+  if (SendReply(session, parked->writer.Finish(), -1) && session.pending_reply().empty()) {
+    SetInterest(session, EPOLLIN);  // requests it sent meanwhile are read from here
+  }
+}
+
+void Server::OnCopyResults() {
+  copy_results_.clear();
+  copier_->TakeResults(&copy_results_);
+  for (const CopyResult& r : copy_results_) {
+    auto it = copies_.find(r.id);
+    KVT_CHECK(it != copies_.end());
+    PendingCopy& copy = it->second;
+    Session* session = nullptr;
+    bool live = false;
+    if (auto s = sessions_.find(copy.fd); s != sessions_.end() && s->second->id() == copy.session_id) {
+      session = s->second.get();
+      live = !session->closed();
+    } else if (auto d = detached_.find(copy.fd); d != detached_.end()) {
+      session = d->second.get();
+    }
+    KVT_CHECK(session != nullptr && session->id() == copy.session_id);
+    // The reply goes out with the first result (a CUDA onload's "queued" one, or the final).
+    const bool reply_now = live && !copy.replied && session->parked() != nullptr &&
+                           session->progress().copy_id == r.id;
+    std::optional<wire::FrameView> request;
+    if (reply_now) {
+      request = *wire::DecodeRequest(session->parked()->frame);
+      copy.replied = true;
+    }
+    if (!r.final) {
+      if (reply_now) {
+        session->progress().copy_id = 0;
+        SendParkedReply(*session, *request);
+      }
+      continue;
+    }
+    if (!r.status.ok() && AllowPeerErrorLog()) {
+      spdlog::warn("session {}: a copy between region and pool failed: {}", copy.session_id,
+                   r.status.ToString());
+    }
+    if (session->tenant() != nullptr) {
+      // A closed session's offload is not committed: its client is gone, or its tenant purged.
+      const Status status =
+          live ? r.status : Status(StatusCode::kUnavailable, "the session closed during the copy");
+      handler_.FinishCopy(*session, copy.hold, status,
+                          reply_now ? &session->parked()->writer : nullptr,
+                          reply_now ? &*request : nullptr);
+    }
+    --copy.tenant->copies_in_flight;
+    const int fd = copy.fd;
+    copies_.erase(it);
+    if (reply_now) {
+      session->progress().copy_id = 0;
+      SendParkedReply(*session, *request);
+    }
+    if (--session->copies_in_flight() == 0 && !live) detached_.erase(fd);  // Close gives back
+  }
+}
+
 void Server::ContinueParked(const Tenant* tenant) {
   std::erase_if(parked_, [&](int fd) {
     auto it = sessions_.find(fd);
@@ -421,17 +518,16 @@ void Server::ContinueParked(const Tenant* tenant) {
     }
     Session& session = *it->second;
     if (session.tenant() != tenant) return false;  // only its own tenant's results move it
-    std::unique_ptr<ParkedRequest> parked = std::move(session.parked());
-    auto request = wire::DecodeRequest(parked->frame);
+    if (session.progress().copy_id != 0) return true;  // its copy's result moves it now
+    auto request = wire::DecodeRequest(session.parked()->frame);
     KVT_CHECK(request.ok());  // it was decoded before it was parked
-    if (!handler_.Continue(session, *request, parked->writer)) {
-      session.parked() = std::move(parked);
-      return false;
+    RequestHandler::Outcome outcome = handler_.Continue(session, *request, session.parked()->writer);
+    if (outcome.park) return false;
+    if (outcome.copy) {
+      StartCopy(session, outcome);
+      return true;
     }
-    latency_[static_cast<size_t>(request->op)].Observe(NowUs() - parked->arrived_us);
-    if (SendReply(session, parked->writer.Finish(), -1) && session.pending_reply().empty()) {
-      SetInterest(session, EPOLLIN);  // requests it sent meanwhile are read from here
-    }
+    SendParkedReply(session, *request);
     return true;
   });
 }
@@ -515,8 +611,17 @@ void Server::CloseSilentSessions() {
       CloseSession(*session, "no hello within the time limit");
     }
   }
-  for (int fd : closing_) sessions_.erase(fd);
-  if (!closing_.empty() && !drain_) SetAccepting(true);
+  ForgetClosedSessions();
+}
+
+void Server::ForgetClosedSessions() {
+  for (int fd : closing_) {
+    auto it = sessions_.find(fd);
+    if (it == sessions_.end()) continue;
+    if (it->second->copies_in_flight() > 0) detached_[fd] = std::move(it->second);
+    sessions_.erase(it);
+  }
+  if (!closing_.empty() && !drain_) SetAccepting(true);  // fds were freed
   closing_.clear();
 }
 
@@ -526,7 +631,11 @@ void Server::CloseSession(Session& session, const char* why) {
   spdlog::debug("session {}: closing ({})", session.id(), why);
   const int fd = session.fd();
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  session.Close();
+  if (session.copies_in_flight() > 0) {
+    session.Detach();  // Close when the last copy ends (OnCopyResults)
+  } else {
+    session.Close();
+  }
   closing_.push_back(fd);
 }
 

@@ -30,6 +30,8 @@
 #include "daemon/server/session.h"
 #include "daemon/spill/spill_worker.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/transfer/copy_engine.h"
+#include "daemon/transfer/pinner.h"
 #include "ipc/base/unique_fd.h"
 
 namespace kvtier {
@@ -70,6 +72,7 @@ class Server {
     bool erased = false;
     Status erase_status;
     uint64_t segments_erased = 0;
+    bool copies_waited = false;  // closed sessions' copies were still running
   };
   struct PendingDrain {
     AdminRequest request;
@@ -80,6 +83,15 @@ class Server {
     uint64_t deadline_us = 0;  // then sessions still busy are closed anyway
   };
 
+  // An offload or onload copy on the CopyEngine, and the session it belongs to.
+  struct PendingCopy {
+    int fd = -1;
+    uint32_t session_id = 0;
+    Tenant* tenant = nullptr;
+    CopyHold hold;
+    bool replied = false;  // a CUDA onload replies once its copies are queued
+  };
+
   Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers);
   void Accept();
   void Refuse(int fd, const PeerCredentials& peer, const Status& why);
@@ -87,8 +99,16 @@ class Server {
   // Closes sessions that connected but did not send hello in time (at most once a second).
   void CloseSilentSessions();
   void OnSessionEvent(Session& session, uint32_t events);
-  // Handles one frame; false if the session must close.
-  bool ServeFrame(Session& session, size_t bytes, bool truncated);
+  // Handles one frame; false if no more frames are to be read from the session now.
+  bool ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd passed_fd);
+  // Posts an offload's or onload's copy; its request stays parked until the copy's result.
+  void StartCopy(Session& session, RequestHandler::Outcome& outcome);
+  void OnCopyResults();
+  // Sends a parked request's finished reply and reads the session's requests again.
+  void SendParkedReply(Session& session, const wire::FrameView& request);
+  // Forgets the sessions closed in this round; one whose copies still run is kept aside
+  // (detached_) until they end.
+  void ForgetClosedSessions();
   bool SendReply(Session& session, std::span<const std::byte> frame, int pass_fd);
   void CloseSession(Session& session, const char* why);
   void WatchWritable(Session& session, bool writable);
@@ -152,6 +172,14 @@ class Server {
   UniqueFd epoll_fd_;
   UniqueFd signal_fd_;
   std::unordered_map<int, std::unique_ptr<Session>> sessions_;  // by fd
+  // Closed sessions whose copies still run, by fd: they keep their leases, reservations and
+  // regions (and their fd, so the number is not reused) until the last copy ends.
+  std::unordered_map<int, std::unique_ptr<Session>> detached_;
+  std::unique_ptr<CopyEngine> copier_;
+  std::unordered_map<uint64_t, PendingCopy> copies_;  // by CopyJob id
+  std::vector<CopyResult> copy_results_;
+  uint64_t next_copy_id_ = 1;
+  std::unique_ptr<Pinner> pinner_;  // null without a CUDA device
   std::vector<int> closing_;
   std::vector<std::byte> recv_buffer_;
   std::vector<std::byte> send_buffer_;

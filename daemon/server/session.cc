@@ -67,6 +67,7 @@ void Session::Close() {
   pending_reply_.clear();
   parked_.reset();
   progress_ = ItemProgress{};
+  regions_.Clear();
   closed_ = true;
 }
 

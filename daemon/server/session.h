@@ -12,6 +12,7 @@
 
 #include "daemon/pool/dram_pool.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/transfer/region.h"
 #include "ipc/base/unique_fd.h"
 #include "ipc/socket/seqpacket.h"
 #include "ipc/wire/frame_codec.h"
@@ -76,6 +77,24 @@ struct ItemProgress {
   std::vector<uint64_t> held;
   // Reserve: why the first item refused with kResourceExhausted was refused.
   std::string refusal;
+  // Offload and onload: the per-item results of their reserve or acquire phase (ReserveResult
+  // or AcquireResult each), kept here because their replies carry other items.
+  std::vector<std::byte> scratch;
+  // Nonzero while the parked request's copy runs (its CopyJob id).
+  uint64_t copy_id = 0;
+};
+
+// What an offload or onload holds while its copy runs: per copied item, the lease (onload)
+// or the reservation (offload, by key) of its block in the session. The session keeps them,
+// and outlives its connection if need be, until the copy's final result.
+struct CopyHold {
+  struct Item {
+    uint32_t index = 0;     // the item's position in the request
+    uint64_t lease_id = 0;  // onload
+    BlockKey key;           // offload
+  };
+  wire::Op op = wire::Op::kOnload;
+  std::vector<Item> items;
 };
 
 class Session {
@@ -90,7 +109,17 @@ class Session {
   // until the Session is destroyed, so its number cannot be reused while the loop still holds
   // events for it. Idempotent.
   void Close();
+  // The session serves nothing more, but keeps what it holds until Close: its copies in
+  // flight still read or write those blocks and regions.
+  void Detach() {
+    closed_ = true;
+    pending_reply_.clear();
+    parked_.reset();
+  }
   bool closed() const { return closed_; }
+  // Offload and onload copies of this session still running.
+  uint32_t& copies_in_flight() { return copies_in_flight_; }
+  RegionTable& regions() { return regions_; }
 
   void Attach(Tenant* tenant, uint32_t ns_id) {
     tenant_ = tenant;
@@ -127,6 +156,8 @@ class Session {
   std::vector<std::byte> pending_reply_;  // a reply the socket could not take yet
   ItemProgress progress_;
   std::unique_ptr<ParkedRequest> parked_;
+  RegionTable regions_;
+  uint32_t copies_in_flight_ = 0;
   bool closed_ = false;
   uint64_t hello_deadline_us_ = 0;
 };

@@ -30,6 +30,8 @@ struct Tenant {
   std::unordered_map<std::string, uint32_t> namespaces;
   std::vector<std::string> namespace_names;  // by id - 1
   uint32_t sessions = 0;
+  // Offload and onload copies into or out of this pool still running (a purge waits for them).
+  uint32_t copies_in_flight = 0;
   // A purge is under way: peers of this tenant are refused until it ends.
   bool purging = false;
   // SSD tier: the worker that runs this tenant's spill store (null: no SSD tier), and the

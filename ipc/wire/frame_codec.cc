@@ -49,7 +49,41 @@ Result<FrameView> DecodeCommon(std::span<const std::byte> frame, bool is_reply) 
   const std::byte* p = frame.data() + sizeof(FrameHeader);
   view.message = std::string_view(reinterpret_cast<const char*>(p), h.message_bytes);
   view.body = std::span<const std::byte>(p + h.message_bytes, h.body_bytes);
+  view.items = view.body;
   return view;
+}
+
+Status CheckRegionSpec(const FrameView& view) {
+  const FrameHeader& h = view.header;
+  if (h.count != 0) return Malformed("register_region carries items");
+  if (h.body_bytes < sizeof(RegionSpec)) {
+    return Malformed("register_region body is shorter than RegionSpec");
+  }
+  const auto spec = view.Prefix<RegionSpec>();
+  if (spec.reserved != 0) return Malformed("RegionSpec reserved field is not zero");
+  if (spec.kind != static_cast<uint32_t>(RegionKind::kHost) &&
+      spec.kind != static_cast<uint32_t>(RegionKind::kCuda)) {
+    return Malformed("unknown region kind " + std::to_string(spec.kind));
+  }
+  if (spec.events > kMaxRegionEvents) {
+    return Malformed("region of " + std::to_string(spec.events) +
+                     " events exceeds the limit of " + std::to_string(kMaxRegionEvents));
+  }
+  if (h.body_bytes != sizeof(RegionSpec) + size_t{spec.events} * kCudaIpcHandleBytes) {
+    return Malformed("register_region body length does not match its event count");
+  }
+  return Status::Ok();
+}
+
+Status CheckTransferSpec(const FrameView& view) {
+  const auto spec = view.Prefix<TransferSpec>();
+  if (spec.reserved != 0) return Malformed("TransferSpec reserved field is not zero");
+  if (spec.layers == 0) return Malformed("a transfer needs at least one layer");
+  if (view.header.count % spec.layers != 0) {
+    return Malformed(std::to_string(view.header.count) + " items do not split into " +
+                     std::to_string(spec.layers) + " equal layers");
+  }
+  return Status::Ok();
 }
 
 }  // namespace
@@ -59,13 +93,28 @@ Result<FrameView> DecodeRequest(std::span<const std::byte> frame) {
   if (!view.ok()) return view;
   const FrameHeader& h = view->header;
   const size_t item = RequestItemBytes(view->op);
+  const size_t prefix = RequestPrefixBytes(view->op);
   if (item != 0) {
-    if (size_t{h.body_bytes} != size_t{h.count} * item) {
+    if (size_t{h.body_bytes} != prefix + size_t{h.count} * item) {
       return Malformed("body of " + std::to_string(h.body_bytes) + " bytes does not hold " +
+                       (prefix != 0 ? "a " + std::to_string(prefix) + "-byte header and " : "") +
                        std::to_string(h.count) + " items of " + std::to_string(item) + " bytes");
+    }
+    view->items = view->body.subspan(prefix);
+    if (prefix != 0) {
+      if (Status s = CheckTransferSpec(*view); !s.ok()) return s;
     }
   } else if (view->op == Op::kStats) {
     if (h.count != 0 || h.body_bytes != 0) return Malformed("stats request carries a body");
+  } else if (view->op == Op::kRegisterRegion) {
+    if (Status s = CheckRegionSpec(*view); !s.ok()) return s;
+  } else if (view->op == Op::kDeregisterRegion) {
+    if (h.count != 0 || h.body_bytes != sizeof(RegionId)) {
+      return Malformed("deregister_region body is not one RegionId");
+    }
+    if (view->Prefix<RegionId>().reserved != 0) {
+      return Malformed("RegionId reserved field is not zero");
+    }
   } else {  // kHello
     if (h.count != 0) return Malformed("hello carries items");
     HelloRequest hello{};

@@ -21,13 +21,22 @@ struct FrameView {
   FrameHeader header;
   Op op;
   std::string_view message;         // replies only
-  std::span<const std::byte> body;  // exactly header.body_bytes
+  std::span<const std::byte> body;   // exactly header.body_bytes
+  std::span<const std::byte> items;  // the body after RequestPrefixBytes(op) (mostly all of it)
 
   template <typename T>
   T ItemAt(size_t i) const {
     T item;
-    std::memcpy(&item, body.data() + i * sizeof(T), sizeof(T));
+    std::memcpy(&item, items.data() + i * sizeof(T), sizeof(T));
     return item;
+  }
+  // The fixed struct that heads the body; DecodeRequest has checked that it is there for
+  // every op that has one.
+  template <typename T>
+  T Prefix() const {
+    T value;
+    std::memcpy(&value, body.data(), sizeof(T));
+    return value;
   }
 };
 

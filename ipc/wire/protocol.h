@@ -43,8 +43,14 @@ enum class Op : uint16_t {
   kStats = 9,        // no items;                 reply body: StatsReply
   kPrefetch = 10,    // items: WireKey;           reply items: uint16_t status (the reply
                      // comes when every found block is in DRAM)
+  // Daemon-driven copies between the pool and a client's memory (a "region").
+  kRegisterRegion = 11,    // body: RegionSpec [+ events * 64 bytes of CUDA IPC event handles];
+                           // a host region passes its memfd as SCM_RIGHTS; reply: RegionReply
+  kDeregisterRegion = 12,  // body: RegionId; reply: no body
+  kOffload = 13,     // body: TransferSpec, then items: OffloadItem; reply items: uint16_t status
+  kOnload = 14,      // body: TransferSpec, then items: OnloadItem;  reply items: OnloadResult
 };
-inline constexpr uint16_t kMaxOp = 10;
+inline constexpr uint16_t kMaxOp = 14;
 
 // Where a block lives. Values go on the wire.
 enum class Tier : uint8_t { kNone = 0, kGpu = 1, kDram = 2, kSsd = 3 };
@@ -144,6 +150,84 @@ struct StatsReply {
 };
 static_assert(sizeof(StatsReply) == 200);
 
+// --- Regions and transfers (ops 11..14; docs/protocol.md "Regions") ---
+// A region is memory of the client that the daemon copies blocks into and out of: host memory
+// (a memfd sealed against shrinking, passed with the request) or CUDA device memory (a CUDA
+// IPC memory handle). Regions belong to the session and are closed with it.
+enum class RegionKind : uint32_t { kHost = 1, kCuda = 2 };
+inline constexpr uint32_t kMaxRegionsPerSession = 64;
+inline constexpr uint32_t kMaxRegionEvents = 1024;  // CUDA IPC event handles per region
+inline constexpr uint32_t kCudaIpcHandleBytes = 64;  // cudaIpcMemHandle_t, cudaIpcEventHandle_t
+inline constexpr uint32_t kNoRegion = 0;             // region ids start at 1
+inline constexpr uint32_t kNoEvent = UINT32_MAX;
+
+struct RegionSpec {
+  uint32_t kind;     // RegionKind
+  int32_t device;    // kCuda: the CUDA device ordinal of the memory; kHost: 0
+  uint64_t bytes;    // the region's size; kHost: at most the memfd's size
+  uint8_t ipc_handle[kCudaIpcHandleBytes];  // kCuda: cudaIpcMemHandle_t; kHost: zeros
+  uint32_t events;   // kCuda: cudaIpcEventHandle_t entries after this struct; kHost: 0
+  uint32_t reserved; // 0
+};
+static_assert(sizeof(RegionSpec) == 88);
+
+struct RegionReply {
+  uint32_t region_id;  // >= 1; names the region in TransferSpec and kDeregisterRegion
+  uint32_t reserved;
+  uint64_t bytes;
+};
+static_assert(sizeof(RegionReply) == 16);
+
+struct RegionId {
+  uint32_t region_id;
+  uint32_t reserved;  // 0
+};
+static_assert(sizeof(RegionId) == 8);
+
+// Heads an offload or onload body. The items form `layers` equal groups in order (item i
+// belongs to layer i / (count / layers)); the daemon copies layer by layer and reports each
+// finished layer: in a host region's progress word, and (CUDA regions) by recording an event.
+struct TransferSpec {
+  uint32_t region_id;        // where the bytes go or come from
+  uint32_t layers;           // >= 1, and count is a multiple of it
+  uint32_t progress_region;  // a host region holding the progress word, or kNoRegion
+  uint32_t wait_event;       // offload from CUDA: copy after this region event (kNoEvent: none)
+  uint64_t progress_offset;  // of a 4-byte-aligned uint32 that the daemon sets to i + 1 when
+                             // layer i has landed (and futex-wakes); the client zeroes it first
+  uint32_t signal_event;     // onload to CUDA: layer i records region event signal_event + i
+                             // (kNoEvent: none); then the reply comes once they are recorded
+  uint32_t reserved;         // 0
+};
+static_assert(sizeof(TransferSpec) == 32);
+
+struct OffloadItem {
+  WireKey key;
+  uint64_t offset;       // of the block's bytes in the region
+  uint32_t size;         // bytes, 1..max_block_bytes
+  uint32_t ttl_seconds;  // as in ReserveItem
+};
+static_assert(sizeof(OffloadItem) == 56);
+
+struct OnloadItem {
+  WireKey key;
+  uint64_t offset;  // where the block's bytes go in the region
+};
+static_assert(sizeof(OnloadItem) == 48);
+
+struct OnloadResult {
+  uint64_t size;    // bytes copied to the region at the item's offset (status kOk)
+  uint16_t status;  // kOk; kNotFound (a miss, also a block whose SSD record failed to verify);
+                    // kInvalidArgument (the block does not fit the region at that offset)
+  uint8_t tier;     // Tier the block was found in
+  uint8_t reserved[5];
+};
+static_assert(sizeof(OnloadResult) == 16);
+
+// Bytes that head a request body of `op` before its items.
+constexpr size_t RequestPrefixBytes(Op op) {
+  return op == Op::kOffload || op == Op::kOnload ? sizeof(TransferSpec) : 0;
+}
+
 // Item size of a request body for `op`, or 0 where the body is not a list of items.
 constexpr size_t RequestItemBytes(Op op) {
   switch (op) {
@@ -155,8 +239,12 @@ constexpr size_t RequestItemBytes(Op op) {
     case Op::kRemove:
     case Op::kPrefetch: return sizeof(WireKey);
     case Op::kRelease: return sizeof(uint64_t);
+    case Op::kOffload: return sizeof(OffloadItem);
+    case Op::kOnload: return sizeof(OnloadItem);
     case Op::kHello:
-    case Op::kStats: return 0;
+    case Op::kStats:
+    case Op::kRegisterRegion:
+    case Op::kDeregisterRegion: return 0;
   }
   return 0;
 }

@@ -101,6 +101,53 @@ struct LeaseInfo {
   Tier tier = Tier::kNone;
 };
 
+// --- Daemon-driven copies: regions, offload and onload ---
+inline constexpr uint32_t kNoEvent = UINT32_MAX;
+
+// Host memory the client shares with kvtierd as a region: a memfd sealed against shrinking
+// and growing, mapped here. CPU engines keep their KV buffers in one; tests use it for
+// everything a GPU region does. Move-only; unmapped and closed on destruction.
+class KVCLIENT_EXPORT HostMemory {
+ public:
+  static Result<HostMemory> Create(uint64_t bytes, const std::string& name = "kvtier-region");
+  HostMemory() = default;
+  HostMemory(HostMemory&& other) noexcept;
+  HostMemory& operator=(HostMemory&& other) noexcept;
+  ~HostMemory();
+  std::span<std::byte> bytes() const { return {data_, size_}; }
+  std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  int fd() const { return fd_; }
+
+ private:
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+  int fd_ = -1;
+};
+
+struct TransferOptions {
+  // The keys form `layers` equal groups, in order (key i is in layer i / (n / layers)); kvtierd
+  // copies layer by layer and reports each one as it lands.
+  uint32_t layers = 1;
+  // Where it reports: the uint32 at `progress_offset` (4-byte aligned) of host region
+  // `progress_region` (0: nowhere) becomes i + 1 once layer i has landed. The caller zeroes it
+  // before the call; WaitLayer waits on it.
+  uint32_t progress_region = 0;
+  uint64_t progress_offset = 0;
+  // CUDA regions: an offload copies after this region event (recorded by the engine once its
+  // KV is written); an onload records event signal_event + i after layer i's copies, and
+  // then replies at once, so the engine's stream can wait per layer (cudaStreamWaitEvent).
+  uint32_t wait_event = kNoEvent;
+  uint32_t signal_event = kNoEvent;
+};
+
+struct OnloadInfo {
+  uint64_t size = 0;  // the block's size (also for kInvalidArgument: it did not fit)
+  // kOk: copied. kNotFound: a miss. kInvalidArgument: the block does not fit the region there.
+  StatusCode code = StatusCode::kNotFound;
+  Tier tier = Tier::kNone;  // where kvtierd found it
+};
+
 class Client;
 
 // Slots reserved by one Reserve call. Commit() publishes every reserved block; destroying the
@@ -198,6 +245,52 @@ class KVCLIENT_EXPORT Client {
   Status AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out);
   Status ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusCode> codes = {});
 
+  // --- Daemon-driven copies (docs/protocol.md "Regions") ---
+  // kvtierd copies blocks between its pool and the region itself, on its own thread (host) or
+  // CUDA stream (GPU): the engine spends neither a stream nor a CPU thread on it, and blocks on
+  // SSD reach the region without its help. Regions belong to this session.
+  //
+  // Registers host memory: `memfd` must be sealed against shrinking (F_SEAL_SHRINK; HostMemory
+  // is) and at least `bytes` long; kvtierd maps its own copy of the fd. `local`, the caller's
+  // mapping of it, lets WaitLayer find progress words there. Returns the region id.
+  Result<uint32_t> RegisterHostRegion(int memfd, uint64_t bytes, std::byte* local = nullptr);
+  Result<uint32_t> RegisterHostRegion(const HostMemory& memory) {
+    return RegisterHostRegion(memory.fd(), memory.size(), memory.data());
+  }
+  // Registers CUDA memory: `ipc_handle` from cudaIpcGetMemHandle (64 bytes) of an allocation of
+  // at least `bytes` on `device`, and `event_handles` (64 bytes each, from cudaIpcGetEventHandle
+  // of events created with cudaEventInterprocess | cudaEventDisableTiming) for ordering.
+  // kUnavailable where kvtierd has no CUDA device.
+  Result<uint32_t> RegisterCudaRegion(int device, std::span<const std::byte> ipc_handle,
+                                      uint64_t bytes,
+                                      std::span<const std::byte> event_handles = {});
+  Status DeregisterRegion(uint32_t region);
+  // Stores each block from the region: sizes[i] bytes at offsets[i] become keys[i], committed
+  // (visible) when the call returns. codes: kOk, kAlreadyExists, kResourceExhausted (as for
+  // Reserve). Longer spans than kMaxBatch go in several requests (then layers must be 1).
+  Status Offload(std::span<const Key> keys, uint32_t region, std::span<const uint64_t> offsets,
+                 std::span<const uint64_t> sizes, std::span<StatusCode> codes = {},
+                 const TransferOptions& options = {},
+                 std::span<const uint32_t> ttl_seconds = {});
+  // Copies each found block into the region at offsets[i] (promoting it from SSD first if need
+  // be); returns when the bytes are there (CUDA with signal_event: when the copies are queued).
+  Status Onload(std::span<const Key> keys, uint32_t region, std::span<const uint64_t> offsets,
+                std::span<OnloadInfo> out, const TransferOptions& options = {});
+  // The same onload in three steps, so the engine can use layer N while N+1 still loads: start
+  // it (at most kMaxBatch keys), WaitLayer for each layer in turn (needs a progress word in a
+  // region registered with its local mapping), then FinishOnload. No other call on this Client
+  // until FinishOnload.
+  Status StartOnload(std::span<const Key> keys, uint32_t region, std::span<const uint64_t> offsets,
+                     const TransferOptions& options);
+  // OK once layer `layer` has landed; kFailedPrecondition if the onload ended without it (see
+  // FinishOnload), kTimedOut after timeout_ms.
+  Status WaitLayer(uint32_t layer);
+  Status FinishOnload(std::span<OnloadInfo> out);
+  // Page-locks this client's mapping of the pool for CUDA (cudaHostRegister), so its own
+  // cudaMemcpyAsync to and from pool slots runs at DMA speed. Call once the engine has picked its
+  // CUDA device. kUnavailable where libkvclient was built without CUDA or there is no device.
+  Status PinPoolForCuda();
+
   // The tenant's pool, mapped read-write. Offsets from the daemon are checked against it.
   std::span<std::byte> pool() const;
   const std::string& tenant() const;
@@ -209,6 +302,7 @@ class KVCLIENT_EXPORT Client {
   explicit Client(std::unique_ptr<Impl> impl);
   Status PerKeyOp(uint16_t op, std::span<const Key> keys, std::span<StatusCode> codes,
                   std::string_view verb);
+  Status ReadOnloadReply(uint64_t id, size_t n, std::span<OnloadInfo> out);
   std::unique_ptr<Impl> impl_;
 };
 

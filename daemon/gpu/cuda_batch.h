@@ -1,0 +1,19 @@
+// The CUDA calls whose form depends on the toolkit's version. CMake builds cuda_batch_13.cc
+// (CUDA 13 and later: cudaMemcpyBatchAsync, one driver call per batch) or cuda_batch_12.cc
+// (older toolkits: one cudaMemcpyAsync per block).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace kvtier::cuda_batch {
+
+// Queues `count` copies on `stream` (not the legacy default stream), in stream order.
+cudaError_t MemcpyBatch(void* const* dsts, const void* const* srcs, const size_t* sizes,
+                        size_t count, cudaStream_t stream);
+
+// The base and size of the CUDA allocation holding `ptr`; false where this build cannot tell.
+bool AllocationRange(void* ptr, void** base, size_t* bytes);
+
+}  // namespace kvtier::cuda_batch
