@@ -1,6 +1,7 @@
 #include "kvclient/client.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
 #include <sched.h>
@@ -610,18 +611,20 @@ void AppendTransferSpec(wire::FrameWriter& w, uint32_t region, const TransferOpt
 }  // namespace
 
 Result<HostMemory> HostMemory::Create(uint64_t bytes, const std::string& name) {
-  KVT_ASSIGN_OR_RETURN(ShmRegion region,
-                       ShmRegion::Create({.name = name,
-                                          .bytes = bytes,
-                                          .huge_pages = HugePages::kOff,
-                                          .lock_memory = LockMemory::kOff},
-                                         nullptr));
-  HostMemory memory;
-  // Taken over from the ShmRegion: HostMemory is part of the exported API, ShmRegion is not.
-  memory.fd_ = dup(region.fd());
-  if (memory.fd_ < 0) return ErrnoStatus("dup(region memfd)", errno);
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memory.fd_, 0);
+  if (bytes == 0) return Status(StatusCode::kInvalidArgument, "host memory of 0 bytes");
+  UniqueFd fd(memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) return ErrnoStatus("memfd_create", errno);
+  if (ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
+    return ErrnoStatus("ftruncate(region memfd)", errno);
+  }
+  // Sealed so that neither side can shrink it under the other's copies (kvtierd requires it).
+  if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return ErrnoStatus("fcntl(F_ADD_SEALS)", errno);
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap(region memfd)", errno);
+  HostMemory memory;
+  memory.fd_ = fd.release();
   memory.data_ = static_cast<std::byte*>(p);
   memory.size_ = bytes;
   return memory;

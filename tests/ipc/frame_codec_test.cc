@@ -489,6 +489,63 @@ TEST_CASE("DecodeRequest checks the hello body", "[ipc][wire]") {
   }
 }
 
+// A register_region request for a host region, or with `events` CUDA event handles.
+Bytes RegisterRequest(uint32_t kind, uint32_t events, size_t extra_bytes = 0) {
+  Writer w;
+  w.writer.Begin(Op::kRegisterRegion, 5);
+  RegionSpec spec{};
+  spec.kind = kind;
+  spec.bytes = 1 << 20;
+  spec.events = events;
+  REQUIRE(w.writer.Append(&spec, sizeof(spec)));
+  const Bytes handles(events * kCudaIpcHandleBytes + extra_bytes, std::byte{3});
+  REQUIRE(w.writer.Append(handles.data(), handles.size()));
+  return Copy(w.writer.Finish());
+}
+
+// An offload request with `n` items in `layers` layers.
+Bytes OffloadRequest(uint32_t n, uint32_t layers, uint32_t reserved = 0) {
+  Writer w;
+  w.writer.Begin(Op::kOffload, 6);
+  TransferSpec spec{};
+  spec.region_id = 1;
+  spec.layers = layers;
+  spec.reserved = reserved;
+  REQUIRE(w.writer.Append(&spec, sizeof(spec)));
+  for (uint32_t i = 0; i < n; ++i) {
+    REQUIRE(w.writer.AppendItem(OffloadItem{Key(4, static_cast<uint8_t>(i)), i * 4096u, 4096, 0}));
+  }
+  return Copy(w.writer.Finish());
+}
+
+TEST_CASE("DecodeRequest checks region and transfer bodies", "[ipc][wire]") {
+  CHECK(DecodeRequest(RegisterRequest(1, 0)).ok());
+  CHECK(DecodeRequest(RegisterRequest(2, kMaxRegionEvents)).ok());
+  CHECK_THAT(RequestError(RegisterRequest(3, 0)), Contains("unknown region kind 3"));
+  CHECK_THAT(RequestError(RegisterRequest(2, kMaxRegionEvents + 1)),
+             Contains("exceeds the limit of 1024"));
+  CHECK_THAT(RequestError(RegisterRequest(2, 2, 1)), Contains("does not match its event count"));
+
+  auto view = DecodeRequest(OffloadRequest(6, 3));
+  REQUIRE(view.ok());
+  CHECK(view->Prefix<TransferSpec>().layers == 3);
+  CHECK(view->ItemAt<OffloadItem>(5).offset == 5 * 4096);  // items start after the spec
+  CHECK_THAT(RequestError(OffloadRequest(6, 4)), Contains("6 items do not split into 4"));
+  CHECK_THAT(RequestError(OffloadRequest(6, 0)), Contains("at least one layer"));
+  CHECK_THAT(RequestError(OffloadRequest(2, 1, 9)), Contains("TransferSpec reserved"));
+  Bytes short_body = OffloadRequest(0, 1);  // a spec and no items is fine; less is not
+  REQUIRE(DecodeRequest(short_body).ok());
+  short_body.resize(short_body.size() - 4);
+  Mutate(&short_body, [](FrameHeader& h) { h.body_bytes -= 4; });
+  CHECK_THAT(RequestError(short_body), Contains("32-byte header"));
+
+  Writer w;
+  w.writer.Begin(Op::kDeregisterRegion, 8);
+  const RegionId bad{1, 1};
+  REQUIRE(w.writer.Append(&bad, sizeof(bad)));
+  CHECK_THAT(RequestError(Copy(w.writer.Finish())), Contains("RegionId reserved"));
+}
+
 TEST_CASE("DecodeRequest rejects a stats request with a body", "[ipc][wire]") {
   Writer w;
   w.writer.Begin(Op::kStats, 1);
@@ -608,12 +665,19 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
            v.header.version == kProtocolVersion && v.header.reserved == 0;
     if (request) {
       const size_t item = RequestItemBytes(v.op);
-      if (item != 0) good = good && v.body.size() == v.header.count * item;
+      const size_t prefix = RequestPrefixBytes(v.op);
+      if (item != 0) {
+        good = good && v.body.size() == prefix + v.header.count * item &&
+               v.items.data() == v.body.data() + prefix &&
+               v.items.size() == v.header.count * item;
+      }
       good = good && v.message.empty() && v.header.status == 0;
     }
     // Read every byte the view names, so a bad span trips ASan.
     unsigned sum = 0;
     for (std::byte b : v.body)
+      sum += static_cast<unsigned>(b);
+    for (std::byte b : v.items)
       sum += static_cast<unsigned>(b);
     for (char ch : v.message)
       sum += static_cast<unsigned char>(ch);
@@ -641,7 +705,19 @@ TEST_CASE("Decoders survive 100000 random and mutated frames", "[ipc][wire][fuzz
         (void)w.writer.Append(&hello, sizeof(hello));
         const std::string ns(hello.namespace_bytes, 'n');
         (void)w.writer.Append(ns.data(), ns.size());
+      } else if (op == Op::kRegisterRegion || op == Op::kDeregisterRegion) {
+        RegionSpec spec{};
+        spec.kind = static_cast<uint32_t>(1 + below(2));
+        spec.events = static_cast<uint32_t>(below(3));
+        (void)w.writer.Append(&spec, op == Op::kRegisterRegion ? sizeof(spec) : sizeof(RegionId));
+        std::vector<std::byte> events(spec.events * kCudaIpcHandleBytes, std::byte{7});
+        if (op == Op::kRegisterRegion) (void)w.writer.Append(events.data(), events.size());
       } else if (op != Op::kStats) {
+        if (RequestPrefixBytes(op) != 0) {
+          TransferSpec spec{};
+          spec.layers = static_cast<uint32_t>(1 + below(2));
+          (void)w.writer.Append(&spec, sizeof(spec));
+        }
         const size_t item = RequestItemBytes(op);
         // Mostly small batches; now and then up to a full one.
         const uint64_t n = below(64) == 0 ? below(kMaxBatch + 1) : below(6);
