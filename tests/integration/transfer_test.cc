@@ -433,5 +433,35 @@ TEST_CASE("clients killed in the middle of their copies leave nothing reserved o
   CHECK(daemon->Alive());
 }
 
+TEST_CASE("a purge during an onload waits for the copy and leaves the pool empty",
+          "[integration][transfer]") {
+  DaemonOptions options;
+  options.dram_bytes = 256 * kMiB;
+  auto daemon = DaemonProcess::Start(options);
+  const Layout l = MakeLayout(8, 64, 13, kMiB, 2 * kMiB);
+  REQUIRE(RunInChild([&] { return OffloadLayout(daemon->socket_path(), l, 1); }) == 0);
+  auto client = MustConnect(*daemon);
+  HostMemory memory = MustMemory(l.bytes);
+  auto region = client->RegisterHostRegion(memory);
+  REQUIRE(region.ok());
+  // ~100 MiB of copying is under way (or just done) when the purge arrives.
+  REQUIRE(client->StartOnload(l.keys, *region, l.offsets, {}).ok());
+  std::string out, err;
+  REQUIRE(RunCtl(*daemon, {"--json", "purge", "test"}, &out, &err) == 0);
+  INFO(out << err);
+  CHECK_THAT(out, Catch::Contains("\"sessions_closed\": 1"));
+  // Every block went, the onload's leased ones included: nothing "still holds blocks".
+  CHECK_THAT(out, Catch::Contains("\"dram_blocks\": 64"));
+  std::vector<OnloadInfo> infos(l.keys.size());
+  (void)client->FinishOnload(infos);  // the reply, or the closed session
+  auto fresh = MustConnect(*daemon);
+  auto stats = fresh->Stats();
+  REQUIRE(stats.ok());
+  CHECK(stats->committed_blocks == 0);
+  CHECK(stats->leased_blocks == 0);
+  CHECK(stats->used_bytes == 0);
+  CHECK(daemon->Alive());
+}
+
 }  // namespace
 }  // namespace kvtier::testing
