@@ -59,15 +59,25 @@ class Figures {
   // then reads Stats().
   IndexFill FillIndex(uint32_t tag, uint64_t block_bytes, uint64_t blocks);
 
+  // Daemon-driven copies through a host region (HostMemory of working-set size, registered
+  // once): Offload stores `blocks` new blocks of `block_bytes` from it in batches of `batch`
+  // (kvtierd copies region -> pool and commits); Onload reads them back into it (pool ->
+  // region) and checks every block's stamp.
+  Throughput Offload(uint32_t tag, uint64_t block_bytes, uint64_t blocks, uint64_t batch);
+  Throughput Onload(uint32_t tag, uint64_t block_bytes, uint64_t blocks, uint64_t batch);
+
   PoolStats Stats();
 
  private:
+  uint32_t Region();
   void FillKeys(uint32_t tag, uint64_t first, uint64_t count, uint64_t modulo);
 
   Client* client_;
   PrivateBuffer* src_;
   PrivateBuffer* dst_;
   std::vector<Key> keys_;
+  HostMemory region_memory_;
+  uint32_t region_ = 0;
 };
 
 }  // namespace kvtier::bench

@@ -3,7 +3,7 @@
 // It starts its own kvtierd from a temporary config (or uses --socket), then measures in order:
 // the copy limits into / out of a shared memfd mapping and a bare SOCK_SEQPACKET round trip;
 // put and get GB/s through libkvclient at 2 MiB and 64 KiB, batch 1 and 64; match_prefix keys/s
-// at batch 256; the 1-key round trip; index bytes per block at 1M blocks; and with --spill DIR,
+// at batch 256; offload and onload through a host region at 2 MiB and 64 KiB, batch 64; the 1-key round trip; index bytes per block at 1M blocks; and with --spill DIR,
 // after kvtierd has stopped, the spill store's figures beside the disk's and AES-GCM's limits
 // (bench/spill_bench.h, store level), then demotion and promotion through a second kvtierd
 // with a small pool and an SSD tier in DIR, each beside limits measured just before and after
@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -372,6 +373,38 @@ int Run(const Options& options) {
     rows.push_back(p99);
   }
   for (const Sizes& s : sizes) fig.Remove(s.tag * 10 + 2, s.b64_blocks);
+
+  // Daemon-driven copies through a host region (offload: kvtierd copies region -> pool and
+  // commits; onload: pool -> region), batch 64, beside the same copy limits as put and get.
+  for (const Sizes& s : sizes) {
+    const std::string size = SizeName(s.block_bytes);
+    const double goal = s.block_bytes >= 2 * kMiB ? 0.9 : 0.7;
+    const uint32_t tag = s.tag * 10 + 3;
+    double off_limit = 0, on_limit = 0;
+    const Throughput off = bracketed(true, s.block_bytes, [&] {
+      return fig.Offload(tag, s.block_bytes, s.b64_blocks, 64);
+    }, &off_limit);
+    Progress("offload", s.block_bytes, 64, off, off_limit);
+    const Throughput on = bracketed(false, s.block_bytes, [&] {
+      return fig.Onload(tag, s.block_bytes, s.b64_blocks, 64);
+    }, &on_limit);
+    Progress("onload", s.block_bytes, 64, on, on_limit);
+    fig.Remove(tag, s.b64_blocks);
+    for (const auto& [name, t, limit, dir] :
+         {std::tuple{"offload", off, off_limit, "into"}, std::tuple{"onload", on, on_limit, "out of"}}) {
+      Row r;
+      r.metric = std::string(name) + " " + size + " batch64 (host region)";
+      r.value = t.gbps;
+      r.unit = "GB/s";
+      r.limit_metric = "best copy " + std::string(dir) + " shm " + size;
+      r.limit = limit;
+      r.ratio = t.gbps / limit;
+      r.target = ">= " + Fixed(goal, 1) + "x";
+      r.pass = r.ratio >= goal;
+      if (t.evictions != 0) r.limit_metric += " [" + std::to_string(t.evictions) + " evictions!]";
+      rows.push_back(r);
+    }
+  }
 
   // Index memory: fill with 4 KiB blocks, no copies.
   {

@@ -38,7 +38,9 @@ Result<std::shared_ptr<Region>> Region::OpenHost(UniqueFd fd, uint64_t bytes) {
     return Invalid("region of " + std::to_string(bytes) + " bytes exceeds its memfd of " +
                    std::to_string(st.st_size) + " bytes");
   }
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  // Populated now, once: otherwise the first copies through each page pay a minor fault
+  // (~3 ms per 128 MiB of 4 KiB pages), and a copy's time would depend on its history.
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap(region fd)", errno);
   std::shared_ptr<Region> region(new Region());
   region->kind_ = wire::RegionKind::kHost;
