@@ -526,7 +526,8 @@ TEST_CASE("DecodeRequest checks region and transfer bodies", "[ipc][wire]") {
              Contains("exceeds the limit of 1024"));
   CHECK_THAT(RequestError(RegisterRequest(2, 2, 1)), Contains("does not match its event count"));
 
-  auto view = DecodeRequest(OffloadRequest(6, 3));
+  const Bytes offload = OffloadRequest(6, 3);  // the view points into it
+  auto view = DecodeRequest(offload);
   REQUIRE(view.ok());
   CHECK(view->Prefix<TransferSpec>().layers == 3);
   CHECK(view->ItemAt<OffloadItem>(5).offset == 5 * 4096);  // items start after the spec
