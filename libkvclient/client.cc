@@ -617,6 +617,10 @@ Result<HostMemory> HostMemory::Create(uint64_t bytes, const std::string& name) {
   if (ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
     return ErrnoStatus("ftruncate(region memfd)", errno);
   }
+  // Allocated here, charged to this process: kvtierd refuses a region with holes.
+  if (int err = posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes)); err != 0) {
+    return ErrnoStatus("fallocate(region memfd)", err);
+  }
   // Sealed so that neither side can shrink it under the other's copies (kvtierd requires it).
   if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     return ErrnoStatus("fcntl(F_ADD_SEALS)", errno);

@@ -523,7 +523,7 @@ RequestHandler::Outcome RequestHandler::StartCopy(Session& session,
     }
     if (!progress.refusal.empty()) reply.InsertMessage(progress.refusal);
   }
-  if (job.layer_ends.empty()) job.layer_ends.push_back(0);  // an empty request is one layer
+  if (job.layer_ends.empty()) job.layer_ends.assign(spec.layers, 0);  // an empty request
   progress.scratch.clear();
   return outcome;
 }

@@ -38,6 +38,15 @@ Result<std::shared_ptr<Region>> Region::OpenHost(UniqueFd fd, uint64_t bytes) {
     return Invalid("region of " + std::to_string(bytes) + " bytes exceeds its memfd of " +
                    std::to_string(st.st_size) + " bytes");
   }
+  // Memory the daemon faults in is charged to the daemon: a sparse memfd (a terabyte of holes)
+  // would let a client make kvtierd allocate for it until the OOM killer stops every tenant.
+  // The client allocates its region itself (fallocate, or writing it), so the daemon's
+  // mapping only finds pages that exist.
+  if (static_cast<uint64_t>(st.st_blocks) * 512 < static_cast<uint64_t>(st.st_size)) {
+    return Invalid("the region memfd is not fully allocated (" +
+                   std::to_string(static_cast<uint64_t>(st.st_blocks) * 512) + " of " +
+                   std::to_string(st.st_size) + " bytes): fallocate it first");
+  }
   // Populated now, once: otherwise the first copies through each page pay a minor fault
   // (~3 ms per 128 MiB of 4 KiB pages), and a copy's time would depend on its history.
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);

@@ -266,11 +266,12 @@ TEST_CASE("a pipelined onload reports each layer once its bytes are in place",
   CHECK(client->Stats().ok());
 }
 
-// A memfd with the seals given (MFD_ALLOW_SEALING), `bytes` long.
-int SealedMemfd(uint64_t bytes, int seals) {
+// A memfd with the seals given (MFD_ALLOW_SEALING), `bytes` long, allocated unless `sparse`.
+int SealedMemfd(uint64_t bytes, int seals, bool sparse = false) {
   const int fd = memfd_create("kvtier-test-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   REQUIRE(fd >= 0);
   REQUIRE(ftruncate(fd, static_cast<off_t>(bytes)) == 0);
+  if (!sparse) REQUIRE(posix_fallocate(fd, 0, static_cast<off_t>(bytes)) == 0);
   if (seals != 0) REQUIRE(fcntl(fd, F_ADD_SEALS, seals) == 0);
   return fd;
 }
@@ -293,6 +294,11 @@ TEST_CASE("bad regions and transfers are refused with the reason, and the sessio
   const int sealed = SealedMemfd(kMiB, F_SEAL_SHRINK);
   refused(client->RegisterHostRegion(sealed, 2 * kMiB), StatusCode::kInvalidArgument,
           "exceeds its memfd");
+  // A terabyte of holes would be allocated by (and charged to) the daemon: refused.
+  const int sparse = SealedMemfd(uint64_t{1} << 40, F_SEAL_SHRINK, /*sparse=*/true);
+  refused(client->RegisterHostRegion(sparse, uint64_t{1} << 40), StatusCode::kInvalidArgument,
+          "not fully allocated");
+  close(sparse);
   const std::string proc = "/proc/self/fd/" + std::to_string(sealed);
   const int read_only = open(proc.c_str(), O_RDONLY | O_CLOEXEC);
   REQUIRE(read_only >= 0);
