@@ -86,6 +86,24 @@ kvtier_status PerKeyCodes(kvtier_client* c, const kvtier_key* keys, size_t n, ui
   });
 }
 
+kvtier::TransferOptions Options(const kvtier_transfer_options* o) {
+  kvtier::TransferOptions out;
+  if (o == nullptr) return out;
+  out.layers = o->layers == 0 ? 1 : o->layers;
+  out.progress_region = o->progress_region;
+  out.progress_offset = o->progress_offset;
+  out.wait_event = o->wait_event;
+  out.signal_event = o->signal_event;
+  return out;
+}
+
+void CopyResults(const std::vector<kvtier::OnloadInfo>& in, kvtier_onload_result* out) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    out[i] = kvtier_onload_result{in[i].size, static_cast<uint16_t>(in[i].code),
+                                  static_cast<uint8_t>(in[i].tier)};
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -231,6 +249,110 @@ kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
                         r->expirations};
     return KVTIER_OK;
   });
+}
+
+kvtier_status kvtier_register_host_region(kvtier_client* c, int memfd, uint64_t bytes,
+                                          void* local, uint32_t* region) {
+  if (c == nullptr) return NullArgument("c");
+  if (region == nullptr) return NullArgument("region");
+  return Guard([&]() -> kvtier_status {
+    auto r = c->client->RegisterHostRegion(memfd, bytes, static_cast<std::byte*>(local));
+    if (!r.ok()) return Record(c, r.status());
+    *region = *r;
+    return KVTIER_OK;
+  });
+}
+
+kvtier_status kvtier_register_cuda_region(kvtier_client* c, int device, const void* ipc_handle,
+                                          uint64_t bytes, const void* event_handles,
+                                          size_t events, uint32_t* region) {
+  if (c == nullptr) return NullArgument("c");
+  if (ipc_handle == nullptr) return NullArgument("ipc_handle");
+  if (events > 0 && event_handles == nullptr) return NullArgument("event_handles");
+  if (region == nullptr) return NullArgument("region");
+  if (events > 1024) return CountTooLarge(events);
+  return Guard([&]() -> kvtier_status {
+    auto r = c->client->RegisterCudaRegion(
+        device, {static_cast<const std::byte*>(ipc_handle), 64}, bytes,
+        {static_cast<const std::byte*>(event_handles), events * 64});
+    if (!r.ok()) return Record(c, r.status());
+    *region = *r;
+    return KVTIER_OK;
+  });
+}
+
+kvtier_status kvtier_deregister_region(kvtier_client* c, uint32_t region) {
+  if (c == nullptr) return NullArgument("c");
+  return Guard([&]() -> kvtier_status { return Record(c, c->client->DeregisterRegion(region)); });
+}
+
+kvtier_status kvtier_offload(kvtier_client* c, const kvtier_key* keys, const uint64_t* offsets,
+                             const uint64_t* sizes, size_t n, uint32_t region,
+                             const kvtier_transfer_options* options, uint16_t* codes) {
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (offsets == nullptr) return NullArgument("offsets");
+  if (sizes == nullptr) return NullArgument("sizes");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n);
+    const Status s = c->client->Offload(Keys(keys, n), region, {offsets, n}, {sizes, n}, out,
+                                        Options(options));
+    CopyCodes(out, codes);
+    return Record(c, s);
+  });
+}
+
+kvtier_status kvtier_onload(kvtier_client* c, const kvtier_key* keys, const uint64_t* offsets,
+                            size_t n, uint32_t region, const kvtier_transfer_options* options,
+                            kvtier_onload_result* out) {
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (offsets == nullptr) return NullArgument("offsets");
+  if (out == nullptr) return NullArgument("out");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  return Guard([&]() -> kvtier_status {
+    std::vector<kvtier::OnloadInfo> infos(n);
+    const Status s =
+        c->client->Onload(Keys(keys, n), region, {offsets, n}, infos, Options(options));
+    CopyResults(infos, out);
+    return Record(c, s);
+  });
+}
+
+kvtier_status kvtier_start_onload(kvtier_client* c, const kvtier_key* keys,
+                                  const uint64_t* offsets, size_t n, uint32_t region,
+                                  const kvtier_transfer_options* options) {
+  if (c == nullptr) return NullArgument("c");
+  if (keys == nullptr) return NullArgument("keys");
+  if (offsets == nullptr) return NullArgument("offsets");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  return Guard([&]() -> kvtier_status {
+    return Record(c, c->client->StartOnload(Keys(keys, n), region, {offsets, n},
+                                            Options(options)));
+  });
+}
+
+kvtier_status kvtier_wait_layer(kvtier_client* c, uint32_t layer) {
+  if (c == nullptr) return NullArgument("c");
+  return Guard([&]() -> kvtier_status { return Record(c, c->client->WaitLayer(layer)); });
+}
+
+kvtier_status kvtier_finish_onload(kvtier_client* c, kvtier_onload_result* out, size_t n) {
+  if (c == nullptr) return NullArgument("c");
+  if (out == nullptr) return NullArgument("out");
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  return Guard([&]() -> kvtier_status {
+    std::vector<kvtier::OnloadInfo> infos(n);
+    const Status s = c->client->FinishOnload(infos);
+    if (s.ok()) CopyResults(infos, out);
+    return Record(c, s);
+  });
+}
+
+kvtier_status kvtier_pin_pool_for_cuda(kvtier_client* c) {
+  if (c == nullptr) return NullArgument("c");
+  return Guard([&]() -> kvtier_status { return Record(c, c->client->PinPoolForCuda()); });
 }
 
 void kvtier_copy_to_pool(void* dst, const void* src, size_t bytes) {

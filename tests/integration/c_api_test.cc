@@ -1,5 +1,9 @@
 // The C ABI against a real daemon: the same semantics as the C++ API, and misuse gets a status,
 // never a crash or an exception through C frames.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -67,6 +71,63 @@ TEST_CASE("the C ABI stores, finds, leases and releases blocks", "[integration][
   REQUIRE(kvtier_remove(c, keys.data(), 2, nullptr) == KVTIER_OK);
   REQUIRE(kvtier_stats_get(c, &stats) == KVTIER_OK);
   CHECK(stats.used_bytes == 0);
+  kvtier_close(c);
+}
+
+TEST_CASE("the C ABI offloads from and onloads into a host region, layer by layer",
+          "[integration][c_api]") {
+  auto daemon = DaemonProcess::Start();
+  kvtier_client* c = nullptr;
+  REQUIRE(kvtier_connect(daemon->socket_path().c_str(), "c/ns", &c, nullptr, 0) == KVTIER_OK);
+  constexpr uint64_t kBytes = 1 << 20;
+  const int fd = memfd_create("c-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  REQUIRE(fd >= 0);
+  REQUIRE(ftruncate(fd, kBytes) == 0);
+  REQUIRE(posix_fallocate(fd, 0, kBytes) == 0);
+  REQUIRE(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0);
+  void* mapped = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  REQUIRE(mapped != MAP_FAILED);
+  auto* mem = static_cast<unsigned char*>(mapped);
+  uint32_t region = 0;
+  REQUIRE(kvtier_register_host_region(c, fd, kBytes, mem, &region) == KVTIER_OK);
+  const std::vector<kvtier_key> keys = {CKey("x0"), CKey("x1"), CKey("x2"), CKey("x3")};
+  const std::vector<uint64_t> sizes = {1000, 2000, 3000, 4000};
+  const std::vector<uint64_t> from = {0, 4096, 8192, 12288};
+  for (size_t i = 0; i < 4; ++i) std::memset(mem + from[i], 'a' + static_cast<int>(i), sizes[i]);
+  std::vector<uint16_t> codes(4, 99);
+  REQUIRE(kvtier_offload(c, keys.data(), from.data(), sizes.data(), 4, region, nullptr,
+                         codes.data()) == KVTIER_OK);
+  for (uint16_t code : codes) CHECK(code == KVTIER_OK);
+
+  std::memset(mem, 0, kBytes);
+  const std::vector<uint64_t> to = {65536, 131072, 196608, 262144};
+  const kvtier_transfer_options options{2, region, kBytes - 4, KVTIER_NO_EVENT, KVTIER_NO_EVENT};
+  REQUIRE(kvtier_start_onload(c, keys.data(), to.data(), 4, region, &options) == KVTIER_OK);
+  REQUIRE(kvtier_wait_layer(c, 0) == KVTIER_OK);
+  CHECK(mem[to[1] + sizes[1] - 1] == 'b');  // layer 0 is keys 0 and 1
+  REQUIRE(kvtier_wait_layer(c, 1) == KVTIER_OK);
+  std::vector<kvtier_onload_result> out(4);
+  REQUIRE(kvtier_finish_onload(c, out.data(), 4) == KVTIER_OK);
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK(out[i].code == KVTIER_OK);
+    CHECK(out[i].size == sizes[i]);
+    CHECK(out[i].tier == KVTIER_TIER_DRAM);
+    CHECK(mem[to[i]] == 'a' + i);
+    CHECK(mem[to[i] + sizes[i] - 1] == 'a' + i);
+    CHECK(mem[to[i] + sizes[i]] == 0);
+  }
+  // The blocking form, and a CUDA region on a host without a CUDA device.
+  std::memset(mem, 0, kBytes);
+  REQUIRE(kvtier_onload(c, keys.data(), from.data(), 4, region, nullptr, out.data()) == KVTIER_OK);
+  CHECK(mem[from[3] + sizes[3] - 1] == 'd');
+  unsigned char handle[64] = {1};
+  uint32_t gpu = 0;
+  CHECK(kvtier_register_cuda_region(c, 0, handle, kBytes, nullptr, 0, &gpu) == KVTIER_UNAVAILABLE);
+  CHECK(std::string(kvtier_last_error(c)).find("no CUDA device") != std::string::npos);
+  REQUIRE(kvtier_deregister_region(c, region) == KVTIER_OK);
+  CHECK(kvtier_deregister_region(c, region) == KVTIER_NOT_FOUND);
+  munmap(mapped, kBytes);
+  close(fd);
   kvtier_close(c);
 }
 

@@ -106,6 +106,55 @@ KVCLIENT_EXPORT kvtier_status kvtier_prefetch(kvtier_client* client, const kvtie
                                               size_t n, uint16_t* codes);
 KVCLIENT_EXPORT kvtier_status kvtier_stats_get(kvtier_client* client, kvtier_stats* out);
 
+/* --- Daemon-driven copies (kvclient/client.h "Daemon-driven copies", docs/protocol.md
+ * "Regions"): kvtierd copies blocks between its pool and a registered region itself. --- */
+#define KVTIER_NO_EVENT UINT32_MAX
+typedef struct kvtier_transfer_options {
+  uint32_t layers;           /* keys form this many equal groups, in order; 0 means 1 */
+  uint32_t progress_region;  /* host region of the progress word; 0: none */
+  uint64_t progress_offset;  /* 4-byte aligned: set to i + 1 when layer i has landed */
+  uint32_t wait_event;       /* offload from CUDA: region event to wait for; KVTIER_NO_EVENT */
+  uint32_t signal_event;     /* onload to CUDA: layer i records signal_event + i; KVTIER_NO_EVENT */
+} kvtier_transfer_options;   /* NULL options: 1 layer, no progress word, no events */
+typedef struct kvtier_onload_result {
+  uint64_t size;  /* the block's size (also for INVALID_ARGUMENT: it does not fit there) */
+  uint16_t code;  /* OK, NOT_FOUND (a miss), INVALID_ARGUMENT (does not fit the region) */
+  uint8_t tier;   /* kvtier_tier it was found in */
+} kvtier_onload_result;
+/* Host memory: a memfd sealed with F_SEAL_SHRINK, fully allocated, at least `bytes` long;
+ * `local` (may be NULL) is the caller's mapping of it, needed to wait on progress words. */
+KVCLIENT_EXPORT kvtier_status kvtier_register_host_region(kvtier_client* client, int memfd,
+                                                          uint64_t bytes, void* local,
+                                                          uint32_t* region);
+/* CUDA memory: a 64-byte cudaIpcMemHandle_t, and `events` 64-byte cudaIpcEventHandle_t. */
+KVCLIENT_EXPORT kvtier_status kvtier_register_cuda_region(kvtier_client* client, int device,
+                                                          const void* ipc_handle, uint64_t bytes,
+                                                          const void* event_handles,
+                                                          size_t events, uint32_t* region);
+KVCLIENT_EXPORT kvtier_status kvtier_deregister_region(kvtier_client* client, uint32_t region);
+/* Stores sizes[i] bytes at offsets[i] of the region as keys[i] (committed on return). */
+KVCLIENT_EXPORT kvtier_status kvtier_offload(kvtier_client* client, const kvtier_key* keys,
+                                             const uint64_t* offsets, const uint64_t* sizes,
+                                             size_t n, uint32_t region,
+                                             const kvtier_transfer_options* options,
+                                             uint16_t* codes);
+/* Copies each found block to offsets[i] of the region; `out` gets a result per key. */
+KVCLIENT_EXPORT kvtier_status kvtier_onload(kvtier_client* client, const kvtier_key* keys,
+                                            const uint64_t* offsets, size_t n, uint32_t region,
+                                            const kvtier_transfer_options* options,
+                                            kvtier_onload_result* out);
+/* The same onload in steps (at most 4096 keys): start, wait for each layer, finish. No other
+ * call on this client until kvtier_finish_onload. */
+KVCLIENT_EXPORT kvtier_status kvtier_start_onload(kvtier_client* client, const kvtier_key* keys,
+                                                  const uint64_t* offsets, size_t n,
+                                                  uint32_t region,
+                                                  const kvtier_transfer_options* options);
+KVCLIENT_EXPORT kvtier_status kvtier_wait_layer(kvtier_client* client, uint32_t layer);
+KVCLIENT_EXPORT kvtier_status kvtier_finish_onload(kvtier_client* client,
+                                                   kvtier_onload_result* out, size_t n);
+/* Page-locks this client's mapping of the pool for CUDA (UNAVAILABLE without CUDA). */
+KVCLIENT_EXPORT kvtier_status kvtier_pin_pool_for_cuda(kvtier_client* client);
+
 /* Streaming-store copy helpers (kvclient/copy.h): use for blocks of 16 KiB and more. */
 KVCLIENT_EXPORT void kvtier_copy_to_pool(void* dst, const void* src, size_t bytes);
 KVCLIENT_EXPORT void kvtier_copy_from_pool(void* dst, const void* src, size_t bytes);
