@@ -159,12 +159,19 @@ Result<GpuImportPtr> ImportGpuRegion(int device, std::span<const uint8_t> mem_ha
     ++opened.users;
     import->base = static_cast<std::byte*>(opened.base);
   }
-  // The allocation behind the handle must hold the whole region.
+  // cudaIpcOpenMemHandle maps the whole allocation; the region must lie inside it, or copies
+  // would run past the mapping into whatever the daemon mapped next (another tenant's memory).
+  // Where the size cannot be learned, the region is refused: fail closed.
   void* alloc_base = nullptr;
   size_t alloc_bytes = 0;
-  // cudaIpcOpenMemHandle maps the whole allocation; its size bounds the region.
-  if (cuda_batch::AllocationRange(import->base, &alloc_base, &alloc_bytes) &&
-      bytes > alloc_bytes) {
+  if (!cuda_batch::AllocationRange(import->base, &alloc_base, &alloc_bytes)) {
+    return Status(StatusCode::kUnavailable,
+                  "cannot learn the size of the CUDA allocation behind the handle "
+                  "(cuMemGetAddressRange unavailable): region refused");
+  }
+  const auto skip = static_cast<size_t>(import->base - static_cast<std::byte*>(alloc_base));
+  if (import->base < static_cast<std::byte*>(alloc_base) || skip > alloc_bytes ||
+      bytes > alloc_bytes - skip) {
     return Status(StatusCode::kInvalidArgument,
                   "region of " + std::to_string(bytes) + " bytes exceeds its CUDA allocation of " +
                       std::to_string(alloc_bytes) + " bytes");

@@ -1,5 +1,6 @@
 #include "daemon/server/request_handler.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -364,8 +365,10 @@ void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& req
   const auto spec = request.Prefix<wire::RegionSpec>();
   Result<std::shared_ptr<Region>> region = Status(StatusCode::kInternal, "unreachable");
   if (spec.kind == static_cast<uint32_t>(wire::RegionKind::kHost)) {
-    if (spec.events != 0 || spec.device != 0) {
-      reply.SetStatus(Invalid("a host region has no device and no events"));
+    if (spec.events != 0 || spec.device != 0 ||
+        std::any_of(std::begin(spec.ipc_handle), std::end(spec.ipc_handle),
+                    [](uint8_t b) { return b != 0; })) {
+      reply.SetStatus(Invalid("a host region has no device, no events and no IPC handle"));
       return;
     }
     region = Region::OpenHost(std::move(passed_fd), spec.bytes);
@@ -420,6 +423,11 @@ Status RequestHandler::CheckTransfer(Session& session, const wire::FrameView& re
   }
   if (request.op == wire::Op::kOnload && spec.wait_event != wire::kNoEvent) {
     return Invalid("an onload waits for no event (its copies only read the pool)");
+  }
+  if (spec.signal_event != wire::kNoEvent && spec.progress_region != wire::kNoRegion) {
+    // Its reply comes before the copies end, so a waiter could not tell a failed copy from
+    // one still running: layer events and progress words are alternatives.
+    return Invalid("use signal_event or a progress word, not both");
   }
   if (spec.progress_region != wire::kNoRegion) {
     const std::shared_ptr<Region> progress = session.regions().Find(spec.progress_region);
@@ -495,7 +503,9 @@ RequestHandler::Outcome RequestHandler::StartCopy(Session& session,
         if (job.region->Holds(offset, got.size)) {
           r.size = got.size;
           job.spans.push_back({got.offset, offset, got.size});
-          outcome.hold.items.push_back({.index = i, .lease_id = got.lease_id});
+          const std::optional<BlockRef> ref = session.leases().Take(got.lease_id);
+          KVT_CHECK(ref.has_value());  // taken by the acquire phase of this very request
+          outcome.hold.items.push_back({.index = i, .ref = *ref});
         } else {
           // The caller learns the block's size and can make room for it.
           r.size = got.size;
@@ -532,9 +542,7 @@ void RequestHandler::FinishCopy(Session& session, const CopyHold& hold, const St
                                 wire::FrameWriter* reply, const wire::FrameView* request) {
   DramPool& pool = *session.tenant()->pool;
   if (hold.op == wire::Op::kOnload) {
-    for (const CopyHold::Item& item : hold.items) {
-      if (auto ref = session.leases().Take(item.lease_id)) pool.Release(*ref);
-    }
+    for (const CopyHold::Item& item : hold.items) pool.Release(item.ref);
   } else {
     // The items' statuses follow the message, if any, in the reply.
     uint16_t* codes = nullptr;

@@ -244,7 +244,7 @@ void Server::Accept() {
       Refuse(fd.get(), *peer, tenant.status());
       continue;
     }
-    if (sessions_.size() >= config_.max_sessions) {
+    if (sessions_.size() + detached_.size() >= config_.max_sessions) {
       Refuse(fd.get(), *peer,
              Status(StatusCode::kResourceExhausted,
                     "kvtierd already serves max_sessions = " +
@@ -343,7 +343,7 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd
       handler_.Handle(session, *request, reply, std::move(passed_fd));
   if (was_anonymous && session.tenant() != nullptr) --awaiting_hello_;
   if (outcome.park || outcome.copy) {
-    Park(session, bytes, reply);
+    Park(session, bytes, reply, /*awaits_spill=*/!outcome.copy);
     session.parked()->arrived_us = arrived_us;
     if (outcome.copy) StartCopy(session, outcome);
     return false;  // read nothing more from it until the reply is out
@@ -383,6 +383,7 @@ uint32_t Server::NextSessionId() {
     if (!ids_wrapped_) return id;
     bool in_use = false;
     for (const auto& [fd, s] : sessions_) in_use = in_use || s->id() == id;
+    for (const auto& [fd, s] : detached_) in_use = in_use || s->id() == id;
     if (!in_use) return id;
   }
 }
@@ -416,7 +417,8 @@ void Server::SetInterest(Session& session, uint32_t events) {
   epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, session.fd(), &ev);
 }
 
-void Server::Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply) {
+void Server::Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply,
+                  bool awaits_spill) {
   auto parked = std::make_unique<ParkedRequest>();
   const auto request = std::span(recv_buffer_).first(request_bytes);
   parked->frame.assign(request.begin(), request.end());
@@ -434,7 +436,7 @@ void Server::Park(Session& session, size_t request_bytes, const wire::FrameWrite
   parked->writer.Rebind(parked->reply);
   session.parked() = std::move(parked);
   SetInterest(session, 0);
-  parked_.push_back(session.fd());
+  if (awaits_spill) parked_.push_back(session.fd());
 }
 
 void Server::StartCopy(Session& session, RequestHandler::Outcome& outcome) {
@@ -506,7 +508,12 @@ void Server::OnCopyResults() {
       session->progress().copy_id = 0;
       SendParkedReply(*session, *request);
     }
-    if (--session->copies_in_flight() == 0 && !live) detached_.erase(fd);  // Close gives back
+    if (--session->copies_in_flight() == 0 && !live) {
+      // Give back what it held now, not when the map entry goes: a purge in this very round
+      // must find the blocks unpinned.
+      session->Close();
+      detached_.erase(fd);
+    }
   }
 }
 

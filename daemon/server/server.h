@@ -116,7 +116,9 @@ class Server {
   void SetInterest(Session& session, uint32_t events);
   // SSD tier: keeps a request that must wait, continues parked ones, applies spill results, and
   // sends the pools' spill orders to the workers.
-  void Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply);
+  // `awaits_spill`: spill results continue it (else a copy's result will).
+  void Park(Session& session, size_t request_bytes, const wire::FrameWriter& reply,
+            bool awaits_spill = true);
   // Continues the parked requests of `tenant`'s sessions.
   void ContinueParked(const Tenant* tenant);
   void OnSpillResults(size_t worker);

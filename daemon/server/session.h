@@ -84,14 +84,15 @@ struct ItemProgress {
   uint64_t copy_id = 0;
 };
 
-// What an offload or onload holds while its copy runs: per copied item, the lease (onload)
-// or the reservation (offload, by key) of its block in the session. The session keeps them,
-// and outlives its connection if need be, until the copy's final result.
+// What an offload or onload holds while its copy runs: per copied item, a lease on its block
+// (onload; taken out of the session's lease table, so no id the client could guess ends it
+// mid-copy) or the session's reservation of it (offload, by key). They end with the copy's
+// final result; the session outlives its connection until then.
 struct CopyHold {
   struct Item {
-    uint32_t index = 0;     // the item's position in the request
-    uint64_t lease_id = 0;  // onload
-    BlockKey key;           // offload
+    uint32_t index = 0;  // the item's position in the request
+    BlockRef ref;        // onload: the leased block
+    BlockKey key;        // offload
   };
   wire::Op op = wire::Op::kOnload;
   std::vector<Item> items;

@@ -1,8 +1,10 @@
 #include "daemon/transfer/region.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 
 #include <string>
 
@@ -24,6 +26,15 @@ Result<std::shared_ptr<Region>> Region::OpenHost(UniqueFd fd, uint64_t bytes) {
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat(region fd)", errno);
   if (!S_ISREG(st.st_mode)) return Invalid("the region fd is not a memfd");
+  // Only shmem (a plain memfd): on hugetlbfs a client could punch out its pages and use up
+  // the free huge pages, and the copy thread's next fault would be SIGBUS.
+  struct statfs fs {};
+  if (fstatfs(fd.get(), &fs) != 0) return ErrnoStatus("fstatfs(region fd)", errno);
+  if (fs.f_type != TMPFS_MAGIC) {
+    return Invalid(fs.f_type == HUGETLBFS_MAGIC
+                       ? "the region memfd is on hugetlbfs (MFD_HUGETLB): use a plain memfd"
+                       : "the region fd is not a memfd");
+  }
   const int seals = fcntl(fd.get(), F_GET_SEALS);
   if (seals < 0) return Invalid("the region fd is not a memfd (F_GET_SEALS fails)");
   if ((seals & F_SEAL_SHRINK) == 0) {
@@ -47,9 +58,9 @@ Result<std::shared_ptr<Region>> Region::OpenHost(UniqueFd fd, uint64_t bytes) {
                    std::to_string(static_cast<uint64_t>(st.st_blocks) * 512) + " of " +
                    std::to_string(st.st_size) + " bytes): fallocate it first");
   }
-  // Populated now, once: otherwise the first copies through each page pay a minor fault
-  // (~3 ms per 128 MiB of 4 KiB pages), and a copy's time would depend on its history.
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+  // Not populated here: that would hold the event loop for seconds on a large region. The
+  // copy thread takes a minor fault on each page's first use instead (~3 ms per 128 MiB).
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap(region fd)", errno);
   std::shared_ptr<Region> region(new Region());
   region->kind_ = wire::RegionKind::kHost;

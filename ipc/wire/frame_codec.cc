@@ -79,6 +79,11 @@ Status CheckTransferSpec(const FrameView& view) {
   const auto spec = view.Prefix<TransferSpec>();
   if (spec.reserved != 0) return Malformed("TransferSpec reserved field is not zero");
   if (spec.layers == 0) return Malformed("a transfer needs at least one layer");
+  // Every layer is work for the copy thread (and a wake-up): no more layers than items.
+  if (spec.layers > std::max<uint32_t>(view.header.count, 1)) {
+    return Malformed(std::to_string(spec.layers) + " layers for " +
+                     std::to_string(view.header.count) + " items: at most one layer per item");
+  }
   if (view.header.count % spec.layers != 0) {
     return Malformed(std::to_string(view.header.count) + " items do not split into " +
                      std::to_string(spec.layers) + " equal layers");

@@ -4,8 +4,9 @@
 //
 // Correctness, across processes through CUDA IPC (every byte compared):
 //   1. This process (the "engine") writes random blocks into its GPU memory on its own stream,
-//      records an IPC event, and offloads them with wait_event: kvtierd's stream waits for the
-//      event, so the blocks stored are the bytes written, never older ones.
+//      300 ms late on purpose, records an IPC event, and at once offloads them with wait_event:
+//      only if kvtierd's stream waits for the event are the blocks stored the bytes written
+//      (else they are the zeros from before).
 //   2. A second process onloads them into its own poisoned GPU memory, in another order and in
 //      4 layers, with signal_event: it waits on each layer's event on its stream and compares
 //      that layer's blocks, and checks the poison between blocks.
@@ -261,13 +262,17 @@ int main(int argc, char** argv) {
     std::memcpy(staging.data() + offsets[i], b.bytes[i].data(), b.sizes[i]);
   }
   CUDA_OK(cudaHostRegister(staging.data(), bytes, cudaHostRegisterDefault));
-  CUDA_OK(cudaMemsetAsync(dev, 0, bytes, stream));
-  CUDA_OK(cudaMemcpyAsync(dev, staging.data(), bytes, cudaMemcpyHostToDevice, stream));
-  CUDA_OK(cudaEventRecord(written.events[0], stream));
+  CUDA_OK(cudaMemset(dev, 0, bytes));
+  CUDA_OK(cudaDeviceSynchronize());
   auto client = Connect(args);
   Must(client->PinPoolForCuda(), "pin the client's pool mapping");
   auto region = client->RegisterCudaRegion(0, MemHandle(dev), bytes, written.handles);
   Must(region.status(), "register the engine's CUDA region");
+  // The engine's write lands 300 ms late (a host function sleeps first on its stream), and the
+  // offload is sent at once: only a daemon that waits for the event stores the new bytes.
+  CUDA_OK(cudaLaunchHostFunc(stream, [](void*) { usleep(300000); }, nullptr));
+  CUDA_OK(cudaMemcpyAsync(dev, staging.data(), bytes, cudaMemcpyHostToDevice, stream));
+  CUDA_OK(cudaEventRecord(written.events[0], stream));
   std::vector<StatusCode> codes(b.keys.size());
   Must(client->Offload(b.keys, *region, offsets, b.sizes, codes, {.wait_event = 0}),
        "offload after the write event");

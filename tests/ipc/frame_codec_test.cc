@@ -533,6 +533,10 @@ TEST_CASE("DecodeRequest checks region and transfer bodies", "[ipc][wire]") {
   CHECK(view->ItemAt<OffloadItem>(5).offset == 5 * 4096);  // items start after the spec
   CHECK_THAT(RequestError(OffloadRequest(6, 4)), Contains("6 items do not split into 4"));
   CHECK_THAT(RequestError(OffloadRequest(6, 0)), Contains("at least one layer"));
+  // An empty request splits into any number of layers, but each is copy-thread work.
+  CHECK(DecodeRequest(OffloadRequest(0, 1)).ok());
+  CHECK_THAT(RequestError(OffloadRequest(0, 0xffffffff)), Contains("at most one layer per item"));
+  CHECK_THAT(RequestError(OffloadRequest(6, 12)), Contains("at most one layer per item"));
   CHECK_THAT(RequestError(OffloadRequest(2, 1, 9)), Contains("TransferSpec reserved"));
   Bytes short_body = OffloadRequest(0, 1);  // a spec and no items is fine; less is not
   REQUIRE(DecodeRequest(short_body).ok());
