@@ -24,6 +24,15 @@ bool SameExceptStamps(const std::byte* a, const std::byte* b, uint64_t bytes) {
   return true;
 }
 
+Throughput Measured(uint64_t blocks, uint64_t block_bytes, uint64_t ns) {
+  Throughput t;
+  t.blocks = blocks;
+  t.bytes = blocks * block_bytes;
+  t.seconds = Seconds(ns);
+  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
+  return t;
+}
+
 std::string Where(uint32_t tag, uint64_t index) {
   return "block " + std::to_string(index) + " of figure tag " + std::to_string(tag);
 }
@@ -65,12 +74,7 @@ Throughput Figures::Put(uint32_t tag, uint64_t block_bytes, uint64_t blocks, uin
     }
     CheckOk(reserved->Commit(), "Commit of " + Where(tag, first) + "..");
   }
-  const uint64_t ns = NowNs() - start;
-  Throughput t;
-  t.blocks = blocks;
-  t.bytes = blocks * block_bytes;
-  t.seconds = Seconds(ns);
-  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
+  Throughput t = Measured(blocks, block_bytes, NowNs() - start);
   t.evictions = Stats().evictions - evictions_before;
   return t;
 }
@@ -113,14 +117,8 @@ Throughput Figures::Get(uint32_t tag, uint64_t block_bytes, uint64_t stored,
     }
     CheckOk(leases->Release(), "Release of " + Where(tag, first % stored) + "..");
   }
-  const uint64_t ns = NowNs() - start - verify_ns;
   if (verified == 0) Fail("get verified no block");
-  Throughput t;
-  t.blocks = total_blocks;
-  t.bytes = total_blocks * block_bytes;
-  t.seconds = Seconds(ns);
-  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
-  return t;
+  return Measured(total_blocks, block_bytes, NowNs() - start - verify_ns);
 }
 
 uint32_t Figures::Region() {
@@ -179,12 +177,7 @@ Throughput Figures::Offload(uint32_t tag, uint64_t block_bytes, uint64_t blocks,
                              codes),
             "Offload of " + Where(tag, first) + "..");
   }
-  const uint64_t ns = NowNs() - start;
-  Throughput t;
-  t.blocks = blocks;
-  t.bytes = blocks * block_bytes;
-  t.seconds = Seconds(ns);
-  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
+  Throughput t = Measured(blocks, block_bytes, NowNs() - start);
   t.evictions = Stats().evictions - evictions_before;
   return t;
 }
@@ -214,13 +207,7 @@ Throughput Figures::Onload(uint32_t tag, uint64_t block_bytes, uint64_t blocks, 
     }
     check_ns += NowNs() - c0;
   }
-  const uint64_t ns = NowNs() - start - check_ns;
-  Throughput t;
-  t.blocks = blocks;
-  t.bytes = blocks * block_bytes;
-  t.seconds = Seconds(ns);
-  t.gbps = static_cast<double>(t.bytes) / static_cast<double>(ns);
-  return t;
+  return Measured(blocks, block_bytes, NowNs() - start - check_ns);
 }
 
 void Figures::Remove(uint32_t tag, uint64_t blocks) {

@@ -50,6 +50,18 @@ Status CheckKeys(std::span<const Key> keys) {
   return Status::Ok();
 }
 
+Status CheckSizes(std::span<const uint64_t> sizes, uint64_t max_block_bytes) {
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] == 0 || sizes[i] > max_block_bytes) {
+      return Status(StatusCode::kInvalidArgument,
+                    "item " + std::to_string(i) + ": block size " + std::to_string(sizes[i]) +
+                        " is outside 1.." + std::to_string(max_block_bytes) +
+                        " (max_block_bytes)");
+    }
+  }
+  return Status::Ok();
+}
+
 wire::WireKey ToWire(const Key& key) {
   wire::WireKey w{};
   w.len = key.len;
@@ -275,14 +287,7 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
   if (offsets.size() < keys.size()) return SpanSizeError("offsets");
   if (codes.size() < keys.size()) return SpanSizeError("codes");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    if (sizes[i] == 0 || sizes[i] > impl_->max_block_bytes) {
-      return Status(StatusCode::kInvalidArgument,
-                    "item " + std::to_string(i) + ": block size " + std::to_string(sizes[i]) +
-                        " is outside 1.." + std::to_string(impl_->max_block_bytes) +
-                        " (max_block_bytes)");
-    }
-  }
+  KVT_RETURN_IF_ERROR(CheckSizes(sizes, impl_->max_block_bytes));
   std::lock_guard lock(impl_->mu);
   const uint64_t pool_bytes = impl_->pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
@@ -720,14 +725,7 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
     return SpanSizeError("ttl_seconds");
   }
   KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    if (sizes[i] == 0 || sizes[i] > impl_->max_block_bytes) {
-      return Status(StatusCode::kInvalidArgument,
-                    "item " + std::to_string(i) + ": block size " + std::to_string(sizes[i]) +
-                        " is outside 1.." + std::to_string(impl_->max_block_bytes) +
-                        " (max_block_bytes)");
-    }
-  }
+  KVT_RETURN_IF_ERROR(CheckSizes(sizes, impl_->max_block_bytes));
   std::lock_guard lock(impl_->mu);
   size_t failures = 0;
   StatusCode first_failure = StatusCode::kOk;

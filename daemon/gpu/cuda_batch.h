@@ -13,7 +13,8 @@ namespace kvtier::cuda_batch {
 cudaError_t MemcpyBatch(void* const* dsts, const void* const* srcs, const size_t* sizes,
                         size_t count, cudaStream_t stream);
 
-// The base and size of the CUDA allocation holding `ptr`; false where this build cannot tell.
-bool AllocationRange(void* ptr, void** base, size_t* bytes);
+// A driver API function by name, through the runtime (so kvtierd does not link libcuda: a host
+// without a driver must still start); null if the driver has none.
+void* DriverFunction(const char* name);
 
 }  // namespace kvtier::cuda_batch

@@ -1,9 +1,4 @@
 // cuda_batch.h for CUDA 13 and later.
-#include <cuda.h>
-#include <cudaTypedefs.h>
-
-#include <vector>
-
 #include "daemon/gpu/cuda_batch.h"
 
 namespace kvtier::cuda_batch {
@@ -20,26 +15,15 @@ cudaError_t MemcpyBatch(void* const* dsts, const void* const* srcs, const size_t
                               const_cast<size_t*>(sizes), count, &attrs, &attrs_index, 1, stream);
 }
 
-bool AllocationRange(void* ptr, void** base, size_t* bytes) {
-  // The driver API through the runtime's entry point, so kvtierd does not link libcuda (a host
-  // without a driver must still start).
-  static PFN_cuMemGetAddressRange_v3020 get_range = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &fn, 3020, cudaEnableDefault,
-                                         &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess) {
-      fn = nullptr;
-    }
-    return reinterpret_cast<PFN_cuMemGetAddressRange_v3020>(fn);
-  }();
-  if (get_range == nullptr) return false;
-  CUdeviceptr b = 0;
-  size_t n = 0;
-  if (get_range(&b, &n, reinterpret_cast<CUdeviceptr>(ptr)) != CUDA_SUCCESS) return false;
-  *base = reinterpret_cast<void*>(b);
-  *bytes = n;
-  return true;
+void* DriverFunction(const char* name) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found{};
+  if (cudaGetDriverEntryPointByVersion(name, &fn, CUDART_VERSION, cudaEnableDefault, &found) !=
+          cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    return nullptr;
+  }
+  return fn;
 }
 
 }  // namespace kvtier::cuda_batch

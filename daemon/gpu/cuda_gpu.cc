@@ -1,5 +1,6 @@
 // The GPU interface of a build with the CUDA toolkit: the probe, CUDA IPC imports, the copies
 // on the daemon's streams and page-locking. See gpu.h.
+#include <cuda.h>
 #include <cuda_runtime_api.h>
 
 #include <cstring>
@@ -65,6 +66,21 @@ Result<cudaStream_t> StreamFor(int device) {
   }
   s.streams[device] = stream;
   return stream;
+}
+
+// The base and size of the CUDA allocation holding `ptr`; false where the driver cannot tell.
+bool AllocationRange(void* ptr, void** base, size_t* bytes) {
+  // cuMemGetAddressRange_v2 has had this signature since CUDA 3.2.
+  using GetRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+  static const auto get_range =
+      reinterpret_cast<GetRange>(cuda_batch::DriverFunction("cuMemGetAddressRange"));
+  if (get_range == nullptr) return false;
+  CUdeviceptr b = 0;
+  size_t n = 0;
+  if (get_range(&b, &n, reinterpret_cast<CUdeviceptr>(ptr)) != CUDA_SUCCESS) return false;
+  *base = reinterpret_cast<void*>(b);
+  *bytes = n;
+  return true;
 }
 
 void CallLayerDone(void* arg) {
@@ -164,7 +180,7 @@ Result<GpuImportPtr> ImportGpuRegion(int device, std::span<const uint8_t> mem_ha
   // Where the size cannot be learned, the region is refused: fail closed.
   void* alloc_base = nullptr;
   size_t alloc_bytes = 0;
-  if (!cuda_batch::AllocationRange(import->base, &alloc_base, &alloc_bytes)) {
+  if (!AllocationRange(import->base, &alloc_base, &alloc_bytes)) {
     return Status(StatusCode::kUnavailable,
                   "cannot learn the size of the CUDA allocation behind the handle "
                   "(cuMemGetAddressRange unavailable): region refused");

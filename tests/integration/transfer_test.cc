@@ -34,6 +34,13 @@ std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
+// Room for every block these tests store (slots round up, so 2x their bytes).
+DaemonOptions BigPool() {
+  DaemonOptions options;
+  options.dram_bytes = 256 * kMiB;
+  return options;
+}
+
 HostMemory MustMemory(uint64_t bytes) {
   auto m = HostMemory::Create(bytes);
   if (!m.ok()) FAIL("host memory: " << m.status().ToString());
@@ -119,9 +126,7 @@ Verified Verify(const Layout& l, const HostMemory& memory, const std::vector<Onl
 
 TEST_CASE("blocks offloaded from one process's region are onloaded byte for byte by another",
           "[integration][transfer]") {
-  DaemonOptions options;
-  options.dram_bytes = 256 * kMiB;
-  auto daemon = DaemonProcess::Start(options);
+  auto daemon = DaemonProcess::Start(BigPool());
   const Layout l = MakeLayout(1, 48, 7, 1, 2 * kMiB);
   REQUIRE(RunInChild([&] { return OffloadLayout(daemon->socket_path(), l, 4); }) == 0);
 
@@ -395,9 +400,7 @@ TEST_CASE("bad regions and transfers are refused with the reason, and the sessio
 
 TEST_CASE("clients killed in the middle of their copies leave nothing reserved or leased",
           "[integration][transfer]") {
-  DaemonOptions options;
-  options.dram_bytes = 256 * kMiB;
-  auto daemon = DaemonProcess::Start(options);
+  auto daemon = DaemonProcess::Start(BigPool());
   const Layout l = MakeLayout(6, 32, 3, kMiB, 2 * kMiB);
   REQUIRE(RunInChild([&] { return OffloadLayout(daemon->socket_path(), l, 1); }) == 0);
   size_t fresh_seen = 0;
@@ -471,9 +474,7 @@ TEST_CASE("clients killed in the middle of their copies leave nothing reserved o
 
 TEST_CASE("a purge during an onload waits for the copy and leaves the pool empty",
           "[integration][transfer]") {
-  DaemonOptions options;
-  options.dram_bytes = 256 * kMiB;
-  auto daemon = DaemonProcess::Start(options);
+  auto daemon = DaemonProcess::Start(BigPool());
   const Layout l = MakeLayout(8, 64, 13, kMiB, 2 * kMiB);
   REQUIRE(RunInChild([&] { return OffloadLayout(daemon->socket_path(), l, 1); }) == 0);
   auto client = MustConnect(*daemon);
