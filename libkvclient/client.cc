@@ -613,6 +613,17 @@ void AppendTransferSpec(wire::FrameWriter& w, uint32_t region, const TransferOpt
   w.Append(&spec, sizeof(spec));
 }
 
+// An onload request's body: the spec, then one item per key.
+void AppendOnload(wire::FrameWriter& w, uint32_t region, const TransferOptions& options,
+                  std::span<const Key> keys, std::span<const uint64_t> offsets) {
+  AppendTransferSpec(w, region, options);
+  auto* items = w.AppendItems<wire::OnloadItem>(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const wire::OnloadItem item{ToWire(keys[i]), offsets[i]};
+    std::memcpy(&items[i], &item, sizeof(item));
+  }
+}
+
 }  // namespace
 
 Result<HostMemory> HostMemory::Create(uint64_t bytes, const std::string& name) {
@@ -782,12 +793,7 @@ Status Client::Onload(std::span<const Key> keys, uint32_t region,
   for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
-    AppendTransferSpec(w, region, options);
-    auto* items = w.AppendItems<wire::OnloadItem>(n);
-    for (size_t i = 0; i < n; ++i) {
-      const wire::OnloadItem item{ToWire(keys[base + i]), offsets[base + i]};
-      std::memcpy(&items[i], &item, sizeof(item));
-    }
+    AppendOnload(w, region, options, keys.subspan(base, n), offsets.subspan(base, n));
     KVT_ASSIGN_OR_RETURN(const uint64_t id, impl_->Send(w));
     KVT_RETURN_IF_ERROR(ReadOnloadReply(id, n, out.subspan(base, n)));
     if (n == 0) break;
@@ -811,12 +817,7 @@ Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
     progress = reinterpret_cast<const uint32_t*>(it->second.first + options.progress_offset);
   }
   wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
-  AppendTransferSpec(w, region, options);
-  auto* items = w.AppendItems<wire::OnloadItem>(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const wire::OnloadItem item{ToWire(keys[i]), offsets[i]};
-    std::memcpy(&items[i], &item, sizeof(item));
-  }
+  AppendOnload(w, region, options, keys, offsets);
   KVT_ASSIGN_OR_RETURN(const uint64_t id, impl_->Send(w));
   impl_->transfer = Impl::OpenTransfer{true, id, keys.size(), options.layers, progress};
   return Status::Ok();
