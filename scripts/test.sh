@@ -26,11 +26,11 @@ run_suite() {  # build_dir, extra cmake args...
 }
 
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo
-# The GPU path is optional: the daemon must also build without it (the suite above used the
-# CUDA toolkit if it is installed).
+# The GPU path is optional: the daemon and the client library must also build without it (the
+# suite above used the CUDA toolkit if it is installed).
 cmake -S . -B build-nocuda -G Ninja -DKVT_WERROR=ON -DKVTIER_WITH_CUDA=OFF -DKVT_BUILD_TESTS=OFF \
   -DKVT_BUILD_BENCH=OFF >/dev/null
-cmake --build build-nocuda -j "$jobs" --target kvtierd kvtierctl
+cmake --build build-nocuda -j "$jobs" --target kvtierd kvtierctl kvclient kvclient_static
 if [ "${1:-}" != "--fast" ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     run_suite build-asan -DCMAKE_BUILD_TYPE=Debug -DKVT_SANITIZE=address,undefined
