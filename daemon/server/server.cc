@@ -130,7 +130,13 @@ Status Server::Run() {
   epoll_event events[64];
   uint64_t last_activity_us = NowUs();
   for (;;) {
-    const bool spinning = NowUs() - last_activity_us < config_.poll_spin_us;
+    // Also spin while a copy posted moments ago runs (poll_spin_us > 0 only): its result is
+    // due within a millisecond or two, and a sleeping loop would add a wake-up to each copy's
+    // round trip (measured: ~15% of a 64 x 64 KiB offload on these VMs).
+    const uint64_t now = NowUs();
+    const bool spinning =
+        now - last_activity_us < config_.poll_spin_us ||
+        (config_.poll_spin_us > 0 && !copies_.empty() && now - last_copy_post_us_ < kCopySpinUs);
     // Wake up at least each second: silent sessions are timed out and expired blocks reaped.
     const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : 1000);
     if (n < 0) {
@@ -447,6 +453,7 @@ void Server::StartCopy(Session& session, RequestHandler::Outcome& outcome) {
   ++session.tenant()->copies_in_flight;
   copies_.emplace(id, PendingCopy{session.fd(), session.id(), session.tenant(),
                                   std::move(outcome.hold), false});
+  last_copy_post_us_ = NowUs();
   copier_->Post(std::move(*outcome.copy));
 }
 
