@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of kvtier, for a machine with an NVIDIA GPU and the CUDA toolkit
 # (/usr/local/cuda): builds kvtierd, kvtierctl and kvt_gpu_check with CUDA, starts kvtierd with
-# a 4 GiB pool and an SSD tier in a temp dir, waits until the pool is pinned, runs the checks
+# a 4 GiB pool and an SSD tier in a temp dir (demoting past 5% dirty, so the check can push
+# blocks to SSD quickly), waits until the pool is pinned, runs the checks
 # (tests/gpu/gpu_check.cc says what they are) and prints their table.
 # Exit status: 0 all passed, 1 a check failed or missed its target, 77 no GPU here.
 set -euo pipefail
@@ -44,6 +45,7 @@ dir = "$dir/spill"
 key_file = "$dir/kvtier.key"
 create_key = true
 segment_bytes = "256MiB"
+demote_above = 0.05
 [admin]
 audit_log = "run/audit.log"
 [[tenant]]
