@@ -363,6 +363,12 @@ void RequestHandler::Release(Session& session, const wire::FrameView& request,
 void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& request,
                                     wire::FrameWriter& reply, UniqueFd passed_fd) {
   const auto spec = request.Prefix<wire::RegionSpec>();
+  if (session.regions().size() >= wire::kMaxRegionsPerSession) {  // before mapping anything
+    reply.SetStatus(Status(StatusCode::kResourceExhausted,
+                           "a session may register at most " +
+                               std::to_string(wire::kMaxRegionsPerSession) + " regions"));
+    return;
+  }
   Result<std::shared_ptr<Region>> region = Status(StatusCode::kInternal, "unreachable");
   if (spec.kind == static_cast<uint32_t>(wire::RegionKind::kHost)) {
     if (spec.events != 0 || spec.device != 0 ||
@@ -378,7 +384,7 @@ void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& req
       return;
     }
     region = Region::OpenCuda(
-        spec.device, std::span(spec.ipc_handle),  spec.bytes,
+        spec.device, std::span(spec.ipc_handle), spec.bytes,
         std::span(reinterpret_cast<const uint8_t*>(request.body.data()) + sizeof(spec),
                   size_t{spec.events} * wire::kCudaIpcHandleBytes));
   }
