@@ -62,6 +62,23 @@ Status CheckSizes(std::span<const uint64_t> sizes, uint64_t max_block_bytes) {
   return Status::Ok();
 }
 
+// The per-key uint16 statuses of replies: copied out (where `codes` is not empty) and counted.
+struct Failures {
+  size_t count = 0;
+  StatusCode first = StatusCode::kOk;
+
+  // The `n` statuses of `reply`, for keys base..base+n-1.
+  void Read(const wire::FrameView& reply, size_t n, std::span<StatusCode> codes, size_t base) {
+    for (size_t i = 0; i < n; ++i) {
+      const auto raw = reply.ItemAt<uint16_t>(i);
+      const StatusCode code =
+          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
+      if (!codes.empty()) codes[base + i] = code;
+      if (code != StatusCode::kOk && count++ == 0) first = code;
+    }
+  }
+};
+
 wire::WireKey ToWire(const Key& key) {
   wire::WireKey w{};
   w.len = key.len;
@@ -327,25 +344,19 @@ Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys, std::span<St
   if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
   std::lock_guard lock(impl.mu);
-  size_t failures = 0;
-  StatusCode first_failure = StatusCode::kOk;
+  Failures failures;
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl.Begin(op);
     AppendKeys(w, keys.subspan(base, n));
     KVT_ASSIGN_OR_RETURN(auto reply, impl.RoundTrip(w, op, n, sizeof(uint16_t)));
-    for (size_t i = 0; i < n; ++i) {
-      const auto raw = reply.ItemAt<uint16_t>(i);
-      const StatusCode code =
-          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
-      if (!codes.empty()) codes[base + i] = code;
-      if (code != StatusCode::kOk && failures++ == 0) first_failure = code;
-    }
+    failures.Read(reply, n, codes, base);
   }
-  if (failures == 0) return Status::Ok();
-  return Status(first_failure, std::to_string(failures) + " of " + std::to_string(keys.size()) +
-                                   " keys could not be " + std::string(verb) + " (first: " +
-                                   std::string(StatusCodeName(first_failure)) + ")");
+  if (failures.count == 0) return Status::Ok();
+  return Status(failures.first,
+                std::to_string(failures.count) + " of " + std::to_string(keys.size()) +
+                    " keys could not be " + std::string(verb) + " (first: " +
+                    std::string(StatusCodeName(failures.first)) + ")");
 }
 
 Status Client::CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
@@ -397,7 +408,7 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
 Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusCode> codes) {
   if (!codes.empty() && codes.size() < lease_ids.size()) return SpanSizeError("codes");
   std::lock_guard lock(impl_->mu);
-  size_t failures = 0;
+  Failures failures;
   for (size_t base = 0; base < lease_ids.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, lease_ids.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kRelease);
@@ -405,17 +416,11 @@ Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusC
     w.SetCount(static_cast<uint32_t>(n));
     KVT_ASSIGN_OR_RETURN(auto reply,
                          impl_->RoundTrip(w, wire::Op::kRelease, n, sizeof(uint16_t)));
-    for (size_t i = 0; i < n; ++i) {
-      const auto raw = reply.ItemAt<uint16_t>(i);
-      const StatusCode code =
-          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
-      if (!codes.empty()) codes[base + i] = code;
-      if (code != StatusCode::kOk) ++failures;
-    }
+    failures.Read(reply, n, codes, base);
   }
-  if (failures == 0) return Status::Ok();
+  if (failures.count == 0) return Status::Ok();
   return Status(StatusCode::kNotFound,
-                std::to_string(failures) + " lease ids are not live leases of this session");
+                std::to_string(failures.count) + " lease ids are not live leases of this session");
 }
 
 Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers) {
@@ -738,8 +743,7 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
   KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
   KVT_RETURN_IF_ERROR(CheckSizes(sizes, impl_->max_block_bytes));
   std::lock_guard lock(impl_->mu);
-  size_t failures = 0;
-  StatusCode first_failure = StatusCode::kOk;
+  Failures failures;
   std::string message;
   for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
@@ -754,20 +758,15 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
     }
     KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kOffload, n, sizeof(uint16_t)));
     if (message.empty()) message.assign(reply.message);
-    for (size_t i = 0; i < n; ++i) {
-      const auto raw = reply.ItemAt<uint16_t>(i);
-      const StatusCode code =
-          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
-      if (!codes.empty()) codes[base + i] = code;
-      if (code != StatusCode::kOk && failures++ == 0) first_failure = code;
-    }
+    failures.Read(reply, n, codes, base);
     if (n == 0) break;
   }
-  if (failures == 0) return Status::Ok();
-  return Status(first_failure, std::to_string(failures) + " of " + std::to_string(keys.size()) +
-                                   " blocks were not stored (first: " +
-                                   std::string(StatusCodeName(first_failure)) + ")" +
-                                   (message.empty() ? "" : ": " + message));
+  if (failures.count == 0) return Status::Ok();
+  return Status(failures.first,
+                std::to_string(failures.count) + " of " + std::to_string(keys.size()) +
+                    " blocks were not stored (first: " +
+                    std::string(StatusCodeName(failures.first)) + ")" +
+                    (message.empty() ? "" : ": " + message));
 }
 
 Status Client::ReadOnloadReply(uint64_t id, size_t n, std::span<OnloadInfo> out) {
