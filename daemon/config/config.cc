@@ -911,6 +911,21 @@ Status ConfigParser::ParseTenants(const toml::table& root, Config* config) {
     KVT_RETURN_IF_ERROR(ParseTenant(*table, prefix, *config, &tenant));
     config->tenants.push_back(std::move(tenant));
   }
+  // A tenant's share of the sessions: by default an equal part of daemon.max_sessions, so that
+  // no tenant can hold every slot and lock the others out.
+  const auto share = static_cast<uint32_t>(
+      std::max<size_t>(1, config->max_sessions / config->tenants.size()));
+  for (size_t i = 0; i < config->tenants.size(); ++i) {
+    TenantConfig& tenant = config->tenants[i];
+    if (tenant.max_sessions == 0) {
+      tenant.max_sessions = share;
+    } else if (tenant.max_sessions > config->max_sessions) {
+      const std::string key = Indexed("tenant", i) + ".max_sessions";
+      return Error(lines_[key], key,
+                   std::to_string(tenant.max_sessions) + " is more than daemon.max_sessions (" +
+                       std::to_string(config->max_sessions) + ")");
+    }
+  }
   return Status::Ok();
 }
 
@@ -921,7 +936,7 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   KVT_RETURN_IF_ERROR(
       CheckKeys(table, prefix,
                 {"name", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks",
-                 "default_ttl_seconds", "max_ttl_seconds"}));
+                 "default_ttl_seconds", "max_ttl_seconds", "max_sessions"}));
   const uint32_t table_line = lines_[prefix];
   if (table.get("name") == nullptr) return Error(table_line, prefix + ".name", "missing");
   KVT_RETURN_IF_ERROR(ReadString(table, prefix, "name", &tenant->name));
@@ -952,6 +967,7 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   KVT_RETURN_IF_ERROR(ParseTenantSsd(table, prefix, config, tenant));
   KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_blocks", 0, static_cast<int64_t>(kMaxBlocks),
                                    &tenant->max_blocks));
+  KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_sessions", 0, 65536, &tenant->max_sessions));
   tenant->max_blocks_derived = tenant->max_blocks == 0;
   if (tenant->max_blocks == 0) {
     tenant->max_blocks = std::min(tenant->dram_bytes / kBytesPerDefaultBlock +

@@ -33,6 +33,9 @@ struct TenantConfig {
   // any TTL above max_ttl_seconds (0: no cap) is lowered to it.
   uint32_t default_ttl_seconds = 0;
   uint32_t max_ttl_seconds = 0;
+  // Sessions (connections) this tenant may hold at once, at most daemon.max_sessions; 0 in the
+  // file means daemon.max_sessions / the number of tenants (at least 1).
+  uint32_t max_sessions = 0;
 };
 
 // How the SSD tier does its I/O.

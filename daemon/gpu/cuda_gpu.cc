@@ -283,6 +283,22 @@ Status RunGpuCopy(const GpuCopy& copy) {
   return status;
 }
 
+Result<bool> GpuEventDone(GpuImport* import, uint32_t event) {
+  GpuImport& region = *import;
+  if (event >= region.events.size()) {
+    return Status(StatusCode::kInvalidArgument,
+                  "wait_event " + std::to_string(event) + " is not one of the region's " +
+                      std::to_string(region.events.size()) + " events");
+  }
+  if (cudaError_t err = cudaSetDevice(region.device); err != cudaSuccess) {
+    return CudaError("cudaSetDevice", err);
+  }
+  const cudaError_t err = cudaEventQuery(region.events[event]);
+  if (err == cudaSuccess) return true;
+  if (err == cudaErrorNotReady) return false;
+  return CudaError("cudaEventQuery", err);
+}
+
 Status PinHostMemory(void* data, size_t bytes) {
   if (!HaveDevice()) return NoDevice();
   if (cudaError_t err = cudaHostRegister(data, bytes, cudaHostRegisterPortable);

@@ -69,6 +69,10 @@ struct GpuCopy {
 // landed. An event index outside the region's events is kInvalidArgument before any copy.
 Status RunGpuCopy(const GpuCopy& copy);
 
+// Whether the region's IPC event `event` has completed (cudaEventQuery): true, false (not
+// yet), kInvalidArgument for an event index outside the region's events, or the CUDA error.
+Result<bool> GpuEventDone(GpuImport* region, uint32_t event);
+
 // Page-locks [data, data + bytes) for DMA from every device (cudaHostRegisterPortable).
 // kUnavailable without a CUDA device.
 Status PinHostMemory(void* data, size_t bytes);

@@ -28,6 +28,10 @@ Result<GpuImportPtr> ImportGpuRegion(int, std::span<const uint8_t>, uint64_t,
 
 Status RunGpuCopy(const GpuCopy&) { return Status(StatusCode::kUnavailable, kWhy); }
 
+Result<bool> GpuEventDone(GpuImport*, uint32_t) {
+  return Status(StatusCode::kUnavailable, kWhy);
+}
+
 Status PinHostMemory(void*, size_t) { return Status(StatusCode::kUnavailable, kWhy); }
 
 void UnpinHostMemory(void*) {}

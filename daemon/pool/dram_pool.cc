@@ -40,6 +40,7 @@ DramPool::DramPool(const Options& options)
       index_(options.max_blocks, classes_.count() + 3u, options.hash_seed) {
   // The index keeps sizes in 32 bits; the config caps max_block_bytes at 1 GiB.
   KVT_CHECK(options.max_block_bytes <= UINT32_MAX);
+  scrub_allowance_ = options.scrub_bytes_per_round;
 }
 
 uint64_t DramPool::SlotBytes(const BlockEntry& e) const {
@@ -164,9 +165,16 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
 }
 
 StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset) {
-  if (auto at = AllocateSpace(cls, size)) {
-    *offset = *at;
-    return StatusCode::kOk;
+  for (;;) {
+    // Slots waiting to be zeroed come back first; no more is evicted while they are queued.
+    const std::optional<uint64_t> at =
+        scrub_pending_bytes_ > 0 ? AllocateFree(cls, size) : AllocateSpace(cls, size);
+    if (at) {
+      *offset = *at;
+      return StatusCode::kOk;
+    }
+    if (scrub_pending_bytes_ == 0) break;  // nothing evictable
+    if (Scrub() == 0) return StatusCode::kUnavailable;  // this round's budget is spent: wait
   }
   if (!options_.spill) return RefuseDram(cls, size);
   // Room comes from dirty blocks once they are on SSD: make sure enough are on their way.
@@ -227,22 +235,25 @@ StatusCode DramPool::RefuseIndex() {
   return StatusCode::kResourceExhausted;
 }
 
+std::optional<uint64_t> DramPool::AllocateFree(uint8_t cls, uint64_t size) {
+  if (cls != SizeClasses::kLarge) return slabs_.AllocSmall(cls);
+  return slabs_.AllocLarge(
+      static_cast<uint32_t>(AlignUp(size, classes_.slab_bytes()) / classes_.slab_bytes()));
+}
+
 std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
+  if (auto offset = AllocateFree(cls, size)) return offset;
   uint32_t slabs_needed = 1;
   if (cls != SizeClasses::kLarge) {
-    if (auto offset = slabs_.AllocSmall(cls)) return offset;
     // The pool is carved up. The oldest unpinned clean block of the same class gives its slot.
     const uint32_t victim = index_.LruBack(LruListOf(cls));
     if (victim != BlockIndex::kNil) {
       EvictBlock(victim);
-      auto offset = slabs_.AllocSmall(cls);
-      KVT_CHECK(offset.has_value());
-      return offset;
+      return AllocateFree(cls, size);  // nullopt while its slot waits to be zeroed
     }
   } else {
     slabs_needed = static_cast<uint32_t>(AlignUp(size, classes_.slab_bytes()) /
                                          classes_.slab_bytes());
-    if (auto offset = slabs_.AllocLarge(slabs_needed)) return offset;
   }
   // Empty the cheapest window of whole slabs and carve it. Dirty, leased, reserved and
   // in-flight blocks pin their slabs, so only clean blocks are in a window.
@@ -251,10 +262,7 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   scratch_offsets_.clear();
   slabs_.CollectBlocks(*first, slabs_needed, &scratch_offsets_);
   for (uint64_t offset : scratch_offsets_) EvictBlock(slabs_.Owner(offset));
-  auto offset = cls == SizeClasses::kLarge ? slabs_.AllocLarge(slabs_needed)
-                                           : slabs_.AllocSmall(cls);
-  KVT_CHECK(offset.has_value());
-  return offset;
+  return AllocateFree(cls, size);  // nullopt while the window's slots wait to be zeroed
 }
 
 bool DramPool::EvictForIndex() {
@@ -383,12 +391,52 @@ void DramPool::EvictEverywhere(uint32_t id, bool release_ssd_record, EvictReport
 void DramPool::FreeSlot(BlockEntry& e) {
   // Secure deletion: the next block placed here starts from zeros, not from these bytes. Every
   // slot leaves the pool through here, and no lease or I/O holds it any more.
-  if (options_.zero_memory != nullptr) {
-    std::memset(options_.zero_memory + e.offset, 0, SlotBytes(e));
-  }
-  used_bytes_ -= SlotBytes(e);
-  slabs_.Free(e.offset);
+  const uint64_t bytes = SlotBytes(e);
   e.flags &= static_cast<uint8_t>(~(kInDram | kPromoting));
+  if (options_.zero_memory == nullptr || (scrubs_.empty() && bytes <= scrub_allowance_)) {
+    if (options_.zero_memory != nullptr) scrub_allowance_ -= bytes;
+    ScrubNow(e.offset, bytes);
+    return;
+  }
+  // Zeroed by a later round; the pin keeps allocation and window eviction away until then.
+  slabs_.Pin(e.offset);
+  scrubs_.push_back(PendingScrub{e.offset, bytes, 0});
+  scrub_pending_bytes_ += bytes;
+}
+
+void DramPool::ScrubNow(uint64_t offset, uint64_t bytes) {
+  if (options_.zero_memory != nullptr) std::memset(options_.zero_memory + offset, 0, bytes);
+  used_bytes_ -= bytes;
+  slabs_.Free(offset);
+}
+
+uint64_t DramPool::Scrub() {
+  uint64_t zeroed = 0;
+  while (!scrubs_.empty() && scrub_allowance_ > 0) {
+    PendingScrub& s = scrubs_.front();
+    const uint64_t n = std::min(scrub_allowance_, s.bytes - s.zeroed);
+    std::memset(options_.zero_memory + s.offset + s.zeroed, 0, n);
+    s.zeroed += n;
+    zeroed += n;
+    scrub_allowance_ -= n;
+    scrub_pending_bytes_ -= n;
+    if (s.zeroed < s.bytes) break;
+    slabs_.Unpin(s.offset);
+    used_bytes_ -= s.bytes;
+    slabs_.Free(s.offset);
+    scrubs_.pop_front();
+  }
+  return zeroed;
+}
+
+void DramPool::FreeQueuedSlotsUnzeroed() {
+  for (const PendingScrub& s : scrubs_) {
+    slabs_.Unpin(s.offset);
+    used_bytes_ -= s.bytes;
+    slabs_.Free(s.offset);
+  }
+  scrubs_.clear();
+  scrub_pending_bytes_ = 0;
 }
 
 void DramPool::ForgetSsdRecord(BlockEntry& e, bool release) {

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -114,6 +115,9 @@ class DramPool {
     uint64_t hash_seed = 0;
     // The pool's memory, to zero freed slots (null: not zeroed, e.g. in unit tests).
     std::byte* zero_memory = nullptr;
+    // Bytes of freed slots zeroed per scrub round (see "Scrubbing" below); the default zeroes
+    // every slot at once, as a pool without a server loop wants.
+    uint64_t scrub_bytes_per_round = UINT64_MAX;
     // SSD tier: off when spill is false.
     bool spill = false;
     uint64_t spill_max_block_bytes = 0;  // larger blocks are never demoted
@@ -223,6 +227,23 @@ class DramPool {
   // Drain: 0 makes Demote() write out every dirty block that can go to SSD.
   void set_dirty_limit_bytes(uint64_t bytes) { options_.dirty_limit_bytes = bytes; }
 
+  // --- Scrubbing (secure deletion of freed slots) ---
+  // A freed slot is zeroed before it can be reused. Zeroing 1 GiB takes ~100 ms, and the event
+  // loop that runs every tenant's requests must not stall for it, so each round gets a budget
+  // (Options::scrub_bytes_per_round): freed slots are zeroed at once while it lasts, and the
+  // rest wait in a queue, their slots pinned (no allocation or eviction can reach them), and
+  // counted in used_bytes, until later rounds zero them. A Reserve or promotion that needs
+  // their space uses what is left of the round's budget, or answers kUnavailable ("wait";
+  // retry after the next round's Scrub).
+  // Starts a round: the budget is full again.
+  void BeginScrubRound() { scrub_allowance_ = options_.scrub_bytes_per_round; }
+  // Zeroes queued slots with what is left of this round's budget; returns the bytes zeroed.
+  uint64_t Scrub();
+  // Bytes of freed slots still to be zeroed.
+  uint64_t scrub_pending_bytes() const { return scrub_pending_bytes_; }
+  // Purge: frees every queued slot without zeroing it (the caller wipes the whole pool).
+  void FreeQueuedSlotsUnzeroed();
+
   // --- Expiry ---
   // The pool's clock, in whole seconds (the daemon's monotonic uptime); only moves forward.
   // An expired block is a miss at once for every call; Reap reclaims expired blocks nobody
@@ -233,6 +254,8 @@ class DramPool {
   uint32_t Reap(uint32_t budget);
 
  private:
+  // AllocateFree, else evicts clean blocks to make room: nullopt when nothing is evictable, or
+  // when the evicted slots wait to be zeroed (scrub_pending_bytes() > 0 then).
   std::optional<uint64_t> AllocateSpace(uint8_t cls, uint64_t size);
   // AllocateSpace, or: kUnavailable if demotions in flight (started here if need be) will make
   // room, kResourceExhausted if nothing will.
@@ -253,6 +276,10 @@ class DramPool {
   // Drops a kRemoved entry once no lease or I/O holds it.
   void DropIfUnheld(uint32_t id);
   void FreeSlot(BlockEntry& e);
+  // Zeroes [offset, offset + bytes) and gives the slot back to the allocator.
+  void ScrubNow(uint64_t offset, uint64_t bytes);
+  // Allocation without eviction: a free slot or run, or nullopt.
+  std::optional<uint64_t> AllocateFree(uint8_t cls, uint64_t size);
   void Touch(uint32_t id);
   // Puts the entry on the list its state calls for (or none).
   void Relist(uint32_t id, bool front = true);
@@ -303,6 +330,15 @@ class DramPool {
   uint32_t demotions_in_flight_ = 0;
   uint32_t promotions_in_flight_ = 0;
   TierCounters tier_;
+  // Scrubbing.
+  struct PendingScrub {
+    uint64_t offset = 0;
+    uint64_t bytes = 0;
+    uint64_t zeroed = 0;  // a large slot may be zeroed over several rounds
+  };
+  std::deque<PendingScrub> scrubs_;
+  uint64_t scrub_pending_bytes_ = 0;
+  uint64_t scrub_allowance_ = UINT64_MAX;
 };
 
 }  // namespace kvtier

@@ -346,20 +346,33 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
 
 void Server::AdvanceAdmin() {
   std::erase_if(purges_, [&](PendingPurge& purge) {
-    if ((purge.erase_posted && !purge.erased) || !purge.tenant->pool->idle() ||
-        purge.tenant->copies_in_flight > 0) {
-      return false;
+    Tenant& tenant = *purge.tenant;
+    if (!purge.emptied) {
+      if ((purge.erase_posted && !purge.erased) || !tenant.pool->idle() ||
+          tenant.copies_in_flight > 0) {
+        return false;
+      }
+      if (purge.copies_waited) {
+        // Blocks its closed sessions' copies held were kept; they go now.
+        const EvictReport more = tenant.pool->Evict(EvictTiers::kAll, false);
+        purge.removed.dram_blocks += more.dram_blocks;
+        purge.removed.dram_bytes += more.dram_bytes;
+        purge.removed.ssd_blocks += more.ssd_blocks;
+        purge.removed.ssd_bytes += more.ssd_bytes;
+        purge.removed.dropped_blocks += more.dropped_blocks;
+        purge.removed.kept_pinned = more.kept_pinned;
+      }
+      // The wipe below zeroes these slots with the rest of the pool.
+      tenant.pool->FreeQueuedSlotsUnzeroed();
+      purge.emptied = true;
     }
-    if (purge.copies_waited) {
-      // Blocks its closed sessions' copies held were kept; they go now.
-      const EvictReport more = purge.tenant->pool->Evict(EvictTiers::kAll, false);
-      purge.removed.dram_blocks += more.dram_blocks;
-      purge.removed.dram_bytes += more.dram_bytes;
-      purge.removed.ssd_blocks += more.ssd_blocks;
-      purge.removed.ssd_bytes += more.ssd_bytes;
-      purge.removed.dropped_blocks += more.dropped_blocks;
-      purge.removed.kept_pinned = more.kept_pinned;
-    }
+    // No block, lease or I/O touches the pool now: wipe all of it, including slots that were
+    // freed without zeroing (pool.zero_freed off) and bytes clients wrote and never committed,
+    // a chunk per loop round so that other tenants are served meanwhile.
+    const uint64_t chunk = std::min(kWipeBytesPerRound, tenant.memory.size() - purge.wiped_bytes);
+    explicit_bzero(tenant.memory.data() + purge.wiped_bytes, chunk);
+    purge.wiped_bytes += chunk;
+    if (purge.wiped_bytes < tenant.memory.size()) return false;
     FinishPurge(purge);
     return true;
   });
@@ -367,9 +380,6 @@ void Server::AdvanceAdmin() {
 
 void Server::FinishPurge(PendingPurge& purge) {
   Tenant& tenant = *purge.tenant;
-  // No block, lease or I/O touches the pool now: wipe all of it, including slots that were
-  // freed without zeroing (pool.zero_freed off) and bytes clients wrote and never committed.
-  explicit_bzero(tenant.memory.data(), tenant.memory.size());
   tenant.purging = false;
   const EvictReport& removed = purge.removed;
   Status status = purge.erase_status;

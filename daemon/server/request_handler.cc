@@ -369,6 +369,14 @@ void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& req
                                std::to_string(wire::kMaxRegionsPerSession) + " regions"));
     return;
   }
+  Tenant& tenant = *session.tenant();
+  if (tenant.regions >= tenant.max_regions) {
+    reply.SetStatus(Status(StatusCode::kResourceExhausted,
+                           "tenant '" + tenant.config.name + "' already holds " +
+                               std::to_string(tenant.regions) +
+                               " regions, its share of the kernel's vm.max_map_count"));
+    return;
+  }
   Result<std::shared_ptr<Region>> region = Status(StatusCode::kInternal, "unreachable");
   if (spec.kind == static_cast<uint32_t>(wire::RegionKind::kHost)) {
     if (spec.events != 0 || spec.device != 0 ||
@@ -397,6 +405,7 @@ void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& req
     reply.SetStatus(id.status());
     return;
   }
+  ++tenant.regions;
   wire::RegionReply out{};
   out.region_id = *id;
   out.bytes = spec.bytes;
@@ -410,7 +419,9 @@ void RequestHandler::DeregisterRegion(Session& session, const wire::FrameView& r
   if (!session.regions().Remove(id)) {
     reply.SetStatus(Status(StatusCode::kNotFound,
                            "region " + std::to_string(id) + " is not registered in this session"));
+    return;
   }
+  --session.tenant()->regions;
 }
 
 Status RequestHandler::CheckTransfer(Session& session, const wire::FrameView& request) const {
@@ -487,6 +498,7 @@ RequestHandler::Outcome RequestHandler::StartCopy(Session& session,
   }
   job.wait_event = spec.wait_event;
   job.signal_event = spec.signal_event;
+  job.owner = reinterpret_cast<uintptr_t>(session.tenant());  // its tenant's copy queue
   job.spans.reserve(n);
   job.layer_ends.reserve(spec.layers);
   outcome.hold.op = request.op;

@@ -53,6 +53,13 @@ Server::~Server() {
   for (auto& [fd, session] : sessions_) session->Close();
   sessions_.clear();
   detached_.clear();
+  // Freed slots still waiting to be zeroed are zeroed now (DramPool "Scrubbing").
+  for (auto& tenant : tenants_->tenants()) {
+    while (tenant->pool->scrub_pending_bytes() > 0) {
+      tenant->pool->BeginScrubRound();
+      tenant->pool->Scrub();
+    }
+  }
   // Closing sessions can free removed blocks: their SSD records go to the workers, which
   // release them before they stop.
   if (!workers_.empty()) PostSpillOrders(/*demote=*/false);
@@ -129,6 +136,7 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
 Status Server::Run() {
   epoll_event events[64];
   uint64_t last_activity_us = NowUs();
+  bool background_work = false;  // freed slots to zero or a purge's wipe: no sleeping
   for (;;) {
     // Also spin while a copy posted moments ago runs (poll_spin_us > 0 only): its result is
     // due within a millisecond or two, and a sleeping loop would add a wake-up to each copy's
@@ -138,14 +146,15 @@ Status Server::Run() {
         now - last_activity_us < config_.poll_spin_us ||
         (config_.poll_spin_us > 0 && !copies_.empty() && now - last_copy_post_us_ < kCopySpinUs);
     // Wake up at least each second: silent sessions are timed out and expired blocks reaped.
-    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning ? 0 : 1000);
+    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning || background_work ? 0 : 1000);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("epoll_wait", errno);
     }
+    for (auto& tenant : tenants_->tenants()) tenant->pool->BeginScrubRound();
     if (awaiting_hello_ > 0) CloseSilentSessions();
     Tick();
-    if (n == 0 && purges_.empty() && !drain_) {
+    if (n == 0 && purges_.empty() && !drain_ && !background_work) {
       // Spinning: give the CPU away at once if a client waits for it (on a shared vCPU the
       // client may be the very peer whose next request we are spinning for).
       sched_yield();
@@ -177,15 +186,28 @@ Status Server::Run() {
         if (it != sessions_.end()) OnSessionEvent(*it->second, events[i].events);
       }
     }
+    background_work = ScrubPools();
     if (!purges_.empty() || drain_) {
       AdvanceAdmin();
       if (drain_ && AdvanceDrain()) return Status::Ok();
     }
+    for (const PendingPurge& purge : purges_) background_work |= purge.emptied;
     if (!workers_.empty()) PostSpillOrders();
     ForgetClosedSessions();
     // A round woken by the timeout (a purge or drain waiting) is no activity to spin after.
     if (n > 0) last_activity_us = NowUs();
   }
+}
+
+bool Server::ScrubPools() {
+  bool more = false;
+  for (auto& tenant : tenants_->tenants()) {
+    DramPool& pool = *tenant->pool;
+    if (pool.scrub_pending_bytes() == 0) continue;
+    if (pool.Scrub() > 0 && !parked_.empty()) ContinueParked(tenant.get());
+    more |= pool.scrub_pending_bytes() > 0;
+  }
+  return more;
 }
 
 void Server::Tick() {
@@ -246,7 +268,8 @@ void Server::Accept() {
       continue;
     }
     // A peer that maps to no tenant is refused now, so it never holds a session slot.
-    if (auto tenant = tenants_->Resolve(*peer); !tenant.ok()) {
+    auto tenant = tenants_->Resolve(*peer);
+    if (!tenant.ok()) {
       Refuse(fd.get(), *peer, tenant.status());
       continue;
     }
@@ -255,6 +278,14 @@ void Server::Accept() {
              Status(StatusCode::kResourceExhausted,
                     "kvtierd already serves max_sessions = " +
                         std::to_string(config_.max_sessions) + " sessions"));
+      continue;
+    }
+    // Each tenant has its share of the slots, so one cannot lock the others out.
+    if (const TenantConfig& tc = (*tenant)->config; (*tenant)->connections >= tc.max_sessions) {
+      Refuse(fd.get(), *peer,
+             Status(StatusCode::kResourceExhausted,
+                    "tenant '" + tc.name + "' already holds its max_sessions = " +
+                        std::to_string(tc.max_sessions) + " sessions"));
       continue;
     }
     if (Status b = SizeSocketBuffers(fd.get()); !b.ok() && AllowPeerErrorLog()) {
@@ -271,9 +302,17 @@ void Server::Accept() {
     const uint32_t id = NextSessionId();
     spdlog::debug("session {}: connected pid {} uid {} gid {}", id, peer->pid, peer->uid,
                   peer->gid);
-    sessions_[raw_fd] =
-        std::make_unique<Session>(id, std::move(fd), *peer, config_.max_leases_per_session);
-    sessions_[raw_fd]->set_hello_deadline_us(NowUs() + kHelloTimeoutUs);
+    try {
+      auto session = std::make_unique<Session>(id, std::move(fd), *peer,
+                                               config_.max_leases_per_session, *tenant);
+      session->set_hello_deadline_us(NowUs() + kHelloTimeoutUs);
+      sessions_[raw_fd] = std::move(session);
+    } catch (const std::bad_alloc&) {
+      // The fd closed with the session or still lies in `fd`; the peer sees a hang-up.
+      epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, raw_fd, nullptr);
+      if (AllowPeerErrorLog()) spdlog::warn("out of memory accepting a session; dropped it");
+      continue;
+    }
     ++awaiting_hello_;
   }
 }
@@ -345,14 +384,43 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd
   reply.Begin(request->op, request->header.request_id);
   const uint64_t arrived_us = NowUs();
   const bool was_anonymous = session.tenant() == nullptr;
-  RequestHandler::Outcome outcome =
-      handler_.Handle(session, *request, reply, std::move(passed_fd));
+  // Running out of memory (or of mappings: malloc's large blocks are mmaps) fails this request
+  // and closes its session; every other session keeps being served.
+  RequestHandler::Outcome outcome;
+  bool out_of_memory = false;
+  try {
+    outcome = handler_.Handle(session, *request, reply, std::move(passed_fd));
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;
+  }
   if (was_anonymous && session.tenant() != nullptr) --awaiting_hello_;
-  if (outcome.park || outcome.copy) {
-    Park(session, bytes, reply, /*awaits_spill=*/!outcome.copy);
-    session.parked()->arrived_us = arrived_us;
-    if (outcome.copy) StartCopy(session, outcome);
-    return false;  // read nothing more from it until the reply is out
+  if (!out_of_memory && (outcome.park || outcome.copy)) {
+    try {
+      Park(session, bytes, reply, /*awaits_spill=*/!outcome.copy);
+      session.parked()->arrived_us = arrived_us;
+      if (outcome.copy) StartCopy(session, outcome);
+      return false;  // read nothing more from it until the reply is out
+    } catch (const std::bad_alloc&) {
+      out_of_memory = true;
+    }
+  }
+  if (out_of_memory) {
+    const Status failure(StatusCode::kResourceExhausted,
+                         "kvtierd could not allocate memory for this request; the session is "
+                         "closed, others are served");
+    // A copy that was not posted gives back the blocks it held.
+    if (outcome.copy) handler_.FinishCopy(session, outcome.hold, failure, nullptr, nullptr);
+    if (AllowPeerErrorLog()) {
+      spdlog::warn("session {} (pid {} uid {}): out of memory serving op {}; closing it",
+                   session.id(), session.peer().pid, session.peer().uid,
+                   static_cast<int>(request->op));
+    }
+    wire::FrameWriter error(send_buffer_);
+    error.Begin(request->op, request->header.request_id);
+    error.SetStatus(failure);
+    SendReply(session, error.Finish(), -1);
+    CloseSession(session, "out of memory");
+    return false;
   }
   const bool sent = SendReply(session, reply.Finish(), outcome.pass_fd);
   latency_[static_cast<size_t>(request->op)].Observe(NowUs() - arrived_us);
@@ -446,15 +514,23 @@ void Server::Park(Session& session, size_t request_bytes, const wire::FrameWrite
 }
 
 void Server::StartCopy(Session& session, RequestHandler::Outcome& outcome) {
-  const uint64_t id = next_copy_id_++;
+  // All or nothing under std::bad_alloc: until the job is posted, outcome keeps its hold.
+  const uint64_t id = next_copy_id_;
   outcome.copy->id = id;
+  PendingCopy& copy = copies_[id];
+  try {
+    copier_->Post(std::move(*outcome.copy));
+  } catch (...) {
+    copies_.erase(id);
+    throw;
+  }
+  outcome.copy.reset();
+  ++next_copy_id_;
+  copy = PendingCopy{session.fd(), session.id(), session.tenant(), std::move(outcome.hold), false};
   session.progress().copy_id = id;
   ++session.copies_in_flight();
   ++session.tenant()->copies_in_flight;
-  copies_.emplace(id, PendingCopy{session.fd(), session.id(), session.tenant(),
-                                  std::move(outcome.hold), false});
   last_copy_post_us_ = NowUs();
-  copier_->Post(std::move(*outcome.copy));
 }
 
 void Server::SendParkedReply(Session& session, const wire::FrameView& request) {
@@ -538,8 +614,15 @@ void Server::ContinueParked(const Tenant* tenant) {
     RequestHandler::Outcome outcome = handler_.Continue(session, *request, session.parked()->writer);
     if (outcome.park) return false;
     if (outcome.copy) {
-      StartCopy(session, outcome);
-      return true;
+      try {
+        StartCopy(session, outcome);
+        return true;
+      } catch (const std::bad_alloc&) {
+        handler_.FinishCopy(session, outcome.hold,
+                            Status(StatusCode::kResourceExhausted,
+                                   "kvtierd could not allocate memory to post the copy"),
+                            &session.parked()->writer, &*request);
+      }
     }
     SendParkedReply(session, *request);
     return true;

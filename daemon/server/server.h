@@ -73,6 +73,8 @@ class Server {
     Status erase_status;
     uint64_t segments_erased = 0;
     bool copies_waited = false;  // closed sessions' copies were still running
+    bool emptied = false;        // the pool holds nothing any more; the wipe is under way
+    uint64_t wiped_bytes = 0;    // of the pool, from its start, kWipeBytesPerRound at a time
   };
   struct PendingDrain {
     AdminRequest request;
@@ -128,6 +130,9 @@ class Server {
   uint32_t NextSessionId();
   // Once a second: moves the pools' clocks and reaps a bounded number of expired blocks.
   void Tick();
+  // End of a loop round: each pool zeroes part of its freed slots, and requests waiting for
+  // that room continue. True while any pool has more to zero (the loop must not sleep).
+  bool ScrubPools();
 
   // --- admin_commands.cc ---
   void OnAdminCommands();
@@ -156,6 +161,9 @@ class Server {
   static constexpr uint32_t kReapEntriesPerSecond = 65536;
   static constexpr uint32_t kPeerErrorLogsPerSecond = 10;
   static constexpr uint64_t kHelloTimeoutUs = 5'000'000;
+  // A purge wipes its tenant's whole pool this much per loop round, so other tenants are
+  // served between chunks (DramPool scrubbing has the same reason).
+  static constexpr uint64_t kWipeBytesPerRound = 4ull << 20;
 
   uint64_t start_us_;
   uint32_t clock_s_ = 0;

@@ -61,6 +61,7 @@ void Session::Close() {
     for (BlockRef ref : reservations_) pool.AbortIfReservedBy(ref, id_);
     reservations_.clear();
     leases_ = LeaseTable(0);
+    tenant_->regions -= static_cast<uint32_t>(regions_.size());
     --tenant_->sessions;
     tenant_ = nullptr;
   }

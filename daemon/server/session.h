@@ -100,9 +100,17 @@ struct CopyHold {
 
 class Session {
  public:
-  Session(uint32_t id, UniqueFd fd, PeerCredentials peer, uint32_t max_leases)
-      : id_(id), fd_(std::move(fd)), peer_(peer), leases_(max_leases) {}
-  ~Session() { Close(); }  // the fd closes with the UniqueFd
+  // `connected_to`: the tenant whose connections (Tenant::connections) this session counts in
+  // until it is destroyed.
+  Session(uint32_t id, UniqueFd fd, PeerCredentials peer, uint32_t max_leases,
+          Tenant* connected_to)
+      : id_(id), fd_(std::move(fd)), peer_(peer), leases_(max_leases), connected_to_(connected_to) {
+    ++connected_to_->connections;
+  }
+  ~Session() {  // the fd closes with the UniqueFd
+    Close();
+    --connected_to_->connections;
+  }
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -159,6 +167,7 @@ class Session {
   std::unique_ptr<ParkedRequest> parked_;
   RegionTable regions_;
   uint32_t copies_in_flight_ = 0;
+  Tenant* connected_to_;
   bool closed_ = false;
   uint64_t hello_deadline_us_ = 0;
 };

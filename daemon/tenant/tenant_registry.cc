@@ -1,9 +1,35 @@
 #include "daemon/tenant/tenant_registry.h"
 
+#include <algorithm>
+#include <cstdio>
+
 #include "crypto/secure_random.h"
 #include "ipc/base/check.h"
 
 namespace kvtier {
+namespace {
+
+// vm.max_map_count, or the kernel's default where it cannot be read.
+uint64_t MaxMapCount() {
+  uint64_t count = 65530;
+  if (FILE* f = std::fopen("/proc/sys/vm/max_map_count", "r")) {
+    unsigned long long value = 0;
+    if (std::fscanf(f, "%llu", &value) == 1 && value > 0) count = value;
+    std::fclose(f);
+  }
+  return count;
+}
+
+}  // namespace
+
+uint32_t RegionShare(size_t tenants) {
+  // Each host region is one mapping of kvtierd's. Half of vm.max_map_count is left to
+  // everything else the process maps (pools, thread stacks, io_uring rings, malloc's large
+  // blocks, the CUDA driver), and each tenant gets an equal part of the other half, so no
+  // tenant can bring kvtierd to the kernel's limit (mmap and malloc failing for everyone).
+  const uint64_t share = MaxMapCount() / 2 / std::max<size_t>(tenants, 1);
+  return static_cast<uint32_t>(std::clamp<uint64_t>(share, 1, UINT32_MAX));
+}
 
 Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& config,
                                                                std::vector<std::string>* warnings) {
@@ -36,6 +62,7 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
     pool.max_blocks = static_cast<uint32_t>(tc.max_blocks);
     pool.hash_seed = seed;
     if (config.zero_freed) pool.zero_memory = tenant->memory.data();
+    pool.scrub_bytes_per_round = kScrubBytesPerRound;
     if (!config.spill.dir.empty() && tc.ssd_bytes > 0) {
       pool.spill = true;
       pool.spill_max_block_bytes = config.spill.max_block_bytes;
@@ -45,6 +72,7 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
       pool.max_demotions_in_flight = 2 * config.spill.staging_buffers;
     }
     tenant->pool = std::make_unique<DramPool>(pool);
+    tenant->max_regions = RegionShare(config.tenants.size());
     Tenant* raw = tenant.get();
     for (uid_t uid : tc.uids) registry->by_uid_[uid] = raw;
     for (gid_t gid : tc.gids) registry->by_gid_[gid] = raw;
@@ -85,6 +113,7 @@ void TenantRegistry::Remap(const Config& next) {
     tenant->config.default_ttl_seconds = tc.default_ttl_seconds;
     tenant->config.max_ttl_seconds = tc.max_ttl_seconds;
     tenant->config.ssd_bytes = tc.ssd_bytes;
+    tenant->config.max_sessions = tc.max_sessions;
     for (uid_t uid : tc.uids) by_uid_[uid] = tenant;
     for (gid_t gid : tc.gids) by_gid_[gid] = tenant;
     if (tc.name == next.default_tenant) default_tenant_ = tenant;

@@ -5,6 +5,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
 #include <climits>
 
 #include "ipc/base/errno_status.h"
@@ -38,7 +42,14 @@ Status CopyEngine::Start() {
 void CopyEngine::Post(CopyJob job) {
   {
     std::lock_guard lock(mu_);
-    jobs_.push_back(std::move(job));
+    auto queue = std::find_if(queues_.begin(), queues_.end(),
+                              [&](const auto& q) { return q->owner == job.owner; });
+    if (queue == queues_.end()) {
+      queues_.push_back(std::make_unique<Queue>());
+      queues_.back()->owner = job.owner;
+      queue = queues_.end() - 1;
+    }
+    (*queue)->jobs.push_back(std::move(job));
   }
   wake_.notify_one();
 }
@@ -60,51 +71,113 @@ void CopyEngine::Publish(CopyResult result) {
   (void)!write(results_fd_.get(), &one, sizeof(one));
 }
 
+namespace {
+
+uint64_t MonotonicUs() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+}  // namespace
+
 void CopyEngine::Run() {
+  size_t cursor = 0;   // the queue whose turn is next
+  size_t waiting = 0;  // turns in a row that found a job waiting for its event
   for (;;) {
-    CopyJob job;
+    CopyJob* job = nullptr;
     {
       std::unique_lock lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping, and nothing left to run
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      wake_.wait(lock, [&] { return stop_ || !queues_.empty(); });
+      if (queues_.empty()) return;  // stopping, and nothing left to run
+      if (waiting >= queues_.size()) {
+        // Every queue's next job waits for an engine's event: wait a little for one to
+        // complete, or for a new job, rather than spin.
+        wake_.wait_for(lock, std::chrono::microseconds(200));
+        waiting = 0;
+      }
+      cursor %= queues_.size();
+      // Stays put while the loop posts more (deque::push_back keeps references, and only this
+      // thread pops jobs or removes queues).
+      job = &queues_[cursor]->jobs.front();
     }
-    const Status status = RunJob(job);
-    const uint64_t id = job.id;
-    job = CopyJob{};  // regions go before the loop hears of it
+    Status status;
+    const Turn turn = RunSlice(*job, &status);
+    waiting = turn == Turn::kWaiting ? waiting + 1 : 0;
+    if (turn != Turn::kDone) {
+      ++cursor;
+      continue;
+    }
+    const uint64_t id = job->id;
+    {
+      std::lock_guard lock(mu_);
+      auto& jobs = queues_[cursor]->jobs;
+      jobs.pop_front();  // its regions go before the loop hears of it
+      if (jobs.empty()) {
+        queues_.erase(queues_.begin() + static_cast<std::ptrdiff_t>(cursor));
+      } else {
+        ++cursor;
+      }
+    }
     Publish(CopyResult{id, true, status});
   }
 }
 
-Status CopyEngine::RunJob(const CopyJob& job) {
+CopyEngine::Turn CopyEngine::RunSlice(CopyJob& job, Status* status) {
+  if (job.region->kind() != wire::RegionKind::kCuda) return RunHostSlice(job);
+  if (job.wait_event != UINT32_MAX) {
+    // Started only once the engine's event has completed: a stream waiting on an event that
+    // never comes would hold up every tenant's copies on this device.
+    Result<bool> done = GpuEventDone(job.region->gpu(), job.wait_event);
+    if (!done.ok()) {
+      *status = done.status();
+      return Turn::kDone;
+    }
+    if (!*done) {
+      const uint64_t now = MonotonicUs();
+      if (job.wait_deadline_us == 0) job.wait_deadline_us = now + kEventWaitUs;
+      if (now < job.wait_deadline_us) return Turn::kWaiting;
+      *status = Status(StatusCode::kTimedOut,
+                       "the region's event " + std::to_string(job.wait_event) +
+                           " did not complete within " + std::to_string(kEventWaitUs / 1000000) +
+                           " s of the offload; nothing was copied");
+      return Turn::kDone;
+    }
+  }
+  uint32_t* progress = job.progress == nullptr
+                           ? nullptr
+                           : reinterpret_cast<uint32_t*>(job.progress->host() + job.progress_offset);
+  GpuCopy copy;
+  copy.region = job.region->gpu();
+  copy.pool = job.pool;
+  copy.to_pool = job.to_pool;
+  copy.spans = job.spans;
+  copy.layer_ends = job.layer_ends;
+  copy.wait_event = job.wait_event;
+  copy.signal_event = job.signal_event;
+  if (progress != nullptr) {
+    copy.layer_done = [progress](uint32_t layer) { PublishProgress(progress, layer + 1); };
+  }
+  if (job.signal_event != UINT32_MAX) {
+    copy.enqueued = [this, id = job.id] { Publish(CopyResult{id, false, Status::Ok()}); };
+  }
+  // A failed copy leaves the word short of `layers`: waiters see the reply carry the error.
+  *status = RunGpuCopy(copy);
+  return Turn::kDone;
+}
+
+CopyEngine::Turn CopyEngine::RunHostSlice(CopyJob& job) {
   uint32_t* progress = job.progress == nullptr
                            ? nullptr
                            : reinterpret_cast<uint32_t*>(job.progress->host() + job.progress_offset);
   const auto layers = static_cast<uint32_t>(job.layer_ends.size());
-  if (job.region->kind() == wire::RegionKind::kCuda) {
-    GpuCopy copy;
-    copy.region = job.region->gpu();
-    copy.pool = job.pool;
-    copy.to_pool = job.to_pool;
-    copy.spans = job.spans;
-    copy.layer_ends = job.layer_ends;
-    copy.wait_event = job.wait_event;
-    copy.signal_event = job.signal_event;
-    if (progress != nullptr) {
-      copy.layer_done = [progress](uint32_t layer) { PublishProgress(progress, layer + 1); };
-    }
-    if (job.signal_event != UINT32_MAX) {
-      copy.enqueued = [this, id = job.id] { Publish(CopyResult{id, false, Status::Ok()}); };
-    }
-    // A failed copy leaves the word short of `layers`: waiters see the reply carry the error.
-    return RunGpuCopy(copy);
-  }
   std::byte* region = job.region->host();
-  uint32_t begin = 0;
-  for (uint32_t layer = 0; layer < layers; ++layer) {
-    for (uint32_t i = begin; i < job.layer_ends[layer]; ++i) {
-      const CopySpan& s = job.spans[i];
+  uint64_t copied = 0;
+  while (job.next_layer < layers) {
+    const uint32_t end = job.layer_ends[job.next_layer];
+    for (; job.next_span < end; ++job.next_span) {
+      if (copied >= kSliceBytes) return Turn::kMore;  // another owner's turn
+      const CopySpan& s = job.spans[job.next_span];
       // Streaming stores both ways: the destination is a shared mapping that this thread
       // never reads back (kvclient/copy.h: 2.25x memcpy into shm on these hosts).
       if (job.to_pool) {
@@ -112,11 +185,12 @@ Status CopyEngine::RunJob(const CopyJob& job) {
       } else {
         CopyToPool(region + s.region_offset, job.pool + s.pool_offset, s.bytes);
       }
+      copied += s.bytes;
     }
-    begin = job.layer_ends[layer];
-    if (progress != nullptr) PublishProgress(progress, layer + 1);
+    if (progress != nullptr) PublishProgress(progress, job.next_layer + 1);
+    ++job.next_layer;
   }
-  return Status::Ok();
+  return Turn::kDone;
 }
 
 }  // namespace kvtier

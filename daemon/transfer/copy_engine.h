@@ -4,10 +4,19 @@
 //
 // The loop posts a CopyJob with everything the copy needs: pool and region addresses that stay
 // valid until the job's final result (the loop holds the blocks' leases or reservations, the
-// job holds its regions). Jobs run one at a time, in order. Host regions are copied with the
-// streaming-store helpers (kvclient/copy.h); CUDA regions with RunGpuCopy on the daemon's
-// stream. After each layer the job's progress word, if any, is set to the layers done and
-// futex-woken. Results come back through event_fd, like the spill workers'.
+// job holds its regions). Host regions are copied with the streaming-store helpers
+// (kvclient/copy.h); CUDA regions with RunGpuCopy on the daemon's stream. After each layer the
+// job's progress word, if any, is set to the layers done and futex-woken. Results come back
+// through event_fd, like the spill workers'.
+//
+// Fairness between tenants: each owner (tenant) has its own FIFO queue, and the thread serves
+// the queues round robin, a slice at a time: a host job copies at most kSliceBytes before the
+// next owner's job gets its turn, so one tenant's 4,096-block onload delays another tenant's
+// copy by a slice (~0.5 ms), not by its whole length. A CUDA job that waits for an engine's
+// IPC event is started only once the event has completed (cudaEventQuery), so an event that
+// never completes holds up only its owner's queue, and fails its job with kTimedOut
+// after kEventWaitUs; a CUDA job, once started, runs whole (its copies are queued on the
+// device's stream at once).
 // Thread-safety: Post, TakeResults and event_fd are for the loop thread.
 #pragma once
 
@@ -37,6 +46,11 @@ struct CopyJob {
   uint64_t progress_offset = 0;      // 4-byte aligned, inside `progress`
   uint32_t wait_event = UINT32_MAX;
   uint32_t signal_event = UINT32_MAX;
+  uint64_t owner = 0;  // whose queue it joins (the tenant)
+  // The engine's progress through a host job (set by the engine).
+  uint32_t next_span = 0;
+  uint32_t next_layer = 0;
+  uint64_t wait_deadline_us = 0;  // a CUDA job waiting for wait_event fails after this
 };
 
 struct CopyResult {
@@ -49,6 +63,11 @@ struct CopyResult {
 
 class CopyEngine {
  public:
+  // A host job copies at most this much per turn (~0.5 ms at the memory's speed).
+  static constexpr uint64_t kSliceBytes = 4ull << 20;
+  // How long a CUDA job waits for its wait_event to complete before it fails.
+  static constexpr uint64_t kEventWaitUs = 10'000'000;
+
   CopyEngine();
   // Runs the jobs still queued, then stops.
   ~CopyEngine();
@@ -62,15 +81,28 @@ class CopyEngine {
   int event_fd() const { return results_fd_.get(); }
 
  private:
+  struct Queue {
+    uint64_t owner = 0;
+    std::deque<CopyJob> jobs;  // the front one is running or next
+  };
+  // What one turn of a job did.
+  enum class Turn { kDone, kMore, kWaiting };
+
   void Run();
-  Status RunJob(const CopyJob& job);
+  // Runs a slice of `job` (the front of its queue); kDone once its final result is due, with
+  // `*status` set.
+  Turn RunSlice(CopyJob& job, Status* status);
+  Turn RunHostSlice(CopyJob& job);
   void Publish(CopyResult result);
 
   std::thread thread_;
   UniqueFd results_fd_;
   std::mutex mu_;
   std::condition_variable wake_;
-  std::deque<CopyJob> jobs_;          // guarded by mu_
+  // Owners with jobs, in round-robin order; a queue is removed once empty. Only the copy
+  // thread pops jobs or removes queues, so the front job it runs stays put while the loop
+  // pushes more (deque::push_back keeps references).
+  std::vector<std::unique_ptr<Queue>> queues_;  // guarded by mu_
   std::vector<CopyResult> results_;   // guarded by mu_
   bool stop_ = false;                 // guarded by mu_
 };
