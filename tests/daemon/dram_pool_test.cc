@@ -1012,3 +1012,109 @@ TEST_CASE("An index refusal says how many entries there are and what holds them"
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+bool AllZero(const std::vector<std::byte>& memory, uint64_t offset, uint64_t bytes) {
+  return std::all_of(memory.begin() + static_cast<std::ptrdiff_t>(offset),
+                     memory.begin() + static_cast<std::ptrdiff_t>(offset + bytes),
+                     [](std::byte b) { return b == std::byte{0}; });
+}
+
+TEST_CASE("Freed slots past a round's scrub budget wait, pinned, until later rounds zero them; "
+          "a reserve that needs them waits too and then gets zeros",
+          "[daemon][pool][scrub]") {
+  constexpr uint64_t kSlot = 2 * kMiB;  // one slab each: 8 fill the pool
+  constexpr uint64_t kBudget = 3 * kMiB;
+  std::vector<std::byte> memory(kPool, std::byte{0});
+  DramPool::Options options = Options();
+  options.zero_memory = memory.data();
+  options.scrub_bytes_per_round = kBudget;
+  DramPool pool(options);
+  pool.BeginScrubRound();
+  std::vector<DramPool::Placement> slots(8);
+  for (uint64_t n = 0; n < 8; ++n) {
+    REQUIRE(pool.Reserve(Key(n), kSlot, kSession, &slots[n]) == StatusCode::kOk);
+    std::fill_n(memory.begin() + static_cast<std::ptrdiff_t>(slots[n].offset), kSlot,
+                std::byte{0xab});
+  }
+  // One round: the whole pool is aborted at once. The first slot fits the budget and is zeroed
+  // now; the other seven wait, still counted in use.
+  for (uint64_t n = 0; n < 8; ++n) REQUIRE(pool.Abort(Key(n), kSession) == StatusCode::kOk);
+  CHECK(AllZero(memory, slots[0].offset, kSlot));
+  CHECK_FALSE(AllZero(memory, slots[7].offset, kSlot));
+  CHECK(pool.scrub_pending_bytes() == 7 * kSlot);
+  CHECK(Stats(pool).used_bytes == 7 * kSlot);
+  CHECK_FALSE(pool.empty());
+  // A reserve in the same round takes the free slot; the next finds only waiting slots, and
+  // uses the 1 MiB left of the budget before it says "wait".
+  DramPool::Placement got;
+  REQUIRE(pool.Reserve(Key(100), kSlot, kSession, &got) == StatusCode::kOk);
+  CHECK(AllZero(memory, got.offset, kSlot));
+  CHECK(pool.Reserve(Key(101), kSlot, kSession, &got) == StatusCode::kUnavailable);
+  CHECK(pool.scrub_pending_bytes() == 7 * kSlot - kMiB);
+  // Later rounds zero the rest (a 2 MiB slot over two rounds where the budget ends inside it);
+  // the waiting reserve then gets a zeroed slot and no slot is lost.
+  int rounds = 0;
+  while (pool.scrub_pending_bytes() > 0) {
+    pool.BeginScrubRound();
+    CHECK(pool.Scrub() <= kBudget);
+    ++rounds;
+  }
+  CHECK(rounds == 5);  // 13 MiB at 3 MiB per round
+  CHECK(Stats(pool).used_bytes == kSlot);  // Key(100)'s
+  pool.BeginScrubRound();
+  REQUIRE(pool.Reserve(Key(101), kSlot, kSession, &got) == StatusCode::kOk);
+  CHECK(AllZero(memory, got.offset, kSlot));
+  for (uint64_t n = 102; n < 108; ++n) {
+    REQUIRE(pool.Reserve(Key(n), kSlot, kSession, &got) == StatusCode::kOk);
+    CHECK(AllZero(memory, got.offset, kSlot));
+  }
+  CHECK(pool.Reserve(Key(108), kSlot, kSession, &got) == StatusCode::kResourceExhausted);
+}
+
+TEST_CASE("Eviction under a spent scrub budget frees its victims' slots only once zeroed, and "
+          "evicts no more meanwhile",
+          "[daemon][pool][scrub]") {
+  constexpr uint64_t kSlot = 64 * kKiB;
+  std::vector<std::byte> memory(kPool, std::byte{0});
+  DramPool::Options options = Options();
+  options.zero_memory = memory.data();
+  options.scrub_bytes_per_round = kSlot;  // one slot per round
+  DramPool pool(options);
+  const uint64_t blocks = kPool / kSlot;
+  for (uint64_t n = 0; n < blocks; ++n) {
+    pool.BeginScrubRound();
+    const uint64_t offset = Put(pool, n, kSlot);
+    std::fill_n(memory.begin() + static_cast<std::ptrdiff_t>(offset), kSlot, std::byte{0xcd});
+  }
+  // The pool is full of clean blocks. Two removals in one round: the first slot is zeroed at
+  // once, the second waits, its budget spent.
+  pool.BeginScrubRound();
+  REQUIRE(pool.Remove(Key(blocks - 1)) == StatusCode::kOk);
+  REQUIRE(pool.Remove(Key(blocks - 2)) == StatusCode::kOk);
+  DramPool::Placement got;
+  REQUIRE(pool.Reserve(Key(1000), kSlot, kSession, &got) == StatusCode::kOk);
+  CHECK(AllZero(memory, got.offset, kSlot));
+  CHECK(pool.Reserve(Key(1001), kSlot, kSession, &got) == StatusCode::kUnavailable);
+  CHECK(Stats(pool).evictions == 0);  // the queued slot comes first: nothing evicted
+  pool.BeginScrubRound();
+  REQUIRE(pool.Reserve(Key(1001), kSlot, kSession, &got) == StatusCode::kOk);
+  CHECK(AllZero(memory, got.offset, kSlot));
+  CHECK(Stats(pool).evictions == 0);
+  // The next one evicts block 0, whose slot waits for the next round (this one's budget went
+  // to the slot above).
+  CHECK(pool.Reserve(Key(1002), kSlot, kSession, &got) == StatusCode::kUnavailable);
+  CHECK(Stats(pool).evictions == 1);
+  CHECK_FALSE(Present(pool, 0));
+  CHECK(pool.Reserve(Key(1002), kSlot, kSession, &got) == StatusCode::kUnavailable);
+  CHECK(Stats(pool).evictions == 1);  // waiting, not evicting more
+  pool.BeginScrubRound();
+  REQUIRE(pool.Reserve(Key(1002), kSlot, kSession, &got) == StatusCode::kOk);
+  CHECK(AllZero(memory, got.offset, kSlot));
+  CHECK(Stats(pool).evictions == 1);
+}
+
+}  // namespace
+}  // namespace kvtier
