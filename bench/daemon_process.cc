@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,7 +32,7 @@ std::string ConfigText(const DaemonOptions& o,
     << "[daemon]\n"
     << "run_dir = \"" << run_dir << "\"\n"
     << "socket = \"kvtierd.sock\"\n"
-    << "socket_mode = \"0600\"\n"
+    << "socket_mode = \"" << (o.more_tenants.empty() ? "0600" : "0666") << "\"\n"
     << "log_level = \"warn\"\n"
     << "poll_spin_us = " << o.poll_spin_us << "\n"
     << "default_tenant = \"bench\"\n\n"
@@ -59,6 +60,12 @@ std::string ConfigText(const DaemonOptions& o,
       << "queue_depth = " << sp.queue_depth << "\n"
       << "demote_above = " << sp.demote_above << "\n";
   }
+  for (const DaemonTenant& t : o.more_tenants) {
+    s << "\n[[tenant]]\n"
+      << "name = \"" << t.name << "\"\n"
+      << "uids = [" << t.uid << "]\n"
+      << "dram_bytes = " << t.dram_bytes << "\n";
+  }
   return s.str();
 }
 
@@ -73,6 +80,8 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& options
   if (mkdtemp(templ.data()) == nullptr) Fail("mkdtemp: " + std::string(strerror(errno)));
   d->dir_ = templ;
   AddDirToRemoveOnFailure(d->dir_);
+  // Other tenants' uids must reach the socket inside it (kvtierd makes run/ 0755).
+  if (!options.more_tenants.empty()) chmod(d->dir_.c_str(), 0755);
   const std::string run_dir = d->dir_ + "/run";
   const std::string config_path = d->dir_ + "/kvtierd.toml";
   d->socket_path_ = run_dir + "/kvtierd.sock";

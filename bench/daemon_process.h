@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace kvtier::bench {
 
@@ -27,6 +28,13 @@ struct DaemonSpillOptions {
   double demote_above = 0.75;
 };
 
+// A further tenant, mapped from one uid (kvtier-bench's noisy-neighbour section).
+struct DaemonTenant {
+  std::string name;
+  uint32_t uid = 0;
+  uint64_t dram_bytes = 0;
+};
+
 struct DaemonOptions {
   std::string binary;
   uint64_t dram_bytes = 0;
@@ -36,6 +44,9 @@ struct DaemonOptions {
   uint32_t poll_spin_us = 50;
   int cpu = -1;                             // pin the daemon to this CPU; -1: the scheduler decides
   std::optional<DaemonSpillOptions> spill;  // none: DRAM only
+  // More tenants after "bench" (the default tenant); with any, the socket and its directories
+  // are open to every uid (the tenant map decides who is who).
+  std::vector<DaemonTenant> more_tenants;
 };
 
 class DaemonProcess {

@@ -24,6 +24,7 @@
 #include "bench/daemon_spill_bench.h"
 #include "bench/figures.h"
 #include "bench/limits.h"
+#include "bench/noisy_bench.h"
 #include "bench/report.h"
 #include "bench/spill_bench.h"
 #include "kvclient/client.h"
@@ -459,6 +460,18 @@ int Run(const Options& options) {
   if (!options.json.empty()) WriteJson(options.json, rows);
   if (daemon && !daemon->Stop()) Fail("kvtierd did not stop cleanly");
   daemon.reset();
+  // Isolation: tenant b's figures alone and beside a noisy tenant a, on a kvtierd of its own.
+  if (options.socket.empty()) {
+    SetCpuMask(cpus);  // unpinned: b, a and kvtierd share the machine as the scheduler likes
+    const std::vector<Row> noisy_rows = RunNoisyBench(
+        {.kvtierd = options.kvtierd, .quick = options.quick, .poll_spin_us = options.spin_us});
+    if (!noisy_rows.empty()) {
+      std::printf("\nnoisy neighbour: tenant b beside tenant a (ratio: noisy / b alone)\n");
+      PrintTable(noisy_rows);
+      rows.insert(rows.end(), noisy_rows.begin(), noisy_rows.end());
+      if (!options.json.empty()) WriteJson(options.json, rows);
+    }
+  }
   // The spill sections run after kvtierd has gone, so its pool does not share the machine.
   if (!options.spill.empty()) {
     const std::vector<Row> spill_rows = RunSpillBench(options.spill, options.quick);
