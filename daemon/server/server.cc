@@ -74,6 +74,11 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
   server->admin_ = admin;
   server->audit_ = audit;
   server->gpu_ = ProbeGpus();
+  if (!tenants->tenants().empty()) {
+    spdlog::info("each tenant may hold {} regions (its share of vm.max_map_count) and its "
+                 "max_sessions connections",
+                 tenants->tenants().front()->max_regions);
+  }
   server->copier_ = std::make_unique<CopyEngine>();
   KVT_RETURN_IF_ERROR(server->copier_->Start());
   if (server->gpu_.devices > 0) {
