@@ -21,7 +21,10 @@
 namespace kvtier::bench {
 namespace {
 
-constexpr uint32_t kUidA = 41301;  // tenant a's uid (any uid no one else uses)
+// Tenant a's uids (any uids no one else uses): a big pool to free, and a small one to churn
+// sessions on (each connect maps the whole pool).
+constexpr uint32_t kUidA = 41301;
+constexpr uint32_t kUidSmallA = 41302;
 
 struct Flags {
   std::atomic<uint32_t> started{0};  // the noise is under way
@@ -43,7 +46,8 @@ const char* NoiseName(Noise noise) {
 
 // Runs in the child, as tenant a; the exit code says which step failed.
 int MakeNoise(Noise noise, const std::string& socket, Flags* flags) {
-  if (setresgid(kUidA, kUidA, kUidA) != 0 || setresuid(kUidA, kUidA, kUidA) != 0) return 10;
+  const uint32_t uid = noise == Noise::kSessionChurn ? kUidSmallA : kUidA;
+  if (setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0) return 10;
   const ClientOptions co{.socket_path = socket, .name_space = "noise"};
   auto client = Client::Connect(co);
   if (!client.ok()) return 11;
@@ -86,10 +90,8 @@ int MakeNoise(Noise noise, const std::string& socket, Flags* flags) {
       case Noise::kOnload4096:
         if (!(*client)->Onload(keys, region, offsets, infos).ok()) return 17;
         break;
-      case Noise::kSessionChurn:
-        for (int i = 0; i < 16; ++i) {
-          if (!Client::Connect(co).ok()) return 18;
-        }
+      case Noise::kSessionChurn:  // connect (hello, map the pool), hang up
+        if (!Client::Connect(co).ok()) return 18;
         break;
     }
     flags->started.store(1);
@@ -124,7 +126,7 @@ std::vector<Row> RunNoisyBench(const NoisyBenchOptions& options) {
   d.dram_bytes = 512 * kMiB;  // tenant "bench": b, this process
   d.max_block_bytes = 64 * kMiB;
   d.poll_spin_us = options.poll_spin_us;
-  d.more_tenants = {{"a", kUidA, 1024 * kMiB}};
+  d.more_tenants = {{"a", kUidA, 1024 * kMiB}, {"a-small", kUidSmallA, 64 * kMiB}};
   auto daemon = DaemonProcess::Start(d);
   auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "quiet"});
   CheckOk(client.status(), "connecting as tenant b");

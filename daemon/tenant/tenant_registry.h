@@ -64,10 +64,10 @@ inline uint32_t EffectiveTtl(const TenantConfig& tenant, uint32_t requested) {
 class TenantRegistry {
  public:
   static constexpr size_t kMaxNamespacesPerTenant = 4096;
-  // Freed bytes each pool zeroes per event-loop round (DramPool "Scrubbing"): ~0.2 ms of
-  // memset, so a tenant freeing 1 GiB at once delays another tenant's request by at most that
+  // Freed bytes each pool zeroes per event-loop round (DramPool "Scrubbing"): ~0.1 ms of
+  // memset, so a tenant freeing 1 GiB at once delays another tenant's request by about that
   // (measured: kvtier-bench, noisy neighbour), not by the ~100 ms the whole GiB takes.
-  static constexpr uint64_t kScrubBytesPerRound = 2ull << 20;
+  static constexpr uint64_t kScrubBytesPerRound = 1ull << 20;
 
   // `warnings` receives what was degraded per pool (no huge pages, not locked).
   static Result<std::unique_ptr<TenantRegistry>> Create(const Config& config,
