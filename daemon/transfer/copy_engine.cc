@@ -82,68 +82,86 @@ uint64_t MonotonicUs() {
 }  // namespace
 
 void CopyEngine::Run() {
-  size_t cursor = 0;   // the queue whose turn is next
-  size_t waiting = 0;  // turns in a row that found a job waiting for its event
+  size_t cursor = 0;  // the queue whose turn is next
   for (;;) {
+    PollWaiting();
     CopyJob* job = nullptr;
     {
       std::unique_lock lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || !queues_.empty(); });
-      if (queues_.empty()) return;  // stopping, and nothing left to run
-      if (waiting >= queues_.size()) {
-        // Every queue's next job waits for an engine's event: wait a little for one to
-        // complete, or for a new job, rather than spin.
-        wake_.wait_for(lock, std::chrono::microseconds(200));
-        waiting = 0;
+      if (queues_.empty()) {
+        if (waiting_.empty()) {
+          wake_.wait(lock, [&] { return stop_ || !queues_.empty(); });
+          if (queues_.empty()) return;  // stopping, and nothing left to run
+        } else {
+          // Only jobs waiting for engines' events: look again soon, or at a new job.
+          wake_.wait_for(lock, std::chrono::microseconds(200));
+          continue;
+        }
       }
       cursor %= queues_.size();
       // Stays put while the loop posts more (deque::push_back keeps references, and only this
       // thread pops jobs or removes queues).
       job = &queues_[cursor]->jobs.front();
     }
+    const bool cuda = job->region->kind() == wire::RegionKind::kCuda;
+    if (cuda && job->wait_event != UINT32_MAX) {
+      // It runs once the engine's event has completed; until then it waits aside, holding up
+      // no queue (a stream waiting on an event that never comes would hold up every copy on
+      // the device).
+      job->wait_deadline_us = MonotonicUs() + kEventWaitUs;
+      CopyJob aside = std::move(*job);
+      PopFront(cursor);
+      waiting_.push_back(std::move(aside));
+      continue;
+    }
     Status status;
-    const Turn turn = RunSlice(*job, &status);
-    waiting = turn == Turn::kWaiting ? waiting + 1 : 0;
-    if (turn != Turn::kDone) {
-      ++cursor;
+    if (cuda) {
+      status = RunCudaJob(*job);
+    } else if (!RunHostSlice(*job)) {
+      ++cursor;  // another owner's turn
       continue;
     }
     const uint64_t id = job->id;
-    {
-      std::lock_guard lock(mu_);
-      auto& jobs = queues_[cursor]->jobs;
-      jobs.pop_front();  // its regions go before the loop hears of it
-      if (jobs.empty()) {
-        queues_.erase(queues_.begin() + static_cast<std::ptrdiff_t>(cursor));
-      } else {
-        ++cursor;
-      }
-    }
+    if (!PopFront(cursor)) ++cursor;  // its regions go before the loop hears of it
     Publish(CopyResult{id, true, status});
   }
 }
 
-CopyEngine::Turn CopyEngine::RunSlice(CopyJob& job, Status* status) {
-  if (job.region->kind() != wire::RegionKind::kCuda) return RunHostSlice(job);
-  if (job.wait_event != UINT32_MAX) {
-    // Started only once the engine's event has completed: a stream waiting on an event that
-    // never comes would hold up every tenant's copies on this device.
+bool CopyEngine::PopFront(size_t queue) {
+  std::lock_guard lock(mu_);
+  auto& jobs = queues_[queue]->jobs;
+  jobs.pop_front();
+  if (!jobs.empty()) return false;
+  queues_.erase(queues_.begin() + static_cast<std::ptrdiff_t>(queue));
+  return true;
+}
+
+void CopyEngine::PollWaiting() {
+  const uint64_t now = MonotonicUs();
+  for (size_t i = 0; i < waiting_.size();) {
+    CopyJob& job = waiting_[i];
     Result<bool> done = GpuEventDone(job.region->gpu(), job.wait_event);
+    Status status;
     if (!done.ok()) {
-      *status = done.status();
-      return Turn::kDone;
+      status = done.status();
+    } else if (*done) {
+      status = RunCudaJob(job);
+    } else if (now >= job.wait_deadline_us) {
+      status = Status(StatusCode::kTimedOut,
+                      "the region's event " + std::to_string(job.wait_event) +
+                          " did not complete within " + std::to_string(kEventWaitUs / 1000000) +
+                          " s of the offload; nothing was copied");
+    } else {
+      ++i;
+      continue;
     }
-    if (!*done) {
-      const uint64_t now = MonotonicUs();
-      if (job.wait_deadline_us == 0) job.wait_deadline_us = now + kEventWaitUs;
-      if (now < job.wait_deadline_us) return Turn::kWaiting;
-      *status = Status(StatusCode::kTimedOut,
-                       "the region's event " + std::to_string(job.wait_event) +
-                           " did not complete within " + std::to_string(kEventWaitUs / 1000000) +
-                           " s of the offload; nothing was copied");
-      return Turn::kDone;
-    }
+    const uint64_t id = job.id;
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+    Publish(CopyResult{id, true, status});
   }
+}
+
+Status CopyEngine::RunCudaJob(const CopyJob& job) {
   uint32_t* progress = job.progress == nullptr
                            ? nullptr
                            : reinterpret_cast<uint32_t*>(job.progress->host() + job.progress_offset);
@@ -162,11 +180,10 @@ CopyEngine::Turn CopyEngine::RunSlice(CopyJob& job, Status* status) {
     copy.enqueued = [this, id = job.id] { Publish(CopyResult{id, false, Status::Ok()}); };
   }
   // A failed copy leaves the word short of `layers`: waiters see the reply carry the error.
-  *status = RunGpuCopy(copy);
-  return Turn::kDone;
+  return RunGpuCopy(copy);
 }
 
-CopyEngine::Turn CopyEngine::RunHostSlice(CopyJob& job) {
+bool CopyEngine::RunHostSlice(CopyJob& job) {
   uint32_t* progress = job.progress == nullptr
                            ? nullptr
                            : reinterpret_cast<uint32_t*>(job.progress->host() + job.progress_offset);
@@ -176,7 +193,7 @@ CopyEngine::Turn CopyEngine::RunHostSlice(CopyJob& job) {
   while (job.next_layer < layers) {
     const uint32_t end = job.layer_ends[job.next_layer];
     for (; job.next_span < end; ++job.next_span) {
-      if (copied >= kSliceBytes) return Turn::kMore;  // another owner's turn
+      if (copied >= kSliceBytes) return false;  // another owner's turn
       const CopySpan& s = job.spans[job.next_span];
       // Streaming stores both ways: the destination is a shared mapping that this thread
       // never reads back (kvclient/copy.h: 2.25x memcpy into shm on these hosts).
@@ -190,7 +207,7 @@ CopyEngine::Turn CopyEngine::RunHostSlice(CopyJob& job) {
     if (progress != nullptr) PublishProgress(progress, job.next_layer + 1);
     ++job.next_layer;
   }
-  return Turn::kDone;
+  return true;
 }
 
 }  // namespace kvtier

@@ -13,10 +13,10 @@
 // the queues round robin, a slice at a time: a host job copies at most kSliceBytes before the
 // next owner's job gets its turn, so one tenant's 4,096-block onload delays another tenant's
 // copy by a slice (~0.5 ms), not by its whole length. A CUDA job that waits for an engine's
-// IPC event is started only once the event has completed (cudaEventQuery), so an event that
-// never completes holds up only its owner's queue, and fails its job with kTimedOut
-// after kEventWaitUs; a CUDA job, once started, runs whole (its copies are queued on the
-// device's stream at once).
+// IPC event leaves its queue and waits aside until the event has completed (cudaEventQuery,
+// polled between turns), so an event that never completes holds up no queue, not even its own
+// tenant's; it fails with kTimedOut after kEventWaitUs. A CUDA job, once started, runs whole
+// (its copies are queued on the device's stream at once).
 // Thread-safety: Post, TakeResults and event_fd are for the loop thread.
 #pragma once
 
@@ -85,14 +85,15 @@ class CopyEngine {
     uint64_t owner = 0;
     std::deque<CopyJob> jobs;  // the front one is running or next
   };
-  // What one turn of a job did.
-  enum class Turn { kDone, kMore, kWaiting };
 
   void Run();
-  // Runs a slice of `job` (the front of its queue); kDone once its final result is due, with
-  // `*status` set.
-  Turn RunSlice(CopyJob& job, Status* status);
-  Turn RunHostSlice(CopyJob& job);
+  // Copies up to kSliceBytes of a host job; true once it is done.
+  bool RunHostSlice(CopyJob& job);
+  Status RunCudaJob(const CopyJob& job);
+  // Runs the waiting CUDA jobs whose event has completed, fails those past their deadline.
+  void PollWaiting();
+  // Drops the front job of queues_[queue], and the queue if that was its last; true then.
+  bool PopFront(size_t queue);
   void Publish(CopyResult result);
 
   std::thread thread_;
@@ -105,6 +106,7 @@ class CopyEngine {
   std::vector<std::unique_ptr<Queue>> queues_;  // guarded by mu_
   std::vector<CopyResult> results_;   // guarded by mu_
   bool stop_ = false;                 // guarded by mu_
+  std::vector<CopyJob> waiting_;      // CUDA jobs waiting for their event (copy thread only)
 };
 
 // Sets a progress word to `layers_done` (release order, so the bytes it announces are visible
