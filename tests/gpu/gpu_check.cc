@@ -12,6 +12,10 @@
 //      that layer's blocks, and checks the poison between blocks.
 //   3. The blocks, demoted to SSD (512 MiB of filler pushes them out) and evicted from DRAM,
 //      are onloaded once more: they come back through the pinned pool.
+//   4. A stuck engine event holds up no other copy: an offload waits on an event whose stream
+//      is blocked by a host function; meanwhile another session's offload and onload complete;
+//      once released, the waiting offload stores the right bytes. One never released fails
+//      with timed_out after kvtierd's 10 s limit, and the daemon goes on.
 // Speed (GB/s, median of 5, in this run):
 //   offload/onload of 2 MiB blocks beside cudaMemcpyAsync between the same pinned pool slots and
 //   device memory (target >= 0.9x), and of 64 KiB blocks beside the 2 MiB figures (>= 0.7x).
@@ -20,6 +24,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -288,6 +294,77 @@ int main(int argc, char** argv) {
     std::printf("| offload ordered after the engine's IPC event | %zu blocks, %llu differ | %s |\n",
                 b.keys.size(), static_cast<unsigned long long>(wrong), wrong == 0 ? "PASS" : "FAIL");
     all_ok &= wrong == 0;
+  }
+
+  // 4. A stuck engine event (numbered as in the header; run here, while `dev` holds the blocks).
+  {
+    static std::atomic<int> gate{0};  // the engine's stream is blocked until this is 1
+    IpcEvents stuck = MakeEvents(1);
+    cudaStream_t blocked;
+    CUDA_OK(cudaStreamCreateWithFlags(&blocked, cudaStreamNonBlocking));
+    CUDA_OK(cudaLaunchHostFunc(blocked, [](void*) {
+      while (gate.load() == 0) usleep(1000);
+    }, nullptr));
+    CUDA_OK(cudaEventRecord(stuck.events[0], blocked));
+    auto waiter = Connect(args);
+    auto stuck_region = waiter->RegisterCudaRegion(0, MemHandle(dev), bytes, stuck.handles);
+    Must(stuck_region.status(), "register the region with the stuck event");
+    std::vector<kvtier::Key> keys;
+    for (size_t i = 0; i < b.keys.size(); ++i) keys.push_back(BlockKey("stuck", i));
+    std::atomic<bool> waiter_done{false};
+    kvtier::Status waiter_status;
+    std::thread t([&] {
+      std::vector<StatusCode> c(keys.size());
+      waiter_status = waiter->Offload(keys, *stuck_region, offsets, b.sizes, c, {.wait_event = 0});
+      waiter_done = true;
+    });
+    usleep(100000);  // the stuck offload reaches kvtierd first
+    // Meanwhile another session's copies, with no event, complete.
+    std::vector<kvtier::Key> other;
+    for (size_t i = 0; i < b.keys.size(); ++i) other.push_back(BlockKey("beside", i));
+    std::vector<StatusCode> c(other.size());
+    const kvtier::Status off = client->Offload(other, *region, offsets, b.sizes, c);
+    std::vector<kvtier::OnloadInfo> infos(other.size());
+    const kvtier::Status on = client->Onload(other, *region, offsets, infos);
+    const bool beside_ok = off.ok() && on.ok() && !waiter_done.load();
+    gate = 1;
+    t.join();
+    uint64_t wrong = 0;
+    if (waiter_status.ok()) {
+      auto leases = client->Acquire(keys);
+      Must(leases.status(), "acquire the blocks of the released offload");
+      for (size_t i = 0; i < keys.size(); ++i) {
+        const auto got = leases->data(i);
+        wrong += got.size() != b.sizes[i] ||
+                 std::memcmp(got.data(), b.bytes[i].data(), b.sizes[i]) != 0;
+      }
+    }
+    const bool released_ok = waiter_status.ok() && wrong == 0;
+    std::printf("| copies beside an offload whose event is stuck | %s; released: %s, %llu "
+                "blocks differ | %s |\n",
+                beside_ok ? "completed while it waited" : "held up or failed",
+                waiter_status.ToString().c_str(), static_cast<unsigned long long>(wrong),
+                beside_ok && released_ok ? "PASS" : "FAIL");
+    all_ok &= beside_ok && released_ok;
+    // Never released: the offload fails after kvtierd's limit, storing nothing.
+    gate = 0;
+    CUDA_OK(cudaLaunchHostFunc(blocked, [](void*) {
+      while (gate.load() == 0) usleep(1000);
+    }, nullptr));
+    CUDA_OK(cudaEventRecord(stuck.events[0], blocked));
+    std::vector<kvtier::Key> never;
+    for (size_t i = 0; i < b.keys.size(); ++i) never.push_back(BlockKey("never", i));
+    std::vector<StatusCode> nc(never.size());
+    const kvtier::Status timed_out =
+        waiter->Offload(never, *stuck_region, offsets, b.sizes, nc, {.wait_event = 0});
+    gate = 1;
+    CUDA_OK(cudaStreamSynchronize(blocked));
+    auto matched = client->MatchPrefix(never);
+    const bool timeout_ok = timed_out.code() == StatusCode::kTimedOut && matched.ok() &&
+                            *matched == 0;
+    std::printf("| an offload whose event never completes | %s | %s |\n",
+                timed_out.ToString().c_str(), timeout_ok ? "PASS" : "FAIL");
+    all_ok &= timeout_ok;
   }
 
   // 2. Another process onloads them.
