@@ -241,6 +241,9 @@ class DramPool {
   uint64_t Scrub();
   // Bytes of freed slots still to be zeroed.
   uint64_t scrub_pending_bytes() const { return scrub_pending_bytes_; }
+  // Something was zeroed (and its space freed) since BeginScrubRound: requests waiting for
+  // room may go on.
+  bool scrubbed_this_round() const { return scrub_allowance_ < options_.scrub_bytes_per_round; }
   // Purge: frees every queued slot without zeroing it (the caller wipes the whole pool).
   void FreeQueuedSlotsUnzeroed();
 

@@ -208,8 +208,10 @@ bool Server::ScrubPools() {
   bool more = false;
   for (auto& tenant : tenants_->tenants()) {
     DramPool& pool = *tenant->pool;
-    if (pool.scrub_pending_bytes() == 0) continue;
-    if (pool.Scrub() > 0 && !parked_.empty()) ContinueParked(tenant.get());
+    if (pool.scrub_pending_bytes() > 0) pool.Scrub();
+    // Also after zeroing done within a request this round: it may have emptied the queue a
+    // parked request waits for.
+    if (pool.scrubbed_this_round() && !parked_.empty()) ContinueParked(tenant.get());
     more |= pool.scrub_pending_bytes() > 0;
   }
   return more;
