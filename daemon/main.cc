@@ -1,5 +1,6 @@
 // kvtierd: the kvtier daemon. See README.md for running it and docs/ for how it works.
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -61,9 +62,14 @@ int Serve(const std::string& config_path) {
   // owner-only and is opened up explicitly where the config says so.
   umask(077);
   spdlog::info("kvtierd {} starting with {}", KVT_VERSION, config->source.string());
-  // Fail fast, before spending seconds pre-faulting pools, if another instance serves here.
+  // Fail fast, before spending seconds pre-faulting pools, if another instance serves here or
+  // a socket's directory would let another user replace the socket.
   if (Status s = EnsureNoListener(config->socket_path.string()); !s.ok()) {
     spdlog::critical("{}", s.message());
+    return 1;
+  }
+  if (Status s = EnsureNoListener(config->admin.socket.string(), SOCK_STREAM); !s.ok()) {
+    spdlog::critical("admin socket: {}", s.message());
     return 1;
   }
   std::vector<std::string> warnings;

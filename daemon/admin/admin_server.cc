@@ -1,6 +1,7 @@
 #include "daemon/admin/admin_server.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -82,6 +83,7 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
     ++server_->connections_;
   }
   ~Connection() {
+    NotIdle();
     if (counted_) --server_->admin_active_;
     server_->ConnectionEnded();
   }
@@ -95,14 +97,22 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
       server_->audit_->RecordRefusal(peer_.pid, peer_.uid, peer_.gid, allowed.message());
       return Send(AdminReply{allowed, {}}, /*audit=*/false);
     }
-    // Counted only once authorized: other uids cannot crowd administrators out.
-    counted_ = true;
-    if (++server_->admin_active_ > kMaxConnections) {
+    // Counted only once authorized: other uids cannot crowd administrators out. At the cap,
+    // the oldest connection still sending its request makes room: silent peers cannot lock
+    // kvtierctl out. Commands running or answered are never cut.
+    if (server_->admin_active_ >= kMaxConnections && !server_->admin_idle_.empty()) {
+      server_->admin_idle_.front()->Evict();
+    }
+    if (server_->admin_active_ >= kMaxConnections) {
       const Status busy(StatusCode::kResourceExhausted,
                         "too many admin connections at once; retry");
       server_->audit_->RecordRefusal(peer_.pid, peer_.uid, peer_.gid, busy.message());
       return Send(AdminReply{busy, {}}, /*audit=*/false);
     }
+    counted_ = true;
+    ++server_->admin_active_;
+    idle_at_ = server_->admin_idle_.insert(server_->admin_idle_.end(), this);
+    idle_ = true;
     // A peer that connects and says nothing is dropped: it must not hold a slot for good.
     timer_.expires_after(std::chrono::seconds(kRequestTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
@@ -116,6 +126,8 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
 
  private:
   void OnLine(error_code ec, size_t bytes) {
+    NotIdle();
+    if (!socket_.is_open()) return;  // timed out, or pushed out by a newer connection
     if (ec == asio::error::not_found) {
       return Send(AdminReply{Status(StatusCode::kProtocolError,
                                     "request line longer than " + std::to_string(kMaxRequestBytes) +
@@ -123,7 +135,10 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
                              {}},
                   /*audit=*/false);
     }
-    if (ec) return;  // closed, or timed out
+    if (ec) {  // the peer closed: end now, not at the timeout
+      timer_.cancel();
+      return;
+    }
     // The limit is on sending the request; a purge or a drain may take longer to answer.
     // A timeout already due may still run its handler: the flag makes it a no-op.
     request_read_ = true;
@@ -187,10 +202,27 @@ class AdminServer::Connection : public std::enable_shared_from_this<Connection> 
     });
   }
 
+  // Closes a connection still reading its request, to admit a newer one.
+  void Evict() {
+    NotIdle();
+    --server_->admin_active_;
+    counted_ = false;
+    error_code ignored;
+    socket_.close(ignored);
+    timer_.cancel();
+  }
+
+  void NotIdle() {
+    if (idle_) server_->admin_idle_.erase(idle_at_);
+    idle_ = false;
+  }
+
   AdminServer* server_;
   asio::local::stream_protocol::socket socket_;
   asio::steady_timer timer_;
-  bool counted_ = false;       // in admin_active_
+  bool counted_ = false;  // in admin_active_
+  bool idle_ = false;     // in admin_idle_, at idle_at_
+  std::list<Connection*>::iterator idle_at_;
   bool request_read_ = false;  // the request timeout no longer applies
   PeerCredentials peer_;
   std::string line_;
@@ -206,13 +238,23 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
     ++server_->connections_;
   }
   ~HttpConnection() {
-    --server_->http_active_;
+    NotIdle();
+    if (counted_) --server_->http_active_;
     server_->ConnectionEnded();
   }
 
   void Start() {
-    // Its own limit: scrapers (any local uid may connect) never crowd out the admin socket.
-    if (++server_->http_active_ > kMaxHttpConnections) return;  // closed: the scraper retries
+    // Its own limit: scrapers (any local uid may connect) never crowd out the admin socket. At
+    // the cap, the oldest connection not waiting for the loop (still sending its request, or
+    // not taking its reply) makes room: idle or slow peers cannot lock a scraper out.
+    if (server_->http_active_ >= kMaxHttpConnections && !server_->http_idle_.empty()) {
+      server_->http_idle_.front()->Evict();
+    }
+    // Closed when every connection waits for the loop: the scraper retries.
+    if (server_->http_active_ >= kMaxHttpConnections) return;
+    counted_ = true;
+    ++server_->http_active_;
+    Idle();
     timer_.expires_after(std::chrono::seconds(kRequestTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
       error_code ignored;
@@ -225,8 +267,13 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
 
  private:
   void OnHead(error_code ec) {
+    NotIdle();
+    if (!socket_.is_open()) return;  // timed out, or pushed out by a newer connection
     if (ec == asio::error::not_found) return Respond("431 Request Header Fields Too Large", "");
-    if (ec) return;
+    if (ec) {  // the peer closed: end now, not at the timeout
+      timer_.cancel();
+      return;
+    }
     request_read_ = true;
     timer_.cancel();
     const std::string_view line(head_.data(), head_.find("\r\n"));
@@ -253,6 +300,7 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
     out_ = "HTTP/1.1 " + std::string(status) +
            "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " +
            std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    Idle();
     timer_.expires_after(std::chrono::seconds(kReplyTimeoutSeconds));
     timer_.async_wait([self = shared_from_this()](error_code ec) {
       error_code ignored;
@@ -266,9 +314,32 @@ class AdminServer::HttpConnection : public std::enable_shared_from_this<HttpConn
     });
   }
 
+  // Closes a connection not waiting for the loop, to admit a newer one.
+  void Evict() {
+    NotIdle();
+    --server_->http_active_;
+    counted_ = false;
+    error_code ignored;
+    socket_.close(ignored);
+    timer_.cancel();
+  }
+
+  void Idle() {
+    if (!idle_) idle_at_ = server_->http_idle_.insert(server_->http_idle_.end(), this);
+    idle_ = true;
+  }
+
+  void NotIdle() {
+    if (idle_) server_->http_idle_.erase(idle_at_);
+    idle_ = false;
+  }
+
   AdminServer* server_;
   asio::ip::tcp::socket socket_;
   asio::steady_timer timer_;
+  bool counted_ = false;  // in http_active_
+  bool idle_ = false;     // in http_idle_, at idle_at_
+  std::list<HttpConnection*>::iterator idle_at_;
   bool request_read_ = false;  // the request timeout no longer applies
   std::string head_;
   std::string out_;
@@ -320,7 +391,10 @@ AdminServer::~AdminServer() {
   });
   if (thread_.joinable()) thread_.join();
   stopped_ = true;
-  unlink(config_.socket.c_str());
+  // Only the socket: whatever else took its name is not kvtierd's to remove.
+  struct stat st {};
+  if (lstat(config_.socket.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(config_.socket.c_str());
 }
 
 void AdminServer::ConnectionEnded() {

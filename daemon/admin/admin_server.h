@@ -15,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <list>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -36,8 +37,10 @@ class AdminServer {
   static constexpr size_t kMaxHttpHeaderBytes = 8192;
   static constexpr int kRequestTimeoutSeconds = 5;
   static constexpr int kReplyTimeoutSeconds = 10;  // to take a reply, once it is ready
-  static constexpr int kMaxConnections = 32;       // authorized admin connections at once
-  static constexpr int kMaxHttpConnections = 16;   // metrics scrapes at once
+  // Connections at once: authorized admin ones, and metrics ones. At the cap a new connection
+  // closes the oldest one that is idle (see admin_idle_), so silent peers lock no one out.
+  static constexpr int kMaxConnections = 32;
+  static constexpr int kMaxHttpConnections = 16;
 
   // Binds the admin socket (and the metrics listener); the thread starts serving at once.
   static Result<std::unique_ptr<AdminServer>> Open(const AdminConfig& config,
@@ -67,6 +70,10 @@ class AdminServer {
   int admin_active_ = 0;             // authorized admin connections (io thread)
   int http_active_ = 0;              // metrics connections (io thread)
   bool stopped_ = false;             // the thread has ended
+  // The connections a newcomer pushes out at the cap, oldest first (io thread): admin ones
+  // still reading their request, metrics ones not waiting for the loop.
+  std::list<Connection*> admin_idle_;
+  std::list<HttpConnection*> http_idle_;
   boost::asio::io_context io_;
   boost::asio::local::stream_protocol::acceptor admin_;
   std::optional<boost::asio::ip::tcp::acceptor> http_;

@@ -7,7 +7,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
@@ -28,6 +33,94 @@ Result<sockaddr_un> MakeAddress(const std::string& path) {
   }
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
+}
+
+// "/run/kvtier/kvtierd.sock" -> "/run/kvtier", "kvtierd.sock"; a bare name is in ".".
+std::string DirectoryOf(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string FileName(const std::string& path) {
+  return path.substr(path.rfind('/') + 1);
+}
+
+std::string OctalMode(mode_t mode) {
+  char text[8];
+  std::snprintf(text, sizeof(text), "%04o", mode & 07777);
+  return text;
+}
+
+Status UnsafeDirectory(const std::string& path, const std::string& dir, const std::string& why) {
+  return Status(StatusCode::kPermissionDenied,
+                "socket '" + path + "': " + dir + " " + why +
+                    ", so another user could replace the socket; use a directory that only "
+                    "kvtierd's user or root can write (run_dir is one)");
+}
+
+// Who else could change the entries of a directory with `st`: nobody, if it is owned by us or
+// root and not writable by group or others (or, for an ancestor, sticky).
+std::string WhyUnsafe(const struct stat& st, bool sticky_ok) {
+  if (st.st_uid != geteuid() && st.st_uid != 0) {
+    return "is owned by uid " + std::to_string(st.st_uid) + ", neither kvtierd's uid " +
+           std::to_string(geteuid()) + " nor root";
+  }
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && !(sticky_ok && (st.st_mode & S_ISVTX) != 0)) {
+    return std::string("is writable by group or others") + (sticky_ok ? " and not sticky" : "") +
+           " (mode " + OctalMode(st.st_mode) + ")";
+  }
+  return "";
+}
+
+// The directory that holds `path`, opened O_PATH once it and its ancestors pass the rule in
+// seqpacket.h.
+Result<UniqueFd> OpenSocketDirectory(const std::string& path) {
+  const std::string dir = DirectoryOf(path);
+  char resolved[PATH_MAX];
+  if (realpath(dir.c_str(), resolved) == nullptr) {
+    return ErrnoStatus("socket '" + path + "': directory " + dir, errno);
+  }
+  UniqueFd fd(open(resolved, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st {};
+  if (!fd.valid() || fstat(fd.get(), &st) != 0) {
+    return ErrnoStatus("socket '" + path + "': directory " + resolved, errno);
+  }
+  if (std::string why = WhyUnsafe(st, /*sticky_ok=*/false); !why.empty()) {
+    return UnsafeDirectory(path, "its directory " + std::string(resolved), why);
+  }
+  for (std::string up = resolved; up != "/";) {
+    up.resize(std::max<size_t>(up.rfind('/'), 1));
+    if (lstat(up.c_str(), &st) != 0) return ErrnoStatus("stat(" + up + ")", errno);
+    if (std::string why = WhyUnsafe(st, /*sticky_ok=*/true); !why.empty()) {
+      return UnsafeDirectory(path, "its ancestor directory " + up, why);
+    }
+  }
+  return fd;
+}
+
+// Whether a stale socket file is at `path` in `dir` (false: nothing there). kAlreadyExists if
+// something listens there; kFailedPrecondition if it is not a socket (a symlink included).
+Result<bool> FindStaleSocket(int dir, const std::string& path, int type) {
+  KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
+  struct stat st {};
+  if (fstatat(dir, FileName(path).c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return false;
+    return ErrnoStatus("stat('" + path + "')", errno);
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "'" + path + "' exists and is not a socket; refusing to replace it");
+  }
+  UniqueFd probe(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
+  if (!probe.valid()) return ErrnoStatus("socket(AF_UNIX)", errno);
+  if (connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+    return Status(StatusCode::kAlreadyExists, "another kvtierd is already serving '" + path + "'");
+  }
+  if (errno == EPROTOTYPE) {  // a live socket of the other type: not ours to remove
+    return Status(StatusCode::kAlreadyExists, "another program is already serving '" + path + "'");
+  }
+  return true;
 }
 
 }  // namespace
@@ -55,42 +148,52 @@ Status SizeSocketBuffers(int fd) {
 }
 
 Status EnsureNoListener(const std::string& path, int type) {
-  KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
-  struct stat st {};
-  if (lstat(path.c_str(), &st) != 0) return Status::Ok();
-  if (!S_ISSOCK(st.st_mode)) {
-    return Status(StatusCode::kFailedPrecondition,
-                  "'" + path + "' exists and is not a socket; refusing to replace it");
-  }
-  UniqueFd probe(socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
-  if (probe.valid() &&
-      connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
-    return Status(StatusCode::kAlreadyExists, "another kvtierd is already serving '" + path + "'");
-  }
-  return Status::Ok();
+  KVT_ASSIGN_OR_RETURN(UniqueFd dir, OpenSocketDirectory(path));
+  return FindStaleSocket(dir.get(), path, type).status();
 }
 
 Result<UniqueFd> ListenUnix(const std::string& path, int type, mode_t mode, gid_t gid,
                             int backlog) {
   KVT_ASSIGN_OR_RETURN(sockaddr_un addr, MakeAddress(path));
+  KVT_ASSIGN_OR_RETURN(UniqueFd dir, OpenSocketDirectory(path));
+  const std::string name = FileName(path);
+  KVT_ASSIGN_OR_RETURN(bool stale, FindStaleSocket(dir.get(), path, type));
+  if (stale && unlinkat(dir.get(), name.c_str(), 0) != 0 && errno != ENOENT) {
+    return ErrnoStatus("unlink stale socket '" + path + "'", errno);
+  }
   UniqueFd fd(socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return ErrnoStatus("socket(AF_UNIX)", errno);
-  KVT_RETURN_IF_ERROR(EnsureNoListener(path, type));
-  struct stat st {};
-  unlink(path.c_str());  // a stale socket file left by a previous run
-  // bind creates the file with 0777 & ~umask (kvtierd runs with umask 077, so owner-only);
-  // then it is opened up to exactly `mode` and checked.
+  // bind gives the file the socket's own mode less the umask: with the mode set first, the file
+  // is never more open than `mode`, whatever the umask (under kvtierd's 077, owner-only until
+  // the chmod below). No one can connect before listen() anyway.
+  if (fchmod(fd.get(), mode) != 0) return ErrnoStatus("fchmod(socket)", errno);
   if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
     return ErrnoStatus("bind('" + path + "')", errno);
   }
+  // Only kvtierd and root can change the directory; still, change nothing but the socket just
+  // made, and never through a symlink.
+  UniqueFd file(openat(dir.get(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  struct stat made {};
+  if (!file.valid() || fstat(file.get(), &made) != 0 || !S_ISSOCK(made.st_mode) ||
+      made.st_uid != geteuid()) {
+    return Status(StatusCode::kPermissionDenied,
+                  "'" + path + "' is not the socket kvtierd just bound there");
+  }
   constexpr gid_t kNoGroup = static_cast<gid_t>(-1);
-  if (gid != kNoGroup && chown(path.c_str(), static_cast<uid_t>(-1), gid) != 0) {
+  if (gid != kNoGroup &&
+      fchownat(file.get(), "", static_cast<uid_t>(-1), gid, AT_EMPTY_PATH) != 0) {
     return ErrnoStatus("chown('" + path + "', group " + std::to_string(gid) + ")", errno);
   }
-  if (chmod(path.c_str(), mode) != 0) return ErrnoStatus("chmod('" + path + "')", errno);
-  if (stat(path.c_str(), &st) != 0) return ErrnoStatus("stat('" + path + "')", errno);
-  if ((st.st_mode & 07777) != mode || st.st_uid != geteuid() ||
-      (gid != kNoGroup && st.st_gid != gid)) {
+  // glibc makes this chmod of the opened file through /proc/self/fd.
+  if (fchmodat(dir.get(), name.c_str(), mode, AT_SYMLINK_NOFOLLOW) != 0) {
+    return ErrnoStatus("chmod('" + path + "')", errno);
+  }
+  struct stat st {};
+  if (fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    return ErrnoStatus("stat('" + path + "')", errno);
+  }
+  if (st.st_ino != made.st_ino || st.st_dev != made.st_dev || (st.st_mode & 07777) != mode ||
+      st.st_uid != geteuid() || (gid != kNoGroup && st.st_gid != gid)) {
     return Status(StatusCode::kPermissionDenied,
                   "socket '" + path + "' did not get mode or owner as configured");
   }

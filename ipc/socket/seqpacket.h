@@ -21,15 +21,24 @@ struct PeerCredentials {
   gid_t gid = 0;
 };
 
+// Both functions below first check the directory holding `path`, which decides who can
+// replace the socket file and so who could stand in for kvtierd or turn its chown/chmod onto
+// another file. It must be owned by kvtierd's euid or root and writable by nobody else; a
+// sticky directory such as /tmp is refused too (while kvtierd is down, any user could create a
+// socket there and take the clients' connections). Each of its ancestors (symlinks resolved)
+// must be owned by root or the euid and writable by nobody else unless it is sticky (then no
+// one else can rename ours away). Otherwise kPermissionDenied, naming `path`, the directory and
+// the problem; errno codes when the directory cannot be found.
+//
 // OK if nothing listens at `path` (a stale socket file is fine); kAlreadyExists if a live
-// listener answers there; kFailedPrecondition if `path` is some other kind of file.
-// `type`: SOCK_SEQPACKET (the data socket) or SOCK_STREAM (the admin socket).
+// listener answers there; kFailedPrecondition if `path` is some other kind of file (a symlink
+// included). `type`: SOCK_SEQPACKET (the data socket) or SOCK_STREAM (the admin socket).
 Status EnsureNoListener(const std::string& path, int type = SOCK_SEQPACKET);
-// Binds and listens at `path` (a stale socket file is replaced), chmods it to `mode` (and
-// chowns it to group `gid` unless that is -1) and verifies the result with stat: the daemon
-// never serves a socket with looser permissions than configured. Run it under a restrictive
-// umask (kvtierd sets 077 at start) so the socket is never more open than `mode` between bind
-// and chmod. Non-blocking, close-on-exec.
+// Binds and listens at `path` in a directory that passes the check above. A stale socket
+// file is replaced; anything else there is left alone and refused. The socket file is created
+// no more open than `mode` whatever the umask, then set to exactly `mode` (and to group `gid`
+// unless that is -1) without following symlinks, and checked: the daemon never serves a
+// socket with looser permissions than configured. Non-blocking, close-on-exec.
 Result<UniqueFd> ListenUnix(const std::string& path, int type, mode_t mode, gid_t gid,
                             int backlog);
 inline Result<UniqueFd> ListenSeqpacket(const std::string& path, mode_t mode, int backlog) {

@@ -378,6 +378,8 @@ std::string HttpGet(uint16_t port, const std::string& path) {
     close(fd);
     return "";
   }
+  const timeval deadline{60, 0};  // only so that a broken listener cannot hang the test
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &deadline, sizeof(deadline));
   const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
   (void)!write(fd, request.data(), request.size());
   std::string response;
@@ -450,6 +452,73 @@ TEST_CASE("the /metrics listener serves Prometheus text whose counters move",
   CHECK(status.code == 0);
   for (int fd : idle)
     close(fd);
+}
+
+// A connection to the metrics listener (port) or the admin socket (path) that says nothing.
+int ConnectIdle(uint16_t port, const std::string& path = "") {
+  const int fd = socket(port != 0 ? AF_INET : AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_port = htons(port);
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  std::strncpy(un.sun_path, path.c_str(), sizeof(un.sun_path) - 1);
+  const int rc = port != 0 ? connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof(in))
+                           : connect(fd, reinterpret_cast<sockaddr*>(&un), sizeof(un));
+  REQUIRE(rc == 0);
+  return fd;
+}
+
+TEST_CASE("idle connections lock out neither a scrape nor kvtierctl", "[integration][admin]") {
+  const uint16_t port = FreePort();
+  DaemonOptions o;
+  o.admin_toml = "metrics_listen = \"127.0.0.1:" + std::to_string(port) + "\"\n";
+  auto daemon = DaemonProcess::Start(o);
+  // More than either cap, from uids the daemon serves (root), connected and silent.
+  std::vector<int> idle;
+  for (int i = 0; i < AdminServer::kMaxHttpConnections + 8; ++i)
+    idle.push_back(ConnectIdle(port));
+  for (int i = 0; i < AdminServer::kMaxConnections + 8; ++i)
+    idle.push_back(ConnectIdle(0, daemon->admin_socket_path()));
+  const std::string scrape = HttpGet(port, "/metrics");
+  CHECK_THAT(scrape,
+             Catch::StartsWith("HTTP/1.1 200 OK\r\n") && Catch::Contains("kvtier_uptime_seconds"));
+  const Ctl status = RunCtl(*daemon, {"status"});
+  INFO(status.err);
+  CHECK(status.code == 0);
+  CHECK_THAT(status.out, Catch::Contains("serving"));
+  for (int fd : idle)
+    close(fd);
+}
+
+// Sends `line` to the admin socket as this process (root); the whole reply.
+std::string AdminLine(const std::string& path, const std::string& line) {
+  const int fd = ConnectIdle(0, path);
+  REQUIRE(write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+  std::string reply;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0)
+    reply.append(buf, static_cast<size_t>(n));
+  close(fd);
+  return reply;
+}
+
+TEST_CASE("the audit log escapes control bytes and bytes that are not UTF-8, and keeps UTF-8",
+          "[integration][admin]") {
+  auto daemon = DaemonProcess::Start();
+  // DEL, a C0 and a C1 control, a stray byte, a truncated sequence, a quote, a backslash, CR,
+  // then UTF-8 of two, three and four bytes.
+  const std::string name = "t\x7f\x01\xc2\x9b\xff\xc3(\"\\\r\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80";
+  const std::string reply =
+      AdminLine(daemon->admin_socket_path(), "KVTIER-ADMIN 1 text stats --tenant " + name + "\n");
+  CHECK_THAT(reply, Catch::StartsWith("ERROR not_found"));
+  const std::string audit = ReadFile(daemon->audit_log_path());
+  INFO(audit);
+  const std::string quoted = R"("stats --tenant t\x7f\x01\xc2\x9b\xff\xc3(\"\\\x0d)"
+                             "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"";
+  CHECK_THAT(audit, Catch::Contains("command=" + quoted + " result=not_found"));
 }
 
 TEST_CASE(

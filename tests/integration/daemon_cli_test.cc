@@ -2,8 +2,10 @@
 // clean stops (kvtierctl: admin_test.cc).
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -14,6 +16,9 @@
 
 namespace kvtier::testing {
 namespace {
+
+namespace fs = std::filesystem;
+constexpr uid_t kOtherUid = 41003;
 
 struct CommandResult {
   int exit_code = -1;
@@ -81,6 +86,64 @@ TEST_CASE("a second kvtierd on the same socket refuses to start", "[integration]
   auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "x"});
   REQUIRE(client.ok());
   CHECK((*client)->Stats().ok());
+}
+
+TEST_CASE("kvtierd refuses a socket directory where another user could replace the socket",
+          "[integration][cli]") {
+  const bool admin = GENERATE(false, true);  // which of the two sockets
+  TempDir dir;
+  const fs::path other = dir.path() / "other";
+  fs::create_directory(other);
+  const std::string path = (other / "kvtierd.sock").string();
+  std::string problem;
+  SECTION("writable by all, even sticky") {
+    fs::permissions(other, fs::perms(01777));
+    problem = "is writable by group or others (mode 1777)";
+  }
+  SECTION("owned by another user") {
+    REQUIRE(chown(other.c_str(), kOtherUid, kOtherUid) == 0);  // the tests run as root
+    problem = "is owned by uid 41003";
+  }
+  DaemonOptions o;
+  (admin ? o.admin_toml : o.extra_toml) = "socket = \"" + path + "\"\n";
+  CHECK_THROWS_WITH(DaemonProcess::Start(o), Catch::Contains(path) && Catch::Contains(problem));
+  CHECK_FALSE(fs::exists(path));
+}
+
+TEST_CASE("kvtierd refuses an audit log that is not its own private regular file",
+          "[integration][cli]") {
+  auto daemon = DaemonProcess::Start();
+  REQUIRE(daemon->Stop() == 0);
+  const fs::path audit = daemon->audit_log_path();
+  const fs::path elsewhere = daemon->dir() / "elsewhere.log";
+  std::ofstream(elsewhere) << "";
+  std::string problem;
+  SECTION("a symlink") {
+    fs::remove(audit);
+    fs::create_symlink(elsewhere, audit);
+    problem = "is a symbolic link";
+  }
+  SECTION("a FIFO") {
+    fs::remove(audit);
+    REQUIRE(mkfifo(audit.c_str(), 0600) == 0);
+    problem = "is not a regular file";
+  }
+  SECTION("mode 0666") {
+    fs::permissions(audit, fs::perms(0666));
+    problem = "has mode 0666";
+  }
+  SECTION("owned by another user") {
+    REQUIRE(chown(audit.c_str(), kOtherUid, kOtherUid) == 0);
+    problem = "is owned by uid 41003";
+  }
+  // `timeout`: a kvtierd that took the file would serve, or block opening the FIFO with
+  // SIGTERM blocked, for good.
+  const CommandResult r = RunCommand("timeout -k 5 30 " + std::string(KVTIERD_PATH) +
+                                     " --config " + daemon->config_path().string());
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  CHECK_THAT(r.output, Catch::Contains(audit.string() + " " + problem));
+  CHECK(ReadFile(elsewhere).empty());
 }
 
 }  // namespace

@@ -98,6 +98,22 @@ TEST_CASE("ListenSeqpacket creates a socket with exactly the requested mode", "[
   }
 }
 
+TEST_CASE("ListenUnix gives the socket the requested group and mode", "[ipc][socket]") {
+  if (geteuid() != 0) {
+    WARN("only root can give a file another group");
+    return;
+  }
+  testing::TempDir dir;
+  const std::string path = (dir.path() / "kvtierd-admin.sock").string();
+  auto listener = ListenUnix(path, SOCK_STREAM, 0660, 41003, 4);
+  REQUIRE(listener.ok());
+  struct stat st {};
+  REQUIRE(lstat(path.c_str(), &st) == 0);
+  CHECK(S_ISSOCK(st.st_mode));
+  CHECK((st.st_mode & 07777) == 0660);
+  CHECK(st.st_gid == 41003);
+}
+
 TEST_CASE("ListenSeqpacket refuses to replace a file that is not a socket", "[ipc][socket]") {
   testing::TempDir dir;
   const std::string path = (dir.path() / "kvtierd.sock").string();
@@ -121,6 +137,58 @@ TEST_CASE("ListenSeqpacket refuses to replace a file that is not a socket", "[ip
     REQUIRE(lstat(path.c_str(), &st) == 0);
     CHECK(S_ISDIR(st.st_mode));
   }
+}
+
+TEST_CASE("ListenSeqpacket leaves a symlink at its path alone, even to a stale socket",
+          "[ipc][socket]") {
+  testing::TempDir dir;
+  const std::string real = (dir.path() / "real.sock").string();
+  const std::string path = (dir.path() / "kvtierd.sock").string();
+  REQUIRE(ListenSeqpacket(real, 0600, 4).ok());  // closed at once: a stale socket file
+  REQUIRE(symlink(real.c_str(), path.c_str()) == 0);
+  auto listener = ListenSeqpacket(path, 0666, 4);
+  REQUIRE_FALSE(listener.ok());
+  CHECK(listener.status().code() == StatusCode::kFailedPrecondition);
+  struct stat st {};
+  REQUIRE(lstat(path.c_str(), &st) == 0);
+  CHECK(S_ISLNK(st.st_mode));
+  REQUIRE(lstat(real.c_str(), &st) == 0);
+  CHECK((st.st_mode & 07777) == 0600);
+}
+
+TEST_CASE("ListenSeqpacket refuses a directory where another user could replace the socket",
+          "[ipc][socket]") {
+  testing::TempDir dir;
+  const std::filesystem::path open_dir = dir.path() / "open";
+  REQUIRE(mkdir(open_dir.c_str(), 0700) == 0);
+  std::string path = (open_dir / "kvtierd.sock").string();
+  std::string problem;
+  SECTION("writable by group") {
+    REQUIRE(chmod(open_dir.c_str(), 0770) == 0);
+    problem = "is writable by group or others (mode 0770)";
+  }
+  SECTION("sticky but writable by all, as /tmp") {
+    REQUIRE(chmod(open_dir.c_str(), 01777) == 0);
+    problem = "is writable by group or others (mode 1777)";
+  }
+  SECTION("an ancestor writable by all and not sticky") {
+    REQUIRE(chmod(open_dir.c_str(), 0777) == 0);
+    REQUIRE(mkdir((open_dir / "mine").c_str(), 0700) == 0);
+    path = (open_dir / "mine" / "kvtierd.sock").string();
+    problem = "ancestor directory " + open_dir.string() + " is writable by group or others";
+  }
+  if (geteuid() == 0) {
+    SECTION("owned by another user") {
+      REQUIRE(chown(open_dir.c_str(), 41003, 41003) == 0);
+      problem = "is owned by uid 41003";
+    }
+  }
+  auto listener = ListenSeqpacket(path, 0600, 4);
+  REQUIRE_FALSE(listener.ok());
+  CHECK(listener.status().code() == StatusCode::kPermissionDenied);
+  CHECK_THAT(listener.status().message(), Contains(path) && Contains(problem));
+  CHECK_FALSE(std::filesystem::exists(path));
+  CHECK(EnsureNoListener(path).code() == StatusCode::kPermissionDenied);
 }
 
 TEST_CASE("ListenSeqpacket replaces a stale socket but not a live listener", "[ipc][socket]") {
