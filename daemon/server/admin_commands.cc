@@ -522,6 +522,7 @@ Result<Report> Server::Reload(const char* origin) {
     note(prefix + "max_ttl_seconds", std::to_string(a.max_ttl_seconds),
          std::to_string(b.max_ttl_seconds));
     note(prefix + "ssd_bytes", std::to_string(a.ssd_bytes), std::to_string(b.ssd_bytes));
+    note(prefix + "max_sessions", std::to_string(a.max_sessions), std::to_string(b.max_sessions));
     Tenant& tenant = *tenants_->tenants()[i];
     if (a.ssd_bytes != b.ssd_bytes && tenant.spill != nullptr) {
       // A lower quota reclaims the tenant's oldest segments at once (their blocks become

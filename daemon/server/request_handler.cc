@@ -193,6 +193,7 @@ bool RequestHandler::Reserve(Session& session, const wire::FrameView& request,
     const uint32_t i = progress.next;
     const Wanted w = wanted(i);
     DramPool::Placement placement;
+    session.MakeRoomForReservation();  // nothing to throw once the pool has reserved
     const StatusCode code =
         pool.Reserve(KeyAt(session, request, i, stride), w.size, session.id(), &placement,
                      EffectiveTtl(session.tenant()->config, w.ttl_seconds));
@@ -273,6 +274,7 @@ bool RequestHandler::Acquire(Session& session, const wire::FrameView& request,
     const uint32_t i = progress.next;
     DramPool::Placement placement;
     wire::Tier tier = wire::Tier::kNone;
+    session.leases().MakeRoom();  // nothing to throw once the pool has leased
     StatusCode code = pool.Acquire(KeyAt(session, request, i, stride), &placement, &tier);
     if (code == StatusCode::kUnavailable) break;  // a promotion waits for room
     wire::AcquireResult r{};
@@ -499,8 +501,11 @@ RequestHandler::Outcome RequestHandler::StartCopy(Session& session,
   job.wait_event = spec.wait_event;
   job.signal_event = spec.signal_event;
   job.owner = reinterpret_cast<uintptr_t>(session.tenant());  // its tenant's copy queue
+  // Everything that can throw std::bad_alloc is allocated before a lease leaves the session's
+  // table for the hold.
   job.spans.reserve(n);
   job.layer_ends.reserve(spec.layers);
+  outcome.hold.items.reserve(n);
   outcome.hold.op = request.op;
   auto end_layer = [&](uint32_t i) {
     if (per_layer == 0 || (i + 1) % per_layer == 0) {

@@ -412,21 +412,7 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd
     }
   }
   if (out_of_memory) {
-    const Status failure(StatusCode::kResourceExhausted,
-                         "kvtierd could not allocate memory for this request; the session is "
-                         "closed, others are served");
-    // A copy that was not posted gives back the blocks it held.
-    if (outcome.copy) handler_.FinishCopy(session, outcome.hold, failure, nullptr, nullptr);
-    if (AllowPeerErrorLog()) {
-      spdlog::warn("session {} (pid {} uid {}): out of memory serving op {}; closing it",
-                   session.id(), session.peer().pid, session.peer().uid,
-                   static_cast<int>(request->op));
-    }
-    wire::FrameWriter error(send_buffer_);
-    error.Begin(request->op, request->header.request_id);
-    error.SetStatus(failure);
-    SendReply(session, error.Finish(), -1);
-    CloseSession(session, "out of memory");
+    FailOutOfMemory(session, *request, outcome);
     return false;
   }
   const bool sent = SendReply(session, reply.Finish(), outcome.pass_fd);
@@ -437,6 +423,25 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd
     return false;
   }
   return true;
+}
+
+void Server::FailOutOfMemory(Session& session, const wire::FrameView& request,
+                             RequestHandler::Outcome& outcome) {
+  const Status failure(StatusCode::kResourceExhausted,
+                       "kvtierd could not allocate memory for this request; the session is "
+                       "closed, others are served");
+  // A copy that was not posted gives back the blocks it held.
+  if (outcome.copy) handler_.FinishCopy(session, outcome.hold, failure, nullptr, nullptr);
+  if (AllowPeerErrorLog()) {
+    spdlog::warn("session {} (pid {} uid {}): out of memory serving op {}; closing it",
+                 session.id(), session.peer().pid, session.peer().uid,
+                 static_cast<int>(request.op));
+  }
+  wire::FrameWriter error(send_buffer_);
+  error.Begin(request.op, request.header.request_id);
+  error.SetStatus(failure);
+  SendReply(session, error.Finish(), -1);
+  CloseSession(session, "out of memory");
 }
 
 bool Server::SendReply(Session& session, std::span<const std::byte> frame, int pass_fd) {
@@ -618,18 +623,20 @@ void Server::ContinueParked(const Tenant* tenant) {
     if (session.progress().copy_id != 0) return true;  // its copy's result moves it now
     auto request = wire::DecodeRequest(session.parked()->frame);
     KVT_CHECK(request.ok());  // it was decoded before it was parked
-    RequestHandler::Outcome outcome = handler_.Continue(session, *request, session.parked()->writer);
-    if (outcome.park) return false;
-    if (outcome.copy) {
-      try {
+    RequestHandler::Outcome outcome;
+    try {
+      outcome = handler_.Continue(session, *request, session.parked()->writer);
+      if (outcome.park) return false;
+      if (outcome.copy) {
         StartCopy(session, outcome);
         return true;
-      } catch (const std::bad_alloc&) {
-        handler_.FinishCopy(session, outcome.hold,
-                            Status(StatusCode::kResourceExhausted,
-                                   "kvtierd could not allocate memory to post the copy"),
-                            &session.parked()->writer, &*request);
       }
+    } catch (const std::bad_alloc&) {
+      // As in ServeFrame: this request fails and its session closes; others go on. The
+      // request's frame moves out first: closing the session drops it.
+      const std::unique_ptr<ParkedRequest> parked = std::move(session.parked());
+      FailOutOfMemory(session, *request, outcome);
+      return true;
     }
     SendParkedReply(session, *request);
     return true;

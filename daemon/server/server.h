@@ -112,6 +112,10 @@ class Server {
   // (detached_) until they end.
   void ForgetClosedSessions();
   bool SendReply(Session& session, std::span<const std::byte> frame, int pass_fd);
+  // std::bad_alloc while serving `request`: gives back what `outcome` holds, answers
+  // resource_exhausted and closes the session (the others are served on).
+  void FailOutOfMemory(Session& session, const wire::FrameView& request,
+                       RequestHandler::Outcome& outcome);
   void CloseSession(Session& session, const char* why);
   void WatchWritable(Session& session, bool writable);
   // epoll interest of a session: `events` (0 while its request is parked; hang-ups still come).

@@ -22,6 +22,14 @@ uint64_t LeaseTable::Add(BlockRef ref) {
   return (uint64_t{s.generation} << 32) | index;
 }
 
+void LeaseTable::MakeRoom() {
+  if (free_.empty() && slots_.size() < max_ && slots_.size() == slots_.capacity()) {
+    slots_.reserve(std::min<size_t>(max_, std::max<size_t>(16, 2 * slots_.size())));
+  }
+  // Take pushes each slot's index at most once.
+  if (free_.capacity() < slots_.capacity()) free_.reserve(slots_.capacity());
+}
+
 std::optional<BlockRef> LeaseTable::Peek(uint64_t id) const {
   const auto index = static_cast<uint32_t>(id);
   const auto generation = static_cast<uint32_t>(id >> 32);

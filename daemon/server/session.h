@@ -4,6 +4,7 @@
 // Not thread-safe: owned by the Server's event-loop thread.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -26,8 +27,11 @@ class LeaseTable {
  public:
   explicit LeaseTable(uint32_t max_leases) : max_(max_leases) {}
 
-  // 0 if the table is full.
+  // 0 if the table is full. Allocates nothing after MakeRoom.
   uint64_t Add(BlockRef ref);
+  // Makes sure the next Add and every Take allocate nothing (may throw std::bad_alloc, before
+  // anything changed): call it before taking what the lease will hold.
+  void MakeRoom();
   // The lease's block, if `id` is a live lease here.
   std::optional<BlockRef> Peek(uint64_t id) const;
   // The lease's block, and the lease is gone; nullopt if `id` is not a live lease here.
@@ -135,7 +139,14 @@ class Session {
     ns_id_ = ns_id;
     ++tenant_->sessions;
   }
+  // Allocates nothing after MakeRoomForReservation.
   void NoteReservation(BlockRef ref);
+  // May throw std::bad_alloc: call it before reserving in the pool.
+  void MakeRoomForReservation() {
+    if (reservations_.size() == reservations_.capacity()) {
+      reservations_.reserve(std::max<size_t>(16, 2 * reservations_.size()));
+    }
+  }
   void NoteReservationEnded() { --live_reservations_; }
 
   uint32_t id() const { return id_; }

@@ -129,8 +129,14 @@ Result<uint32_t> TenantRegistry::NamespaceId(Tenant& tenant, std::string_view na
                       std::to_string(kMaxNamespacesPerTenant) + " namespaces");
   }
   const auto id = static_cast<uint32_t>(tenant.namespaces.size() + 1);
-  tenant.namespaces.emplace(std::string(name), id);
+  // The name first: under std::bad_alloc no id is left without one.
   tenant.namespace_names.emplace_back(name);
+  try {
+    tenant.namespaces.emplace(std::string(name), id);
+  } catch (...) {
+    tenant.namespace_names.pop_back();
+    throw;
+  }
   return id;
 }
 

@@ -44,12 +44,15 @@ void CopyEngine::Post(CopyJob job) {
     std::lock_guard lock(mu_);
     auto queue = std::find_if(queues_.begin(), queues_.end(),
                               [&](const auto& q) { return q->owner == job.owner; });
-    if (queue == queues_.end()) {
-      queues_.push_back(std::make_unique<Queue>());
-      queues_.back()->owner = job.owner;
-      queue = queues_.end() - 1;
+    if (queue != queues_.end()) {
+      (*queue)->jobs.push_back(std::move(job));
+    } else {
+      // Built whole before it joins: under std::bad_alloc no empty queue is left behind.
+      auto fresh = std::make_unique<Queue>();
+      fresh->owner = job.owner;
+      fresh->jobs.push_back(std::move(job));
+      queues_.push_back(std::move(fresh));
     }
-    (*queue)->jobs.push_back(std::move(job));
   }
   wake_.notify_one();
 }
@@ -137,7 +140,13 @@ bool CopyEngine::PopFront(size_t queue) {
 }
 
 void CopyEngine::PollWaiting() {
+  if (waiting_.empty()) return;
   const uint64_t now = MonotonicUs();
+  bool stopping = false;
+  {
+    std::lock_guard lock(mu_);
+    stopping = stop_;
+  }
   for (size_t i = 0; i < waiting_.size();) {
     CopyJob& job = waiting_[i];
     Result<bool> done = GpuEventDone(job.region->gpu(), job.wait_event);
@@ -145,7 +154,13 @@ void CopyEngine::PollWaiting() {
     if (!done.ok()) {
       status = done.status();
     } else if (*done) {
+      // Seen complete: the stream must not wait on it again, or an engine recording it anew on
+      // a stream that never ends could still block the device's copies for every tenant.
+      job.wait_event = UINT32_MAX;
       status = RunCudaJob(job);
+    } else if (stopping) {
+      status = Status(StatusCode::kUnavailable,
+                      "kvtierd is stopping; the offload's event had not completed");
     } else if (now >= job.wait_deadline_us) {
       status = Status(StatusCode::kTimedOut,
                       "the region's event " + std::to_string(job.wait_event) +
@@ -189,20 +204,27 @@ bool CopyEngine::RunHostSlice(CopyJob& job) {
                            : reinterpret_cast<uint32_t*>(job.progress->host() + job.progress_offset);
   const auto layers = static_cast<uint32_t>(job.layer_ends.size());
   std::byte* region = job.region->host();
-  uint64_t copied = 0;
+  uint64_t budget = kSliceBytes;
   while (job.next_layer < layers) {
     const uint32_t end = job.layer_ends[job.next_layer];
     for (; job.next_span < end; ++job.next_span) {
-      if (copied >= kSliceBytes) return false;  // another owner's turn
+      if (budget == 0) return false;  // another owner's turn
       const CopySpan& s = job.spans[job.next_span];
+      // A block larger than the slice is copied over several turns.
+      const uint64_t n = std::min(budget, s.bytes - job.span_done);
+      std::byte* pool = job.pool + s.pool_offset + job.span_done;
+      std::byte* host = region + s.region_offset + job.span_done;
       // Streaming stores both ways: the destination is a shared mapping that this thread
       // never reads back (kvclient/copy.h: 2.25x memcpy into shm on these hosts).
       if (job.to_pool) {
-        CopyToPool(job.pool + s.pool_offset, region + s.region_offset, s.bytes);
+        CopyToPool(pool, host, n);
       } else {
-        CopyToPool(region + s.region_offset, job.pool + s.pool_offset, s.bytes);
+        CopyToPool(host, pool, n);
       }
-      copied += s.bytes;
+      budget -= n;
+      job.span_done += n;
+      if (job.span_done < s.bytes) return false;
+      job.span_done = 0;
     }
     if (progress != nullptr) PublishProgress(progress, job.next_layer + 1);
     ++job.next_layer;

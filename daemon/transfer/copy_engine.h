@@ -50,6 +50,7 @@ struct CopyJob {
   // The engine's progress through a host job (set by the engine).
   uint32_t next_span = 0;
   uint32_t next_layer = 0;
+  uint64_t span_done = 0;  // bytes of spans[next_span] already copied
   uint64_t wait_deadline_us = 0;  // a CUDA job waiting for wait_event fails after this
 };
 
@@ -90,7 +91,8 @@ class CopyEngine {
   // Copies up to kSliceBytes of a host job; true once it is done.
   bool RunHostSlice(CopyJob& job);
   Status RunCudaJob(const CopyJob& job);
-  // Runs the waiting CUDA jobs whose event has completed, fails those past their deadline.
+  // Runs the waiting CUDA jobs whose event has completed; fails those past their deadline, and
+  // every one once stopping.
   void PollWaiting();
   // Drops the front job of queues_[queue], and the queue if that was its last; true then.
   bool PopFront(size_t queue);
