@@ -1,5 +1,6 @@
 // kvtierd: the kvtier daemon. See README.md for running it and docs/ for how it works.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,6 +33,30 @@ constexpr char kUsage[] =
     "       kvtierd --version\n";
 
 namespace {
+
+// Every session is a file descriptor, and so are spill segments, listeners and eventfds: the
+// soft RLIMIT_NOFILE (often 1024) is raised to the hard limit, and a max_sessions that would
+// still not fit, with room for the rest, is refused now rather than met by accept failing.
+// (With an SSD tier, OpenSpillTier checks segments + sessions the same way.)
+Status RaiseFileLimit(uint32_t max_sessions) {
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) != 0) return Status::Ok();
+  if (files.rlim_cur < files.rlim_max) {
+    rlimit raised = files;
+    raised.rlim_cur = files.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) files = raised;
+  }
+  constexpr rlim_t kOtherFiles = 64;
+  if (files.rlim_cur != RLIM_INFINITY && rlim_t{max_sessions} + kOtherFiles > files.rlim_cur) {
+    return Status(StatusCode::kResourceExhausted,
+                  "daemon.max_sessions = " + std::to_string(max_sessions) + " needs " +
+                      std::to_string(rlim_t{max_sessions} + kOtherFiles) +
+                      " open files, but RLIMIT_NOFILE is " + std::to_string(files.rlim_cur) +
+                      " (hard limit " + std::to_string(files.rlim_max) +
+                      "): raise LimitNOFILE= (systemd) or ulimit -n, or lower max_sessions");
+  }
+  return Status::Ok();
+}
 
 int Serve(const std::string& config_path) {
   Result<Config> config = LoadConfig(config_path);
@@ -70,6 +95,10 @@ int Serve(const std::string& config_path) {
   }
   if (Status s = EnsureNoListener(config->admin.socket.string(), SOCK_STREAM); !s.ok()) {
     spdlog::critical("admin socket: {}", s.message());
+    return 1;
+  }
+  if (Status s = RaiseFileLimit(config->max_sessions); !s.ok()) {
+    spdlog::critical("{}", s.message());
     return 1;
   }
   std::vector<std::string> warnings;

@@ -146,5 +146,27 @@ TEST_CASE("kvtierd refuses an audit log that is not its own private regular file
   CHECK(ReadFile(elsewhere).empty());
 }
 
+TEST_CASE("kvtierd takes the hard open-file limit, and refuses max_sessions beyond it",
+          "[integration][cli]") {
+  DaemonOptions options;
+  options.max_sessions = 200;
+  auto daemon = DaemonProcess::Start(options);
+  REQUIRE(daemon->Stop() == 0);
+  const std::string run = std::string(KVTIERD_PATH) + " --config " +
+                          daemon->config_path().string();
+  // Soft 100, hard 300: 200 sessions fit once the soft limit is raised (kvtierd serves until
+  // `timeout` stops it with SIGTERM, status 124).
+  const CommandResult raised = RunCommand("prlimit --nofile=100:300 timeout -k 5 3 " + run);
+  INFO(raised.output);
+  CHECK(raised.exit_code == 124);
+  CHECK_THAT(raised.output, !Catch::Contains("RLIMIT_NOFILE"));
+  // Hard 150: they do not, and the refusal names the setting and the limit.
+  const CommandResult refused = RunCommand("prlimit --nofile=100:150 timeout -k 5 30 " + run);
+  INFO(refused.output);
+  CHECK(refused.exit_code == 1);
+  CHECK_THAT(refused.output, Catch::Contains("daemon.max_sessions = 200 needs 264 open files, "
+                                             "but RLIMIT_NOFILE is 150"));
+}
+
 }  // namespace
 }  // namespace kvtier::testing
