@@ -90,6 +90,11 @@ class BlockDevice {
   // OK: a handle for IoRequest::file. The file is opened O_DIRECT|O_CLOEXEC read-write; if its
   // filesystem rejects O_DIRECT (EINVAL) it is opened buffered instead, direct_io() says so and
   // `warning` (when given) explains. A created file whose preallocation fails is removed again.
+  // Symlinks are never followed. mode.create makes a new file (mode 0600) or fails with
+  // kAlreadyExists if anything holds the name; without it, the path must be a regular file
+  // owned by kvtierd's euid (its group and other permission bits are cleared), and is never
+  // opened in a way that could block (a FIFO); anything else is kFailedPrecondition, with the
+  // path and what it is in the message.
   // kResourceExhausted: no space to preallocate (message names the path), or max_files open.
   // kNotFound: no such file and !mode.create. Otherwise the errno's Status.
   virtual Result<int> OpenFile(std::string_view path, const OpenMode& mode,

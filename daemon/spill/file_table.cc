@@ -28,6 +28,38 @@ int OpenFd(const std::string& path, int flags) {
   return -EINTR;
 }
 
+const char* FileType(mode_t mode) {
+  if (S_ISLNK(mode)) return "a symbolic link";
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device node";
+  return "not a regular file";
+}
+
+Status Refused(const std::string& path, const std::string& why) {
+  return Status(StatusCode::kFailedPrecondition,
+                "refusing to use " + path + " as a spill file: " + why);
+}
+
+// A spill file must be a regular file of kvtierd's euid: anything else at a segment's name was
+// planted (a link or FIFO would have the daemon write elsewhere or block). Checked on the fd,
+// so nothing can be swapped in between. Group and other bits, which kvtierd never sets, are
+// cleared rather than refused: the file is ours, and its records are authenticated anyway.
+Status CheckOpened(int fd, const std::string& path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return ErrnoStatus("fstat " + path, errno);
+  if (!S_ISREG(st.st_mode)) return Refused(path, std::string("it is ") + FileType(st.st_mode));
+  if (st.st_uid != ::geteuid()) {
+    return Refused(path, "it is owned by uid " + std::to_string(st.st_uid) +
+                             ", not by kvtierd's uid " + std::to_string(::geteuid()));
+  }
+  if ((st.st_mode & 077) != 0 && ::fchmod(fd, kFileMode) != 0) {
+    return ErrnoStatus("chmod 0600 " + path, errno);
+  }
+  return Status::Ok();
+}
+
 // 0, or errno.
 int Preallocate(int fd, uint64_t bytes) {
   for (int attempt = 0; attempt < 8; ++attempt) {
@@ -57,29 +89,61 @@ Result<int> FileTable::Open(std::string_view path, const OpenMode& mode, std::st
                       " file handles of this device are in use");
   }
   std::string owned_path(path);
-  // Known before opening, so a file we create and fail to preallocate can be removed again.
-  struct stat before {};
-  const bool existed = ::stat(owned_path.c_str(), &before) == 0;
-  const int flags = O_RDWR | O_CLOEXEC | (mode.create ? O_CREAT : 0);
-
+  // Never through a symlink (O_NOFOLLOW). A new file is new (O_EXCL): whatever already holds
+  // the name, kvtierd did not create it now. An existing one must be a regular file of ours:
+  // anything else is refused before it is opened (lstat), and in case it is swapped in after
+  // that, it is opened O_NONBLOCK (a FIFO cannot block) and checked again on the fd.
+  if (!mode.create) {
+    struct stat st {};
+    if (::lstat(owned_path.c_str(), &st) != 0) return FileStatus("open", owned_path, errno);
+    if (!S_ISREG(st.st_mode)) {
+      return Refused(owned_path, std::string("it is ") + FileType(st.st_mode));
+    }
+  }
+  const int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY |
+                    (mode.create ? O_CREAT | O_EXCL : O_NONBLOCK);
+  const int fd = OpenFd(owned_path, flags);
+  if (fd == -ELOOP) return Refused(owned_path, "it is a symbolic link");
+  if (fd == -EEXIST) {
+    return Status(StatusCode::kAlreadyExists,
+                  "create " + owned_path + ": a file of that name exists that kvtierd did not "
+                  "create; refusing to write through it");
+  }
+  if (fd == -EISDIR || fd == -ENXIO) return Refused(owned_path, "it is not a regular file");
+  if (fd < 0) return FileStatus("open", owned_path, -fd);
+  UniqueFd owned(fd);
+  const auto fail = [&](Status status) {
+    owned.reset();
+    if (mode.create) ::unlink(owned_path.c_str());  // ours (O_EXCL): leave nothing half made
+    return status;
+  };
+  if (Status checked = CheckOpened(owned.get(), owned_path); !checked.ok()) {
+    return fail(std::move(checked));
+  }
+  // O_DIRECT is set only now: an open with it fails (EINVAL) on a filesystem without direct
+  // I/O after O_EXCL has already created the file. O_NONBLOCK goes in the same call.
+  const int status_flags = ::fcntl(owned.get(), F_GETFL);
+  if (status_flags < 0) return fail(ErrnoStatus("fcntl " + owned_path, errno));
+  const int blocking = status_flags & ~O_NONBLOCK;
   bool direct = true;
-  int fd = OpenFd(owned_path, flags | O_DIRECT);
-  if (fd == -EINVAL) {
+  if (::fcntl(owned.get(), F_SETFL, blocking | O_DIRECT) != 0) {
+    if (errno != EINVAL) return fail(ErrnoStatus("fcntl O_DIRECT " + owned_path, errno));
     // The filesystem has no direct I/O (ramfs, tmpfs before Linux 6.6, some FUSE): the page
     // cache is better than no spill tier.
     direct = false;
-    fd = OpenFd(owned_path, flags);
-    if (fd >= 0 && warning != nullptr) {
+    if (::fcntl(owned.get(), F_SETFL, blocking) != 0) {
+      return fail(ErrnoStatus("fcntl " + owned_path, errno));
+    }
+    if (warning != nullptr) {
       *warning = "O_DIRECT rejected (EINVAL) for " + owned_path +
                  "; using buffered I/O through the page cache for this file";
     }
   }
-  if (fd < 0) return FileStatus("open", owned_path, -fd);
-  UniqueFd owned(fd);
 
   if (mode.preallocate_bytes > 0) {
     if (mode.preallocate_bytes > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) {
-      return Status(StatusCode::kInvalidArgument, "preallocation too large for " + owned_path);
+      return fail(
+          Status(StatusCode::kInvalidArgument, "preallocation too large for " + owned_path));
     }
     int err = Preallocate(owned.get(), mode.preallocate_bytes);
     if (err == EOPNOTSUPP) {
@@ -98,10 +162,8 @@ Result<int> FileTable::Open(std::string_view path, const OpenMode& mode, std::st
       }
     }
     if (err != 0) {
-      owned.reset();
-      if (!existed) ::unlink(owned_path.c_str());
-      return FileStatus("preallocate " + std::to_string(mode.preallocate_bytes) + " bytes for",
-                        owned_path, err);
+      return fail(FileStatus(
+          "preallocate " + std::to_string(mode.preallocate_bytes) + " bytes for", owned_path, err));
     }
   }
 

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "crypto/key_wrap.h"
+#include "crypto/secure_random.h"
 #include "daemon/spill/spill_record.h"
 #include "daemon/spill/spill_store.h"
 #include "daemon/spill/spill_store_internal.h"
@@ -122,7 +123,16 @@ Status SpillStore::RecoverSegment(uint32_t id, std::span<std::byte> chunk,
                                   std::map<std::string, RecoveredRecord>* newest,
                                   uint64_t* valid) {
   const std::filesystem::path path = SegmentPath(id);
-  KVT_ASSIGN_OR_RETURN(int file, device_->OpenFile(path.string(), OpenMode{}));
+  Result<int> opened = device_->OpenFile(path.string(), OpenMode{});
+  if (opened.status().code() == StatusCode::kFailedPrecondition) {
+    // Not a segment kvtierd could have written (a symlink, FIFO, directory, device, or another
+    // uid's file): left where it is, untouched; its id is still skipped by new segments.
+    ++recovery_.segments_skipped;
+    recovery_.warnings.push_back(opened.status().message() + "; skipped");
+    return Status::Ok();
+  }
+  KVT_RETURN_IF_ERROR(opened.status());
+  const int file = *opened;
   // A segment that cannot prove it is ours, with a live key, is of no use: removed.
   const auto discard = [&] {
     (void)device_->CloseFile(file);
@@ -229,7 +239,11 @@ void SpillStore::ScanRecords(Segment* segment, uint64_t scan_end, std::span<std:
       std::memcpy(tag.data(), header.tag, tag.size());
       const std::span<std::byte> payload =
           chunk.subspan(at + kRecordHeaderBytes, header.payload_bytes);
-      if (!segment->gcm->Open(nonce, aad, payload, tag, payload).ok()) {
+      // Decrypted only to verify it; the plaintext is wiped at once (Open zeroes it on failure),
+      // before the chunk is read into again or freed.
+      const bool authentic = segment->gcm->Open(nonce, aad, payload, tag, payload).ok();
+      if (authentic) SecureZero(payload.data(), payload.size());
+      if (!authentic) {
         ++recovery_.records_rejected;  // torn or tampered
         at += kAlignBytes;
         continue;

@@ -158,6 +158,9 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
       restored_bytes += record.location.payload_bytes;
     }
     const RecoveryStats& rs = (*store)->recovery_stats();
+    for (const std::string& warning : rs.warnings) {
+      log->push_back("warning: tenant '" + name + "' SSD tier: " + warning);
+    }
     SpillWorker& worker = *workers[next_worker++ % workers.size()];
     log->push_back("tenant '" + name + "' SSD tier: " + options.dir.string() + ", quota " +
                    std::to_string(options.quota_bytes >> 20) + " MiB, " +

@@ -18,6 +18,7 @@
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/base/units.h"
+#include "kvclient/copy.h"
 
 namespace kvtier {
 namespace {
@@ -125,9 +126,29 @@ Status SpillStore::Start() {
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     return ErrnoStatus("spill: mkdir " + dir.string(), errno);
   }
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  // An existing one must really be a directory of ours, not a link to somewhere else (O_NOFOLLOW;
+  // O_NONBLOCK: nothing planted there can block the open).
+  const int fd =
+      ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "spill: " + dir.string() + " is not a directory (a symbolic link or another "
+                  "file): remove it, kvtierd creates the tenant's spill directory itself");
+  }
   if (fd < 0) return ErrnoStatus("spill: open directory " + dir.string(), errno);
   dir_fd_.reset(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return ErrnoStatus("spill: stat " + dir.string(), errno);
+  if (st.st_uid != ::geteuid()) {
+    return Status(StatusCode::kPermissionDenied,
+                  "spill: " + dir.string() + " is owned by uid " + std::to_string(st.st_uid) +
+                      ", not by kvtierd's uid " + std::to_string(::geteuid()) +
+                      "; chown it to kvtierd's user");
+  }
+  // Ours, so made private again if someone opened it up (the segments are still authenticated).
+  if ((st.st_mode & 077) != 0 && ::fchmod(fd, 0700) != 0) {
+    return ErrnoStatus("spill: chmod 0700 " + dir.string(), errno);
+  }
 
   slot_bytes_ = spill::RecordBytes(options_.max_record_payload_bytes);
   const size_t count = options_.staging_buffers;
@@ -272,8 +293,12 @@ Result<SpillStore::Segment*> SpillStore::SegmentFor(uint64_t record_bytes) {
   if (next_segment_id_ == UINT32_MAX) {
     return Status(StatusCode::kResourceExhausted, "spill: segment ids exhausted");
   }
-  KVT_ASSIGN_OR_RETURN(std::unique_ptr<Segment> segment, CreateSegment(next_segment_id_));
-  ++next_segment_id_;
+  Result<std::unique_ptr<Segment>> created = CreateSegment(next_segment_id_);
+  // A name taken by a file kvtierd did not create (planted in its directory) is never written
+  // through, nor retried: this write fails naming it, and the next one takes the next name.
+  if (created.ok() || created.status().code() == StatusCode::kAlreadyExists) ++next_segment_id_;
+  if (!created.ok()) return created.status();
+  std::unique_ptr<Segment> segment = std::move(*created);
   ++stats_.segments_created;
   open_ = segment.get();
   segments_.emplace(segment->id, std::move(segment));
@@ -512,7 +537,7 @@ void SpillStore::CompleteWrite(Slot* slot) {
 void SpillStore::CompleteRead(Slot* slot) {
   slot->status = VerifyRead(*slot);
   if (slot->status.ok()) return;
-  std::memset(slot->out.data(), 0, slot->out.size());
+  // `out` is still as StartRead left it, zeroed: only authentic bytes are ever written there.
   if (slot->status.code() == StatusCode::kDataLoss) {
     ++stats_.integrity_failures;
   } else {
@@ -547,14 +572,26 @@ Status SpillStore::VerifyRead(const Slot& slot) {
   const auto nonce = spill::RecordNonceBytes(location.offset);
   std::array<std::byte, AesGcm::kTagBytes> tag;
   std::memcpy(tag.data(), header.tag, tag.size());
-  Status status = slot.segment->gcm->Open(
-      nonce, aad, request.buffer.subspan(kRecordHeaderBytes, location.payload_bytes), tag,
-      slot.out);
+  // Decrypted in place, in this store's private staging buffer, not in `out`: `out` is a slot
+  // of the tenant's shared pool, which the tenant's processes can read at any moment, and GCM
+  // writes plaintext before it has checked the tag. Only authentic bytes are copied there.
+  // Open zeroes the buffer when it fails; after the copy the plaintext is wiped.
+  const std::span<std::byte> payload =
+      request.buffer.subspan(kRecordHeaderBytes, location.payload_bytes);
+  Status status = slot.segment->gcm->Open(nonce, aad, payload, tag, payload);
   if (status.code() == StatusCode::kDataLoss) {
     return Status(StatusCode::kDataLoss,
                   "spill record at " + Where(location) + " failed authentication");
   }
-  return status;
+  if (!status.ok()) return status;
+  // Piecewise, so each wipe finds its piece still in cache from the copy.
+  constexpr size_t kPieceBytes = 64 * kKiB;
+  for (size_t at = 0; at < payload.size(); at += kPieceBytes) {
+    const size_t n = std::min(kPieceBytes, payload.size() - at);
+    CopyToPool(slot.out.data() + at, payload.data() + at, n);
+    SecureZero(payload.data() + at, n);
+  }
+  return Status::Ok();
 }
 
 size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {

@@ -87,7 +87,10 @@ struct RecoveredRecord {
 };
 
 struct RecoveryStats {
-  uint32_t segments_scanned = 0;    // seg-*.kvs files found
+  uint32_t segments_scanned = 0;    // seg-*.kvs names found
+  uint32_t segments_skipped = 0;    // of those, not a regular file of kvtierd's (a symlink,
+                                    // FIFO, directory, device or another uid's file): left
+                                    // alone, never opened for I/O; `warnings` says which and why
   uint32_t segments_discarded = 0;  // bad header or wrapped key (crypto-erased, foreign, torn):
                                     // removed
   uint32_t segments_emptied = 0;    // valid, but no live record left after recovery: erased
@@ -95,6 +98,7 @@ struct RecoveryStats {
   uint64_t records_superseded = 0;  // an older sequence of a key recovered again later
   uint64_t records_rejected = 0;    // a plausible header whose record failed its tag (torn or
                                     // tampered), or that does not fit: skipped
+  std::vector<std::string> warnings;  // one line per skipped segment name, for the log
 };
 
 struct SpillStats {
@@ -142,6 +146,9 @@ class SpillStore {
   //   kResourceExhausted  "staging buffers busy" (Poll, then retry); the tenant's spill quota
   //                       would be exceeded by a new segment (ReclaimOldestSegment, retry);
   //                       no space for a new segment (the message names the file)
+  //   kAlreadyExists      the new segment's name is taken by something kvtierd did not create
+  //                       (a planted file, symlink or FIFO: never written through; the message
+  //                       names it); the next StartWrite takes the next name
   //   others              creating the segment failed (the errno's Status)
   Result<SpillLocation> StartWrite(std::string_view name_space, std::span<const uint8_t> key,
                                    std::span<const std::byte> plaintext, uint64_t cookie);
@@ -150,7 +157,10 @@ class SpillStore {
   // valid until the completion with `cookie`, which is OK with `out` holding the record's
   // authentic bytes, or kDataLoss (the record does not verify: its header disagrees with the
   // location, namespace or key, or its tag fails; counted in integrity_failures) or kIoError,
-  // each with `out` zeroed. Errors, with nothing started and `out` zeroed: kNotFound (no live
+  // each with `out` zeroed. `out` is zeroed here and then written once, with the plaintext
+  // whose tag has verified (decryption runs in the store's own staging memory, wiped after the
+  // copy): a process that can read `out` (a shared pool slot) never sees unauthenticated bytes.
+  // Errors, with nothing started and `out` zeroed: kNotFound (no live
   // record at that location, e.g. its segment was reclaimed), kInvalidArgument (out's size),
   // kResourceExhausted "staging buffers busy".
   Status StartRead(const SpillLocation& location, std::string_view name_space,

@@ -2,7 +2,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -872,6 +874,174 @@ TEST_CASE("The spill store works end to end on the forced fallback device", "[da
   auto store = OpenStore(options, device->get(), &recovered);
   CHECK(recovered.size() == blocks.size());
   for (const Block& block : blocks) CheckReadsBack(*store, block);
+}
+
+TEST_CASE("A tampered record's read never writes its destination, which stays zero",
+          "[daemon][spill]") {
+  const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
+  INFO(KindName(kind));
+  auto device = MakeDevice(kind);
+  if (!device) return;
+  testing::TempDir dir;
+  const SpillOptions options = Options(dir.path());
+  auto store = OpenStore(options, device.get());
+  std::mt19937_64 rng(31);
+  std::vector<Block> blocks = RandomBlocks(rng, 2, 200 * kKiB, 200 * kKiB);
+  REQUIRE(WriteBlocks(*store, blocks).ok());
+  // The last ciphertext byte: every byte before it decrypts to the true plaintext.
+  const Block& tampered = blocks[0];
+  FlipFileByte(SegmentFile(options, tampered.location.segment_id),
+               tampered.location.offset + spill::kRecordHeaderBytes + tampered.data.size() - 1);
+
+  // The destination stands for a pool slot that the tenant's processes map too: once
+  // StartRead has zeroed it, it is made read-only, so a single byte the store wrote there
+  // before (or without) the tag verifying would fault here instead of going unseen.
+  const size_t bytes = tampered.data.size();
+  void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  REQUIRE(mapped != MAP_FAILED);
+  const std::span<std::byte> slot(static_cast<std::byte*>(mapped), bytes);
+  std::memset(slot.data(), 0x5a, slot.size());
+  REQUIRE(store->StartRead(tampered.location, tampered.name_space, tampered.key, slot, 1).ok());
+  REQUIRE(::mprotect(mapped, bytes, PROT_READ) == 0);
+  std::vector<SpillCompletion> done = Drain(*store);
+  REQUIRE(::mprotect(mapped, bytes, PROT_READ | PROT_WRITE) == 0);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].status.code() == StatusCode::kDataLoss);
+  CHECK(AllZero(slot));
+  CHECK(store->stats().integrity_failures == 1);
+
+  // An authentic record still lands in the same memory, whole.
+  const std::span<std::byte> good = slot.first(blocks[1].data.size());
+  REQUIRE(store->StartRead(blocks[1].location, blocks[1].name_space, blocks[1].key, good, 2).ok());
+  done = Drain(*store);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].status.ok());
+  CHECK(FirstMismatch(good, blocks[1].data) == -1);
+  ::munmap(mapped, bytes);
+}
+
+// What an attacker with write access to the tenant's spill directory could plant at a segment
+// name: each must be refused without following, blocking on or writing through it.
+enum class Planted { kSymlink, kFifo, kDirectory };
+
+const char* PlantedName(Planted planted) {
+  switch (planted) {
+    case Planted::kSymlink: return "a symlink to a file outside the directory";
+    case Planted::kFifo: return "a FIFO";
+    case Planted::kDirectory: return "a directory";
+  }
+  return "?";
+}
+
+// Plants `what` at `path`; a symlink points at `target`.
+void Plant(Planted what, const fs::path& path, const fs::path& target) {
+  switch (what) {
+    case Planted::kSymlink: fs::create_symlink(target, path); break;
+    case Planted::kFifo: REQUIRE(::mkfifo(path.c_str(), 0600) == 0); break;
+    case Planted::kDirectory: fs::create_directory(path); break;
+  }
+}
+
+std::string FileText(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST_CASE("A file planted at the next segment name is never written through, and the store "
+          "goes on with the next name", "[daemon][spill]") {
+  const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
+  const Planted planted = GENERATE(Planted::kSymlink, Planted::kFifo, Planted::kDirectory);
+  INFO(KindName(kind) << ", " << PlantedName(planted));
+  auto device = MakeDevice(kind);
+  if (!device) return;
+  testing::TempDir dir;
+  const SpillOptions options = Options(dir.path());
+  const fs::path victim = dir.path() / "victim";
+  const std::string precious = "not kvtierd's to overwrite";
+  std::ofstream(victim, std::ios::binary) << precious;
+  auto store = OpenStore(options, device.get());
+  const fs::path first = SegmentFile(options, 1);
+  Plant(planted, first, victim);
+
+  std::mt19937_64 rng(37);
+  std::vector<Block> blocks = RandomBlocks(rng, 30, 100 * kKiB, 256 * kKiB);
+  const Status refused = WriteBlocks(*store, blocks);
+  INFO(refused.ToString());
+  CHECK(refused.code() == StatusCode::kAlreadyExists);
+  CHECK_THAT(refused.message(), Catch::Contains(first.string()));
+  CHECK_FALSE(blocks[0].written);
+  // The next write takes the next name.
+  REQUIRE(WriteBlocks(*store, blocks).ok());
+  CHECK(blocks[0].location.segment_id == 2);
+  for (const Block& block : blocks) CheckReadsBack(*store, block);
+  CHECK(FileText(victim) == precious);
+  CHECK(fs::symlink_status(first).type() != fs::file_type::regular);
+
+  // A restart leaves it alone too, with a warning, and recovers every record.
+  store.reset();
+  std::vector<RecoveredRecord> recovered;
+  store = OpenStore(options, device.get(), &recovered);
+  CHECK(recovered.size() == blocks.size());
+  CHECK(store->recovery_stats().segments_skipped == 1);
+  REQUIRE(store->recovery_stats().warnings.size() == 1);
+  CHECK_THAT(store->recovery_stats().warnings[0], Catch::Contains(first.string()));
+  CHECK(FileText(victim) == precious);
+  CHECK(fs::symlink_status(first).type() != fs::file_type::regular);
+  for (const Block& block : blocks) CheckReadsBack(*store, block);
+}
+
+TEST_CASE("Recovery skips a symlink, FIFO, directory or foreign file at a segment name, with a "
+          "warning, and never blocks on it", "[daemon][spill]") {
+  const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
+  INFO(KindName(kind));
+  auto device = MakeDevice(kind);
+  if (!device) return;
+  testing::TempDir dir;
+  const SpillOptions options = Options(dir.path());
+  std::mt19937_64 rng(41);
+  std::vector<Block> blocks = RandomBlocks(rng, 10, 100 * kKiB, 200 * kKiB);
+  {
+    auto store = OpenStore(options, device.get());
+    REQUIRE(WriteBlocks(*store, blocks).ok());
+    REQUIRE(store->segment_count() == 1);
+  }
+  // The symlink points at a copy of the real segment: followed, it would even recover.
+  const fs::path copy = dir.path() / "segment-copy";
+  fs::copy_file(SegmentFile(options, 1), copy);
+  const std::string copy_bytes = FileText(copy);
+  Plant(Planted::kSymlink, SegmentFile(options, 5), copy);
+  Plant(Planted::kFifo, SegmentFile(options, 6), {});
+  Plant(Planted::kDirectory, SegmentFile(options, 7), {});
+  // A segment of ours that someone opened up is used, and made private again.
+  fs::permissions(SegmentFile(options, 1), fs::perms::group_read | fs::perms::others_read,
+                  fs::perm_options::add);
+
+  auto reopened = MakeDevice(kind);
+  std::vector<RecoveredRecord> recovered;
+  auto store = OpenStore(options, reopened.get(), &recovered);
+  const RecoveryStats& stats = store->recovery_stats();
+  CHECK(stats.segments_scanned == 4);
+  CHECK(stats.segments_skipped == 3);
+  REQUIRE(stats.warnings.size() == 3);
+  CHECK_THAT(stats.warnings[0], Catch::Contains("seg-00000005.kvs") &&
+                                    Catch::Contains("symbolic link"));
+  CHECK_THAT(stats.warnings[1], Catch::Contains("seg-00000006.kvs") && Catch::Contains("FIFO"));
+  CHECK_THAT(stats.warnings[2], Catch::Contains("seg-00000007.kvs") &&
+                                    Catch::Contains("directory"));
+  CHECK(stats.segments_discarded == 0);
+  CHECK(recovered.size() == blocks.size());
+  CHECK(fs::status(SegmentFile(options, 1)).permissions() ==
+        (fs::perms::owner_read | fs::perms::owner_write));
+  for (const Block& block : blocks) CheckReadsBack(*store, block);
+  CHECK(FileText(copy) == copy_bytes);
+  CHECK(fs::is_symlink(SegmentFile(options, 5)));
+  CHECK(fs::is_fifo(SegmentFile(options, 6)));
+  CHECK(fs::is_directory(SegmentFile(options, 7)));
+  // New segments take names after every one found.
+  std::vector<Block> more = RandomBlocks(rng, 2, 100, 100);
+  REQUIRE(WriteBlocks(*store, more).ok());
+  CHECK(more[0].location.segment_id == 8);
+  for (const Block& block : more) CheckReadsBack(*store, block);
 }
 
 TEST_CASE("A spill store checks its options and its arguments", "[daemon][spill]") {

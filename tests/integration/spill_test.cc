@@ -3,15 +3,18 @@
 // SIGKILL, a full disk, and the pread/pwrite fallback.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -294,6 +297,103 @@ TEST_CASE("a tampered or moved SSD record is a miss counted as an integrity fail
   CHECK(stats.integrity_failures == 4);
   // Gone for good: a second look is a plain miss.
   CHECK(*client->MatchPrefix(std::span(keys).first(1)) == 0);
+  CHECK(daemon->Alive());
+}
+
+TEST_CASE("a tampered SSD record's bytes never show in the shared pool, even while it is checked",
+          "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  auto daemon = DaemonProcess::Start(SpillOptions(dir));
+  auto client = MustConnect(*daemon);
+  constexpr uint64_t kBlockBytes = 2 * kMiB;
+  const std::vector<Key> keys = Keys(14, 24);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kBlockBytes));
+  PushOut(*client, 15, 160);
+  std::vector<Tier> tiers(keys.size());
+  REQUIRE(*client->MatchPrefix(keys, tiers) == keys.size());
+  REQUIRE(std::all_of(tiers.begin(), tiers.end(), [](Tier t) { return t == Tier::kSsd; }));
+  // Each record loses only its last ciphertext byte, so all its other bytes would decrypt to
+  // the true plaintext; the first 8 of them are what a reader of the pool would spot.
+  std::vector<uint64_t> stamps;
+  std::vector<std::byte> plain(kBlockBytes);
+  for (const Key& key : keys) {
+    FillBlock(key, plain);
+    uint64_t stamp = 0;
+    std::memcpy(&stamp, plain.data(), sizeof(stamp));
+    stamps.push_back(stamp);
+    auto spot = FindRecord(dir, key);
+    REQUIRE(spot.has_value());
+    FlipByte(spot->file, spot->offset + spill::kRecordHeaderBytes + kBlockBytes - 1);
+  }
+  // A process of the tenant reading the shared pool: every 64 KiB (2 MiB blocks start on
+  // slab boundaries), again and again while the daemon promotes the records.
+  const std::span<std::byte> pool = client->pool();
+  const auto sightings = [&] {
+    size_t seen = 0;
+    for (size_t at = 0; at + sizeof(uint64_t) <= pool.size(); at += 64 * kKiB) {
+      const uint64_t word = *reinterpret_cast<const volatile uint64_t*>(pool.data() + at);
+      seen += static_cast<size_t>(std::count(stamps.begin(), stamps.end(), word));
+    }
+    return seen;
+  };
+  REQUIRE(sightings() == 0);
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> seen{0};
+  std::thread reader([&] {
+    while (!stop.load()) seen += sightings();
+  });
+  for (const Key& key : keys) {
+    auto leases = client->Acquire(std::vector<Key>{key});
+    REQUIRE(leases.ok());
+    CHECK(leases->code(0) == StatusCode::kNotFound);
+  }
+  stop = true;
+  reader.join();
+  CHECK(seen.load() == 0);
+  CHECK(sightings() == 0);  // and the slots they were read into are zero again
+  CHECK(MustStats(*client).integrity_failures == keys.size());
+  CHECK(daemon->Alive());
+}
+
+TEST_CASE("files planted at segment names are never followed, blocked on or written through, "
+          "and the SSD tier keeps working", "[integration][spill]") {
+  TempDir spill;
+  const fs::path dir = spill.path() / "spill";
+  const fs::path tenant_dir = dir / "test";
+  fs::create_directories(tenant_dir);
+  fs::permissions(tenant_dir, fs::perms::owner_all, fs::perm_options::replace);
+  const fs::path victim = spill.path() / "victim";
+  const std::string precious(4096, 'v');
+  std::ofstream(victim, std::ios::binary) << precious;
+  const auto text = [](const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // Found at start: a FIFO where recovery opens segment 1.
+  REQUIRE(mkfifo((tenant_dir / "seg-00000001.kvs").c_str(), 0600) == 0);
+  auto daemon = DaemonProcess::Start(SpillOptions(dir));
+  CHECK_THAT(daemon->Log(),
+             Catch::Contains("seg-00000001.kvs as a spill file: it is a FIFO; skipped"));
+  // Planted while it runs: a symlink at the name its first segment will take.
+  fs::create_symlink(victim, tenant_dir / "seg-00000002.kvs");
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(16, 100);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+  const PoolStats stats = MustStats(*client);
+  CHECK(stats.demotions > 0);
+  CHECK(stats.demote_failures >= 1);  // the demotion that met the symlink
+  CHECK_THAT(daemon->Log(), Catch::Contains("seg-00000002.kvs: a file of that name exists"));
+  CHECK(text(victim) == precious);
+  CHECK(fs::is_symlink(tenant_dir / "seg-00000002.kvs"));
+  CHECK(fs::is_fifo(tenant_dir / "seg-00000001.kvs"));
+  CHECK(fs::is_regular_file(fs::symlink_status(tenant_dir / "seg-00000003.kvs")));
+  // Every block still stored is exact; only a block whose demotion failed can be gone.
+  const ReadBack back = ReadAll(*client, keys);
+  CHECK(back.wrong == 0);
+  CHECK(back.missing <= stats.demote_failures);
+  CHECK(MustStats(*client).promotions > 0);
+  CHECK(text(victim) == precious);
   CHECK(daemon->Alive());
 }
 
