@@ -1022,7 +1022,7 @@ bool AllZero(const std::vector<std::byte>& memory, uint64_t offset, uint64_t byt
                      [](std::byte b) { return b == std::byte{0}; });
 }
 
-TEST_CASE("Freed slots past a round's scrub budget wait, pinned, until later rounds zero them; "
+TEST_CASE("Freed slots past a round's scrub budget wait, pinned, until later rounds zero them, "
           "a reserve that needs them waits too and then gets zeros",
           "[daemon][pool][scrub]") {
   constexpr uint64_t kSlot = 2 * kMiB;  // one slab each: 8 fill the pool
