@@ -409,7 +409,15 @@ int Run(const Options& options) {
 
   // Index memory: fill with 4 KiB blocks, no copies.
   {
-    const PoolStats before = fig.Stats();
+    // The slots the sections before freed are zeroed in the background, a budget per loop
+    // round, and count as used until then: wait for them (up to 10 s) to fill the whole pool.
+    PoolStats before = fig.Stats();
+    for (int i = 0; i < 1000 && before.committed_blocks + before.reserved_blocks == 0 &&
+                    before.used_bytes > 0;
+         ++i) {
+      usleep(10000);
+      before = fig.Stats();
+    }
     const uint64_t live = before.committed_blocks + before.reserved_blocks;
     uint64_t blocks = plan.index_blocks;
     blocks = std::min(blocks, before.index_capacity - std::min(before.index_capacity, live));
