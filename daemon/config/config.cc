@@ -911,19 +911,28 @@ Status ConfigParser::ParseTenants(const toml::table& root, Config* config) {
     KVT_RETURN_IF_ERROR(ParseTenant(*table, prefix, *config, &tenant));
     config->tenants.push_back(std::move(tenant));
   }
-  // A tenant's share of the sessions: by default an equal part of daemon.max_sessions, so that
-  // no tenant can hold every slot and lock the others out.
-  const auto share = static_cast<uint32_t>(
-      std::max<size_t>(1, config->max_sessions / config->tenants.size()));
-  for (size_t i = 0; i < config->tenants.size(); ++i) {
-    TenantConfig& tenant = config->tenants[i];
-    if (tenant.max_sessions == 0) {
-      tenant.max_sessions = share;
-    } else if (tenant.max_sessions > config->max_sessions) {
-      const std::string key = Indexed("tenant", i) + ".max_sessions";
-      return Error(lines_[key], key,
-                   std::to_string(tenant.max_sessions) + " is more than daemon.max_sessions (" +
-                       std::to_string(config->max_sessions) + ")");
+  // Each tenant's share of the sessions. The shares add up to at most daemon.max_sessions, so
+  // that no tenant can hold the slots another one is promised: tenants without max_sessions
+  // split equally what the others' settings leave.
+  uint64_t promised = 0;
+  size_t unset = 0;
+  for (const TenantConfig& tenant : config->tenants) {
+    promised += tenant.max_sessions;
+    unset += tenant.max_sessions == 0 ? 1 : 0;
+  }
+  if (promised + unset > config->max_sessions) {
+    return Error(lines_["tenant"], "tenant",
+                 "the tenants' max_sessions add up to " + std::to_string(promised) +
+                     (unset > 0 ? " plus at least 1 for each of the " + std::to_string(unset) +
+                                      " tenants without one"
+                                : std::string()) +
+                     ", more than daemon.max_sessions (" + std::to_string(config->max_sessions) +
+                     "): one tenant could then hold sessions another is promised");
+  }
+  if (unset > 0) {
+    const auto share = static_cast<uint32_t>((config->max_sessions - promised) / unset);
+    for (TenantConfig& tenant : config->tenants) {
+      if (tenant.max_sessions == 0) tenant.max_sessions = share;
     }
   }
   return Status::Ok();

@@ -33,8 +33,8 @@ struct TenantConfig {
   // any TTL above max_ttl_seconds (0: no cap) is lowered to it.
   uint32_t default_ttl_seconds = 0;
   uint32_t max_ttl_seconds = 0;
-  // Sessions (connections) this tenant may hold at once, at most daemon.max_sessions; 0 in the
-  // file means daemon.max_sessions / the number of tenants (at least 1).
+  // Sessions (connections) this tenant may hold at once. All tenants' add up to at most
+  // daemon.max_sessions; 0 in the file means an equal part of what the others' leave.
   uint32_t max_sessions = 0;
 };
 

@@ -920,3 +920,32 @@ TEST_CASE("Tenant TTLs are read, and a default above the cap is an error naming 
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST_CASE("Tenants' session shares add up to at most daemon.max_sessions: unset ones split what "
+          "the set ones leave, and an overcommitment is an error",
+          "[daemon][config]") {
+  const std::string three =
+      "config_version = 1\n[daemon]\nmax_sessions = 100\n"
+      "[[tenant]]\nname = \"a\"\ndram_bytes = \"64MiB\"\nuids = [1]\n"
+      "[[tenant]]\nname = \"b\"\ndram_bytes = \"64MiB\"\nuids = [2]\n"
+      "[[tenant]]\nname = \"c\"\ndram_bytes = \"64MiB\"\nuids = [3]\n";
+  auto equal = Parse(three);
+  INFO(equal.status().ToString());
+  REQUIRE(equal.ok());
+  for (const TenantConfig& t : equal->tenants) CHECK(t.max_sessions == 33);
+  auto set = Parse(three + "max_sessions = 60\n");  // tenant c asks for 60
+  INFO(set.status().ToString());
+  REQUIRE(set.ok());
+  CHECK(set->tenants[0].max_sessions == 20);
+  CHECK(set->tenants[1].max_sessions == 20);
+  CHECK(set->tenants[2].max_sessions == 60);
+  CheckError({three + "max_sessions = 99\n", At(4, "tenant"),
+              "the tenants' max_sessions add up to 99 plus at least 1 for each of the 2 tenants "
+              "without one, more than daemon.max_sessions (100)"});
+}
+
+}  // namespace
+}  // namespace kvtier
