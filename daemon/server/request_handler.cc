@@ -376,7 +376,9 @@ void RequestHandler::RegisterRegion(Session& session, const wire::FrameView& req
     reply.SetStatus(Status(StatusCode::kResourceExhausted,
                            "tenant '" + tenant.config.name + "' already holds " +
                                std::to_string(tenant.regions) +
-                               " regions, its share of the kernel's vm.max_map_count"));
+                               " regions, its share of the kernel's vm.max_map_count: "
+                               "deregister regions it no longer uses, or ask the operator to "
+                               "raise vm.max_map_count"));
     return;
   }
   Result<std::shared_ptr<Region>> region = Status(StatusCode::kInternal, "unreachable");

@@ -292,7 +292,9 @@ void Server::Accept() {
       Refuse(fd.get(), *peer,
              Status(StatusCode::kResourceExhausted,
                     "tenant '" + tc.name + "' already holds its max_sessions = " +
-                        std::to_string(tc.max_sessions) + " sessions"));
+                        std::to_string(tc.max_sessions) +
+                        " sessions: close one, or ask the operator to raise the tenant's "
+                        "max_sessions"));
       continue;
     }
     if (Status b = SizeSocketBuffers(fd.get()); !b.ok() && AllowPeerErrorLog()) {

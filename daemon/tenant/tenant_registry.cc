@@ -20,21 +20,22 @@ uint64_t MaxMapCount() {
   return count;
 }
 
-}  // namespace
-
+// Each region is one mapping of kvtierd's. Half of vm.max_map_count is left to everything else
+// the process maps (pools, thread stacks, io_uring rings, malloc's large blocks, the CUDA
+// driver), and each of `tenants` gets an equal part of the other half, so no tenant can bring
+// kvtierd to the kernel's limit (mmap and malloc failing for everyone).
 uint32_t RegionShare(size_t tenants) {
-  // Each host region is one mapping of kvtierd's. Half of vm.max_map_count is left to
-  // everything else the process maps (pools, thread stacks, io_uring rings, malloc's large
-  // blocks, the CUDA driver), and each tenant gets an equal part of the other half, so no
-  // tenant can bring kvtierd to the kernel's limit (mmap and malloc failing for everyone).
   const uint64_t share = MaxMapCount() / 2 / std::max<size_t>(tenants, 1);
   return static_cast<uint32_t>(std::clamp<uint64_t>(share, 1, UINT32_MAX));
 }
+
+}  // namespace
 
 Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& config,
                                                                std::vector<std::string>* warnings) {
   std::unique_ptr<TenantRegistry> registry(new TenantRegistry());
   registry->config_path_ = config.source.string();
+  const uint32_t region_share = RegionShare(config.tenants.size());
   for (const TenantConfig& tc : config.tenants) {
     auto tenant = std::make_unique<Tenant>();
     tenant->config = tc;
@@ -72,7 +73,7 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
       pool.max_demotions_in_flight = 2 * config.spill.staging_buffers;
     }
     tenant->pool = std::make_unique<DramPool>(pool);
-    tenant->max_regions = RegionShare(config.tenants.size());
+    tenant->max_regions = region_share;
     Tenant* raw = tenant.get();
     for (uid_t uid : tc.uids) registry->by_uid_[uid] = raw;
     for (gid_t gid : tc.gids) registry->by_gid_[gid] = raw;

@@ -31,7 +31,8 @@ struct Tenant {
   std::vector<std::string> namespace_names;  // by id - 1
   uint32_t sessions = 0;      // attached (hello served)
   uint32_t connections = 0;   // accepted for this tenant and not yet gone (max_sessions caps it)
-  // Regions registered by this tenant's sessions, and how many it may hold (RegionShare).
+  // Regions registered by this tenant's sessions, and how many it may hold: an equal part of
+  // half of vm.max_map_count, read at start.
   uint32_t regions = 0;
   uint32_t max_regions = 0;
   // Offload and onload copies into or out of this pool still running (a purge waits for them).
@@ -46,10 +47,6 @@ struct Tenant {
   // reload may lower ssd_bytes but not raise it above this.
   uint64_t ssd_bytes_at_start = 0;
 };
-
-// The regions each of `tenants` tenants may hold at once: an equal part of half of
-// vm.max_map_count (read at start).
-uint32_t RegionShare(size_t tenants);
 
 // The TTL a block of `tenant` gets for a requested one (0: the tenant's default): capped by
 // max_ttl_seconds, which also applies to blocks without a TTL. 0: never expires.
