@@ -1,5 +1,8 @@
 #include "kvclient/c_api.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <new>
 #include <memory>
@@ -30,11 +33,21 @@ kvtier_status Record(kvtier_client* /*c*/, const Status& s) {
   return static_cast<kvtier_status>(s.code());
 }
 
+// Arguments refused before the call reached libkvclient proper: each key's code says so too
+// (a failed call never leaves a per-key OK behind).
+kvtier_status Refuse(kvtier_status status, uint16_t* codes, size_t n) {
+  if (codes != nullptr && n <= (size_t{1} << 24)) {
+    for (size_t i = 0; i < n; ++i) codes[i] = static_cast<uint16_t>(status);
+  }
+  return status;
+}
+
 // Every entry point runs its body through Guard: no C++ exception ever crosses the C ABI
 // (std::bad_alloc for an absurd n becomes RESOURCE_EXHAUSTED), and null arrays are refused.
 template <typename F>
 kvtier_status Guard(F&& body) noexcept {
   try {
+    t_last_error.clear();
     return body();
   } catch (const std::bad_alloc&) {
     t_last_error = "out of memory (is n reasonable?)";
@@ -74,12 +87,18 @@ void CopyCodes(const std::vector<StatusCode>& in, uint16_t* out) {
   for (size_t i = 0; i < in.size(); ++i) out[i] = static_cast<uint16_t>(in[i]);
 }
 
+std::span<const uint32_t> Ttls(const uint32_t* ttl_seconds, size_t n) {
+  if (ttl_seconds == nullptr) return {};
+  return {ttl_seconds, n};
+}
+
 // Commit, abort and remove: keys in, a code per key out.
 kvtier_status PerKeyCodes(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes,
                           Status (kvtier::Client::*op)(std::span<const Key>,
                                                        std::span<StatusCode>)) {
+  (void)Refuse(KVTIER_INTERNAL, codes, n);  // what stays if Guard catches an exception
   return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
+    std::vector<StatusCode> out(n, StatusCode::kInternal);
     const Status s = (c->client.get()->*op)(Keys(keys, n), out);
     CopyCodes(out, codes);
     return Record(c, s);
@@ -108,19 +127,25 @@ void CopyResults(const std::vector<kvtier::OnloadInfo>& in, kvtier_onload_result
 
 extern "C" {
 
-kvtier_status kvtier_connect(const char* socket_path, const char* name_space, kvtier_client** out,
-                             char* error, size_t error_bytes) {
+kvtier_status kvtier_connect_ex(const char* socket_path, const char* name_space,
+                                const kvtier_connect_options* options, kvtier_client** out) {
   if (out == nullptr) return NullArgument("out");
   return Guard([&]() -> kvtier_status {
     *out = nullptr;
-    kvtier::ClientOptions options;
-    if (socket_path != nullptr) options.socket_path = socket_path;
-    options.name_space = name_space != nullptr ? name_space : "";
-    auto client = kvtier::Client::Connect(options);
-    if (!client.ok()) {
-      if (error != nullptr && error_bytes > 0) {
-        std::snprintf(error, error_bytes, "%s", client.status().message().c_str());
+    kvtier::ClientOptions o;
+    if (socket_path != nullptr) o.socket_path = socket_path;
+    o.name_space = name_space != nullptr ? name_space : "";
+    if (options != nullptr) {
+      if (options->timeout_ms < 0) {
+        t_last_error = "timeout_ms must not be negative";
+        return KVTIER_INVALID_ARGUMENT;
       }
+      if (options->timeout_ms > 0) o.timeout_ms = options->timeout_ms;
+      o.spin_us = options->spin_us;
+    }
+    auto client = kvtier::Client::Connect(o);
+    if (!client.ok()) {
+      t_last_error = client.status().message();
       return static_cast<kvtier_status>(client.status().code());
     }
     *out = new kvtier_client{std::move(*client)};
@@ -128,9 +153,27 @@ kvtier_status kvtier_connect(const char* socket_path, const char* name_space, kv
   });
 }
 
+kvtier_status kvtier_connect(const char* socket_path, const char* name_space, kvtier_client** out,
+                             char* error, size_t error_bytes) {
+  const kvtier_status s = kvtier_connect_ex(socket_path, name_space, nullptr, out);
+  if (s != KVTIER_OK && error != nullptr && error_bytes > 0) {
+    std::snprintf(error, error_bytes, "%s", t_last_error.c_str());
+  }
+  return s;
+}
+
 void kvtier_close(kvtier_client* client) { delete client; }
 
+const char* kvtier_error(void) { return t_last_error.c_str(); }
 const char* kvtier_last_error(const kvtier_client* /*client*/) { return t_last_error.c_str(); }
+const char* kvtier_version(void) { return kvtier::LibraryVersion(); }
+uint32_t kvtier_protocol_version(void) { return kvtier::ProtocolVersion(); }
+uint64_t kvtier_max_block_bytes(const kvtier_client* client) {
+  return client->client->max_block_bytes();
+}
+uint64_t kvtier_spill_max_block_bytes(const kvtier_client* client) {
+  return client->client->spill_max_block_bytes();
+}
 
 const char* kvtier_status_name(kvtier_status status) {
   return kvtier::StatusCodeName(static_cast<StatusCode>(status)).data();
@@ -139,33 +182,43 @@ const char* kvtier_status_name(kvtier_status status) {
 void* kvtier_pool_base(const kvtier_client* client) { return client->client->pool().data(); }
 uint64_t kvtier_pool_size(const kvtier_client* client) { return client->client->pool().size(); }
 
-kvtier_status kvtier_reserve(kvtier_client* c, const kvtier_key* keys, const uint64_t* sizes,
-                             size_t n, uint64_t* offsets, uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (keys == nullptr) return NullArgument("keys");
-  if (sizes == nullptr) return NullArgument("sizes");
-  if (offsets == nullptr) return NullArgument("offsets");
+kvtier_status kvtier_reserve_ex(kvtier_client* c, const kvtier_key* keys, const uint64_t* sizes,
+                                const uint32_t* ttl_seconds, size_t n, uint64_t* offsets,
+                                uint16_t* codes) {
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
+  if (sizes == nullptr) return Refuse(NullArgument("sizes"), codes, n);
+  if (offsets == nullptr) return Refuse(NullArgument("offsets"), codes, n);
+  (void)Refuse(KVTIER_INTERNAL, codes, n);  // what stays if Guard catches an exception
   return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
-    const Status s = c->client->ReserveRaw(Keys(keys, n), {sizes, n}, {offsets, n}, out);
+    std::vector<StatusCode> out(n, StatusCode::kInternal);
+    std::string refusal;
+    const Status s = c->client->ReserveRaw(Keys(keys, n), {sizes, n}, {offsets, n}, out,
+                                           Ttls(ttl_seconds, n), &refusal);
     CopyCodes(out, codes);
+    if (s.ok()) t_last_error = refusal;
     return Record(c, s);
   });
 }
 
+kvtier_status kvtier_reserve(kvtier_client* c, const kvtier_key* keys, const uint64_t* sizes,
+                             size_t n, uint64_t* offsets, uint16_t* codes) {
+  return kvtier_reserve_ex(c, keys, sizes, nullptr, n, offsets, codes);
+}
+
 kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::CommitRaw);
 }
 
 kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::AbortRaw);
 }
 
@@ -187,10 +240,13 @@ kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size
 
 kvtier_status kvtier_acquire(kvtier_client* c, const kvtier_key* keys, size_t n,
                              kvtier_lease* out) {
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (out == nullptr) return NullArgument("out");
+  for (size_t i = 0; i < n; ++i) {
+    out[i] = kvtier_lease{0, 0, 0, KVTIER_INTERNAL, KVTIER_TIER_NONE};
+  }
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
-  if (out == nullptr) return NullArgument("out");
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::LeaseInfo> infos(n);
     const Status s = c->client->AcquireRaw(Keys(keys, n), infos);
@@ -205,11 +261,12 @@ kvtier_status kvtier_acquire(kvtier_client* c, const kvtier_key* keys, size_t n,
 
 kvtier_status kvtier_release(kvtier_client* c, const uint64_t* lease_ids, size_t n,
                              uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (lease_ids == nullptr) return NullArgument("lease_ids");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (lease_ids == nullptr) return Refuse(NullArgument("lease_ids"), codes, n);
+  (void)Refuse(KVTIER_INTERNAL, codes, n);  // what stays if Guard catches an exception
   return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
+    std::vector<StatusCode> out(n, StatusCode::kInternal);
     const Status s = c->client->ReleaseRaw({lease_ids, n}, out);
     CopyCodes(out, codes);
     return Record(c, s);
@@ -218,18 +275,23 @@ kvtier_status kvtier_release(kvtier_client* c, const uint64_t* lease_ids, size_t
 
 kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Remove);
 }
 
 kvtier_status kvtier_prefetch(kvtier_client* c, const kvtier_key* keys, size_t n,
                               uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (keys == nullptr) return NullArgument("keys");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Prefetch);
+}
+
+kvtier_status kvtier_verify_leases(const kvtier_client* c) {
+  if (c == nullptr) return NullArgument("c");
+  return Guard([&]() -> kvtier_status { return Record(nullptr, c->client->VerifyLeases()); });
 }
 
 kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
@@ -249,6 +311,25 @@ kvtier_status kvtier_stats_get(kvtier_client* c, kvtier_stats* out) {
                         r->expirations};
     return KVTIER_OK;
   });
+}
+
+kvtier_status kvtier_host_memory_create(uint64_t bytes, int* memfd, void** data) {
+  if (memfd == nullptr) return NullArgument("memfd");
+  if (data == nullptr) return NullArgument("data");
+  return Guard([&]() -> kvtier_status {
+    auto memory = kvtier::HostMemory::Create(bytes);
+    if (!memory.ok()) return Record(nullptr, memory.status());
+    *memfd = memory->fd();
+    *data = memory->data();
+    // The caller owns the fd and mapping now (kvtier_host_memory_free).
+    new (&*memory) kvtier::HostMemory();
+    return KVTIER_OK;
+  });
+}
+
+void kvtier_host_memory_free(int memfd, void* data, uint64_t bytes) {
+  if (data != nullptr) munmap(data, bytes);
+  if (memfd >= 0) close(memfd);
 }
 
 kvtier_status kvtier_register_host_region(kvtier_client* c, int memfd, uint64_t bytes,
@@ -286,31 +367,42 @@ kvtier_status kvtier_deregister_region(kvtier_client* c, uint32_t region) {
   return Guard([&]() -> kvtier_status { return Record(c, c->client->DeregisterRegion(region)); });
 }
 
+kvtier_status kvtier_offload_ex(kvtier_client* c, const kvtier_key* keys, const uint64_t* offsets,
+                                const uint64_t* sizes, const uint32_t* ttl_seconds, size_t n,
+                                uint32_t region, const kvtier_transfer_options* options,
+                                uint16_t* codes) {
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
+  if (offsets == nullptr) return Refuse(NullArgument("offsets"), codes, n);
+  if (sizes == nullptr) return Refuse(NullArgument("sizes"), codes, n);
+  (void)Refuse(KVTIER_INTERNAL, codes, n);  // what stays if Guard catches an exception
+  return Guard([&]() -> kvtier_status {
+    std::vector<StatusCode> out(n, StatusCode::kInternal);
+    std::string refusal;
+    const Status s = c->client->Offload(Keys(keys, n), region, {offsets, n}, {sizes, n}, out,
+                                        Options(options), Ttls(ttl_seconds, n), &refusal);
+    CopyCodes(out, codes);
+    if (s.ok()) t_last_error = refusal;
+    return Record(c, s);
+  });
+}
+
 kvtier_status kvtier_offload(kvtier_client* c, const kvtier_key* keys, const uint64_t* offsets,
                              const uint64_t* sizes, size_t n, uint32_t region,
                              const kvtier_transfer_options* options, uint16_t* codes) {
-  if (c == nullptr) return NullArgument("c");
-  if (keys == nullptr) return NullArgument("keys");
-  if (offsets == nullptr) return NullArgument("offsets");
-  if (sizes == nullptr) return NullArgument("sizes");
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  return Guard([&]() -> kvtier_status {
-    std::vector<StatusCode> out(n);
-    const Status s = c->client->Offload(Keys(keys, n), region, {offsets, n}, {sizes, n}, out,
-                                        Options(options));
-    CopyCodes(out, codes);
-    return Record(c, s);
-  });
+  return kvtier_offload_ex(c, keys, offsets, sizes, nullptr, n, region, options, codes);
 }
 
 kvtier_status kvtier_onload(kvtier_client* c, const kvtier_key* keys, const uint64_t* offsets,
                             size_t n, uint32_t region, const kvtier_transfer_options* options,
                             kvtier_onload_result* out) {
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (out == nullptr) return NullArgument("out");
+  for (size_t i = 0; i < n; ++i) out[i] = kvtier_onload_result{0, KVTIER_INTERNAL, 0};
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (offsets == nullptr) return NullArgument("offsets");
-  if (out == nullptr) return NullArgument("out");
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::OnloadInfo> infos(n);
     const Status s =
@@ -345,7 +437,7 @@ kvtier_status kvtier_finish_onload(kvtier_client* c, kvtier_onload_result* out, 
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::OnloadInfo> infos(n);
     const Status s = c->client->FinishOnload(infos);
-    if (s.ok()) CopyResults(infos, out);
+    CopyResults(infos, out);
     return Record(c, s);
   });
 }

@@ -62,23 +62,6 @@ Status CheckSizes(std::span<const uint64_t> sizes, uint64_t max_block_bytes) {
   return Status::Ok();
 }
 
-// The per-key uint16 statuses of replies: copied out (where `codes` is not empty) and counted.
-struct Failures {
-  size_t count = 0;
-  StatusCode first = StatusCode::kOk;
-
-  // The `n` statuses of `reply`, for keys base..base+n-1.
-  void Read(const wire::FrameView& reply, size_t n, std::span<StatusCode> codes, size_t base) {
-    for (size_t i = 0; i < n; ++i) {
-      const auto raw = reply.ItemAt<uint16_t>(i);
-      const StatusCode code =
-          IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
-      if (!codes.empty()) codes[base + i] = code;
-      if (code != StatusCode::kOk && count++ == 0) first = code;
-    }
-  }
-};
-
 wire::WireKey ToWire(const Key& key) {
   wire::WireKey w{};
   w.len = key.len;
@@ -98,7 +81,29 @@ Status SpanSizeError(const char* what) {
   return Status(StatusCode::kInvalidArgument, std::string(what) + " must be as long as keys");
 }
 
+// A failed call's per-key results: every key from `from` on gets the call's code, so that no
+// result claims success for a key the call did not carry out.
+void FailFrom(std::span<StatusCode> codes, size_t from, const Status& s) {
+  for (size_t i = from; i < codes.size(); ++i) codes[i] = s.code();
+}
+
+// The per-key summary the RAII types report: OK, or the first failure and how many failed.
+Status Summarize(std::span<const StatusCode> codes, std::string_view verb) {
+  size_t failed = 0;
+  StatusCode first = StatusCode::kOk;
+  for (StatusCode c : codes) {
+    if (c != StatusCode::kOk && failed++ == 0) first = c;
+  }
+  if (failed == 0) return Status::Ok();
+  return Status(first, std::to_string(failed) + " of " + std::to_string(codes.size()) +
+                           " keys could not be " + std::string(verb) + " (first: " +
+                           std::string(StatusCodeName(first)) + ")");
+}
+
 }  // namespace
+
+const char* LibraryVersion() { return KVTIER_VERSION; }
+uint16_t ProtocolVersion() { return wire::kProtocolVersion; }
 
 Key Key::From(std::span<const std::byte> data) {
   Key key;
@@ -113,6 +118,7 @@ struct Client::Impl {
   ShmRegion pool;
   std::string tenant;
   uint64_t max_block_bytes = 0;
+  uint64_t spill_max_block_bytes = 0;
   uint64_t session_id = 0;
   std::mutex mu;  // one round trip at a time; guards everything below
   uint64_t next_request_id = 1;
@@ -136,6 +142,10 @@ struct Client::Impl {
   Result<uint64_t> Send(wire::FrameWriter& w, int pass_fd = -1);
   Result<wire::FrameView> Await(uint64_t id, wire::Op op, size_t items, size_t item_bytes,
                                 bool exact_count = true);
+  // Commit, abort, remove, prefetch and release: one frame per kMaxBatch items, a uint16
+  // status per item. `mu` must be held. On failure, items from the failed frame on get its code.
+  Status PerItemOp(wire::Op op, std::span<const Key> keys, std::span<const uint64_t> ids,
+                   std::span<StatusCode> codes);
 
   // Host regions registered with a local mapping, by region id (to wait on progress words).
   std::unordered_map<uint32_t, std::pair<std::byte*, uint64_t>> local_regions;
@@ -272,16 +282,20 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   KVT_ASSIGN_OR_RETURN(impl->fd, ConnectSeqpacket(options.socket_path));
   wire::FrameWriter w = impl->Begin(wire::Op::kHello);
   wire::HelloRequest hello{};
+  hello.flags = wire::kHelloWantsLimits;
   hello.namespace_bytes = static_cast<uint32_t>(options.name_space.size());
   w.Append(&hello, sizeof(hello));
   w.Append(options.name_space.data(), options.name_space.size());
   auto reply = impl->RoundTrip(w, wire::Op::kHello, 0, 0);
   if (!reply.ok()) return reply.status();
   wire::HelloReply out{};
-  if (reply->body.size() != sizeof(out) || !impl->received_fd.valid()) {
+  wire::HelloLimits limits{};
+  if (reply->body.size() != sizeof(out) + sizeof(limits) || !impl->received_fd.valid()) {
     return Status(StatusCode::kProtocolError, "kvtierd's hello reply lacks the pool");
   }
   std::memcpy(&out, reply->body.data(), sizeof(out));
+  std::memcpy(&limits, reply->body.data() + sizeof(out), sizeof(limits));
+  impl->spill_max_block_bytes = limits.spill_max_block_bytes;
   KVT_ASSIGN_OR_RETURN(impl->pool, ShmRegion::Map(std::move(impl->received_fd), out.pool_bytes));
   impl->tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
   impl->max_block_bytes = out.max_block_bytes;
@@ -292,20 +306,63 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
 std::span<std::byte> Client::pool() const { return impl_->pool.bytes(); }
 const std::string& Client::tenant() const { return impl_->tenant; }
 uint64_t Client::max_block_bytes() const { return impl_->max_block_bytes; }
+uint64_t Client::spill_max_block_bytes() const { return impl_->spill_max_block_bytes; }
+const ClientOptions& Client::options() const { return impl_->options; }
+
+Status Client::VerifyLeases() const {
+  // The reads of leased bytes come before the check (pairs with the fence in kvtierd's
+  // Session::Revoke, which shuts the socket down before any leased slot may change).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  pollfd p{impl_->fd.get(), POLLRDHUP, 0};
+  const int rc = poll(&p, 1, 0);
+  if (rc == 0) return Status::Ok();
+  if (rc < 0) return ErrnoStatus("poll(kvtierd socket)", errno);
+  // Readable but not hung up: a reply nobody waits for (only a StartOnload's); still live.
+  if ((p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) == 0) return Status::Ok();
+  return Status(StatusCode::kFailedPrecondition,
+                "kvtierd ended this session (tenant purged, daemon draining or stopping, or an "
+                "error): its leases were revoked and bytes read through them may be wrong");
+}
 uint64_t Client::session_id() const { return impl_->session_id; }
 
 Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
                           std::span<uint64_t> offsets, std::span<StatusCode> codes,
                           std::span<const uint32_t> ttl_seconds, std::string* refusal) {
-  if (sizes.size() != keys.size()) return SpanSizeError("sizes");
-  if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
-    return SpanSizeError("ttl_seconds");
-  }
-  if (offsets.size() < keys.size()) return SpanSizeError("offsets");
   if (codes.size() < keys.size()) return SpanSizeError("codes");
-  KVT_RETURN_IF_ERROR(CheckKeys(keys));
-  KVT_RETURN_IF_ERROR(CheckSizes(sizes, impl_->max_block_bytes));
+  codes = codes.first(keys.size());
+  Status s = [&] {
+    if (sizes.size() != keys.size()) return SpanSizeError("sizes");
+    if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
+      return SpanSizeError("ttl_seconds");
+    }
+    if (offsets.size() < keys.size()) return SpanSizeError("offsets");
+    KVT_RETURN_IF_ERROR(CheckKeys(keys));
+    return CheckSizes(sizes, impl_->max_block_bytes);
+  }();
+  if (!s.ok()) {
+    FailFrom(codes, 0, s);
+    return s;
+  }
   std::lock_guard lock(impl_->mu);
+  size_t done = 0;
+  s = ReserveFrames(keys, sizes, offsets, codes, ttl_seconds, refusal, &done);
+  if (!s.ok()) {
+    // A failed reserve holds nothing: give back what earlier frames reserved.
+    std::vector<Key> reserved;
+    for (size_t i = 0; i < done; ++i) {
+      if (codes[i] == StatusCode::kOk) reserved.push_back(keys[i]);
+    }
+    std::vector<StatusCode> ignored(reserved.size());
+    if (!reserved.empty()) (void)impl_->PerItemOp(wire::Op::kAbort, reserved, {}, ignored);
+    FailFrom(codes, 0, s);
+  }
+  return s;
+}
+
+Status Client::ReserveFrames(std::span<const Key> keys, std::span<const uint64_t> sizes,
+                             std::span<uint64_t> offsets, std::span<StatusCode> codes,
+                             std::span<const uint32_t> ttl_seconds, std::string* refusal,
+                             size_t* done) {
   const uint64_t pool_bytes = impl_->pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
@@ -327,36 +384,53 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
       if (codes[base + i] == StatusCode::kOk &&
           (r.offset > pool_bytes || sizes[base + i] > pool_bytes - r.offset)) {
         // No item of this reply can be trusted: a caller that skips the Status must not write.
-        std::fill_n(codes.begin() + static_cast<ptrdiff_t>(base), n, StatusCode::kInternal);
         impl_->broken = Status(StatusCode::kProtocolError, "kvtierd sent an offset out of the pool");
         return impl_->broken;
       }
+    }
+    *done = base + n;
+  }
+  return Status::Ok();
+}
+
+Status Client::Impl::PerItemOp(wire::Op op, std::span<const Key> keys,
+                               std::span<const uint64_t> ids, std::span<StatusCode> codes) {
+  const size_t total = op == wire::Op::kRelease ? ids.size() : keys.size();
+  for (size_t base = 0; base < total; base += kMaxBatch) {
+    const size_t n = std::min(kMaxBatch, total - base);
+    wire::FrameWriter w = Begin(op);
+    if (op == wire::Op::kRelease) {
+      w.Append(ids.data() + base, n * sizeof(uint64_t));
+      w.SetCount(static_cast<uint32_t>(n));
+    } else {
+      AppendKeys(w, keys.subspan(base, n));
+    }
+    auto reply = RoundTrip(w, op, n, sizeof(uint16_t));
+    if (!reply.ok()) {
+      FailFrom(codes, base, reply.status());
+      return reply.status();
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const auto raw = reply->ItemAt<uint16_t>(i);
+      codes[base + i] = IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
     }
   }
   return Status::Ok();
 }
 
-// Commit, abort and remove share one shape: keys in, a uint16 status per key out.
+// Commit, abort, remove and prefetch share one shape: keys in, a uint16 status per key out.
 Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys, std::span<StatusCode> codes,
-                        std::string_view verb) {
+                        std::string_view /*verb*/) {
   const auto op = static_cast<wire::Op>(raw_op);
-  Impl& impl = *impl_;
   if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
-  KVT_RETURN_IF_ERROR(CheckKeys(keys));
-  std::lock_guard lock(impl.mu);
-  Failures failures;
-  for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
-    const size_t n = std::min(kMaxBatch, keys.size() - base);
-    wire::FrameWriter w = impl.Begin(op);
-    AppendKeys(w, keys.subspan(base, n));
-    KVT_ASSIGN_OR_RETURN(auto reply, impl.RoundTrip(w, op, n, sizeof(uint16_t)));
-    failures.Read(reply, n, codes, base);
+  std::vector<StatusCode> scratch(codes.empty() ? keys.size() : 0);
+  std::span<StatusCode> out = codes.empty() ? std::span<StatusCode>(scratch) : codes.first(keys.size());
+  if (Status s = CheckKeys(keys); !s.ok()) {
+    FailFrom(out, 0, s);
+    return s;
   }
-  if (failures.count == 0) return Status::Ok();
-  return Status(failures.first,
-                std::to_string(failures.count) + " of " + std::to_string(keys.size()) +
-                    " keys could not be " + std::string(verb) + " (first: " +
-                    std::string(StatusCodeName(failures.first)) + ")");
+  std::lock_guard lock(impl_->mu);
+  return impl_->PerItemOp(op, keys, {}, out);
 }
 
 Status Client::CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
@@ -375,8 +449,29 @@ Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) 
 
 Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
   if (out.size() < keys.size()) return SpanSizeError("out");
-  KVT_RETURN_IF_ERROR(CheckKeys(keys));
-  std::lock_guard lock(impl_->mu);
+  out = out.first(keys.size());
+  Status s = CheckKeys(keys);
+  if (s.ok()) {
+    std::lock_guard lock(impl_->mu);
+    size_t done = 0;
+    s = AcquireFrames(keys, out, &done);
+    if (!s.ok()) {
+      // A failed acquire holds nothing: give back what earlier frames leased.
+      std::vector<uint64_t> ids;
+      for (size_t i = 0; i < done; ++i) {
+        if (out[i].code == StatusCode::kOk) ids.push_back(out[i].lease_id);
+      }
+      std::vector<StatusCode> ignored(ids.size());
+      if (!ids.empty()) (void)impl_->PerItemOp(wire::Op::kRelease, {}, ids, ignored);
+    }
+  }
+  if (!s.ok()) {
+    for (LeaseInfo& info : out) info = LeaseInfo{.code = s.code()};
+  }
+  return s;
+}
+
+Status Client::AcquireFrames(std::span<const Key> keys, std::span<LeaseInfo> out, size_t* done) {
   const uint64_t pool_bytes = impl_->pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
@@ -392,7 +487,6 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
                                               : StatusCode::kInternal;
       if (info.code != StatusCode::kOk) continue;
       if (r.offset > pool_bytes || r.size > pool_bytes - r.offset || r.tier > 3) {
-        for (size_t j = 0; j < n; ++j) out[base + j] = LeaseInfo{.code = StatusCode::kInternal};
         impl_->broken = Status(StatusCode::kProtocolError, "kvtierd sent a lease out of the pool");
         return impl_->broken;
       }
@@ -401,26 +495,18 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
       info.size = r.size;
       info.tier = static_cast<Tier>(r.tier);
     }
+    *done = base + n;
   }
   return Status::Ok();
 }
 
 Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusCode> codes) {
   if (!codes.empty() && codes.size() < lease_ids.size()) return SpanSizeError("codes");
+  std::vector<StatusCode> scratch(codes.empty() ? lease_ids.size() : 0);
+  std::span<StatusCode> out =
+      codes.empty() ? std::span<StatusCode>(scratch) : codes.first(lease_ids.size());
   std::lock_guard lock(impl_->mu);
-  Failures failures;
-  for (size_t base = 0; base < lease_ids.size(); base += kMaxBatch) {
-    const size_t n = std::min(kMaxBatch, lease_ids.size() - base);
-    wire::FrameWriter w = impl_->Begin(wire::Op::kRelease);
-    w.Append(lease_ids.data() + base, n * sizeof(uint64_t));
-    w.SetCount(static_cast<uint32_t>(n));
-    KVT_ASSIGN_OR_RETURN(auto reply,
-                         impl_->RoundTrip(w, wire::Op::kRelease, n, sizeof(uint16_t)));
-    failures.Read(reply, n, codes, base);
-  }
-  if (failures.count == 0) return Status::Ok();
-  return Status(StatusCode::kNotFound,
-                std::to_string(failures.count) + " lease ids are not live leases of this session");
+  return impl_->PerItemOp(wire::Op::kRelease, {}, lease_ids, out);
 }
 
 Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers) {
@@ -533,14 +619,18 @@ Status Reservations::Commit() {
   if (done_) return Status(StatusCode::kFailedPrecondition, "reservations already ended");
   done_ = true;
   const std::vector<Key> keys = ReservedKeys();
-  return client_->CommitRaw(keys);
+  std::vector<StatusCode> codes(keys.size());
+  KVT_RETURN_IF_ERROR(client_->CommitRaw(keys, codes));
+  return Summarize(codes, "committed");
 }
 
 Status Reservations::Abort() {
   if (done_) return Status(StatusCode::kFailedPrecondition, "reservations already ended");
   done_ = true;
   const std::vector<Key> keys = ReservedKeys();
-  return client_->AbortRaw(keys);
+  std::vector<StatusCode> codes(keys.size());
+  KVT_RETURN_IF_ERROR(client_->AbortRaw(keys, codes));
+  return Summarize(codes, "aborted");
 }
 
 Leases::Leases(Leases&& other) noexcept
@@ -581,7 +671,14 @@ Status Leases::Release() {
   for (const LeaseInfo& info : infos_) {
     if (info.code == StatusCode::kOk) ids.push_back(info.lease_id);
   }
-  return client_->ReleaseRaw(ids);
+  std::vector<StatusCode> codes(ids.size());
+  KVT_RETURN_IF_ERROR(client_->ReleaseRaw(ids, codes));
+  return Summarize(codes, "released");
+}
+
+Status Leases::Verify() const {
+  if (done_) return Status(StatusCode::kFailedPrecondition, "the leases were released");
+  return client_->VerifyLeases();
 }
 
 
@@ -734,17 +831,23 @@ Status Client::DeregisterRegion(uint32_t region) {
 Status Client::Offload(std::span<const Key> keys, uint32_t region,
                        std::span<const uint64_t> offsets, std::span<const uint64_t> sizes,
                        std::span<StatusCode> codes, const TransferOptions& options,
-                       std::span<const uint32_t> ttl_seconds) {
-  if (sizes.size() != keys.size()) return SpanSizeError("sizes");
+                       std::span<const uint32_t> ttl_seconds, std::string* refusal) {
   if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
-  if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
-    return SpanSizeError("ttl_seconds");
+  std::vector<StatusCode> scratch(codes.empty() ? keys.size() : 0);
+  std::span<StatusCode> out = codes.empty() ? std::span<StatusCode>(scratch) : codes.first(keys.size());
+  Status s = [&] {
+    if (sizes.size() != keys.size()) return SpanSizeError("sizes");
+    if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
+      return SpanSizeError("ttl_seconds");
+    }
+    KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
+    return CheckSizes(sizes, impl_->max_block_bytes);
+  }();
+  if (!s.ok()) {
+    FailFrom(out, 0, s);
+    return s;
   }
-  KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
-  KVT_RETURN_IF_ERROR(CheckSizes(sizes, impl_->max_block_bytes));
   std::lock_guard lock(impl_->mu);
-  Failures failures;
-  std::string message;
   for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kOffload);
@@ -756,17 +859,19 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
                              ttl_seconds.empty() ? 0u : ttl_seconds[base + i]};
       std::memcpy(&items[i], &item, sizeof(item));
     }
-    KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kOffload, n, sizeof(uint16_t)));
-    if (message.empty()) message.assign(reply.message);
-    failures.Read(reply, n, codes, base);
+    auto reply = impl_->RoundTrip(w, wire::Op::kOffload, n, sizeof(uint16_t));
+    if (!reply.ok()) {
+      FailFrom(out, base, reply.status());
+      return reply.status();
+    }
+    if (refusal != nullptr && refusal->empty()) refusal->assign(reply->message);
+    for (size_t i = 0; i < n; ++i) {
+      const auto raw = reply->ItemAt<uint16_t>(i);
+      out[base + i] = IsKnownStatusCode(raw) ? static_cast<StatusCode>(raw) : StatusCode::kInternal;
+    }
     if (n == 0) break;
   }
-  if (failures.count == 0) return Status::Ok();
-  return Status(failures.first,
-                std::to_string(failures.count) + " of " + std::to_string(keys.size()) +
-                    " blocks were not stored (first: " +
-                    std::string(StatusCodeName(failures.first)) + ")" +
-                    (message.empty() ? "" : ": " + message));
+  return Status::Ok();
 }
 
 Status Client::ReadOnloadReply(uint64_t id, size_t n, std::span<OnloadInfo> out) {
@@ -787,14 +892,22 @@ Status Client::Onload(std::span<const Key> keys, uint32_t region,
                       std::span<const uint64_t> offsets, std::span<OnloadInfo> out,
                       const TransferOptions& options) {
   if (out.size() < keys.size()) return SpanSizeError("out");
-  KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
+  if (Status s = TransferChecks(keys, offsets, options, /*single_frame=*/false); !s.ok()) {
+    for (size_t i = 0; i < keys.size(); ++i) out[i] = OnloadInfo{.code = s.code()};
+    return s;
+  }
   std::lock_guard lock(impl_->mu);
   for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
     AppendOnload(w, region, options, keys.subspan(base, n), offsets.subspan(base, n));
-    KVT_ASSIGN_OR_RETURN(const uint64_t id, impl_->Send(w));
-    KVT_RETURN_IF_ERROR(ReadOnloadReply(id, n, out.subspan(base, n)));
+    auto id = impl_->Send(w);
+    Status s = id.ok() ? ReadOnloadReply(*id, n, out.subspan(base, n)) : id.status();
+    if (!s.ok()) {
+      // Nothing from this frame on was copied.
+      for (size_t i = base; i < keys.size(); ++i) out[i] = OnloadInfo{.code = s.code()};
+      return s;
+    }
     if (n == 0) break;
   }
   return Status::Ok();
@@ -867,7 +980,11 @@ Status Client::FinishOnload(std::span<OnloadInfo> out) {
   if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
   if (out.size() < t.items) return SpanSizeError("out");
   impl_->transfer = Impl::OpenTransfer{};
-  return ReadOnloadReply(t.request_id, t.items, out);
+  Status s = ReadOnloadReply(t.request_id, t.items, out);
+  if (!s.ok()) {
+    for (size_t i = 0; i < t.items; ++i) out[i] = OnloadInfo{.code = s.code()};
+  }
+  return s;
 }
 
 Status Client::PinPoolForCuda() {

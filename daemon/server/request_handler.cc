@@ -118,6 +118,12 @@ RequestHandler::Outcome RequestHandler::Hello(Session& session, const wire::Fram
   const std::string& name = (*tenant)->config.name;
   std::memcpy(out.tenant, name.data(), std::min(name.size(), sizeof(out.tenant) - 1));
   reply.Append(&out, sizeof(out));
+  if ((hello.flags & wire::kHelloWantsLimits) != 0) {
+    wire::HelloLimits limits{};
+    limits.spill_max_block_bytes =
+        (*tenant)->spill != nullptr ? limits_.spill_max_block_bytes : 0;
+    reply.Append(&limits, sizeof(limits));
+  }
   return {.pass_fd = (*tenant)->memory.fd()};
 }
 

@@ -16,6 +16,7 @@ namespace kvtier {
 
 struct HandlerLimits {
   uint64_t max_block_bytes = 0;
+  uint64_t spill_max_block_bytes = 0;  // for tenants with an SSD tier
 };
 
 // The tenant's counters, as the stats op and the admin commands report them.

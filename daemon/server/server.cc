@@ -40,7 +40,7 @@ Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*
       config_(config),
       tenants_(tenants),
       workers_(std::move(workers)),
-      handler_(tenants, HandlerLimits{config.max_block_bytes}),
+      handler_(tenants, HandlerLimits{config.max_block_bytes, config.spill.max_block_bytes}),
       recv_buffer_(wire::kMaxFrameBytes),
       send_buffer_(wire::kMaxFrameBytes) {}
 

@@ -1,6 +1,9 @@
 #include "daemon/server/session.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
+#include <atomic>
 
 namespace kvtier {
 
@@ -62,7 +65,14 @@ void Session::NoteReservation(BlockRef ref) {
   reservations_.push_back(ref);
 }
 
+void Session::Revoke() {
+  if (fd_.valid()) shutdown(fd_.get(), SHUT_RDWR);
+  // The hang-up must be visible before any store to a slot this session leased.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
 void Session::Close() {
+  Revoke();
   if (tenant_ != nullptr) {
     DramPool& pool = *tenant_->pool;
     leases_.ForEach([&](BlockRef ref) { pool.Release(ref); });

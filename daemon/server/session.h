@@ -120,11 +120,12 @@ class Session {
 
   // Gives back every lease and reservation; the session serves nothing more. The fd stays open
   // until the Session is destroyed, so its number cannot be reused while the loop still holds
-  // events for it. Idempotent.
+  // events for it, but it is shut down first (Revoke). Idempotent.
   void Close();
   // The session serves nothing more, but keeps what it holds until Close: its copies in
   // flight still read or write those blocks and regions.
   void Detach() {
+    Revoke();
     closed_ = true;
     pending_reply_.clear();
     parked_.reset();
@@ -163,6 +164,11 @@ class Session {
   std::unique_ptr<ParkedRequest>& parked() { return parked_; }
 
  private:
+  // Shuts the socket down before any lease is given back. The client library's lease check
+  // (Leases::Verify, kvtier_verify_leases) relies on this order: a leased slot can be reused
+  // or wiped (purge, shutdown, eviction) only after its session's peer sees the hang-up.
+  void Revoke();
+
   uint32_t id_;
   UniqueFd fd_;
   PeerCredentials peer_;

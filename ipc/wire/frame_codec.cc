@@ -125,7 +125,7 @@ Result<FrameView> DecodeRequest(std::span<const std::byte> frame) {
     HelloRequest hello{};
     if (h.body_bytes < sizeof(hello)) return Malformed("hello body shorter than HelloRequest");
     std::memcpy(&hello, view->body.data(), sizeof(hello));
-    if (hello.flags != 0) return Malformed("hello flags must be zero");
+    if ((hello.flags & ~kHelloWantsLimits) != 0) return Malformed("unknown hello flags");
     if (hello.namespace_bytes == 0 || hello.namespace_bytes > kMaxNamespaceBytes) {
       return Malformed("namespace must be 1.." + std::to_string(kMaxNamespaceBytes) + " bytes");
     }

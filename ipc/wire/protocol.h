@@ -77,8 +77,11 @@ struct WireKey {
 };
 static_assert(sizeof(WireKey) == 40);
 
+// HelloRequest.flags: what the client understands. Unknown bits are refused (kProtocolError).
+inline constexpr uint32_t kHelloWantsLimits = 1;  // append HelloLimits to the reply
+
 struct HelloRequest {
-  uint32_t flags;            // 0
+  uint32_t flags;            // kHelloWantsLimits or 0
   uint32_t namespace_bytes;  // 1..kMaxNamespaceBytes bytes of namespace follow
 };
 static_assert(sizeof(HelloRequest) == 8);
@@ -92,6 +95,14 @@ struct HelloReply {
   char tenant[32];           // NUL-padded tenant name
 };
 static_assert(sizeof(HelloReply) == 64);
+
+// Follows HelloReply when the hello asked for it (kHelloWantsLimits).
+struct HelloLimits {
+  uint64_t spill_max_block_bytes;  // largest block the tenant's SSD tier stores; 0: no SSD tier
+                                   // (larger blocks are kept in DRAM only and lost on eviction)
+  uint64_t reserved[3];            // 0
+};
+static_assert(sizeof(HelloLimits) == 32);
 
 struct ReserveItem {
   WireKey key;

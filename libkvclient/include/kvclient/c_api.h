@@ -1,10 +1,24 @@
 /* libkvclient C ABI: for engines written in C, Python (ctypes/cffi), Rust and others.
  *
  * Same semantics as kvclient/client.h, one round trip per call for up to 4096 keys (longer
- * arrays are split). Every function returns a kvtier_status (0 = KVTIER_OK); the message of
- * the calling thread's last failure is kvtier_last_error(client) (valid until that thread's
- * next call). Per-key outcomes go into `codes`
- * arrays of the same length as `keys` (optional where the pointer may be NULL).
+ * arrays are split). Every function returns a kvtier_status (0 = KVTIER_OK).
+ *
+ * Errors: kvtier_error() is the message of the calling thread's last call: "" after a call
+ * that succeeded, the reason after one that failed (kvtier_connect included), and, after a
+ * reserve or offload that succeeded with RESOURCE_EXHAUSTED items, why the first was refused.
+ * Valid until that thread's next call.
+ *
+ * One rule for every batch call: the returned status says whether the call was carried out;
+ * what happened to each key is only in its per-key result (`codes`, kvtier_lease.code,
+ * kvtier_onload_result.code). A call carried out returns KVTIER_OK even if every key was
+ * refused. A failed call never leaves a per-key result of KVTIER_OK for a key it did not carry
+ * out: those keys get the call's status, and a failed reserve or acquire holds nothing.
+ * `codes` arrays are as long as `keys` (optional where the pointer may be NULL).
+ *
+ * Leases: read (or copy) a leased block, then call kvtier_verify_leases before using the
+ * bytes. kvtierd ends a session before it reuses or wipes what it leased (a purge of the
+ * tenant, a drain, a shutdown); after that the bytes read may be wrong (zeroed) and must be
+ * treated as a miss.
  *
  * Arrays must not be NULL (except where noted) and n must be at most 2^24; violations return
  * KVTIER_INVALID_ARGUMENT. No C++ exception ever escapes these functions.
@@ -76,17 +90,42 @@ typedef struct kvtier_stats {
 KVCLIENT_EXPORT kvtier_status kvtier_connect(const char* socket_path, const char* name_space,
                                              kvtier_client** out, char* error,
                                              size_t error_bytes);
+typedef struct kvtier_connect_options {
+  int32_t timeout_ms;  /* per round trip (0: 30000); KVTIER_TIMED_OUT after it */
+  uint32_t spin_us;    /* poll for a reply this long before sleeping (0: no spinning) */
+} kvtier_connect_options;
+/* kvtier_connect with options (NULL: the defaults, 30000 ms and 50 us); the message of a
+ * failure is kvtier_error(). */
+KVCLIENT_EXPORT kvtier_status kvtier_connect_ex(const char* socket_path, const char* name_space,
+                                                const kvtier_connect_options* options,
+                                                kvtier_client** out);
 KVCLIENT_EXPORT void kvtier_close(kvtier_client* client);
+/* The calling thread's last message (see "Errors" above). */
+KVCLIENT_EXPORT const char* kvtier_error(void);
+/* The same as kvtier_error(); `client` is not used and may be NULL (kept for old callers). */
 KVCLIENT_EXPORT const char* kvtier_last_error(const kvtier_client* client);
 KVCLIENT_EXPORT const char* kvtier_status_name(kvtier_status status);
+/* This library's version ("0.1.0") and the wire protocol version it speaks. */
+KVCLIENT_EXPORT const char* kvtier_version(void);
+KVCLIENT_EXPORT uint32_t kvtier_protocol_version(void);
 
 KVCLIENT_EXPORT void* kvtier_pool_base(const kvtier_client* client);
 KVCLIENT_EXPORT uint64_t kvtier_pool_size(const kvtier_client* client);
+/* Largest block reserve and offload accept; largest block the tenant's SSD tier stores (0: it
+ * has none; larger blocks live in DRAM only and are gone once evicted). */
+KVCLIENT_EXPORT uint64_t kvtier_max_block_bytes(const kvtier_client* client);
+KVCLIENT_EXPORT uint64_t kvtier_spill_max_block_bytes(const kvtier_client* client);
 
 /* offsets[i] is valid where codes[i] == KVTIER_OK: write the block at pool base + offset. */
 KVCLIENT_EXPORT kvtier_status kvtier_reserve(kvtier_client* client, const kvtier_key* keys,
                                              const uint64_t* sizes, size_t n, uint64_t* offsets,
                                              uint16_t* codes);
+/* kvtier_reserve with a TTL per key (ttl_seconds may be NULL): seconds from commit until the
+ * block expires; 0: the tenant's default_ttl_seconds; capped by its max_ttl_seconds. */
+KVCLIENT_EXPORT kvtier_status kvtier_reserve_ex(kvtier_client* client, const kvtier_key* keys,
+                                                const uint64_t* sizes,
+                                                const uint32_t* ttl_seconds, size_t n,
+                                                uint64_t* offsets, uint16_t* codes);
 KVCLIENT_EXPORT kvtier_status kvtier_commit(kvtier_client* client, const kvtier_key* keys,
                                             size_t n, uint16_t* codes);
 KVCLIENT_EXPORT kvtier_status kvtier_abort(kvtier_client* client, const kvtier_key* keys,
@@ -98,6 +137,11 @@ KVCLIENT_EXPORT kvtier_status kvtier_acquire(kvtier_client* client, const kvtier
                                              size_t n, kvtier_lease* out);
 KVCLIENT_EXPORT kvtier_status kvtier_release(kvtier_client* client, const uint64_t* lease_ids,
                                              size_t n, uint16_t* codes);
+/* KVTIER_OK if every lease this client holds was still held while it read: call after reading
+ * or copying leased bytes, before using them. KVTIER_FAILED_PRECONDITION: kvtierd ended the
+ * session (purge, drain, shutdown, error) and the bytes read may be wrong: treat as a miss.
+ * One poll(2), no round trip. */
+KVCLIENT_EXPORT kvtier_status kvtier_verify_leases(const kvtier_client* client);
 KVCLIENT_EXPORT kvtier_status kvtier_remove(kvtier_client* client, const kvtier_key* keys,
                                             size_t n, uint16_t* codes);
 /* Brings SSD blocks into DRAM before an acquire; returns when each is in DRAM (OK) or known
@@ -123,6 +167,10 @@ typedef struct kvtier_onload_result {
 } kvtier_onload_result;
 /* Host memory: a memfd sealed with F_SEAL_SHRINK, fully allocated, at least `bytes` long;
  * `local` (may be NULL) is the caller's mapping of it, needed to wait on progress words. */
+/* Creates host memory kvtierd accepts as a region: a sealed, fully allocated memfd of `bytes`,
+ * mapped read-write at *data. Free it with kvtier_host_memory_free. */
+KVCLIENT_EXPORT kvtier_status kvtier_host_memory_create(uint64_t bytes, int* memfd, void** data);
+KVCLIENT_EXPORT void kvtier_host_memory_free(int memfd, void* data, uint64_t bytes);
 KVCLIENT_EXPORT kvtier_status kvtier_register_host_region(kvtier_client* client, int memfd,
                                                           uint64_t bytes, void* local,
                                                           uint32_t* region);
@@ -138,6 +186,13 @@ KVCLIENT_EXPORT kvtier_status kvtier_offload(kvtier_client* client, const kvtier
                                              size_t n, uint32_t region,
                                              const kvtier_transfer_options* options,
                                              uint16_t* codes);
+/* kvtier_offload with a TTL per key (ttl_seconds may be NULL), as kvtier_reserve_ex. */
+KVCLIENT_EXPORT kvtier_status kvtier_offload_ex(kvtier_client* client, const kvtier_key* keys,
+                                                const uint64_t* offsets, const uint64_t* sizes,
+                                                const uint32_t* ttl_seconds, size_t n,
+                                                uint32_t region,
+                                                const kvtier_transfer_options* options,
+                                                uint16_t* codes);
 /* Copies each found block to offsets[i] of the region; `out` gets a result per key. */
 KVCLIENT_EXPORT kvtier_status kvtier_onload(kvtier_client* client, const kvtier_key* keys,
                                             const uint64_t* offsets, size_t n, uint32_t region,

@@ -15,7 +15,22 @@
 // Errors: calls return Status / Result<T> (kvclient/status.h). Connect says clearly when the
 // daemon is not running (kUnavailable), the protocol versions differ (kVersionMismatch), the
 // peer is not a tenant (kPermissionDenied); Reserve items say kResourceExhausted when the pool
-// is full of pinned blocks. Per-key outcomes are per-item StatusCodes.
+// is full of pinned blocks.
+//
+// One rule for every batch call (reserve, commit, abort, acquire, release, remove, prefetch,
+// offload, onload): the call's Status says whether the call was carried out; what happened to
+// each key is only in its per-key result. A call that was carried out returns OK even if every
+// key was refused (not_found, already_exists, ...). A call that fails never leaves a per-key
+// result claiming success for a key it did not carry out: such keys get the call's code, and a
+// failed Reserve or Acquire holds nothing (slots and leases of earlier frames are given back).
+// Commit, abort and remove of a split batch (over kMaxBatch keys) that fail part way keep the
+// per-key results of the frames already done, which did take effect.
+//
+// Leases and purges: a leased block's bytes never change while the lease lives and the
+// session is open. kvtierd ends a session (purge, drain, shutdown, out of memory) by shutting
+// its socket down before it gives back that session's leases, so bytes read through a lease
+// are right if Leases::Verify() (or Client::VerifyLeases()) says OK *after* the read. An engine
+// checks before it uses the bytes, and recomputes on failure.
 //
 // Thread-safety: a Client may be used from several threads; its calls are serialized on its
 // one connection. For parallel requests, open one Client per thread. Reservations and Leases
@@ -38,6 +53,10 @@ namespace kvtier {
 
 inline constexpr size_t kMaxKeyBytes = 32;
 inline constexpr size_t kMaxBatch = 4096;
+
+// "MAJOR.MINOR.PATCH" of this libkvclient, and the wire protocol version it speaks.
+KVCLIENT_EXPORT const char* LibraryVersion();
+KVCLIENT_EXPORT uint16_t ProtocolVersion();
 
 // A block key: 1..32 opaque bytes chosen by the engine (typically a hash over the token prefix).
 struct KVCLIENT_EXPORT Key {
@@ -196,9 +215,15 @@ class KVCLIENT_EXPORT Leases {
   size_t size() const { return infos_.size(); }
   StatusCode code(size_t i) const { return infos_[i].code; }  // kOk or kNotFound
   std::span<const std::byte> data(size_t i) const;
+  // Call after reading (or copying) leased bytes and before using them: OK if every lease was
+  // still held during the read; kFailedPrecondition if kvtierd has ended this session (a purge
+  // of the tenant, a drain, a shutdown) or the leases were released, and the bytes read may be
+  // wrong (e.g. zeroed by the purge): treat them as a miss. One poll(2), no round trip.
+  Status Verify() const;
   const LeaseInfo& info(size_t i) const { return infos_[i]; }
   // Leading items that are kOk: the usable prefix.
   size_t prefix() const;
+  // Not OK if any lease was not live any more (its session was ended by kvtierd).
   Status Release();
 
  private:
@@ -268,10 +293,11 @@ class KVCLIENT_EXPORT Client {
   // Stores each block from the region: sizes[i] bytes at offsets[i] become keys[i], committed
   // (visible) when the call returns. codes: kOk, kAlreadyExists, kResourceExhausted (as for
   // Reserve). Longer spans than kMaxBatch go in several requests (then layers must be 1).
+  // `refusal`, if not null, gets why the first kResourceExhausted item was refused.
   Status Offload(std::span<const Key> keys, uint32_t region, std::span<const uint64_t> offsets,
                  std::span<const uint64_t> sizes, std::span<StatusCode> codes = {},
                  const TransferOptions& options = {},
-                 std::span<const uint32_t> ttl_seconds = {});
+                 std::span<const uint32_t> ttl_seconds = {}, std::string* refusal = nullptr);
   // Copies each found block into the region at offsets[i] (promoting it from SSD first if need
   // be); returns when the bytes are there (CUDA with signal_event: when the copies are queued).
   Status Onload(std::span<const Key> keys, uint32_t region, std::span<const uint64_t> offsets,
@@ -291,17 +317,31 @@ class KVCLIENT_EXPORT Client {
   // CUDA device. kUnavailable where libkvclient was built without CUDA or there is no device.
   Status PinPoolForCuda();
 
+  // What Leases::Verify checks, for leases taken with AcquireRaw: OK while kvtierd has not
+  // ended this session (so no lease of it was revoked).
+  Status VerifyLeases() const;
+
   // The tenant's pool, mapped read-write. Offsets from the daemon are checked against it.
   std::span<std::byte> pool() const;
   const std::string& tenant() const;
+  // Largest block Reserve and Offload accept.
   uint64_t max_block_bytes() const;
+  // Largest block the tenant's SSD tier stores; 0 without one. Larger blocks stay in DRAM only
+  // and are gone once evicted: split an object into blocks of at most this size to keep it.
+  uint64_t spill_max_block_bytes() const;
   uint64_t session_id() const;
+  const ClientOptions& options() const;
 
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
   Status PerKeyOp(uint16_t op, std::span<const Key> keys, std::span<StatusCode> codes,
                   std::string_view verb);
+  // The frames of ReserveRaw and AcquireRaw (mu held); *done: items of the frames answered.
+  Status ReserveFrames(std::span<const Key> keys, std::span<const uint64_t> sizes,
+                       std::span<uint64_t> offsets, std::span<StatusCode> codes,
+                       std::span<const uint32_t> ttl_seconds, std::string* refusal, size_t* done);
+  Status AcquireFrames(std::span<const Key> keys, std::span<LeaseInfo> out, size_t* done);
   Status ReadOnloadReply(uint64_t id, size_t n, std::span<OnloadInfo> out);
   std::unique_ptr<Impl> impl_;
 };
