@@ -1,0 +1,745 @@
+"""The Python client of kvtierd: libkvclient's C ABI through ctypes, zero copy where it can be.
+
+Every batch call is one call into libkvclient (one round trip per 4096 keys). Its rule, the
+same as the C and C++ APIs: a call that fails as a whole raises a KvtierError; what happened to
+each key is a StatusCode in the call's result, never an exception.
+
+Zero copy: `Reservation.view(i)` and `Leases.view(i)` are memoryviews of the tenant's shared
+pool, so `numpy.frombuffer(view, ...)` and `torch.frombuffer(view, ...)` write or read the
+block in place. Each view keeps its reservation or lease alive: the slot is never reused while
+a view of it exists. Calls that copy say so in their names (`put_copy`, `get_copy`).
+
+Purges: a block read through a lease is right only if `Leases.verify()` passes *after* the
+read. `get_copy`, `Leases.copy_into` and the engine plug-ins check for you.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+from . import _lib
+from ._lib import lib
+from .errors import (
+    InvalidArgumentError,
+    KvtierError,
+    LeaseRevokedError,
+    StatusCode,
+    Tier,
+    error_for,
+)
+
+Key = Union[bytes, bytearray, memoryview]
+Buffer = Any  # anything with the buffer protocol (bytes, bytearray, memoryview, numpy, ...)
+
+DEFAULT_SOCKET = "/run/kvtier/kvtierd.sock"
+MAX_BATCH = 4096
+_CODES = list(StatusCode)
+_TIERS = list(Tier)
+
+
+def _code(raw: int) -> StatusCode:
+    return _CODES[raw] if raw < len(_CODES) else StatusCode.INTERNAL
+
+
+def _check(status: int) -> None:
+    if status != 0:
+        message = lib.kvtier_error().decode("utf-8", "replace")
+        raise error_for(status, message)
+
+
+def version() -> str:
+    """libkvclient's version, e.g. "0.1.0"."""
+    return str(lib.kvtier_version().decode())
+
+
+def protocol_version() -> int:
+    """The wire protocol version libkvclient speaks."""
+    return int(lib.kvtier_protocol_version())
+
+
+def _keys(keys: Sequence[Key]) -> Any:
+    n = len(keys)
+    arr = (_lib.KeyStruct * n)()
+    raw = (ctypes.c_ubyte * (33 * n)).from_buffer(arr)
+    for i, k in enumerate(keys):
+        k = bytes(k)
+        if not 1 <= len(k) <= _lib.KEY_BYTES:
+            raise InvalidArgumentError(f"key {i} is {len(k)} bytes; keys are 1..32 bytes")
+        raw[33 * i] = len(k)
+        raw[33 * i + 1 : 33 * i + 1 + len(k)] = k
+    return arr
+
+
+def _u64s(values: Iterable[int], n: int, what: str) -> Any:
+    vals = list(values)
+    if len(vals) != n:
+        raise InvalidArgumentError(f"{what} must be as long as keys ({len(vals)} != {n})")
+    return (ctypes.c_uint64 * n)(*vals)
+
+
+def _ttls(ttl_seconds: Union[None, int, Sequence[int]], n: int) -> Any:
+    if ttl_seconds is None:
+        return None
+    if isinstance(ttl_seconds, int):
+        return (ctypes.c_uint32 * n)(*([ttl_seconds] * n))
+    vals = list(ttl_seconds)
+    if len(vals) != n:
+        raise InvalidArgumentError("ttl_seconds must be as long as keys")
+    return (ctypes.c_uint32 * n)(*vals)
+
+
+def _address(buf: Buffer) -> tuple[int, int, Any]:
+    """(address, nbytes, object keeping it valid) of a C-contiguous buffer, without copying."""
+    if isinstance(buf, bytes):
+        return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0, len(buf), buf
+    mv = memoryview(buf)
+    if not mv.c_contiguous:
+        raise InvalidArgumentError("buffers must be C-contiguous")
+    if not mv.readonly:
+        arr = (ctypes.c_ubyte * mv.nbytes).from_buffer(mv.cast("B"))
+        return ctypes.addressof(arr), mv.nbytes, (arr, mv)
+    copy = bytes(mv)  # a read-only buffer that is not bytes: no address without numpy
+    try:
+        import numpy as np
+
+        a = np.frombuffer(mv, dtype=np.uint8)
+        return int(a.ctypes.data), mv.nbytes, (a, mv)
+    except ImportError:
+        return _address(copy)
+
+
+def _view(owner: Any, address: int, size: int, readonly: bool) -> memoryview:
+    arr = (ctypes.c_ubyte * size).from_address(address)
+    arr._kvtier_owner = owner  # the view keeps its lease or reservation alive
+    owner._track(arr)
+    mv = memoryview(arr).cast("B")
+    return mv.toreadonly() if readonly else mv
+
+
+class _ViewOwner:
+    """Counts the views handed out; `_when_unviewed` runs once the last one is gone."""
+
+    def __init__(self) -> None:
+        self._views = 0
+        self._lock = threading.Lock()
+        self._deferred: Optional[str] = None  # what to do once unviewed: "release", "abort"
+
+    def _track(self, arr: Any) -> None:
+        with self._lock:
+            self._views += 1
+        weakref.finalize(arr, self._view_gone)
+
+    def _view_gone(self) -> None:
+        with self._lock:
+            self._views -= 1
+            run = self._views == 0 and self._deferred is not None
+        if run:
+            self._when_unviewed()
+
+    @property
+    def views_alive(self) -> int:
+        """How many memoryviews of these blocks still exist (they keep the blocks held)."""
+        return self._views
+
+    def _when_unviewed(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The tenant's counters (docs/protocol.md, "9 stats")."""
+
+    pool_bytes: int
+    used_bytes: int
+    slab_bytes_in_use: int
+    committed_blocks: int
+    reserved_blocks: int
+    leased_blocks: int
+    index_capacity: int
+    index_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    sessions: int
+    ssd_quota_bytes: int
+    ssd_blocks: int
+    ssd_only_blocks: int
+    ssd_payload_bytes: int
+    dirty_bytes: int
+    demotions: int
+    promotions: int
+    demote_failures: int
+    promote_failures: int
+    integrity_failures: int
+    ssd_dropped: int
+    ssd_segments: int
+    expirations: int
+
+
+@dataclass(frozen=True)
+class PrefixMatch:
+    """How many leading keys are stored, and the tier of each of them."""
+
+    count: int
+    tiers: list[Tier]
+
+
+@dataclass(frozen=True)
+class OnloadResult:
+    """One key of an onload: code OK (copied), NOT_FOUND (a miss) or INVALID_ARGUMENT (the
+    block, of `size` bytes, does not fit the region there); `tier` it was found in."""
+
+    code: StatusCode
+    size: int
+    tier: Tier
+
+
+class Reservation(_ViewOwner):
+    """Slots reserved by one `Client.reserve` call: write them (`view(i)`), then `commit()`.
+
+    A context manager: leaving the block without commit() aborts (nothing becomes visible).
+    commit() and abort() refuse (BufferError) while views are alive, since a write through a
+    view after either could land in a slot that then holds another block; an abort on leaving
+    the block waits for the views to go instead.
+    """
+
+    def __init__(self, client: "Client", keys: list[bytes], sizes: list[int],
+                 offsets: Any, codes: list[StatusCode], refusal: str) -> None:
+        super().__init__()
+        self._client = client
+        self.keys = keys
+        self.sizes = sizes
+        self._offsets = offsets
+        self.codes = codes
+        #: Why the first RESOURCE_EXHAUSTED key was refused ("" if none was).
+        self.refusal = refusal
+        self._done = False
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __enter__(self) -> "Reservation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._done:
+            self._abort_when_unviewed()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            try:
+                self._abort_when_unviewed()
+            except Exception:
+                pass
+
+    def code(self, i: int) -> StatusCode:
+        """OK: view(i) is writable. ALREADY_EXISTS: stored or being stored by someone.
+        RESOURCE_EXHAUSTED: no room even after eviction (see `refusal`)."""
+        return self.codes[i]
+
+    @property
+    def all_ok(self) -> bool:
+        return all(c == StatusCode.OK for c in self.codes)
+
+    def view(self, i: int) -> memoryview:
+        """The reserved slot of key i, writable in place (zero copy)."""
+        if self._done:
+            raise KvtierError("the reservation has ended", StatusCode.FAILED_PRECONDITION)
+        if self.codes[i] != StatusCode.OK:
+            raise KvtierError(f"key {i} was not reserved ({self.codes[i].name.lower()})",
+                              self.codes[i])
+        return _view(self, self._client._pool_base + self._offsets[i], self.sizes[i], False)
+
+    def write(self, i: int, data: Buffer) -> None:
+        """Copies `data` (exactly the reserved size) into slot i."""
+        addr, n, keep = _address(data)
+        if n != self.sizes[i]:
+            raise InvalidArgumentError(f"key {i}: {n} bytes for a slot of {self.sizes[i]}")
+        if self.codes[i] != StatusCode.OK or self._done:
+            raise KvtierError(f"key {i} is not reserved", StatusCode.FAILED_PRECONDITION)
+        lib.kvtier_copy_to_pool(self._client._pool_base + self._offsets[i], addr, n)
+        del keep
+
+    def _reserved(self) -> list[bytes]:
+        return [k for k, c in zip(self.keys, self.codes) if c == StatusCode.OK]
+
+    def _end(self, verb: str) -> list[StatusCode]:
+        if self._done:
+            raise KvtierError("the reservation has ended", StatusCode.FAILED_PRECONDITION)
+        if self.views_alive:
+            raise BufferError(f"{self.views_alive} view(s) of the reservation are alive: "
+                              f"drop them before {verb}")
+        self._done = True
+        keys = self._reserved()
+        return self._client._per_key(lib.kvtier_commit if verb == "commit" else lib.kvtier_abort,
+                                     keys)
+
+    def commit(self) -> list[StatusCode]:
+        """Publishes every reserved key; returns the per-key codes of those (in order)."""
+        return self._end("commit")
+
+    def abort(self) -> list[StatusCode]:
+        """Gives the slots back; nothing becomes visible."""
+        return self._end("abort")
+
+    def _abort_when_unviewed(self) -> None:
+        with self._lock:
+            if self._views > 0:
+                self._deferred = "abort"
+                return
+        self._when_unviewed()
+
+    def _when_unviewed(self) -> None:
+        if self._done or self._client.closed:
+            self._done = True
+            return
+        self._done = True
+        self._client._per_key(lib.kvtier_abort, self._reserved())
+
+
+class Leases(_ViewOwner):
+    """Read leases from one `Client.acquire` call. While they live each OK block stays put.
+
+    `release()` (or leaving the `with` block) ends them, once no view of them is left. Bytes
+    read through a view are right only if `verify()` passes after the read.
+    """
+
+    def __init__(self, client: "Client", keys: list[bytes], leases: Any) -> None:
+        super().__init__()
+        self._client = client
+        self.keys = keys
+        self._leases = leases
+        self.codes = [_code(l.code) for l in leases]
+        self._released = False
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __enter__(self) -> "Leases":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_released", True):
+            try:
+                self.release()
+            except Exception:
+                pass
+
+    def code(self, i: int) -> StatusCode:
+        """OK or NOT_FOUND."""
+        return self.codes[i]
+
+    def size(self, i: int) -> int:
+        return int(self._leases[i].size)
+
+    def tier(self, i: int) -> Tier:
+        """Where the block was found (DRAM, or SSD: then promoted into DRAM for the lease)."""
+        return _TIERS[min(self._leases[i].tier, 3)]
+
+    @property
+    def prefix(self) -> int:
+        """Leading keys that are OK: the usable prefix."""
+        n = 0
+        while n < len(self.codes) and self.codes[n] == StatusCode.OK:
+            n += 1
+        return n
+
+    def view(self, i: int) -> memoryview:
+        """Key i's block, read-only, in place (zero copy). Call verify() after reading it."""
+        if self._released:
+            raise KvtierError("the leases were released", StatusCode.FAILED_PRECONDITION)
+        if self.codes[i] != StatusCode.OK:
+            raise KvtierError(f"key {i} is not leased ({self.codes[i].name.lower()})",
+                              self.codes[i])
+        lease = self._leases[i]
+        return _view(self, self._client._pool_base + lease.offset, lease.size, True)
+
+    def intact(self) -> bool:
+        """True if every lease was still held while you read: the bytes read are right."""
+        if self._released:
+            return False
+        return lib.kvtier_verify_leases(self._client._handle()) == 0
+
+    def verify(self) -> None:
+        """Raises LeaseRevokedError unless intact(): call after reading, before using."""
+        if not self.intact():
+            raise LeaseRevokedError("kvtierd ended this session (tenant purged, daemon draining "
+                                    "or stopping): bytes read through these leases may be "
+                                    "wrong; treat them as a miss")
+
+    def copy_into(self, i: int, out: Buffer) -> int:
+        """Copies key i's block into `out` (at least as large), then verifies; returns its size.
+        Raises LeaseRevokedError if the copy may be wrong."""
+        if self.codes[i] != StatusCode.OK or self._released:
+            raise KvtierError(f"key {i} is not leased", StatusCode.FAILED_PRECONDITION)
+        lease = self._leases[i]
+        addr, n, keep = _address(out)
+        if n < lease.size:
+            raise InvalidArgumentError(f"key {i}: a buffer of {n} bytes for {lease.size}")
+        lib.kvtier_copy_from_pool(addr, self._client._pool_base + lease.offset, lease.size)
+        del keep
+        self.verify()
+        return int(lease.size)
+
+    def read_bytes(self, i: int) -> bytes:
+        """A copy of key i's block as bytes (verified)."""
+        out = bytearray(self.size(i))
+        self.copy_into(i, out)
+        return bytes(out)
+
+    def release(self) -> list[StatusCode]:
+        """Ends the leases (now, or when the last view goes); per-key codes of the OK ones."""
+        if self._released:
+            return []
+        with self._lock:
+            if self._views > 0:
+                self._deferred = "release"
+                return []
+        return self._do_release()
+
+    def _when_unviewed(self) -> None:
+        if not self._released:
+            self._do_release()
+
+    def _do_release(self) -> list[StatusCode]:
+        self._released = True
+        if self._client.closed:
+            return []
+        ids = [l.lease_id for l, c in zip(self._leases, self.codes) if c == StatusCode.OK]
+        if not ids:
+            return []
+        arr = (ctypes.c_uint64 * len(ids))(*ids)
+        codes = (ctypes.c_uint16 * len(ids))()
+        _check(lib.kvtier_release(self._client._handle(), arr, len(ids), codes))
+        return [_code(c) for c in codes]
+
+
+class HostMemory:
+    """Host memory kvtierd accepts as a region (a sealed memfd), mapped here read-write.
+
+    CPU engines keep KV buffers in one so that onload copies a run of blocks straight into
+    place. `view()` is the whole of it as a writable memoryview. Close (or `with`) unmaps it.
+    """
+
+    def __init__(self, size: int) -> None:
+        fd = ctypes.c_int(-1)
+        data = ctypes.c_void_p()
+        _check(lib.kvtier_host_memory_create(size, ctypes.byref(fd), ctypes.byref(data)))
+        self.fd = fd.value
+        self.address = int(data.value or 0)
+        self.size = size
+        self._views = 0
+
+    def view(self) -> memoryview:
+        arr = (ctypes.c_ubyte * self.size).from_address(self.address)
+        arr._kvtier_owner = self
+        return memoryview(arr).cast("B")
+
+    def close(self) -> None:
+        if self.address:
+            lib.kvtier_host_memory_free(self.fd, self.address, self.size)
+            self.address, self.fd = 0, -1
+
+    def __enter__(self) -> "HostMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Onload:
+    """An onload started with `Client.start_onload`: wait for each layer, then finish()."""
+
+    def __init__(self, client: "Client", n: int, keepalive: Any) -> None:
+        self._client = client
+        self._n = n
+        self._keep = keepalive
+        self._finished = False
+
+    def wait_layer(self, layer: int) -> None:
+        """Returns once layer `layer` has landed in the region."""
+        _check(lib.kvtier_wait_layer(self._client._handle(), layer))
+
+    def finish(self) -> list[OnloadResult]:
+        """The per-key results; the client is free for other calls again."""
+        out = (_lib.OnloadResultStruct * self._n)()
+        self._finished = True
+        _check(lib.kvtier_finish_onload(self._client._handle(), out, self._n))
+        return [OnloadResult(_code(r.code), int(r.size), _TIERS[min(r.tier, 3)]) for r in out]
+
+    def __enter__(self) -> "Onload":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._finished:
+            self.finish()
+
+
+class Client:
+    """A session with kvtierd for one namespace.
+
+    >>> with kvtier.Client("/run/kvtier/kvtierd.sock", "llama-3.1-8b/bf16/tp1/blk16") as c:
+    ...     with c.reserve([key], [size]) as r:
+    ...         numpy.frombuffer(r.view(0), numpy.uint8)[:] = kv   # in place
+    ...         r.commit()
+
+    Thread-safe: calls from several threads are serialized on the one connection (open one
+    Client per thread for parallel requests). Closing it (or the process dying) gives back
+    every reservation and lease it holds.
+    """
+
+    def __init__(self, socket_path: Optional[str] = None, namespace: str = "",
+                 *, timeout_ms: int = 30000, spin_us: int = 50) -> None:
+        if socket_path is None:
+            socket_path = os.environ.get("KVTIER_SOCKET", DEFAULT_SOCKET)
+        if not namespace or len(namespace.encode()) > 128:
+            raise InvalidArgumentError("namespace must be 1..128 bytes")
+        options = _lib.ConnectOptionsStruct(timeout_ms, spin_us)
+        handle = ctypes.c_void_p()
+        _check(lib.kvtier_connect_ex(socket_path.encode(), namespace.encode(),
+                                     ctypes.byref(options), ctypes.byref(handle)))
+        self._c: Optional[int] = handle.value
+        self.socket_path = socket_path
+        self.namespace = namespace
+        self._pool_base = int(lib.kvtier_pool_base(self._c) or 0)
+        #: Bytes of the tenant's pool (the shared mapping).
+        self.pool_size = int(lib.kvtier_pool_size(self._c))
+        #: Largest block reserve and offload accept.
+        self.max_block_bytes = int(lib.kvtier_max_block_bytes(self._c))
+        #: Largest block the tenant's SSD tier keeps (0: no SSD tier); larger ones are DRAM-only.
+        self.spill_max_block_bytes = int(lib.kvtier_spill_max_block_bytes(self._c))
+
+    # --- lifetime ---
+    @property
+    def closed(self) -> bool:
+        return self._c is None
+
+    def _handle(self) -> int:
+        if self._c is None:
+            raise KvtierError("the client is closed", StatusCode.FAILED_PRECONDITION)
+        return self._c
+
+    def close(self) -> None:
+        """Ends the session: kvtierd gives back everything it held."""
+        if self._c is not None:
+            lib.kvtier_close(self._c)
+            self._c = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # --- blocks ---
+    def _per_key(self, fn: Any, keys: Sequence[Key]) -> list[StatusCode]:
+        n = len(keys)
+        if n == 0:
+            return []
+        codes = (ctypes.c_uint16 * n)()
+        _check(fn(self._handle(), _keys(keys), n, codes))
+        return [_code(c) for c in codes]
+
+    def reserve(self, keys: Sequence[Key], sizes: Sequence[int],
+                ttl_seconds: Union[None, int, Sequence[int]] = None) -> Reservation:
+        """Reserves a pool slot per key (one call); write them, then commit().
+
+        `ttl_seconds` (one, or one per key): seconds from commit until the block expires; 0 or
+        None: the tenant's default. Per-key codes: OK, ALREADY_EXISTS, RESOURCE_EXHAUSTED."""
+        n = len(keys)
+        karr = _keys(keys)
+        sarr = _u64s(sizes, n, "sizes")
+        offsets = (ctypes.c_uint64 * n)()
+        codes = (ctypes.c_uint16 * n)()
+        _check(lib.kvtier_reserve_ex(self._handle(), karr, sarr, _ttls(ttl_seconds, n), n,
+                                     offsets, codes))
+        refusal = lib.kvtier_error().decode("utf-8", "replace")
+        return Reservation(self, [bytes(k) for k in keys], list(sizes), offsets,
+                           [_code(c) for c in codes], refusal)
+
+    def commit(self, keys: Sequence[Key]) -> list[StatusCode]:
+        """Publishes reserved keys of this session (Reservation.commit does this for you)."""
+        return self._per_key(lib.kvtier_commit, keys)
+
+    def abort(self, keys: Sequence[Key]) -> list[StatusCode]:
+        return self._per_key(lib.kvtier_abort, keys)
+
+    def match_prefix(self, keys: Sequence[Key]) -> PrefixMatch:
+        """How many leading keys are stored (a KV prefix is usable only whole), with tiers."""
+        n = len(keys)
+        if n == 0:
+            return PrefixMatch(0, [])
+        matched = ctypes.c_size_t(0)
+        tiers = (ctypes.c_uint8 * n)()
+        _check(lib.kvtier_match_prefix(self._handle(), _keys(keys), n, ctypes.byref(matched),
+                                       tiers))
+        m = matched.value
+        return PrefixMatch(m, [_TIERS[min(t, 3)] for t in tiers[:m]])
+
+    def acquire(self, keys: Sequence[Key]) -> Leases:
+        """Read leases on the stored keys (promoting SSD blocks into DRAM); per-key codes OK or
+        NOT_FOUND. Use as a context manager; verify() after reading."""
+        n = len(keys)
+        out = (_lib.LeaseStruct * n)()
+        if n:
+            _check(lib.kvtier_acquire(self._handle(), _keys(keys), n, out))
+        return Leases(self, [bytes(k) for k in keys], out)
+
+    def release(self, lease_ids: Sequence[int]) -> list[StatusCode]:
+        """Ends leases by id (Leases.release does this for you)."""
+        n = len(lease_ids)
+        if n == 0:
+            return []
+        codes = (ctypes.c_uint16 * n)()
+        _check(lib.kvtier_release(self._handle(), (ctypes.c_uint64 * n)(*lease_ids), n, codes))
+        return [_code(c) for c in codes]
+
+    def remove(self, keys: Sequence[Key]) -> list[StatusCode]:
+        """OK per removed key, NOT_FOUND if it was not stored. Lease holders keep reading."""
+        return self._per_key(lib.kvtier_remove, keys)
+
+    def prefetch(self, keys: Sequence[Key]) -> list[StatusCode]:
+        """Brings SSD blocks into DRAM ahead of an acquire; OK once there, else NOT_FOUND."""
+        return self._per_key(lib.kvtier_prefetch, keys)
+
+    def stats(self) -> Stats:
+        s = _lib.StatsStruct()
+        _check(lib.kvtier_stats_get(self._handle(), ctypes.byref(s)))
+        return Stats(*(int(getattr(s, name)) for name, _ in _lib.StatsStruct._fields_))
+
+    # --- copies (named: they copy) ---
+    def put_copy(self, keys: Sequence[Key], values: Sequence[Buffer],
+                 ttl_seconds: Union[None, int, Sequence[int]] = None) -> list[StatusCode]:
+        """Stores each value under its key: reserve, copy into the pool, commit (3 calls for
+        the whole batch). Per-key codes: OK, ALREADY_EXISTS, RESOURCE_EXHAUSTED."""
+        bufs = [_address(v) for v in values]
+        if len(bufs) != len(keys):
+            raise InvalidArgumentError("values must be as long as keys")
+        r = self.reserve(keys, [b[1] for b in bufs], ttl_seconds)
+        base = self._pool_base
+        copy = lib.kvtier_copy_to_pool
+        for i, (addr, n, _) in enumerate(bufs):
+            if r.codes[i] == StatusCode.OK:
+                copy(base + r._offsets[i], addr, n)
+        codes = list(r.codes)
+        done = iter(r.commit())
+        return [next(done) if c == StatusCode.OK else c for c in codes]
+
+    def get_copy(self, keys: Sequence[Key]) -> list[Optional[bytearray]]:
+        """A verified copy of each stored block (None where it is missing): acquire, copy,
+        verify, release. Raises LeaseRevokedError if a purge ended the session meanwhile."""
+        with self.acquire(keys) as leases:
+            out: list[Optional[bytearray]] = []
+            base = self._pool_base
+            copy = lib.kvtier_copy_from_pool
+            for lease, code in zip(leases._leases, leases.codes):
+                if code != StatusCode.OK:
+                    out.append(None)
+                    continue
+                buf = bytearray(lease.size)
+                addr = ctypes.addressof((ctypes.c_ubyte * lease.size).from_buffer(buf))
+                copy(addr, base + lease.offset, lease.size)
+                out.append(buf)
+            leases.verify()
+        return out
+
+    # --- daemon-driven copies: regions, offload, onload ---
+    def register_host_region(self, memory: HostMemory) -> int:
+        """Lets kvtierd copy to and from `memory`; returns the region id."""
+        region = ctypes.c_uint32(0)
+        _check(lib.kvtier_register_host_region(self._handle(), memory.fd, memory.size,
+                                               memory.address, ctypes.byref(region)))
+        return int(region.value)
+
+    def register_cuda_region(self, device: int, ipc_handle: bytes, size: int,
+                             event_handles: Sequence[bytes] = ()) -> int:
+        """Registers CUDA memory by its cudaIpcMemHandle_t (64 bytes) and, for ordering,
+        cudaIpcEventHandle_t's (64 bytes each). UNAVAILABLE where kvtierd has no CUDA device."""
+        if len(ipc_handle) != 64 or any(len(e) != 64 for e in event_handles):
+            raise InvalidArgumentError("CUDA IPC handles are 64 bytes each")
+        events = b"".join(event_handles)
+        region = ctypes.c_uint32(0)
+        _check(lib.kvtier_register_cuda_region(self._handle(), device, ipc_handle, size,
+                                               events or None, len(event_handles),
+                                               ctypes.byref(region)))
+        return int(region.value)
+
+    def deregister_region(self, region: int) -> None:
+        _check(lib.kvtier_deregister_region(self._handle(), region))
+
+    @staticmethod
+    def _transfer(layers: int, progress: Optional[tuple[int, int]], wait_event: Optional[int],
+                  signal_event: Optional[int]) -> Any:
+        p_region, p_offset = progress if progress is not None else (0, 0)
+        return _lib.TransferOptionsStruct(
+            layers, p_region, p_offset,
+            _lib.NO_EVENT if wait_event is None else wait_event,
+            _lib.NO_EVENT if signal_event is None else signal_event)
+
+    def offload(self, keys: Sequence[Key], region: int, offsets: Sequence[int],
+                sizes: Sequence[int], *, layers: int = 1,
+                ttl_seconds: Union[None, int, Sequence[int]] = None,
+                wait_event: Optional[int] = None) -> list[StatusCode]:
+        """kvtierd copies sizes[i] bytes at offsets[i] of the region into the pool as keys[i]
+        (committed on return). Per-key codes: OK, ALREADY_EXISTS, RESOURCE_EXHAUSTED."""
+        n = len(keys)
+        codes = (ctypes.c_uint16 * n)()
+        opts = self._transfer(layers, None, wait_event, None)
+        _check(lib.kvtier_offload_ex(self._handle(), _keys(keys), _u64s(offsets, n, "offsets"),
+                                     _u64s(sizes, n, "sizes"), _ttls(ttl_seconds, n), n,
+                                     region, ctypes.byref(opts), codes))
+        return [_code(c) for c in codes]
+
+    def onload(self, keys: Sequence[Key], region: int, offsets: Sequence[int], *,
+               layers: int = 1, signal_event: Optional[int] = None) -> list[OnloadResult]:
+        """kvtierd copies each stored block to offsets[i] of the region (from DRAM or SSD).
+        Give consecutive offsets to land a run of blocks contiguously, with no staging copy."""
+        n = len(keys)
+        out = (_lib.OnloadResultStruct * n)()
+        opts = self._transfer(layers, None, None, signal_event)
+        _check(lib.kvtier_onload(self._handle(), _keys(keys), _u64s(offsets, n, "offsets"), n,
+                                 region, ctypes.byref(opts), out))
+        return [OnloadResult(_code(r.code), int(r.size), _TIERS[min(r.tier, 3)]) for r in out]
+
+    def start_onload(self, keys: Sequence[Key], region: int, offsets: Sequence[int], *,
+                     layers: int, progress: tuple[int, int],
+                     signal_event: Optional[int] = None) -> Onload:
+        """An onload in steps: `progress` = (host region id, 4-byte aligned offset) of a zeroed
+        progress word; then Onload.wait_layer(i) per layer and Onload.finish()."""
+        n = len(keys)
+        karr = _keys(keys)
+        oarr = _u64s(offsets, n, "offsets")
+        opts = self._transfer(layers, progress, None, signal_event)
+        _check(lib.kvtier_start_onload(self._handle(), karr, oarr, n, region,
+                                       ctypes.byref(opts)))
+        return Onload(self, n, (karr, oarr))
+
+    def pin_pool_for_cuda(self) -> None:
+        """Page-locks this process's pool mapping for CUDA copies (UNAVAILABLE without)."""
+        _check(lib.kvtier_pin_pool_for_cuda(self._handle()))
+
+
+def chunks(seq: Sequence[Any], n: int = MAX_BATCH) -> Iterator[Sequence[Any]]:
+    """Splits a sequence into batches of at most n (one round trip each)."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

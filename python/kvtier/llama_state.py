@@ -1,0 +1,552 @@
+"""Split llama.cpp per-sequence KV state into per-token-block pieces and back.
+
+What llama.cpp writes
+=====================
+
+``llama_state_seq_get_data(ctx, dst, size, seq_id)`` (llama-cpp-python 0.3.36,
+vendored llama.cpp) produces, all little-endian and unpadded:
+
+``src/llama-context.cpp`` ``llama_context::state_seq_get_data``::
+
+    u32 io_magic = 0xaf143cd8
+    i32 seq_id                      (ignored on read: the caller's dest seq wins)
+
+then ``memory->state_write(io, seq_id)``; for the standard attention cache that
+is ``src/llama-kv-cache.cpp`` ``llama_kv_cache::state_write``::
+
+    u32 n_stream
+    per stream:
+        u32 cell_count              (cells holding seq_id; 0 -> nothing follows)
+        state_write_meta, per cell in cell-index order:
+            i32 pos
+            u32 n_seq_id            (1 for a single-sequence dump)
+            [llama_kv_cell_ext, 12 bytes, only for M-RoPE / PLE models]
+            i32 seq_id[n_seq_id]
+        state_write_data:
+            u32 v_trans             (1 = V stored transposed: no flash attention)
+            u32 n_layer
+            per layer:  i32 k_type (ggml_type), u64 k_size_row,
+                        cell_count * k_size_row bytes      (one K row per cell)
+            if not v_trans, per layer:
+                        i32 v_type, u64 v_size_row,
+                        cell_count * v_size_row bytes      (one V row per cell)
+            if v_trans, per layer:
+                        i32 v_type, u32 v_size_el, u32 n_embd_v_gqa,
+                        n_embd_v_gqa rows of cell_count * v_size_el bytes
+                        (row j holds element j of every cell)
+
+``state_read_meta`` / ``state_read_data`` read exactly the same sequence; for a
+single-sequence restore they ``seq_rm`` the destination sequence first, find
+free cells with ``find_slot`` and check v_trans, n_layer, each layer's type
+and row size (and, transposed, element size and n_embd_v_gqa) against the
+context's own cache.
+
+Multi-stream caches (``kv_unified=false`` with several sequences), SWA caches
+(``llama_kv_cache_iswa`` writes two such dumps back to back), recurrent and
+hybrid memories, cell extensions and caches with V-less layers all produce
+something else; :func:`parse_seq_state` accepts only one stream holding one
+contiguous run of cells at positions 0..n-1 (what a single-sequence prefill
+gives) and raises :class:`UnsupportedStateLayout` naming the first field that
+differs. Another llama.cpp version may change this format: refusing is
+correct, guessing is not.
+
+Why per-block pieces
+====================
+
+Prompts that share a prefix share that prefix's KV data. Storing one state per
+prefix length would cost O(T^2) bytes for a T-token conversation (every prefix
+stored again, each a superset of the last); storing fixed blocks of
+``block_tokens`` tokens stores each block once, and any prompt whose first
+``k*N`` tokens match reuses the first k blocks. A block's K/V bytes depend on
+every token before it (attention), so a block is only reusable after the same
+prefix: the caller must key block i by a hash of tokens [0, (i+1)*N) and by
+:attr:`StateLayout.layout_id` (model, cache types, v_trans, ...).
+
+A piece is::
+
+    header  (struct _PIECE_HDR: magic b"KVTB", version, header size,
+             block index, first pos, n tokens, descriptor length,
+             payload length, 16-byte layout hash)
+    layout descriptor (v_trans, n_layer, per layer types and row sizes)
+    payload: per layer the block's K rows (n_tokens * k_size_row bytes),
+             then per layer the block's V data: n_tokens V rows, or with
+             v_trans the block's slice of each of the n_embd_v_gqa rows
+             (n_embd_v_gqa * n_tokens * v_size_el bytes, row-major).
+
+The cost: restoring k blocks needs one gather copy (:func:`join_blocks`) to
+interleave the blocks back into llama.cpp's per-layer layout; it runs at
+memcpy speed (numpy slice copies, one per layer per block) and can write
+straight into a caller-provided buffer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "UnsupportedStateLayout",
+    "LayerLayout",
+    "StateLayout",
+    "SeqState",
+    "BlockHeader",
+    "parse_seq_state",
+    "split_blocks",
+    "read_block_header",
+    "joined_size",
+    "join_blocks",
+    "join_blocks_into",
+]
+
+BufferLike = Union[bytes, bytearray, memoryview, np.ndarray]
+
+LLAMA_STATE_SEQ_MAGIC = 0xAF143CD8
+
+# ggml_type id -> (name, block size in elements, bytes per block).
+# Only types llama.cpp accepts for the KV cache (plus f32/bf16).
+GGML_TYPES = {
+    0: ("f32", 1, 4),
+    1: ("f16", 1, 2),
+    2: ("q4_0", 32, 18),
+    3: ("q4_1", 32, 20),
+    6: ("q5_0", 32, 22),
+    7: ("q5_1", 32, 24),
+    8: ("q8_0", 32, 34),
+    20: ("iq4_nl", 32, 18),
+    30: ("bf16", 1, 2),
+}
+
+MAX_LAYERS = 4096
+
+
+class UnsupportedStateLayout(ValueError):
+    """The state bytes are not the one layout this module understands."""
+
+
+# --------------------------------------------------------------------------
+# layout
+
+@dataclass(frozen=True)
+class LayerLayout:
+    k_type: int
+    k_row: int          # bytes of K per cell
+    v_type: int
+    v_row: int          # bytes of V per cell (v_trans: n_embd_v * v_el)
+    v_el: int = 0       # v_trans only: bytes per V element
+    n_embd_v: int = 0   # v_trans only: number of transposed V rows
+
+    def spec(self, v_trans: bool) -> str:
+        k = "k=%s:%dB" % (GGML_TYPES[self.k_type][0], self.k_row)
+        if v_trans:
+            v = "v=%s:%dx%dB" % (GGML_TYPES[self.v_type][0], self.n_embd_v, self.v_el)
+        else:
+            v = "v=%s:%dB" % (GGML_TYPES[self.v_type][0], self.v_row)
+        return k + "," + v
+
+
+_DESC_HDR = struct.Struct("<III")        # source magic, v_trans, n_layer
+_DESC_LAYER = struct.Struct("<iQiQII")   # k_type, k_row, v_type, v_row, v_el, n_embd_v
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    v_trans: bool
+    layers: Tuple[LayerLayout, ...]
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.layers)
+
+    @property
+    def bytes_per_token(self) -> int:
+        return sum(l.k_row + l.v_row for l in self.layers)
+
+    def descriptor(self) -> bytes:
+        """Canonical bytes of this layout, carried in every piece."""
+        parts = [_DESC_HDR.pack(LLAMA_STATE_SEQ_MAGIC, int(self.v_trans), len(self.layers))]
+        for l in self.layers:
+            parts.append(_DESC_LAYER.pack(l.k_type, l.k_row, l.v_type, l.v_row, l.v_el, l.n_embd_v))
+        return b"".join(parts)
+
+    @property
+    def layout_hash(self) -> bytes:
+        return hashlib.blake2b(self.descriptor(), digest_size=16).digest()
+
+    @property
+    def layout_id(self) -> str:
+        """Readable identifier to fold into the cache namespace, e.g.
+        ``llama.cpp-seq/af143cd8/vtrans=1/4x[k=f16:128B,v=f16:64x2B]/<hash>``.
+        It does not identify the model: the caller adds that."""
+        runs: List[Tuple[str, int]] = []
+        for l in self.layers:
+            s = l.spec(self.v_trans)
+            if runs and runs[-1][0] == s:
+                runs[-1] = (s, runs[-1][1] + 1)
+            else:
+                runs.append((s, 1))
+        body = "+".join("%dx[%s]" % (n, s) for s, n in runs)
+        return "llama.cpp-seq/%08x/vtrans=%d/%s/%s" % (
+            LLAMA_STATE_SEQ_MAGIC, int(self.v_trans), body, self.layout_hash[:8].hex())
+
+    @classmethod
+    def from_descriptor(cls, desc: BufferLike) -> "StateLayout":
+        mv = memoryview(desc).cast("B")
+        if len(mv) < _DESC_HDR.size:
+            raise ValueError("layout descriptor truncated")
+        magic, v_trans, n_layer = _DESC_HDR.unpack_from(mv, 0)
+        if magic != LLAMA_STATE_SEQ_MAGIC or v_trans not in (0, 1) or not 0 < n_layer <= MAX_LAYERS:
+            raise ValueError("layout descriptor header not recognised")
+        if len(mv) != _DESC_HDR.size + n_layer * _DESC_LAYER.size:
+            raise ValueError("layout descriptor length does not match its layer count")
+        layers = []
+        for i in range(n_layer):
+            kt, kr, vt, vr, ve, nv = _DESC_LAYER.unpack_from(mv, _DESC_HDR.size + i * _DESC_LAYER.size)
+            if kt not in GGML_TYPES or vt not in GGML_TYPES or kr == 0 or vr == 0:
+                raise ValueError("layout descriptor layer %d not recognised" % i)
+            if bool(v_trans) != (ve != 0 and nv != 0) or (v_trans and vr != ve * nv):
+                raise ValueError("layout descriptor layer %d V fields inconsistent" % i)
+            layers.append(LayerLayout(kt, kr, vt, vr, ve, nv))
+        return cls(bool(v_trans), tuple(layers))
+
+
+@dataclass
+class SeqState:
+    """A parsed single-sequence state. Holds a view of the original buffer."""
+    buf: memoryview
+    seq_id: int
+    n_tokens: int
+    layout: StateLayout
+    k_offsets: Tuple[int, ...]   # start of each layer's K data in buf
+    v_offsets: Tuple[int, ...]   # start of each layer's V data in buf
+
+    @property
+    def layout_id(self) -> str:
+        return self.layout.layout_id
+
+
+# --------------------------------------------------------------------------
+# parsing
+
+class _Reader:
+    def __init__(self, mv: memoryview):
+        self.mv = mv
+        self.off = 0
+
+    def take(self, fmt: str, what: str):
+        s = struct.calcsize(fmt)
+        if self.off + s > len(self.mv):
+            raise UnsupportedStateLayout("state truncated reading %s at offset %d" % (what, self.off))
+        v = struct.unpack_from(fmt, self.mv, self.off)
+        self.off += s
+        return v[0] if len(v) == 1 else v
+
+    def skip(self, n: int, what: str) -> int:
+        start = self.off
+        if start + n > len(self.mv):
+            raise UnsupportedStateLayout(
+                "state truncated: %s needs %d bytes at offset %d, %d left" % (what, n, start, len(self.mv) - start))
+        self.off += n
+        return start
+
+
+def _type_info(t: int, what: str):
+    if t not in GGML_TYPES:
+        raise UnsupportedStateLayout("%s has unknown ggml type id %d" % (what, t))
+    return GGML_TYPES[t]
+
+
+def parse_seq_state(buf: BufferLike) -> SeqState:
+    """Parse ``llama_state_seq_get_data`` output (see module docstring).
+
+    Raises UnsupportedStateLayout for anything but one stream with cells at
+    positions 0..n-1 of one sequence in a standard K/V cache.
+    """
+    mv = memoryview(buf).cast("B")
+    r = _Reader(mv)
+
+    magic = r.take("<I", "io magic")
+    if magic != LLAMA_STATE_SEQ_MAGIC:
+        raise UnsupportedStateLayout("io magic 0x%08x, expected 0x%08x" % (magic, LLAMA_STATE_SEQ_MAGIC))
+    seq_id = r.take("<i", "seq_id")
+    if seq_id < 0:
+        raise UnsupportedStateLayout("seq_id %d in header (whole-context dump?)" % seq_id)
+    n_stream = r.take("<I", "n_stream")
+    if n_stream != 1:
+        raise UnsupportedStateLayout("n_stream %d, expected 1 (unified KV cache)" % n_stream)
+    n = r.take("<I", "cell_count")
+    if n == 0:
+        raise UnsupportedStateLayout("cell_count 0: the sequence is empty")
+
+    # cell metadata: (pos, n_seq_id, seq_id) per cell, 12 bytes, no extension
+    meta_off = r.skip(12 * n, "cell metadata")
+    meta = np.frombuffer(mv, dtype="<i4", count=3 * n, offset=meta_off).reshape(n, 3)
+    bad = np.flatnonzero(meta[:, 1] != 1)
+    if bad.size:
+        i = int(bad[0])
+        raise UnsupportedStateLayout("cell %d has n_seq_id %d, expected 1" % (i, int(meta[i, 1])))
+    bad = np.flatnonzero(meta[:, 0] != np.arange(n, dtype=np.int32))
+    if bad.size:
+        i = int(bad[0])
+        raise UnsupportedStateLayout(
+            "cell %d has pos %d, expected %d (cells not one run from pos 0, or cell extensions)"
+            % (i, int(meta[i, 0]), i))
+    bad = np.flatnonzero(meta[:, 2] != seq_id)
+    if bad.size:
+        i = int(bad[0])
+        raise UnsupportedStateLayout("cell %d has seq_id %d, header says %d" % (i, int(meta[i, 2]), seq_id))
+
+    v_trans = r.take("<I", "v_trans")
+    if v_trans not in (0, 1):
+        raise UnsupportedStateLayout("v_trans %d, expected 0 or 1" % v_trans)
+    n_layer = r.take("<I", "n_layer")
+    if not 0 < n_layer <= MAX_LAYERS:
+        raise UnsupportedStateLayout("n_layer %d out of range" % n_layer)
+
+    k_info = []
+    k_offs = []
+    for il in range(n_layer):
+        kt = r.take("<i", "layer %d k_type" % il)
+        _, blk, tsz = _type_info(kt, "layer %d K" % il)
+        krow = r.take("<Q", "layer %d k_size_row" % il)
+        if krow == 0 or krow % tsz:
+            raise UnsupportedStateLayout("layer %d k_size_row %d is not a multiple of the %s block size %d"
+                                         % (il, krow, GGML_TYPES[kt][0], tsz))
+        k_offs.append(r.skip(n * krow, "layer %d K data" % il))
+        k_info.append((kt, krow))
+
+    layers = []
+    v_offs = []
+    for il in range(n_layer):
+        vt = r.take("<i", "layer %d v_type" % il)
+        _, blk, tsz = _type_info(vt, "layer %d V" % il)
+        if not v_trans:
+            vrow = r.take("<Q", "layer %d v_size_row" % il)
+            if vrow == 0 or vrow % tsz:
+                raise UnsupportedStateLayout("layer %d v_size_row %d is not a multiple of the %s block size %d"
+                                             % (il, vrow, GGML_TYPES[vt][0], tsz))
+            v_offs.append(r.skip(n * vrow, "layer %d V data" % il))
+            layers.append(LayerLayout(k_info[il][0], k_info[il][1], vt, vrow))
+        else:
+            if blk != 1:
+                raise UnsupportedStateLayout("layer %d transposed V of quantized type %s" % (il, GGML_TYPES[vt][0]))
+            vel = r.take("<I", "layer %d v_size_el" % il)
+            if vel != tsz:
+                raise UnsupportedStateLayout("layer %d v_size_el %d, %s has %d" % (il, vel, GGML_TYPES[vt][0], tsz))
+            nv = r.take("<I", "layer %d n_embd_v_gqa" % il)
+            if nv == 0:
+                raise UnsupportedStateLayout("layer %d n_embd_v_gqa 0" % il)
+            v_offs.append(r.skip(nv * n * vel, "layer %d V data" % il))
+            layers.append(LayerLayout(k_info[il][0], k_info[il][1], vt, nv * vel, vel, nv))
+
+    if r.off != len(mv):
+        raise UnsupportedStateLayout(
+            "%d trailing bytes after the KV data (SWA/hybrid memory or another format?)" % (len(mv) - r.off))
+
+    return SeqState(mv, seq_id, n, StateLayout(bool(v_trans), tuple(layers)), tuple(k_offs), tuple(v_offs))
+
+
+# --------------------------------------------------------------------------
+# pieces
+
+PIECE_MAGIC = b"KVTB"
+PIECE_VERSION = 1
+# magic, version, header_size, block_index, first_pos, n_tokens, desc_len, payload_len, layout_hash
+_PIECE_HDR = struct.Struct("<4sHHIIIIQ16s")
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    block_index: int
+    first_pos: int
+    n_tokens: int
+    header_size: int
+    payload_len: int
+    layout_hash: bytes
+    descriptor: bytes = field(repr=False)
+
+
+def _piece_payload_len(layout: StateLayout, n_tokens: int) -> int:
+    return n_tokens * layout.bytes_per_token
+
+
+def split_blocks(state: SeqState, block_tokens: int) -> List[bytes]:
+    """One piece per full block of ``block_tokens`` cells; a trailing partial
+    block is not returned."""
+    if block_tokens <= 0:
+        raise ValueError("block_tokens must be positive")
+    lay = state.layout
+    desc = lay.descriptor()
+    lhash = lay.layout_hash
+    N = block_tokens
+    n_blocks = state.n_tokens // N
+    hsize = _PIECE_HDR.size + len(desc)
+    if hsize > 0xFFFF:
+        raise ValueError("layout descriptor too large for a piece header")
+    payload_len = _piece_payload_len(lay, N)
+    mv = state.buf
+    u8 = np.frombuffer(mv, dtype=np.uint8)
+    T = state.n_tokens
+
+    # transposed V: each layer's data is an (n_embd_v, T * v_el) matrix
+    v_mats = []
+    if lay.v_trans:
+        for l, off in zip(lay.layers, state.v_offsets):
+            v_mats.append(u8[off:off + l.n_embd_v * T * l.v_el].reshape(l.n_embd_v, T * l.v_el))
+
+    out: List[bytes] = []
+    for b in range(n_blocks):
+        parts: list = [
+            _PIECE_HDR.pack(PIECE_MAGIC, PIECE_VERSION, hsize, b, b * N, N, len(desc), payload_len, lhash),
+            desc,
+        ]
+        for l, off in zip(lay.layers, state.k_offsets):
+            parts.append(mv[off + b * N * l.k_row: off + (b + 1) * N * l.k_row])
+        if not lay.v_trans:
+            for l, off in zip(lay.layers, state.v_offsets):
+                parts.append(mv[off + b * N * l.v_row: off + (b + 1) * N * l.v_row])
+        else:
+            for l, m in zip(lay.layers, v_mats):
+                w = N * l.v_el
+                parts.append(np.ascontiguousarray(m[:, b * w:(b + 1) * w]).data)
+        out.append(b"".join(parts))
+    return out
+
+
+def read_block_header(piece: BufferLike) -> BlockHeader:
+    """Parse and check a piece's header (not its payload bytes)."""
+    mv = memoryview(piece).cast("B")
+    if len(mv) < _PIECE_HDR.size:
+        raise ValueError("piece shorter than its header (%d bytes)" % len(mv))
+    magic, ver, hsize, bidx, pos0, ntok, dlen, plen, lhash = _PIECE_HDR.unpack_from(mv, 0)
+    if magic != PIECE_MAGIC:
+        raise ValueError("piece magic %r, expected %r" % (bytes(magic), PIECE_MAGIC))
+    if ver != PIECE_VERSION:
+        raise ValueError("piece format version %d, expected %d" % (ver, PIECE_VERSION))
+    if hsize != _PIECE_HDR.size + dlen:
+        raise ValueError("piece header size %d does not match descriptor length %d" % (hsize, dlen))
+    if len(mv) != hsize + plen:
+        raise ValueError("piece is %d bytes, header says %d" % (len(mv), hsize + plen))
+    if ntok == 0:
+        raise ValueError("piece holds 0 tokens")
+    return BlockHeader(bidx, pos0, ntok, hsize, plen, bytes(lhash), bytes(mv[_PIECE_HDR.size:hsize]))
+
+
+def _check_pieces(pieces: Sequence[BufferLike],
+                  expect_layout: Optional[StateLayout]) -> Tuple[StateLayout, int, List[memoryview]]:
+    if len(pieces) == 0:
+        raise ValueError("no pieces to join")
+    mvs = [memoryview(p).cast("B") for p in pieces]
+    first = read_block_header(mvs[0])
+    if hashlib.blake2b(first.descriptor, digest_size=16).digest() != first.layout_hash:
+        raise ValueError("piece 0 layout hash does not match its descriptor")
+    layout = StateLayout.from_descriptor(first.descriptor)
+    if expect_layout is not None and layout != expect_layout:
+        raise ValueError("pieces have layout %s, expected %s" % (layout.layout_id, expect_layout.layout_id))
+    N = first.n_tokens
+    if first.payload_len != _piece_payload_len(layout, N):
+        raise ValueError("piece 0 payload length %d, layout needs %d"
+                         % (first.payload_len, _piece_payload_len(layout, N)))
+    for i, mv in enumerate(mvs):
+        h = first if i == 0 else read_block_header(mv)
+        if h.layout_hash != first.layout_hash or h.descriptor != first.descriptor:
+            raise ValueError("piece %d has a different layout than piece 0" % i)
+        if h.n_tokens != N:
+            raise ValueError("piece %d holds %d tokens, piece 0 holds %d" % (i, h.n_tokens, N))
+        if h.block_index != i or h.first_pos != i * N:
+            raise ValueError("piece %d is block %d at pos %d, expected block %d at pos %d"
+                             % (i, h.block_index, h.first_pos, i, i * N))
+        if h.payload_len != first.payload_len:
+            raise ValueError("piece %d payload length differs" % i)
+    return layout, N, mvs
+
+
+def _joined_size(layout: StateLayout, T: int) -> int:
+    size = 16 + 12 * T + 8
+    for l in layout.layers:
+        # K: i32 type + u64 row size; V: i32 type + u64 row size, or
+        # (transposed) i32 type + u32 element size + u32 n_embd_v
+        size += 12 + T * l.k_row
+        size += 12 + T * l.v_row
+    return size
+
+
+def joined_size(pieces: Sequence[BufferLike]) -> int:
+    """Bytes :func:`join_blocks_into` will write for these pieces."""
+    layout, N, _ = _check_pieces(pieces, None)
+    return _joined_size(layout, N * len(pieces))
+
+
+def join_blocks_into(pieces: Sequence[BufferLike], out: BufferLike, *, seq_id: int = 0,
+                     expect_layout: Optional[StateLayout] = None) -> int:
+    """Write the ``llama_state_seq_set_data`` buffer for blocks 0..len-1 into
+    ``out`` (a writable buffer at least :func:`joined_size` bytes long).
+    Returns the number of bytes written. Raises ValueError if any piece's
+    header is wrong, out of order or of another layout."""
+    layout, N, mvs = _check_pieces(pieces, expect_layout)
+    return _gather(layout, N, mvs, out, seq_id)
+
+
+def _gather(layout: StateLayout, N: int, mvs: List[memoryview], out: BufferLike, seq_id: int) -> int:
+    nb = len(mvs)
+    T = N * nb
+    total = _joined_size(layout, T)
+    dst = np.frombuffer(memoryview(out).cast("B"), dtype=np.uint8)
+    if not dst.flags.writeable:
+        raise ValueError("output buffer is read-only")
+    if dst.size < total:
+        raise ValueError("output buffer holds %d bytes, %d needed" % (dst.size, total))
+    dst = dst[:total]
+
+    srcs = [np.frombuffer(mv, dtype=np.uint8) for mv in mvs]
+    hsize = _PIECE_HDR.size + len(layout.descriptor())
+
+    struct.pack_into("<IiII", dst, 0, LLAMA_STATE_SEQ_MAGIC, seq_id, 1, T)
+    meta = dst[16:16 + 12 * T].view("<i4").reshape(T, 3)
+    meta[:, 0] = np.arange(T, dtype=np.int32)
+    meta[:, 1] = 1
+    meta[:, 2] = seq_id
+    off = 16 + 12 * T
+    struct.pack_into("<II", dst, off, int(layout.v_trans), layout.n_layer)
+    off += 8
+
+    src_off = hsize  # payload offset of the current layer inside every piece
+    for l in layout.layers:
+        struct.pack_into("<iQ", dst, off, l.k_type, l.k_row)
+        off += 12
+        w = N * l.k_row
+        for i, s in enumerate(srcs):
+            dst[off + i * w: off + (i + 1) * w] = s[src_off: src_off + w]
+        off += T * l.k_row
+        src_off += w
+    for l in layout.layers:
+        w = N * l.v_row
+        if not layout.v_trans:
+            struct.pack_into("<iQ", dst, off, l.v_type, l.v_row)
+            off += 12
+            for i, s in enumerate(srcs):
+                dst[off + i * w: off + (i + 1) * w] = s[src_off: src_off + w]
+        else:
+            struct.pack_into("<iII", dst, off, l.v_type, l.v_el, l.n_embd_v)
+            off += 12
+            row = N * l.v_el
+            m = dst[off: off + T * l.v_row].reshape(l.n_embd_v, nb, row)
+            for i, s in enumerate(srcs):
+                m[:, i, :] = s[src_off: src_off + w].reshape(l.n_embd_v, row)
+        off += T * l.v_row
+        src_off += w
+    assert off == total
+    return total
+
+
+def join_blocks(pieces: Sequence[BufferLike], *, seq_id: int = 0,
+                expect_layout: Optional[StateLayout] = None) -> bytearray:
+    """Like :func:`join_blocks_into` into a new bytearray (bytes-like and
+    writable, so it reaches llama.cpp without another copy)."""
+    layout, N, mvs = _check_pieces(pieces, expect_layout)
+    out = bytearray(_joined_size(layout, N * len(mvs)))
+    _gather(layout, N, mvs, out, seq_id)
+    return out
