@@ -4,7 +4,7 @@
 set -euo pipefail
 
 KVT_PACKAGES=(cmake ninja-build g++ pkg-config libboost-dev liburing-dev libssl-dev
-              libspdlog-dev libtomlplusplus-dev catch2 prometheus-cpp-dev)
+              libspdlog-dev libtomlplusplus-dev catch2 prometheus-cpp-dev python3 python3-venv)
 
 kvt_install_deps() {
   local missing=()

@@ -26,6 +26,8 @@ run_suite() {  # build_dir, extra cmake args...
 }
 
 run_suite build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# The Python package and llama.cpp end to end, against that build's kvtierd and libkvclient.
+scripts/python-test.sh build
 # The GPU path is optional: the daemon and the client library must also build without it (the
 # suite above used the CUDA toolkit if it is installed).
 cmake -S . -B build-nocuda -G Ninja -DKVT_WERROR=ON -DKVTIER_WITH_CUDA=OFF -DKVT_BUILD_TESTS=OFF \

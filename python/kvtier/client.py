@@ -663,6 +663,26 @@ class Client:
             leases.verify()
         return out
 
+    def get_copy_into(self, keys: Sequence[Key], outs: Sequence[Buffer]) -> list[StatusCode]:
+        """Copies each stored block into outs[i] (at least as large): acquire, copy, one
+        verify for the batch, release. Per-key codes OK or NOT_FOUND; raises
+        LeaseRevokedError (nothing copied may be used) if a purge ended the session."""
+        if len(outs) != len(keys):
+            raise InvalidArgumentError("outs must be as long as keys")
+        with self.acquire(keys) as leases:
+            base = self._pool_base
+            copy = lib.kvtier_copy_from_pool
+            for i, (lease, code) in enumerate(zip(leases._leases, leases.codes)):
+                if code != StatusCode.OK:
+                    continue
+                addr, n, keep = _address(outs[i])
+                if n < lease.size:
+                    raise InvalidArgumentError(f"key {i}: a buffer of {n} bytes for {lease.size}")
+                copy(addr, base + lease.offset, lease.size)
+                del keep
+            leases.verify()
+            return list(leases.codes)
+
     # --- daemon-driven copies: regions, offload, onload ---
     def register_host_region(self, memory: HostMemory) -> int:
         """Lets kvtierd copy to and from `memory`; returns the region id."""
