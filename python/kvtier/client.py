@@ -66,12 +66,13 @@ def _keys(keys: Sequence[Key]) -> Any:
     n = len(keys)
     arr = (_lib.KeyStruct * n)()
     raw = (ctypes.c_ubyte * (33 * n)).from_buffer(arr)
+    base = ctypes.addressof(arr)
     for i, k in enumerate(keys):
         k = bytes(k)
         if not 1 <= len(k) <= _lib.KEY_BYTES:
             raise InvalidArgumentError(f"key {i} is {len(k)} bytes; keys are 1..32 bytes")
         raw[33 * i] = len(k)
-        raw[33 * i + 1 : 33 * i + 1 + len(k)] = k
+        ctypes.memmove(base + 33 * i + 1, k, len(k))
     return arr
 
 
@@ -115,7 +116,7 @@ def _address(buf: Buffer) -> tuple[int, int, Any]:
 
 def _view(owner: Any, address: int, size: int, readonly: bool) -> memoryview:
     arr = (ctypes.c_ubyte * size).from_address(address)
-    arr._kvtier_owner = owner  # the view keeps its lease or reservation alive
+    arr._kvtier_owner = owner  # type: ignore[attr-defined]  # the view keeps its owner alive
     owner._track(arr)
     mv = memoryview(arr).cast("B")
     return mv.toreadonly() if readonly else mv
@@ -422,28 +423,36 @@ class Leases(_ViewOwner):
         return [_code(c) for c in codes]
 
 
-class HostMemory:
+class HostMemory(_ViewOwner):
     """Host memory kvtierd accepts as a region (a sealed memfd), mapped here read-write.
 
     CPU engines keep KV buffers in one so that onload copies a run of blocks straight into
-    place. `view()` is the whole of it as a writable memoryview. Close (or `with`) unmaps it.
+    place. `view()` is the whole of it as a writable memoryview. close() (or leaving `with`)
+    unmaps it once no view of it is left.
     """
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         fd = ctypes.c_int(-1)
         data = ctypes.c_void_p()
         _check(lib.kvtier_host_memory_create(size, ctypes.byref(fd), ctypes.byref(data)))
         self.fd = fd.value
         self.address = int(data.value or 0)
         self.size = size
-        self._views = 0
 
     def view(self) -> memoryview:
-        arr = (ctypes.c_ubyte * self.size).from_address(self.address)
-        arr._kvtier_owner = self
-        return memoryview(arr).cast("B")
+        if not self.address:
+            raise KvtierError("the host memory is closed", StatusCode.FAILED_PRECONDITION)
+        return _view(self, self.address, self.size, False)
 
     def close(self) -> None:
+        with self._lock:
+            if self._views > 0:
+                self._deferred = "close"
+                return
+        self._when_unviewed()
+
+    def _when_unviewed(self) -> None:
         if self.address:
             lib.kvtier_host_memory_free(self.fd, self.address, self.size)
             self.address, self.fd = 0, -1
@@ -456,7 +465,7 @@ class HostMemory:
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self._when_unviewed()
         except Exception:
             pass
 
@@ -625,7 +634,7 @@ class Client:
     def stats(self) -> Stats:
         s = _lib.StatsStruct()
         _check(lib.kvtier_stats_get(self._handle(), ctypes.byref(s)))
-        return Stats(*(int(getattr(s, name)) for name, _ in _lib.StatsStruct._fields_))
+        return Stats(*(int(getattr(s, field[0])) for field in _lib.StatsStruct._fields_))
 
     # --- copies (named: they copy) ---
     def put_copy(self, keys: Sequence[Key], values: Sequence[Buffer],
