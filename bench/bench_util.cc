@@ -60,6 +60,14 @@ void CheckOk(const Status& status, const std::string& what) {
   if (!status.ok()) Fail(what + ": " + status.ToString());
 }
 
+void CheckCodes(std::span<const StatusCode> codes, const std::string& what) {
+  for (size_t i = 0; i < codes.size(); ++i) {
+    if (codes[i] != StatusCode::kOk) {
+      Fail(what + ": key " + std::to_string(i) + ": " + std::string(StatusCodeName(codes[i])));
+    }
+  }
+}
+
 uint64_t NowNs() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);

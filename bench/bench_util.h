@@ -24,6 +24,8 @@ inline constexpr uint64_t kGiB = 1024 * kMiB;
 [[noreturn]] void Fail(const std::string& what);
 // Fail(what + ": " + status) unless status is OK.
 void CheckOk(const Status& status, const std::string& what);
+// Every per-key result OK (batch calls report refusals per key, not in their Status).
+void CheckCodes(std::span<const StatusCode> codes, const std::string& what);
 // The daemon Fail() must stop; 0 for none.
 void SetChildToStopOnFailure(pid_t pid);
 // Temporary directories Fail() must remove (after stopping the daemon), newest first: Add one

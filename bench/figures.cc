@@ -148,9 +148,13 @@ uint32_t Figures::Region() {
       const uint64_t m = std::min<uint64_t>(64, n - at);
       const auto k = std::span(keys).subspan(at, m);
       const auto o = std::span(offsets).subspan(at, m);
-      CheckOk(client_->Offload(k, region_, o, std::span(sizes).subspan(at, m)), "warm-up offload");
+      std::vector<StatusCode> codes(m);
+      CheckOk(client_->Offload(k, region_, o, std::span(sizes).subspan(at, m), codes),
+              "warm-up offload");
+      CheckCodes(codes, "warm-up offload");
       CheckOk(client_->Onload(k, region_, o, infos), "warm-up onload");
-      CheckOk(client_->Remove(k), "warm-up remove");
+      CheckOk(client_->Remove(k, codes), "warm-up remove");
+      CheckCodes(codes, "warm-up remove");
     }
   }
   return region_;
@@ -176,6 +180,7 @@ Throughput Figures::Offload(uint32_t tag, uint64_t block_bytes, uint64_t blocks,
     CheckOk(client_->Offload(keys_, region, std::span(offsets).first(n), std::span(sizes).first(n),
                              codes),
             "Offload of " + Where(tag, first) + "..");
+    CheckCodes(std::span(codes).first(n), "Offload of " + Where(tag, first) + "..");
   }
   Throughput t = Measured(blocks, block_bytes, NowNs() - start);
   t.evictions = Stats().evictions - evictions_before;
@@ -214,7 +219,9 @@ void Figures::Remove(uint32_t tag, uint64_t blocks) {
   for (uint64_t first = 0; first < blocks; first += kMaxBatch) {
     const uint64_t n = std::min<uint64_t>(kMaxBatch, blocks - first);
     FillKeys(tag, first, n, blocks);
-    CheckOk(client_->Remove(keys_), "Remove of " + Where(tag, first) + "..");
+    std::vector<StatusCode> codes(n);
+    CheckOk(client_->Remove(keys_, codes), "Remove of " + Where(tag, first) + "..");
+    CheckCodes(codes, "Remove of " + Where(tag, first) + "..");
   }
 }
 

@@ -74,7 +74,11 @@ int MakeNoise(Noise noise, const std::string& socket, Flags* flags) {
     auto id = (*client)->RegisterHostRegion(memory);
     if (!id.ok()) return 13;
     region = *id;
-    if (!(*client)->Offload(keys, region, offsets, sizes).ok()) return 14;
+    std::vector<StatusCode> codes(keys.size());
+    if (!(*client)->Offload(keys, region, offsets, sizes, codes).ok()) return 14;
+    for (StatusCode code : codes) {
+      if (code != StatusCode::kOk) return 14;
+    }
   }
   while (flags->stop.load() == 0) {
     switch (noise) {

@@ -42,6 +42,16 @@ kvtier_status Refuse(kvtier_status status, uint16_t* codes, size_t n) {
   return status;
 }
 
+// Sets the thread's message without letting std::bad_alloc escape (no exception crosses the
+// C ABI).
+void SetError(const char* a, const char* b = "") noexcept {
+  try {
+    t_last_error.assign(a).append(b);
+  } catch (...) {
+    t_last_error.clear();
+  }
+}
+
 // Every entry point runs its body through Guard: no C++ exception ever crosses the C ABI
 // (std::bad_alloc for an absurd n becomes RESOURCE_EXHAUSTED), and null arrays are refused.
 template <typename F>
@@ -50,16 +60,16 @@ kvtier_status Guard(F&& body) noexcept {
     t_last_error.clear();
     return body();
   } catch (const std::bad_alloc&) {
-    t_last_error = "out of memory (is n reasonable?)";
+    SetError("out of memory (is n reasonable?)");
     return KVTIER_RESOURCE_EXHAUSTED;
   } catch (...) {
-    t_last_error = "internal error in libkvclient";
+    SetError("internal error in libkvclient");
     return KVTIER_INTERNAL;
   }
 }
 
-kvtier_status NullArgument(const char* what) {
-  t_last_error = std::string(what) + " is NULL";
+kvtier_status NullArgument(const char* what) noexcept {
+  SetError(what, " is NULL");
   return KVTIER_INVALID_ARGUMENT;
 }
 
@@ -67,9 +77,10 @@ kvtier_status NullArgument(const char* what) {
 // this shim makes can always be allocated: a larger n is a caller's bug, not a request.
 constexpr size_t kMaxKeysPerCall = size_t{1} << 24;
 
-kvtier_status CountTooLarge(size_t n) {
-  t_last_error = "n = " + std::to_string(n) + " exceeds " + std::to_string(kMaxKeysPerCall) +
-                 " keys per call";
+kvtier_status CountTooLarge(size_t n) noexcept {
+  char text[96];
+  std::snprintf(text, sizeof(text), "n = %zu exceeds %zu keys per call", n, kMaxKeysPerCall);
+  SetError(text);
   return KVTIER_INVALID_ARGUMENT;
 }
 
@@ -169,10 +180,10 @@ const char* kvtier_last_error(const kvtier_client* /*client*/) { return t_last_e
 const char* kvtier_version(void) { return kvtier::LibraryVersion(); }
 uint32_t kvtier_protocol_version(void) { return kvtier::ProtocolVersion(); }
 uint64_t kvtier_max_block_bytes(const kvtier_client* client) {
-  return client->client->max_block_bytes();
+  return client == nullptr ? 0 : client->client->max_block_bytes();
 }
 uint64_t kvtier_spill_max_block_bytes(const kvtier_client* client) {
-  return client->client->spill_max_block_bytes();
+  return client == nullptr ? 0 : client->client->spill_max_block_bytes();
 }
 
 const char* kvtier_status_name(kvtier_status status) {
@@ -321,8 +332,7 @@ kvtier_status kvtier_host_memory_create(uint64_t bytes, int* memfd, void** data)
     if (!memory.ok()) return Record(nullptr, memory.status());
     *memfd = memory->fd();
     *data = memory->data();
-    // The caller owns the fd and mapping now (kvtier_host_memory_free).
-    new (&*memory) kvtier::HostMemory();
+    memory->Release();  // the caller owns the fd and mapping now (kvtier_host_memory_free)
     return KVTIER_OK;
   });
 }
@@ -437,6 +447,9 @@ kvtier_status kvtier_finish_onload(kvtier_client* c, kvtier_onload_result* out, 
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::OnloadInfo> infos(n);
     const Status s = c->client->FinishOnload(infos);
+    if (!s.ok()) {  // also when it failed before reading a reply (no onload was open)
+      for (kvtier::OnloadInfo& info : infos) info = kvtier::OnloadInfo{.code = s.code()};
+    }
     CopyResults(infos, out);
     return Record(c, s);
   });

@@ -277,30 +277,44 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.name_space.empty() || options.name_space.size() > wire::kMaxNamespaceBytes) {
     return Status(StatusCode::kInvalidArgument, "name_space must be 1..128 bytes");
   }
-  auto impl = std::make_unique<Impl>();
-  impl->options = options;
-  KVT_ASSIGN_OR_RETURN(impl->fd, ConnectSeqpacket(options.socket_path));
-  wire::FrameWriter w = impl->Begin(wire::Op::kHello);
-  wire::HelloRequest hello{};
-  hello.flags = wire::kHelloWantsLimits;
-  hello.namespace_bytes = static_cast<uint32_t>(options.name_space.size());
-  w.Append(&hello, sizeof(hello));
-  w.Append(options.name_space.data(), options.name_space.size());
-  auto reply = impl->RoundTrip(w, wire::Op::kHello, 0, 0);
-  if (!reply.ok()) return reply.status();
-  wire::HelloReply out{};
-  wire::HelloLimits limits{};
-  if (reply->body.size() != sizeof(out) + sizeof(limits) || !impl->received_fd.valid()) {
-    return Status(StatusCode::kProtocolError, "kvtierd's hello reply lacks the pool");
+  // Ask for the limits; a kvtierd older than the flag refuses it (protocol_error, naming the
+  // flags) and closes the session: say hello again without it.
+  for (const uint32_t flags : {wire::kHelloWantsLimits, 0u}) {
+    auto impl = std::make_unique<Impl>();
+    impl->options = options;
+    KVT_ASSIGN_OR_RETURN(impl->fd, ConnectSeqpacket(options.socket_path));
+    wire::FrameWriter w = impl->Begin(wire::Op::kHello);
+    wire::HelloRequest hello{};
+    hello.flags = flags;
+    hello.namespace_bytes = static_cast<uint32_t>(options.name_space.size());
+    w.Append(&hello, sizeof(hello));
+    w.Append(options.name_space.data(), options.name_space.size());
+    auto reply = impl->RoundTrip(w, wire::Op::kHello, 0, 0);
+    if (!reply.ok()) {
+      if (flags != 0 && reply.status().code() == StatusCode::kProtocolError &&
+          reply.status().message().find("flags") != std::string::npos) {
+        continue;
+      }
+      return reply.status();
+    }
+    wire::HelloReply out{};
+    if (reply->body.size() < sizeof(out) || !impl->received_fd.valid()) {
+      return Status(StatusCode::kProtocolError, "kvtierd's hello reply lacks the pool");
+    }
+    std::memcpy(&out, reply->body.data(), sizeof(out));
+    // Later daemons may append more: read what this client knows of.
+    if (reply->body.size() >= sizeof(out) + sizeof(wire::HelloLimits)) {
+      wire::HelloLimits limits{};
+      std::memcpy(&limits, reply->body.data() + sizeof(out), sizeof(limits));
+      impl->spill_max_block_bytes = limits.spill_max_block_bytes;
+    }
+    KVT_ASSIGN_OR_RETURN(impl->pool, ShmRegion::Map(std::move(impl->received_fd), out.pool_bytes));
+    impl->tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
+    impl->max_block_bytes = out.max_block_bytes;
+    impl->session_id = out.session_id;
+    return std::unique_ptr<Client>(new Client(std::move(impl)));
   }
-  std::memcpy(&out, reply->body.data(), sizeof(out));
-  std::memcpy(&limits, reply->body.data() + sizeof(out), sizeof(limits));
-  impl->spill_max_block_bytes = limits.spill_max_block_bytes;
-  KVT_ASSIGN_OR_RETURN(impl->pool, ShmRegion::Map(std::move(impl->received_fd), out.pool_bytes));
-  impl->tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
-  impl->max_block_bytes = out.max_block_bytes;
-  impl->session_id = out.session_id;
-  return std::unique_ptr<Client>(new Client(std::move(impl)));
+  return Status(StatusCode::kProtocolError, "kvtierd refused every hello");
 }
 
 std::span<std::byte> Client::pool() const { return impl_->pool.bytes(); }
@@ -559,7 +573,6 @@ Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const 
   r.sizes_.assign(sizes.begin(), sizes.end());
   r.offsets_.resize(keys.size());
   r.codes_.resize(keys.size(), StatusCode::kInternal);
-  // On failure, `r` aborts whatever earlier frames of a split batch did reserve.
   if (Status s = ReserveRaw(keys, sizes, r.offsets_, r.codes_, ttl_seconds, &r.refusal_);
       !s.ok()) {
     return s;
@@ -570,7 +583,6 @@ Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const 
 Result<Leases> Client::Acquire(std::span<const Key> keys) {
   Leases l(this);
   l.infos_.resize(keys.size());
-  // On failure, `l` releases whatever earlier frames of a split batch did lease.
   if (Status s = AcquireRaw(keys, l.infos_); !s.ok()) return s;
   return l;
 }

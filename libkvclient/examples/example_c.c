@@ -21,17 +21,25 @@ int main(int argc, char** argv) {
   s = kvtier_reserve(c, &key, &size, 1, &offset, &code);
   if (s == KVTIER_OK && code == KVTIER_OK) {
     memset((char*)kvtier_pool_base(c) + offset, 'x', size);
-    s = kvtier_commit(c, &key, 1, NULL);
+    s = kvtier_commit(c, &key, 1, &code);
   }
-  kvtier_lease lease;
-  if (s == KVTIER_OK) s = kvtier_acquire(c, &key, 1, &lease);
-  if (s != KVTIER_OK || lease.code != KVTIER_OK) {
-    fprintf(stderr, "failed: %s\n", kvtier_last_error(c));
+  /* The call's status says whether it was carried out; each key's outcome is in its code. */
+  kvtier_lease lease = {0};
+  if (s == KVTIER_OK && code == KVTIER_OK) s = kvtier_acquire(c, &key, 1, &lease);
+  if (s != KVTIER_OK || code != KVTIER_OK || lease.code != KVTIER_OK) {
+    fprintf(stderr, "failed: %s\n",
+            s != KVTIER_OK ? kvtier_error()
+                           : kvtier_status_name((kvtier_status)(code != KVTIER_OK ? code : lease.code)));
     kvtier_close(c);
     return 1;
   }
-  printf("read back %llu bytes, first '%c'\n", (unsigned long long)lease.size,
-         ((const char*)kvtier_pool_base(c))[lease.offset]);
+  const char first = ((const char*)kvtier_pool_base(c))[lease.offset];
+  if (kvtier_verify_leases(c) != KVTIER_OK) { /* read, then check, then use */
+    fprintf(stderr, "the lease was revoked (tenant purged?): %s\n", kvtier_error());
+    kvtier_close(c);
+    return 1;
+  }
+  printf("read back %llu bytes, first '%c'\n", (unsigned long long)lease.size, first);
   kvtier_release(c, &lease.lease_id, 1, NULL);
   kvtier_close(c);
   return 0;

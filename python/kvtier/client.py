@@ -6,11 +6,14 @@ each key is a StatusCode in the call's result, never an exception.
 
 Zero copy: `Reservation.view(i)` and `Leases.view(i)` are memoryviews of the tenant's shared
 pool, so `numpy.frombuffer(view, ...)` and `torch.frombuffer(view, ...)` write or read the
-block in place. Each view keeps its reservation or lease alive: the slot is never reused while
-a view of it exists. Calls that copy say so in their names (`put_copy`, `get_copy`).
+block in place. Each view keeps its reservation or lease, and the client's mapping of the pool,
+alive: releasing, aborting or closing waits for the last view to go. Calls that copy say so in
+their names (`put_copy`, `get_copy`, `get_copy_into`).
 
-Purges: a block read through a lease is right only if `Leases.verify()` passes *after* the
-read. `get_copy`, `Leases.copy_into` and the engine plug-ins check for you.
+Purges: an operator's purge of the tenant (also a drain or a shutdown of kvtierd) ends the
+session and zeroes the pool, leases or not. A block read through a lease is right only if
+`Leases.verify()` passes *after* the read; `get_copy`, `get_copy_into`, `Leases.copy_into` and
+`kvtier.llama_cpp` check for you.
 """
 
 from __future__ import annotations
@@ -114,40 +117,66 @@ def _address(buf: Buffer) -> tuple[int, int, Any]:
         return _address(copy)
 
 
-def _view(owner: Any, address: int, size: int, readonly: bool) -> memoryview:
+def _view(owners: Sequence["_ViewOwner"], address: int, size: int,
+          readonly: bool) -> memoryview:
+    """A memoryview of `size` bytes at `address` that keeps each of `owners` held while it (or
+    anything made from it, such as a numpy array) lives."""
     arr = (ctypes.c_ubyte * size).from_address(address)
-    arr._kvtier_owner = owner  # type: ignore[attr-defined]  # the view keeps its owner alive
-    owner._track(arr)
+    arr._kvtier_owners = tuple(owners)  # type: ignore[attr-defined]
+    for owner in owners:
+        owner._hold()
+        # Not at interpreter exit: memory may still be read then; the OS takes it back.
+        weakref.finalize(arr, owner._view_gone).atexit = False
     mv = memoryview(arr).cast("B")
     return mv.toreadonly() if readonly else mv
 
 
 class _ViewOwner:
-    """Counts the views handed out; `_when_unviewed` runs once the last one is gone."""
+    """Something views keep held. `_end()` ends it now, or once the last view is gone
+    (`_end_now` runs then, exactly once)."""
 
     def __init__(self) -> None:
         self._views = 0
         self._lock = threading.Lock()
-        self._deferred: Optional[str] = None  # what to do once unviewed: "release", "abort"
+        self._ending = False  # an end was asked for: no new views
+        self._ended = False
 
-    def _track(self, arr: Any) -> None:
+    def _hold(self) -> None:
         with self._lock:
             self._views += 1
-        weakref.finalize(arr, self._view_gone)
 
     def _view_gone(self) -> None:
         with self._lock:
             self._views -= 1
-            run = self._views == 0 and self._deferred is not None
+            run = self._views == 0 and self._ending and not self._ended
+            if run:
+                self._ended = True
         if run:
-            self._when_unviewed()
+            self._end_now()
+
+    def _end(self) -> bool:
+        """Asks for the end; True if it ran now (no view was alive)."""
+        with self._lock:
+            if self._ending:
+                return False
+            self._ending = True
+            run = self._views == 0
+            if run:
+                self._ended = True
+        if run:
+            self._end_now()
+        return run
+
+    def _check_open(self, what: str) -> None:
+        if self._ending:
+            raise KvtierError(f"the {what} has ended", StatusCode.FAILED_PRECONDITION)
 
     @property
     def views_alive(self) -> int:
-        """How many memoryviews of these blocks still exist (they keep the blocks held)."""
+        """How many memoryviews of it still exist (they keep it held)."""
         return self._views
 
-    def _when_unviewed(self) -> None:  # pragma: no cover - overridden
+    def _end_now(self) -> None:  # pragma: no cover - overridden
         pass
 
 
@@ -219,7 +248,6 @@ class Reservation(_ViewOwner):
         self.codes = codes
         #: Why the first RESOURCE_EXHAUSTED key was refused ("" if none was).
         self.refusal = refusal
-        self._done = False
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -228,15 +256,14 @@ class Reservation(_ViewOwner):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self._done:
-            self._abort_when_unviewed()
+        self._end()  # aborts, now or once the views are gone; no-op after commit()
 
     def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            try:
-                self._abort_when_unviewed()
-            except Exception:
-                pass
+        try:
+            if getattr(self, "_ended", True) is False:
+                self._end()
+        except Exception:  # interpreter shutdown: the OS takes everything back
+            pass
 
     def code(self, i: int) -> StatusCode:
         """OK: view(i) is writable. ALREADY_EXISTS: stored or being stored by someone.
@@ -247,67 +274,56 @@ class Reservation(_ViewOwner):
     def all_ok(self) -> bool:
         return all(c == StatusCode.OK for c in self.codes)
 
-    def view(self, i: int) -> memoryview:
-        """The reserved slot of key i, writable in place (zero copy)."""
-        if self._done:
-            raise KvtierError("the reservation has ended", StatusCode.FAILED_PRECONDITION)
+    def _slot(self, i: int) -> int:
+        self._check_open("reservation")
+        self._client._handle()
         if self.codes[i] != StatusCode.OK:
             raise KvtierError(f"key {i} was not reserved ({self.codes[i].name.lower()})",
                               self.codes[i])
-        return _view(self, self._client._pool_base + self._offsets[i], self.sizes[i], False)
+        return self._client._pool_base + self._offsets[i]
+
+    def view(self, i: int) -> memoryview:
+        """The reserved slot of key i, writable in place (zero copy)."""
+        return _view((self, self._client), self._slot(i), self.sizes[i], False)
 
     def write(self, i: int, data: Buffer) -> None:
         """Copies `data` (exactly the reserved size) into slot i."""
         addr, n, keep = _address(data)
         if n != self.sizes[i]:
             raise InvalidArgumentError(f"key {i}: {n} bytes for a slot of {self.sizes[i]}")
-        if self.codes[i] != StatusCode.OK or self._done:
-            raise KvtierError(f"key {i} is not reserved", StatusCode.FAILED_PRECONDITION)
-        lib.kvtier_copy_to_pool(self._client._pool_base + self._offsets[i], addr, n)
+        lib.kvtier_copy_to_pool(self._slot(i), addr, n)
         del keep
 
     def _reserved(self) -> list[bytes]:
         return [k for k, c in zip(self.keys, self.codes) if c == StatusCode.OK]
 
-    def _end(self, verb: str) -> list[StatusCode]:
-        if self._done:
-            raise KvtierError("the reservation has ended", StatusCode.FAILED_PRECONDITION)
-        if self.views_alive:
-            raise BufferError(f"{self.views_alive} view(s) of the reservation are alive: "
-                              f"drop them before {verb}")
-        self._done = True
-        keys = self._reserved()
-        return self._client._per_key(lib.kvtier_commit if verb == "commit" else lib.kvtier_abort,
-                                     keys)
+    def _finish(self, op: Any) -> list[StatusCode]:
+        with self._lock:
+            if self._ending:
+                raise KvtierError("the reservation has ended", StatusCode.FAILED_PRECONDITION)
+            if self._views:
+                raise BufferError(f"{self._views} view(s) of the reservation are alive: drop "
+                                  f"them first (a write after this could hit another block)")
+            self._ending = self._ended = True
+        return self._client._per_key(op, self._reserved())
 
     def commit(self) -> list[StatusCode]:
         """Publishes every reserved key; returns the per-key codes of those (in order)."""
-        return self._end("commit")
+        return self._finish(lib.kvtier_commit)
 
     def abort(self) -> list[StatusCode]:
         """Gives the slots back; nothing becomes visible."""
-        return self._end("abort")
+        return self._finish(lib.kvtier_abort)
 
-    def _abort_when_unviewed(self) -> None:
-        with self._lock:
-            if self._views > 0:
-                self._deferred = "abort"
-                return
-        self._when_unviewed()
-
-    def _when_unviewed(self) -> None:
-        if self._done or self._client.closed:
-            self._done = True
-            return
-        self._done = True
-        self._client._per_key(lib.kvtier_abort, self._reserved())
+    def _end_now(self) -> None:  # the abort of a reservation left without commit()
+        self._client._abort_later(self._reserved())
 
 
 class Leases(_ViewOwner):
-    """Read leases from one `Client.acquire` call. While they live each OK block stays put.
+    """Read leases from one `Client.acquire` call: each OK block stays put while they live and
+    the session is open (a purge ends the session: see `verify`).
 
-    `release()` (or leaving the `with` block) ends them, once no view of them is left. Bytes
-    read through a view are right only if `verify()` passes after the read.
+    `release()` (or leaving the `with` block) ends them, once no view of them is left.
     """
 
     def __init__(self, client: "Client", keys: list[bytes], leases: Any) -> None:
@@ -316,7 +332,6 @@ class Leases(_ViewOwner):
         self.keys = keys
         self._leases = leases
         self.codes = [_code(l.code) for l in leases]
-        self._released = False
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -325,14 +340,14 @@ class Leases(_ViewOwner):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.release()
+        self._end()
 
     def __del__(self) -> None:
-        if not getattr(self, "_released", True):
-            try:
-                self.release()
-            except Exception:
-                pass
+        try:
+            if getattr(self, "_ended", True) is False:
+                self._end()
+        except Exception:  # interpreter shutdown: the OS takes everything back
+            pass
 
     def code(self, i: int) -> StatusCode:
         """OK or NOT_FOUND."""
@@ -353,21 +368,24 @@ class Leases(_ViewOwner):
             n += 1
         return n
 
-    def view(self, i: int) -> memoryview:
-        """Key i's block, read-only, in place (zero copy). Call verify() after reading it."""
-        if self._released:
-            raise KvtierError("the leases were released", StatusCode.FAILED_PRECONDITION)
+    def _block(self, i: int) -> int:
+        self._check_open("lease")
+        self._client._handle()
         if self.codes[i] != StatusCode.OK:
             raise KvtierError(f"key {i} is not leased ({self.codes[i].name.lower()})",
                               self.codes[i])
-        lease = self._leases[i]
-        return _view(self, self._client._pool_base + lease.offset, lease.size, True)
+        return self._client._pool_base + self._leases[i].offset
+
+    def view(self, i: int) -> memoryview:
+        """Key i's block, read-only, in place (zero copy). Call verify() after reading it."""
+        return _view((self, self._client), self._block(i), self._leases[i].size, True)
 
     def intact(self) -> bool:
-        """True if every lease was still held while you read: the bytes read are right."""
-        if self._released:
+        """True if every lease was still held while you read: the bytes read are right.
+        Call it after the read (or after the copy has finished, for asynchronous copies)."""
+        if self._ended or self._client._c is None:
             return False
-        return lib.kvtier_verify_leases(self._client._handle()) == 0
+        return lib.kvtier_verify_leases(self._client._c) == 0
 
     def verify(self) -> None:
         """Raises LeaseRevokedError unless intact(): call after reading, before using."""
@@ -379,16 +397,15 @@ class Leases(_ViewOwner):
     def copy_into(self, i: int, out: Buffer) -> int:
         """Copies key i's block into `out` (at least as large), then verifies; returns its size.
         Raises LeaseRevokedError if the copy may be wrong."""
-        if self.codes[i] != StatusCode.OK or self._released:
-            raise KvtierError(f"key {i} is not leased", StatusCode.FAILED_PRECONDITION)
-        lease = self._leases[i]
+        src = self._block(i)
+        size = int(self._leases[i].size)
         addr, n, keep = _address(out)
-        if n < lease.size:
-            raise InvalidArgumentError(f"key {i}: a buffer of {n} bytes for {lease.size}")
-        lib.kvtier_copy_from_pool(addr, self._client._pool_base + lease.offset, lease.size)
+        if n < size:
+            raise InvalidArgumentError(f"key {i}: a buffer of {n} bytes for {size}")
+        lib.kvtier_copy_from_pool(addr, src, size)
         del keep
         self.verify()
-        return int(lease.size)
+        return size
 
     def read_bytes(self, i: int) -> bytes:
         """A copy of key i's block as bytes (verified)."""
@@ -396,31 +413,13 @@ class Leases(_ViewOwner):
         self.copy_into(i, out)
         return bytes(out)
 
-    def release(self) -> list[StatusCode]:
-        """Ends the leases (now, or when the last view goes); per-key codes of the OK ones."""
-        if self._released:
-            return []
-        with self._lock:
-            if self._views > 0:
-                self._deferred = "release"
-                return []
-        return self._do_release()
+    def release(self) -> None:
+        """Ends the leases, now or once the last view of them is gone."""
+        self._end()
 
-    def _when_unviewed(self) -> None:
-        if not self._released:
-            self._do_release()
-
-    def _do_release(self) -> list[StatusCode]:
-        self._released = True
-        if self._client.closed:
-            return []
-        ids = [l.lease_id for l, c in zip(self._leases, self.codes) if c == StatusCode.OK]
-        if not ids:
-            return []
-        arr = (ctypes.c_uint64 * len(ids))(*ids)
-        codes = (ctypes.c_uint16 * len(ids))()
-        _check(lib.kvtier_release(self._client._handle(), arr, len(ids), codes))
-        return [_code(c) for c in codes]
+    def _end_now(self) -> None:
+        self._client._release_later(
+            [l.lease_id for l, c in zip(self._leases, self.codes) if c == StatusCode.OK])
 
 
 class HostMemory(_ViewOwner):
@@ -428,7 +427,7 @@ class HostMemory(_ViewOwner):
 
     CPU engines keep KV buffers in one so that onload copies a run of blocks straight into
     place. `view()` is the whole of it as a writable memoryview. close() (or leaving `with`)
-    unmaps it once no view of it is left.
+    unmaps it once no view of it is left and no client has it registered.
     """
 
     def __init__(self, size: int) -> None:
@@ -441,21 +440,15 @@ class HostMemory(_ViewOwner):
         self.size = size
 
     def view(self) -> memoryview:
-        if not self.address:
-            raise KvtierError("the host memory is closed", StatusCode.FAILED_PRECONDITION)
-        return _view(self, self.address, self.size, False)
+        self._check_open("host memory")
+        return _view((self,), self.address, self.size, False)
 
     def close(self) -> None:
-        with self._lock:
-            if self._views > 0:
-                self._deferred = "close"
-                return
-        self._when_unviewed()
+        self._end()
 
-    def _when_unviewed(self) -> None:
-        if self.address:
-            lib.kvtier_host_memory_free(self.fd, self.address, self.size)
-            self.address, self.fd = 0, -1
+    def _end_now(self) -> None:
+        lib.kvtier_host_memory_free(self.fd, self.address, self.size)
+        self.address, self.fd = 0, -1
 
     def __enter__(self) -> "HostMemory":
         return self
@@ -465,8 +458,9 @@ class HostMemory(_ViewOwner):
 
     def __del__(self) -> None:
         try:
-            self._when_unviewed()
-        except Exception:
+            if getattr(self, "_ended", True) is False:
+                self._end()
+        except Exception:  # interpreter shutdown: the OS takes everything back
             pass
 
 
@@ -487,7 +481,9 @@ class Onload:
         """The per-key results; the client is free for other calls again."""
         out = (_lib.OnloadResultStruct * self._n)()
         self._finished = True
-        _check(lib.kvtier_finish_onload(self._client._handle(), out, self._n))
+        handle = self._client._handle()
+        self._client._onload_open = False
+        _check(lib.kvtier_finish_onload(handle, out, self._n))
         return [OnloadResult(_code(r.code), int(r.size), _TIERS[min(r.tier, 3)]) for r in out]
 
     def __enter__(self) -> "Onload":
@@ -498,7 +494,7 @@ class Onload:
             self.finish()
 
 
-class Client:
+class Client(_ViewOwner):
     """A session with kvtierd for one namespace.
 
     >>> with kvtier.Client("/run/kvtier/kvtierd.sock", "llama-3.1-8b/bf16/tp1/blk16") as c:
@@ -506,9 +502,10 @@ class Client:
     ...         numpy.frombuffer(r.view(0), numpy.uint8)[:] = kv   # in place
     ...         r.commit()
 
-    Thread-safe: calls from several threads are serialized on the one connection (open one
-    Client per thread for parallel requests). Closing it (or the process dying) gives back
-    every reservation and lease it holds.
+    Calls from several threads are serialized on the one connection (open one Client per
+    thread for parallel requests); close() must not race with them. Closing it (or the
+    process dying) gives back every reservation and lease it holds; the pool stays mapped
+    until the last view of it is gone.
     """
 
     def __init__(self, socket_path: Optional[str] = None, namespace: str = "",
@@ -518,10 +515,16 @@ class Client:
         if not namespace or len(namespace.encode()) > 128:
             raise InvalidArgumentError("namespace must be 1..128 bytes")
         options = _lib.ConnectOptionsStruct(timeout_ms, spin_us)
+        super().__init__()
+        self._c: Optional[int] = None
+        self._onload_open = False
+        self._pending_release: list[int] = []  # leases and reservations whose end failed or
+        self._pending_abort: list[bytes] = []  # had to wait (an onload open): sent next call
+        self._regions: dict[int, HostMemory] = {}
         handle = ctypes.c_void_p()
         _check(lib.kvtier_connect_ex(socket_path.encode(), namespace.encode(),
                                      ctypes.byref(options), ctypes.byref(handle)))
-        self._c: Optional[int] = handle.value
+        self._c = handle.value
         self.socket_path = socket_path
         self.namespace = namespace
         self._pool_base = int(lib.kvtier_pool_base(self._c) or 0)
@@ -535,18 +538,53 @@ class Client:
     # --- lifetime ---
     @property
     def closed(self) -> bool:
-        return self._c is None
+        return self._ending
 
     def _handle(self) -> int:
-        if self._c is None:
+        if self._ending or self._c is None:
             raise KvtierError("the client is closed", StatusCode.FAILED_PRECONDITION)
+        if (self._pending_release or self._pending_abort) and not self._onload_open:
+            self._flush_pending()
         return self._c
 
+    def _flush_pending(self) -> None:
+        ids, self._pending_release = self._pending_release, []
+        keys, self._pending_abort = self._pending_abort, []
+        if ids:  # a failure here means the session is gone, and with it what it held
+            lib.kvtier_release(self._c, (ctypes.c_uint64 * len(ids))(*ids), len(ids), None)
+        if keys:
+            lib.kvtier_abort(self._c, _keys(keys), len(keys), None)
+
+    def _session_ended(self) -> bool:
+        return self._c is None or self._ending or lib.kvtier_verify_leases(self._c) != 0
+
+    def _release_later(self, ids: list[int]) -> None:
+        """Releases lease ids now if it can (also from a view's finalizer), else on the next
+        call. Nothing to do once the session has ended: kvtierd gave them back."""
+        if not ids or self._session_ended():
+            return
+        if self._onload_open or lib.kvtier_release(self._c, (ctypes.c_uint64 * len(ids))(*ids),
+                                                   len(ids), None) != 0:
+            self._pending_release += ids
+
+    def _abort_later(self, keys: list[bytes]) -> None:
+        if not keys or self._session_ended():
+            return
+        if self._onload_open or lib.kvtier_abort(self._c, _keys(keys), len(keys), None) != 0:
+            self._pending_abort += keys
+
     def close(self) -> None:
-        """Ends the session: kvtierd gives back everything it held."""
+        """Ends the session (kvtierd gives back everything it held); the pool is unmapped once
+        no view of it is left."""
+        self._end()
+
+    def _end_now(self) -> None:
         if self._c is not None:
             lib.kvtier_close(self._c)
             self._c = None
+        for memory in self._regions.values():
+            memory._view_gone()
+        self._regions.clear()
 
     def __enter__(self) -> "Client":
         return self
@@ -556,8 +594,9 @@ class Client:
 
     def __del__(self) -> None:
         try:
-            self.close()
-        except Exception:
+            if getattr(self, "_ended", True) is False:
+                self._end()
+        except Exception:  # interpreter shutdown: the OS takes everything back
             pass
 
     # --- blocks ---
@@ -695,9 +734,13 @@ class Client:
     # --- daemon-driven copies: regions, offload, onload ---
     def register_host_region(self, memory: HostMemory) -> int:
         """Lets kvtierd copy to and from `memory`; returns the region id."""
+        memory._check_open("host memory")
         region = ctypes.c_uint32(0)
         _check(lib.kvtier_register_host_region(self._handle(), memory.fd, memory.size,
                                                memory.address, ctypes.byref(region)))
+        # libkvclient waits on progress words in it: it stays mapped while registered.
+        memory._hold()
+        self._regions[int(region.value)] = memory
         return int(region.value)
 
     def register_cuda_region(self, device: int, ipc_handle: bytes, size: int,
@@ -715,6 +758,9 @@ class Client:
 
     def deregister_region(self, region: int) -> None:
         _check(lib.kvtier_deregister_region(self._handle(), region))
+        memory = self._regions.pop(region, None)
+        if memory is not None:
+            memory._view_gone()
 
     @staticmethod
     def _transfer(layers: int, progress: Optional[tuple[int, int]], wait_event: Optional[int],
@@ -761,6 +807,7 @@ class Client:
         opts = self._transfer(layers, progress, None, signal_event)
         _check(lib.kvtier_start_onload(self._handle(), karr, oarr, n, region,
                                        ctypes.byref(opts)))
+        self._onload_open = True
         return Onload(self, n, (karr, oarr))
 
     def pin_pool_for_cuda(self) -> None:

@@ -4,9 +4,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -272,6 +274,45 @@ TEST_CASE("a purge during a read is caught by kvtier_verify_leases", "[integrati
   // The reader learns before it uses the bytes.
   CHECK(kvtier_verify_leases(c) == KVTIER_FAILED_PRECONDITION);
   CHECK(std::string(kvtier_error()).find("revoked") != std::string::npos);
+  kvtier_close(c);
+}
+
+TEST_CASE("the first wiped byte a reader sees comes after its session's hang-up",
+          "[integration][c_api]") {
+  // A reader spinning on its leased block while the tenant is purged: whenever the wipe
+  // reaches the block, the session must already be ended as the reader sees it. (That the
+  // hang-up comes before anything is given back is tested on Session itself, session_test.cc.)
+  auto daemon = DaemonProcess::Start();
+  kvtier_client* c = nullptr;
+  REQUIRE(kvtier_connect(daemon->socket_path().c_str(), "c/ns", &c, nullptr, 0) == KVTIER_OK);
+  const kvtier_key key = CKey("block");
+  const uint64_t size = 64 << 10;
+  uint64_t offset = 0;
+  uint16_t code = 0;
+  REQUIRE(kvtier_reserve(c, &key, &size, 1, &offset, &code) == KVTIER_OK);
+  REQUIRE(code == KVTIER_OK);
+  REQUIRE(offset + size <= (4u << 20));  // inside the first chunk a purge wipes
+  auto* base = static_cast<unsigned char*>(kvtier_pool_base(c));
+  std::memset(base + offset, 0x5a, size);
+  REQUIRE(kvtier_commit(c, &key, 1, &code) == KVTIER_OK);
+  kvtier_lease lease{};
+  REQUIRE(kvtier_acquire(c, &key, 1, &lease) == KVTIER_OK);
+  REQUIRE(lease.code == KVTIER_OK);
+  std::atomic<bool> purged{false};
+  std::thread purge([&] {
+    std::string out, err;
+    (void)RunCtl(*daemon, {"purge", "test"}, &out, &err);
+    purged = true;
+  });
+  // Read the block's last byte until the wipe reaches it (or the purge is over).
+  const volatile unsigned char* last = base + lease.offset + size - 1;
+  while (*last != 0 && !purged.load()) {
+  }
+  const bool saw_wipe = *last == 0;
+  const kvtier_status verdict = kvtier_verify_leases(c);
+  purge.join();
+  REQUIRE(saw_wipe);
+  CHECK(verdict == KVTIER_FAILED_PRECONDITION);
   kvtier_close(c);
 }
 

@@ -16,7 +16,7 @@
  * `codes` arrays are as long as `keys` (optional where the pointer may be NULL).
  *
  * Leases: read (or copy) a leased block, then call kvtier_verify_leases before using the
- * bytes. kvtierd ends a session before it reuses or wipes what it leased (a purge of the
+ * bytes (after an asynchronous copy has finished, not when it is queued). kvtierd ends a session before it reuses or wipes what it leased (a purge of the
  * tenant, a drain, a shutdown); after that the bytes read may be wrong (zeroed) and must be
  * treated as a miss.
  *
@@ -165,12 +165,12 @@ typedef struct kvtier_onload_result {
   uint16_t code;  /* OK, NOT_FOUND (a miss), INVALID_ARGUMENT (does not fit the region) */
   uint8_t tier;   /* kvtier_tier it was found in */
 } kvtier_onload_result;
-/* Host memory: a memfd sealed with F_SEAL_SHRINK, fully allocated, at least `bytes` long;
- * `local` (may be NULL) is the caller's mapping of it, needed to wait on progress words. */
 /* Creates host memory kvtierd accepts as a region: a sealed, fully allocated memfd of `bytes`,
- * mapped read-write at *data. Free it with kvtier_host_memory_free. */
+ * mapped read-write at *data. Free it with kvtier_host_memory_free (after deregistering it). */
 KVCLIENT_EXPORT kvtier_status kvtier_host_memory_create(uint64_t bytes, int* memfd, void** data);
 KVCLIENT_EXPORT void kvtier_host_memory_free(int memfd, void* data, uint64_t bytes);
+/* Host memory: a memfd sealed with F_SEAL_SHRINK, fully allocated, at least `bytes` long;
+ * `local` (may be NULL) is the caller's mapping of it, needed to wait on progress words. */
 KVCLIENT_EXPORT kvtier_status kvtier_register_host_region(kvtier_client* client, int memfd,
                                                           uint64_t bytes, void* local,
                                                           uint32_t* region);

@@ -22,15 +22,17 @@
 // each key is only in its per-key result. A call that was carried out returns OK even if every
 // key was refused (not_found, already_exists, ...). A call that fails never leaves a per-key
 // result claiming success for a key it did not carry out: such keys get the call's code, and a
-// failed Reserve or Acquire holds nothing (slots and leases of earlier frames are given back).
-// Commit, abort and remove of a split batch (over kMaxBatch keys) that fail part way keep the
-// per-key results of the frames already done, which did take effect.
+// failed Reserve or Acquire holds nothing (slots and leases of earlier frames are given back;
+// if the failure broke the connection, they are held until the Client is destroyed: do that).
+// The other calls of a split batch (over kMaxBatch keys) that fail part way keep the per-key
+// results of the frames already done, which did take effect.
 //
 // Leases and purges: a leased block's bytes never change while the lease lives and the
 // session is open. kvtierd ends a session (purge, drain, shutdown, out of memory) by shutting
 // its socket down before it gives back that session's leases, so bytes read through a lease
-// are right if Leases::Verify() (or Client::VerifyLeases()) says OK *after* the read. An engine
-// checks before it uses the bytes, and recomputes on failure.
+// are right if Leases::Verify() (or Client::VerifyLeases()) says OK *after* the read has
+// finished (for an asynchronous copy, such as cudaMemcpyAsync from the pool, after the stream
+// synchronized). An engine checks before it uses the bytes, and recomputes on failure.
 //
 // Thread-safety: a Client may be used from several threads; its calls are serialized on its
 // one connection. For parallel requests, open one Client per thread. Reservations and Leases
@@ -137,6 +139,13 @@ class KVCLIENT_EXPORT HostMemory {
   std::byte* data() const { return data_; }
   uint64_t size() const { return size_; }
   int fd() const { return fd_; }
+  // Gives up ownership: the caller unmaps data() and closes fd() (the C ABI's
+  // kvtier_host_memory_free does).
+  void Release() {
+    data_ = nullptr;
+    size_ = 0;
+    fd_ = -1;
+  }
 
  private:
   std::byte* data_ = nullptr;
