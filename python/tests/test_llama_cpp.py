@@ -1,0 +1,488 @@
+"""kvtier.llama_cpp against a real kvtierd and a real llama.cpp (llama-cpp-python) on the CPU.
+
+A tiny random llama model (tests/llama_model.py) prefills a 2,048-token prompt in batches of
+256 tokens (= the block size, so restored blocks are bit-identical to recomputed ones);
+logits are compared as raw bytes. Each test runs its own kvtierd (kvtier.testing.Daemon).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _p in (_HERE, os.path.dirname(_HERE)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+import kvtier  # noqa: E402
+from kvtier import StatusCode, Tier  # noqa: E402
+from kvtier.llama_cpp import (  # noqa: E402
+    BlockTooLargeError,
+    KvtierLlamaCache,
+    LlamaKVStore,
+    llama_namespace,
+)
+from kvtier.testing import Daemon  # noqa: E402
+
+import llama_model as lm  # noqa: E402
+
+T = 2048          # prompt length
+N = 256           # block size (and prefill batch: block-aligned batch boundaries)
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------
+# fixtures and helpers
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return lm.write_tiny_llama_gguf(str(tmp_path_factory.mktemp("model") / "tiny.gguf"))
+
+
+@pytest.fixture(scope="module")
+def tokens() -> List[int]:
+    return lm.random_tokens(T + 1, seed=11)  # the extra one is the "next token"
+
+
+@pytest.fixture(scope="module")
+def ref_next(model_path, tokens) -> bytes:
+    """Next-token logits after computing the whole prompt (no kvtier)."""
+    llm = lm.open_llama(model_path)
+    lm.prefill(llm, tokens[:T], N)
+    return lm.next_logits(llm, tokens[T], T)
+
+
+@pytest.fixture(scope="module")
+def ns(model_path) -> str:
+    return llama_namespace(lm.open_llama(model_path), model_path, N)
+
+
+@pytest.fixture
+def daemon():
+    with Daemon(dram_bytes=64 * MiB) as d:
+        yield d
+
+
+def source(model_path: str, tokens: List[int], *, flash_attn: bool = False):
+    """A context that computed the prompt in block-aligned batches."""
+    llm = lm.open_llama(model_path, flash_attn=flash_attn)
+    lm.prefill(llm, tokens[:T], N)
+    return llm
+
+
+def store_prompt(d: Daemon, ns: str, model_path: str, tokens: List[int], **kw) -> LlamaKVStore:
+    kv = LlamaKVStore(kvtier.Client(d.socket, ns), source(model_path, tokens), block_tokens=N)
+    assert kv.store(tokens[:T], **kw) == T // N
+    return kv
+
+
+def finish(llm, tokens: List[int], restored: int) -> bytes:
+    """Computes the rest of the prompt after `restored` tokens; the next token's logits."""
+    assert lm.seq_pos_max(llm) == restored - 1       # exactly the restored prefix, or empty
+    lm.prefill(llm, tokens[restored:T], N, pos0=restored)
+    return lm.next_logits(llm, tokens[T], T)
+
+
+def wait_for(cond: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
+    end = time.monotonic() + deadline_s
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------
+# hits
+
+def test_store_restore_into_fresh_context_bit_exact(daemon, model_path, tokens, ns, ref_next):
+    kv = store_prompt(daemon, ns, model_path, tokens)
+    assert kv.store(tokens[:T]) == 0                     # already there: nothing new
+    fresh = lm.open_llama(model_path)                     # a new Llama on the same model
+    got = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh, block_tokens=N)
+    assert got.restore(tokens) == T                       # all 8 blocks; token T is left
+    assert got.stats.hits == 1 and got.stats.blocks_restored == T // N
+    assert lm.seq_pos_max(fresh) == T - 1
+    assert fresh.n_tokens == T and list(fresh.input_ids[:T]) == tokens[:T]
+    assert lm.next_logits(fresh, tokens[T], T) == ref_next
+    # a prompt of exactly T tokens keeps its last block to compute (its logits are needed)
+    again = lm.open_llama(model_path)
+    kv2 = LlamaKVStore(kvtier.Client(daemon.socket, ns), again, block_tokens=N)
+    assert kv2.restore(tokens[:T]) == T - N
+    assert finish(again, tokens, T - N) == ref_next
+
+
+def test_llama_eval_continues_after_restore(daemon, model_path, tokens, ns, ref_next):
+    """restore() sets llm.n_tokens/input_ids: Llama.eval computes just the rest."""
+    store_prompt(daemon, ns, model_path, tokens)
+    llm = lm.open_llama(model_path, n_batch=N)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    short = tokens[:1100]                                 # 4 blocks restorable
+    n = kv.restore(short)
+    assert n == 1024
+    llm.eval(tokens[n:T])
+    assert llm.n_tokens == T
+    assert lm.next_logits(llm, tokens[T], T) == ref_next
+
+
+def test_partial_prefix_restore_then_compute_rest(daemon, model_path, tokens, ns):
+    store_prompt(daemon, ns, model_path, tokens)
+    other = tokens[:1024] + lm.random_tokens(T + 1 - 1024, seed=12)   # shares 4 blocks
+    ref = lm.open_llama(model_path)
+    lm.prefill(ref, other[:T], N)
+    ref_last = lm.last_logits(ref)
+    ref_other = lm.next_logits(ref, other[T], T)
+
+    llm = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    assert kv.restore(other) == 1024
+    assert lm.seq_pos_max(llm) == 1023
+    lm.prefill(llm, other[1024:T], N, pos0=1024)
+    assert lm.last_logits(llm) == ref_last
+    assert lm.next_logits(llm, other[T], T) == ref_other
+    assert kv.store(other[:T]) == 4                       # its own 4 new blocks
+
+
+_CHILD = textwrap.dedent("""
+    import hashlib, sys
+    sys.path[:0] = [{tests!r}, {python!r}]
+    import kvtier, llama_model as lm
+    from kvtier.llama_cpp import LlamaKVStore, llama_namespace
+    tokens = lm.random_tokens({n} + 1, seed=11)
+    llm = lm.open_llama({model!r})
+    lm.prefill(llm, tokens[:{n}], {block})
+    kv = LlamaKVStore(kvtier.Client({socket!r}, llama_namespace(llm, {model!r}, {block})), llm,
+                      block_tokens={block})
+    stored = kv.store(tokens[:{n}])
+    logits = lm.next_logits(llm, tokens[{n}], {n})
+    print(stored, hashlib.sha256(logits).hexdigest())
+""")
+
+
+def test_two_processes_share_a_prefix(daemon, model_path, tokens, ns, ref_next):
+    """Another engine process stores; this one restores and gets the same logits."""
+    code = _CHILD.format(tests=_HERE, python=os.path.dirname(_HERE), n=T, model=model_path,
+                         block=N, socket=daemon.socket)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    stored, child_hash = out.stdout.split()
+    assert int(stored) == T // N
+    assert child_hash == hashlib.sha256(ref_next).hexdigest()
+
+    llm = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    assert kv.restore(tokens) == T
+    assert lm.next_logits(llm, tokens[T], T) == ref_next
+
+
+# --------------------------------------------------------------------------
+# blocks that go away: a shorter prefix (or none), and the right logits after recomputing
+
+def _push_to_ssd(d: Daemon, client: kvtier.Client, keys: List[bytes]) -> None:
+    """Makes `keys` SSD-only: fill the pool past spill.demote_above (0.75) with other blocks
+    so that kvtierd demotes the least recently used dirty ones (ours) to SSD, then evict
+    DRAM (which keeps blocks already on SSD and drops the others)."""
+    s = client.stats()
+    filler = kvtier.Client(d.socket, "filler")
+    n = (s.pool_bytes - s.used_bytes) // MiB - 1
+    assert all(c == StatusCode.OK for c in
+               filler.put_copy([os.urandom(32) for _ in range(n)], [bytes(MiB)] * n))
+    wait_for(lambda: client.stats().ssd_blocks >= len(keys), "demotion to SSD")
+    wait_for(lambda: client.stats().dirty_bytes <= 0.75 * s.pool_bytes, "demotion to settle")
+    d.ctl("evict", "--tenant", "test", "--tier", "dram")
+    m = client.match_prefix(keys)
+    assert m.count == len(keys) and set(m.tiers) == {Tier.SSD}
+    filler.close()
+
+
+def _flip_record_byte(spill_dir: Path, key: bytes) -> None:
+    """Flips one ciphertext byte of the SSD record of `key` (its header holds the key in
+    clear at offset 56; the 256-byte header is followed by the AES-GCM ciphertext)."""
+    hits = []
+    for seg in sorted(spill_dir.rglob("seg-*.kvs")):
+        data = seg.read_bytes()
+        at = data.find(key)
+        while at >= 0:
+            if (at - 56) % 4096 == 0:
+                hits.append((seg, at - 56))
+            at = data.find(key, at + 1)
+    assert len(hits) == 1, hits
+    seg, rec = hits[0]
+    with open(seg, "r+b") as f:
+        f.seek(rec + 256 + 1000)
+        b = f.read(1)
+        f.seek(rec + 256 + 1000)
+        f.write(bytes([b[0] ^ 0x5A]))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@pytest.mark.parametrize("how", ["removed", "expired", "purged", "ssd_tampered"])
+def test_lost_blocks_give_a_shorter_prefix_never_wrong_logits(model_path, tokens, ns,
+                                                              ref_next, how):
+    opts = {"dram_bytes": 64 * MiB}
+    if how == "expired":
+        opts["default_ttl_seconds"] = 1
+    if how == "ssd_tampered":
+        opts = {"dram_bytes": 16 * MiB, "max_block_bytes": 4 * MiB, "ssd_bytes": 256 * MiB}
+    with Daemon(**opts) as d:
+        keys = kvtier.block_keys(tokens[:T], N)
+        client = kvtier.Client(d.socket, ns)
+        if how == "expired":
+            # the first 4 blocks outlive the test; the last 4 take the tenant's 1 s default
+            src = LlamaKVStore(client, source(model_path, tokens), block_tokens=N)
+            assert src.store(tokens[:1024], ttl_seconds=3600) == 4
+            assert src.store(tokens[:T]) == 4
+            wait_for(lambda: client.match_prefix(keys).count == 4, "the last blocks to expire")
+            expect = 1024
+        else:
+            store_prompt(d, ns, model_path, tokens)
+            if how == "removed":
+                assert client.remove([keys[3]]) == [StatusCode.OK]
+                expect = 3 * N
+            elif how == "purged":
+                d.ctl("purge", "test")
+                expect = 0
+            else:
+                _push_to_ssd(d, client, keys)
+                _flip_record_byte(d.dir / "spill", keys[5])
+                expect = 5 * N
+
+        llm = lm.open_llama(model_path)
+        kv = LlamaKVStore(kvtier.Client(d.socket, ns), llm, block_tokens=N)
+        n = kv.restore(tokens)
+        assert n == expect
+        if how == "ssd_tampered":
+            assert kv.client.stats().integrity_failures >= 1
+        assert finish(llm, tokens, n) == ref_next
+
+
+def test_purge_during_the_copy_is_a_miss(daemon, model_path, tokens, ns, ref_next):
+    """The blocks were copied, then the tenant was purged before verify(): the copy must not
+    be used (the pool is zeroed under a purge); the engine recomputes."""
+    src = store_prompt(daemon, ns, model_path, tokens)
+    llm = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    purged = []
+
+    def purge(leases: kvtier.Leases) -> None:
+        assert leases.intact()
+        daemon.ctl("purge", "test")
+        purged.append(leases.intact())
+
+    kv._after_copy = purge
+    assert kv.restore(tokens) == 0
+    assert purged == [False]
+    assert kv.stats.revoked == 1 and kv.stats.misses == 1
+    assert lm.seq_pos_max(llm) == -1 and llm.n_tokens == 0
+    assert finish(llm, tokens, 0) == ref_next
+    # both stores reconnect to kvtierd (the purge ended their sessions) and work again
+    kv._after_copy = None
+    assert src.store(tokens[:T]) == T // N
+    assert kv.restore(tokens) == T                        # replaces what the sequence held
+    assert lm.next_logits(llm, tokens[T], T) == ref_next
+
+
+# --------------------------------------------------------------------------
+# KV that must never meet
+
+def test_another_model_never_matches(daemon, model_path, tokens, ns, tmp_path):
+    other_path = lm.write_tiny_llama_gguf(str(tmp_path / "other.gguf"),
+                                          lm.TinyLlamaConfig(seed=999))
+    other = lm.open_llama(other_path)
+    other_ns = llama_namespace(other, other_path, N)
+    assert other_ns != ns
+    assert other_ns == llama_namespace(other, other_path, N,
+                                       model_fingerprint=kvtier.file_fingerprint(other_path))
+    store_prompt(daemon, ns, model_path, tokens)
+    c = kvtier.Client(daemon.socket, other_ns)
+    assert c.match_prefix(kvtier.block_keys(tokens[:T], N)).count == 0
+    assert kvtier.Client(daemon.socket, ns).match_prefix(
+        kvtier.block_keys(tokens[:T], N)).count == T // N
+    kv = LlamaKVStore(c, other, block_tokens=N)
+    assert kv.restore(tokens) == 0 and kv.stats.misses == 1
+
+
+def test_namespace_parts(model_path):
+    llm = lm.open_llama(model_path)
+    base = llama_namespace(llm, model_path, N)
+    assert base.startswith("llama.cpp-%s/tp0of1/blk256/" % llama_cpp.__version__)
+    assert len(base.encode()) <= 128
+    assert llama_namespace(llm, model_path, N) == base                  # deterministic
+    assert llama_namespace(llm, model_path, 128) != base
+    assert llama_namespace(llm, model_path, N, tp_rank=1, tp_size=2) != base
+    assert llama_namespace(llm, model_path, N, extra=["lora=x"]) != base
+    assert llama_namespace(llm, model_path, N, model_fingerprint="0" * 32) != base
+    q8 = lm.open_llama(model_path, flash_attn=True, type_k=8, type_v=8)
+    fa = lm.open_llama(model_path, flash_attn=True)
+    assert llama_namespace(q8, model_path, N) != llama_namespace(fa, model_path, N)
+
+
+def test_flash_attention_layouts_never_meet(daemon, model_path, tokens, ref_next):
+    on = source(model_path, tokens, flash_attn=True)
+    ns_on = llama_namespace(on, model_path, N)
+    ns_off = llama_namespace(lm.open_llama(model_path), model_path, N)
+    assert ns_on != ns_off
+    assert LlamaKVStore(kvtier.Client(daemon.socket, ns_on), on, block_tokens=N) \
+        .store(tokens[:T]) == T // N
+    assert kvtier.Client(daemon.socket, ns_off).match_prefix(
+        kvtier.block_keys(tokens[:T], N)).count == 0
+
+    # Even under one namespace (a misconfigured caller), a flash-attention state never
+    # restores into a context without it: llama.cpp refuses the V layout...
+    wrong = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), on, block_tokens=N)
+    off = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), off, block_tokens=N)
+    assert wrong.store(tokens[:T]) == 0
+    assert kv.restore(tokens) == 0
+    assert kv.stats.refused_by_llama == 1 and lm.seq_pos_max(off) == -1
+    # ... and a store that has seen its own layout refuses the pieces before llama.cpp does
+    off2 = source(model_path, tokens)
+    kv2 = LlamaKVStore(kvtier.Client(daemon.socket, ns_off), off2, block_tokens=N)
+    assert kv2.store(tokens[:T]) == T // N
+    kv2.client = kvtier.Client(daemon.socket, ns_on)
+    assert kv2.restore(tokens) == 0
+    assert kv2.stats.bad_pieces == 1 and lm.seq_pos_max(off2) == -1
+    assert finish(off2, tokens, 0) == ref_next
+
+
+# --------------------------------------------------------------------------
+# sizes
+
+def test_block_larger_than_max_block_bytes_is_refused_clearly(model_path, tokens, ns):
+    # 4 layers x (128 B K + 128 B V) = 1 KiB per token: a 256-token block is 256 KiB + header
+    with Daemon(dram_bytes=16 * MiB, max_block_bytes=128 << 10) as d:
+        kv = LlamaKVStore(kvtier.Client(d.socket, ns), source(model_path, tokens),
+                          block_tokens=N)
+        with pytest.raises(BlockTooLargeError, match=r"block_tokens <= 127\b"):
+            kv.store(tokens[:T])
+
+
+def test_blocks_too_large_for_ssd_warn_once(model_path, tokens, ns):
+    with Daemon(dram_bytes=16 * MiB, max_block_bytes=4 * MiB, ssd_bytes=256 * MiB,
+                spill_max_block_bytes=128 << 10) as d:
+        kv = LlamaKVStore(kvtier.Client(d.socket, ns), source(model_path, tokens),
+                          block_tokens=N)
+        with pytest.warns(RuntimeWarning, match=r"DRAM only.*block_tokens <= 127\b"):
+            assert kv.store(tokens[:1024]) == 4
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert kv.store(tokens[:T]) == 4                  # no second warning
+
+
+def test_store_needs_the_tokens_evaluated(daemon, model_path, tokens, ns):
+    llm = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    with pytest.raises(ValueError, match="empty"):
+        kv.store(tokens[:T])
+    lm.prefill(llm, tokens[:600], N)
+    with pytest.raises(ValueError, match="holds 600 tokens"):
+        kv.store(tokens[:T])
+    assert kv.store(tokens[:600]) == 2                    # its 2 full blocks
+    assert kv.store(tokens[:255]) == 0                    # no full block
+
+
+# --------------------------------------------------------------------------
+# Llama.set_cache
+
+def _complete(llm, prompt: List[int]) -> str:
+    out = llm.create_completion(prompt=prompt, max_tokens=8, temperature=0.0)
+    return out["choices"][0]["text"]
+
+
+def test_kvtier_llama_cache_with_set_cache(daemon, model_path):
+    shared = lm.random_tokens(1500, seed=21)
+    p1 = shared + lm.random_tokens(300, seed=22)
+    p2 = shared + lm.random_tokens(300, seed=23)
+
+    # without a cache: one Llama answers p1, then p2 (reusing its own KV of the prefix)
+    ref = lm.open_llama(model_path)
+    ref_out = [_complete(ref, p1), _complete(ref, p2)]
+    ref_logits = lm.last_logits(ref)
+    alone = lm.open_llama(model_path)
+    assert _complete(alone, p2) == ref_out[1]            # p2 computed from scratch agrees
+
+    ns64 = llama_namespace(ref, model_path, 64)
+    a = lm.open_llama(model_path)
+    cache_a = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), block_tokens=64)
+    a.set_cache(cache_a)
+    assert _complete(a, p1) == ref_out[0]
+    assert cache_a.stats.misses == 1 and cache_a.stats.stores == 1
+    assert cache_a.cache_size > 0
+    assert p1 in cache_a and p2 in cache_a and shared[:63] + [1] * 10 not in cache_a
+
+    # another Llama (a fresh context, as another process would have) loads p1's state
+    b = lm.open_llama(model_path)
+    cache_b = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), block_tokens=64)
+    b.set_cache(cache_b)
+    assert _complete(b, p2) == ref_out[1]
+    assert cache_b.stats.hits == 1 and cache_b.stats.misses == 0
+    assert cache_b.stats.bytes_loaded > 0
+    assert lm.last_logits(b) == ref_logits               # the same decodes, bit for bit
+    # p2's state was stored too: its own (longer) prefixes are now found
+    assert cache_b.stats.stores == 1
+    st = cache_b[p2 + [5, 6]]
+    assert st.n_tokens >= len(p2) and list(st.input_ids[:len(p2)]) == p2
+
+
+def test_kvtier_llama_cache_misses_and_stale_manifests(daemon, model_path):
+    from kvtier.llama_cpp import _Manifest, _chunk_key, _manifest_key
+
+    llm = lm.open_llama(model_path)
+    ns64 = llama_namespace(llm, model_path, 64)
+    client = kvtier.Client(daemon.socket, ns64)
+    cache = KvtierLlamaCache(client, block_tokens=64, keep_scores=False)
+    prompt = lm.random_tokens(300, seed=31)
+    with pytest.raises(KeyError):
+        cache[prompt]
+    with pytest.raises(KeyError):
+        cache[prompt[:63]]                                # shorter than a block: never cached
+    llm.set_cache(cache)
+    text = _complete(llm, prompt)
+    assert cache.stats.stores == 1
+    st = cache[prompt]
+    assert not st.scores.any() and st.n_tokens == 307    # 300 + 7 evaluated completion tokens
+
+    # one chunk of the state goes (evicted, expired...): every manifest of that state is
+    # dropped on the next lookup (one load tried, not four), and it is a miss
+    anchors = kvtier.block_keys(st.input_ids[:307].tolist(), 64)
+    mkeys = [_manifest_key(a) for a in anchors]
+    assert client.match_prefix(mkeys).count == 4
+    m = _Manifest.unpack(bytes(client.get_copy([mkeys[-1]])[0]))
+    assert client.remove([_chunk_key(m.nonce, 0)]) == [StatusCode.OK]
+    with pytest.raises(KeyError):
+        cache[prompt]
+    assert cache.stats.stale == 1
+    assert [c for c in client.acquire(mkeys).codes] == [StatusCode.NOT_FOUND] * 4
+
+    # stored again by the next completion; then a purge between the copy of the state and
+    # its verify(): the copy is thrown away (a miss), never handed to llama.cpp
+    again = lm.open_llama(model_path)
+    again.set_cache(cache)
+    assert _complete(again, prompt) == text
+    assert cache.stats.stores == 2
+    cache._after_copy = lambda leases: daemon.ctl("purge", "test")
+    with pytest.raises(KeyError):
+        cache[prompt]
+    assert cache.stats.revoked == 1
+    cache._after_copy = None
+
+    # the purge ended the cache's session: it reconnects, stores again, and a fresh Llama
+    # answers the same
+    fresh = lm.open_llama(model_path)
+    fresh.set_cache(cache)
+    assert _complete(fresh, prompt) == text
+    assert cache.stats.stores == 3
+    assert cache[prompt].n_tokens == 307
