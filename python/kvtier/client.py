@@ -66,17 +66,18 @@ def protocol_version() -> int:
 
 
 def _keys(keys: Sequence[Key]) -> Any:
+    """The C array of kvtier_key (33 bytes each: length, then 32 bytes, zero-padded)."""
     n = len(keys)
-    arr = (_lib.KeyStruct * n)()
-    raw = (ctypes.c_ubyte * (33 * n)).from_buffer(arr)
-    base = ctypes.addressof(arr)
+    parts = []
     for i, k in enumerate(keys):
         k = bytes(k)
         if not 1 <= len(k) <= _lib.KEY_BYTES:
             raise InvalidArgumentError(f"key {i} is {len(k)} bytes; keys are 1..32 bytes")
-        raw[33 * i] = len(k)
-        ctypes.memmove(base + 33 * i + 1, k, len(k))
-    return arr
+        parts.append(_LEN_BYTE[len(k)] + k.ljust(_lib.KEY_BYTES, b"\0"))
+    return (_lib.KeyStruct * n).from_buffer_copy(b"".join(parts)) if n else (_lib.KeyStruct * 0)()
+
+
+_LEN_BYTE = [bytes([i]) for i in range(_lib.KEY_BYTES + 1)]
 
 
 def _u64s(values: Iterable[int], n: int, what: str) -> Any:
@@ -101,6 +102,9 @@ def _address(buf: Buffer) -> tuple[int, int, Any]:
     """(address, nbytes, object keeping it valid) of a C-contiguous buffer, without copying."""
     if isinstance(buf, bytes):
         return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0, len(buf), buf
+    ai = getattr(buf, "__array_interface__", None)  # numpy and friends: no memoryview needed
+    if ai is not None and ai.get("strides") is None:  # C-contiguous
+        return int(ai["data"][0]), int(buf.nbytes), buf
     mv = memoryview(buf)
     if not mv.c_contiguous:
         raise InvalidArgumentError("buffers must be C-contiguous")
@@ -239,9 +243,10 @@ class Reservation(_ViewOwner):
     """
 
     def __init__(self, client: "Client", keys: list[bytes], sizes: list[int],
-                 offsets: Any, codes: list[StatusCode], refusal: str) -> None:
+                 offsets: Any, codes: list[StatusCode], refusal: str, packed: Any) -> None:
         super().__init__()
         self._client = client
+        self._packed = packed  # the keys as passed to libkvclient
         self.keys = keys
         self.sizes = sizes
         self._offsets = offsets
@@ -305,6 +310,8 @@ class Reservation(_ViewOwner):
                 raise BufferError(f"{self._views} view(s) of the reservation are alive: drop "
                                   f"them first (a write after this could hit another block)")
             self._ending = self._ended = True
+        if all(c == StatusCode.OK for c in self.codes):  # the usual case: no repacking
+            return self._client._per_key_packed(op, self._packed, len(self.keys))
         return self._client._per_key(op, self._reserved())
 
     def commit(self) -> list[StatusCode]:
@@ -601,11 +608,13 @@ class Client(_ViewOwner):
 
     # --- blocks ---
     def _per_key(self, fn: Any, keys: Sequence[Key]) -> list[StatusCode]:
-        n = len(keys)
+        return self._per_key_packed(fn, _keys(keys), len(keys))
+
+    def _per_key_packed(self, fn: Any, packed: Any, n: int) -> list[StatusCode]:
         if n == 0:
             return []
         codes = (ctypes.c_uint16 * n)()
-        _check(fn(self._handle(), _keys(keys), n, codes))
+        _check(fn(self._handle(), packed, n, codes))
         return [_code(c) for c in codes]
 
     def reserve(self, keys: Sequence[Key], sizes: Sequence[int],
@@ -623,7 +632,7 @@ class Client(_ViewOwner):
                                      offsets, codes))
         refusal = lib.kvtier_error().decode("utf-8", "replace")
         return Reservation(self, [bytes(k) for k in keys], list(sizes), offsets,
-                           [_code(c) for c in codes], refusal)
+                           [_code(c) for c in codes], refusal, karr)
 
     def commit(self, keys: Sequence[Key]) -> list[StatusCode]:
         """Publishes reserved keys of this session (Reservation.commit does this for you)."""
