@@ -6,16 +6,17 @@ the same prompt asked again): its first token's logits need the KV of the 2,048 
 decode step. Four ways to get there, each timed from "request in" to "logits out":
 
   recompute            prefill all 2,049 tokens (n_batch 512)
-  kvtier DRAM hit      LlamaKVStore.restore (keys, match_prefix, acquire, join the blocks
-                       straight from the shared pool, verify, llama_state_seq_set_data),
-                       then decode the new token
+  kvtier DRAM hit      LlamaKVStore.restore (keys, match_prefix, acquire of the layout
+                       block and the blocks, join the blocks straight from the shared pool,
+                       verify, llama_state_seq_set_data), then decode the new token
   kvtier SSD hit       the same after `kvtierctl evict --tier dram`: acquire promotes the
                        blocks from the encrypted SSD tier (no prefetch)
   in-memory restore    llama_state_seq_set_data from the state already in this process's RAM,
                        then decode the new token: the limit of any restore
 
-All four produce bit-identical logits (checked). Prints a table of medians with ratios and the
-split of a DRAM hit. Starts its own kvtierd (kvtier.testing.Daemon, with an SSD tier) unless
+All four produce bit-identical logits (checked). Prints a table of medians with ratios, the
+split of a DRAM hit, and the size of a stored block (exactly its KV bytes: a power of two for
+the default shape, one pool slot exactly). Starts its own kvtierd (kvtier.testing.Daemon, with an SSD tier) unless
 --socket is given (then no SSD row: evicting needs the admin socket of your own daemon), and
 writes a random-weight llama model of the given shape unless --model is given.
 
@@ -42,7 +43,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
 import llama_cpp  # noqa: E402
 
 import kvtier  # noqa: E402
-from kvtier.llama_cpp import LlamaKVStore, llama_namespace  # noqa: E402
+from kvtier import llama_state as ls  # noqa: E402
+from kvtier.llama_cpp import LAYOUT_KEY, LlamaKVStore, llama_namespace  # noqa: E402
 from kvtier.testing import Daemon  # noqa: E402
 
 # The random-weight GGUF writer and the thin llama.cpp wrappers the tests use.
@@ -165,6 +167,7 @@ def main() -> int:
         lm.prefill(llm, prompt[:T], args.n_batch)
         state = lm.get_seq_state(llm)
         state_buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        piece = ls.piece_size(ls.parse_seq_state(state).layout, N)  # bytes of a stored block
 
         # --- in-memory restore: the limit ---
         def in_memory() -> None:
@@ -183,7 +186,6 @@ def main() -> int:
             # A block is one pool slot: slabs at least as large as a block (blocks larger than
             # a slab take whole slabs), and a pool large enough that demoting every block of
             # the prompt to SSD stays under spill.demote_above (see push_to_ssd).
-            piece = len(state) // (T // N) + 4096
             slab = max(4 * MiB, 1 << (piece - 1).bit_length())
             pool = -(-max(128 * MiB, 6 * len(state)) // slab) * slab
             daemon = Daemon(dram_bytes=pool, ssd_bytes=max(512 * MiB, 2 * pool), slab_bytes=slab,
@@ -195,6 +197,14 @@ def main() -> int:
         stored = kv.store(prompt[:T])
         print("stored %d blocks of %d tokens (%.1f MiB of KV) in %s"
               % (stored, N, len(state) / MiB, socket), file=sys.stderr)
+        with kv.client.acquire([LAYOUT_KEY, *kvtier.block_keys(prompt[:T], N)]) as leases:
+            if leases.prefix != 1 + T // N:
+                raise RuntimeError("the layout block or a block is missing after store()")
+            block_sizes = {leases.size(i) for i in range(1, len(leases))}
+            layout_size = leases.size(0)
+        slot_bytes = kv.client.stats().used_bytes  # pool slots of the blocks + the layout block
+        if block_sizes != {piece}:
+            raise AssertionError("stored blocks of %s bytes, expected %d" % (block_sizes, piece))
         splits: List[kvtier.llama_cpp.RestoreTimings] = []
         evals: List[float] = []
 
@@ -253,6 +263,11 @@ def main() -> int:
             print("%-27s %10.1f %13.1fx %15.2fx" % (name, t * 1e3, t_recompute / t, t_limit / t))
         print("every run of every path gave bit-identical logits (%d runs)"
               % sum(len(x) for x in outs.values()))
+        print("stored block: %d bytes (%s) for %d tokens x %d bytes of KV per token, "
+              "exactly its KV; plus one %d-byte layout block per namespace; pool slots in use "
+              "after the store: %d bytes for %d bytes stored"
+              % (piece, "a power of two" if piece & (piece - 1) == 0 else "not a power of two",
+                 N, piece // N, layout_size, slot_bytes, (T // N) * piece + layout_size))
         if daemon is not None:
             print("SSD tier: %s (%s)" % (daemon.dir / "spill", fs_type(daemon.dir)))
 

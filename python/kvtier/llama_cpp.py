@@ -4,7 +4,10 @@ Two ways to use it:
 
 ``LlamaKVStore`` stores the KV cache of one sequence as per-block pieces (``block_tokens``
 tokens each, see :mod:`kvtier.llama_state`) under hash-chain block keys, and restores the
-longest stored prefix of a prompt into a context::
+longest stored prefix of a prompt into a context. A piece is exactly the block's K/V bytes
+(a power of two for the usual block sizes, so it fills a pool slot exactly); the layout that
+tells how to join pieces back is stored once per namespace, in the layout block
+(:data:`LAYOUT_KEY`)::
 
     ns = llama_namespace(llm, model_path, 256)
     kv = LlamaKVStore(kvtier.Client(socket, ns), llm, block_tokens=256)
@@ -18,11 +21,12 @@ longest stored prefix of a prompt into a context::
     llm.set_cache(KvtierLlamaCache(kvtier.Client(socket, llama_namespace(llm, path, 64))))
 
 Both never hand llama.cpp bytes that are not verified: a read through a lease counts only if
-``Leases.verify()`` passes after the copy (a purge zeroes the pool), a piece of another layout
-or with a damaged header is refused by :func:`kvtier.llama_state.join_blocks_into`, and
-llama.cpp itself refuses a state of another layout. Any of these is a miss: the sequence is
-cleared and the engine recomputes, so the worst case is the time of a recompute, never wrong
-logits.
+``Leases.verify()`` passes after the copy (a purge zeroes the pool); LlamaKVStore restores only
+with the namespace's layout block present, intact and equal to the context's own layout (when
+it knows it), every piece exactly the size that layout gives a block
+(:func:`kvtier.llama_state.join_blocks_into`), and llama.cpp itself refuses a state of another
+layout. Any of these is a miss: the sequence is cleared and the engine recomputes, so the
+worst case is the time of a recompute, never wrong logits.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = [
     "KVStoreStats",
     "RestoreTimings",
     "LlamaKVStore",
+    "LAYOUT_KEY",
     "CacheStats",
     "KvtierLlamaCache",
     "llama_namespace",
@@ -62,6 +67,10 @@ __all__ = [
 log = logging.getLogger("kvtier.llama_cpp")
 
 ENGINE = "llama.cpp"
+
+#: Key of the layout block, one per namespace: :meth:`kvtier.llama_state.StateLayout.to_bytes`
+#: of the layout every piece of the namespace has. 26 bytes: never equal to a 32-byte block key.
+LAYOUT_KEY = b"kvtier.llama_cpp/layout/v1"
 
 
 # --------------------------------------------------------------------------
@@ -152,7 +161,7 @@ def llama_namespace(llm: "llama_cpp.Llama", model_path: str, block_tokens: int, 
       a fine-tune or a requantization of the same model give other KV;
     - the engine, ``llama.cpp``, and llama-cpp-python's version: the state format
       (``llama_state_seq_get_data``) is llama.cpp's and may change between releases; also the
-      version of kvtier's block piece format;
+      version of kvtier's block piece format (:data:`kvtier.llama_state.PIECE_VERSION`);
     - the K and V cache types (``type_k``/``type_v``: f16, q8_0, ...): the bytes per element;
     - the KV layout: with flash attention V is stored as rows, without it transposed
       (``v_trans``); llama.cpp refuses to restore a state saved under the other layout. Read
@@ -210,13 +219,10 @@ class BlockTooLargeError(ValueError):
     """A block piece is larger than kvtierd accepts (``Client.max_block_bytes``)."""
 
 
-def _piece_header_bytes(layout: ls.StateLayout) -> int:
-    return ls._PIECE_HDR.size + len(layout.descriptor())
-
-
 def max_block_tokens(layout: ls.StateLayout, max_bytes: int) -> int:
-    """The largest block size (tokens) whose pieces fit in `max_bytes`."""
-    return max(0, (max_bytes - _piece_header_bytes(layout)) // layout.bytes_per_token)
+    """The largest block size (tokens) whose pieces fit in `max_bytes` (a piece is exactly
+    ``block_tokens * layout.bytes_per_token`` bytes)."""
+    return max(0, max_bytes // layout.bytes_per_token)
 
 
 @dataclass
@@ -233,8 +239,11 @@ class KVStoreStats:
     blocks_restored: int = 0
     tokens_restored: int = 0
     revoked: int = 0           #: reads thrown away because verify() failed (purge, drain)
-    bad_pieces: int = 0        #: pieces refused by the join (layout or header)
+    no_layout: int = 0         #: restores that found blocks but no layout block
+    bad_layout: int = 0        #: layout blocks refused (damaged, or not this context's layout)
+    bad_pieces: int = 0        #: pieces refused by the join (not the layout's piece size)
     refused_by_llama: int = 0  #: states llama_state_seq_set_data refused
+    layout_conflicts: int = 0  #: stores refused: the namespace's layout block is another one
     errors: int = 0            #: kvtier calls that failed as a whole
 
 
@@ -244,7 +253,7 @@ class RestoreTimings:
 
     keys: float = 0.0       #: block_keys (hashing the tokens)
     match: float = 0.0      #: match_prefix
-    acquire: float = 0.0    #: acquire (includes promotion from SSD)
+    acquire: float = 0.0    #: acquire of the layout block and the blocks (incl. SSD promotion)
     join: float = 0.0       #: join_blocks_into from the lease views into the buffer
     verify: float = 0.0     #: Leases.verify + release
     set_state: float = 0.0  #: llama_state_seq_set_data
@@ -267,6 +276,16 @@ class LlamaKVStore(_Session):
     multiple of `block_tokens` (llama.cpp's KV of a token depends on which tokens shared its
     batch only in the low bits, but it does).
 
+    Layout: pieces are the K/V bytes only; how to join them (v_trans, per-layer types and row
+    sizes, llama.cpp's state format) is the namespace's layout block (:data:`LAYOUT_KEY`),
+    written by the first store() (and by any later one that finds it gone: evicted, expired,
+    removed) and read by every restore() in the same acquire as the pieces; without it a
+    restore is a miss. The namespace already separates layouts; the layout block is what a
+    fresh context joins with before it has a state of its own, and the check that refuses
+    pieces of another layout stored under the namespace by a misconfigured or buggy engine
+    (restore() refuses a layout block other than the context's own layout once it knows it;
+    store() stores nothing under a layout block other than its own).
+
     Not thread-safe (one store per context, as the context itself).
     """
 
@@ -287,6 +306,7 @@ class LlamaKVStore(_Session):
         #: before verify() (e.g. to purge the tenant in between).
         self._after_copy: Optional[Callable[[Leases], None]] = None
         self._layout: Optional[ls.StateLayout] = None  # learnt from the first state seen
+        self._layout_seen: Optional[Client] = None      # the session whose layout block agreed
         self._buf: Any = None                          # ctypes uint8 array, grown as needed
         self._spill_warned = False
 
@@ -322,49 +342,108 @@ class LlamaKVStore(_Session):
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             log.warning(msg)
 
+    def _stored_layout(self, client: Client) -> Optional[ls.StateLayout]:
+        """The layout in the namespace's layout block, None if there is none. Raises ValueError
+        if the block is not an intact layout block, LeaseRevokedError if a purge ended the
+        session during the read."""
+        with client.acquire([LAYOUT_KEY]) as leases:
+            if leases.codes[0] != StatusCode.OK:
+                return None
+            raw = bytes(leases.view(0))
+            leases.verify()
+        return ls.StateLayout.from_bytes(raw)
+
+    def _layout_agrees(self, client: Client, layout: ls.StateLayout) -> bool:
+        """False (and a warning) if the namespace's layout block is not `layout`: pieces of
+        this context stored there would be joined with another layout. Read once per session:
+        a layout block is never replaced while it exists."""
+        if self._layout_seen is client:
+            return True
+        try:
+            stored = self._stored_layout(client)
+            why = "" if stored is None or stored == layout else "layout %s" % stored.layout_id
+        except ValueError as e:
+            why = "a damaged layout block (%s)" % str(e)
+        except LeaseRevokedError:
+            self._lose()
+            raise
+        if why:
+            self.stats.layout_conflicts += 1
+            log.warning("kvtier: not storing: the namespace %s holds KV of %s, this context has "
+                        "%s (namespace collision, or an engine bug)", client.namespace, why,
+                        layout.layout_id)
+            return False
+        if stored is not None:
+            self._layout_seen = client
+        return True
+
     def store(self, tokens: Sequence[int], *, ttl_seconds: Optional[int] = None) -> int:
-        """Publishes the full blocks of `tokens` that kvtier does not have yet.
+        """Publishes the full blocks of `tokens` that kvtier does not have yet, and the
+        namespace's layout block if it is missing.
 
         The engine must have evaluated `tokens` (at least their full blocks) in this sequence,
         from position 0. Returns the number of blocks this call stored (0 if all were there).
-        Raises BlockTooLargeError if a block does not fit kvtierd's max_block_bytes,
-        UnsupportedStateLayout for KV caches kvtier.llama_state does not handle (SWA,
-        recurrent, several streams), KvtierError if kvtierd fails the calls.
+        Each block is one piece of exactly ``block_tokens * bytes_per_token`` bytes, copied
+        once, from the sequence state straight into its reserved pool slot; the layout block
+        (:data:`LAYOUT_KEY`) is reserved in the same call (ALREADY_EXISTS: another store wrote
+        it). Stores nothing (0, ``stats.layout_conflicts``) if the namespace's layout block
+        holds another layout. Raises BlockTooLargeError if a block does not fit kvtierd's
+        max_block_bytes, UnsupportedStateLayout for KV caches kvtier.llama_state does not
+        handle (SWA, recurrent, several streams), KvtierError if kvtierd fails the calls.
         """
         N = self.block_tokens
         self.stats.stores += 1
         keys = block_keys(tokens, N)
         if not keys:
             return 0
-        have = self._call(lambda c: c.match_prefix(keys)).count
-        if have == len(keys):
+        # [layout, block 0, ...]: a layout block and every block stored is the common case
+        found = self._call(lambda c: c.match_prefix([LAYOUT_KEY, *keys])).count
+        if found == 1 + len(keys):
             return 0
-        state = ls.parse_seq_state(self._read_seq_state())
-        if state.n_tokens < len(keys) * N:
-            raise ValueError("sequence %d holds %d tokens; store() of %d tokens needs them "
-                             "evaluated" % (self.seq_id, state.n_tokens, len(tokens)))
-        if self._layout is None:
-            self._layout = state.layout
-        pieces = ls.split_blocks(state, N)[have:len(keys)]
-        client = self._current()
-        self._check_size(state.layout, len(pieces[0]), client)
+        have = found - 1 if found else self._call(lambda c: c.match_prefix(keys)).count
+        state: Optional[ls.SeqState] = None
+        if have < len(keys):
+            state = ls.parse_seq_state(self._read_seq_state())
+            if state.n_tokens < len(keys) * N:
+                raise ValueError("sequence %d holds %d tokens; store() of %d tokens needs them "
+                                 "evaluated" % (self.seq_id, state.n_tokens, len(tokens)))
+            layout = state.layout
+        else:  # every block is there, the layout block is not: put it back
+            layout = self._layout or ls.parse_seq_state(self._read_seq_state()).layout
+        self._layout = layout
+        piece = ls.piece_size(layout, N)
+        self._check_size(layout, piece, self._current())
+        if found and not self._layout_agrees(self._current(), layout):
+            return 0
+        layout_block = layout.to_bytes()
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         todo = keys[have:]
 
         def publish(c: Client) -> int:
             stored = 0
-            with c.reserve(todo, [len(p) for p in pieces], ttl) as r:
-                for i, code in enumerate(r.codes):
-                    if code == StatusCode.OK:
-                        r.write(i, pieces[i])
-                    elif code == StatusCode.RESOURCE_EXHAUSTED:
+            sizes = [len(layout_block)] + [piece] * len(todo)
+            with c.reserve([LAYOUT_KEY, *todo], sizes, ttl) as r:
+                if r.codes[0] == StatusCode.RESOURCE_EXHAUSTED:
+                    # blocks without their layout block are never restored: store none
+                    self.stats.store_refused += len(todo)
+                    log.debug("kvtier: no room for the layout block: %s", r.refusal)
+                    return 0  # the reservation aborts on leaving the block
+                if r.codes[0] == StatusCode.OK:
+                    r.write(0, layout_block)
+                for i, code in enumerate(r.codes[1:]):
+                    if code == StatusCode.RESOURCE_EXHAUSTED:
                         self.stats.store_refused += 1
                         log.debug("kvtier: no room for block %d: %s", have + i, r.refusal)
-                for i, code in zip([i for i, c in enumerate(r.codes) if c == StatusCode.OK],
-                                   r.commit()):
-                    if code == StatusCode.OK:
+                if state is not None:
+                    outs = [r.view(1 + i) if code == StatusCode.OK else None
+                            for i, code in enumerate(r.codes[1:])]
+                    ls.split_blocks_into(state, N, outs, first=have)
+                    outs.clear()  # commit() refuses while views of the slots are alive
+                reserved = [i for i, code in enumerate(r.codes) if code == StatusCode.OK]
+                for i, code in zip(reserved, r.commit()):
+                    if code == StatusCode.OK and i > 0:
                         stored += 1
-                        self.stats.bytes_stored += len(pieces[i])
+                        self.stats.bytes_stored += piece
             return stored
 
         stored = int(self._call(publish))
@@ -389,10 +468,15 @@ class LlamaKVStore(_Session):
 
         At most ``(len(tokens) - 1) // block_tokens`` blocks, so that at least one token is
         left to evaluate (its logits are the next-token prediction). Returns the number of
-        tokens restored; the sequence then holds exactly tokens [0, n). On any miss or failure
-        (nothing stored, a block gone, kvtierd unreachable, a purge during the copy, a piece of
-        another layout, llama.cpp refusing the state) it returns 0 with the sequence cleared:
-        the engine recomputes. Never raises for kvtier trouble.
+        tokens restored; the sequence then holds exactly tokens [0, n).
+
+        One acquire leases the layout block and the stored run of blocks; the pieces are
+        joined with that layout straight from the pool, then verify() checks that no purge
+        ended the leases during the copy. On any miss or failure (nothing stored, a block
+        gone, no layout block, a damaged one or one of another layout than this context's
+        (once it knows its own, from a store or a restore), a piece not of that layout's size,
+        kvtierd unreachable, a purge during the copy, llama.cpp refusing the state) it returns
+        0 with the sequence cleared: the engine recomputes. Never raises for kvtier trouble.
         """
         N = self.block_tokens
         t = RestoreTimings()
@@ -413,18 +497,28 @@ class LlamaKVStore(_Session):
             t.match = t2 - t1
             if have == 0:
                 return self._miss()
-            leases = self._current().acquire(keys[:have])
+            leases = self._current().acquire([LAYOUT_KEY, *keys[:have]])
             t3 = time.perf_counter()
             t.acquire = t3 - t2
-            n_blocks = leases.prefix
-            if n_blocks == 0:
+            if leases.codes[0] != StatusCode.OK:
+                self.stats.no_layout += 1
+                log.info("kvtier: blocks stored but no layout block (evicted or expired; the "
+                         "next store() puts it back): recomputing")
                 return self._miss()
-            views = [leases.view(i) for i in range(n_blocks)]
-            size = ls.joined_size(views)
+            n_blocks = leases.prefix - 1
+            if n_blocks <= 0:
+                return self._miss()
+            try:
+                layout = ls.StateLayout.from_bytes(bytes(leases.view(0)))
+                if self._layout is not None and layout != self._layout:
+                    raise ValueError("layout %s, this context has %s"
+                                     % (layout.layout_id, self._layout.layout_id))
+            except ValueError as e:
+                raise _LayoutRefused(str(e)) from None
+            views = [leases.view(1 + i) for i in range(n_blocks)]
+            size = ls.joined_size(layout, n_blocks * N)
             buf = self._buffer(size)
-            ls.join_blocks_into(views, buf, seq_id=self.seq_id, expect_layout=self._layout)
-            layout = self._layout or ls.StateLayout.from_descriptor(
-                ls.read_block_header(views[0]).descriptor)
+            ls.join_blocks_into(views, buf, layout=layout, block_tokens=N, seq_id=self.seq_id)
             views.clear()  # no view may outlive the verify: release waits for them
             t4 = time.perf_counter()
             t.join = t4 - t3
@@ -445,11 +539,21 @@ class LlamaKVStore(_Session):
                 self._lose()
             log.warning("kvtier: restore failed, recomputing: %s", str(e))
             return self._miss()
-        except ValueError as e:  # a piece of another layout, or with a broken header
+        except ValueError as e:  # the layout block or a piece refused
             # log str(e), not e: a log record holding the exception would keep its traceback
             # alive, and with it the frames holding the lease views (and so the leases)
-            self.stats.bad_pieces += 1
-            log.warning("kvtier: stored blocks refused, recomputing: %s", str(e))
+            views.clear()
+            if leases is not None and not leases.intact():  # read while a purge zeroed it
+                self.stats.revoked += 1
+                self._lose()
+                return self._miss()
+            if isinstance(e, _LayoutRefused):
+                self.stats.bad_layout += 1
+                log.warning("kvtier: the namespace's layout block refused, recomputing: %s",
+                            str(e))
+            else:
+                self.stats.bad_pieces += 1
+                log.warning("kvtier: stored blocks refused, recomputing: %s", str(e))
             return self._miss()
         finally:
             views.clear()
@@ -462,7 +566,7 @@ class LlamaKVStore(_Session):
             log.warning("kvtier: llama.cpp refused the restored state (%d of %d bytes read)",
                         n_read, size)
             return self._miss()
-        self._layout = layout
+        self._layout = layout  # llama.cpp checked it against its own cache: this context's
         n = n_blocks * N
         if self.llm is not None and self.seq_id == 0:
             self.llm.input_ids[:n] = tokens[:n]
@@ -473,6 +577,10 @@ class LlamaKVStore(_Session):
         self.stats.blocks_restored += n_blocks
         self.stats.tokens_restored += n
         return n
+
+
+class _LayoutRefused(ValueError):
+    """The namespace's layout block is damaged, or not this context's layout."""
 
 
 # --------------------------------------------------------------------------
@@ -573,8 +681,9 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
     cell, the logits, plus ``input_ids``, ``scores``, ``n_tokens``, ``seed``) which
     ``Llama.load_state`` restores at once before generate() truncates it to the part that
     matches the new prompt. The state is opaque (the whole context, not one sequence), so
-    this class stores it whole: serialized, in chunks of at most ``min(max_block_bytes,
-    spill_max_block_bytes)`` (so that they can reach the SSD tier), under random chunk keys,
+    this class stores it whole: serialized, in chunks of exactly :attr:`chunk_bytes` (the
+    largest power of two not above ``max_block_bytes`` and ``spill_max_block_bytes``: chunks
+    reach the SSD tier and fill their pool slots exactly) but the last, under random chunk keys,
     and publishes it under one small manifest per full block of the state's tokens. The
     manifest of block k sits at a key derived from the hash-chain key of the first k blocks,
     so a lookup acquires the manifests of all of the prompt's block keys in one call and takes
@@ -616,8 +725,8 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
 
     @property
     def chunk_bytes(self) -> int:
-        c = self._current()
-        return min(c.max_block_bytes, c.spill_max_block_bytes or c.max_block_bytes)
+        """The size of every chunk of a stored state but its last (see :func:`_chunk_bytes`)."""
+        return _chunk_bytes(self._current())
 
     @property
     def cache_size(self) -> int:
@@ -660,7 +769,7 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
         parts.append(state)
         payload_len = sum(p.nbytes for p in parts)
         client = self._current()
-        chunk = min(client.max_block_bytes, client.spill_max_block_bytes or client.max_block_bytes)
+        chunk = _chunk_bytes(client)
         n_chunks = -(-payload_len // chunk)
         nonce = np.random.default_rng().bytes(16)
         base = _Manifest(flags, n_chunks, nonce, payload_len, n_tokens, int(value.seed),
@@ -802,6 +911,14 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
         return llama_cpp.llama.LlamaState(
             input_ids=input_ids, scores=scores, n_tokens=m.n_tokens, llama_state=llama_state,
             llama_state_size=m.llama_state_size, seed=m.seed)
+
+
+def _chunk_bytes(client: Client) -> int:
+    """The largest power of two that is at most ``max_block_bytes`` and (with an SSD tier)
+    ``spill_max_block_bytes``: chunks of it reach the SSD tier and fill their pool slot
+    exactly (a power of two is one of kvtierd's slot size classes, or whole slabs)."""
+    limit = min(client.max_block_bytes, client.spill_max_block_bytes or client.max_block_bytes)
+    return 1 << (max(1, limit).bit_length() - 1)
 
 
 def _scatter(parts: Sequence[memoryview], dsts: List[memoryview]) -> None:

@@ -59,32 +59,70 @@ stored again, each a superset of the last); storing fixed blocks of
 ``block_tokens`` tokens stores each block once, and any prompt whose first
 ``k*N`` tokens match reuses the first k blocks. A block's K/V bytes depend on
 every token before it (attention), so a block is only reusable after the same
-prefix: the caller must key block i by a hash of tokens [0, (i+1)*N) and by
-:attr:`StateLayout.layout_id` (model, cache types, v_trans, ...).
+prefix: the caller keys block i by a hash chain over tokens [0, (i+1)*N)
+(:func:`kvtier.keys.block_keys`) in a namespace that holds one layout
+(model, cache types, v_trans, ...: :func:`kvtier.llama_cpp.llama_namespace`).
 
-A piece is::
+A piece is the payload only, exactly ``N * layout.bytes_per_token`` bytes
+(:func:`piece_size`)::
 
-    header  (struct _PIECE_HDR: magic b"KVTB", version, header size,
-             block index, first pos, n tokens, descriptor length,
-             payload length, 16-byte layout hash)
-    layout descriptor (v_trans, n_layer, per layer types and row sizes)
-    payload: per layer the block's K rows (n_tokens * k_size_row bytes),
-             then per layer the block's V data: n_tokens V rows, or with
-             v_trans the block's slice of each of the n_embd_v_gqa rows
-             (n_embd_v_gqa * n_tokens * v_size_el bytes, row-major).
+    per layer the block's K rows (N * k_size_row bytes), then
+    per layer the block's V data: N V rows (N * v_size_row bytes), or with
+    v_trans the block's slice of each of the n_embd_v_gqa rows
+    (n_embd_v_gqa * N * v_size_el bytes, row-major).
 
-The cost: restoring k blocks needs one gather copy (:func:`join_blocks`) to
+Why no per-piece header: kvtierd carves its DRAM pool into slot size classes
+p, 1.25p, 1.5p and 1.75p per power of two, and a block larger than a slab takes
+whole slabs. A piece's payload is usually a power of two (256 tokens x 64 KiB
+per token = 16 MiB; the tests' model: 256 x 1 KiB = 256 KiB); a few hundred
+bytes of header on top would put every piece one class up (25% of the DRAM tier
+wasted, or a second slab for a piece one slab large). So a piece carries
+nothing but K/V bytes, as a real engine's paged blocks do, and what a header
+would check comes from elsewhere:
+
+- which tokens, in which order: the block keys. Block i's key covers tokens
+  [0, (i+1)*N), so the pieces of keys 0..k-1 are blocks 0..k-1 of one prefix,
+  in order and contiguous, by construction; :func:`join_blocks_into` takes them
+  in that order;
+- which layout: the :class:`StateLayout`, given explicitly to the join. It is
+  stored once per namespace (:meth:`StateLayout.to_bytes`, a small "layout
+  block" that :class:`kvtier.llama_cpp.LlamaKVStore` reads in the same acquire
+  as the pieces), not once per piece;
+- the size: :func:`join_blocks_into` refuses any piece that is not exactly
+  :func:`piece_size` bytes for the layout and ``block_tokens`` it is given.
+
+The layout block
+================
+
+:meth:`StateLayout.to_bytes` (checked by :meth:`StateLayout.from_bytes`)::
+
+    struct _LAYOUT_HDR: magic b"KVTL", layout block version, piece format
+                        version (PIECE_VERSION), descriptor length
+    descriptor:         llama.cpp's state magic (the state format), v_trans,
+                        n_layer, per layer k_type, k_size_row, v_type,
+                        v_size_row, v_size_el, n_embd_v_gqa
+    16 bytes:           BLAKE2b-128 of everything before
+
+A few hundred bytes (one 4 KiB slot). Of the descriptor, llama.cpp itself
+checks every field on restore (``state_read_data``) except the piece format;
+the layout block is what lets a context that has not produced a state of its
+own yet cut the joined state right, and what refuses pieces of another layout
+stored under the same namespace by mistake.
+
+Restoring k blocks needs one gather copy (:func:`join_blocks_into`) to
 interleave the blocks back into llama.cpp's per-layer layout; it runs at
-memcpy speed (numpy slice copies, one per layer per block) and can write
-straight into a caller-provided buffer.
+memcpy speed (numpy slice copies, one per layer per block) straight from the
+pieces (e.g. leased views of kvtierd's pool) into a caller-provided buffer.
+Storing needs one scatter copy (:func:`split_blocks_into`) from the state into
+the pieces (e.g. kvtierd's reserved slots).
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -93,16 +131,21 @@ __all__ = [
     "LayerLayout",
     "StateLayout",
     "SeqState",
-    "BlockHeader",
+    "PIECE_VERSION",
     "parse_seq_state",
+    "piece_size",
     "split_blocks",
-    "read_block_header",
+    "split_blocks_into",
     "joined_size",
     "join_blocks",
     "join_blocks_into",
 ]
 
 BufferLike = Union[bytes, bytearray, memoryview, np.ndarray]
+
+#: Version of the piece format (header-less pieces, layout stored once). Part of the layout
+#: block and of kvtier.llama_cpp's namespace: pieces of another format are never found.
+PIECE_VERSION = 2
 
 LLAMA_STATE_SEQ_MAGIC = 0xAF143CD8
 
@@ -148,8 +191,17 @@ class LayerLayout:
         return k + "," + v
 
 
+def _bytes_view(buf: BufferLike) -> memoryview:
+    """A flat byte view of any buffer (no copy)."""
+    b: Any = buf
+    return memoryview(b).cast("B")
+
+
 _DESC_HDR = struct.Struct("<III")        # source magic, v_trans, n_layer
 _DESC_LAYER = struct.Struct("<iQiQII")   # k_type, k_row, v_type, v_row, v_el, n_embd_v
+_LAYOUT_HDR = struct.Struct("<4sHHI")    # magic, layout block version, piece version, desc len
+LAYOUT_MAGIC = b"KVTL"
+LAYOUT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -166,7 +218,7 @@ class StateLayout:
         return sum(l.k_row + l.v_row for l in self.layers)
 
     def descriptor(self) -> bytes:
-        """Canonical bytes of this layout, carried in every piece."""
+        """Canonical bytes of this layout (the body of :meth:`to_bytes`)."""
         parts = [_DESC_HDR.pack(LLAMA_STATE_SEQ_MAGIC, int(self.v_trans), len(self.layers))]
         for l in self.layers:
             parts.append(_DESC_LAYER.pack(l.k_type, l.k_row, l.v_type, l.v_row, l.v_el, l.n_embd_v))
@@ -192,9 +244,37 @@ class StateLayout:
         return "llama.cpp-seq/%08x/vtrans=%d/%s/%s" % (
             LLAMA_STATE_SEQ_MAGIC, int(self.v_trans), body, self.layout_hash[:8].hex())
 
+    def to_bytes(self) -> bytes:
+        """The layout block: this layout and the piece format, self-checking (module
+        docstring, "The layout block"). Stored once per namespace; read back with
+        :meth:`from_bytes`."""
+        desc = self.descriptor()
+        body = _LAYOUT_HDR.pack(LAYOUT_MAGIC, LAYOUT_VERSION, PIECE_VERSION, len(desc)) + desc
+        return body + hashlib.blake2b(body, digest_size=16).digest()
+
+    @classmethod
+    def from_bytes(cls, raw: BufferLike) -> "StateLayout":
+        """The layout of a layout block (:meth:`to_bytes`). Raises ValueError if it is not a
+        complete, intact layout block of this piece format."""
+        mv = _bytes_view(raw)
+        if len(mv) < _LAYOUT_HDR.size + 16:
+            raise ValueError("layout block truncated (%d bytes)" % len(mv))
+        magic, ver, piece_ver, dlen = _LAYOUT_HDR.unpack_from(mv, 0)
+        if magic != LAYOUT_MAGIC:
+            raise ValueError("layout block magic %r, expected %r" % (bytes(magic), LAYOUT_MAGIC))
+        if ver != LAYOUT_VERSION or piece_ver != PIECE_VERSION:
+            raise ValueError("layout block version %d, piece format %d; expected %d, %d"
+                             % (ver, piece_ver, LAYOUT_VERSION, PIECE_VERSION))
+        end = _LAYOUT_HDR.size + dlen
+        if len(mv) != end + 16:
+            raise ValueError("layout block is %d bytes, its header says %d" % (len(mv), end + 16))
+        if hashlib.blake2b(mv[:end], digest_size=16).digest() != bytes(mv[end:]):
+            raise ValueError("layout block checksum mismatch")
+        return cls.from_descriptor(mv[_LAYOUT_HDR.size:end])
+
     @classmethod
     def from_descriptor(cls, desc: BufferLike) -> "StateLayout":
-        mv = memoryview(desc).cast("B")
+        mv = _bytes_view(desc)
         if len(mv) < _DESC_HDR.size:
             raise ValueError("layout descriptor truncated")
         magic, v_trans, n_layer = _DESC_HDR.unpack_from(mv, 0)
@@ -232,11 +312,11 @@ class SeqState:
 # parsing
 
 class _Reader:
-    def __init__(self, mv: memoryview):
+    def __init__(self, mv: memoryview) -> None:
         self.mv = mv
         self.off = 0
 
-    def take(self, fmt: str, what: str):
+    def take(self, fmt: str, what: str) -> Any:
         s = struct.calcsize(fmt)
         if self.off + s > len(self.mv):
             raise UnsupportedStateLayout("state truncated reading %s at offset %d" % (what, self.off))
@@ -253,7 +333,7 @@ class _Reader:
         return start
 
 
-def _type_info(t: int, what: str):
+def _type_info(t: int, what: str) -> Tuple[str, int, int]:
     if t not in GGML_TYPES:
         raise UnsupportedStateLayout("%s has unknown ggml type id %d" % (what, t))
     return GGML_TYPES[t]
@@ -265,7 +345,7 @@ def parse_seq_state(buf: BufferLike) -> SeqState:
     Raises UnsupportedStateLayout for anything but one stream with cells at
     positions 0..n-1 of one sequence in a standard K/V cache.
     """
-    mv = memoryview(buf).cast("B")
+    mv = _bytes_view(buf)
     r = _Reader(mv)
 
     magic = r.take("<I", "io magic")
@@ -352,170 +432,139 @@ def parse_seq_state(buf: BufferLike) -> SeqState:
 # --------------------------------------------------------------------------
 # pieces
 
-PIECE_MAGIC = b"KVTB"
-PIECE_VERSION = 1
-# magic, version, header_size, block_index, first_pos, n_tokens, desc_len, payload_len, layout_hash
-_PIECE_HDR = struct.Struct("<4sHHIIIIQ16s")
-
-
-@dataclass(frozen=True)
-class BlockHeader:
-    block_index: int
-    first_pos: int
-    n_tokens: int
-    header_size: int
-    payload_len: int
-    layout_hash: bytes
-    descriptor: bytes = field(repr=False)
-
-
-def _piece_payload_len(layout: StateLayout, n_tokens: int) -> int:
-    return n_tokens * layout.bytes_per_token
-
-
-def split_blocks(state: SeqState, block_tokens: int) -> List[bytes]:
-    """One piece per full block of ``block_tokens`` cells; a trailing partial
-    block is not returned."""
+def piece_size(layout: StateLayout, block_tokens: int) -> int:
+    """Bytes of one piece of `block_tokens` tokens: the K/V payload, nothing else."""
     if block_tokens <= 0:
         raise ValueError("block_tokens must be positive")
-    lay = state.layout
-    desc = lay.descriptor()
-    lhash = lay.layout_hash
-    N = block_tokens
-    n_blocks = state.n_tokens // N
-    hsize = _PIECE_HDR.size + len(desc)
-    if hsize > 0xFFFF:
-        raise ValueError("layout descriptor too large for a piece header")
-    payload_len = _piece_payload_len(lay, N)
-    mv = state.buf
-    u8 = np.frombuffer(mv, dtype=np.uint8)
-    T = state.n_tokens
+    return block_tokens * layout.bytes_per_token
 
+
+def split_blocks_into(state: SeqState, block_tokens: int, outs: Sequence[Optional[BufferLike]],
+                      *, first: int = 0) -> int:
+    """Writes block ``first + j`` of `state` into ``outs[j]`` (skipping None entries), e.g.
+    straight into reserved pool slots: the one copy of a store. Each out must be writable and
+    exactly :func:`piece_size` bytes. Returns the number of pieces written. Raises ValueError
+    for a block the state does not hold in full, or an out of the wrong size."""
+    lay = state.layout
+    N = block_tokens
+    size = piece_size(lay, N)
+    if first < 0 or first + len(outs) > state.n_tokens // N:
+        raise ValueError("blocks %d..%d of %d tokens: the state holds %d tokens"
+                         % (first, first + len(outs) - 1, N, state.n_tokens))
+    u8 = np.frombuffer(state.buf, dtype=np.uint8)
+    T = state.n_tokens
     # transposed V: each layer's data is an (n_embd_v, T * v_el) matrix
     v_mats = []
     if lay.v_trans:
         for l, off in zip(lay.layers, state.v_offsets):
             v_mats.append(u8[off:off + l.n_embd_v * T * l.v_el].reshape(l.n_embd_v, T * l.v_el))
-
-    out: List[bytes] = []
-    for b in range(n_blocks):
-        parts: list = [
-            _PIECE_HDR.pack(PIECE_MAGIC, PIECE_VERSION, hsize, b, b * N, N, len(desc), payload_len, lhash),
-            desc,
-        ]
+    written = 0
+    for j, out in enumerate(outs):
+        if out is None:
+            continue
+        dst = np.frombuffer(_bytes_view(out), dtype=np.uint8)
+        if not dst.flags.writeable:
+            raise ValueError("piece buffer %d is read-only" % j)
+        if dst.size != size:
+            raise ValueError("piece buffer %d holds %d bytes, a piece is %d" % (j, dst.size, size))
+        b = first + j
+        o = 0
         for l, off in zip(lay.layers, state.k_offsets):
-            parts.append(mv[off + b * N * l.k_row: off + (b + 1) * N * l.k_row])
+            w = N * l.k_row
+            dst[o:o + w] = u8[off + b * w: off + (b + 1) * w]
+            o += w
         if not lay.v_trans:
             for l, off in zip(lay.layers, state.v_offsets):
-                parts.append(mv[off + b * N * l.v_row: off + (b + 1) * N * l.v_row])
+                w = N * l.v_row
+                dst[o:o + w] = u8[off + b * w: off + (b + 1) * w]
+                o += w
         else:
             for l, m in zip(lay.layers, v_mats):
                 w = N * l.v_el
-                parts.append(np.ascontiguousarray(m[:, b * w:(b + 1) * w]).data)
-        out.append(b"".join(parts))
+                dst[o:o + l.n_embd_v * w].reshape(l.n_embd_v, w)[...] = m[:, b * w:(b + 1) * w]
+                o += l.n_embd_v * w
+        assert o == size
+        written += 1
+        del dst
+    return written
+
+
+def split_blocks(state: SeqState, block_tokens: int) -> List[bytearray]:
+    """One piece (:func:`piece_size` bytes) per full block of ``block_tokens`` cells; a
+    trailing partial block is not returned."""
+    size = piece_size(state.layout, block_tokens)
+    out = [bytearray(size) for _ in range(state.n_tokens // block_tokens)]
+    split_blocks_into(state, block_tokens, out)
     return out
 
 
-def read_block_header(piece: BufferLike) -> BlockHeader:
-    """Parse and check a piece's header (not its payload bytes)."""
-    mv = memoryview(piece).cast("B")
-    if len(mv) < _PIECE_HDR.size:
-        raise ValueError("piece shorter than its header (%d bytes)" % len(mv))
-    magic, ver, hsize, bidx, pos0, ntok, dlen, plen, lhash = _PIECE_HDR.unpack_from(mv, 0)
-    if magic != PIECE_MAGIC:
-        raise ValueError("piece magic %r, expected %r" % (bytes(magic), PIECE_MAGIC))
-    if ver != PIECE_VERSION:
-        raise ValueError("piece format version %d, expected %d" % (ver, PIECE_VERSION))
-    if hsize != _PIECE_HDR.size + dlen:
-        raise ValueError("piece header size %d does not match descriptor length %d" % (hsize, dlen))
-    if len(mv) != hsize + plen:
-        raise ValueError("piece is %d bytes, header says %d" % (len(mv), hsize + plen))
-    if ntok == 0:
-        raise ValueError("piece holds 0 tokens")
-    return BlockHeader(bidx, pos0, ntok, hsize, plen, bytes(lhash), bytes(mv[_PIECE_HDR.size:hsize]))
-
-
-def _check_pieces(pieces: Sequence[BufferLike],
-                  expect_layout: Optional[StateLayout]) -> Tuple[StateLayout, int, List[memoryview]]:
-    if len(pieces) == 0:
-        raise ValueError("no pieces to join")
-    mvs = [memoryview(p).cast("B") for p in pieces]
-    first = read_block_header(mvs[0])
-    if hashlib.blake2b(first.descriptor, digest_size=16).digest() != first.layout_hash:
-        raise ValueError("piece 0 layout hash does not match its descriptor")
-    layout = StateLayout.from_descriptor(first.descriptor)
-    if expect_layout is not None and layout != expect_layout:
-        raise ValueError("pieces have layout %s, expected %s" % (layout.layout_id, expect_layout.layout_id))
-    N = first.n_tokens
-    if first.payload_len != _piece_payload_len(layout, N):
-        raise ValueError("piece 0 payload length %d, layout needs %d"
-                         % (first.payload_len, _piece_payload_len(layout, N)))
-    for i, mv in enumerate(mvs):
-        h = first if i == 0 else read_block_header(mv)
-        if h.layout_hash != first.layout_hash or h.descriptor != first.descriptor:
-            raise ValueError("piece %d has a different layout than piece 0" % i)
-        if h.n_tokens != N:
-            raise ValueError("piece %d holds %d tokens, piece 0 holds %d" % (i, h.n_tokens, N))
-        if h.block_index != i or h.first_pos != i * N:
-            raise ValueError("piece %d is block %d at pos %d, expected block %d at pos %d"
-                             % (i, h.block_index, h.first_pos, i, i * N))
-        if h.payload_len != first.payload_len:
-            raise ValueError("piece %d payload length differs" % i)
-    return layout, N, mvs
-
-
-def _joined_size(layout: StateLayout, T: int) -> int:
-    size = 16 + 12 * T + 8
+def joined_size(layout: StateLayout, n_tokens: int) -> int:
+    """Bytes of the ``llama_state_seq_set_data`` buffer for `n_tokens` cells of `layout`
+    (what :func:`join_blocks_into` writes)."""
+    size = 16 + 12 * n_tokens + 8
     for l in layout.layers:
         # K: i32 type + u64 row size; V: i32 type + u64 row size, or
         # (transposed) i32 type + u32 element size + u32 n_embd_v
-        size += 12 + T * l.k_row
-        size += 12 + T * l.v_row
+        size += 12 + n_tokens * l.k_row
+        size += 12 + n_tokens * l.v_row
     return size
 
 
-def joined_size(pieces: Sequence[BufferLike]) -> int:
-    """Bytes :func:`join_blocks_into` will write for these pieces."""
-    layout, N, _ = _check_pieces(pieces, None)
-    return _joined_size(layout, N * len(pieces))
+def _check_pieces(pieces: Sequence[BufferLike], layout: StateLayout,
+                  block_tokens: int) -> List[memoryview]:
+    if not isinstance(layout, StateLayout):
+        raise TypeError("layout must be a StateLayout")
+    size = piece_size(layout, block_tokens)
+    if len(pieces) == 0:
+        raise ValueError("no pieces to join")
+    mvs = [_bytes_view(p) for p in pieces]
+    for i, mv in enumerate(mvs):
+        if mv.nbytes != size:
+            raise ValueError("piece %d is %d bytes; a block of %d tokens of layout %s is %d"
+                             % (i, mv.nbytes, block_tokens, layout.layout_id, size))
+    return mvs
 
 
-def join_blocks_into(pieces: Sequence[BufferLike], out: BufferLike, *, seq_id: int = 0,
-                     expect_layout: Optional[StateLayout] = None) -> int:
-    """Write the ``llama_state_seq_set_data`` buffer for blocks 0..len-1 into
-    ``out`` (a writable buffer at least :func:`joined_size` bytes long).
-    Returns the number of bytes written. Raises ValueError if any piece's
-    header is wrong, out of order or of another layout."""
-    layout, N, mvs = _check_pieces(pieces, expect_layout)
-    return _gather(layout, N, mvs, out, seq_id)
+def join_blocks_into(pieces: Sequence[BufferLike], out: BufferLike, *, layout: StateLayout,
+                     block_tokens: int, seq_id: int = 0) -> int:
+    """Write the ``llama_state_seq_set_data`` buffer for blocks 0..len-1 into `out` (a
+    writable buffer at least ``joined_size(layout, len(pieces) * block_tokens)`` long).
+
+    ``pieces[i]`` must be block i of one sequence (pieces carry no position: the caller's
+    prefix-chained keys give the order and contiguity) of `layout` (pieces carry no layout
+    either: the caller's layout block gives it). Returns the number of bytes written. Raises
+    ValueError if any piece is not exactly :func:`piece_size` bytes, or `out` is too small or
+    read-only."""
+    mvs = _check_pieces(pieces, layout, block_tokens)
+    return _gather(layout, block_tokens, mvs, out, seq_id)
 
 
 def _gather(layout: StateLayout, N: int, mvs: List[memoryview], out: BufferLike, seq_id: int) -> int:
     nb = len(mvs)
     T = N * nb
-    total = _joined_size(layout, T)
-    dst = np.frombuffer(memoryview(out).cast("B"), dtype=np.uint8)
+    total = joined_size(layout, T)
+    dst = np.frombuffer(_bytes_view(out), dtype=np.uint8)
     if not dst.flags.writeable:
         raise ValueError("output buffer is read-only")
     if dst.size < total:
         raise ValueError("output buffer holds %d bytes, %d needed" % (dst.size, total))
     dst = dst[:total]
+    hdr = _bytes_view(dst)  # for struct.pack_into
 
     srcs = [np.frombuffer(mv, dtype=np.uint8) for mv in mvs]
-    hsize = _PIECE_HDR.size + len(layout.descriptor())
 
-    struct.pack_into("<IiII", dst, 0, LLAMA_STATE_SEQ_MAGIC, seq_id, 1, T)
+    struct.pack_into("<IiII", hdr, 0, LLAMA_STATE_SEQ_MAGIC, seq_id, 1, T)
     meta = dst[16:16 + 12 * T].view("<i4").reshape(T, 3)
     meta[:, 0] = np.arange(T, dtype=np.int32)
     meta[:, 1] = 1
     meta[:, 2] = seq_id
     off = 16 + 12 * T
-    struct.pack_into("<II", dst, off, int(layout.v_trans), layout.n_layer)
+    struct.pack_into("<II", hdr, off, int(layout.v_trans), layout.n_layer)
     off += 8
 
-    src_off = hsize  # payload offset of the current layer inside every piece
+    src_off = 0  # offset of the current layer's data inside every piece
     for l in layout.layers:
-        struct.pack_into("<iQ", dst, off, l.k_type, l.k_row)
+        struct.pack_into("<iQ", hdr, off, l.k_type, l.k_row)
         off += 12
         w = N * l.k_row
         for i, s in enumerate(srcs):
@@ -525,12 +574,12 @@ def _gather(layout: StateLayout, N: int, mvs: List[memoryview], out: BufferLike,
     for l in layout.layers:
         w = N * l.v_row
         if not layout.v_trans:
-            struct.pack_into("<iQ", dst, off, l.v_type, l.v_row)
+            struct.pack_into("<iQ", hdr, off, l.v_type, l.v_row)
             off += 12
             for i, s in enumerate(srcs):
                 dst[off + i * w: off + (i + 1) * w] = s[src_off: src_off + w]
         else:
-            struct.pack_into("<iII", dst, off, l.v_type, l.v_el, l.n_embd_v)
+            struct.pack_into("<iII", hdr, off, l.v_type, l.v_el, l.n_embd_v)
             off += 12
             row = N * l.v_el
             m = dst[off: off + T * l.v_row].reshape(l.n_embd_v, nb, row)
@@ -542,11 +591,11 @@ def _gather(layout: StateLayout, N: int, mvs: List[memoryview], out: BufferLike,
     return total
 
 
-def join_blocks(pieces: Sequence[BufferLike], *, seq_id: int = 0,
-                expect_layout: Optional[StateLayout] = None) -> bytearray:
-    """Like :func:`join_blocks_into` into a new bytearray (bytes-like and
-    writable, so it reaches llama.cpp without another copy)."""
-    layout, N, mvs = _check_pieces(pieces, expect_layout)
-    out = bytearray(_joined_size(layout, N * len(mvs)))
-    _gather(layout, N, mvs, out, seq_id)
+def join_blocks(pieces: Sequence[BufferLike], *, layout: StateLayout, block_tokens: int,
+                seq_id: int = 0) -> bytearray:
+    """Like :func:`join_blocks_into` into a new bytearray (bytes-like and writable, so it
+    reaches llama.cpp without another copy)."""
+    mvs = _check_pieces(pieces, layout, block_tokens)
+    out = bytearray(joined_size(layout, block_tokens * len(mvs)))
+    _gather(layout, block_tokens, mvs, out, seq_id)
     return out

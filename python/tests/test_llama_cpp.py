@@ -3,10 +3,12 @@
 A tiny random llama model (tests/llama_model.py) prefills a 2,048-token prompt in batches of
 256 tokens (= the block size, so restored blocks are bit-identical to recomputed ones);
 logits are compared as raw bytes. Each test runs its own kvtierd (kvtier.testing.Daemon).
+The model has 1 KiB of KV per token: a 256-token block is a 256 KiB piece, exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -28,7 +30,9 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 import kvtier  # noqa: E402
 from kvtier import StatusCode, Tier  # noqa: E402
+from kvtier import llama_state as ls  # noqa: E402
 from kvtier.llama_cpp import (  # noqa: E402
+    LAYOUT_KEY,
     BlockTooLargeError,
     KvtierLlamaCache,
     LlamaKVStore,
@@ -354,19 +358,145 @@ def test_flash_attention_layouts_never_meet(daemon, model_path, tokens, ref_next
     assert kv2.store(tokens[:T]) == T // N
     kv2.client = kvtier.Client(daemon.socket, ns_on)
     assert kv2.restore(tokens) == 0
-    assert kv2.stats.bad_pieces == 1 and lm.seq_pos_max(off2) == -1
+    assert kv2.stats.bad_layout == 1 and lm.seq_pos_max(off2) == -1
     assert finish(off2, tokens, 0) == ref_next
+    # ... and refuses to store its pieces under the other layout's layout block
+    on_client = kvtier.Client(daemon.socket, ns_on)
+    keys = kvtier.block_keys(tokens[:T], N)
+    assert on_client.remove([keys[-1]]) == [StatusCode.OK]
+    assert kv2.store(tokens[:T]) == 0
+    assert kv2.stats.layout_conflicts == 1
+    assert on_client.match_prefix(keys).count == T // N - 1
+
+
+# --------------------------------------------------------------------------
+# the layout block, and pieces that are exactly the payload
+
+PIECE = N * 1024  # 4 layers x (128 B K + 128 B V) per token
+
+
+def test_stored_blocks_are_exactly_the_payload(daemon, model_path, tokens, ns):
+    """A piece is the block's K/V bytes and nothing else: 256 KiB for 256 tokens, a power of
+    two, which fills a pool slot exactly (with a per-piece header it would take a 320 KiB
+    slot). The layout is stored once per namespace (one 4 KiB slot), not once per block."""
+    kv = store_prompt(daemon, ns, model_path, tokens)
+    assert kv.stats.bytes_stored == T * 1024
+    c = kvtier.Client(daemon.socket, ns)
+    with c.acquire([LAYOUT_KEY, *kvtier.block_keys(tokens[:T], N)]) as leases:
+        assert leases.prefix == 1 + T // N
+        sizes = [leases.size(i) for i in range(len(leases))]
+        layout = ls.StateLayout.from_bytes(bytes(leases.view(0)))
+        leases.verify()
+    assert layout == kv._layout and layout.bytes_per_token == 1024
+    assert sizes[1:] == [PIECE] * (T // N) and PIECE == 256 << 10
+    assert sizes[0] == len(layout.to_bytes()) <= 4096
+    s = c.stats()
+    assert s.committed_blocks == 1 + T // N
+    assert s.used_bytes == (T // N) * PIECE + 4096        # slot bytes: no class rounding up
+
+
+def test_missing_layout_block_is_a_miss_until_the_next_store(daemon, model_path, tokens, ns,
+                                                            ref_next):
+    src = store_prompt(daemon, ns, model_path, tokens)
+    c = kvtier.Client(daemon.socket, ns)
+    keys = kvtier.block_keys(tokens[:T], N)
+    assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
+    # every block is there, but without the layout block nothing is joined
+    fresh = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh, block_tokens=N)
+    assert kv.restore(tokens) == 0
+    assert kv.stats.no_layout == 1 and lm.seq_pos_max(fresh) == -1
+    # the next store() puts the layout block back, and only it; a store that has not seen
+    # its layout yet reads it from its sequence's state
+    helper = LlamaKVStore(kvtier.Client(daemon.socket, ns), src.llm, block_tokens=N)
+    assert helper.store(tokens[:T]) == 0
+    assert c.match_prefix([LAYOUT_KEY, *keys]).count == 1 + T // N
+    assert c.stats().committed_blocks == 1 + T // N
+    assert kv.restore(tokens) == T
+    assert lm.next_logits(fresh, tokens[T], T) == ref_next
+
+    # again, for a context that knows its layout: it misses too, and its next store() puts
+    # the layout block back from the layout it knows (its sequence is empty after the miss)
+    assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
+    assert src.restore(tokens) == 0 and src.stats.no_layout == 1
+    assert lm.seq_pos_max(src.llm) == -1
+    assert src.store(tokens[:T]) == 0
+    assert c.match_prefix([LAYOUT_KEY]).count == 1
+    assert src.restore(tokens) == T
+    assert lm.next_logits(src.llm, tokens[T], T) == ref_next
+
+
+def _other_layout(real: ls.StateLayout, how: str) -> bytes:
+    if how == "damaged":
+        raw = bytearray(real.to_bytes())
+        raw[20] ^= 1
+        return bytes(raw)
+    if how == "v_rows":  # flash attention's layout: pieces of the same size
+        return ls.StateLayout(False, tuple(ls.LayerLayout(l.k_type, l.k_row, l.v_type, l.v_row)
+                                           for l in real.layers)).to_bytes()
+    assert how == "3_layers"
+    return dataclasses.replace(real, layers=real.layers[:3]).to_bytes()
+
+
+@pytest.mark.parametrize("how", ["damaged", "v_rows", "3_layers"])
+def test_layout_block_of_another_layout_is_a_miss(daemon, model_path, tokens, ns, ref_next,
+                                                  how):
+    """The namespace's layout block replaced (a namespace collision, an engine bug): never a
+    wrong join. A context that knows its layout refuses the block; a fresh one joins with it
+    and is refused by the piece sizes or by llama.cpp; nobody stores pieces under it."""
+    src = store_prompt(daemon, ns, model_path, tokens)
+    c = kvtier.Client(daemon.socket, ns)
+    assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
+    assert c.put_copy([LAYOUT_KEY], [_other_layout(src._layout, how)]) == [StatusCode.OK]
+
+    assert src.restore(tokens) == 0
+    assert src.stats.bad_layout == 1 and lm.seq_pos_max(src.llm) == -1
+
+    fresh = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh, block_tokens=N)
+    assert kv.restore(tokens) == 0 and lm.seq_pos_max(fresh) == -1
+    if how == "damaged":
+        assert kv.stats.bad_layout == 1
+    elif how == "v_rows":
+        assert kv.stats.refused_by_llama == 1       # "incompatible V transposition"
+    else:
+        assert kv.stats.bad_pieces == 1             # 256 KiB pieces, 192 KiB for 3 layers
+    assert finish(fresh, tokens, 0) == ref_next
+
+    other = tokens[:N] + lm.random_tokens(T, seed=13)
+    new = LlamaKVStore(kvtier.Client(daemon.socket, ns), source(model_path, other),
+                       block_tokens=N)
+    assert new.store(other[:T]) == 0 and new.stats.layout_conflicts == 1
+    assert c.match_prefix(kvtier.block_keys(other[:T], N)).count == 1   # the shared block
+
+
+def test_a_piece_of_the_wrong_size_is_a_miss(daemon, model_path, tokens, ns, ref_next):
+    store_prompt(daemon, ns, model_path, tokens)
+    c = kvtier.Client(daemon.socket, ns)
+    keys = kvtier.block_keys(tokens[:T], N)
+    piece = c.get_copy([keys[3]])[0]
+    assert piece is not None and len(piece) == PIECE
+    llm = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    for k, wrong in enumerate([bytes(piece) + b"\0", bytes(piece[:-4096])]):
+        assert c.remove([keys[3]]) == [StatusCode.OK]
+        assert c.put_copy([keys[3]], [wrong]) == [StatusCode.OK]
+        assert kv.restore(tokens) == 0
+        assert kv.stats.bad_pieces == k + 1 and lm.seq_pos_max(llm) == -1
+    assert kv.restore(tokens[:3 * N + 1]) == 3 * N      # the blocks before it are fine
+    assert finish(llm, tokens, 3 * N) == ref_next
 
 
 # --------------------------------------------------------------------------
 # sizes
 
 def test_block_larger_than_max_block_bytes_is_refused_clearly(model_path, tokens, ns):
-    # 4 layers x (128 B K + 128 B V) = 1 KiB per token: a 256-token block is 256 KiB + header
+    # 4 layers x (128 B K + 128 B V) = 1 KiB per token: a 256-token block is 256 KiB, and
+    # 128 tokens (no header) fill 128 KiB exactly
     with Daemon(dram_bytes=16 * MiB, max_block_bytes=128 << 10) as d:
         kv = LlamaKVStore(kvtier.Client(d.socket, ns), source(model_path, tokens),
                           block_tokens=N)
-        with pytest.raises(BlockTooLargeError, match=r"block_tokens <= 127\b"):
+        with pytest.raises(BlockTooLargeError, match=r"262144 bytes.*block_tokens <= 128\b"):
             kv.store(tokens[:T])
 
 
@@ -375,7 +505,7 @@ def test_blocks_too_large_for_ssd_warn_once(model_path, tokens, ns):
                 spill_max_block_bytes=128 << 10) as d:
         kv = LlamaKVStore(kvtier.Client(d.socket, ns), source(model_path, tokens),
                           block_tokens=N)
-        with pytest.warns(RuntimeWarning, match=r"DRAM only.*block_tokens <= 127\b"):
+        with pytest.warns(RuntimeWarning, match=r"DRAM only.*block_tokens <= 128\b"):
             assert kv.store(tokens[:1024]) == 4
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -486,3 +616,31 @@ def test_kvtier_llama_cache_misses_and_stale_manifests(daemon, model_path):
     assert _complete(fresh, prompt) == text
     assert cache.stats.stores == 3
     assert cache[prompt].n_tokens == 307
+
+
+def test_kvtier_llama_cache_chunks_are_exact_powers_of_two(model_path):
+    """A stored LlamaState is cut in chunks of a power of two (here 256 KiB: the largest one
+    under a max_block_bytes of 384 KiB), all full but the last: never a power of two plus a
+    few bytes, which would take the next slot class."""
+    from kvtier.llama_cpp import _Manifest, _chunk_key, _manifest_key
+
+    with Daemon(dram_bytes=64 * MiB, max_block_bytes=384 << 10) as d:
+        llm = lm.open_llama(model_path)
+        client = kvtier.Client(d.socket, llama_namespace(llm, model_path, 64))
+        cache = KvtierLlamaCache(client, block_tokens=64)
+        assert cache.chunk_bytes == 256 << 10
+        llm.set_cache(cache)
+        prompt = lm.random_tokens(300, seed=41)
+        text = _complete(llm, prompt)
+        assert cache.stats.stores == 1
+        ids = cache[prompt].input_ids[:307].tolist()
+        m = _Manifest.unpack(bytes(client.get_copy([_manifest_key(
+            kvtier.block_keys(ids, 64)[-1])])[0]))
+        assert m.chunk_bytes == 256 << 10 and m.n_chunks >= 3
+        with client.acquire([_chunk_key(m.nonce, i) for i in range(m.n_chunks)]) as leases:
+            sizes = [leases.size(i) for i in range(m.n_chunks)]
+        assert sizes[:-1] == [256 << 10] * (m.n_chunks - 1)
+        assert 0 < sizes[-1] <= 256 << 10 and sum(sizes) == m.payload_len
+        fresh = lm.open_llama(model_path)
+        fresh.set_cache(cache)
+        assert _complete(fresh, prompt) == text

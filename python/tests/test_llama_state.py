@@ -2,7 +2,8 @@
 
 A tiny random llama model is written with the gguf package; states are
 split into blocks, joined back and restored into fresh contexts; logits are
-compared as raw bytes (bit-exact, NaN-safe).
+compared as raw bytes (bit-exact, NaN-safe). Pieces are header-less: the
+layout is passed to the join, and pieces are exactly the payload size.
 """
 
 from __future__ import annotations
@@ -92,8 +93,12 @@ def test_full_roundtrip_bit_exact(model_path, tokens, source, flash_attn):
 
     pieces = ls.split_blocks(st, N)
     assert len(pieces) == T // N
-    assert all(len(p) == len(pieces[0]) for p in pieces)
-    joined = ls.join_blocks(pieces)
+    # a piece is the payload only: 4 layers x (128 B K + 128 B V) x 256 tokens = 256 KiB,
+    # a power of two (one pool slot exactly), not a power of two plus a header
+    assert st.layout.bytes_per_token == 1024
+    assert ls.piece_size(st.layout, N) == N * 1024 == 256 << 10
+    assert all(len(p) == 256 << 10 for p in pieces)
+    joined = ls.join_blocks(pieces, layout=st.layout, block_tokens=N)
     assert bytes(joined) == src.state          # the join rebuilds llama.cpp's bytes exactly
 
     fresh = lm.open_llama(model_path, flash_attn=flash_attn)
@@ -107,15 +112,18 @@ def test_full_roundtrip_bit_exact(model_path, tokens, source, flash_attn):
 def test_join_from_memoryviews_into_buffer(model_path, tokens, source, flash_attn):
     """Zero-copy inputs (memoryviews of one shared arena) and a caller buffer."""
     src = source(flash_attn)
-    pieces = ls.split_blocks(ls.parse_seq_state(src.state), N)
-    arena = bytearray(b"".join(pieces))
-    views, off = [], 0
-    for p in pieces:
-        views.append(memoryview(arena)[off:off + len(p)])
-        off += len(p)
-    size = ls.joined_size(views)
+    st = ls.parse_seq_state(src.state)
+    size_p = ls.piece_size(st.layout, N)
+    arena = bytearray(size_p * (T // N))
+    views = [memoryview(arena)[i * size_p:(i + 1) * size_p] for i in range(T // N)]
+    # split straight into the arena (as store() does into reserved pool slots), in two calls
+    assert ls.split_blocks_into(st, N, views[:3]) == 3
+    assert ls.split_blocks_into(st, N, [None, *views[4:]], first=3) == T // N - 4
+    assert ls.split_blocks_into(st, N, [views[3]], first=3) == 1
+    assert [bytes(v) for v in views] == [bytes(p) for p in ls.split_blocks(st, N)]
+    size = ls.joined_size(st.layout, T)
     out = bytearray(size + 100)
-    assert ls.join_blocks_into(views, out) == size
+    assert ls.join_blocks_into(views, out, layout=st.layout, block_tokens=N) == size
     assert bytes(out[:size]) == src.state
 
     fresh = lm.open_llama(model_path, flash_attn=flash_attn)
@@ -133,7 +141,8 @@ def test_non_power_of_two_blocks_match_truncated_state(model_path, tokens, flash
     st = ls.parse_seq_state(lm.get_seq_state(llm))
     pieces = ls.split_blocks(st, 96)
     assert len(pieces) == T // 96 == 21
-    joined = ls.join_blocks(pieces)
+    assert all(len(p) == 96 * st.layout.bytes_per_token for p in pieces)
+    joined = ls.join_blocks(pieces, layout=st.layout, block_tokens=96)
     assert lm.seq_rm(llm, 0, 21 * 96, -1)
     assert bytes(joined) == lm.get_seq_state(llm)
 
@@ -151,8 +160,9 @@ def test_partial_prefix_restore_bit_exact(model_path, tokens, source, flash_attn
     boundaries as the source, so the KV bytes are the same) then the rest in
     the same split."""
     src = source(flash_attn, src_split)
-    pieces = ls.split_blocks(ls.parse_seq_state(src.state), block)[:k]
-    joined = ls.join_blocks(pieces)
+    st = ls.parse_seq_state(src.state)
+    pieces = ls.split_blocks(st, block)[:k]
+    joined = ls.join_blocks(pieces, layout=st.layout, block_tokens=block)
     P = k * block
     rest = tokens[P:T]
 
@@ -176,7 +186,8 @@ def test_restore_over_a_used_sequence(model_path, tokens, source):
     seq_rm itself); restoring into a context that already decoded other
     tokens gives the same next-token logits."""
     src = source(False)
-    joined = ls.join_blocks(ls.split_blocks(ls.parse_seq_state(src.state), N))
+    st = ls.parse_seq_state(src.state)
+    joined = ls.join_blocks(ls.split_blocks(st, N), layout=st.layout, block_tokens=N)
     ctx = lm.open_llama(model_path, flash_attn=False)
     lm.prefill(ctx, lm.random_tokens(700, seed=99))
     assert lm.set_seq_state(ctx, joined) == len(joined)
@@ -185,57 +196,108 @@ def test_restore_over_a_used_sequence(model_path, tokens, source):
 
 
 @needs_llama
-def test_flash_attn_layouts_are_distinct(model_path, source):
-    """(c) v_trans differs with flash attention; the layout ids differ, joins
-    refuse to mix them and llama.cpp itself refuses the other layout."""
-    off = ls.split_blocks(ls.parse_seq_state(source(False).state), N)
-    on = ls.split_blocks(ls.parse_seq_state(source(True).state), N)
-    lay_off = ls.StateLayout.from_descriptor(ls.read_block_header(off[0]).descriptor)
-    lay_on = ls.StateLayout.from_descriptor(ls.read_block_header(on[0]).descriptor)
-    assert lay_off.layout_id != lay_on.layout_id
-    with pytest.raises(ValueError, match="different layout"):
-        ls.join_blocks([off[0], on[1]])
-    with pytest.raises(ValueError, match="expected"):
-        ls.join_blocks(on[:2], expect_layout=lay_off)
+def test_flash_attn_layouts_are_distinct(model_path, tokens, source):
+    """(c) v_trans differs with flash attention: the layouts, their ids and their layout
+    blocks differ, and llama.cpp refuses a state of the other V layout. The pieces are the
+    same size, so only the layout tells them apart: joined with the wrong layout, fa-on pieces
+    are accepted by an fa-off context and give wrong logits. That wrong join is what the
+    layout block (kvtier.llama_cpp) rules out."""
+    st_off = ls.parse_seq_state(source(False).state)
+    st_on = ls.parse_seq_state(source(True).state)
+    lay_off, lay_on = st_off.layout, st_on.layout
+    assert lay_off != lay_on and lay_off.layout_id != lay_on.layout_id
+    assert lay_off.to_bytes() != lay_on.to_bytes()
+    off = ls.split_blocks(st_off, N)
+    on = ls.split_blocks(st_on, N)
+    assert len(off[0]) == len(on[0])
+
     ctx = lm.open_llama(model_path, flash_attn=False)
-    assert lm.set_seq_state(ctx, ls.join_blocks(on[:2])) == 0      # "incompatible V transposition"
-    assert lm.seq_pos_max(ctx) == -1
+    assert lm.set_seq_state(ctx, ls.join_blocks(on[:2], layout=lay_on, block_tokens=N)) == 0
+    assert lm.seq_pos_max(ctx) == -1               # "incompatible V transposition"
+
+    wrong = ls.join_blocks(on, layout=lay_off, block_tokens=N)
+    assert lm.set_seq_state(ctx, wrong) == len(wrong)
+    assert lm.next_logits(ctx, tokens[T], T) != source(False).next_ref
 
 
 # --------------------------------------------------------------------------
-# (d) malformed pieces and unsupported states
+# (d) malformed pieces, layout blocks and unsupported states
 
 @needs_llama
 def test_bad_pieces_raise(source):
     st = ls.parse_seq_state(source(False).state)
+    lay = st.layout
     p = ls.split_blocks(st, N)
     p128 = ls.split_blocks(st, 128)
 
-    def bad(pieces, match):
+    def bad(pieces, match, layout=lay, block_tokens=N):
         with pytest.raises(ValueError, match=match):
-            ls.join_blocks(pieces)
+            ls.join_blocks(pieces, layout=layout, block_tokens=block_tokens)
 
     bad([], "no pieces")
-    bad([p[1], p[0]], "expected block 0")
-    bad([p[1], p[2]], "expected block 0")
-    bad([p[0], p[2]], "expected block 1")
-    bad([p[0], p128[1]], "holds 128 tokens")
-    bad([p[0], p[1][:-1]], "header says")
-    bad([p[0], p[1] + b"\0"], "header says")
-    bad([p[0], b"XXXX" + p[1][4:]], "magic")
-    hdr = ls._PIECE_HDR
-    bumped = bytearray(p[0]); struct.pack_into("<H", bumped, 4, 99)
-    bad([bumped], "version")
-    wrong_hash = bytearray(p[0]); wrong_hash[hdr.size - 1] ^= 1
-    bad([wrong_hash, p[1]], "hash")
-    wrong_hash1 = bytearray(p[1]); wrong_hash1[hdr.size - 1] ^= 1
-    bad([p[0], wrong_hash1], "different layout")
-    wrong_desc = bytearray(p[0]); wrong_desc[hdr.size + 4] ^= 1       # flip v_trans in the descriptor
-    bad([wrong_desc], "hash")
+    bad([p[0], p128[1]], "piece 1 is 131072 bytes; a block of 256 tokens .* is 262144")
+    bad([p[0], p[1][:-1]], "piece 1 is 262143 bytes")
+    bad([p[0], p[1] + b"\0"], "piece 1 is 262145 bytes")
+    bad(p[:2], "piece 0 is 262144 bytes; a block of 128 tokens", block_tokens=128)
+    bad(p128[:2], "piece 0 is 131072 bytes", block_tokens=N)
+    bad(p[:1], "block_tokens must be positive", block_tokens=0)
+    other = ls.StateLayout(lay.v_trans, lay.layers[:3])           # one layer less
+    bad(p[:2], "piece 0 is 262144 bytes; a block of 256 tokens .* is 196608", layout=other)
+    with pytest.raises(TypeError):
+        ls.join_blocks(p[:2], layout=lay.to_bytes(), block_tokens=N)
     with pytest.raises(ValueError, match="needed"):
-        ls.join_blocks_into(p[:2], bytearray(10))
+        ls.join_blocks_into(p[:2], bytearray(10), layout=lay, block_tokens=N)
     with pytest.raises(ValueError, match="read-only"):
-        ls.join_blocks_into(p[:2], bytes(ls.joined_size(p[:2])))
+        ls.join_blocks_into(p[:2], bytes(ls.joined_size(lay, 2 * N)), layout=lay, block_tokens=N)
+
+    # split_blocks_into: exact-size writable buffers, blocks the state holds
+    size = ls.piece_size(lay, N)
+    with pytest.raises(ValueError, match="holds 262143 bytes, a piece is 262144"):
+        ls.split_blocks_into(st, N, [bytearray(size - 1)])
+    with pytest.raises(ValueError, match="holds 262145 bytes"):
+        ls.split_blocks_into(st, N, [bytearray(size + 1)])
+    with pytest.raises(ValueError, match="read-only"):
+        ls.split_blocks_into(st, N, [bytes(size)])
+    with pytest.raises(ValueError, match="the state holds 2048 tokens"):
+        ls.split_blocks_into(st, N, [bytearray(size)], first=T // N)
+    with pytest.raises(ValueError, match="the state holds"):
+        ls.split_blocks_into(st, N, [None] * (T // N + 1))
+
+
+def test_layout_block_round_trip_and_damage():
+    """to_bytes/from_bytes: the layout block is self-checking; anything but an intact layout
+    block of this piece format raises ValueError."""
+    lay = ls.StateLayout(True, (ls.LayerLayout(1, 128, 1, 128, 2, 64),) * 4)
+    raw = lay.to_bytes()
+    assert len(raw) < 4096                                    # one 4 KiB slot
+    assert ls.StateLayout.from_bytes(raw) == lay
+    assert ls.StateLayout.from_bytes(memoryview(bytearray(raw))) == lay
+    assert ls.StateLayout.from_bytes(np.frombuffer(raw, np.uint8)) == lay
+    rows = ls.StateLayout(False, (ls.LayerLayout(1, 128, 1, 128),) * 4)
+    assert ls.StateLayout.from_bytes(rows.to_bytes()) == rows
+    assert rows.to_bytes() != raw
+
+    hdr = ls._LAYOUT_HDR.size
+
+    def bad(b, match):
+        with pytest.raises(ValueError, match=match):
+            ls.StateLayout.from_bytes(b)
+
+    bad(b"", "truncated")
+    bad(raw[:20], "truncated")
+    bad(bytes(len(raw)), "magic")                           # a zeroed (purged) block
+    bad(b"KVTB" + raw[4:], "magic")
+    bad(_mutate(raw, "<H", 4, 2), "layout block version 2")
+    bad(_mutate(raw, "<H", 6, ls.PIECE_VERSION - 1), "piece format 1")
+    bad(raw[:-1], "header says")
+    bad(raw + b"\0", "header says")
+    bad(_mutate(raw, "<I", 8, len(raw)), "header says")
+    flip = bytearray(raw); flip[hdr + 4] ^= 1                # v_trans in the descriptor
+    bad(flip, "checksum")
+    flip = bytearray(raw); flip[-1] ^= 1                     # the checksum itself
+    bad(flip, "checksum")
+    flip = bytearray(raw); flip[hdr + 12 + 4] ^= 0x80        # layer 0 k_row
+    bad(flip, "checksum")
 
 
 def _mutate(buf, fmt, off, value):
@@ -290,9 +352,12 @@ def test_synthetic_layouts_and_types():
     buf = synth_state(lay, 40)
     st = ls.parse_seq_state(buf)
     assert st.layout == lay and "k=q8_0:68B" in st.layout_id
-    assert bytes(ls.join_blocks(ls.split_blocks(st, 8))) == buf
+    assert ls.StateLayout.from_bytes(lay.to_bytes()) == lay
+    pieces = ls.split_blocks(st, 8)
+    assert all(len(p) == 8 * (68 + 128) * 2 for p in pieces)
+    assert bytes(ls.join_blocks(pieces, layout=lay, block_tokens=8)) == buf
     # 40 tokens in blocks of 16: two blocks, the 8-token tail dropped
-    j = ls.parse_seq_state(ls.join_blocks(ls.split_blocks(st, 16)))
+    j = ls.parse_seq_state(ls.join_blocks(ls.split_blocks(st, 16), layout=lay, block_tokens=16))
     assert j.n_tokens == 32 and j.layout == lay
     for a, b, l in zip(j.k_offsets + j.v_offsets, st.k_offsets + st.v_offsets, lay.layers * 2):
         assert j.buf[a:a + 32 * l.k_row] == st.buf[b:b + 32 * l.k_row]
@@ -348,8 +413,9 @@ def test_join_throughput(v_trans, capsys):
     t0 = time.perf_counter()
     pieces = ls.split_blocks(st, 256)
     t_split = time.perf_counter() - t0
-    out = bytearray(ls.joined_size(pieces))
-    ls.join_blocks_into(pieces, out)            # warm the output pages
+    assert all(len(p) == 8 << 20 for p in pieces)          # 256 x 32 KiB: a power of two
+    out = bytearray(ls.joined_size(lay, 2048))
+    ls.join_blocks_into(pieces, out, layout=lay, block_tokens=256)   # warm the output pages
     assert bytes(out) == buf
 
     def best(fn, reps=5):
@@ -362,14 +428,16 @@ def test_join_throughput(v_trans, capsys):
 
     src = np.frombuffer(buf, np.uint8)
     dst = np.frombuffer(out, np.uint8)
-    t_join = best(lambda: ls.join_blocks_into(pieces, out))
-    t_join_new = best(lambda: ls.join_blocks(pieces))
+    t_join = best(lambda: ls.join_blocks_into(pieces, out, layout=lay, block_tokens=256))
+    t_join_new = best(lambda: ls.join_blocks(pieces, layout=lay, block_tokens=256))
+    t_split_into = best(lambda: ls.split_blocks_into(st, 256, pieces))
     t_copy = best(lambda: np.copyto(dst, src))
     t_bytes = best(lambda: bytearray(buf))
     mb = len(buf) / 2**20
     with capsys.disabled():
         print("\n[join throughput, %s] %.0f MiB state, 8 blocks: "
               "join_blocks_into (warm buffer) %.0f MiB/s vs np.copyto %.0f MiB/s; "
-              "join_blocks (new bytearray) %.0f MiB/s vs bytearray(bytes) %.0f MiB/s; split %.0f MiB/s"
+              "join_blocks (new bytearray) %.0f MiB/s vs bytearray(bytes) %.0f MiB/s; "
+              "split_blocks_into (warm pieces) %.0f MiB/s, split_blocks (new) %.0f MiB/s"
               % ("V transposed" if v_trans else "V rows", mb, mb / t_join, mb / t_copy,
-                 mb / t_join_new, mb / t_bytes, mb / t_split))
+                 mb / t_join_new, mb / t_bytes, mb / t_split_into, mb / t_split))
