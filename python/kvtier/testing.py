@@ -105,7 +105,7 @@ class Daemon:
         return out
 
     def stop(self) -> None:
-        """SIGTERM and wait (kvtierd zeroes its pool and exits)."""
+        """SIGTERM and wait for kvtierd to exit (it zeroes freed slots first)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=60)
