@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
-venv="$build/venv"
+mkdir -p "$build"
+venv="$(cd "$build" && pwd)/venv"
 
 # Versions the tests were written against (llama.cpp's state layout is version-specific).
 LLAMA_CPP_PYTHON=0.3.36
