@@ -98,27 +98,34 @@ def _ttls(ttl_seconds: Union[None, int, Sequence[int]], n: int) -> Any:
     return (ctypes.c_uint32 * n)(*vals)
 
 
-def _address(buf: Buffer) -> tuple[int, int, Any]:
-    """(address, nbytes, object keeping it valid) of a C-contiguous buffer, without copying."""
+def _address(buf: Buffer, writable: bool = False) -> tuple[int, int, Any]:
+    """(address, nbytes, object keeping it valid) of a C-contiguous buffer, without copying.
+    `writable`: the caller writes into it (refused if it is read-only)."""
     if isinstance(buf, bytes):
+        if writable:
+            raise InvalidArgumentError("bytes are read-only: pass a bytearray or an array")
         return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0, len(buf), buf
     ai = getattr(buf, "__array_interface__", None)  # numpy and friends: no memoryview needed
     if ai is not None and ai.get("strides") is None:  # C-contiguous
-        return int(ai["data"][0]), int(buf.nbytes), buf
+        address, readonly = ai["data"]
+        if writable and readonly:
+            raise InvalidArgumentError("the output array is read-only")
+        return int(address), int(buf.nbytes), buf
     mv = memoryview(buf)
     if not mv.c_contiguous:
         raise InvalidArgumentError("buffers must be C-contiguous")
     if not mv.readonly:
         arr = (ctypes.c_ubyte * mv.nbytes).from_buffer(mv.cast("B"))
         return ctypes.addressof(arr), mv.nbytes, (arr, mv)
-    copy = bytes(mv)  # a read-only buffer that is not bytes: no address without numpy
-    try:
+    if writable:
+        raise InvalidArgumentError("the output buffer is read-only")
+    try:  # a read-only buffer that is not bytes: numpy gives its address
         import numpy as np
 
         a = np.frombuffer(mv, dtype=np.uint8)
         return int(a.ctypes.data), mv.nbytes, (a, mv)
     except ImportError:
-        return _address(copy)
+        return _address(bytes(mv))  # without numpy: a copy
 
 
 def _view(owners: Sequence["_ViewOwner"], address: int, size: int,
@@ -406,7 +413,7 @@ class Leases(_ViewOwner):
         Raises LeaseRevokedError if the copy may be wrong."""
         src = self._block(i)
         size = int(self._leases[i].size)
-        addr, n, keep = _address(out)
+        addr, n, keep = _address(out, writable=True)
         if n < size:
             raise InvalidArgumentError(f"key {i}: a buffer of {n} bytes for {size}")
         lib.kvtier_copy_from_pool(addr, src, size)
@@ -732,7 +739,7 @@ class Client(_ViewOwner):
             for i, (lease, code) in enumerate(zip(leases._leases, leases.codes)):
                 if code != StatusCode.OK:
                     continue
-                addr, n, keep = _address(outs[i])
+                addr, n, keep = _address(outs[i], writable=True)
                 if n < lease.size:
                     raise InvalidArgumentError(f"key {i}: a buffer of {n} bytes for {lease.size}")
                 copy(addr, base + lease.offset, lease.size)

@@ -122,6 +122,14 @@ def test_copies_and_ttl(daemon: kvtier.testing.Daemon) -> None:
             assert leases.copy_into(0, out) == 3000
             assert leases.read_bytes(0) == bytes(data[1])
         assert out == data[1]
+        # Copies into read-only memory are refused, not done.
+        with pytest.raises(kvtier.InvalidArgumentError, match="read-only"):
+            c.get_copy_into([b"x"], [bytes(1000)])
+        frozen = np.zeros(1000, np.uint8)
+        frozen.flags.writeable = False
+        with pytest.raises(kvtier.InvalidArgumentError, match="read-only"):
+            c.get_copy_into([b"x"], [frozen])
+        assert not frozen.any()
         # A TTL makes the block expire; wait for it without assuming how long expiry takes.
         assert c.put_copy([b"short"], [b"lived"], ttl_seconds=1) == [StatusCode.OK]
         deadline = time.monotonic() + 30
