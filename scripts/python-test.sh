@@ -9,4 +9,5 @@ py=$(scripts/python-env.sh "$build" | tail -1)
 export KVTIER_BUILD_DIR="$PWD/$build"
 export KVTIER_LIBKVCLIENT="$PWD/$build/libkvclient/libkvclient.so"
 # Run from outside python/ so that the installed package (not the source tree) is tested.
-(cd "$build" && "$py" -m pytest -q -p no:cacheprovider "$OLDPWD/python/tests")
+# -rs lists any skipped test with its reason (none is expected).
+(cd "$build" && "$py" -m pytest -q -rs -p no:cacheprovider "$OLDPWD/python/tests")

@@ -541,6 +541,9 @@ class Client(_ViewOwner):
         self._c = handle.value
         self.socket_path = socket_path
         self.namespace = namespace
+        #: The connect options, for opening another client like this one.
+        self.timeout_ms = timeout_ms
+        self.spin_us = spin_us
         self._pool_base = int(lib.kvtier_pool_base(self._c) or 0)
         #: Bytes of the tenant's pool (the shared mapping).
         self.pool_size = int(lib.kvtier_pool_size(self._c))
