@@ -6,9 +6,10 @@ the same prompt asked again): its first token's logits need the KV of the 2,048 
 decode step. Four ways to get there, each timed from "request in" to "logits out":
 
   recompute            prefill all 2,049 tokens (n_batch 512)
-  kvtier DRAM hit      LlamaKVStore.restore (keys, match_prefix, acquire of the layout
-                       block and the blocks, join the blocks straight from the shared pool,
-                       verify, llama_state_seq_set_data), then decode the new token
+  kvtier DRAM hit      LlamaKVStore.restore (keys salted with the context's layout, which
+                       it knows from its store; match_prefix, acquire of the blocks, join the
+                       blocks straight from the shared pool, verify,
+                       llama_state_seq_set_data), then decode the new token
   kvtier SSD hit       the same after `kvtierctl evict --tier dram`: acquire promotes the
                        blocks from the encrypted SSD tier (no prefetch)
   in-memory restore    llama_state_seq_set_data from the state already in this process's RAM,
@@ -44,7 +45,7 @@ import llama_cpp  # noqa: E402
 
 import kvtier  # noqa: E402
 from kvtier import llama_state as ls  # noqa: E402
-from kvtier.llama_cpp import LAYOUT_KEY, LlamaKVStore, llama_namespace  # noqa: E402
+from kvtier.llama_cpp import LAYOUT_KEY, LlamaKVStore, llama_namespace, piece_keys  # noqa: E402
 from kvtier.testing import Daemon  # noqa: E402
 
 # The random-weight GGUF writer and the thin llama.cpp wrappers the tests use.
@@ -197,7 +198,10 @@ def main() -> int:
         stored = kv.store(prompt[:T])
         print("stored %d blocks of %d tokens (%.1f MiB of KV) in %s"
               % (stored, N, len(state) / MiB, socket), file=sys.stderr)
-        with kv.client.acquire([LAYOUT_KEY, *kvtier.block_keys(prompt[:T], N)]) as leases:
+        if kv.layout is None:  # the store learnt it from the sequence's state
+            raise RuntimeError("store() did not learn the context's layout")
+        keys = piece_keys(prompt[:T], N, kv.layout)
+        with kv.client.acquire([LAYOUT_KEY, *keys]) as leases:
             if leases.prefix != 1 + T // N:
                 raise RuntimeError("the layout block or a block is missing after store()")
             block_sizes = {leases.size(i) for i in range(1, len(leases))}
@@ -229,7 +233,6 @@ def main() -> int:
         ssd_splits: List[kvtier.llama_cpp.RestoreTimings] = []
         ssd_evals: List[float] = []
         if daemon is not None:
-            keys = kvtier.block_keys(prompt[:T], N)
             push_to_ssd(daemon, kv.client, keys)
 
             def evict() -> None:

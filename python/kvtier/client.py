@@ -292,7 +292,7 @@ class Reservation(_ViewOwner):
         if self.codes[i] != StatusCode.OK:
             raise KvtierError(f"key {i} was not reserved ({self.codes[i].name.lower()})",
                               self.codes[i])
-        return self._client._pool_base + self._offsets[i]
+        return self._client._pool_base + int(self._offsets[i])
 
     def view(self, i: int) -> memoryview:
         """The reserved slot of key i, writable in place (zero copy)."""
@@ -372,7 +372,7 @@ class Leases(_ViewOwner):
 
     def tier(self, i: int) -> Tier:
         """Where the block was found (DRAM, or SSD: then promoted into DRAM for the lease)."""
-        return _TIERS[min(self._leases[i].tier, 3)]
+        return _TIERS[min(int(self._leases[i].tier), 3)]
 
     @property
     def prefix(self) -> int:
@@ -388,7 +388,7 @@ class Leases(_ViewOwner):
         if self.codes[i] != StatusCode.OK:
             raise KvtierError(f"key {i} is not leased ({self.codes[i].name.lower()})",
                               self.codes[i])
-        return self._client._pool_base + self._leases[i].offset
+        return self._client._pool_base + int(self._leases[i].offset)
 
     def view(self, i: int) -> memoryview:
         """Key i's block, read-only, in place (zero copy). Call verify() after reading it."""
@@ -399,7 +399,7 @@ class Leases(_ViewOwner):
         Call it after the read (or after the copy has finished, for asynchronous copies)."""
         if self._ended or self._client._c is None:
             return False
-        return lib.kvtier_verify_leases(self._client._c) == 0
+        return bool(lib.kvtier_verify_leases(self._client._c) == 0)
 
     def verify(self) -> None:
         """Raises LeaseRevokedError unless intact(): call after reading, before using."""

@@ -3,11 +3,11 @@
 Two ways to use it:
 
 ``LlamaKVStore`` stores the KV cache of one sequence as per-block pieces (``block_tokens``
-tokens each, see :mod:`kvtier.llama_state`) under hash-chain block keys, and restores the
-longest stored prefix of a prompt into a context. A piece is exactly the block's K/V bytes
-(a power of two for the usual block sizes, so it fills a pool slot exactly); the layout that
-tells how to join pieces back is stored once per namespace, in the layout block
-(:data:`LAYOUT_KEY`)::
+tokens each, see :mod:`kvtier.llama_state`) and restores the longest stored prefix of a prompt
+into a context. A piece is exactly the block's K/V bytes (a power of two for the usual block
+sizes, so it fills a pool slot exactly). Its key is the prefix hash chain of the tokens up to
+the end of the block, salted with the hash of the layout the piece was cut with
+(:func:`piece_keys`): a restore only ever finds pieces of the layout it joins them with::
 
     ns = llama_namespace(llm, model_path, 256)
     kv = LlamaKVStore(kvtier.Client(socket, ns), llm, block_tokens=256)
@@ -15,18 +15,25 @@ tells how to join pieces back is stored once per namespace, in the layout block
     llm.eval(tokens[n:])            # compute the rest (restore set llm.n_tokens = n)
     kv.store(tokens)                # publish the full blocks for other engines/processes
 
+A context knows its layout once it has stored or restored (its own state tells it). Until
+then a restore first reads the namespace's layout block (:data:`LAYOUT_KEY`, written by
+stores) to learn which layout's keys to look up: one more round trip per restore. The layout
+block is only that hint: a missing or damaged one makes such a restore a miss, one of another
+layout finds no pieces, or pieces of that other layout which llama.cpp then refuses to load
+into this context; never pieces joined with a layout they were not cut with.
+
 ``KvtierLlamaCache`` plugs into ``Llama.set_cache`` and stores whole ``LlamaState`` objects
 (one per prompt, see its docstring for the cost)::
 
-    llm.set_cache(KvtierLlamaCache(kvtier.Client(socket, llama_namespace(llm, path, 64))))
+    llm.set_cache(KvtierLlamaCache(kvtier.Client(socket, llama_namespace(llm, path, 64)),
+                                   llm=llm))
 
 Both never hand llama.cpp bytes that are not verified: a read through a lease counts only if
-``Leases.verify()`` passes after the copy (a purge zeroes the pool); LlamaKVStore restores only
-with the namespace's layout block present, intact and equal to the context's own layout (when
-it knows it), every piece exactly the size that layout gives a block
+``Leases.verify()`` passes after the copy (a purge zeroes the pool). LlamaKVStore joins only
+pieces found under its layout's keys, each exactly the size that layout gives a block
 (:func:`kvtier.llama_state.join_blocks_into`), and llama.cpp itself refuses a state of another
-layout. Any of these is a miss: the sequence is cleared and the engine recomputes, so the
-worst case is the time of a recompute, never wrong logits.
+layout than its context's. Any of these is a miss: the sequence is cleared and the engine
+recomputes, so the worst case is the time of a recompute, never wrong logits.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ __all__ = [
     "RestoreTimings",
     "LlamaKVStore",
     "LAYOUT_KEY",
+    "piece_keys",
     "CacheStats",
     "KvtierLlamaCache",
     "llama_namespace",
@@ -69,7 +77,9 @@ log = logging.getLogger("kvtier.llama_cpp")
 ENGINE = "llama.cpp"
 
 #: Key of the layout block, one per namespace: :meth:`kvtier.llama_state.StateLayout.to_bytes`
-#: of the layout every piece of the namespace has. 26 bytes: never equal to a 32-byte block key.
+#: of the layout of the first store() that found it missing. A hint for contexts that do not
+#: know their own layout yet (pieces are keyed by their own layout, see :func:`piece_keys`).
+#: 26 bytes: never equal to a 32-byte block key.
 LAYOUT_KEY = b"kvtier.llama_cpp/layout/v1"
 
 
@@ -98,14 +108,22 @@ class _Session:
 
     A purge, a drain or a restart of kvtierd ends every session of the tenant; the Client
     cannot be used again (each call raises UnavailableError). With `reconnect` the plug-in
-    opens a new Client for the same socket and namespace on its next call (closing the dead
-    one); `client` is always the current one.
+    opens a new Client for the same socket, namespace and connect options (``timeout_ms``,
+    ``spin_us``) on its next call (closing the dead one); `client` is always the current one.
+    While the session is lost, at most one reconnect is tried per :attr:`reconnect_interval_s`
+    (a kvtierd that hangs would otherwise hold every call for its connect timeout); calls in
+    between fail at once with UnavailableError, which the plug-ins turn into a miss or a
+    skipped store.
     """
+
+    #: Seconds between two reconnect attempts while the session is lost.
+    reconnect_interval_s: float = 1.0
 
     def __init__(self, client: Client, reconnect: bool) -> None:
         self.client = client
         self.reconnect = reconnect
         self._lost = False
+        self._next_reconnect = 0.0  # time.monotonic() before which no reconnect is tried
 
     def _lose(self) -> None:
         self._lost = True
@@ -113,7 +131,14 @@ class _Session:
     def _current(self) -> Client:
         if self._lost and self.reconnect:
             old = self.client
-            fresh = Client(old.socket_path, old.namespace)  # raises if kvtierd refuses
+            now = time.monotonic()
+            if now < self._next_reconnect:
+                raise UnavailableError("the session with kvtierd ended; the next reconnect is "
+                                       "tried in %.1f s" % (self._next_reconnect - now))
+            self._next_reconnect = now + self.reconnect_interval_s
+            # raises if kvtierd refuses (or does not answer): next try reconnect_interval_s later
+            fresh = Client(old.socket_path, old.namespace, timeout_ms=old.timeout_ms,
+                           spin_us=old.spin_us)
             try:
                 old.close()
             except Exception:  # pragma: no cover - a dead session closes quietly
@@ -128,8 +153,9 @@ class _Session:
         try:
             return fn(self._current())
         except UnavailableError:
+            was_lost = self._lost  # then no reconnect was due, or it failed: no second try
             self._lose()
-            if not self.reconnect:
+            if not self.reconnect or was_lost:
                 raise
             return fn(self._current())
 
@@ -225,6 +251,15 @@ def max_block_tokens(layout: ls.StateLayout, max_bytes: int) -> int:
     return max(0, max_bytes // layout.bytes_per_token)
 
 
+def piece_keys(tokens: Sequence[int], block_tokens: int, layout: ls.StateLayout) -> List[bytes]:
+    """The keys of the pieces of the full blocks of `tokens` cut with `layout`.
+
+    Key i is the prefix hash chain over tokens [0, (i+1)*block_tokens)
+    (:func:`kvtier.keys.block_keys`) salted with ``layout.layout_hash``: pieces of one layout
+    are never found by a lookup for another, even under one namespace."""
+    return block_keys(tokens, block_tokens, salt=layout.layout_hash)
+
+
 @dataclass
 class KVStoreStats:
     """Counters of a LlamaKVStore (since it was made)."""
@@ -239,11 +274,13 @@ class KVStoreStats:
     blocks_restored: int = 0
     tokens_restored: int = 0
     revoked: int = 0           #: reads thrown away because verify() failed (purge, drain)
-    no_layout: int = 0         #: restores that found blocks but no layout block
-    bad_layout: int = 0        #: layout blocks refused (damaged, or not this context's layout)
+    no_layout: int = 0         #: restores that needed the layout block and found none
+    bad_layout: int = 0        #: layout blocks refused as damaged (restores that needed one)
     bad_pieces: int = 0        #: pieces refused by the join (not the layout's piece size)
     refused_by_llama: int = 0  #: states llama_state_seq_set_data refused
-    layout_conflicts: int = 0  #: stores refused: the namespace's layout block is another one
+    #: stores that found the namespace's layout block damaged or of another layout than this
+    #: context's (they store their pieces all the same: under their own layout's keys)
+    layout_conflicts: int = 0
     errors: int = 0            #: kvtier calls that failed as a whole
 
 
@@ -251,16 +288,18 @@ class KVStoreStats:
 class RestoreTimings:
     """Where the last restore's time went (seconds)."""
 
-    keys: float = 0.0       #: block_keys (hashing the tokens)
+    keys: float = 0.0       #: piece_keys (hashing the tokens)
     match: float = 0.0      #: match_prefix
-    acquire: float = 0.0    #: acquire of the layout block and the blocks (incl. SSD promotion)
+    acquire: float = 0.0    #: acquire of the blocks (incl. SSD promotion)
     join: float = 0.0       #: join_blocks_into from the lease views into the buffer
     verify: float = 0.0     #: Leases.verify + release
     set_state: float = 0.0  #: llama_state_seq_set_data
+    layout: float = 0.0     #: reading the layout block (0 once the context knows its layout)
 
     @property
     def total(self) -> float:
-        return self.keys + self.match + self.acquire + self.join + self.verify + self.set_state
+        return (self.layout + self.keys + self.match + self.acquire + self.join + self.verify
+                + self.set_state)
 
 
 class LlamaKVStore(_Session):
@@ -269,7 +308,8 @@ class LlamaKVStore(_Session):
     `client` must be opened with the namespace of :func:`llama_namespace` for this context
     and `block_tokens`. `llm_or_ctx` is a ``llama_cpp.Llama`` or a raw ``llama_context_p``;
     with a Llama (and seq_id 0) restore() also sets ``llm.n_tokens``/``llm.input_ids`` so that
-    ``llm.eval(tokens[n:])`` continues after the restored prefix.
+    ``llm.eval(tokens[n:])`` continues after the restored prefix, and store() checks the
+    tokens it is given against ``llm.input_ids``.
 
     Bit-exactness: a restored prefix followed by computing the rest gives the same logits as
     computing everything only if the batch boundaries agree; prefill with ``n_batch`` a
@@ -277,14 +317,17 @@ class LlamaKVStore(_Session):
     batch only in the low bits, but it does).
 
     Layout: pieces are the K/V bytes only; how to join them (v_trans, per-layer types and row
-    sizes, llama.cpp's state format) is the namespace's layout block (:data:`LAYOUT_KEY`),
-    written by the first store() (and by any later one that finds it gone: evicted, expired,
-    removed) and read by every restore() in the same acquire as the pieces; without it a
-    restore is a miss. The namespace already separates layouts; the layout block is what a
-    fresh context joins with before it has a state of its own, and the check that refuses
-    pieces of another layout stored under the namespace by a misconfigured or buggy engine
-    (restore() refuses a layout block other than the context's own layout once it knows it;
-    store() stores nothing under a layout block other than its own).
+    sizes, llama.cpp's state format) is the :class:`kvtier.llama_state.StateLayout` they were
+    cut with, and every piece is stored under a key salted with that layout's hash
+    (:func:`piece_keys`). store() knows the layout from its sequence's state; restore() joins
+    with the layout whose keys found the pieces, so a piece is only ever joined with its own
+    layout. A context learns its layout from its first store(), or from a restore() that
+    llama.cpp accepted (:attr:`layout`); until then restore() reads the namespace's layout
+    block (:data:`LAYOUT_KEY`) first to learn which keys to look up (one more round trip).
+    That block is a hint, written without a TTL (the tenant's default applies) by a store()
+    that finds it missing: without it such a restore is a miss, and a layout block of another
+    layout (a misconfigured engine sharing the namespace) finds no pieces, or pieces of that
+    layout which llama.cpp refuses for this context: a miss either way.
 
     Not thread-safe (one store per context, as the context itself).
     """
@@ -305,10 +348,16 @@ class LlamaKVStore(_Session):
         #: Test hook: called with the Leases after the blocks were copied out of the pool and
         #: before verify() (e.g. to purge the tenant in between).
         self._after_copy: Optional[Callable[[Leases], None]] = None
-        self._layout: Optional[ls.StateLayout] = None  # learnt from the first state seen
-        self._layout_seen: Optional[Client] = None      # the session whose layout block agreed
+        self._layout: Optional[ls.StateLayout] = None  # learnt from this context's own state
         self._buf: Any = None                          # ctypes uint8 array, grown as needed
         self._spill_warned = False
+        self._conflict_warned = False
+
+    @property
+    def layout(self) -> Optional[ls.StateLayout]:
+        """This context's layout, once known (from a store(), or a restore() that llama.cpp
+        accepted); None before."""
+        return self._layout
 
     # --- store ---
     def _read_seq_state(self) -> bytearray:
@@ -342,108 +391,146 @@ class LlamaKVStore(_Session):
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             log.warning(msg)
 
-    def _stored_layout(self, client: Client) -> Optional[ls.StateLayout]:
-        """The layout in the namespace's layout block, None if there is none. Raises ValueError
-        if the block is not an intact layout block, LeaseRevokedError if a purge ended the
-        session during the read."""
-        with client.acquire([LAYOUT_KEY]) as leases:
+    def _check_tokens(self, tokens: Sequence[int], n: int) -> None:
+        """With a Llama that tracks what it evaluated (seq 0, ``llm.n_tokens`` > 0): refuses
+        tokens [0, n) that are not what it evaluated (their KV would be published under the
+        keys of other tokens)."""
+        llm = self.llm
+        if llm is None or self.seq_id != 0:
+            return
+        held = int(llm.n_tokens)
+        if held <= 0:
+            return
+        if held < n:
+            raise ValueError("the Llama holds %d tokens (llm.n_tokens); store() of %d tokens "
+                             "needs its %d tokens in full blocks evaluated"
+                             % (held, len(tokens), n))
+        have = np.asarray(llm.input_ids[:n])
+        want = np.asarray([int(t) for t in tokens[:n]], dtype=have.dtype)
+        bad = np.flatnonzero(have != want)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError("token %d given to store() is %d, the Llama evaluated %d there "
+                             "(llm.input_ids): its KV is not the KV of these tokens"
+                             % (i, int(want[i]), int(have[i])))
+
+    def _read_layout_block(self, client: Client) -> Optional[ls.StateLayout]:
+        """The layout in the namespace's layout block, None if there is none. Raises
+        _LayoutRefused if the block is not an intact layout block, LeaseRevokedError if a
+        purge ended the session during the read."""
+        leases = client.acquire([LAYOUT_KEY])
+        try:
             if leases.codes[0] != StatusCode.OK:
                 return None
             raw = bytes(leases.view(0))
             leases.verify()
-        return ls.StateLayout.from_bytes(raw)
-
-    def _layout_agrees(self, client: Client, layout: ls.StateLayout) -> bool:
-        """False (and a warning) if the namespace's layout block is not `layout`: pieces of
-        this context stored there would be joined with another layout. Read once per session:
-        a layout block is never replaced while it exists."""
-        if self._layout_seen is client:
-            return True
+        finally:
+            _release_quietly(leases)
         try:
-            stored = self._stored_layout(client)
-            why = "" if stored is None or stored == layout else "layout %s" % stored.layout_id
+            return ls.StateLayout.from_bytes(raw)
         except ValueError as e:
+            raise _LayoutRefused(str(e)) from None
+
+    def _note_layout_block(self, layout: ls.StateLayout) -> None:
+        """Diagnostics: counts and warns (once) if the namespace's layout block is damaged or
+        of another layout. It stays as it is (another layout's restores rely on it); this
+        context's pieces are stored under its own layout's keys all the same, and only fresh
+        contexts of this layout miss until their first store."""
+        try:
+            stored = self._call(self._read_layout_block)
+            why = "" if stored is None or stored == layout else "layout %s" % stored.layout_id
+        except _LayoutRefused as e:
             why = "a damaged layout block (%s)" % str(e)
-        except LeaseRevokedError:
+        except LeaseRevokedError:  # a purge: the store's next call reconnects
             self._lose()
-            raise
-        if why:
-            self.stats.layout_conflicts += 1
-            log.warning("kvtier: not storing: the namespace %s holds KV of %s, this context has "
-                        "%s (namespace collision, or an engine bug)", client.namespace, why,
-                        layout.layout_id)
-            return False
-        if stored is not None:
-            self._layout_seen = client
-        return True
+            return
+        if not why:
+            return
+        self.stats.layout_conflicts += 1
+        level = logging.DEBUG if self._conflict_warned else logging.WARNING
+        self._conflict_warned = True
+        log.log(level, "kvtier: the layout block of namespace %s holds %s, this context has %s "
+                "(a namespace shared by differently configured engines?): contexts of this "
+                "layout restore only once they know it (after a store)",
+                self.client.namespace, why, layout.layout_id)
 
     def store(self, tokens: Sequence[int], *, ttl_seconds: Optional[int] = None) -> int:
         """Publishes the full blocks of `tokens` that kvtier does not have yet, and the
         namespace's layout block if it is missing.
 
         The engine must have evaluated `tokens` (at least their full blocks) in this sequence,
-        from position 0. Returns the number of blocks this call stored (0 if all were there).
-        Each block is one piece of exactly ``block_tokens * bytes_per_token`` bytes, copied
-        once, from the sequence state straight into its reserved pool slot; the layout block
-        (:data:`LAYOUT_KEY`) is reserved in the same call (ALREADY_EXISTS: another store wrote
-        it). Stores nothing (0, ``stats.layout_conflicts``) if the namespace's layout block
-        holds another layout. Raises BlockTooLargeError if a block does not fit kvtierd's
-        max_block_bytes, UnsupportedStateLayout for KV caches kvtier.llama_state does not
-        handle (SWA, recurrent, several streams), KvtierError if kvtierd fails the calls.
+        from position 0; with a Llama (seq 0) whose ``n_tokens`` is set, `tokens` must be what
+        it evaluated (``llm.input_ids``), else ValueError. Returns the number of blocks this
+        call stored (0 if all were there). Each block is one piece of exactly ``block_tokens *
+        bytes_per_token`` bytes under its :func:`piece_keys` key, copied once, from the
+        sequence state straight into its reserved pool slot, with `ttl_seconds` (default: the
+        store's). A missing layout block (:data:`LAYOUT_KEY`) is reserved in the same call,
+        without a TTL (ALREADY_EXISTS: another store wrote it); one of another layout is left
+        as it is (``stats.layout_conflicts``). Raises BlockTooLargeError if a block does not
+        fit kvtierd's max_block_bytes, UnsupportedStateLayout for KV caches kvtier.llama_state
+        does not handle (SWA, recurrent, several streams), KvtierError if kvtierd fails the
+        calls.
         """
         N = self.block_tokens
         self.stats.stores += 1
-        keys = block_keys(tokens, N)
-        if not keys:
+        n = len(tokens) // N * N
+        if n == 0:
             return 0
-        # [layout, block 0, ...]: a layout block and every block stored is the common case
+        self._check_tokens(tokens, n)
+        state: Optional[ls.SeqState] = None
+        layout = self._layout
+        if layout is None:  # learnt once, from the sequence's own state
+            state = ls.parse_seq_state(self._read_seq_state())
+            layout = self._layout = state.layout
+        keys = piece_keys(tokens[:n], N, layout)
+        # [layout block, block 0, ...]: the layout block and every block stored is the common
+        # case (any layout block: whose layout it is does not matter for this store's keys)
         found = self._call(lambda c: c.match_prefix([LAYOUT_KEY, *keys])).count
         if found == 1 + len(keys):
             return 0
         have = found - 1 if found else self._call(lambda c: c.match_prefix(keys)).count
-        state: Optional[ls.SeqState] = None
-        if have < len(keys):
-            state = ls.parse_seq_state(self._read_seq_state())
-            if state.n_tokens < len(keys) * N:
-                raise ValueError("sequence %d holds %d tokens; store() of %d tokens needs them "
-                                 "evaluated" % (self.seq_id, state.n_tokens, len(tokens)))
-            layout = state.layout
-        else:  # every block is there, the layout block is not: put it back
-            layout = self._layout or ls.parse_seq_state(self._read_seq_state()).layout
-        self._layout = layout
         piece = ls.piece_size(layout, N)
         self._check_size(layout, piece, self._current())
-        if found and not self._layout_agrees(self._current(), layout):
-            return 0
-        layout_block = layout.to_bytes()
-        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
         todo = keys[have:]
+        if todo:
+            if state is None:
+                state = ls.parse_seq_state(self._read_seq_state())
+            if state.layout != layout:  # a context's cache never changes its layout
+                raise RuntimeError("sequence %d's state has layout %s, it had %s"
+                                   % (self.seq_id, state.layout.layout_id, layout.layout_id))
+            if state.n_tokens < n:
+                raise ValueError("sequence %d holds %d tokens; store() of %d tokens needs them "
+                                 "evaluated" % (self.seq_id, state.n_tokens, len(tokens)))
+            if found:
+                self._note_layout_block(layout)
+        layout_block = None if found else layout.to_bytes()
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
 
         def publish(c: Client) -> int:
             stored = 0
-            sizes = [len(layout_block)] + [piece] * len(todo)
-            with c.reserve([LAYOUT_KEY, *todo], sizes, ttl) as r:
-                if r.codes[0] == StatusCode.RESOURCE_EXHAUSTED:
-                    # blocks without their layout block are never restored: store none
-                    self.stats.store_refused += len(todo)
-                    log.debug("kvtier: no room for the layout block: %s", r.refusal)
-                    return 0  # the reservation aborts on leaving the block
-                if r.codes[0] == StatusCode.OK:
+            head = [] if layout_block is None else [LAYOUT_KEY]
+            first = len(head)  # index of the first block in the reservation
+            sizes = [len(layout_block or b"")] * first + [piece] * len(todo)
+            ttls = [0] * first + [ttl or 0] * len(todo)  # 0: the tenant's default
+            with c.reserve([*head, *todo], sizes, ttls) as r:
+                if layout_block is not None and r.codes[0] == StatusCode.OK:
                     r.write(0, layout_block)
-                for i, code in enumerate(r.codes[1:]):
+                codes = r.codes[first:]
+                for i, code in enumerate(codes):
                     if code == StatusCode.RESOURCE_EXHAUSTED:
                         self.stats.store_refused += 1
                         log.debug("kvtier: no room for block %d: %s", have + i, r.refusal)
-                if state is not None:
-                    outs = [r.view(1 + i) if code == StatusCode.OK else None
-                            for i, code in enumerate(r.codes[1:])]
+                if state is not None and todo:
+                    outs = [r.view(first + i) if code == StatusCode.OK else None
+                            for i, code in enumerate(codes)]
                     ls.split_blocks_into(state, N, outs, first=have)
                     outs.clear()  # commit() refuses while views of the slots are alive
                 reserved = [i for i, code in enumerate(r.codes) if code == StatusCode.OK]
-                for i, code in zip(reserved, r.commit()):
-                    if code == StatusCode.OK and i > 0:
-                        stored += 1
-                        self.stats.bytes_stored += piece
+                if reserved:
+                    for i, code in zip(reserved, r.commit()):
+                        if code == StatusCode.OK and i >= first:
+                            stored += 1
+                            self.stats.bytes_stored += piece
             return stored
 
         stored = int(self._call(publish))
@@ -470,13 +557,15 @@ class LlamaKVStore(_Session):
         left to evaluate (its logits are the next-token prediction). Returns the number of
         tokens restored; the sequence then holds exactly tokens [0, n).
 
-        One acquire leases the layout block and the stored run of blocks; the pieces are
-        joined with that layout straight from the pool, then verify() checks that no purge
-        ended the leases during the copy. On any miss or failure (nothing stored, a block
-        gone, no layout block, a damaged one or one of another layout than this context's
-        (once it knows its own, from a store or a restore), a piece not of that layout's size,
-        kvtierd unreachable, a purge during the copy, llama.cpp refusing the state) it returns
-        0 with the sequence cleared: the engine recomputes. Never raises for kvtier trouble.
+        A context that knows its layout (:attr:`layout`) looks up its layout's
+        :func:`piece_keys`; one that does not first reads the namespace's layout block and
+        looks up that layout's keys. One acquire leases the stored run of blocks; the pieces
+        are joined with the layout of their keys straight from the pool, then verify() checks
+        that no purge ended the leases during the copy. On any miss or failure (nothing stored,
+        a block gone, no layout block or a damaged one when it was needed, a piece not of the
+        layout's size, kvtierd unreachable, a purge during a read, llama.cpp refusing the state,
+        e.g. pieces of another layout than this context's) it returns 0 with the sequence
+        cleared: the engine recomputes. Never raises for kvtier trouble.
         """
         N = self.block_tokens
         t = RestoreTimings()
@@ -485,50 +574,49 @@ class LlamaKVStore(_Session):
         n_max = max(0, (len(tokens) - 1) // N)
         if n_max <= 0:
             return self._miss()
-        t0 = time.perf_counter()
-        keys = block_keys(tokens[:n_max * N], N)
-        t1 = time.perf_counter()
-        t.keys = t1 - t0
         leases: Optional[Leases] = None
         views: List[memoryview] = []
         try:
-            have = self._call(lambda c: c.match_prefix(keys)).count
+            t0 = time.perf_counter()
+            layout = self._layout
+            if layout is None:
+                layout = self._call(self._read_layout_block)
+                if layout is None:
+                    self.stats.no_layout += 1
+                    log.info("kvtier: no layout block in the namespace (evicted or expired; the "
+                             "next store() puts it back) and this context does not know its "
+                             "layout yet: recomputing")
+                    return self._miss()
+            t1 = time.perf_counter()
+            t.layout = t1 - t0
+            keys = piece_keys(tokens[:n_max * N], N, layout)
             t2 = time.perf_counter()
-            t.match = t2 - t1
+            t.keys = t2 - t1
+            have = self._call(lambda c: c.match_prefix(keys)).count
+            t3 = time.perf_counter()
+            t.match = t3 - t2
             if have == 0:
                 return self._miss()
-            leases = self._current().acquire([LAYOUT_KEY, *keys[:have]])
-            t3 = time.perf_counter()
-            t.acquire = t3 - t2
-            if leases.codes[0] != StatusCode.OK:
-                self.stats.no_layout += 1
-                log.info("kvtier: blocks stored but no layout block (evicted or expired; the "
-                         "next store() puts it back): recomputing")
-                return self._miss()
-            n_blocks = leases.prefix - 1
+            leases = self._current().acquire(keys[:have])
+            t4 = time.perf_counter()
+            t.acquire = t4 - t3
+            n_blocks = leases.prefix
             if n_blocks <= 0:
                 return self._miss()
-            try:
-                layout = ls.StateLayout.from_bytes(bytes(leases.view(0)))
-                if self._layout is not None and layout != self._layout:
-                    raise ValueError("layout %s, this context has %s"
-                                     % (layout.layout_id, self._layout.layout_id))
-            except ValueError as e:
-                raise _LayoutRefused(str(e)) from None
-            views = [leases.view(1 + i) for i in range(n_blocks)]
+            views = [leases.view(i) for i in range(n_blocks)]
             size = ls.joined_size(layout, n_blocks * N)
             buf = self._buffer(size)
             ls.join_blocks_into(views, buf, layout=layout, block_tokens=N, seq_id=self.seq_id)
             views.clear()  # no view may outlive the verify: release waits for them
-            t4 = time.perf_counter()
-            t.join = t4 - t3
+            t5 = time.perf_counter()
+            t.join = t5 - t4
             if self._after_copy is not None:
                 self._after_copy(leases)
             leases.verify()
             _release_quietly(leases)
             leases = None
-            t5 = time.perf_counter()
-            t.verify = t5 - t4
+            t6 = time.perf_counter()
+            t.verify = t6 - t5
         except LeaseRevokedError:
             self.stats.revoked += 1
             self._lose()
@@ -560,7 +648,7 @@ class LlamaKVStore(_Session):
             _release_quietly(leases)
 
         n_read = int(llama_cpp.llama_state_seq_set_data(self.ctx, buf, size, self.seq_id))
-        t.set_state = time.perf_counter() - t5
+        t.set_state = time.perf_counter() - t6
         if n_read != size:
             self.stats.refused_by_llama += 1
             log.warning("kvtier: llama.cpp refused the restored state (%d of %d bytes read)",
@@ -580,7 +668,7 @@ class LlamaKVStore(_Session):
 
 
 class _LayoutRefused(ValueError):
-    """The namespace's layout block is damaged, or not this context's layout."""
+    """The namespace's layout block is damaged."""
 
 
 # --------------------------------------------------------------------------
@@ -661,6 +749,10 @@ class CacheStats:
     hits: int = 0           #: states returned
     misses: int = 0         #: KeyErrors raised
     stale: int = 0          #: manifests whose chunks were gone (removed, next one tried)
+    unreadable: int = 0     #: states whose chunks could not be read now (kept, next one tried)
+    #: states skipped because they cannot load into this cache's Llama (another n_ctx, or a
+    #: scores shape its ``scores`` cannot take: another n_batch or logits_all)
+    incompatible: int = 0
     revoked: int = 0        #: reads thrown away because verify() failed
     stores: int = 0         #: states stored (at least one new manifest)
     store_skipped: int = 0  #: __setitem__ with nothing new to store (or too short a prefix)
@@ -673,7 +765,8 @@ class CacheStats:
 class KvtierLlamaCache(_Session, BaseLlamaCache):
     """A ``Llama.set_cache`` cache whose states live in kvtierd (DRAM, then SSD).
 
-    ``llm.set_cache(KvtierLlamaCache(kvtier.Client(socket, llama_namespace(llm, path, 64))))``
+    ``llm.set_cache(KvtierLlamaCache(kvtier.Client(socket, llama_namespace(llm, path, 64)),
+    llm=llm))``
 
     llama-cpp-python's cache interface is per prefix: ``cache[prompt + completion] =
     llm.save_state()`` after each completion, and ``cache[prompt]`` returns a whole
@@ -693,31 +786,47 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
     The cost compared with LlamaKVStore (which stores each block of KV once and shares it
     among all prompts): every stored state repeats the KV of its whole prefix, so a T-token
     conversation stored after each turn costs O(T^2) bytes, and a hit moves the whole state
-    (KV of all its tokens, logits, and ``scores``: n_batch x n_vocab floats when logits_all
-    is off, unused then; pass ``keep_scores=False`` to store none and load zeros). The gain is
-    that it works with ``create_completion``/``__call__`` as they are.
+    (KV of all its tokens, logits, and with `keep_scores` its ``scores``). The gain is that it
+    works with ``create_completion``/``__call__`` as they are.
 
     `block_tokens` is the granularity of prefix matches (a hit covers whole blocks; prompts
     shorter than one block are never cached). ``cache_size`` is the tenant's DRAM pool bytes
     in use (kvtierd evicts, not this class; ``capacity_bytes`` is the pool size).
 
-    A whole-context state also carries the context's shape: ``Llama.load_state`` raises
-    RuntimeError if llama.cpp refuses it (a state of more tokens than this context's n_ctx
-    holds, or of another n_seq_max). Contexts that differ there should not share a
-    namespace: add e.g. ``extra=["n_ctx=%d" % llm.n_ctx()]`` to :func:`llama_namespace`.
+    A whole-context state also carries the shape of the Llama that saved it, which
+    ``Llama.load_state`` needs to match: ``input_ids`` of n_ctx entries, ``scores`` of
+    min(n_tokens, n_ctx with logits_all or else n_batch) rows, at most n_ctx tokens of KV;
+    a state that does not fit makes load_state raise, or leave the Llama holding tokens
+    without their KV. Give the Llama the cache is set on as `llm`: a stored state that
+    cannot load into it is then a miss (``stats.incompatible``) and its prompt is computed.
+    Without `llm` every state is returned as stored, so all Llamas sharing the namespace must
+    be configured alike (n_ctx, n_batch, logits_all). Either way, Llamas that differ there
+    are better kept apart (``extra=["n_ctx=%d" % llm.n_ctx(), ...]`` in
+    :func:`llama_namespace`): they do not hit each other's states, and the first state stored
+    for a prefix keeps the others' from being stored. llama.cpp itself still refuses a state of
+    another n_seq_max (load_state raises RuntimeError).
+
+    `keep_scores`: store ``scores`` (n x n_vocab floats) with the state; without them a hit
+    loads zeros there. They are only written by a Llama with ``logits_all`` (otherwise they
+    are uninitialised memory, and only logprobs read them, which need logits_all), so the
+    default is ``llm``'s logits_all, or True without `llm`.
+
     Lookups and stores never raise for kvtier trouble (a lookup is then a KeyError, a
     store is skipped; see ``stats``).
     """
 
     def __init__(self, client: Client, block_tokens: int = 64, *,
-                 ttl_seconds: Optional[int] = None, keep_scores: bool = True,
-                 reconnect: bool = True) -> None:
+                 llm: Optional["llama_cpp.Llama"] = None, ttl_seconds: Optional[int] = None,
+                 keep_scores: Optional[bool] = None, reconnect: bool = True) -> None:
         if block_tokens <= 0:
             raise ValueError("block_tokens must be positive")
         _Session.__init__(self, client, reconnect)
         BaseLlamaCache.__init__(self, capacity_bytes=client.pool_size)
         self.block_tokens = block_tokens
+        self.llm = llm
         self.ttl_seconds = ttl_seconds
+        if keep_scores is None:
+            keep_scores = bool(getattr(llm, "_logits_all", True)) if llm is not None else True
         self.keep_scores = keep_scores
         self.stats = CacheStats()
         #: Test hook, as LlamaKVStore._after_copy: runs after the state's chunks were copied.
@@ -820,6 +929,8 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
         return state
 
     def __contains__(self, key: object) -> bool:
+        """Whether a state is stored for a prefix of `key` (one round trip; the state is
+        neither read nor checked against ``llm``: ``cache[key]`` may still miss)."""
         try:
             mkeys = self._manifest_keys(list(key))  # type: ignore[call-overload]
             if not mkeys:
@@ -842,11 +953,28 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
         finally:
             _release_quietly(leases)
 
+    def _incompatible(self, m: _Manifest) -> str:
+        """Why the state of `m` cannot load into ``self.llm`` ("" if it can, or no llm)."""
+        llm = self.llm
+        if llm is None:
+            return ""
+        n_ctx = int(llm.n_ctx())
+        if m.n_tokens > n_ctx:
+            return "%d tokens, the Llama's n_ctx is %d" % (m.n_tokens, n_ctx)
+        if m.input_ids_len != len(llm.input_ids):
+            return "input_ids of %d, the Llama's are %d" % (m.input_ids_len, len(llm.input_ids))
+        fits = tuple(llm.scores[:m.n_tokens, :].shape)
+        if (m.scores_rows, m.scores_cols) != fits:
+            return "scores of %dx%d, the Llama takes %dx%d" % (
+                m.scores_rows, m.scores_cols, fits[0], fits[1])
+        return ""
+
     def _lookup(self, tokens: List[int]) -> Optional["llama_cpp.llama.LlamaState"]:
         mkeys = self._manifest_keys(tokens)
         if not mkeys:
             return None
-        dead: Set[bytes] = set()  # nonces of states found incomplete
+        dead: Set[bytes] = set()     # nonces of states found incomplete: forget their manifests
+        skipped: Set[bytes] = set()  # nonces of states not usable now, or not here: keep them
         for k, raw in self._read_manifests(mkeys):
             try:
                 m = _Manifest.unpack(raw)
@@ -859,11 +987,24 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
             if m.nonce in dead:
                 self._current().remove([mkeys[k - 1]])
                 continue
-            state = self._load(m)
-            if state is None:  # its chunks were evicted or expired: forget this manifest
+            if m.nonce in skipped:
+                continue
+            why = self._incompatible(m)
+            if why:
+                self.stats.incompatible += 1
+                skipped.add(m.nonce)
+                log.info("kvtier: a stored state cannot load into this Llama (%s): skipped", why)
+                continue
+            try:
+                state = self._load(m)
+            except _StateGone:  # a chunk was evicted, expired or removed: forget the manifest
                 self.stats.stale += 1
                 dead.add(m.nonce)
                 self._current().remove([mkeys[k - 1]])
+                continue
+            if state is None:  # not readable now (a failed promotion...): kept for later
+                self.stats.unreadable += 1
+                skipped.add(m.nonce)
                 continue
             n = k * self.block_tokens
             if state.input_ids[:n].tolist() != tokens[:n]:  # never: the keys cover the tokens
@@ -873,24 +1014,33 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
         return None
 
     def _load(self, m: _Manifest) -> Optional["llama_cpp.llama.LlamaState"]:
+        """The state of `m`. Raises _StateGone if one of its chunks is not stored (NOT_FOUND),
+        LeaseRevokedError if a purge ended the leases during the copy; None if the chunks are
+        there but could not be read now, or are not the manifest's sizes."""
         ckeys = [_chunk_key(m.nonce, i) for i in range(m.n_chunks)]
         client = self._current()
         leases = client.acquire(ckeys)
         try:
             if leases.prefix != m.n_chunks:
+                code = leases.codes[leases.prefix]
+                if code == StatusCode.NOT_FOUND:
+                    raise _StateGone()
+                log.warning("kvtier: chunk %d of a stored llama state could not be read (%s)",
+                            leases.prefix, code.name.lower())
+                return None
+            sizes = [leases.size(i) for i in range(m.n_chunks)]
+            if sum(sizes) != m.payload_len or any(sz > m.chunk_bytes for sz in sizes):
+                log.warning("kvtier: the chunks of a stored llama state are not its manifest's "
+                            "sizes; ignored")
                 return None
             payload = bytearray(m.payload_len)
             dst = memoryview(payload)
             off = 0
             for i in range(m.n_chunks):
                 v = leases.view(i)
-                if off + v.nbytes > m.payload_len:
-                    return None
                 dst[off:off + v.nbytes] = v
                 off += v.nbytes
                 del v
-            if off != m.payload_len:
-                return None
             if self._after_copy is not None:
                 self._after_copy(leases)
             leases.verify()  # LeaseRevokedError: the caller's miss
@@ -911,6 +1061,10 @@ class KvtierLlamaCache(_Session, BaseLlamaCache):
         return llama_cpp.llama.LlamaState(
             input_ids=input_ids, scores=scores, n_tokens=m.n_tokens, llama_state=llama_state,
             llama_state_size=m.llama_state_size, seed=m.seed)
+
+
+class _StateGone(Exception):
+    """A chunk of a stored state is not stored any more (evicted, expired, removed)."""
 
 
 def _chunk_bytes(client: Client) -> int:

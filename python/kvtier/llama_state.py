@@ -60,8 +60,10 @@ stored again, each a superset of the last); storing fixed blocks of
 ``k*N`` tokens match reuses the first k blocks. A block's K/V bytes depend on
 every token before it (attention), so a block is only reusable after the same
 prefix: the caller keys block i by a hash chain over tokens [0, (i+1)*N)
-(:func:`kvtier.keys.block_keys`) in a namespace that holds one layout
-(model, cache types, v_trans, ...: :func:`kvtier.llama_cpp.llama_namespace`).
+(:func:`kvtier.keys.block_keys`), salted with the hash of the block's layout
+(:attr:`StateLayout.layout_hash`; :func:`kvtier.llama_cpp.piece_keys`), in a
+namespace of the model and cache configuration
+(:func:`kvtier.llama_cpp.llama_namespace`).
 
 A piece is the payload only, exactly ``N * layout.bytes_per_token`` bytes
 (:func:`piece_size`)::
@@ -84,10 +86,13 @@ would check comes from elsewhere:
   [0, (i+1)*N), so the pieces of keys 0..k-1 are blocks 0..k-1 of one prefix,
   in order and contiguous, by construction; :func:`join_blocks_into` takes them
   in that order;
-- which layout: the :class:`StateLayout`, given explicitly to the join. It is
-  stored once per namespace (:meth:`StateLayout.to_bytes`, a small "layout
-  block" that :class:`kvtier.llama_cpp.LlamaKVStore` reads in the same acquire
-  as the pieces), not once per piece;
+- which layout: the :class:`StateLayout`, given explicitly to the join. The
+  caller salts every piece's key with the hash of the layout it was cut with,
+  so a lookup for one layout never finds pieces of another: the layout a
+  caller joins with is the layout of the pieces its keys found. A caller that
+  does not know its layout yet learns which to look up from a small "layout
+  block" stored once per namespace (:meth:`StateLayout.to_bytes`), not once
+  per piece;
 - the size: :func:`join_blocks_into` refuses any piece that is not exactly
   :func:`piece_size` bytes for the layout and ``block_tokens`` it is given.
 
@@ -104,10 +109,13 @@ The layout block
     16 bytes:           BLAKE2b-128 of everything before
 
 A few hundred bytes (one 4 KiB slot). Of the descriptor, llama.cpp itself
-checks every field on restore (``state_read_data``) except the piece format;
-the layout block is what lets a context that has not produced a state of its
-own yet cut the joined state right, and what refuses pieces of another layout
-stored under the same namespace by mistake.
+checks every field on restore (``state_read_data``) except the piece format.
+The layout block tells a context that has not produced a state of its own yet
+which layout's keys to look up (:class:`kvtier.llama_cpp.LlamaKVStore`). It is
+only that hint: the pieces such a lookup finds are of the layout it names
+(their keys say so), so a layout block of another layout makes it find none,
+or pieces llama.cpp refuses for the context, never pieces joined with a
+layout they were not cut with.
 
 Restoring k blocks needs one gather copy (:func:`join_blocks_into`) to
 interleave the blocks back into llama.cpp's per-layer layout; it runs at
@@ -143,9 +151,10 @@ __all__ = [
 
 BufferLike = Union[bytes, bytearray, memoryview, np.ndarray]
 
-#: Version of the piece format (header-less pieces, layout stored once). Part of the layout
-#: block and of kvtier.llama_cpp's namespace: pieces of another format are never found.
-PIECE_VERSION = 2
+#: Version of the piece format (header-less pieces under keys salted with their layout's hash,
+#: layout block once per namespace). Part of the layout block and of kvtier.llama_cpp's
+#: namespace: pieces of another format are never found.
+PIECE_VERSION = 3
 
 LLAMA_STATE_SEQ_MAGIC = 0xAF143CD8
 
@@ -226,6 +235,8 @@ class StateLayout:
 
     @property
     def layout_hash(self) -> bytes:
+        """BLAKE2b-128 of :meth:`descriptor` (16 bytes): kvtier.llama_cpp salts the keys of
+        this layout's pieces with it."""
         return hashlib.blake2b(self.descriptor(), digest_size=16).digest()
 
     @property
@@ -246,8 +257,8 @@ class StateLayout:
 
     def to_bytes(self) -> bytes:
         """The layout block: this layout and the piece format, self-checking (module
-        docstring, "The layout block"). Stored once per namespace; read back with
-        :meth:`from_bytes`."""
+        docstring, "The layout block"). Stored once per namespace, as a hint; read back
+        with :meth:`from_bytes`."""
         desc = self.descriptor()
         body = _LAYOUT_HDR.pack(LAYOUT_MAGIC, LAYOUT_VERSION, PIECE_VERSION, len(desc)) + desc
         return body + hashlib.blake2b(body, digest_size=16).digest()
@@ -532,9 +543,9 @@ def join_blocks_into(pieces: Sequence[BufferLike], out: BufferLike, *, layout: S
 
     ``pieces[i]`` must be block i of one sequence (pieces carry no position: the caller's
     prefix-chained keys give the order and contiguity) of `layout` (pieces carry no layout
-    either: the caller's layout block gives it). Returns the number of bytes written. Raises
-    ValueError if any piece is not exactly :func:`piece_size` bytes, or `out` is too small or
-    read-only."""
+    either: the caller's keys, salted with the layout's hash, tie them to it). Returns the
+    number of bytes written. Raises ValueError if any piece is not exactly :func:`piece_size`
+    bytes, or `out` is too small or read-only."""
     mvs = _check_pieces(pieces, layout, block_tokens)
     return _gather(layout, block_tokens, mvs, out, seq_id)
 

@@ -26,7 +26,8 @@ for _p in (_HERE, os.path.dirname(_HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-llama_cpp = pytest.importorskip("llama_cpp")
+# CI pins llama-cpp-python: a missing llama_cpp must fail this suite, never skip it.
+import llama_cpp  # noqa: E402
 
 import kvtier  # noqa: E402
 from kvtier import StatusCode, Tier  # noqa: E402
@@ -37,6 +38,7 @@ from kvtier.llama_cpp import (  # noqa: E402
     KvtierLlamaCache,
     LlamaKVStore,
     llama_namespace,
+    piece_keys,
 )
 from kvtier.testing import Daemon  # noqa: E402
 
@@ -66,6 +68,14 @@ def ref_next(model_path, tokens) -> bytes:
     llm = lm.open_llama(model_path)
     lm.prefill(llm, tokens[:T], N)
     return lm.next_logits(llm, tokens[T], T)
+
+
+@pytest.fixture(scope="module")
+def layout(model_path, tokens) -> ls.StateLayout:
+    """The layout of the tests' contexts (flash attention off): the salt of their keys."""
+    llm = lm.open_llama(model_path)
+    lm.prefill(llm, tokens[:N], N)
+    return ls.parse_seq_state(lm.get_seq_state(llm)).layout
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +158,12 @@ def test_partial_prefix_restore_then_compute_rest(daemon, model_path, tokens, ns
     ref_last = lm.last_logits(ref)
     ref_other = lm.next_logits(ref, other[T], T)
 
-    llm = lm.open_llama(model_path)
+    llm = lm.open_llama(model_path, n_batch=N)
     kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
     assert kv.restore(other) == 1024
     assert lm.seq_pos_max(llm) == 1023
-    lm.prefill(llm, other[1024:T], N, pos0=1024)
+    llm.eval(other[1024:T])                               # batches of N from 1024
+    assert llm.n_tokens == T
     assert lm.last_logits(llm) == ref_last
     assert lm.next_logits(llm, other[T], T) == ref_other
     assert kv.store(other[:T]) == 4                       # its own 4 new blocks
@@ -234,7 +245,7 @@ def _flip_record_byte(spill_dir: Path, key: bytes) -> None:
 
 
 @pytest.mark.parametrize("how", ["removed", "expired", "purged", "ssd_tampered"])
-def test_lost_blocks_give_a_shorter_prefix_never_wrong_logits(model_path, tokens, ns,
+def test_lost_blocks_give_a_shorter_prefix_never_wrong_logits(model_path, tokens, ns, layout,
                                                               ref_next, how):
     opts = {"dram_bytes": 64 * MiB}
     if how == "expired":
@@ -242,14 +253,23 @@ def test_lost_blocks_give_a_shorter_prefix_never_wrong_logits(model_path, tokens
     if how == "ssd_tampered":
         opts = {"dram_bytes": 16 * MiB, "max_block_bytes": 4 * MiB, "ssd_bytes": 256 * MiB}
     with Daemon(**opts) as d:
-        keys = kvtier.block_keys(tokens[:T], N)
+        keys = piece_keys(tokens[:T], N, layout)
         client = kvtier.Client(d.socket, ns)
+        llm = lm.open_llama(model_path)
+        kv = LlamaKVStore(kvtier.Client(d.socket, ns), llm, block_tokens=N)
         if how == "expired":
-            # the first 4 blocks outlive the test; the last 4 take the tenant's 1 s default
+            # the first 4 blocks outlive the test; the last 4 take the tenant's 1 s default,
+            # and so does the layout block (stores write it without a TTL of their own)
             src = LlamaKVStore(client, source(model_path, tokens), block_tokens=N)
             assert src.store(tokens[:1024], ttl_seconds=3600) == 4
             assert src.store(tokens[:T]) == 4
             wait_for(lambda: client.match_prefix(keys).count == 4, "the last blocks to expire")
+            wait_for(lambda: client.match_prefix([LAYOUT_KEY]).count == 0,
+                     "the layout block to expire")
+            # a fresh context needs the layout block to know which keys to look up...
+            assert kv.restore(tokens) == 0 and kv.stats.no_layout == 1
+            # ... a context that knows its layout does not
+            llm, kv = src.llm, src
             expect = 1024
         else:
             store_prompt(d, ns, model_path, tokens)
@@ -264,8 +284,6 @@ def test_lost_blocks_give_a_shorter_prefix_never_wrong_logits(model_path, tokens
                 _flip_record_byte(d.dir / "spill", keys[5])
                 expect = 5 * N
 
-        llm = lm.open_llama(model_path)
-        kv = LlamaKVStore(kvtier.Client(d.socket, ns), llm, block_tokens=N)
         n = kv.restore(tokens)
         assert n == expect
         if how == "ssd_tampered":
@@ -302,7 +320,7 @@ def test_purge_during_the_copy_is_a_miss(daemon, model_path, tokens, ns, ref_nex
 # --------------------------------------------------------------------------
 # KV that must never meet
 
-def test_another_model_never_matches(daemon, model_path, tokens, ns, tmp_path):
+def test_another_model_never_matches(daemon, model_path, tokens, ns, layout, tmp_path):
     other_path = lm.write_tiny_llama_gguf(str(tmp_path / "other.gguf"),
                                           lm.TinyLlamaConfig(seed=999))
     other = lm.open_llama(other_path)
@@ -311,10 +329,10 @@ def test_another_model_never_matches(daemon, model_path, tokens, ns, tmp_path):
     assert other_ns == llama_namespace(other, other_path, N,
                                        model_fingerprint=kvtier.file_fingerprint(other_path))
     store_prompt(daemon, ns, model_path, tokens)
+    keys = piece_keys(tokens[:T], N, layout)              # the same shape: the same layout
     c = kvtier.Client(daemon.socket, other_ns)
-    assert c.match_prefix(kvtier.block_keys(tokens[:T], N)).count == 0
-    assert kvtier.Client(daemon.socket, ns).match_prefix(
-        kvtier.block_keys(tokens[:T], N)).count == T // N
+    assert c.match_prefix(keys).count == 0
+    assert kvtier.Client(daemon.socket, ns).match_prefix(keys).count == T // N
     kv = LlamaKVStore(c, other, block_tokens=N)
     assert kv.restore(tokens) == 0 and kv.stats.misses == 1
 
@@ -334,39 +352,71 @@ def test_namespace_parts(model_path):
     assert llama_namespace(q8, model_path, N) != llama_namespace(fa, model_path, N)
 
 
-def test_flash_attention_layouts_never_meet(daemon, model_path, tokens, ref_next):
+def test_flash_attention_layouts_never_meet(daemon, model_path, tokens, layout, ref_next):
     on = source(model_path, tokens, flash_attn=True)
     ns_on = llama_namespace(on, model_path, N)
     ns_off = llama_namespace(lm.open_llama(model_path), model_path, N)
     assert ns_on != ns_off
-    assert LlamaKVStore(kvtier.Client(daemon.socket, ns_on), on, block_tokens=N) \
-        .store(tokens[:T]) == T // N
-    assert kvtier.Client(daemon.socket, ns_off).match_prefix(
-        kvtier.block_keys(tokens[:T], N)).count == 0
+    kv_on = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), on, block_tokens=N)
+    assert kv_on.store(tokens[:T]) == T // N
+    assert kv_on.layout is not None and kv_on.layout.v_trans is False and layout.v_trans
+    off_fresh = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns_off), off_fresh, block_tokens=N)
+    assert kv.restore(tokens) == 0 and kv.stats.no_layout == 1  # nothing in its namespace
 
-    # Even under one namespace (a misconfigured caller), a flash-attention state never
-    # restores into a context without it: llama.cpp refuses the V layout...
-    wrong = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), on, block_tokens=N)
-    off = lm.open_llama(model_path)
-    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), off, block_tokens=N)
-    assert wrong.store(tokens[:T]) == 0
+    # Even under one namespace (a misconfigured caller), the layouts never meet. A fresh
+    # context without flash attention looks up the keys of the layout block's layout (flash
+    # attention's), finds those pieces, and llama.cpp refuses their V layout...
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), off_fresh, block_tokens=N)
     assert kv.restore(tokens) == 0
-    assert kv.stats.refused_by_llama == 1 and lm.seq_pos_max(off) == -1
-    # ... and a store that has seen its own layout refuses the pieces before llama.cpp does
-    off2 = source(model_path, tokens)
-    kv2 = LlamaKVStore(kvtier.Client(daemon.socket, ns_off), off2, block_tokens=N)
-    assert kv2.store(tokens[:T]) == T // N
-    kv2.client = kvtier.Client(daemon.socket, ns_on)
-    assert kv2.restore(tokens) == 0
-    assert kv2.stats.bad_layout == 1 and lm.seq_pos_max(off2) == -1
-    assert finish(off2, tokens, 0) == ref_next
-    # ... and refuses to store its pieces under the other layout's layout block
-    on_client = kvtier.Client(daemon.socket, ns_on)
-    keys = kvtier.block_keys(tokens[:T], N)
-    assert on_client.remove([keys[-1]]) == [StatusCode.OK]
-    assert kv2.store(tokens[:T]) == 0
-    assert kv2.stats.layout_conflicts == 1
-    assert on_client.match_prefix(keys).count == T // N - 1
+    assert kv.stats.refused_by_llama == 1 and lm.seq_pos_max(off_fresh) == -1
+    assert kv.layout is None
+    # ... a context without flash attention stores its own pieces there, under its own
+    # layout's keys: all of them new, the 4 blocks it shares with flash attention's prompt
+    # included (with keys of the tokens alone it would find those 4 and store 4)
+    other = tokens[:1024] + lm.random_tokens(T + 1 - 1024, seed=14)
+    off = source(model_path, other)
+    kv_off = LlamaKVStore(kvtier.Client(daemon.socket, ns_on), off, block_tokens=N)
+    assert kv_off.store(other[:T]) == T // N
+    assert kv_off.stats.layout_conflicts == 1              # the layout block: flash attention's
+    ref_other = lm.next_logits(off, other[T], T)
+    # ... and each context restores its own layout's pieces, with the right logits
+    assert kv_off.restore(other) == T
+    assert lm.next_logits(off, other[T], T) == ref_other
+    assert kv_off.restore(tokens) == 1024                  # its own 4, never flash attention's
+    assert finish(off, tokens, 1024) == ref_next
+    ref_on = source(model_path, tokens, flash_attn=True)
+    ref_on_next = lm.next_logits(ref_on, tokens[T], T)
+    assert kv_on.restore(tokens) == T
+    assert lm.next_logits(on, tokens[T], T) == ref_on_next
+    assert kv_on.restore(other) == 1024                    # its own 4 blocks of the prefix
+
+
+def test_a_layout_block_rewritten_under_pieces_never_joins_them(daemon, model_path, tokens,
+                                                                 ref_next):
+    """The layout block can go (expiry, eviction, removal) and come back with another layout:
+    a flash-attention context stored 4 blocks; the layout block went; a context without flash
+    attention in the same namespace stored another prompt, writing its own layout block. A
+    fresh context without flash attention must not join the first prompt's pieces with that
+    layout (the pieces are the same size either way, and llama.cpp would accept them: wrong
+    logits); their keys carry their layout, so it does not find them."""
+    on = source(model_path, tokens, flash_attn=True)
+    ns = llama_namespace(on, model_path, N)                  # shared by both, by mistake
+    c = kvtier.Client(daemon.socket, ns)
+    assert LlamaKVStore(c, on, block_tokens=N).store(tokens[:1024]) == 4
+    assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
+    other = lm.random_tokens(T, seed=15)
+    kv_off = LlamaKVStore(kvtier.Client(daemon.socket, ns), source(model_path, other),
+                          block_tokens=N)
+    assert kv_off.store(other[:T]) == T // N
+    stored = ls.StateLayout.from_bytes(bytes(c.get_copy([LAYOUT_KEY])[0] or b""))
+    assert stored == kv_off.layout and stored.v_trans      # the layout block is now its layout
+
+    fresh = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh, block_tokens=N)
+    n = kv.restore(tokens)
+    assert n == 0 and kv.stats.misses == 1 and lm.seq_pos_max(fresh) == -1
+    assert finish(fresh, tokens, n) == ref_next
 
 
 # --------------------------------------------------------------------------
@@ -382,12 +432,13 @@ def test_stored_blocks_are_exactly_the_payload(daemon, model_path, tokens, ns):
     kv = store_prompt(daemon, ns, model_path, tokens)
     assert kv.stats.bytes_stored == T * 1024
     c = kvtier.Client(daemon.socket, ns)
-    with c.acquire([LAYOUT_KEY, *kvtier.block_keys(tokens[:T], N)]) as leases:
+    assert kv.layout is not None
+    with c.acquire([LAYOUT_KEY, *piece_keys(tokens[:T], N, kv.layout)]) as leases:
         assert leases.prefix == 1 + T // N
         sizes = [leases.size(i) for i in range(len(leases))]
         layout = ls.StateLayout.from_bytes(bytes(leases.view(0)))
         leases.verify()
-    assert layout == kv._layout and layout.bytes_per_token == 1024
+    assert layout == kv.layout and layout.bytes_per_token == 1024
     assert sizes[1:] == [PIECE] * (T // N) and PIECE == 256 << 10
     assert sizes[0] == len(layout.to_bytes()) <= 4096
     s = c.stats()
@@ -399,31 +450,37 @@ def test_missing_layout_block_is_a_miss_until_the_next_store(daemon, model_path,
                                                             ref_next):
     src = store_prompt(daemon, ns, model_path, tokens)
     c = kvtier.Client(daemon.socket, ns)
-    keys = kvtier.block_keys(tokens[:T], N)
+    assert src.layout is not None
+    keys = piece_keys(tokens[:T], N, src.layout)
     assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
-    # every block is there, but without the layout block nothing is joined
+    # every block is there, but a context that does not know its layout yet does not know
+    # which keys to look up: a miss
     fresh = lm.open_llama(model_path)
     kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh, block_tokens=N)
     assert kv.restore(tokens) == 0
-    assert kv.stats.no_layout == 1 and lm.seq_pos_max(fresh) == -1
+    assert kv.stats.no_layout == 1 and lm.seq_pos_max(fresh) == -1 and kv.layout is None
+    # a context that knows its layout needs no layout block
+    assert src.restore(tokens) == T and src.stats.no_layout == 0
+    assert lm.next_logits(src.llm, tokens[T], T) == ref_next
     # the next store() puts the layout block back, and only it; a store that has not seen
     # its layout yet reads it from its sequence's state
     helper = LlamaKVStore(kvtier.Client(daemon.socket, ns), src.llm, block_tokens=N)
     assert helper.store(tokens[:T]) == 0
     assert c.match_prefix([LAYOUT_KEY, *keys]).count == 1 + T // N
     assert c.stats().committed_blocks == 1 + T // N
-    assert kv.restore(tokens) == T
+    assert kv.restore(tokens) == T and kv.layout == src.layout
     assert lm.next_logits(fresh, tokens[T], T) == ref_next
 
-    # again, for a context that knows its layout: it misses too, and its next store() puts
-    # the layout block back from the layout it knows (its sequence is empty after the miss)
+    # again, from a store that knows its layout (its sequence is empty after a miss: the
+    # layout is not read from it again)
     assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
-    assert src.restore(tokens) == 0 and src.stats.no_layout == 1
-    assert lm.seq_pos_max(src.llm) == -1
+    assert src.restore(tokens[:N]) == 0 and lm.seq_pos_max(src.llm) == -1
     assert src.store(tokens[:T]) == 0
     assert c.match_prefix([LAYOUT_KEY]).count == 1
-    assert src.restore(tokens) == T
-    assert lm.next_logits(src.llm, tokens[T], T) == ref_next
+    fresh2 = lm.open_llama(model_path)
+    kv2 = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh2, block_tokens=N)
+    assert kv2.restore(tokens) == T
+    assert lm.next_logits(fresh2, tokens[T], T) == ref_next
 
 
 def _other_layout(real: ls.StateLayout, how: str) -> bytes:
@@ -442,38 +499,38 @@ def _other_layout(real: ls.StateLayout, how: str) -> bytes:
 def test_layout_block_of_another_layout_is_a_miss(daemon, model_path, tokens, ns, ref_next,
                                                   how):
     """The namespace's layout block replaced (a namespace collision, an engine bug): never a
-    wrong join. A context that knows its layout refuses the block; a fresh one joins with it
-    and is refused by the piece sizes or by llama.cpp; nobody stores pieces under it."""
+    wrong join. A context that knows its layout does not read it; a fresh one refuses a
+    damaged one, and with another layout's looks up that layout's keys, finding nothing;
+    stores go on under their own layout's keys and count the conflict."""
     src = store_prompt(daemon, ns, model_path, tokens)
     c = kvtier.Client(daemon.socket, ns)
+    assert src.layout is not None
     assert c.remove([LAYOUT_KEY]) == [StatusCode.OK]
-    assert c.put_copy([LAYOUT_KEY], [_other_layout(src._layout, how)]) == [StatusCode.OK]
+    assert c.put_copy([LAYOUT_KEY], [_other_layout(src.layout, how)]) == [StatusCode.OK]
 
-    assert src.restore(tokens) == 0
-    assert src.stats.bad_layout == 1 and lm.seq_pos_max(src.llm) == -1
+    assert src.restore(tokens) == T and src.stats.bad_layout == 0
+    assert lm.next_logits(src.llm, tokens[T], T) == ref_next
 
     fresh = lm.open_llama(model_path)
     kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), fresh, block_tokens=N)
     assert kv.restore(tokens) == 0 and lm.seq_pos_max(fresh) == -1
-    if how == "damaged":
-        assert kv.stats.bad_layout == 1
-    elif how == "v_rows":
-        assert kv.stats.refused_by_llama == 1       # "incompatible V transposition"
-    else:
-        assert kv.stats.bad_pieces == 1             # 256 KiB pieces, 192 KiB for 3 layers
+    assert kv.stats.bad_layout == (1 if how == "damaged" else 0)
+    assert kv.stats.bad_pieces == 0 and kv.stats.refused_by_llama == 0
     assert finish(fresh, tokens, 0) == ref_next
 
     other = tokens[:N] + lm.random_tokens(T, seed=13)
     new = LlamaKVStore(kvtier.Client(daemon.socket, ns), source(model_path, other),
                        block_tokens=N)
-    assert new.store(other[:T]) == 0 and new.stats.layout_conflicts == 1
-    assert c.match_prefix(kvtier.block_keys(other[:T], N)).count == 1   # the shared block
+    assert new.store(other[:T]) == T // N - 1 and new.stats.layout_conflicts == 1
+    assert c.match_prefix(piece_keys(other[:T], N, src.layout)).count == T // N
+    # the layout block is left as it was (another layout's restores may rely on it)
+    assert bytes(c.get_copy([LAYOUT_KEY])[0] or b"") == _other_layout(src.layout, how)
 
 
-def test_a_piece_of_the_wrong_size_is_a_miss(daemon, model_path, tokens, ns, ref_next):
+def test_a_piece_of_the_wrong_size_is_a_miss(daemon, model_path, tokens, ns, layout, ref_next):
     store_prompt(daemon, ns, model_path, tokens)
     c = kvtier.Client(daemon.socket, ns)
-    keys = kvtier.block_keys(tokens[:T], N)
+    keys = piece_keys(tokens[:T], N, layout)
     piece = c.get_copy([keys[3]])[0]
     assert piece is not None and len(piece) == PIECE
     llm = lm.open_llama(model_path)
@@ -524,6 +581,61 @@ def test_store_needs_the_tokens_evaluated(daemon, model_path, tokens, ns):
     assert kv.store(tokens[:255]) == 0                    # no full block
 
 
+def test_store_checks_the_tokens_against_the_llama(daemon, model_path, tokens, ns, layout):
+    """With a Llama that tracks what it evaluated, store() refuses tokens it did not evaluate
+    (their keys would get the KV of other tokens)."""
+    llm = lm.open_llama(model_path, n_batch=N)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns), llm, block_tokens=N)
+    llm.eval(tokens[:1024])
+    with pytest.raises(ValueError, match=r"holds 1024 tokens.*2048 tokens"):
+        kv.store(tokens[:T])
+    wrong = list(tokens[:1024])
+    wrong[300] = 4 if wrong[300] != 4 else 5
+    with pytest.raises(ValueError, match=r"token 300 given to store\(\) is %d, the Llama "
+                                         r"evaluated %d" % (wrong[300], tokens[300])):
+        kv.store(wrong)
+    c = kvtier.Client(daemon.socket, ns)
+    assert c.match_prefix(piece_keys(wrong, N, layout)).count == 0
+    assert c.stats().committed_blocks == 0                # nothing stored, not even the layout
+    assert kv.store(tokens[:1100]) == 4                   # its full blocks: what it evaluated
+    assert c.match_prefix(piece_keys(tokens[:1024], N, layout)).count == 4
+
+
+def test_reconnect_keeps_the_connect_options_and_is_rate_limited(daemon, model_path, tokens,
+                                                                 ns, ref_next, monkeypatch):
+    import kvtier.llama_cpp as kl
+
+    src = store_prompt(daemon, ns, model_path, tokens)
+    llm = lm.open_llama(model_path)
+    kv = LlamaKVStore(kvtier.Client(daemon.socket, ns, timeout_ms=4321, spin_us=7), llm,
+                      block_tokens=N)
+    real = kl.Client
+    calls = []
+
+    def refuse(*args, **kw):
+        calls.append((args, kw))
+        raise kvtier.UnavailableError("kvtierd does not answer")
+
+    monkeypatch.setattr(kl, "Client", refuse)
+    daemon.ctl("purge", "test")                          # ends every session of the tenant
+    for _ in range(5):                                    # well within a second
+        assert kv.restore(tokens) == 0
+    assert calls == [((daemon.socket, ns), {"timeout_ms": 4321, "spin_us": 7})]
+    assert kv.stats.errors == 5 and kv.stats.misses == 5
+
+    def connect(*args, **kw):
+        calls.append((args, kw))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kl, "Client", connect)
+    time.sleep(kv.reconnect_interval_s)
+    assert src.store(tokens[:T]) == T // N                # src reconnects too (the purge)
+    assert kv.restore(tokens) == T
+    assert lm.next_logits(llm, tokens[T], T) == ref_next
+    assert (kv.client.timeout_ms, kv.client.spin_us) == (4321, 7)
+    assert len(calls) == 3                                # kv: refused, then once more; src
+
+
 # --------------------------------------------------------------------------
 # Llama.set_cache
 
@@ -533,9 +645,12 @@ def _complete(llm, prompt: List[int]) -> str:
 
 
 def test_kvtier_llama_cache_with_set_cache(daemon, model_path):
-    shared = lm.random_tokens(1500, seed=21)
+    # the shared prefix is a multiple of n_batch (512): every way below of computing p2 (from
+    # scratch, or reusing the prefix's KV) has the same batch boundaries, so the same output
+    shared = lm.random_tokens(1536, seed=21)
     p1 = shared + lm.random_tokens(300, seed=22)
     p2 = shared + lm.random_tokens(300, seed=23)
+    assert p1[1536] != p2[1536]
 
     # without a cache: one Llama answers p1, then p2 (reusing its own KV of the prefix)
     ref = lm.open_llama(model_path)
@@ -546,7 +661,8 @@ def test_kvtier_llama_cache_with_set_cache(daemon, model_path):
 
     ns64 = llama_namespace(ref, model_path, 64)
     a = lm.open_llama(model_path)
-    cache_a = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), block_tokens=64)
+    cache_a = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), block_tokens=64)  # no llm
+    assert cache_a.keep_scores
     a.set_cache(cache_a)
     assert _complete(a, p1) == ref_out[0]
     assert cache_a.stats.misses == 1 and cache_a.stats.stores == 1
@@ -555,16 +671,69 @@ def test_kvtier_llama_cache_with_set_cache(daemon, model_path):
 
     # another Llama (a fresh context, as another process would have) loads p1's state
     b = lm.open_llama(model_path)
-    cache_b = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), block_tokens=64)
+    cache_b = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), block_tokens=64, llm=b)
+    assert not cache_b.keep_scores                        # b has no logits_all
     b.set_cache(cache_b)
     assert _complete(b, p2) == ref_out[1]
     assert cache_b.stats.hits == 1 and cache_b.stats.misses == 0
-    assert cache_b.stats.bytes_loaded > 0
+    assert cache_b.stats.incompatible == 0 and cache_b.stats.bytes_loaded > 0
     assert lm.last_logits(b) == ref_logits               # the same decodes, bit for bit
     # p2's state was stored too: its own (longer) prefixes are now found
     assert cache_b.stats.stores == 1
     st = cache_b[p2 + [5, 6]]
     assert st.n_tokens >= len(p2) and list(st.input_ids[:len(p2)]) == p2
+    assert not st.scores.any()                            # not stored: zeros
+
+
+def test_kvtier_llama_cache_skips_states_of_another_n_batch(daemon, model_path):
+    """A state saved by a Llama with n_batch 512 has 307 rows of scores for a 300-token
+    prompt (+7 evaluated completion tokens); one with n_batch 256 holds 256: load_state would
+    raise. With `llm` it is a miss, and the completion is the one of a Llama without cache."""
+    prompt = lm.random_tokens(300, seed=51)
+    w = lm.open_llama(model_path, n_batch=512)
+    ns64 = llama_namespace(w, model_path, 64)
+    w.set_cache(KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), llm=w))
+    _complete(w, prompt)
+    clean = lm.open_llama(model_path, n_batch=256)
+    want = _complete(clean, prompt)
+
+    r = lm.open_llama(model_path, n_batch=256)
+    cache = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), llm=r)
+    r.set_cache(cache)
+    assert _complete(r, prompt) == want
+    assert cache.stats.misses == 1 and cache.stats.hits == 0
+    assert cache.stats.incompatible == 1
+    assert _complete(r, prompt) == _complete(clean, prompt)   # and the next one too
+
+    # without `llm` the state is handed over as stored, and load_state cannot take it
+    r2 = lm.open_llama(model_path, n_batch=256)
+    r2.set_cache(KvtierLlamaCache(kvtier.Client(daemon.socket, ns64)))
+    with pytest.raises(ValueError, match="broadcast"):
+        _complete(r2, prompt)
+
+
+def test_kvtier_llama_cache_skips_states_larger_than_n_ctx(daemon, model_path):
+    """A state of 1,207 tokens (n_ctx 4096) does not fit a Llama with n_ctx 1024: load_state
+    would fail half-way (n_tokens set, KV empty) and later prompts would reuse tokens that
+    are not in the KV cache. With `llm` it is a miss, and every completion after it is the
+    one of a Llama without cache."""
+    p1 = lm.random_tokens(1200, seed=61)
+    w = lm.open_llama(model_path, n_ctx=4096)
+    ns64 = llama_namespace(w, model_path, 64)
+    w.set_cache(KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), llm=w))
+    _complete(w, p1)
+    p2 = p1[:900] + lm.random_tokens(50, seed=62)        # finds the state of p1 (14 blocks)
+    p3 = p2[:50] + lm.random_tokens(100, seed=63)        # shares 50 tokens with p2
+    clean = lm.open_llama(model_path, n_ctx=1024)
+    want = [_complete(clean, p2), _complete(clean, p3)]
+
+    r = lm.open_llama(model_path, n_ctx=1024)
+    cache = KvtierLlamaCache(kvtier.Client(daemon.socket, ns64), llm=r)
+    r.set_cache(cache)
+    assert _complete(r, p2) == want[0]
+    assert cache.stats.incompatible == 1 and cache.stats.hits == 0
+    assert _complete(r, p3) == want[1]
+    assert r.n_tokens <= 1024
 
 
 def test_kvtier_llama_cache_misses_and_stale_manifests(daemon, model_path):
@@ -616,6 +785,49 @@ def test_kvtier_llama_cache_misses_and_stale_manifests(daemon, model_path):
     assert _complete(fresh, prompt) == text
     assert cache.stats.stores == 3
     assert cache[prompt].n_tokens == 307
+
+
+def test_kvtier_llama_cache_keeps_manifests_of_states_not_readable_now(daemon, model_path,
+                                                                         monkeypatch):
+    """Only a chunk that is gone (NOT_FOUND) makes a state's manifests go; a chunk that
+    cannot be read now (a failed SSD promotion, a revoked lease) is a miss that keeps them."""
+    from kvtier.llama_cpp import _Manifest, _chunk_key, _manifest_key
+
+    llm = lm.open_llama(model_path)
+    client = kvtier.Client(daemon.socket, llama_namespace(llm, model_path, 64))
+    cache = KvtierLlamaCache(client, llm=llm)
+    llm.set_cache(cache)
+    prompt = lm.random_tokens(300, seed=71)
+    _complete(llm, prompt)
+    st = cache[prompt]
+    mkeys = [_manifest_key(a) for a in kvtier.block_keys(st.input_ids[:307].tolist(), 64)]
+    m = _Manifest.unpack(bytes(client.get_copy([mkeys[-1]])[0] or b""))
+    chunks = {_chunk_key(m.nonce, i) for i in range(m.n_chunks)}
+
+    class Unreadable:
+        def __init__(self, n: int) -> None:
+            self.codes = [StatusCode.IO_ERROR] * n
+            self.prefix = 0
+
+        def release(self) -> None:
+            pass
+
+    real_acquire = client.acquire
+    monkeypatch.setattr(client, "acquire", lambda keys: Unreadable(len(keys))
+                        if chunks & set(keys) else real_acquire(keys))
+    with pytest.raises(KeyError):
+        cache[prompt]
+    assert cache.stats.unreadable == 1 and cache.stats.stale == 0
+    monkeypatch.setattr(client, "acquire", real_acquire)
+    assert client.match_prefix(mkeys).count == len(mkeys)   # every manifest kept
+    assert cache[prompt].n_tokens == 307
+
+    # a purge between the copy and verify(): a miss; the purge took the manifests, not the
+    # lookup (stale stays 0)
+    cache._after_copy = lambda leases: daemon.ctl("purge", "test")
+    with pytest.raises(KeyError):
+        cache[prompt]
+    assert cache.stats.revoked == 1 and cache.stats.stale == 0
 
 
 def test_kvtier_llama_cache_chunks_are_exact_powers_of_two(model_path):
