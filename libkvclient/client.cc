@@ -433,8 +433,8 @@ Status Client::Impl::PerItemOp(wire::Op op, std::span<const Key> keys,
 }
 
 // Commit, abort, remove and prefetch share one shape: keys in, a uint16 status per key out.
-Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys, std::span<StatusCode> codes,
-                        std::string_view /*verb*/) {
+Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys,
+                        std::span<StatusCode> codes) {
   const auto op = static_cast<wire::Op>(raw_op);
   if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
   std::vector<StatusCode> scratch(codes.empty() ? keys.size() : 0);
@@ -448,17 +448,17 @@ Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys, std::span<St
 }
 
 Status Client::CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
-  return PerKeyOp(static_cast<uint16_t>(wire::Op::kCommit), keys, codes, "committed");
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kCommit), keys, codes);
 }
 Status Client::AbortRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
-  return PerKeyOp(static_cast<uint16_t>(wire::Op::kAbort), keys, codes, "aborted");
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kAbort), keys, codes);
 }
 Status Client::Remove(std::span<const Key> keys, std::span<StatusCode> codes) {
-  return PerKeyOp(static_cast<uint16_t>(wire::Op::kRemove), keys, codes, "removed");
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kRemove), keys, codes);
 }
 
 Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) {
-  return PerKeyOp(static_cast<uint16_t>(wire::Op::kPrefetch), keys, codes, "prefetched");
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kPrefetch), keys, codes);
 }
 
 Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {

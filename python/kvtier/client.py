@@ -190,6 +190,13 @@ class _ViewOwner:
     def _end_now(self) -> None:  # pragma: no cover - overridden
         pass
 
+    def __del__(self) -> None:  # dropped without an end: end it now
+        try:
+            if getattr(self, "_ended", True) is False:
+                self._end()
+        except Exception:  # interpreter shutdown: the OS takes everything back
+            pass
+
 
 @dataclass(frozen=True)
 class Stats:
@@ -270,13 +277,6 @@ class Reservation(_ViewOwner):
     def __exit__(self, *exc: object) -> None:
         self._end()  # aborts, now or once the views are gone; no-op after commit()
 
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_ended", True) is False:
-                self._end()
-        except Exception:  # interpreter shutdown: the OS takes everything back
-            pass
-
     def code(self, i: int) -> StatusCode:
         """OK: view(i) is writable. ALREADY_EXISTS: stored or being stored by someone.
         RESOURCE_EXHAUSTED: no room even after eviction (see `refusal`)."""
@@ -355,13 +355,6 @@ class Leases(_ViewOwner):
 
     def __exit__(self, *exc: object) -> None:
         self._end()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_ended", True) is False:
-                self._end()
-        except Exception:  # interpreter shutdown: the OS takes everything back
-            pass
 
     def code(self, i: int) -> StatusCode:
         """OK or NOT_FOUND."""
@@ -469,13 +462,6 @@ class HostMemory(_ViewOwner):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_ended", True) is False:
-                self._end()
-        except Exception:  # interpreter shutdown: the OS takes everything back
-            pass
 
 
 class Onload:
@@ -608,13 +594,6 @@ class Client(_ViewOwner):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            if getattr(self, "_ended", True) is False:
-                self._end()
-        except Exception:  # interpreter shutdown: the OS takes everything back
-            pass
 
     # --- blocks ---
     def _per_key(self, fn: Any, keys: Sequence[Key]) -> list[StatusCode]:

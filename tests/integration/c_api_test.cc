@@ -247,21 +247,28 @@ TEST_CASE("the C ABI turns misuse into statuses", "[integration][c_api]") {
   kvtier_close(c);
 }
 
+// Stores `size` bytes of 0x5a under `key` and leases the block.
+kvtier_lease LeaseNewBlock(kvtier_client* c, const kvtier_key& key, uint64_t size) {
+  uint64_t offset = 0;
+  uint16_t code = 0;
+  REQUIRE(kvtier_reserve(c, &key, &size, 1, &offset, &code) == KVTIER_OK);
+  REQUIRE(code == KVTIER_OK);
+  std::memset(static_cast<unsigned char*>(kvtier_pool_base(c)) + offset, 0x5a, size);
+  REQUIRE(kvtier_commit(c, &key, 1, &code) == KVTIER_OK);
+  REQUIRE(code == KVTIER_OK);
+  kvtier_lease lease{};
+  REQUIRE(kvtier_acquire(c, &key, 1, &lease) == KVTIER_OK);
+  REQUIRE(lease.code == KVTIER_OK);
+  return lease;
+}
+
 TEST_CASE("a purge during a read is caught by kvtier_verify_leases", "[integration][c_api]") {
   auto daemon = DaemonProcess::Start();
   kvtier_client* c = nullptr;
   REQUIRE(kvtier_connect(daemon->socket_path().c_str(), "c/ns", &c, nullptr, 0) == KVTIER_OK);
-  const kvtier_key key = CKey("block");
   const uint64_t size = 1 << 20;
-  uint64_t offset = 0;
-  uint16_t code = 0;
-  REQUIRE(kvtier_reserve(c, &key, &size, 1, &offset, &code) == KVTIER_OK);
-  auto* base = static_cast<unsigned char*>(kvtier_pool_base(c));
-  std::memset(base + offset, 0x5a, size);
-  REQUIRE(kvtier_commit(c, &key, 1, &code) == KVTIER_OK);
-  kvtier_lease lease{};
-  REQUIRE(kvtier_acquire(c, &key, 1, &lease) == KVTIER_OK);
-  REQUIRE(lease.code == KVTIER_OK);
+  const kvtier_lease lease = LeaseNewBlock(c, CKey("block"), size);
+  const auto* base = static_cast<const unsigned char*>(kvtier_pool_base(c));
   std::vector<unsigned char> copy(size);
   // The first half is read while the lease holds...
   std::memcpy(copy.data(), base + lease.offset, size / 2);
@@ -285,19 +292,10 @@ TEST_CASE("the first wiped byte a reader sees comes after its session's hang-up"
   auto daemon = DaemonProcess::Start();
   kvtier_client* c = nullptr;
   REQUIRE(kvtier_connect(daemon->socket_path().c_str(), "c/ns", &c, nullptr, 0) == KVTIER_OK);
-  const kvtier_key key = CKey("block");
   const uint64_t size = 64 << 10;
-  uint64_t offset = 0;
-  uint16_t code = 0;
-  REQUIRE(kvtier_reserve(c, &key, &size, 1, &offset, &code) == KVTIER_OK);
-  REQUIRE(code == KVTIER_OK);
-  REQUIRE(offset + size <= (4u << 20));  // inside the first chunk a purge wipes
-  auto* base = static_cast<unsigned char*>(kvtier_pool_base(c));
-  std::memset(base + offset, 0x5a, size);
-  REQUIRE(kvtier_commit(c, &key, 1, &code) == KVTIER_OK);
-  kvtier_lease lease{};
-  REQUIRE(kvtier_acquire(c, &key, 1, &lease) == KVTIER_OK);
-  REQUIRE(lease.code == KVTIER_OK);
+  const kvtier_lease lease = LeaseNewBlock(c, CKey("block"), size);
+  REQUIRE(lease.offset + size <= (4u << 20));  // inside the first chunk a purge wipes
+  const auto* base = static_cast<const unsigned char*>(kvtier_pool_base(c));
   std::atomic<bool> purged{false};
   std::thread purge([&] {
     std::string out, err;

@@ -344,8 +344,7 @@ class KVCLIENT_EXPORT Client {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
-  Status PerKeyOp(uint16_t op, std::span<const Key> keys, std::span<StatusCode> codes,
-                  std::string_view verb);
+  Status PerKeyOp(uint16_t op, std::span<const Key> keys, std::span<StatusCode> codes);
   // The frames of ReserveRaw and AcquireRaw (mu held); *done: items of the frames answered.
   Status ReserveFrames(std::span<const Key> keys, std::span<const uint64_t> sizes,
                        std::span<uint64_t> offsets, std::span<StatusCode> codes,
