@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the Python suite (python/tests) against the binaries of a build directory (default
-# build/, built first by scripts/test.sh): the client against a real kvtierd, and llama.cpp
-# through kvtier end to end. Sets up the venv with scripts/python-env.sh.
+# build/, built first by scripts/test.sh): the client against a real kvtierd, llama.cpp through
+# kvtier end to end (venv from scripts/python-env.sh), then each engine connector's CPU tests in
+# that engine's own venv (scripts/engine-env.sh: vLLM and SGLang pin different torch builds).
+# KVTIER_ENGINES (default "vllm") chooses which engines; "" runs none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -10,4 +12,10 @@ export KVTIER_BUILD_DIR="$PWD/$build"
 export KVTIER_LIBKVCLIENT="$PWD/$build/libkvclient/libkvclient.so"
 # Run from outside python/ so that the installed package (not the source tree) is tested.
 # -rs lists any skipped test with its reason (none is expected).
-(cd "$build" && "$py" -m pytest -q -rs -p no:cacheprovider "$OLDPWD/python/tests")
+(cd "$build" && "$py" -m pytest -q -rs -p no:cacheprovider --ignore="$OLDPWD/python/tests/engines" \
+  "$OLDPWD/python/tests")
+for engine in ${KVTIER_ENGINES-vllm}; do
+  epy=$(scripts/engine-env.sh "$engine" "$build" | tail -1)
+  (cd "$build" && "$epy" -m pytest -q -rs -p no:cacheprovider \
+    "$OLDPWD/python/tests/engines/test_$engine.py")
+done

@@ -24,14 +24,12 @@ the load plan (block hashes, GPU block ids) and the store plan: each block that 
 forward completes, once per request. `request_finished` keeps a request's blocks until the
 workers' stores from them are done.
 
-**Worker side** (one per GPU): `register_kv_caches` registers the KV allocation with kvtierd
-as a CUDA region (its IPC handle) with one interprocess event per layer and one for stores.
-Loads in the step are one `onload` per 4096 pages with `signal_event`: kvtierd records event l
-on its own stream once layer l has landed, and `wait_for_layer_load` makes the forward's stream
-wait for it, so no engine thread blocks and no engine stream copies. Stores run on a background
-thread: `wait_for_save` records the store event after the forward, and the thread's `offload`
-makes kvtierd's stream wait for it before copying. CPU tensors (tests, vLLM's CPU backend) are
-copied by the client through kvtier's shared pool instead.
+**Worker side** (one per GPU): `kvtier.paged.PagedKV` over vLLM's KV allocation. On the GPU,
+kvtierd copies through CUDA IPC: in-step loads are `onload`s that record one interprocess event
+per layer, and `wait_for_layer_load` makes the forward's stream wait for that layer's event (no
+engine thread blocks, no engine stream copies; hence `requires_piecewise_for_cudagraph`).
+Stores go after the forward, on a background thread, behind an event the forward's stream
+records. Async loads run on that thread too. CPU tensors are copied by the client.
 
 **Failures never give wrong KV.** A page that does not load (evicted since the match, a purge,
 kvtierd gone) makes its block and every later block of the request a load error
@@ -42,15 +40,11 @@ unreachable, every lookup is a miss and calls retry the connection at most once 
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
-import queue
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import vllm
@@ -62,8 +56,9 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.v1.core.sched.output import SchedulerOutput
 
 from .client import DEFAULT_SOCKET, MAX_BATCH, Client
-from .errors import KvtierError, StatusCode, Tier
+from .errors import KvtierError, Tier
 from .keys import file_fingerprint, namespace
+from .paged import PagedKV, PageLayout, Reconnecting, Transfer
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -106,8 +101,33 @@ def model_fingerprint(model: str, revision: Optional[str] = None) -> str:
                          "kv_connector_extra_config.model_fingerprint")
     h = hashlib.blake2b(digest_size=16)
     for f in files:
-        h.update(os.path.basename(f).encode() + b"\0" + file_fingerprint(f).encode())
+        h.update(os.path.basename(f).encode() + b"\0" + _cached_fingerprint(f).encode())
     return h.hexdigest()
+
+
+def _cached_fingerprint(path: str) -> str:
+    """file_fingerprint, remembered per (path, size, mtime, inode) in the user's cache: the
+    scheduler and every worker fingerprint the same weights (about 1 s per GB)."""
+    st = os.stat(path)
+    ident = f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                         "kvtier", "fingerprints")
+    entry = os.path.join(cache, hashlib.blake2b(ident.encode(), digest_size=16).hexdigest())
+    try:
+        with open(entry) as f:
+            return f.read().strip()
+    except OSError:
+        pass
+    value = file_fingerprint(path)
+    try:
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        tmp = f"{entry}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(value)
+        os.replace(tmp, entry)
+    except OSError:
+        pass  # no cache: computed again next time
+    return value
 
 
 @dataclass
@@ -138,18 +158,11 @@ class _Layout:
 
 
 @dataclass
-class _Transfer:
-    req_id: str
-    hashes: list[bytes]
-    block_ids: list[int]
-
-
-@dataclass
 class KvtierConnectorMetadata(KVConnectorMetadata):
     """What the scheduler tells the workers for one step."""
-    loads: list[_Transfer] = field(default_factory=list)        # before this step's forward
-    async_loads: list[_Transfer] = field(default_factory=list)  # in the background
-    stores: list[_Transfer] = field(default_factory=list)       # after this step's forward
+    loads: list[Transfer] = field(default_factory=list)        # before this step's forward
+    async_loads: list[Transfer] = field(default_factory=list)  # in the background
+    stores: list[Transfer] = field(default_factory=list)       # after this step's forward
     preempted: bool = False
 
 
@@ -160,36 +173,6 @@ class _ReqState:
     load_async: bool = False  # what the last lookup answered
     stored_blocks: int = 0   # blocks whose store the workers were given
     has_stores: bool = False
-
-
-class _Reconnecting:
-    """Clients for fixed namespaces that come back after kvtierd restarts (at most one try per
-    `retry_seconds`); every KvtierError drops the connection."""
-
-    def __init__(self, socket: str, namespaces: list[str], retry_seconds: float) -> None:
-        self.socket, self.namespaces, self.retry = socket, namespaces, retry_seconds
-        self.clients: Optional[list[Client]] = None
-        self.next_try = 0.0
-        self.region = 0  # the worker's CUDA region in this connection's session (0: none yet)
-
-    def get(self) -> Optional[list[Client]]:
-        if self.clients is None and time.monotonic() >= self.next_try:
-            self.next_try = time.monotonic() + self.retry
-            try:
-                self.clients = [Client(self.socket, ns) for ns in self.namespaces]
-            except KvtierError as e:
-                log.warning("kvtier: cannot reach kvtierd at %s: %s", self.socket, e)
-        return self.clients
-
-    def drop(self, error: Exception) -> None:
-        log.warning("kvtier: %s; reconnecting", error)
-        self.close()
-
-    def close(self) -> None:
-        for c in self.clients or []:
-            c.close()
-        self.clients = None
-        self.region = 0
 
 
 class KvtierConnector(KVConnectorBase_V1):
@@ -244,13 +227,14 @@ class KvtierConnector(KVConnectorBase_V1):
         self._L = len(self._layout.layer_names)
         # Scheduler state.
         self._reqs: dict[str, _ReqState] = {}
-        self._pending_loads: list[tuple[_Transfer, bool]] = []
+        self._pending_loads: list[tuple[Transfer, bool]] = []
         # Worker state.
-        self._worker: Optional[_Worker] = None
+        self._worker: Optional[PagedKV] = None
+        self._layer_index = {n: i for i, n in enumerate(self._layout.layer_names)}
         if role == KVConnectorRole.SCHEDULER:
-            self._conn = _Reconnecting(self._socket, [ns(r) for r in range(self._tp_size)], retry)
+            self._conn = Reconnecting(self._socket, [ns(r) for r in range(self._tp_size)], retry)
         else:
-            self._conn = _Reconnecting(self._socket, [ns(_tp_rank(self._tp_size))], retry)
+            self._conn = Reconnecting(self._socket, [ns(_tp_rank(self._tp_size))], retry)
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
@@ -317,7 +301,7 @@ class KvtierConnector(KVConnectorBase_V1):
         n = num_external_tokens // self._block_size
         first = st.first_block
         block_ids = blocks.get_block_ids()[0][first : first + n]
-        load = _Transfer(request.request_id, self._hashes(request, first, first + n), block_ids)
+        load = Transfer(request.request_id, self._hashes(request, first, first + n), block_ids)
         self._pending_loads.append((load, st.load_async))
         st.stored_blocks = max(st.stored_blocks, first + n)  # already in kvtier
 
@@ -339,7 +323,7 @@ class KvtierConnector(KVConnectorBase_V1):
             if done <= st.stored_blocks:
                 continue
             block_ids = self._kv_cache_manager.get_block_ids(req_id)[0]
-            meta.stores.append(_Transfer(req_id, self._hashes(st.request, st.stored_blocks, done),
+            meta.stores.append(Transfer(req_id, self._hashes(st.request, st.stored_blocks, done),
                                          block_ids[st.stored_blocks : done]))
             st.stored_blocks = done
             st.has_stores = True
@@ -358,7 +342,15 @@ class KvtierConnector(KVConnectorBase_V1):
 
     # ---------------------------------------------------------------- worker side
     def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
-        self._worker = _Worker(self, kv_caches)
+        lay = self._layout
+        missing = [n for n in lay.layer_names if n not in kv_caches]
+        if missing:
+            raise ValueError(f"kvtier.vllm: no KV cache for layers {missing}")
+        self._worker = PagedKV(kv_caches[lay.layer_names[0]],
+                               PageLayout(lay.layer_offsets, lay.block_stride, lay.page_bytes),
+                               socket=self._socket, namespace=self._conn.namespaces[0],
+                               key_fn=page_key, ttl_seconds=self._ttl,
+                               layerwise=self._layerwise, retry_seconds=self._conn.retry)
 
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
@@ -369,8 +361,9 @@ class KvtierConnector(KVConnectorBase_V1):
             self._worker.load(meta.loads)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        if self._worker is not None:
-            self._worker.wait_for_layer(layer_name)
+        layer = self._layer_index.get(layer_name)
+        if self._worker is not None and layer is not None:
+            self._worker.wait_for_layer(layer)
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor,
                       attn_metadata: "AttentionMetadata", **kwargs: Any) -> None:
@@ -407,202 +400,3 @@ def _tp_rank(tp_size: int) -> int:
     return int(get_tensor_model_parallel_rank())
 
 
-class _Worker:
-    """The worker half: where pages are, how they move, and what is still in flight.
-
-    Loads in the step run on the engine's thread with its connection; async loads and stores
-    run, in order, on one background thread with a connection of its own."""
-
-    def __init__(self, conn: KvtierConnector, kv_caches: dict[str, torch.Tensor]) -> None:
-        self.c = conn
-        self.L = conn._L
-        self.page = conn._layout.page_bytes
-        missing = [n for n in conn._layout.layer_names if n not in kv_caches]
-        if missing:
-            raise ValueError(f"kvtier.vllm: no KV cache for layers {missing}")
-        first = kv_caches[conn._layout.layer_names[0]]
-        storage = first.untyped_storage()
-        self.on_gpu = bool(first.is_cuda)
-        self.layer_index = {n: i for i, n in enumerate(conn._layout.layer_names)}
-        self.lock = threading.Lock()
-        self.load_errors: set[int] = set()          # guarded by lock
-        self.pending_stores: dict[str, int] = {}    # guarded by lock: request -> stores left
-        self.finished_asked: set[str] = set()       # guarded by lock: finished, still storing
-        self.recved: set[str] = set()               # guarded by lock: async loads ended
-        self.waited = self.L - 1                    # last layer the forward waits for (step)
-        self.base = int(storage.data_ptr())         # CPU: page address = base + offset
-        self.offset = 0                             # CUDA: the storage's offset in its allocation
-        if self.on_gpu:
-            # (device, cudaIpcMemHandle_t of the allocation, bytes, offset in it, ...)
-            shared = storage._share_cuda_()
-            self.ipc_handle = bytes(shared[1])
-            self.offset = int(shared[3])
-            self.region_bytes = self.offset + int(shared[2])
-            self.device = int(first.device.index or 0)
-            with torch.cuda.device(first.device):
-                # Events 0..L-1: layer l has landed (kvtierd records them). Event L: the
-                # forward that wrote the pages to store is done (this process records it).
-                self.events = [torch.cuda.Event(interprocess=True) for _ in range(self.L + 1)]
-            self.event_handles = [bytes(e.ipc_handle()) for e in self.events]
-        self.jobs: "queue.Queue[Optional[Callable[[_Reconnecting], None]]]" = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="kvtier-vllm", daemon=True)
-        self.thread.start()
-
-    # --- where pages are ---
-    def pages(self, transfers: list[_Transfer], layer_major: bool
-              ) -> tuple[list[bytes], list[int], list[tuple[int, int]]]:
-        """Keys, offsets and (block id, layer) of every page of the transfers."""
-        lay = self.c._layout
-        blocks = [(h, b) for t in transfers for h, b in zip(t.hashes, t.block_ids)]
-        order = ([(l, hb) for l in range(self.L) for hb in blocks] if layer_major
-                 else [(l, hb) for hb in blocks for l in range(self.L)])
-        keys = [page_key(h, l) for l, (h, _) in order]
-        offsets = [self.offset + lay.layer_offsets[l] + b * lay.block_stride
-                   for l, (_, b) in order]
-        return keys, offsets, [(b, l) for l, (_, b) in order]
-
-    def region(self, conn: _Reconnecting, client: Client) -> int:
-        """The KV allocation as a CUDA region of this connection's session."""
-        if not conn.region:
-            conn.region = client.register_cuda_region(self.device, self.ipc_handle,
-                                                      self.region_bytes, self.event_handles)
-        return conn.region
-
-    # --- loads ---
-    def load(self, loads: list[_Transfer]) -> None:
-        """Loads before this step's forward; the forward waits per layer (wait_for_layer)."""
-        self.waited = -1
-        failed = self._load(self.c._conn, loads, in_step=True)
-        if self.on_gpu and not self.c._layerwise:
-            self.wait_for_layer(self.c._layout.layer_names[-1])
-        with self.lock:
-            self.load_errors |= failed
-
-    def _load(self, conn: _Reconnecting, loads: list[_Transfer], in_step: bool) -> set[int]:
-        """Copies every page in; returns the block ids to recompute: each request's first
-        block with a page that did not load, and every later block of it."""
-        landed: set[tuple[int, int]] = set()
-        clients = conn.get()
-        if clients is not None:
-            try:
-                landed = self._copy_in(conn, clients[0], loads, in_step)
-            except KvtierError as e:
-                conn.drop(e)
-                landed = set()
-        failed: set[int] = set()
-        for t in loads:
-            bad = False
-            for b in t.block_ids:
-                bad = bad or any((b, l) not in landed for l in range(self.L))
-                if bad:
-                    failed.add(b)
-        return failed
-
-    def _copy_in(self, conn: _Reconnecting, client: Client, loads: list[_Transfer],
-                 in_step: bool) -> set[tuple[int, int]]:
-        landed: set[tuple[int, int]] = set()
-        blocks = [_Transfer(t.req_id, [h], [b]) for t in loads
-                  for h, b in zip(t.hashes, t.block_ids)]
-        per_call = max(1, MAX_BATCH // self.L)  # a layered onload is one request
-        for i in range(0, len(blocks), per_call):
-            keys, offsets, where = self.pages(blocks[i : i + per_call], layer_major=True)
-            if self.on_gpu:
-                results = client.onload(keys, self.region(conn, client), offsets, layers=self.L,
-                                        signal_event=0 if in_step else None)
-                ok = [r.code == StatusCode.OK and r.size == self.page for r in results]
-            else:
-                outs = [(ctypes.c_ubyte * self.page).from_address(self.base + o) for o in offsets]
-                ok = [c == StatusCode.OK for c in client.get_copy_into(keys, outs)]
-            landed.update(w for w, good in zip(where, ok) if good)
-        return landed
-
-    def wait_for_layer(self, layer_name: str) -> None:
-        """The forward's stream waits (on the GPU, not this thread) for layer l to land."""
-        l = self.layer_index.get(layer_name)
-        if not self.on_gpu or l is None or l <= self.waited:
-            return
-        torch.cuda.current_stream().wait_event(self.events[l])
-        self.waited = l
-
-    def submit_async_loads(self, loads: list[_Transfer]) -> None:
-        def job(conn: _Reconnecting) -> None:
-            failed: set[int] = {b for t in loads for b in t.block_ids}
-            try:
-                failed = self._load(conn, loads, in_step=False)
-            finally:
-                with self.lock:
-                    self.load_errors |= failed
-                    self.recved.update(t.req_id for t in loads)
-        self.jobs.put(job)
-
-    # --- stores ---
-    def submit_stores(self, stores: list[_Transfer]) -> None:
-        with self.lock:
-            for t in stores:
-                self.pending_stores[t.req_id] = self.pending_stores.get(t.req_id, 0) + 1
-        if self.on_gpu:  # kvtierd's stream waits for this step's forward before copying
-            self.events[self.L].record(torch.cuda.current_stream())
-
-        def job(conn: _Reconnecting) -> None:
-            try:
-                clients = conn.get()
-                if clients is not None:
-                    self._copy_out(conn, clients[0], stores)
-            except KvtierError as e:
-                conn.drop(e)
-            finally:
-                with self.lock:
-                    for t in stores:
-                        self.pending_stores[t.req_id] -= 1
-        self.jobs.put(job)
-
-    def _copy_out(self, conn: _Reconnecting, client: Client, stores: list[_Transfer]) -> None:
-        keys, offsets, _ = self.pages(stores, layer_major=False)
-        ttl = self.c._ttl
-        for i in range(0, len(keys), MAX_BATCH):
-            k, o = keys[i : i + MAX_BATCH], offsets[i : i + MAX_BATCH]
-            if self.on_gpu:
-                client.offload(k, self.region(conn, client), o, [self.page] * len(k),
-                               ttl_seconds=ttl, wait_event=self.L)
-            else:
-                client.put_copy(k, [(ctypes.c_ubyte * self.page).from_address(self.base + x)
-                                    for x in o], ttl_seconds=ttl)
-
-    # --- the background thread ---
-    def _run(self) -> None:
-        conn = _Reconnecting(self.c._socket, self.c._conn.namespaces, self.c._conn.retry)
-        while True:
-            job = self.jobs.get()
-            try:
-                if job is None:
-                    conn.close()
-                    return
-                job(conn)
-            except Exception:  # noqa: BLE001 - a failed transfer is a miss; the thread lives on
-                log.exception("kvtier: a background transfer failed")
-            finally:
-                self.jobs.task_done()
-
-    def drain(self) -> None:
-        """Returns once every store and async load submitted so far has ended."""
-        self.jobs.join()
-
-    def finished(self, finished_req_ids: set[str]
-                 ) -> tuple[Optional[set[str]], Optional[set[str]]]:
-        with self.lock:
-            self.finished_asked |= finished_req_ids & set(self.pending_stores)
-            sent = {r for r in self.finished_asked if self.pending_stores[r] == 0}
-            for r in sent:
-                self.finished_asked.discard(r)
-                del self.pending_stores[r]
-            recved, self.recved = self.recved, set()
-        return sent or None, recved or None
-
-    def take_load_errors(self) -> set[int]:
-        with self.lock:
-            errors, self.load_errors = self.load_errors, set()
-        return errors
-
-    def close(self) -> None:
-        self.jobs.put(None)
-        self.thread.join(timeout=60)

@@ -398,3 +398,36 @@ def test_purge_during_serving_is_a_load_error_not_wrong_kv(model_dir: Path,
     assert run_one(second, p) == expected_outputs(p)
     assert second.load_errors   # every loaded block was reported and recomputed
     second.close()
+
+
+def test_the_namespace_follows_the_weights_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 daemon: Daemon) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        kv_vllm.model_fingerprint(str(tmp_path))          # no weight files
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 1000)
+    first = kv_vllm.model_fingerprint(str(tmp_path))
+    assert kv_vllm.model_fingerprint(str(tmp_path)) == first   # also from the cache
+    weights.write_bytes(b"b" * 1000)                           # a fine-tune: same size
+    assert kv_vllm.model_fingerprint(str(tmp_path)) != first
+
+
+
+def test_without_a_fingerprint_the_connector_hashes_the_served_weights(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon: Daemon) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text((model_dir / "config.json").read_text())
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    kvc = kv_cache_config(8)
+
+    def ns() -> str:
+        cfg = vllm_config(model, daemon.socket, model_fingerprint="")
+        c = KVConnectorFactory.create_connector(cfg, KVConnectorRole.SCHEDULER, kvc)
+        return str(c._conn.namespaces[0])  # type: ignore[attr-defined]
+    first = ns()
+    assert first == ns()
+    (model / "model.safetensors").write_bytes(b"weights v2")
+    assert ns() != first
