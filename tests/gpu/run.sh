@@ -3,7 +3,8 @@
 # (/usr/local/cuda): builds kvtierd, kvtierctl and kvt_gpu_check with CUDA, starts kvtierd with
 # a 4 GiB pool and an SSD tier in a temp dir (demoting past 5% dirty, so the check can push
 # blocks to SSD quickly), waits until the pool is pinned, runs the checks
-# (tests/gpu/gpu_check.cc says what they are) and prints their table.
+# (tests/gpu/gpu_check.cc says what they are) and prints their table, then the page mover of
+# the engine connectors (tests/gpu/paged_check.py) with the machine's PyTorch.
 # Exit status: 0 all passed, 1 a check failed or missed its target, 77 no GPU here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +15,7 @@ fi
 build=${KVT_GPU_BUILD_DIR:-build-gpu}
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTIER_WITH_CUDA=ON \
   -DKVT_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target kvtierd kvtierctl kvt_gpu_check >/dev/null
+cmake --build "$build" -j "$(nproc)" --target kvtierd kvtierctl kvt_gpu_check kvclient >/dev/null
 
 if ! "$build/tests/kvt_gpu_check" --socket /nonexistent --ctl true >/tmp/kvt-gpu-probe.$$ 2>&1 &&
    grep -q "^no GPU" /tmp/kvt-gpu-probe.$$; then
@@ -64,6 +65,14 @@ done
 $ctl status | grep -E "^(gpu|pinning|pools_pinned_bytes)" || true
 status=0
 "$build/tests/kvt_gpu_check" --socket "$dir/run/kvtierd.sock" --ctl "$ctl" || status=$?
+# The engine connectors' page mover (kvtier.paged: CUDA IPC region, per-layer events) with the
+# machine's PyTorch; no engine needed. Skipped, and said so, where python3 has no torch.
+if python3 -c "import torch" 2>/dev/null; then
+  PYTHONPATH=python KVTIER_LIBKVCLIENT="$build/libkvclient/libkvclient.so" \
+    python3 tests/gpu/paged_check.py "$dir/run/kvtierd.sock" || status=1
+else
+  echo "paged check: not run (python3 has no torch)"
+fi
 if [ "$status" -ne 0 ]; then
   echo "--- kvtierd log ---"
   tail -n 40 "$dir/kvtierd.log"
