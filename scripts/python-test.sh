@@ -3,7 +3,7 @@
 # build/, built first by scripts/test.sh): the client against a real kvtierd, llama.cpp through
 # kvtier end to end (venv from scripts/python-env.sh), then each engine connector's CPU tests in
 # that engine's own venv (scripts/engine-env.sh: vLLM and SGLang pin different torch builds).
-# KVTIER_ENGINES (default "vllm") chooses which engines; "" runs none.
+# KVTIER_ENGINES (default "vllm sglang") chooses which engines; "" runs none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
@@ -14,7 +14,7 @@ export KVTIER_LIBKVCLIENT="$PWD/$build/libkvclient/libkvclient.so"
 # -rs lists any skipped test with its reason (none is expected).
 (cd "$build" && "$py" -m pytest -q -rs -p no:cacheprovider --ignore="$OLDPWD/python/tests/engines" \
   "$OLDPWD/python/tests")
-for engine in ${KVTIER_ENGINES-vllm}; do
+for engine in ${KVTIER_ENGINES-vllm sglang}; do
   epy=$(scripts/engine-env.sh "$engine" "$build" | tail -1)
   (cd "$build" && "$epy" -m pytest -q -rs -p no:cacheprovider \
     "$OLDPWD/python/tests/engines/test_$engine.py")

@@ -73,6 +73,15 @@ if python3 -c "import torch" 2>/dev/null; then
 else
   echo "paged check: not run (python3 has no torch)"
 fi
+# The engines end to end: a real vLLM (and SGLang) engine with kvtier's plug-in, outputs and
+# TTFT (tests/gpu/ENGINE_e2e.py). Only when asked, KVT_GPU_ENGINES="vllm sglang", on a GPU host
+# that can install them (scripts/engine-env.sh downloads ~10 GB per engine from PyPI; the
+# project's lent device machines cannot reach it).
+for engine in ${KVT_GPU_ENGINES:-}; do
+  epy=$(scripts/engine-env.sh "$engine" "$build" | tail -1) || { status=1; continue; }
+  KVTIER_LIBKVCLIENT="$PWD/$build/libkvclient/libkvclient.so" \
+    "$epy" "tests/gpu/${engine}_e2e.py" --socket "$dir/run/kvtierd.sock" || status=1
+done
 if [ "$status" -ne 0 ]; then
   echo "--- kvtierd log ---"
   tail -n 40 "$dir/kvtierd.log"
