@@ -11,7 +11,7 @@ Written against vLLM 0.33.0 (its connector API changes between minor releases). 
 **Pages and keys.** vLLM places layer l's page of block b at `offset + l * layer_stride +
 b * block_stride` of one allocation (`KVCacheTensor`). In the block-compact layouts (LBNHC,
 vLLM's default, and LBHNC, BLNHC, BLHNC) every page is one contiguous run, and it is one kvtier
-block, keyed `BLAKE2b-256(vLLM block hash || layer)`. vLLM's block hash is a sha256 chain over
+block, keyed `BLAKE2b-224(vLLM block hash) || layer` (`page_key`). vLLM's block hash is a sha256 chain over
 the tokens (and LoRA, multimodal inputs, cache salt) but covers neither the weights nor the
 layout, so the namespace (`kvtier.namespace`) holds the weights' fingerprint, vLLM's version,
 the KV dtype, layout, page shape and block size, and the TP rank.
@@ -40,6 +40,7 @@ unreachable, every lookup is a miss and calls retry the connection at most once 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -76,10 +77,19 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def page_key(block_hash: bytes, layer: int) -> bytes:
-    """The kvtier key of one layer's page of one vLLM block."""
-    h = hashlib.blake2b(bytes(block_hash), digest_size=32, person=b"kvtier-vllm-v1")
-    h.update(layer.to_bytes(4, "little"))
-    return h.digest()
+    """The kvtier key of one layer's page of one vLLM block: 28 bytes of BLAKE2b over the block
+    hash (112-bit collision resistance), then the layer. The hash is computed once per block
+    (cached): the scheduler builds L keys per block on every lookup, ~0.1 us each this way
+    against ~1 us for a hash per page."""
+    return _block_key(bytes(block_hash)) + _LAYER[layer]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _block_key(block_hash: bytes) -> bytes:
+    return hashlib.blake2b(block_hash, digest_size=28, person=b"kvtier-vllm-v1").digest()
+
+
+_LAYER = [layer.to_bytes(4, "little") for layer in range(4096)]
 
 
 def model_fingerprint(model: str, revision: Optional[str] = None) -> str:
