@@ -63,10 +63,13 @@ class PageLayout:
 
 class Reconnecting:
     """Clients for fixed namespaces that come back after kvtierd restarts (at most one try per
-    `retry_seconds`); the caller drops them on any KvtierError."""
+    `retry_seconds`); the caller drops them on any KvtierError. `timeout_ms` bounds each call,
+    so a kvtierd that hangs stalls an engine thread at most that long."""
 
-    def __init__(self, socket: str, namespaces: list[str], retry_seconds: float) -> None:
+    def __init__(self, socket: str, namespaces: list[str], retry_seconds: float,
+                 timeout_ms: int = 2000) -> None:
         self.socket, self.namespaces, self.retry = socket, namespaces, retry_seconds
+        self.timeout_ms = timeout_ms
         self.clients: Optional[list[Client]] = None
         self.next_try = 0.0
         self.region = 0  # a CUDA region of this connection's session (0: none yet)
@@ -75,7 +78,8 @@ class Reconnecting:
         if self.clients is None and time.monotonic() >= self.next_try:
             self.next_try = time.monotonic() + self.retry
             try:
-                self.clients = [Client(self.socket, ns) for ns in self.namespaces]
+                self.clients = [Client(self.socket, ns, timeout_ms=self.timeout_ms)
+                                for ns in self.namespaces]
             except KvtierError as e:
                 log.warning("kvtier: cannot reach kvtierd at %s: %s", self.socket, e)
         return self.clients
@@ -100,7 +104,7 @@ class PagedKV:
 
     def __init__(self, kv: torch.Tensor, layout: PageLayout, *, socket: str, namespace: str,
                  key_fn: KeyFn, ttl_seconds: Optional[int] = None, layerwise: bool = True,
-                 retry_seconds: float = 1.0) -> None:
+                 retry_seconds: float = 1.0, timeout_ms: int = 2000) -> None:
         """`kv`: any tensor on the allocation's storage (e.g. one layer's view)."""
         self.layout = layout
         self.L = layout.layers
@@ -108,7 +112,7 @@ class PagedKV:
         self.key_fn = key_fn
         self.ttl = ttl_seconds
         self.layerwise = layerwise
-        self.conn = Reconnecting(socket, [namespace], retry_seconds)
+        self.conn = Reconnecting(socket, [namespace], retry_seconds, timeout_ms)
         storage = kv.untyped_storage()
         self.on_gpu = bool(kv.is_cuda)
         self.lock = threading.Lock()
@@ -264,7 +268,8 @@ class PagedKV:
 
     # --- the background thread ---
     def _run(self) -> None:
-        conn = Reconnecting(self.conn.socket, self.conn.namespaces, self.conn.retry)
+        conn = Reconnecting(self.conn.socket, self.conn.namespaces, self.conn.retry,
+                            self.conn.timeout_ms)
         while True:
             job = self.jobs.get()
             try:

@@ -136,6 +136,7 @@ class _Conn:
         self.client: Optional[Client] = None
         self.next_try = 0.0  # time.monotonic() before which no connect is tried
         self.down = False    # the last connect failed (logged once)
+        self.thread = threading.current_thread()
 
 
 class KvtierHiCacheStorage(HiCacheStorage):
@@ -232,8 +233,13 @@ class KvtierHiCacheStorage(HiCacheStorage):
         conn: Optional[_Conn] = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = _Conn()
+            # SGLang restarts its storage threads on every flush_cache(): the sessions of
+            # threads that have ended are closed here, or each flush would leave them open.
             with self._lock:
-                self._conns.append(conn)
+                gone = [c for c in self._conns if not c.thread.is_alive()]
+                self._conns = [c for c in self._conns if c.thread.is_alive()] + [conn]
+            for c in gone:
+                self._drop(c)
         return conn
 
     def _connect(self, conn: _Conn) -> Optional[Client]:

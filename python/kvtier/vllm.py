@@ -222,6 +222,7 @@ class KvtierConnector(KVConnectorBase_V1):
         self._layerwise = bool(extra.get("layerwise", True))
         self._ttl = int(extra.get("ttl_seconds", 0)) or None
         retry = float(extra.get("reconnect_seconds", 1.0))
+        timeout_ms = int(extra.get("timeout_ms", 2000))  # a hung kvtierd stalls a step this long
         model = vllm_config.model_config
         fingerprint = str(extra.get("model_fingerprint") or
                           model_fingerprint(model.model, getattr(model, "revision", None)))
@@ -242,9 +243,11 @@ class KvtierConnector(KVConnectorBase_V1):
         self._worker: Optional[PagedKV] = None
         self._layer_index = {n: i for i, n in enumerate(self._layout.layer_names)}
         if role == KVConnectorRole.SCHEDULER:
-            self._conn = Reconnecting(self._socket, [ns(r) for r in range(self._tp_size)], retry)
+            self._conn = Reconnecting(self._socket, [ns(r) for r in range(self._tp_size)], retry,
+                                      timeout_ms)
         else:
-            self._conn = Reconnecting(self._socket, [ns(_tp_rank(self._tp_size))], retry)
+            self._conn = Reconnecting(self._socket, [ns(_tp_rank(self._tp_size))], retry,
+                                      timeout_ms)
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
@@ -360,7 +363,8 @@ class KvtierConnector(KVConnectorBase_V1):
                                PageLayout(lay.layer_offsets, lay.block_stride, lay.page_bytes),
                                socket=self._socket, namespace=self._conn.namespaces[0],
                                key_fn=page_key, ttl_seconds=self._ttl,
-                               layerwise=self._layerwise, retry_seconds=self._conn.retry)
+                               layerwise=self._layerwise, retry_seconds=self._conn.retry,
+                               timeout_ms=self._conn.timeout_ms)
 
     def start_load_kv(self, forward_context: "ForwardContext", **kwargs: Any) -> None:
         meta = self._get_connector_metadata()

@@ -328,11 +328,13 @@ def test_threads_get_a_session_each(daemon: Daemon, pool: Any) -> None:
     want = pages(pool, src)
     dsts = [pool.alloc(4 * PAGE) for _ in range(4)]
     results: List[Any] = [None] * 4
+    all_read = threading.Barrier(4)  # no reader ends before every reader has its session
 
     def reader(t: int) -> None:
         ok = all(b.batch_exists(keys) == 4 and b.batch_get_v1(keys, dsts[t]) == [True] * 4
                  for _ in range(20))
         results[t] = ok and pages(pool, dsts[t]) == want
+        all_read.wait()
 
     threads = [threading.Thread(target=reader, args=(t,)) for t in range(4)]
     for th in threads:
@@ -341,6 +343,15 @@ def test_threads_get_a_session_each(daemon: Daemon, pool: Any) -> None:
         th.join()
     assert results == [True] * 4
     assert b.open_sessions == 5 and b.counters.connects == 5  # the 4 readers and this thread
+    # SGLang restarts its storage threads on flush_cache(): the next new thread's first call
+    # closes the sessions of the 4 that ended, so sessions do not pile up in kvtierd.
+    with kvtier.Client(daemon.socket, "probe") as probe:
+        sessions = probe.stats().sessions
+        th = threading.Thread(target=lambda: b.batch_exists(keys))
+        th.start()
+        th.join()
+        assert b.open_sessions == 2                 # this thread and the new one
+        assert probe.stats().sessions == sessions - 4 + 1
     b.close()
     assert b.open_sessions == 0
 
