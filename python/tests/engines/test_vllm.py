@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -104,9 +105,9 @@ def token_kv(tokens: list[int], pos: int, layer: int) -> bytes:
     return (h.digest() * (SLOT // 32 + 1))[:SLOT]
 
 
-def expected_outputs(prompt: list[int]) -> list[int]:
+def expected_outputs(prompt: list[int], max_tokens: int = MAX_TOKENS) -> list[int]:
     tokens = list(prompt)
-    for _ in range(MAX_TOKENS):
+    for _ in range(max_tokens):
         h = hashlib.blake2b()
         for pos in range(len(tokens)):
             for layer in range(len(LAYERS)):
@@ -140,10 +141,10 @@ class Engine:
         self.first_computed: dict[str, int] = {}  # tokens not computed at first schedule
         self._n = 0
 
-    def add(self, prompt: list[int]) -> str:
+    def add(self, prompt: list[int], max_tokens: int = MAX_TOKENS) -> str:
         self._n += 1
         rid = f"r{self._n}"
-        params = SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True)
+        params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
         self.sched.add_request(Request(rid, prompt, params, None,
                                        block_hasher=get_request_block_hasher(BLOCK, sha256)))
         self.outputs[rid] = []
@@ -335,19 +336,20 @@ def test_a_page_evicted_after_the_match_is_a_load_error_and_is_recomputed(
     second.close()
 
 
-def test_requests_under_block_pressure_leave_no_block_held(model_dir: Path,
-                                                           daemon: Daemon) -> None:
-    # 10 full blocks each, 21 usable blocks: the third waits for the first to finish, and
-    # every block held back for a store is given back once the store is done.
-    eng = Engine(model_dir, daemon.socket, num_blocks=22)
-    prompts = [prompt(160, 20 + i) for i in range(3)]
-    rids = [eng.add(p) for p in prompts]
-    eng.run(max_steps=500)
+def test_preempted_requests_come_back_through_kvtier(model_dir: Path, daemon: Daemon) -> None:
+    # Three requests decoding 60 tokens each in 15 usable blocks: vLLM preempts, frees the
+    # preempted request's blocks (the worker first waits for stores reading them), and when
+    # it is scheduled again its prefix is loaded from kvtier instead of recomputed.
+    eng = Engine(model_dir, daemon.socket, num_blocks=16)
+    prompts = [prompt(100, 20 + i) for i in range(3)]
+    rids = [eng.add(p, max_tokens=60) for p in prompts]
+    eng.run(max_steps=1000)
     for rid, p in zip(rids, prompts):
-        assert eng.outputs[rid] == expected_outputs(p)
-    assert sum(len(t.hashes) for m in eng.metas for t in m.stores) == 30
+        assert eng.outputs[rid] == expected_outputs(p, 60)
+    assert any(m.preempted for m in eng.metas)
+    assert any(m.loads for m in eng.metas) and not eng.load_errors
     pool = eng.sched.kv_cache_manager.block_pool
-    assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1
+    assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1   # none held back
     eng.close()
 
 
@@ -431,3 +433,30 @@ def test_without_a_fingerprint_the_connector_hashes_the_served_weights(
     assert first == ns()
     (model / "model.safetensors").write_bytes(b"weights v2")
     assert ns() != first
+
+
+def test_handle_preemptions_waits_for_stores_still_reading(model_dir: Path,
+                                                           daemon: Daemon) -> None:
+    eng = Engine(model_dir, daemon.socket)
+    paged = eng.worker._worker  # type: ignore[attr-defined]
+    gate = threading.Event()
+    paged.jobs.put(lambda conn: gate.wait())   # a store still reading its blocks
+    returned = threading.Event()
+
+    def preempt(preempted: bool) -> None:
+        eng.worker.handle_preemptions(kv_vllm.KvtierConnectorMetadata(preempted=preempted))
+        returned.set()
+    # Without a preemption no block is freed: it does not wait.
+    t = threading.Thread(target=preempt, args=(False,))
+    t.start()
+    t.join(timeout=60)
+    assert returned.is_set()
+    # With one, the freed blocks may be written this step: it returns only after the store.
+    returned.clear()
+    t = threading.Thread(target=preempt, args=(True,))
+    t.start()
+    assert not returned.wait(0.5)              # (cannot fail while it waits, as it must)
+    gate.set()
+    t.join(timeout=60)
+    assert returned.is_set()
+    eng.close()
