@@ -22,11 +22,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 have() { "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('$engine') != '$version')" 2>/dev/null; }
-if ! have; then
-  echo "kvtier: installing $engine $version and its pinned dependencies into $venv (a few minutes)" >&2
-  "$py" -m pip install -q -c "$constraints" "$engine==$version" pytest ||
-    fail "pip could not install $engine $version with $constraints (PyPI reachable? disk space?)"
-  have || fail "$engine $version is not installed in $venv after pip install"
-fi
+have || echo "kvtier: installing $engine $version and its pinned dependencies into $venv (a few minutes)" >&2
+# Also when it is there: a changed constraints file then brings the venv in line (~7 s).
+"$py" -m pip install -q -c "$constraints" "$engine==$version" pytest ||
+  fail "pip could not install $engine $version with $constraints (PyPI reachable? disk space?)"
+have || fail "$engine $version is not installed in $venv after pip install"
 "$py" -m pip install -q ./python || fail "pip install ./python into $venv failed"
 echo "$py"
