@@ -414,6 +414,16 @@ class Leases(_ViewOwner):
         self.verify()
         return size
 
+    def copy_to(self, i: int, address: int, capacity: int) -> int:
+        """Copies key i's block to raw memory at `address` (`capacity` bytes, at least its
+        size) and returns its size, without verifying: call verify() once after a batch of
+        these, before using what was copied (engines copying many pages per call)."""
+        size = int(self._leases[i].size)
+        if capacity < size:
+            raise InvalidArgumentError(f"key {i}: {capacity} bytes at {address:#x} for {size}")
+        lib.kvtier_copy_from_pool(address, self._block(i), size)
+        return size
+
     def read_bytes(self, i: int) -> bytes:
         """A copy of key i's block as bytes (verified)."""
         out = bytearray(self.size(i))

@@ -87,12 +87,41 @@ class Reconnecting:
     def drop(self, error: Exception) -> None:
         log.warning("kvtier: %s; reconnecting", error)
         self.close()
+        self.next_try = time.monotonic() + self.retry  # a hung kvtierd: not again at once
 
     def close(self) -> None:
         for c in self.clients or []:
             c.close()
         self.clients = None
         self.region = 0
+
+
+_CUDA: Optional[ctypes.CDLL] = None
+
+
+def cuda_ipc_handle(ptr: int) -> tuple[bytes, int, int]:
+    """(cudaIpcMemHandle_t of the allocation holding device address `ptr`, `ptr`'s offset in
+    it, the allocation's size), through the CUDA driver API on the current context.
+
+    Not torch's `_share_cuda_()`: its handle field is torch's own format (a version byte,
+    then 'c' and the 64-byte handle, or 'e' and an expandable-segment export), and it swaps the storage for a reference-counted IPC one that kvtierd would never release.
+    Fails, naming the call, for memory that has no legacy IPC handle (cuMem/VMM allocations:
+    PyTorch's expandable segments, vLLM's sleep-mode allocator)."""
+    global _CUDA
+    if _CUDA is None:
+        _CUDA = ctypes.CDLL("libcuda.so.1")
+    base, size = ctypes.c_uint64(0), ctypes.c_size_t(0)
+    rc = _CUDA.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+                                       ctypes.c_uint64(ptr))
+    if rc != 0:
+        raise RuntimeError(f"kvtier: cuMemGetAddressRange failed (CUresult {rc}) for {ptr:#x}")
+    handle = (ctypes.c_ubyte * 64)()
+    rc = _CUDA.cuIpcGetMemHandle(handle, ctypes.c_uint64(base.value))
+    if rc != 0:
+        raise RuntimeError(f"kvtier: cuIpcGetMemHandle failed (CUresult {rc}): the KV cache "
+                           "must be plain cudaMalloc memory (no expandable segments, no "
+                           "cuMem/VMM allocator)")
+    return bytes(handle), ptr - base.value, int(size.value)
 
 
 class PagedKV:
@@ -120,25 +149,23 @@ class PagedKV:
         self.pending_stores: dict[str, int] = {}    # guarded by lock: request -> stores left
         self.finished_asked: set[str] = set()       # guarded by lock: finished, still storing
         self.recved: set[str] = set()               # guarded by lock: async loads ended
+        self.held: list[tuple[Transfer, set[int]]] = []  # engine thread: stores on hold
         self.waited = self.L - 1                    # last layer the stream waits for (step)
         self.base = int(storage.data_ptr())         # CPU: page address = base + offset
         self.offset = 0                             # CUDA: the storage's offset in its allocation
-        need = layout.layer_offsets[-1] + layout.page_bytes
+        need = max(layout.layer_offsets) + layout.page_bytes
         if storage.nbytes() < need:
             raise ValueError(f"the KV storage has {storage.nbytes()} bytes; block 0 of the "
                              f"last layer ends at {need}")
         if self.on_gpu:
-            # (device, cudaIpcMemHandle_t of the allocation, bytes, offset in it, ...)
-            shared = storage._share_cuda_()
-            self.ipc_handle = bytes(shared[1])
-            self.offset = int(shared[3])
-            self.region_bytes = self.offset + int(shared[2])
             self.device = int(kv.device.index or 0)
             with torch.cuda.device(kv.device):
+                self.ipc_handle, self.offset, self.region_bytes = cuda_ipc_handle(
+                    int(storage.data_ptr()))
                 # Events 0..L-1: layer l has landed (kvtierd records them). Event L: the
                 # forward that wrote the pages to store is done (this process records it).
                 self.events = [torch.cuda.Event(interprocess=True) for _ in range(self.L + 1)]
-            self.event_handles = [bytes(e.ipc_handle()) for e in self.events]
+                self.event_handles = [bytes(e.ipc_handle()) for e in self.events]
         self.jobs: "queue.Queue[Optional[Callable[[Reconnecting], None]]]" = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="kvtier-paged", daemon=True)
         self.thread.start()
@@ -207,8 +234,13 @@ class PagedKV:
                                         signal_event=0 if in_step else None)
                 ok = [r.code == StatusCode.OK and r.size == self.page for r in results]
             else:
-                outs = [(ctypes.c_ubyte * self.page).from_address(self.base + o) for o in offsets]
-                ok = [c == StatusCode.OK for c in client.get_copy_into(keys, outs)]
+                with client.acquire(keys) as leases:
+                    ok = [c == StatusCode.OK and leases.size(j) == self.page
+                          for j, c in enumerate(leases.codes)]
+                    for j, o in enumerate(offsets):
+                        if ok[j]:
+                            leases.copy_to(j, self.base + o, self.page)
+                    leases.verify()  # one check for the batch: raises if a purge intervened
             landed.update(w for w, good in zip(where, ok) if good)
         return landed
 
@@ -255,6 +287,43 @@ class PagedKV:
                         self.pending_stores[t.req_id] -= 1
         self.jobs.put(job)
 
+    def hold(self, store: Transfer, conditions: list[int]) -> None:
+        """A store kept until `resolve` has confirmed every condition (e.g. the in-step loads
+        its KV was computed over), dropped if one fails; `finished` waits for it either way."""
+        with self.lock:
+            self.pending_stores[store.req_id] = self.pending_stores.get(store.req_id, 0) + 1
+        self.held.append((store, set(conditions)))
+
+    def resolve(self, confirmed: list[int], failed: list[int]) -> None:
+        """Submits the held stores whose conditions are all confirmed; drops those with a
+        failed one."""
+        if not self.held or not (confirmed or failed):
+            return
+        ok, bad = set(confirmed), set(failed)
+        release, keep, dropped = [], [], []
+        for store, conditions in self.held:
+            if conditions & bad:
+                dropped.append(store)
+            elif conditions - ok:
+                keep.append((store, conditions - ok))
+            else:
+                release.append(store)
+        self.held = keep
+        with self.lock:
+            for store in release + dropped:
+                self.pending_stores[store.req_id] -= 1
+        if release:
+            self.submit_stores(release)
+
+    def forget(self, req_ids: set[str]) -> None:
+        """Drops what is kept for these requests (their blocks are being freed without a
+        finished report: a preemption). Call after `drain`."""
+        self.held = [(s, c) for s, c in self.held if s.req_id not in req_ids]
+        with self.lock:
+            for r in req_ids:
+                self.pending_stores.pop(r, None)
+                self.finished_asked.discard(r)
+
     def _copy_out(self, conn: Reconnecting, client: Client, stores: list[Transfer]) -> None:
         keys, offsets, _ = self.pages(stores, layer_major=False)
         for i in range(0, len(keys), MAX_BATCH):
@@ -268,8 +337,9 @@ class PagedKV:
 
     # --- the background thread ---
     def _run(self) -> None:
+        # Off the engine's thread: stores may wait for demotions, loads for SSD reads.
         conn = Reconnecting(self.conn.socket, self.conn.namespaces, self.conn.retry,
-                            self.conn.timeout_ms)
+                            max(self.conn.timeout_ms, 30000))
         while True:
             job = self.jobs.get()
             try:

@@ -53,8 +53,10 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorBase_V1,
     KVConnectorMetadata,
     KVConnectorRole,
+    KVConnectorWorkerMetadata,
 )
 from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.outputs import KVConnectorOutput
 
 from .client import DEFAULT_SOCKET, MAX_BATCH, Client
 from .errors import KvtierError, Tier
@@ -170,10 +172,30 @@ class _Layout:
 @dataclass
 class KvtierConnectorMetadata(KVConnectorMetadata):
     """What the scheduler tells the workers for one step."""
+    step: int = 0
     loads: list[Transfer] = field(default_factory=list)        # before this step's forward
     async_loads: list[Transfer] = field(default_factory=list)  # in the background
     stores: list[Transfer] = field(default_factory=list)       # after this step's forward
-    preempted: bool = False
+    #: Stores of blocks computed over blocks whose in-step load is not confirmed yet: kept
+    #: until every step listed is confirmed, dropped if one failed.
+    held: list[tuple[Transfer, list[int]]] = field(default_factory=list)
+    confirmed: list[int] = field(default_factory=list)  # steps whose loads landed everywhere
+    failed: list[int] = field(default_factory=list)     # steps with a load error somewhere
+    preempted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KvtierWorkerMetadata(KVConnectorWorkerMetadata):
+    """What the workers tell the scheduler: per step with in-step loads, whether every page
+    landed (aggregated over the workers: on all of them)."""
+    loads: dict[int, bool] = field(default_factory=dict)
+
+    def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
+        assert isinstance(other, KvtierWorkerMetadata)
+        merged = dict(self.loads)
+        for step, ok in other.loads.items():
+            merged[step] = merged.get(step, True) and ok
+        return KvtierWorkerMetadata(merged)
 
 
 @dataclass
@@ -183,6 +205,7 @@ class _ReqState:
     load_async: bool = False  # what the last lookup answered
     stored_blocks: int = 0   # blocks whose store the workers were given
     has_stores: bool = False
+    loaded: list[int] = field(default_factory=list)  # GPU block ids of the last load
 
 
 class KvtierConnector(KVConnectorBase_V1):
@@ -204,6 +227,10 @@ class KvtierConnector(KVConnectorBase_V1):
         parallel = vllm_config.parallel_config
         if parallel.pipeline_parallel_size != 1:
             raise ValueError("kvtier.vllm does not support pipeline parallelism yet")
+        if vllm_config.lora_config is not None:
+            raise ValueError("kvtier.vllm does not support LoRA yet: vLLM's block hash names an "
+                             "adapter by name and path, not by its weights, and kvtier keeps "
+                             "blocks across restarts")
         layout_name = str(kv_cache_config.kv_cache_layout or cache.kv_cache_layout or "LBNHC")
         if layout_name not in BLOCK_COMPACT_LAYOUTS:
             raise ValueError(f"kvtier.vllm needs a KV layout with contiguous pages "
@@ -239,8 +266,15 @@ class KvtierConnector(KVConnectorBase_V1):
         # Scheduler state.
         self._reqs: dict[str, _ReqState] = {}
         self._pending_loads: list[tuple[Transfer, bool]] = []
+        self._step = 0
+        self._unconfirmed: dict[int, set[int]] = {}  # step -> GPU blocks loaded in it
+        self._held_by_step: dict[int, list[tuple[str, int]]] = {}  # -> (request, first block)
+        self._confirmed: list[int] = []
+        self._failed: list[int] = []
+        self._finishing: set[str] = set()  # finished, blocks kept until their stores end
         # Worker state.
         self._worker: Optional[PagedKV] = None
+        self._load_report: dict[int, bool] = {}
         self._layer_index = {n: i for i, n in enumerate(self._layout.layer_names)}
         if role == KVConnectorRole.SCHEDULER:
             self._conn = Reconnecting(self._socket, [ns(r) for r in range(self._tp_size)], retry,
@@ -248,6 +282,12 @@ class KvtierConnector(KVConnectorBase_V1):
         else:
             self._conn = Reconnecting(self._socket, [ns(_tp_rank(self._tp_size))], retry,
                                       timeout_ms)
+
+    @classmethod
+    def supports_sleep_mode(cls, kv_transfer_config: Any) -> bool:
+        # Sleep mode allocates the KV cache from vLLM's cuMem pool, which has no legacy CUDA
+        # IPC handle for kvtierd to open.
+        return False
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
@@ -316,12 +356,23 @@ class KvtierConnector(KVConnectorBase_V1):
         block_ids = blocks.get_block_ids()[0][first : first + n]
         load = Transfer(request.request_id, self._hashes(request, first, first + n), block_ids)
         self._pending_loads.append((load, st.load_async))
+        st.loaded = list(block_ids)
         st.stored_blocks = max(st.stored_blocks, first + n)  # already in kvtier
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
-        meta = KvtierConnectorMetadata(preempted=bool(scheduler_output.preempted_req_ids))
+        self._step += 1
+        step = self._step
+        meta = KvtierConnectorMetadata(step=step, confirmed=self._confirmed, failed=self._failed,
+                                       preempted=sorted(scheduler_output.preempted_req_ids or ()))
+        self._confirmed, self._failed = [], []
+        for req_id in meta.preempted:  # the workers wait for its stores and forget them
+            st = self._reqs.get(req_id)
+            if st is not None:
+                st.has_stores = False
         for load, is_async in self._pending_loads:
             (meta.async_loads if is_async else meta.loads).append(load)
+            if not is_async:  # its outcome comes back with this step's output
+                self._unconfirmed.setdefault(step, set()).update(load.block_ids)
         self._pending_loads = []
         computed: dict[str, int] = {r.req_id: r.num_computed_tokens
                                     for r in scheduler_output.scheduled_new_reqs}
@@ -336,17 +387,56 @@ class KvtierConnector(KVConnectorBase_V1):
             if done <= st.stored_blocks:
                 continue
             block_ids = self._kv_cache_manager.get_block_ids(req_id)[0]
-            meta.stores.append(Transfer(req_id, self._hashes(st.request, st.stored_blocks, done),
-                                         block_ids[st.stored_blocks : done]))
+            store = Transfer(req_id, self._hashes(st.request, st.stored_blocks, done),
+                             block_ids[st.stored_blocks : done])
+            # KV computed over a block whose load may yet fail (in this step or one still in
+            # flight, under async scheduling) may be wrong: it waits for the loads' outcome.
+            prefix = set(block_ids[:done])
+            deps = sorted(s for s, ids in self._unconfirmed.items() if not ids.isdisjoint(prefix))
+            if deps:
+                meta.held.append((store, deps))
+                for s in deps:
+                    self._held_by_step.setdefault(s, []).append((req_id, st.stored_blocks))
+            else:
+                meta.stores.append(store)
             st.stored_blocks = done
             st.has_stores = True
         return meta
 
+    def update_connector_output(self, connector_output: KVConnectorOutput) -> None:
+        wm = connector_output.kv_connector_worker_meta
+        if isinstance(wm, KvtierWorkerMetadata):
+            for step, ok in sorted(wm.loads.items()):
+                self._unconfirmed.pop(step, None)
+                held = self._held_by_step.pop(step, [])
+                (self._confirmed if ok else self._failed).append(step)
+                if not ok:  # the held stores are dropped: store those blocks once recomputed
+                    for req_id, first in held:
+                        st = self._reqs.get(req_id)
+                        if st is not None:
+                            st.stored_blocks = min(st.stored_blocks, first)
+        invalid = connector_output.invalid_block_ids
+        if invalid:  # loaded blocks that did not land are recomputed: store them then
+            for st in self._reqs.values():
+                bad = [i for i, b in enumerate(st.loaded) if b in invalid]
+                if bad:
+                    st.stored_blocks = min(st.stored_blocks, st.first_block + bad[0])
+                    st.loaded = []
+        self._finishing -= connector_output.finished_sending or set()
+
     def request_finished(self, request: "Request",
                          block_ids: list[int]) -> tuple[bool, Optional[dict[str, Any]]]:
         st = self._reqs.pop(request.request_id, None)
-        # Workers report the request in finished_sending once its stores are done.
-        return (st is not None and st.has_stores), None
+        if st is None or not st.has_stores:
+            return False, None
+        # Workers report the request in finished_sending once its stores are done (or
+        # dropped); vLLM keeps its blocks until then, and keeps stepping (has_pending_push_work).
+        self._finishing.add(request.request_id)
+        return True, None
+
+    def has_pending_push_work(self) -> bool:
+        # Held stores resolve, and finished requests are reported, only in later steps.
+        return bool(self._finishing)
 
     def shutdown(self) -> None:
         if self._worker is not None:
@@ -372,7 +462,7 @@ class KvtierConnector(KVConnectorBase_V1):
         if meta.async_loads:
             self._worker.submit_async_loads(meta.async_loads)
         if meta.loads:
-            self._worker.load(meta.loads)
+            self._load_report[meta.step] = not self._worker.load(meta.loads)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         layer = self._layer_index.get(layer_name)
@@ -388,14 +478,25 @@ class KvtierConnector(KVConnectorBase_V1):
             return
         meta = self._get_connector_metadata()
         assert isinstance(meta, KvtierConnectorMetadata)
+        self._worker.resolve(meta.confirmed, meta.failed)
         if meta.stores:
             self._worker.submit_stores(meta.stores)
+        for store, deps in meta.held:
+            self._worker.hold(store, deps)
+
+    def build_connector_worker_meta(self) -> Optional[KVConnectorWorkerMetadata]:
+        if not self._load_report:
+            return None
+        report, self._load_report = KvtierWorkerMetadata(self._load_report), {}
+        return report
 
     def handle_preemptions(self, kv_connector_metadata: KVConnectorMetadata) -> None:
-        # Preempted requests' blocks may be reused by this step: finish reading them first.
+        # Preempted requests' blocks may be reused by this step: finish reading them first,
+        # and forget their stores (vLLM frees their blocks without asking us).
         assert isinstance(kv_connector_metadata, KvtierConnectorMetadata)
         if kv_connector_metadata.preempted and self._worker is not None:
             self._worker.drain()
+            self._worker.forget(set(kv_connector_metadata.preempted))
 
     def get_finished(self, finished_req_ids: set[str]
                      ) -> tuple[Optional[set[str]], Optional[set[str]]]:

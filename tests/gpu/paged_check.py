@@ -8,7 +8,8 @@ pages, Llama-3-8B's page for 16 tokens) is filled with random bytes and checked:
   1. stores: 125 blocks (2000 tokens, 4000 pages) go to kvtierd through CUDA IPC, behind the
      event the engine's stream records;
   2. in-step load into other blocks: the current stream waits per layer on kvtierd's events,
-     and each layer is compared bit-exact right after its wait;
+     and each layer's comparison is queued on that stream right after its wait (no host
+     synchronization before it);
   3. async load (no events): bit-exact once reported finished;
   4. a page removed from kvtierd: the load reports exactly that block and every later one;
   5. speed: the in-step load and the store against the bare pinned-host <-> GPU copy of the
@@ -88,13 +89,16 @@ def main() -> int:
         return failed, time.perf_counter() - t
 
     kv.view(L, BLOCKS, PAGE)[:, 200 : 200 + N].zero_()
-    failed, _ = load_in_step(200)
+    sync()
+    failed = p.load([Transfer("load", hashes, list(range(200, 200 + N)))])
     check(not failed, "in-step load: no load errors")
-    same = True
+    # Each comparison is queued on the current stream right after that layer's wait, with no
+    # host synchronization in between: it sees layer l only if event l orders it after the copy.
+    same = []
     for l in range(L):
         p.wait_for_layer(l)
-        same = same and torch.equal(pages(kv, l, 200, N), pages(kv, l, 0, N))
-    check(same, "in-step load: every layer bit-exact after its event")
+        same.append(torch.eq(pages(kv, l, 200, N), pages(kv, l, 0, N)).all())
+    check(all(bool(x) for x in same), "in-step load: each layer bit-exact right after its event")
 
     # 3. Async load (reply once the bytes are in place) into blocks 350..
     kv.view(L, BLOCKS, PAGE)[:, 350 : 350 + N].zero_()

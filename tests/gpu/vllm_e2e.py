@@ -84,7 +84,11 @@ def child(mode: str, model: str, socket: str, out_path: str) -> None:
         llm.reset_prefix_cache()
         result["ttft_kvtier"] = ttft(llm, long)
         llm.reset_prefix_cache()
-    result["second"] = generate(llm, ps, 16)
+    import kvtier
+    with kvtier.Client(socket, "probe") as c:  # the tenant's hits, around the second pass
+        before = c.stats().hits
+        result["second"] = generate(llm, ps, 16)
+        result["second_hits"] = c.stats().hits - before
     with open(out_path, "w") as f:
         json.dump(result, f)
 
@@ -104,22 +108,17 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--socket", required=True)
     args = ap.parse_args()
-    import kvtier
     with tempfile.TemporaryDirectory() as model:
         write_model(model)
         local = run("local", model, args.socket)
-        with kvtier.Client(args.socket, "probe") as c:
-            before = c.stats()
         tiered = run("kvtier", model, args.socket)
-        with kvtier.Client(args.socket, "probe") as c:
-            after = c.stats()
     ok = True
     same = tiered["second"] == local["second"]
     print(f"outputs with the prefix from kvtierd == with vLLM's own prefix cache: {same}")
     ok &= same
     print(f"first outputs (no reuse) equal: {tiered['first'] == local['first']} (information)")
-    hits = after.hits - before.hits
-    print(f"kvtierd hits during the kvtier run: {hits}")
+    hits = tiered["second_hits"]
+    print(f"kvtierd hits during the kvtier engine's second pass: {hits}")
     ok &= hits > 0
     c, k = tiered["ttft_compute"], tiered["ttft_kvtier"]
     print(f"\n{'TTFT, 8000-token prompt':<28}{'ms':>10}\n{'computed':<28}{c * 1e3:>10.1f}\n"

@@ -99,19 +99,31 @@ def kv_cache_config(num_blocks: int) -> KVCacheConfig:
         kv_cache_layout="LBNHC")
 
 
+def spread(digest: bytes) -> bytes:
+    return (digest * (SLOT // len(digest) + 1))[:SLOT]
+
+
 def token_kv(tokens: list[int], pos: int, layer: int) -> bytes:
-    """What the stand-in model writes as token `pos`'s K and V in `layer`."""
-    h = hashlib.blake2b(bytes(str((layer, tokens[: pos + 1])), "ascii"), digest_size=32)
-    return (h.digest() * (SLOT // 32 + 1))[:SLOT]
+    """What the stand-in model writes as token `pos`'s KV in layer 0 (a function of the
+    tokens); layer 1's is a function of layer 0's KV up to `pos` (Engine.forward)."""
+    assert layer == 0
+    h = hashlib.blake2b(bytes(str(tokens[: pos + 1]), "ascii"), digest_size=32)
+    return spread(h.digest())
 
 
 def expected_outputs(prompt: list[int], max_tokens: int = MAX_TOKENS) -> list[int]:
+    """The outputs of the stand-in model computing everything itself."""
     tokens = list(prompt)
+    layer0: list[bytes] = []
+    layer1: list[bytes] = []
     for _ in range(max_tokens):
+        for pos in range(len(layer0), len(tokens)):
+            layer0.append(token_kv(tokens, pos, 0))
+            layer1.append(spread(hashlib.blake2b(b"".join(layer0), digest_size=32).digest()))
         h = hashlib.blake2b()
         for pos in range(len(tokens)):
-            for layer in range(len(LAYERS)):
-                h.update(token_kv(tokens, pos, layer))
+            h.update(layer0[pos])
+            h.update(layer1[pos])
         tokens.append(h.digest()[0] % VOCAB)
     return tokens[len(prompt):]
 
@@ -151,6 +163,10 @@ class Engine:
         return rid
 
     def forward(self, out: Any) -> dict[str, list[int]]:
+        """Like a transformer: layer 0's KV of a token is a function of the tokens, layer 1's a
+        function of layer 0's KV of every position up to it *as read from the cache*, and the
+        sampled token a hash of every cached page of the request. KV loaded wrong, or computed
+        over KV loaded wrong, changes the outputs."""
         sampled: dict[str, list[int]] = {}
         computed = {r.req_id: r.num_computed_tokens for r in out.scheduled_new_reqs}
         cached = out.scheduled_cached_reqs
@@ -160,17 +176,24 @@ class Engine:
             blocks = self.sched.kv_cache_manager.get_block_ids(req_id)[0]
             tokens = list(req.all_token_ids)
             start = computed[req_id]
+
+            def slot(layer: int, pos: int) -> torch.Tensor:
+                return self.kv[layer, blocks[pos // BLOCK], pos % BLOCK]
             for pos in range(start, start + n):
-                for layer in range(len(LAYERS)):
-                    self.kv[layer, blocks[pos // BLOCK], pos % BLOCK] = torch.frombuffer(
-                        bytearray(token_kv(tokens, pos, layer)), dtype=torch.uint8)
+                slot(0, pos)[:] = torch.frombuffer(bytearray(token_kv(tokens, pos, 0)),
+                                                   dtype=torch.uint8)
+                h = hashlib.blake2b(digest_size=32)
+                for q in range(pos + 1):
+                    h.update(slot(0, q).numpy().tobytes())
+                slot(1, pos)[:] = torch.frombuffer(bytearray(spread(h.digest())),
+                                                   dtype=torch.uint8)
             if start + n < len(tokens):  # a chunk of a longer prefill samples nothing
                 sampled[req_id] = []
                 continue
-            h = hashlib.blake2b()  # the "logits" read every cached page of the request
+            h = hashlib.blake2b()
             for pos in range(start + n):
                 for layer in range(len(LAYERS)):
-                    h.update(self.kv[layer, blocks[pos // BLOCK], pos % BLOCK].numpy().tobytes())
+                    h.update(slot(layer, pos).numpy().tobytes())
             sampled[req_id] = [h.digest()[0] % VOCAB]
         return sampled
 
@@ -192,6 +215,7 @@ class Engine:
         w.wait_for_save()
         sending, recving = w.get_finished(out.finished_req_ids)
         invalid = w.get_block_ids_with_load_errors()
+        worker_meta = w.build_connector_worker_meta()
         w.clear_connector_metadata()
         self.load_errors |= invalid
         self.loaded_async |= recving or set()
@@ -201,22 +225,17 @@ class Engine:
             sampled_token_ids=[sampled[r] for r in ids],
             kv_connector_output=KVConnectorOutput(finished_sending=sending,
                                                   finished_recving=recving,
-                                                  invalid_block_ids=invalid))
+                                                  invalid_block_ids=invalid,
+                                                  kv_connector_worker_meta=worker_meta))
         for outputs in self.sched.update_from_output(out, result).values():
             for o in outputs.outputs:
                 self.outputs[o.request_id] += o.new_token_ids
 
     def run(self, max_steps: int = 200) -> None:
+        """Steps until vLLM has nothing left, stores included (has_requests counts the
+        connector's pending work)."""
         for _ in range(max_steps):
             if not self.sched.has_requests():
-                self.worker._worker.drain()  # type: ignore[union-attr]
-                # the last get_finished reports stores that ended after the last step
-                sending, _ = self.worker.get_finished(set())
-                if sending:
-                    self.sched.update_from_output(self.sched.schedule(), ModelRunnerOutput(
-                        req_ids=[], req_id_to_index={},
-                        kv_connector_output=KVConnectorOutput(finished_sending=sending)))
-                    continue
                 return
             self.step()
             self.worker._worker.drain()  # type: ignore[union-attr]  # (determinism)
@@ -336,6 +355,34 @@ def test_a_page_evicted_after_the_match_is_a_load_error_and_is_recomputed(
     second.close()
 
 
+def test_kv_computed_over_a_failed_load_is_never_stored(model_dir: Path,
+                                                        daemon: Daemon) -> None:
+    a = prompt(96, 12)                     # 6 blocks, stored by the first engine
+    b = a[:80] + prompt(40, 13)            # blocks 0-4 loadable; 5-6 computed in the same step
+    c = b + prompt(20, 14)                 # a third engine loads b's blocks for c
+    first = Engine(model_dir, daemon.socket)
+    assert run_one(first, a) == expected_outputs(a)
+    first.close()
+    second = Engine(model_dir, daemon.socket)
+
+    def evict(meta: kv_vllm.KvtierConnectorMetadata) -> None:
+        if meta.loads:   # a page of block 3 goes between the match and the load
+            with kvtier.Client(daemon.socket, second.worker._conn.namespaces[0]) as cl:
+                cl.remove([kv_vllm.page_key(meta.loads[0].hashes[3], 0)])
+            second.before_load = None
+    second.before_load = evict
+    assert run_one(second, b) == expected_outputs(b)     # recomputed from block 3: right
+    assert second.load_errors
+    # Blocks 5-6 were first computed over the stale block 3: that KV must not have been
+    # stored (they are stored once recomputed). A third engine must answer right.
+    assert any(m.held for m in second.metas) and any(m.failed for m in second.metas)
+    second.close()
+    third = Engine(model_dir, daemon.socket)
+    assert run_one(third, c) == expected_outputs(c)
+    assert third.first_computed["r1"] == 112             # all 7 blocks of b from kvtier
+    third.close()
+
+
 def test_preempted_requests_come_back_through_kvtier(model_dir: Path, daemon: Daemon) -> None:
     # Three requests decoding 60 tokens each in 15 usable blocks: vLLM preempts, frees the
     # preempted request's blocks (the worker first waits for stores reading them), and when
@@ -435,6 +482,54 @@ def test_without_a_fingerprint_the_connector_hashes_the_served_weights(
     assert ns() != first
 
 
+def test_a_preempted_request_aborted_during_its_async_load(model_dir: Path,
+                                                          daemon: Daemon) -> None:
+    from vllm.v1.request import RequestStatus
+    # As in the preemption test, but preempted requests come back through async loads, and
+    # one is aborted while its load is still running (held up here by a gate): vLLM must get
+    # its blocks back once, after the load has ended, and go on serving the others.
+    eng = Engine(model_dir, daemon.socket, num_blocks=16, load_mode="async")
+    paged = eng.worker._worker  # type: ignore[attr-defined]
+    gate = threading.Event()
+    submit = paged.submit_async_loads
+
+    def gated(loads: Any) -> None:
+        paged.jobs.put(lambda conn: gate.wait())
+        submit(loads)
+    paged.submit_async_loads = gated
+    prompts = [prompt(100, 30 + i) for i in range(3)]
+    rids = [eng.add(p, max_tokens=60) for p in prompts]
+    aborted = None
+    for _ in range(1000):
+        if aborted is None:
+            eng.step()
+            eng.worker._worker.drain() if gate.is_set() else None  # type: ignore[union-attr]
+            for rid in rids:
+                r = eng.sched.requests.get(rid)
+                if r is not None and r.status == RequestStatus.WAITING_FOR_REMOTE_KVS:
+                    eng.sched.finish_requests(rid, RequestStatus.FINISHED_ABORTED)
+                    aborted = rid
+                    break
+            if aborted is None:
+                gate.set()  # not that step: let loads through until a preempted one waits
+                eng.worker._worker.drain()  # type: ignore[union-attr]
+                gate.clear()
+        else:
+            eng.step()       # the load still hangs: its blocks must stay held
+            eng.step()
+            gate.set()
+            paged.submit_async_loads = submit
+            eng.run(max_steps=1000)
+            break
+    assert aborted is not None, "no request was preempted into an async load"
+    for rid, p in zip(rids, prompts):
+        if rid != aborted:
+            assert eng.outputs[rid] == expected_outputs(p, 60)
+    pool = eng.sched.kv_cache_manager.block_pool
+    assert pool.get_num_free_blocks() == pool.num_gpu_blocks - 1 and not eng.sched.requests
+    eng.close()
+
+
 def test_handle_preemptions_waits_for_stores_still_reading(model_dir: Path,
                                                            daemon: Daemon) -> None:
     eng = Engine(model_dir, daemon.socket)
@@ -444,7 +539,8 @@ def test_handle_preemptions_waits_for_stores_still_reading(model_dir: Path,
     returned = threading.Event()
 
     def preempt(preempted: bool) -> None:
-        eng.worker.handle_preemptions(kv_vllm.KvtierConnectorMetadata(preempted=preempted))
+        eng.worker.handle_preemptions(
+            kv_vllm.KvtierConnectorMetadata(preempted=["r1"] if preempted else []))
         returned.set()
     # Without a preemption no block is freed: it does not wait.
     t = threading.Thread(target=preempt, args=(False,))
