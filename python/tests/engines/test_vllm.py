@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -61,13 +61,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def daemon() -> Iterator[Daemon]:
-    d = Daemon(dram_bytes=64 << 20, ssd_bytes=256 << 20, max_block_bytes=1 << 20,
-               spill_max_block_bytes=1 << 20, segment_bytes=16 << 20, demote_above=0.05)
-    try:
-        yield d
-    finally:
-        d.close()
+def daemon(ssd_daemon: Daemon) -> Daemon:
+    """conftest's kvtierd with an SSD tier (demoting past 5% of the pool)."""
+    return ssd_daemon
 
 
 def vllm_config(model_dir: Path, socket: str, **extra: Any) -> VllmConfig:
