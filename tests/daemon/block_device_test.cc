@@ -23,7 +23,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "daemon/spill/faulty_device.h"
+#include "tests/support/faulty_device.h"
 #include "daemon/spill/io_probe.h"
 #include "daemon/spill/thread_pool_device.h"
 #include "daemon/spill/uring_device.h"

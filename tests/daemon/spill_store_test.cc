@@ -25,7 +25,7 @@
 #include <catch2/catch.hpp>
 
 #include "crypto/master_key.h"
-#include "daemon/spill/faulty_device.h"
+#include "tests/support/faulty_device.h"
 #include "daemon/spill/io_probe.h"
 #include "daemon/spill/spill_format.h"
 #include "daemon/spill/thread_pool_device.h"

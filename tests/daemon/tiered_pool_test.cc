@@ -17,7 +17,7 @@
 
 #include "crypto/secret_key.h"
 #include "daemon/pool/dram_pool.h"
-#include "daemon/spill/faulty_device.h"
+#include "tests/support/faulty_device.h"
 #include "daemon/spill/spill_store.h"
 #include "daemon/spill/spill_worker.h"
 #include "daemon/spill/thread_pool_device.h"

@@ -1,4 +1,4 @@
-#include "daemon/spill/faulty_device.h"
+#include "tests/support/faulty_device.h"
 
 #include <errno.h>
 #include <unistd.h>

@@ -1,7 +1,8 @@
-// FaultyDevice: a test seam that wraps any BlockDevice and injects one fault of each kind on
-// request: the Nth write or read fails with an errno, the Nth I/O moves fewer bytes than asked,
-// the Nth read's buffer has one byte flipped after it completes. "Nth" counts the requests
-// Submit accepts after the fault is armed, from 1; each fault fires once.
+// FaultyDevice, a test double (it lives in tests/, never in the daemon): wraps any BlockDevice
+// and injects one fault of each kind on request: the Nth write or read fails with an errno, the
+// Nth I/O moves fewer bytes than asked, the Nth read's buffer has one byte flipped after it
+// completes. "Nth" counts the requests Submit accepts after the fault is armed, from 1; each
+// fault fires once.
 //
 // A failed request never reaches the inner device, nor its checks: it completes at once with
 // -errno (a failed write leaves the file untouched). At most one shortened and one flipped
