@@ -1,8 +1,9 @@
 // DramPool: one tenant's block index over two tiers: its DRAM pool (warm) and, when the tenant
 // has one, its encrypted SSD spill store (cold). It decides which blocks live where and who may
 // touch them; it never reads or writes block bytes and never does I/O. Bytes move by "spill
-// orders" it queues (demote, promote, release), which the server turns into SpillWorker jobs,
-// and whose outcomes come back through DemoteDone / PromoteDone / SsdCopyLost.
+// orders" it queues (demote, promote, release), which the server turns into SpillWorker jobs
+// (daemon/tier/spill_orders.h), and whose outcomes come back through DemoteDone / PromoteDone /
+// SsdCopyLost.
 //
 // Life of a block: Reserve (slot allocated, invisible, pinned for the reserving session) ->
 // Commit (visible) -> Acquire/Release (a leased block is pinned: never evicted, moved or
@@ -39,7 +40,7 @@
 #include "daemon/index/block_index.h"
 #include "daemon/pool/size_classes.h"
 #include "daemon/pool/slab_allocator.h"
-#include "daemon/spill/spill_worker.h"
+#include "daemon/spill/ssd_ref.h"
 #include "ipc/wire/protocol.h"
 #include "kvclient/status.h"
 
@@ -70,12 +71,6 @@ struct SpillOrder {
   SsdRef ssd;
   BlockKey key;
 };
-
-// The SpillWorker job that carries out `order` for the tenant whose pool memory starts at
-// `pool` (of `pool_bytes`), in its store `store`; `name_space` is the name of the order key's
-// namespace (unused for kRelease).
-SpillJob ToSpillJob(const SpillOrder& order, uint32_t store, std::byte* pool, uint64_t pool_bytes,
-                    std::string_view name_space);
 
 // Counters of the SSD side, for stats.
 struct TierCounters {

@@ -10,6 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "daemon/tier/spill_orders.h"
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/socket/seqpacket.h"

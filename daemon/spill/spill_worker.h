@@ -47,19 +47,11 @@
 
 #include "daemon/spill/block_device.h"
 #include "daemon/spill/spill_store.h"
+#include "daemon/spill/ssd_ref.h"
 #include "ipc/base/unique_fd.h"
 #include "kvclient/status.h"
 
 namespace kvtier {
-
-// A record's place, as the index keeps it: 8 bytes instead of a SpillLocation's 32.
-struct SsdRef {
-  uint32_t segment = 0;  // 0: none (segment ids start at 1)
-  uint32_t page = 0;     // record offset / 4 KiB
-
-  uint64_t offset() const { return uint64_t{page} * spill::kAlignBytes; }
-  friend bool operator==(const SsdRef&, const SsdRef&) = default;
-};
 
 struct SpillJob {
   // kErase: `store`, `tag`; kSetQuota: `store`, `bytes`

@@ -20,6 +20,7 @@
 #include "tests/support/faulty_device.h"
 #include "daemon/spill/spill_store.h"
 #include "daemon/spill/spill_worker.h"
+#include "daemon/tier/spill_orders.h"
 #include "daemon/spill/thread_pool_device.h"
 #include "ipc/base/units.h"
 #include "tests/support/test_support.h"
