@@ -126,7 +126,9 @@ Status ReplayThroughPool(const std::vector<TraceRequest>& trace, const ReplayOpt
   for (const TraceRequest& r : trace) {
     ++out->requests;
     out->block_requests += r.hash_ids.size();
-    // Lookup, in order: the usable prefix is the leading run found in any tier.
+    // Lookup, in order: the usable prefix is the leading run found in any tier, counted as
+    // match_prefix reports it. (A DRAM tier too small to hold a request's prefix at once lets
+    // the engine take only part of it below; the rest is computed, not counted as a miss.)
     size_t usable = 0;
     bool prefix = true;
     for (uint64_t id : r.hash_ids) {
