@@ -357,8 +357,8 @@ class KvtierHiCacheStorage(HiCacheStorage):
                     lead += 1
                 for i in range(lead):
                     for j, (address, size) in enumerate(pages[i]):
-                        leases.copy_into(i * c + j, _bytes_at(address, size))
-                leases.verify()  # after every copy: a purge meanwhile voids the batch
+                        leases.copy_to(i * c + j, address, size)
+                leases.verify()  # once, after every copy: a purge meanwhile voids the batch
             return lead
 
         lead = self._call("get", read, 0)

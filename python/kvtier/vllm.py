@@ -261,7 +261,6 @@ class KvtierConnector(KVConnectorBase_V1):
                              + "/" + str(model.dtype), kv_layout=layout_name,
                              block_tokens=self._block_size, tp_rank=rank, tp_size=self._tp_size,
                              extra=[self._layout.describe()])
-        self._ns = ns
         self._L = len(self._layout.layer_names)
         # Scheduler state.
         self._reqs: dict[str, _ReqState] = {}
