@@ -20,7 +20,7 @@
 #include "daemon/owned_dir.h"
 #include "daemon/sd_notify.h"
 #include "daemon/server/server.h"
-#include "daemon/spill/spill_setup.h"
+#include "daemon/tier/spill_setup.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/socket/seqpacket.h"

@@ -7,7 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon/server/server.h"
-#include "daemon/spill/spill_setup.h"
+#include "daemon/tier/spill_setup.h"
 #include "ipc/base/check.h"
 
 namespace kvtier {
@@ -159,7 +159,7 @@ Result<Report> Server::AdminStatus() {
   r.Field("state", std::string(drain_ ? "draining" : "serving"));
   r.Field("tenants", static_cast<uint64_t>(tenants_->tenants().size()));
   r.Field("sessions", static_cast<uint64_t>(sessions_.size()));
-  r.Field("ssd_tier", !workers_.empty());
+  r.Field("ssd_tier", tier_.has_ssd_tier());
   r.Field("gpu_devices", static_cast<uint64_t>(gpu_.devices));
   r.Field("gpu", gpu_.summary);
   if (pinner_ != nullptr) {
@@ -322,16 +322,7 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
   purge.sessions_closed = CloseTenantSessions(purge.tenant);
   purge.copies_waited = purge.tenant->copies_in_flight > 0;
   purge.removed = purge.tenant->pool->Evict(EvictTiers::kAll, /*release_ssd_records=*/false);
-  if (purge.tenant->spill != nullptr) {
-    // Orders the pool queued before the purge go first; the erase then fails whatever of them
-    // has not started, waits for what has, and destroys every segment key.
-    PostSpillOrders(/*demote=*/false);
-    SpillJob erase;
-    erase.kind = SpillJob::Kind::kErase;
-    erase.store = purge.tenant->spill_store;
-    purge.tenant->spill->Post(std::span(&erase, 1));
-    purge.erase_posted = true;
-  }
+  purge.erase_posted = tier_.PostErase(*purge.tenant);
   spdlog::info("purge of tenant '{}' started: {} session(s) closed", purge.tenant->config.name,
                purge.sessions_closed);
   // Recorded now too: if kvtierd dies before the purge ends, the log still says who began it.
@@ -422,30 +413,19 @@ bool Server::AdvanceDrain() {
     ForgetClosedSessions();
     if (!sessions_.empty() || !detached_.empty()) return false;
     drain.sessions_done = true;
-    for (auto& tenant : tenants_->tenants()) {
-      if (tenant->spill == nullptr) continue;
-      drain.demotions_before += tenant->pool->tier_counters().demotions;
-      tenant->pool->set_dirty_limit_bytes(0);  // every block that can go to SSD goes now
-    }
+    drain.demotions_before = tier_.StartFlush();
   }
-  for (auto& tenant : tenants_->tenants()) {
-    if (tenant->spill == nullptr) continue;
-    tenant->pool->Demote();
-    if (!tenant->pool->idle()) return false;
-  }
-  if (!purges_.empty()) return false;
-  uint64_t flushed = 0;
+  if (!tier_.Flushed() || !purges_.empty()) return false;
+  const uint64_t flushed = tier_.FlushedSince(drain.demotions_before);
   uint64_t left_blocks = 0;
   uint64_t left_bytes = 0;
   for (auto& tenant : tenants_->tenants()) {
-    flushed += tenant->pool->tier_counters().demotions;
     // Blocks DRAM alone holds (a tenant without SSD tier, a block too large for it, a write
     // that failed): they are lost when kvtierd exits.
     uint64_t blocks = 0;
     left_bytes += tenant->pool->UnspilledBytes(&blocks);
     left_blocks += blocks;
   }
-  flushed -= drain.demotions_before;
   Report r;
   r.Field("sessions_closed", drain.sessions_closed);
   r.Field("flushed_blocks", flushed);
@@ -524,15 +504,9 @@ Result<Report> Server::Reload(const char* origin) {
     note(prefix + "ssd_bytes", std::to_string(a.ssd_bytes), std::to_string(b.ssd_bytes));
     note(prefix + "max_sessions", std::to_string(a.max_sessions), std::to_string(b.max_sessions));
     Tenant& tenant = *tenants_->tenants()[i];
-    if (a.ssd_bytes != b.ssd_bytes && tenant.spill != nullptr) {
-      // A lower quota reclaims the tenant's oldest segments at once (their blocks become
-      // misses, reported back as dropped records).
-      SpillJob quota;
-      quota.kind = SpillJob::Kind::kSetQuota;
-      quota.store = tenant.spill_store;
-      quota.bytes = b.ssd_bytes;
-      tenant.spill->Post(std::span(&quota, 1));
-    }
+    // A lower quota reclaims the tenant's oldest segments at once (their blocks become
+    // misses, reported back as dropped records).
+    if (a.ssd_bytes != b.ssd_bytes) tier_.PostQuota(tenant, b.ssd_bytes);
   }
   spdlog::set_level(spdlog::level::from_str(next->log_level));
   tenants_->Remap(*next);
@@ -561,7 +535,7 @@ std::string Server::Metrics() {
   snapshot.latency = latency_;
   snapshot.sessions = sessions_.size();
   snapshot.uptime_seconds = (NowUs() - start_us_) / 1000000u;
-  snapshot.spill_queue_depth = workers_.empty() ? 0 : config_.spill.queue_depth;
+  snapshot.spill_queue_depth = tier_.has_ssd_tier() ? config_.spill.queue_depth : 0;
   return RenderMetrics(snapshot);
 }
 

@@ -40,7 +40,7 @@ Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*
     : start_us_(NowUs()),
       config_(config),
       tenants_(tenants),
-      workers_(std::move(workers)),
+      tier_(tenants, std::move(workers)),
       handler_(tenants, HandlerLimits{config.max_block_bytes, config.spill.max_block_bytes}),
       recv_buffer_(wire::kMaxFrameBytes),
       send_buffer_(wire::kMaxFrameBytes) {}
@@ -63,7 +63,7 @@ Server::~Server() {
   }
   // Closing sessions can free removed blocks: their SSD records go to the workers, which
   // release them before they stop.
-  if (!workers_.empty()) PostSpillOrders(/*demote=*/false);
+  tier_.PostOrders(/*demote=*/false);
   if (listen_fd_.valid()) unlink(config_.socket_path.c_str());
 }
 
@@ -122,18 +122,10 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
       return ErrnoStatus("epoll_ctl(admin inbox)", errno);
     }
   }
-  server->spill_tenants_.resize(server->workers_.size());
-  for (size_t i = 0; i < server->workers_.size(); ++i) {
+  for (size_t i = 0; i < server->tier_.worker_count(); ++i) {
     ev.data.u64 = kWorkerTagBase + i;
-    if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->workers_[i]->event_fd(), &ev) !=
-        0) {
+    if (epoll_ctl(server->epoll_fd_.get(), EPOLL_CTL_ADD, server->tier_.event_fd(i), &ev) != 0) {
       return ErrnoStatus("epoll_ctl(spill worker)", errno);
-    }
-    for (auto& tenant : tenants->tenants()) {
-      if (tenant->spill != server->workers_[i]) continue;
-      auto& stores = server->spill_tenants_[i];
-      if (stores.size() <= tenant->spill_store) stores.resize(tenant->spill_store + 1);
-      stores[tenant->spill_store] = tenant.get();
     }
   }
   return server;
@@ -198,7 +190,7 @@ Status Server::Run() {
       if (drain_ && AdvanceDrain()) return Status::Ok();
     }
     for (const PendingPurge& purge : purges_) background_work |= purge.emptied;
-    if (!workers_.empty()) PostSpillOrders();
+    tier_.PostOrders();
     ForgetClosedSessions();
     // A round woken by the timeout (a purge or drain waiting) is no activity to spin after.
     if (n > 0) last_activity_us = NowUs();
@@ -223,12 +215,7 @@ void Server::Tick() {
   const auto now_s = static_cast<uint32_t>((NowUs() - start_us_) / 1000000u + 1);
   if (now_s == clock_s_) return;
   clock_s_ = now_s;
-  bool reaped = false;
-  for (auto& tenant : tenants_->tenants()) {
-    tenant->pool->SetNow(now_s);
-    reaped |= tenant->pool->Reap(kReapEntriesPerSecond) > 0;
-  }
-  if (reaped && !workers_.empty()) PostSpillOrders();  // their SSD records go too
+  tier_.Tick(now_s, kReapEntriesPerSecond);
 }
 
 void Server::Refuse(int fd, const PeerCredentials& peer, const Status& why) {
@@ -647,73 +634,39 @@ void Server::ContinueParked(const Tenant* tenant) {
 }
 
 void Server::OnSpillResults(size_t worker) {
-  spill_results_.clear();
-  workers_[worker]->TakeResults(&spill_results_);
-  std::vector<bool> touched(spill_tenants_[worker].size(), false);
-  for (const SpillResult& r : spill_results_) {
-    touched[r.store] = true;
-    Tenant& tenant = *spill_tenants_[worker][r.store];
-    DramPool& pool = *tenant.pool;
-    const BlockRef ref = BlockRef::FromTag(r.tag);
-    switch (r.kind) {
-      case SpillResult::Kind::kWritten:
-        pool.DemoteDone(ref, r.status, r.ref);
-        // During a purge the worker fails the tenant's queued jobs on purpose.
-        if (!r.status.ok() && !tenant.purging && AllowPeerErrorLog()) {
-          spdlog::warn("tenant '{}': demotion to SSD failed, the block stays in DRAM only: {}",
-                       tenant.config.name, r.status.ToString());
-        }
+  spill_moved_.clear();
+  spill_notices_.clear();
+  tier_.OnResults(worker, &spill_moved_, &spill_notices_);
+  for (const SpillNotice& notice : spill_notices_) {
+    const Tenant& tenant = *notice.tenant;
+    const SpillResult& r = notice.result;
+    if (r.kind == SpillResult::Kind::kErased) {
+      for (PendingPurge& purge : purges_) {
+        if (purge.tenant != &tenant || !purge.erase_posted || purge.erased) continue;
+        purge.erased = true;
+        purge.erase_status = r.status;
+        purge.segments_erased = r.segments;
         break;
-      case SpillResult::Kind::kRead:
-        pool.PromoteDone(ref, r.status);
-        if (r.status.code() == StatusCode::kDataLoss) {
-          Audit("integrity_failure", "tenant=" + tenant.config.name + " segment=" +
-                                         std::to_string(r.ref.segment) + " offset=" +
-                                         std::to_string(r.ref.offset()) +
-                                         " reason=" + AuditLog::Quote(r.status.message()));
-        }
-        if (!r.status.ok() && !tenant.purging && AllowPeerErrorLog()) {
-          spdlog::warn("tenant '{}': promotion from SSD failed, the block is dropped (a miss): {}",
-                       tenant.config.name, r.status.ToString());
-        }
-        break;
-      case SpillResult::Kind::kErased:
-        for (PendingPurge& purge : purges_) {
-          if (purge.tenant != &tenant || !purge.erase_posted || purge.erased) continue;
-          purge.erased = true;
-          purge.erase_status = r.status;
-          purge.segments_erased = r.segments;
-          break;
-        }
-        break;
-      case SpillResult::Kind::kDropped:
-        pool.SsdCopyLost(ref, r.ref);
-        break;
+      }
+      continue;
+    }
+    if (r.kind == SpillResult::Kind::kRead && r.status.code() == StatusCode::kDataLoss) {
+      Audit("integrity_failure", "tenant=" + tenant.config.name +
+                                     " segment=" + std::to_string(r.ref.segment) +
+                                     " offset=" + std::to_string(r.ref.offset()) +
+                                     " reason=" + AuditLog::Quote(r.status.message()));
+    }
+    // During a purge the worker fails the tenant's queued jobs on purpose.
+    if (tenant.purging || !AllowPeerErrorLog()) continue;
+    if (r.kind == SpillResult::Kind::kWritten) {
+      spdlog::warn("tenant '{}': demotion to SSD failed, the block stays in DRAM only: {}",
+                   tenant.config.name, r.status.ToString());
+    } else {
+      spdlog::warn("tenant '{}': promotion from SSD failed, the block is dropped (a miss): {}",
+                   tenant.config.name, r.status.ToString());
     }
   }
-  for (size_t store = 0; store < touched.size(); ++store) {
-    if (touched[store]) ContinueParked(spill_tenants_[worker][store]);
-  }
-}
-
-void Server::PostSpillOrders(bool demote) {
-  for (auto& tenant : tenants_->tenants()) {
-    if (tenant->spill == nullptr) continue;
-    DramPool& pool = *tenant->pool;
-    if (demote) pool.Demote();
-    if (!pool.has_orders()) continue;
-    spill_orders_.clear();
-    pool.TakeOrders(&spill_orders_);
-    spill_jobs_.clear();
-    for (const SpillOrder& order : spill_orders_) {
-      const std::string_view ns = order.kind == SpillOrder::Kind::kRelease
-                                      ? std::string_view()
-                                      : tenant->namespace_names.at(order.key.ns_id - 1);
-      spill_jobs_.push_back(ToSpillJob(order, tenant->spill_store, tenant->memory.data(),
-                                       tenant->memory.size(), ns));
-    }
-    tenant->spill->Post(spill_jobs_);
-  }
+  for (const Tenant* tenant : spill_moved_) ContinueParked(tenant);
 }
 
 void Server::CloseSilentSessions() {

@@ -28,8 +28,8 @@
 #include "daemon/gpu/gpu.h"
 #include "daemon/server/request_handler.h"
 #include "daemon/server/session.h"
-#include "daemon/spill/spill_worker.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/tier/tier_coordinator.h"
 #include "daemon/transfer/copy_engine.h"
 #include "daemon/transfer/pinner.h"
 #include "ipc/base/unique_fd.h"
@@ -127,8 +127,9 @@ class Server {
             bool awaits_spill = true);
   // Continues the parked requests of `tenant`'s sessions.
   void ContinueParked(const Tenant* tenant);
+  // Applies a spill worker's results (TierCoordinator::OnResults), logs and audits the
+  // failures, and continues the requests they unblock.
   void OnSpillResults(size_t worker);
-  void PostSpillOrders(bool demote = true);
   // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
   bool AllowPeerErrorLog();
   uint32_t NextSessionId();
@@ -179,8 +180,7 @@ class Server {
   std::optional<PendingDrain> drain_;
   std::array<LatencyHistogram, wire::kMaxOp + 1> latency_{};
   TenantRegistry* tenants_;
-  std::vector<SpillWorker*> workers_;
-  std::vector<std::vector<Tenant*>> spill_tenants_;  // [worker][store]
+  TierCoordinator tier_;
   RequestHandler handler_;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
@@ -202,9 +202,8 @@ class Server {
   std::vector<std::byte> recv_buffer_;
   std::vector<std::byte> send_buffer_;
   std::vector<int> parked_;  // fds of sessions with a parked request (some may have moved on)
-  std::vector<SpillResult> spill_results_;
-  std::vector<SpillOrder> spill_orders_;
-  std::vector<SpillJob> spill_jobs_;
+  std::vector<Tenant*> spill_moved_;        // reused by OnSpillResults
+  std::vector<SpillNotice> spill_notices_;  // reused by OnSpillResults
   uint32_t next_session_id_ = 1;
   bool ids_wrapped_ = false;
   bool accepting_ = true;

@@ -1,4 +1,4 @@
-#include "daemon/spill/spill_setup.h"
+#include "daemon/tier/spill_setup.h"
 
 #include <errno.h>
 #include <sys/resource.h>
