@@ -22,7 +22,7 @@
 
 #include <toml++/toml.h>
 
-#include "daemon/spill/spill_format.h"
+#include "daemon/spill/spill_store.h"
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/base/unique_fd.h"
@@ -33,7 +33,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr uint64_t kTiB = 1024 * kGiB;
 constexpr uint64_t kMinSlabBytes = 2 * kMiB;
 constexpr uint64_t kMaxSlabBytes = kGiB;
 constexpr uint64_t kMinBlockBytes = 4 * kKiB;
@@ -46,9 +45,7 @@ constexpr uint64_t kMaxBlocks = uint64_t{1} << 31;
 // Ten years: far beyond any cache lifetime, and well inside the index's 32-bit seconds.
 constexpr int64_t kMaxTtlSeconds = int64_t{10} * 366 * 24 * 3600;
 constexpr uint64_t kHostHeadroomBytes = kGiB;
-// [spill]. Segment sizes are whole 2 MiB units, as SpillStore requires (spill_store.cc).
-constexpr uint64_t kSegmentGranuleBytes = 2 * kMiB;
-constexpr uint64_t kMaxSegmentBytes = 64 * kGiB;
+// [spill]. Segment and record sizes follow SpillSizing (spill_store.h).
 constexpr uint64_t kMaxSpillBlockBytes = 64 * kMiB;
 // One segment is being written while the oldest is reclaimed.
 constexpr uint64_t kMinSpillSegments = 2;
@@ -106,17 +103,6 @@ std::string Join(std::string_view prefix, std::string_view name) {
 
 std::string Indexed(std::string_view name, size_t index) {
   return std::string(name) + "[" + std::to_string(index) + "]";
-}
-
-// Exact, in the largest unit that divides it, so it reads back through ParseSize: "4MiB".
-std::string FormatSize(uint64_t bytes) {
-  static constexpr std::pair<uint64_t, std::string_view> kUnits[] = {
-      {kTiB, "TiB"}, {kGiB, "GiB"}, {kMiB, "MiB"}, {kKiB, "KiB"}};
-  for (const auto& [scale, suffix] : kUnits) {
-    if (bytes != 0 && bytes % scale == 0)
-      return std::to_string(bytes / scale) + std::string(suffix);
-  }
-  return std::to_string(bytes) + "B";
 }
 
 // 0 when the kernel does not say.
@@ -820,12 +806,8 @@ Status ConfigParser::ParseSpill(const toml::table& spill, Config* config) {
 
 Status ConfigParser::ParseSpillSizes(const toml::table& spill, SpillConfig* out) {
   KVT_RETURN_IF_ERROR(ReadSize(spill, "spill", "segment_bytes", &out->segment_bytes));
-  if (out->segment_bytes % kSegmentGranuleBytes != 0 ||
-      out->segment_bytes < kSegmentGranuleBytes || out->segment_bytes > kMaxSegmentBytes) {
-    return Error(LineOr("spill.segment_bytes", root_line_), "spill.segment_bytes",
-                 FormatSize(out->segment_bytes) + " is not a multiple of " +
-                     FormatSize(kSegmentGranuleBytes) + " between " +
-                     FormatSize(kSegmentGranuleBytes) + " and " + FormatSize(kMaxSegmentBytes));
+  if (std::string why = SpillSizing::SegmentError(out->segment_bytes); !why.empty()) {
+    return Error(LineOr("spill.segment_bytes", root_line_), "spill.segment_bytes", why);
   }
   KVT_RETURN_IF_ERROR(ReadSize(spill, "spill", "max_block_bytes", &out->max_block_bytes));
   if (out->max_block_bytes < kMinBlockBytes || out->max_block_bytes > kMaxSpillBlockBytes) {
@@ -833,19 +815,9 @@ Status ConfigParser::ParseSpillSizes(const toml::table& spill, SpillConfig* out)
                  FormatSize(out->max_block_bytes) + " is outside " + FormatSize(kMinBlockBytes) +
                      " .. " + FormatSize(kMaxSpillBlockBytes));
   }
-  // The store's own rule (spill_store.cc): the segment header, then one whole record.
-  if (spill::kSegmentHeaderBytes + spill::RecordBytes(out->max_block_bytes) <=
-      out->segment_bytes) {
-    return Status::Ok();
-  }
-  const uint64_t largest =
-      out->segment_bytes - spill::kSegmentHeaderBytes - spill::kRecordHeaderBytes;
-  const std::string why = "a record of spill.max_block_bytes (" +
-                          FormatSize(out->max_block_bytes) + ") does not fit in a segment of " +
-                          FormatSize(out->segment_bytes) + " after its " +
-                          FormatSize(spill::kSegmentHeaderBytes) +
-                          " header; the largest that fits is " + FormatSize(largest) +
-                          " (segment_bytes - 4KiB - the 256-byte record header)";
+  std::string why = SpillSizing::RecordFitError(out->segment_bytes, out->max_block_bytes);
+  if (why.empty()) return Status::Ok();
+  why = "a record of spill.max_block_bytes (" + FormatSize(out->max_block_bytes) + ") " + why;
   if (lines_.contains("spill.max_block_bytes")) {
     return Error(LineOr("spill.max_block_bytes", root_line_), "spill.max_block_bytes", why);
   }

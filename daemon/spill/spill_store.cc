@@ -26,7 +26,6 @@ namespace {
 using spill::kAlignBytes;
 using spill::kRecordHeaderBytes;
 
-constexpr uint64_t kSegmentGranuleBytes = 2 * kMiB;
 constexpr size_t kMaxKeyBytes = sizeof(spill::RecordHeader::key);
 constexpr size_t kMaxTenantBytes = sizeof(spill::SegmentHeader::tenant);
 
@@ -40,14 +39,17 @@ Status ValidateOptions(const SpillOptions& o, const BlockDevice& device) {
       o.tenant.find('\0') != std::string::npos) {
     return Invalid("spill: tenant name must be 1..32 bytes without NUL");
   }
-  if (o.segment_bytes == 0 || o.segment_bytes % kSegmentGranuleBytes != 0) {
-    return Invalid("spill: segment_bytes must be a positive multiple of 2 MiB");
+  if (std::string why = SpillSizing::SegmentError(o.segment_bytes); !why.empty()) {
+    return Invalid("spill: segment_bytes: " + why);
   }
-  if (o.max_record_payload_bytes == 0 || o.max_record_payload_bytes > BlockDevice::kMaxIoBytes ||
-      spill::kSegmentHeaderBytes + spill::RecordBytes(o.max_record_payload_bytes) >
-          o.segment_bytes) {
-    return Invalid("spill: max_record_payload_bytes must be positive and a record of that size "
-                   "must fit in a segment after its header");
+  if (o.max_record_payload_bytes == 0 || o.max_record_payload_bytes > BlockDevice::kMaxIoBytes) {
+    return Invalid("spill: max_record_payload_bytes must be 1 .. " +
+                   std::to_string(BlockDevice::kMaxIoBytes));
+  }
+  if (std::string why = SpillSizing::RecordFitError(o.segment_bytes, o.max_record_payload_bytes);
+      !why.empty()) {
+    return Invalid("spill: a record of max_record_payload_bytes (" +
+                   FormatSize(o.max_record_payload_bytes) + ") " + why);
   }
   if (o.quota_bytes < o.segment_bytes) {
     return Invalid("spill: quota_bytes must hold at least one segment");
@@ -70,6 +72,27 @@ std::string Where(const SpillLocation& location) {
 }
 
 }  // namespace
+
+std::string SpillSizing::SegmentError(uint64_t segment_bytes) {
+  if (segment_bytes % kSegmentGranuleBytes == 0 && segment_bytes >= kSegmentGranuleBytes &&
+      segment_bytes <= kMaxSegmentBytes) {
+    return "";
+  }
+  return FormatSize(segment_bytes) + " is not a multiple of " + FormatSize(kSegmentGranuleBytes) +
+         " between " + FormatSize(kSegmentGranuleBytes) + " and " + FormatSize(kMaxSegmentBytes);
+}
+
+std::string SpillSizing::RecordFitError(uint64_t segment_bytes, uint64_t max_payload_bytes) {
+  if (spill::kSegmentHeaderBytes + spill::RecordBytes(max_payload_bytes) <= segment_bytes) {
+    return "";
+  }
+  const uint64_t overhead = spill::kSegmentHeaderBytes + kRecordHeaderBytes;
+  const uint64_t largest = segment_bytes > overhead ? segment_bytes - overhead : 0;
+  return "does not fit in a segment of " +
+         FormatSize(segment_bytes) + " after its " + FormatSize(spill::kSegmentHeaderBytes) +
+         " header; the largest that fits is " + FormatSize(largest) +
+         " (segment_bytes - 4KiB - the 256-byte record header)";
+}
 
 void SpillStore::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
 

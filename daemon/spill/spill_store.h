@@ -70,6 +70,20 @@ struct SpillOptions {
   uint32_t staging_buffers = 8;  // aligned RecordBytes(max payload) buffers: I/O in flight
 };
 
+// The store's sizing rules, which the config checks before any store is opened (so a bad
+// config names its line) and Open checks again. Each returns "" when the sizes are valid, else
+// what is wrong, in words an operator can act on.
+struct SpillSizing {
+  // Segment files are whole multiples of this (the unit the store allocates and reclaims).
+  static constexpr uint64_t kSegmentGranuleBytes = 2ull << 20;
+  static constexpr uint64_t kMaxSegmentBytes = 64ull << 30;
+  // `segment_bytes` is a multiple of the granule, from one granule to kMaxSegmentBytes.
+  static std::string SegmentError(uint64_t segment_bytes);
+  // A record of `max_payload_bytes` fits in one segment after its header (the error's subject,
+  // the record, is the caller's to name: "does not fit in a segment of ...").
+  static std::string RecordFitError(uint64_t segment_bytes, uint64_t max_payload_bytes);
+};
+
 // Where a record lives. Returned by StartWrite and recovery; handed back to StartRead/Release.
 struct SpillLocation {
   uint32_t segment_id = 0;
