@@ -595,17 +595,6 @@ void RequestHandler::FinishCopy(Session& session, const CopyHold& hold, const St
   }
 }
 
-wire::StatsReply StatsOf(const Tenant& tenant) {
-  wire::StatsReply stats{};
-  tenant.pool->FillStats(&stats);
-  stats.sessions = tenant.sessions;
-  if (tenant.spill != nullptr) {
-    stats.ssd_quota_bytes = tenant.config.ssd_bytes;
-    stats.ssd_segments = tenant.spill->StatsOf(tenant.spill_store).segments;
-  }
-  return stats;
-}
-
 void RequestHandler::Stats(Session& session, wire::FrameWriter& reply) {
   const wire::StatsReply stats = StatsOf(*session.tenant());
   reply.Append(&stats, sizeof(stats));

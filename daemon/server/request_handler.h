@@ -10,6 +10,7 @@
 #include "daemon/server/session.h"
 #include "daemon/transfer/copy_engine.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/tier/tier_coordinator.h"
 #include "ipc/wire/frame_codec.h"
 
 namespace kvtier {
@@ -19,8 +20,6 @@ struct HandlerLimits {
   uint64_t spill_max_block_bytes = 0;  // for tenants with an SSD tier
 };
 
-// The tenant's counters, as the stats op and the admin commands report them.
-wire::StatsReply StatsOf(const Tenant& tenant);
 
 class RequestHandler {
  public:

@@ -30,12 +30,6 @@ constexpr int64_t kMaxKeysPerWake = 8192;
 
 }  // namespace
 
-uint64_t NowUs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
-}
-
 Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*> workers)
     : start_us_(NowUs()),
       config_(config),
@@ -48,9 +42,7 @@ Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*
 Server::~Server() {
   // Copies still queued run to their end first: they use the sessions' blocks and regions.
   copier_.reset();
-  const Status stopping(StatusCode::kUnavailable, "kvtierd is stopping");
-  for (PendingPurge& purge : purges_) purge.done(AdminReply{stopping, {}});
-  if (drain_) drain_->done(AdminReply{stopping, {}});
+  commands_.reset();  // answers purges and a drain still under way: "kvtierd is stopping"
   for (auto& [fd, session] : sessions_) session->Close();
   sessions_.clear();
   detached_.clear();
@@ -74,6 +66,9 @@ Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* ten
   std::unique_ptr<Server> server(new Server(config, tenants, std::move(workers)));
   server->admin_ = admin;
   server->audit_ = audit;
+  AdminHost* host = server.get();
+  server->commands_ =
+      std::make_unique<AdminCommands>(config, tenants, &server->tier_, host, audit);
   server->gpu_ = ProbeGpus();
   if (!tenants->tenants().empty()) {
     spdlog::info("each tenant may hold {} regions (its share of vm.max_map_count) and its "
@@ -152,7 +147,7 @@ Status Server::Run() {
     for (auto& tenant : tenants_->tenants()) tenant->pool->BeginScrubRound();
     if (awaiting_hello_ > 0) CloseSilentSessions();
     Tick();
-    if (n == 0 && purges_.empty() && !drain_ && !background_work) {
+    if (n == 0 && !commands_->busy() && !background_work) {
       // Spinning: give the CPU away at once if a client waits for it (on a shared vCPU the
       // client may be the very peer whose next request we are spinning for).
       sched_yield();
@@ -166,7 +161,7 @@ Status Server::Run() {
         signalfd_siginfo info{};
         while (read(signal_fd_.get(), &info, sizeof(info)) == sizeof(info)) {
           if (info.ssi_signo == SIGHUP) {
-            (void)Reload("SIGHUP");  // logs and audits what it did or why it did nothing
+            (void)commands_->Reload("SIGHUP");  // logs and audits what it did or why it did nothing
             continue;
           }
           spdlog::info("signal {}: stopping; closing {} session(s)", info.ssi_signo,
@@ -185,11 +180,8 @@ Status Server::Run() {
       }
     }
     background_work = ScrubPools();
-    if (!purges_.empty() || drain_) {
-      AdvanceAdmin();
-      if (drain_ && AdvanceDrain()) return Status::Ok();
-    }
-    for (const PendingPurge& purge : purges_) background_work |= purge.emptied;
+    if (commands_->busy() && commands_->Advance()) return Status::Ok();  // drained
+    background_work |= commands_->wiping();
     tier_.PostOrders();
     ForgetClosedSessions();
     // A round woken by the timeout (a purge or drain waiting) is no activity to spin after.
@@ -641,13 +633,7 @@ void Server::OnSpillResults(size_t worker) {
     const Tenant& tenant = *notice.tenant;
     const SpillResult& r = notice.result;
     if (r.kind == SpillResult::Kind::kErased) {
-      for (PendingPurge& purge : purges_) {
-        if (purge.tenant != &tenant || !purge.erase_posted || purge.erased) continue;
-        purge.erased = true;
-        purge.erase_status = r.status;
-        purge.segments_erased = r.segments;
-        break;
-      }
+      commands_->OnErased(tenant, r.status, r.segments);
       continue;
     }
     if (r.kind == SpillResult::Kind::kRead && r.status.code() == StatusCode::kDataLoss) {
@@ -669,6 +655,57 @@ void Server::OnSpillResults(size_t worker) {
   for (const Tenant* tenant : spill_moved_) ContinueParked(tenant);
 }
 
+void Server::OnAdminCommands() {
+  for (auto& [request, done] : admin_->Take()) commands_->Run(std::move(request), std::move(done));
+}
+
+AdminHost::Snapshot Server::Snap() const {
+  Snapshot s;
+  s.uptime_seconds = (NowUs() - start_us_) / 1000000u;
+  s.sessions = sessions_.size();
+  s.copies_in_flight = copies_.size();
+  s.gpu_devices = gpu_.devices;
+  s.gpu = gpu_.summary;
+  if (pinner_ != nullptr) {
+    const Pinner::Progress pin = pinner_->progress();
+    s.pinner = true;
+    s.pools_pinned_bytes = pin.pinned_bytes;
+    s.pools_bytes = pin.total_bytes;
+    s.pinning = !pin.done ? "in progress" : pin.error.empty() ? "done" : pin.error;
+  } else {
+    s.pinning = "off (no CUDA device)";
+  }
+  s.latency = &latency_;
+  return s;
+}
+
+uint64_t Server::CloseTenantSessions(const Tenant& tenant) {
+  uint64_t closed = 0;
+  for (auto& [fd, session] : sessions_) {
+    if (session->tenant() != &tenant || session->closed()) continue;
+    CloseSession(*session, "tenant purged");
+    ++closed;
+  }
+  return closed;
+}
+
+void Server::StopAccepting() {
+  epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
+  listen_fd_.reset();
+  unlink(config_.socket_path.c_str());
+}
+
+bool Server::CloseSessionsForDrain(bool all, uint64_t* closed) {
+  for (auto& [fd, session] : sessions_) {
+    if (session->closed()) continue;
+    if (!all && (session->parked() != nullptr || !session->pending_reply().empty())) continue;
+    CloseSession(*session, "kvtierd is draining");
+    ++*closed;
+  }
+  ForgetClosedSessions();
+  return sessions_.empty() && detached_.empty();
+}
+
 void Server::CloseSilentSessions() {
   const uint64_t now = NowUs();
   if (now < next_hello_sweep_us_) return;
@@ -688,7 +725,7 @@ void Server::ForgetClosedSessions() {
     if (it->second->copies_in_flight() > 0) detached_[fd] = std::move(it->second);
     sessions_.erase(it);
   }
-  if (!closing_.empty() && !drain_) SetAccepting(true);  // fds were freed
+  if (!closing_.empty() && !commands_->draining()) SetAccepting(true);  // fds were freed
   closing_.clear();
 }
 

@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "daemon/admin/admin_commands.h"
 #include "daemon/admin/admin_inbox.h"
 #include "daemon/admin/audit_log.h"
 #include "daemon/admin/metrics.h"
@@ -32,14 +33,12 @@
 #include "daemon/tier/tier_coordinator.h"
 #include "daemon/transfer/copy_engine.h"
 #include "daemon/transfer/pinner.h"
+#include "ipc/base/clock.h"
 #include "ipc/base/unique_fd.h"
 
 namespace kvtier {
 
-// CLOCK_MONOTONIC, in microseconds.
-uint64_t NowUs();
-
-class Server {
+class Server : private AdminHost {
  public:
   // Binds the control socket; signals SIGINT/SIGTERM/SIGHUP must already be blocked in every
   // thread (main does this first) so the signalfd receives them.
@@ -60,31 +59,6 @@ class Server {
   const GpuProbe& gpu() const { return gpu_; }
 
  private:
-  // An admin command that finishes after spill I/O: a purge waits for its tenant's in-flight
-  // I/O and the crypto-erase of its segments; a drain for in-flight requests and demotions.
-  struct PendingPurge {
-    Tenant* tenant = nullptr;
-    AdminRequest request;
-    AdminDone done;
-    EvictReport removed;
-    uint64_t sessions_closed = 0;
-    bool erase_posted = false;
-    bool erased = false;
-    Status erase_status;
-    uint64_t segments_erased = 0;
-    bool copies_waited = false;  // closed sessions' copies were still running
-    bool emptied = false;        // the pool holds nothing any more; the wipe is under way
-    uint64_t wiped_bytes = 0;    // of the pool, from its start, kWipeBytesPerRound at a time
-  };
-  struct PendingDrain {
-    AdminRequest request;
-    AdminDone done;
-    uint64_t sessions_closed = 0;
-    uint64_t demotions_before = 0;  // the tenants' demotions when the flush began
-    bool sessions_done = false;
-    uint64_t deadline_us = 0;  // then sessions still busy are closed anyway
-  };
-
   // An offload or onload copy on the CopyEngine, and the session it belongs to.
   struct PendingCopy {
     int fd = -1;
@@ -139,25 +113,12 @@ class Server {
   // that room continue. True while any pool has more to zero (the loop must not sleep).
   bool ScrubPools();
 
-  // --- admin_commands.cc ---
+  // AdminHost, for the admin commands (daemon/admin/admin_commands.h).
+  Snapshot Snap() const override;
+  uint64_t CloseTenantSessions(const Tenant& tenant) override;
+  void StopAccepting() override;
+  bool CloseSessionsForDrain(bool all, uint64_t* closed) override;
   void OnAdminCommands();
-  // Runs one command; `done` is called now, or later for a purge or a drain.
-  void RunAdmin(AdminRequest request, AdminDone done);
-  Result<Report> AdminStatus();
-  Result<Report> AdminStats(const std::vector<std::string>& args);
-  Result<Report> AdminTenants();
-  Result<Report> AdminEvict(const std::vector<std::string>& args);
-  void AdminPurge(AdminRequest request, AdminDone done);
-  Result<Report> Reload(const char* origin);
-  std::string Metrics();
-  Result<Tenant*> TenantNamed(std::string_view name);
-  // Closes every session of `tenant`; returns how many.
-  uint64_t CloseTenantSessions(const Tenant* tenant);
-  // Advances purges and a drain that wait for spill I/O; called after each loop round.
-  void AdvanceAdmin();
-  void FinishPurge(PendingPurge& purge);
-  // True once a drain has closed every session and flushed the SSD tier.
-  bool AdvanceDrain();
   void Audit(std::string_view event, std::string_view fields) {
     if (audit_ != nullptr) audit_->Record(event, fields);
   }
@@ -166,9 +127,6 @@ class Server {
   static constexpr uint32_t kReapEntriesPerSecond = 65536;
   static constexpr uint32_t kPeerErrorLogsPerSecond = 10;
   static constexpr uint64_t kHelloTimeoutUs = 5'000'000;
-  // A purge wipes its tenant's whole pool this much per loop round, so other tenants are
-  // served between chunks (DramPool scrubbing has the same reason).
-  static constexpr uint64_t kWipeBytesPerRound = 4ull << 20;
 
   uint64_t start_us_;
   uint32_t clock_s_ = 0;
@@ -176,11 +134,10 @@ class Server {
   GpuProbe gpu_;
   AdminInbox* admin_ = nullptr;
   AuditLog* audit_ = nullptr;
-  std::vector<PendingPurge> purges_;
-  std::optional<PendingDrain> drain_;
   std::array<LatencyHistogram, wire::kMaxOp + 1> latency_{};
   TenantRegistry* tenants_;
   TierCoordinator tier_;
+  std::unique_ptr<AdminCommands> commands_;
   RequestHandler handler_;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;

@@ -21,6 +21,17 @@ TierCoordinator::TierCoordinator(TenantRegistry* tenants, std::vector<SpillWorke
   }
 }
 
+wire::StatsReply StatsOf(const Tenant& tenant) {
+  wire::StatsReply stats{};
+  tenant.pool->FillStats(&stats);
+  stats.sessions = tenant.sessions;
+  if (tenant.spill != nullptr) {
+    stats.ssd_quota_bytes = tenant.config.ssd_bytes;
+    stats.ssd_segments = tenant.spill->StatsOf(tenant.spill_store).segments;
+  }
+  return stats;
+}
+
 void TierCoordinator::OnResults(size_t worker, std::vector<Tenant*>* moved,
                                 std::vector<SpillNotice>* notices) {
   results_.clear();

@@ -27,6 +27,9 @@ struct SpillNotice {
   SpillResult result;  // kWritten or kRead that failed, or kErased
 };
 
+// A tenant's counters, both tiers (the stats op, kvtierctl stats, metrics).
+wire::StatsReply StatsOf(const Tenant& tenant);
+
 class TierCoordinator {
  public:
   // `workers` run the tenants' spill stores (Tenant::spill names one of them) and must outlive

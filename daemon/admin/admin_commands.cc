@@ -1,14 +1,13 @@
-// The admin commands (kvtierctl), run on the event loop: see admin_server.h for how they
-// arrive and docs/operations.md for what each does.
+#include "daemon/admin/admin_commands.h"
+
 #include <string.h>
-#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
-#include "daemon/server/server.h"
 #include "daemon/tier/spill_setup.h"
 #include "ipc/base/check.h"
+#include "ipc/base/clock.h"
 
 namespace kvtier {
 namespace {
@@ -85,12 +84,17 @@ void AddRemoved(Report& r, const EvictReport& removed) {
 
 }  // namespace
 
-void Server::OnAdminCommands() {
-  for (auto& [request, done] : admin_->Take())
-    RunAdmin(std::move(request), std::move(done));
+AdminCommands::AdminCommands(Config& config, TenantRegistry* tenants, TierCoordinator* tier,
+                             AdminHost* host, AuditLog* audit)
+    : config_(config), tenants_(tenants), tier_(tier), host_(host), audit_(audit) {}
+
+AdminCommands::~AdminCommands() {
+  const Status stopping(StatusCode::kUnavailable, "kvtierd is stopping");
+  for (PendingPurge& purge : purges_) purge.done(AdminReply{stopping, {}});
+  if (drain_) drain_->done(AdminReply{stopping, {}});
 }
 
-void Server::RunAdmin(AdminRequest request, AdminDone done) {
+void AdminCommands::Run(AdminRequest request, AdminDone done) {
   const std::vector<std::string>& args = request.args;
   const std::string command = args.empty() ? "" : args[0];
   const bool read_only =
@@ -106,25 +110,19 @@ void Server::RunAdmin(AdminRequest request, AdminDone done) {
   }
   Result<Report> report = Status(StatusCode::kInternal, "no report");
   if (command == "status") {
-    report = AdminStatus();
+    report = ServerStatus();
   } else if (command == "stats") {
-    report = AdminStats(args);
+    report = Stats(args);
   } else if (command == "tenants") {
-    report = AdminTenants();
+    report = Tenants();
   } else if (command == "evict") {
-    report = AdminEvict(args);
+    report = Evict(args);
   } else if (command == "purge") {
-    return AdminPurge(std::move(request), std::move(done));
+    return Purge(std::move(request), std::move(done));
   } else if (command == "reload") {
     report = Reload("kvtierctl reload");
   } else if (command == "drain") {
-    spdlog::info("drain: no new sessions; finishing in-flight requests, then flushing and exiting");
-    epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
-    listen_fd_.reset();
-    unlink(config_.socket_path.c_str());  // new clients learn at once that nobody serves here
-    drain_ =
-        PendingDrain{std::move(request), std::move(done), 0, 0, false, NowUs() + kDrainGraceUs};
-    return;
+    return Drain(std::move(request), std::move(done));
   } else if (command == "metrics") {
     return done(AdminReply{Status::Ok(), Metrics()});
   } else {
@@ -134,7 +132,7 @@ void Server::RunAdmin(AdminRequest request, AdminDone done) {
   done(AdminReply{Status::Ok(), request.json ? report->Json() : report->Text()});
 }
 
-Result<Tenant*> Server::TenantNamed(std::string_view name) {
+Result<Tenant*> AdminCommands::TenantNamed(std::string_view name) {
   for (auto& tenant : tenants_->tenants()) {
     if (tenant->config.name == name) return tenant.get();
   }
@@ -145,11 +143,12 @@ Result<Tenant*> Server::TenantNamed(std::string_view name) {
                 "no tenant named '" + std::string(name) + "' (tenants: " + known + ")");
 }
 
-Result<Report> Server::AdminStatus() {
+Result<Report> AdminCommands::ServerStatus() {
+  const AdminHost::Snapshot host = host_->Snap();
   Report r;
   r.Field("version", std::string(KVT_VERSION));
   r.Field("pid", static_cast<uint64_t>(getpid()));
-  r.Field("uptime_seconds", (NowUs() - start_us_) / 1000000u);
+  r.Field("uptime_seconds", host.uptime_seconds);
   r.Field("config", config_.source.string());
   r.Field("socket", config_.socket_path.string());
   r.Field("admin_socket", config_.admin.socket.string());
@@ -158,25 +157,21 @@ Result<Report> Server::AdminStatus() {
           config_.admin.metrics_listen.empty() ? std::string("off") : config_.admin.metrics_listen);
   r.Field("state", std::string(drain_ ? "draining" : "serving"));
   r.Field("tenants", static_cast<uint64_t>(tenants_->tenants().size()));
-  r.Field("sessions", static_cast<uint64_t>(sessions_.size()));
-  r.Field("ssd_tier", tier_.has_ssd_tier());
-  r.Field("gpu_devices", static_cast<uint64_t>(gpu_.devices));
-  r.Field("gpu", gpu_.summary);
-  if (pinner_ != nullptr) {
-    const Pinner::Progress pin = pinner_->progress();
-    r.Field("pools_pinned_bytes", pin.pinned_bytes);
-    r.Field("pools_bytes", pin.total_bytes);
-    r.Field("pinning", std::string(!pin.done ? "in progress" : pin.error.empty() ? "done"
-                                                                                 : pin.error));
-  } else {
-    r.Field("pinning", std::string("off (no CUDA device)"));
+  r.Field("sessions", host.sessions);
+  r.Field("ssd_tier", tier_->has_ssd_tier());
+  r.Field("gpu_devices", static_cast<uint64_t>(host.gpu_devices));
+  r.Field("gpu", host.gpu);
+  if (host.pinner) {
+    r.Field("pools_pinned_bytes", host.pools_pinned_bytes);
+    r.Field("pools_bytes", host.pools_bytes);
   }
-  r.Field("copies_in_flight", static_cast<uint64_t>(copies_.size()));
+  r.Field("pinning", host.pinning);
+  r.Field("copies_in_flight", host.copies_in_flight);
   r.Field("purges_in_progress", static_cast<uint64_t>(purges_.size()));
   return r;
 }
 
-Result<Report> Server::AdminStats(const std::vector<std::string>& args) {
+Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
   Tenant* only = nullptr;
   if (args.size() == 3 && args[1] == "--tenant") {
     KVT_ASSIGN_OR_RETURN(only, TenantNamed(args[2]));
@@ -244,7 +239,7 @@ Result<Report> Server::AdminStats(const std::vector<std::string>& args) {
   return r;
 }
 
-Result<Report> Server::AdminTenants() {
+Result<Report> AdminCommands::Tenants() {
   Report r;
   Report::Table& table = r.AddTable(
       "tenants", {"tenant", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks",
@@ -260,7 +255,7 @@ Result<Report> Server::AdminTenants() {
   return r;
 }
 
-Result<Report> Server::AdminEvict(const std::vector<std::string>& args) {
+Result<Report> AdminCommands::Evict(const std::vector<std::string>& args) {
   // evict --tenant T [--tier dram|ssd]
   std::string tenant_name;
   std::string tier = "all";
@@ -295,17 +290,7 @@ Result<Report> Server::AdminEvict(const std::vector<std::string>& args) {
   return r;
 }
 
-uint64_t Server::CloseTenantSessions(const Tenant* tenant) {
-  uint64_t closed = 0;
-  for (auto& [fd, session] : sessions_) {
-    if (session->tenant() != tenant || session->closed()) continue;
-    CloseSession(*session, "tenant purged");
-    ++closed;
-  }
-  return closed;
-}
-
-void Server::AdminPurge(AdminRequest request, AdminDone done) {
+void AdminCommands::Purge(AdminRequest request, AdminDone done) {
   if (request.args.size() != 2) return done(AdminReply{Usage("purge takes one TENANT"), {}});
   auto tenant = TenantNamed(request.args[1]);
   if (!tenant.ok()) return done(AdminReply{tenant.status(), {}});
@@ -319,10 +304,10 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
   PendingPurge purge;
   purge.tenant = *tenant;
   purge.tenant->purging = true;
-  purge.sessions_closed = CloseTenantSessions(purge.tenant);
+  purge.sessions_closed = host_->CloseTenantSessions(*purge.tenant);
   purge.copies_waited = purge.tenant->copies_in_flight > 0;
   purge.removed = purge.tenant->pool->Evict(EvictTiers::kAll, /*release_ssd_records=*/false);
-  purge.erase_posted = tier_.PostErase(*purge.tenant);
+  purge.erase_posted = tier_->PostErase(*purge.tenant);
   spdlog::info("purge of tenant '{}' started: {} session(s) closed", purge.tenant->config.name,
                purge.sessions_closed);
   // Recorded now too: if kvtierd dies before the purge ends, the log still says who began it.
@@ -332,10 +317,38 @@ void Server::AdminPurge(AdminRequest request, AdminDone done) {
   purge.request = std::move(request);
   purge.done = std::move(done);
   purges_.push_back(std::move(purge));
-  AdvanceAdmin();
+  AdvancePurges();
 }
 
-void Server::AdvanceAdmin() {
+void AdminCommands::Drain(AdminRequest request, AdminDone done) {
+  spdlog::info("drain: no new sessions; finishing in-flight requests, then flushing and exiting");
+  host_->StopAccepting();  // new clients learn at once that nobody serves here
+  drain_ = PendingDrain{std::move(request), std::move(done), 0, 0, false, NowUs() + kDrainGraceUs};
+}
+
+void AdminCommands::OnErased(const Tenant& tenant, const Status& status, uint64_t segments) {
+  for (PendingPurge& purge : purges_) {
+    if (purge.tenant != &tenant || !purge.erase_posted || purge.erased) continue;
+    purge.erased = true;
+    purge.erase_status = status;
+    purge.segments_erased = segments;
+    return;
+  }
+}
+
+bool AdminCommands::wiping() const {
+  for (const PendingPurge& purge : purges_) {
+    if (purge.emptied) return true;
+  }
+  return false;
+}
+
+bool AdminCommands::Advance() {
+  AdvancePurges();
+  return drain_ && AdvanceDrain();
+}
+
+void AdminCommands::AdvancePurges() {
   std::erase_if(purges_, [&](PendingPurge& purge) {
     Tenant& tenant = *purge.tenant;
     if (!purge.emptied) {
@@ -369,7 +382,7 @@ void Server::AdvanceAdmin() {
   });
 }
 
-void Server::FinishPurge(PendingPurge& purge) {
+void AdminCommands::FinishPurge(PendingPurge& purge) {
   Tenant& tenant = *purge.tenant;
   tenant.purging = false;
   const EvictReport& removed = purge.removed;
@@ -398,25 +411,19 @@ void Server::FinishPurge(PendingPurge& purge) {
   purge.done(AdminReply{Status::Ok(), purge.request.json ? r.Json() : r.Text()});
 }
 
-bool Server::AdvanceDrain() {
+bool AdminCommands::AdvanceDrain() {
   PendingDrain& drain = *drain_;
   if (!drain.sessions_done) {
     // Sessions between requests close now; one with a request still waiting for the SSD tier
     // or a reply the socket has not taken yet closes once that is done, or at the deadline.
-    const bool late = NowUs() > drain.deadline_us;
-    for (auto& [fd, session] : sessions_) {
-      if (session->closed()) continue;
-      if (!late && (session->parked() != nullptr || !session->pending_reply().empty())) continue;
-      CloseSession(*session, "kvtierd is draining");
-      ++drain.sessions_closed;
+    if (!host_->CloseSessionsForDrain(NowUs() > drain.deadline_us, &drain.sessions_closed)) {
+      return false;
     }
-    ForgetClosedSessions();
-    if (!sessions_.empty() || !detached_.empty()) return false;
     drain.sessions_done = true;
-    drain.demotions_before = tier_.StartFlush();
+    drain.demotions_before = tier_->StartFlush();
   }
-  if (!tier_.Flushed() || !purges_.empty()) return false;
-  const uint64_t flushed = tier_.FlushedSince(drain.demotions_before);
+  if (!tier_->Flushed() || !purges_.empty()) return false;
+  const uint64_t flushed = tier_->FlushedSince(drain.demotions_before);
   uint64_t left_blocks = 0;
   uint64_t left_bytes = 0;
   for (auto& tenant : tenants_->tenants()) {
@@ -442,7 +449,7 @@ bool Server::AdvanceDrain() {
   return true;
 }
 
-Result<Report> Server::Reload(const char* origin) {
+Result<Report> AdminCommands::Reload(const char* origin) {
   auto next = LoadConfig(config_.source);
   Status refused;
   if (!next.ok()) {
@@ -506,7 +513,7 @@ Result<Report> Server::Reload(const char* origin) {
     Tenant& tenant = *tenants_->tenants()[i];
     // A lower quota reclaims the tenant's oldest segments at once (their blocks become
     // misses, reported back as dropped records).
-    if (a.ssd_bytes != b.ssd_bytes) tier_.PostQuota(tenant, b.ssd_bytes);
+    if (a.ssd_bytes != b.ssd_bytes) tier_->PostQuota(tenant, b.ssd_bytes);
   }
   spdlog::set_level(spdlog::level::from_str(next->log_level));
   tenants_->Remap(*next);
@@ -520,7 +527,8 @@ Result<Report> Server::Reload(const char* origin) {
   return r;
 }
 
-std::string Server::Metrics() {
+std::string AdminCommands::Metrics() {
+  const AdminHost::Snapshot host = host_->Snap();
   MetricsSnapshot snapshot;
   for (auto& tenant : tenants_->tenants()) {
     TenantMetrics t;
@@ -532,10 +540,10 @@ std::string Server::Metrics() {
     t.promotions_in_flight = tenant->pool->promotions_in_flight();
     snapshot.tenants.push_back(std::move(t));
   }
-  snapshot.latency = latency_;
-  snapshot.sessions = sessions_.size();
-  snapshot.uptime_seconds = (NowUs() - start_us_) / 1000000u;
-  snapshot.spill_queue_depth = tier_.has_ssd_tier() ? config_.spill.queue_depth : 0;
+  if (host.latency != nullptr) snapshot.latency = *host.latency;
+  snapshot.sessions = host.sessions;
+  snapshot.uptime_seconds = host.uptime_seconds;
+  snapshot.spill_queue_depth = tier_->has_ssd_tier() ? config_.spill.queue_depth : 0;
   return RenderMetrics(snapshot);
 }
 
