@@ -1,7 +1,7 @@
 // kvtier-replay: a request trace (Mooncake format) through the daemon's own tier code (the
 // DRAM pool's eviction, demotion and promotion, with a simulated SSD tier that counts blocks),
 // with Belady's MIN at the same total capacity as the bound. docs/cache-policy.md.
-//   kvtier-replay TRACE.jsonl --dram-blocks N --ssd-blocks M [--policy lru] [--json]
+//   kvtier-replay TRACE.jsonl --dram-blocks N --ssd-blocks M [--policy reuse|lru] [--demote-above F] [--json]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +18,7 @@ namespace {
 int Usage(const char* why) {
   std::fprintf(stderr,
                "kvtier-replay: %s\nusage: kvtier-replay TRACE.jsonl --dram-blocks N "
-               "--ssd-blocks M [--policy lru] [--json]\n",
+               "--ssd-blocks M [--policy reuse|lru] [--demote-above F] [--json]\n",
                why);
   return 2;
 }
@@ -38,15 +38,25 @@ int main(int argc, char** argv) {
   std::string path;
   kvtier::tier::ReplayOptions options;
   bool have_dram = false, have_ssd = false, json = false;
-  std::string policy = "lru";
+  std::string policy = kvtier::TierPolicyName(options.policy);
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json") {
       json = true;
-    } else if ((a == "--dram-blocks" || a == "--ssd-blocks" || a == "--policy") && i + 1 < argc) {
+    } else if ((a == "--dram-blocks" || a == "--ssd-blocks" || a == "--policy" ||
+                a == "--demote-above") &&
+               i + 1 < argc) {
       const char* v = argv[++i];
       if (a == "--policy") {
         policy = v;
+      } else if (a == "--demote-above") {
+        char* end = nullptr;
+        options.demote_above = std::strtod(v, &end);
+        if (end == v || *end != '\0' || !(options.demote_above >= 0.05) ||
+            options.demote_above > 1) {
+          return Usage(("--demote-above: '" + std::string(v) + "' is not a fraction 0.05 .. 1")
+                           .c_str());
+        }
       } else if (!ParseCount(v, a == "--dram-blocks" ? &options.dram_blocks
                                                       : &options.ssd_blocks)) {
         return Usage((a + ": '" + v + "' is not a count of blocks").c_str());
@@ -64,8 +74,10 @@ int main(int argc, char** argv) {
   if (path.empty() || !have_dram || !have_ssd) {
     return Usage("a trace, --dram-blocks and --ssd-blocks are required");
   }
-  if (policy != "lru") {
-    return Usage(("unknown policy '" + policy + "' (this build has: lru)").c_str());
+  if (const auto parsed = kvtier::ParseTierPolicy(policy)) {
+    options.policy = *parsed;
+  } else {
+    return Usage(("unknown policy '" + policy + "' (reuse, lru)").c_str());
   }
   std::ifstream in(path);
   if (!in) {

@@ -917,7 +917,7 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   KVT_RETURN_IF_ERROR(
       CheckKeys(table, prefix,
                 {"name", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks",
-                 "default_ttl_seconds", "max_ttl_seconds", "max_sessions"}));
+                 "default_ttl_seconds", "max_ttl_seconds", "max_sessions", "policy"}));
   const uint32_t table_line = lines_[prefix];
   if (table.get("name") == nullptr) return Error(table_line, prefix + ".name", "missing");
   KVT_RETURN_IF_ERROR(ReadString(table, prefix, "name", &tenant->name));
@@ -949,6 +949,16 @@ Status ConfigParser::ParseTenant(const toml::table& table,
   KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_blocks", 0, static_cast<int64_t>(kMaxBlocks),
                                    &tenant->max_blocks));
   KVT_RETURN_IF_ERROR(ReadUnsigned(table, prefix, "max_sessions", 0, 65536, &tenant->max_sessions));
+  if (table.get("policy") != nullptr) {
+    std::string policy;
+    KVT_RETURN_IF_ERROR(ReadString(table, prefix, "policy", &policy));
+    const std::optional<TierPolicy> parsed = ParseTierPolicy(policy);
+    if (!parsed) {
+      return Error(lines_[prefix + ".policy"], prefix + ".policy",
+                   "\"" + policy + "\" is not a tier policy (reuse, lru)");
+    }
+    tenant->policy = *parsed;
+  }
   tenant->max_blocks_derived = tenant->max_blocks == 0;
   if (tenant->max_blocks == 0) {
     tenant->max_blocks = std::min(tenant->dram_bytes / kBytesPerDefaultBlock +

@@ -10,13 +10,31 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ipc/shm/shm_region.h"
 #include "kvclient/status.h"
 
 namespace kvtier {
+
+// A tenant's tier policy (daemon/tier/tier_policy.h, docs/cache-policy.md).
+enum class TierPolicy {
+  kLru,    // "lru": every block to SSD before DRAM evicts it; kvtier's first policy
+  kReuse,  // "reuse": SSD writes only for blocks with evidence of reuse (the default)
+};
+
+// "lru", "reuse"; nullopt for any other name.
+inline std::optional<TierPolicy> ParseTierPolicy(std::string_view name) {
+  if (name == "reuse") return TierPolicy::kReuse;
+  if (name == "lru") return TierPolicy::kLru;
+  return std::nullopt;
+}
+inline const char* TierPolicyName(TierPolicy policy) {
+  return policy == TierPolicy::kLru ? "lru" : "reuse";
+}
 
 struct TenantConfig {
   std::string name;            // [a-zA-Z0-9_.-]{1,31}
@@ -36,6 +54,7 @@ struct TenantConfig {
   // Sessions (connections) this tenant may hold at once. All tenants' add up to at most
   // daemon.max_sessions; 0 in the file means an equal part of what the others' leave.
   uint32_t max_sessions = 0;
+  TierPolicy policy = TierPolicy::kReuse;
 };
 
 // How the SSD tier does its I/O.

@@ -24,8 +24,8 @@ BlockIndex::BlockIndex(uint32_t capacity, uint32_t lru_lists, uint64_t hash_seed
   }
 }
 
-uint32_t BlockIndex::Find(const BlockKey& key) const {
-  for (uint32_t id = buckets_[Bucket(key)]; id != kNil; id = entries_[id].hash_next) {
+uint32_t BlockIndex::Find(const BlockKey& key, uint64_t hash) const {
+  for (uint32_t id = buckets_[BucketOf(hash)]; id != kNil; id = entries_[id].hash_next) {
     if (Matches(entries_[id], key)) return id;
   }
   return kNil;

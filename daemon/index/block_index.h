@@ -32,6 +32,9 @@ inline constexpr uint8_t kNoSpill = 16;  // never demoted (too large, no SSD tie
                                          // write): eviction drops it
 inline constexpr uint8_t kPromoting = 32;  // a slot is allocated and pinned and a promotion read
                                            // is writing it; not kInDram until it verifies
+inline constexpr uint8_t kReused = 64;  // found again since it was stored: worth an SSD write
+inline constexpr uint8_t kDeclined = 128;  // kNoSpill because the policy declined its SSD write;
+                                           // found again, it is dirty (due for demotion) again
 // An entry with kDemoting or kPromoting is never freed: the worker uses its slot.
 }  // namespace block_flags
 
@@ -72,7 +75,10 @@ class BlockIndex {
 
   BlockIndex(uint32_t capacity, uint32_t lru_lists, uint64_t hash_seed);
 
-  uint32_t Find(const BlockKey& key) const;
+  uint32_t Find(const BlockKey& key) const { return Find(key, Hash(key)); }
+  // With the key's Hash, for a caller that needs the hash too.
+  uint32_t Find(const BlockKey& key, uint64_t hash) const;
+  uint64_t Hash(const BlockKey& key) const { return HashBlockKey(key, seed_); }
   // Takes a free entry, fills its key and links it into the map; kNil if the index is full.
   uint32_t Insert(const BlockKey& key);
   // Unlinks `id` from the map (it stays allocated, e.g. kRemoved while leased).
@@ -100,9 +106,8 @@ class BlockIndex {
     uint32_t head = kNil;
     uint32_t tail = kNil;
   };
-  uint32_t Bucket(const BlockKey& key) const {
-    return static_cast<uint32_t>(HashBlockKey(key, seed_) & bucket_mask_);
-  }
+  uint32_t Bucket(const BlockKey& key) const { return BucketOf(Hash(key)); }
+  uint32_t BucketOf(uint64_t hash) const { return static_cast<uint32_t>(hash & bucket_mask_); }
   static bool Matches(const BlockEntry& e, const BlockKey& key) {
     return e.ns_id == key.ns_id && e.key_len == key.len && e.key == key.bytes;
   }

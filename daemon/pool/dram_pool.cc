@@ -14,9 +14,9 @@ DramPool::DramPool(const Options& options)
     : options_(options),
       classes_(options.slab_bytes),
       slabs_(&classes_, options.pool_bytes),
-      // Lists: one per size class and one for large blocks (clean, evictable), then dirty, then
-      // SSD-only.
-      index_(options.max_blocks, classes_.count() + 3u, options.hash_seed) {
+      // Lists: see CleanList.
+      index_(options.max_blocks, 2 * classes_.count() + 4u, options.hash_seed),
+      last_use_(options.max_blocks, 0) {
   // The index keeps sizes in 32 bits; the config caps max_block_bytes at 1 GiB.
   KVT_CHECK(options.max_block_bytes <= UINT32_MAX);
   scrub_allowance_ = options.scrub_bytes_per_round;
@@ -29,7 +29,8 @@ uint64_t DramPool::SlotBytes(const BlockEntry& e) const {
 
 void DramPool::Touch(uint32_t id) {
   BlockEntry& e = index_.at(id);
-  if ((e.flags & (kInDram | kPromoting)) != 0) slabs_.Touch(e.offset, ++tick_);
+  last_use_[id] = ++tick_;
+  if ((e.flags & (kInDram | kPromoting)) != 0) slabs_.Touch(e.offset, tick_);
   if (e.lru_list != BlockIndex::kNil) {
     const uint32_t list = e.lru_list;
     index_.LruRemove(id);
@@ -49,7 +50,8 @@ void DramPool::Relist(uint32_t id, bool front) {
   } else if ((e.flags & kDirty) != 0) {
     list = DirtyList();
   } else {
-    list = LruListOf(e.size_class);
+    // Without a policy one list takes both kinds, in plain LRU order (kvtier's first policy).
+    list = CleanList(e.size_class, (e.flags & kOnSsd) != 0 || admission_ == nullptr);
     evictable_bytes_ += SlotBytes(e);
   }
   if (front) {
@@ -61,12 +63,14 @@ void DramPool::Relist(uint32_t id, bool front) {
 
 void DramPool::Unlist(uint32_t id) {
   const BlockEntry& e = index_.at(id);
-  if (e.lru_list <= classes_.count()) evictable_bytes_ -= SlotBytes(e);  // a clean list
+  if (IsCleanList(e.lru_list)) evictable_bytes_ -= SlotBytes(e);
   index_.LruRemove(id);
 }
 
-uint32_t DramPool::FindCommitted(const BlockKey& key) {
-  const uint32_t id = index_.Find(key);
+uint32_t DramPool::FindCommitted(const BlockKey& key, uint64_t* hash) {
+  const uint64_t h = index_.Hash(key);
+  if (hash != nullptr) *hash = h;
+  const uint32_t id = index_.Find(key, h);
   if (id == BlockIndex::kNil || index_.at(id).state != BlockState::kCommitted) {
     return BlockIndex::kNil;
   }
@@ -109,7 +113,8 @@ uint32_t DramPool::Reap(uint32_t budget) {
 StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t session,
                              Placement* out, uint32_t ttl_s) {
   if (size == 0 || size > options_.max_block_bytes) return StatusCode::kInvalidArgument;
-  if (const uint32_t found = index_.Find(key); found != BlockIndex::kNil) {
+  const uint64_t hash = index_.Hash(key);
+  if (const uint32_t found = index_.Find(key, hash); found != BlockIndex::kNil) {
     if (!Expired(index_.at(found))) return StatusCode::kAlreadyExists;
     Expire(found);  // an expired block does not hold its key
   }
@@ -117,10 +122,15 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   if (index_.full() && !EvictForIndex()) {
     // Every entry is dirty, leased or reserved. Dirty ones become evictable once on SSD.
     if (!options_.spill) return RefuseIndex();
-    if (demotions_in_flight_ == 0 && index_.LruBack(DirtyList()) != BlockIndex::kNil) {
-      StartDemotion(index_.LruBack(DirtyList()));
+    bool declined = false;
+    while (demotions_in_flight_ == 0 && !declined &&
+           index_.LruBack(DirtyList()) != BlockIndex::kNil) {
+      declined = !DemoteOrDecline(index_.LruBack(DirtyList()));
     }
-    return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : RefuseIndex();
+    // A declined block is evictable now: try again.
+    if (!declined || !EvictForIndex()) {
+      return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : RefuseIndex();
+    }
   }
   uint64_t offset = 0;
   if (StatusCode code = AllocateOrWait(cls, size, &offset); code != StatusCode::kOk) return code;
@@ -136,7 +146,9 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   e.expires_s = ttl_s;  // relative until Commit
   slabs_.SetOwner(offset, id);
   slabs_.Pin(offset);
-  slabs_.Touch(offset, ++tick_);
+  last_use_[id] = ++tick_;
+  slabs_.Touch(offset, tick_);
+  if (admission_ != nullptr) admission_->Seen(hash, committed_);  // a request computed it
   used_bytes_ += SlotBytes(e);
   ++reserved_;
   *out = Placement{{id, e.generation}, e.offset, size};
@@ -152,17 +164,23 @@ StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset
       *offset = *at;
       return StatusCode::kOk;
     }
-    if (scrub_pending_bytes_ == 0) break;  // nothing evictable
-    if (Scrub() == 0) return StatusCode::kUnavailable;  // this round's budget is spent: wait
-  }
-  if (!options_.spill) return RefuseDram(cls, size);
-  // Room comes from dirty blocks once they are on SSD: make sure enough are on their way.
-  const uint64_t need = cls == SizeClasses::kLarge ? AlignUp(size, classes_.slab_bytes())
-                                                   : classes_.slab_bytes();
-  while (demoting_bytes_ < need) {
-    const uint32_t victim = index_.LruBack(DirtyList());
-    if (victim == BlockIndex::kNil) break;
-    StartDemotion(victim);
+    if (scrub_pending_bytes_ > 0) {
+      if (Scrub() == 0) return StatusCode::kUnavailable;  // this round's budget is spent: wait
+      continue;
+    }
+    // Nothing evictable.
+    if (!options_.spill) return RefuseDram(cls, size);
+    // Room comes from dirty blocks once they are on SSD, or at once from those the policy
+    // keeps off SSD: make sure enough are on their way.
+    const uint64_t need = cls == SizeClasses::kLarge ? AlignUp(size, classes_.slab_bytes())
+                                                     : classes_.slab_bytes();
+    bool declined = false;
+    while (demoting_bytes_ < need && !declined) {
+      const uint32_t victim = index_.LruBack(DirtyList());
+      if (victim == BlockIndex::kNil) break;
+      declined = !DemoteOrDecline(victim);
+    }
+    if (!declined) break;  // evictable now: try again
   }
   return demotions_in_flight_ > 0 ? StatusCode::kUnavailable : RefuseDram(cls, size);
 }
@@ -224,8 +242,10 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   if (auto offset = AllocateFree(cls, size)) return offset;
   uint32_t slabs_needed = 1;
   if (cls != SizeClasses::kLarge) {
-    // The pool is carved up. The oldest unpinned clean block of the same class gives its slot.
-    const uint32_t victim = index_.LruBack(LruListOf(cls));
+    // The pool is carved up. The oldest unpinned clean block of the same class gives its slot,
+    // unless a whole slab of colder blocks of another class can go instead.
+    const uint32_t victim = VictimOf(cls);
+    if (EvictColderSlab(cls, victim)) return AllocateFree(cls, size);
     if (victim != BlockIndex::kNil) {
       EvictBlock(victim);
       return AllocateFree(cls, size);  // nullopt while its slot waits to be zeroed
@@ -244,11 +264,52 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   return AllocateFree(cls, size);  // nullopt while the window's slots wait to be zeroed
 }
 
+uint32_t DramPool::VictimOf(uint8_t cls) const {
+  const uint32_t copy = index_.LruBack(CleanList(cls, true));
+  const uint32_t only = index_.LruBack(CleanList(cls, false));
+  if (copy == BlockIndex::kNil) return only;
+  if (only == BlockIndex::kNil || admission_ != nullptr) return copy;
+  return last_use_[only] < last_use_[copy] ? only : copy;
+}
+
+bool DramPool::EvictColderSlab(uint8_t cls, uint32_t victim) {
+  // Without a block of its own class to compare with, the window scan decides.
+  if (victim == BlockIndex::kNil) return false;
+  // Only the slabs of the other classes' coldest blocks are candidates: O(classes).
+  uint64_t coldest = last_use_[victim];
+  uint32_t chosen = BlockIndex::kNil;
+  for (uint32_t list = 0; list < ListCount(); ++list) {
+    if (!IsCleanList(list) || list == CleanList(cls, true) || list == CleanList(cls, false)) {
+      continue;
+    }
+    const uint32_t tail = index_.LruBack(list);
+    if (tail == BlockIndex::kNil) continue;
+    const uint64_t offset = index_.at(tail).offset;
+    // The slab's newest use: every block in it is at least this cold.
+    const uint64_t newest = slabs_.LastAccess(offset);
+    if (newest < coldest && slabs_.EvictableAt(offset)) {
+      coldest = newest;
+      chosen = tail;
+    }
+  }
+  if (chosen == BlockIndex::kNil) return false;
+  const BlockEntry& e = index_.at(chosen);
+  if (e.size_class == SizeClasses::kLarge) {
+    EvictBlock(chosen);  // its run of slabs holds only it
+    return true;
+  }
+  scratch_offsets_.clear();
+  slabs_.CollectBlocks(static_cast<uint32_t>(e.offset / classes_.slab_bytes()), 1,
+                       &scratch_offsets_);
+  for (uint64_t offset : scratch_offsets_) EvictBlock(slabs_.Owner(offset));
+  return true;
+}
+
 bool DramPool::EvictForIndex() {
   // An entry must go: the coldest SSD-only block first, then the coldest clean DRAM block.
   uint32_t victim = index_.LruBack(SsdList());
-  for (uint32_t list = 0; list <= classes_.count() && victim == BlockIndex::kNil; ++list) {
-    victim = index_.LruBack(list);
+  for (uint32_t list = 0; list < ListCount() && victim == BlockIndex::kNil; ++list) {
+    if (IsCleanList(list)) victim = index_.LruBack(list);
   }
   if (victim == BlockIndex::kNil) return false;
   ++evictions_;
@@ -294,6 +355,9 @@ EvictReport DramPool::Evict(EvictTiers tiers, bool release_ssd_records) {
       case EvictTiers::kSsd: EvictFromSsd(id, release_ssd_records, &report); break;
       case EvictTiers::kAll: EvictEverywhere(id, release_ssd_records, &report); break;
     }
+  }
+  if (admission_ != nullptr && tiers != EvictTiers::kDram && tier_.ssd_blocks == 0) {
+    admission_->SsdEmptied();
   }
   return report;
 }
@@ -515,12 +579,14 @@ void DramPool::AbortIfReservedBy(BlockRef ref, uint32_t session) {
 }
 
 wire::Tier DramPool::Match(const BlockKey& key) {
-  const uint32_t id = FindCommitted(key);
+  uint64_t hash = 0;
+  const uint32_t id = FindCommitted(key, &hash);
   if (id == BlockIndex::kNil) {
     ++misses_;
     return wire::Tier::kNone;
   }
   ++hits_;
+  Found(id, hash);
   Touch(id);
   if ((index_.at(id).flags & kInDram) != 0) return wire::Tier::kDram;
   ++ssd_hits_;
@@ -568,6 +634,7 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* ti
   }
   ++hits_;
   if (!in_dram) ++ssd_hits_;
+  Found(id, 0);
   Touch(id);
   if (e.lease_count++ == 0) {
     Unlist(id);
@@ -634,13 +701,47 @@ void DramPool::StartDemotion(uint32_t id) {
   orders_.push_back(order);
 }
 
+void DramPool::Found(uint32_t id, uint64_t hash) {
+  BlockEntry& e = index_.at(id);
+  e.flags |= kReused;
+  if (admission_ == nullptr) return;
+  // Lookups count for the policy; the read that follows a lookup (Acquire, hash 0) does not
+  // count again: one request, one sighting.
+  if (hash != 0) admission_->Seen(hash, committed_);
+  if ((e.flags & kDeclined) != 0 && (e.flags & kInDram) != 0) {
+    // Declined, now proven: as after Commit, it is dirty and pins its slab until it is on SSD.
+    e.flags = static_cast<uint8_t>((e.flags & ~(kDeclined | kNoSpill)) | kDirty);
+    tier_.dirty_bytes += SlotBytes(e);
+    slabs_.Pin(e.offset);
+    Relist(id);
+  }
+}
+
+bool DramPool::DemoteOrDecline(uint32_t id) {
+  BlockEntry& e = index_.at(id);
+  // A drain (dirty limit 0) writes everything: DRAM is about to be lost.
+  if (admission_ == nullptr || (e.flags & kReused) != 0 || options_.dirty_limit_bytes == 0 ||
+      admission_->Admit(index_.Hash(e.Key()))) {
+    StartDemotion(id);
+    return true;
+  }
+  ++tier_.ssd_declined;
+  tier_.dirty_bytes -= SlotBytes(e);
+  slabs_.Unpin(e.offset);  // the dirty pin
+  e.flags = static_cast<uint8_t>((e.flags & ~kDirty) | kNoSpill | kDeclined);
+  // Declines come in LRU order (the coldest dirty block first), so the front keeps the
+  // DRAM-only list in LRU order; copies of SSD blocks are evicted before any of it anyway.
+  Relist(id);
+  return false;
+}
+
 void DramPool::Demote() {
   if (!options_.spill) return;
   while (tier_.dirty_bytes - demoting_bytes_ > options_.dirty_limit_bytes &&
          demotions_in_flight_ < options_.max_demotions_in_flight) {
     const uint32_t victim = index_.LruBack(DirtyList());
     if (victim == BlockIndex::kNil) return;
-    StartDemotion(victim);
+    DemoteOrDecline(victim);
   }
 }
 
@@ -669,6 +770,9 @@ void DramPool::DemoteDone(BlockRef ref, const Status& status, SsdRef ssd) {
     // The SSD tier could not take it (full disk, I/O error): it stays in DRAM, evictable by
     // dropping it like any block of a tenant without SSD.
     ++tier_.demote_failures;
+    if (admission_ != nullptr && status.code() == StatusCode::kResourceExhausted) {
+      admission_->SsdFull();
+    }
     e.flags |= kNoSpill;
   }
   if (e.state == BlockState::kRemoved) {
@@ -717,6 +821,7 @@ void DramPool::SsdCopyLost(BlockRef ref, SsdRef ssd) {
     return;  // the block already moved on
   }
   ++tier_.ssd_dropped;
+  if (admission_ != nullptr) admission_->SsdFull();  // its segment was reclaimed for room
   --tier_.ssd_blocks;
   tier_.ssd_payload_bytes -= e.size;
   if ((e.flags & (kInDram | kPromoting)) == 0) --tier_.ssd_only_blocks;

@@ -21,10 +21,17 @@
 // spill store, or whose demotion failed, are "no-spill" and evicted by dropping them, as are
 // all blocks of a tenant without an SSD tier.
 //
-// Eviction, when a reserve finds no free slot: first the least-recently-used unpinned clean
-// block of the same size class (its slot is reused as is); otherwise the whole-slab window whose
-// newest use is oldest and that holds no pinned block (the slab changes class). When the index
-// is full, the oldest SSD-only entry is dropped first, then the oldest clean DRAM block.
+// Which dirty blocks are worth an SSD write is the tenant's policy's call (SsdAdmission; none:
+// every one): a dirty block it declines when its turn to be demoted comes stays in DRAM only,
+// evictable by dropping it, unless it was found again since it was stored (kReused), which is
+// evidence enough.
+//
+// Eviction, when a reserve finds no free slot, is global across size classes: the least-
+// recently-used unpinned clean block of the same size class (its slot is reused as is), unless
+// another class's coldest block sits in a slab whose every block is colder still and unpinned:
+// then that whole slab is emptied and changes class. With no clean block of the class, the
+// whole-slab window whose newest use is oldest and that holds no pinned block goes. When the
+// index is full, the oldest SSD-only entry is dropped first, then the oldest clean DRAM block.
 // Evict empties a tier (or all of them) on demand, e.g. for an operator or a tenant purge.
 // Not thread-safe: used on the daemon's event-loop thread only.
 #pragma once
@@ -40,6 +47,7 @@
 #include "daemon/index/block_index.h"
 #include "daemon/pool/size_classes.h"
 #include "daemon/pool/slab_allocator.h"
+#include "daemon/pool/ssd_admission.h"
 #include "daemon/spill/ssd_ref.h"
 #include "ipc/wire/protocol.h"
 #include "kvclient/status.h"
@@ -85,6 +93,7 @@ struct TierCounters {
   uint64_t integrity_failures = 0; // of which failed authentication (tampered or torn)
   uint64_t ssd_dropped = 0;        // SSD records lost to segment reclaim (quota pressure)
   uint64_t ssd_evictions = 0;      // clean blocks whose DRAM slot was freed (still on SSD)
+  uint64_t ssd_declined = 0;       // dirty blocks the policy kept off SSD (no evidence of reuse)
 };
 
 // Which tier DramPool::Evict empties.
@@ -219,6 +228,10 @@ class DramPool {
   // Committed blocks whose only copy is in DRAM (dirty, no-spill, or no SSD tier): their
   // bytes, and their count in `blocks`. O(index capacity).
   uint64_t UnspilledBytes(uint64_t* blocks) const;
+  // The tenant's SSD admission (null: every block that fits goes to SSD); it must outlive the
+  // pool or be replaced first. A drain (dirty limit 0) writes every dirty block regardless:
+  // DRAM is about to be lost.
+  void set_admission(SsdAdmission* admission) { admission_ = admission; }
   // Drain: 0 makes Demote() write out every dirty block that can go to SSD.
   void set_dirty_limit_bytes(uint64_t bytes) { options_.dirty_limit_bytes = bytes; }
 
@@ -282,8 +295,18 @@ class DramPool {
   // Puts the entry on the list its state calls for (or none).
   void Relist(uint32_t id, bool front = true);
   void StartDemotion(uint32_t id);
+  // The coldest dirty block's turn: a demotion is started (true), or the policy declines it
+  // and it becomes evictable at the cold end of its clean list, dropped when evicted (false).
+  bool DemoteOrDecline(uint32_t id);
+  // A block is found (Match, Acquire): evidence of reuse for the policy; a declined block is
+  // due for demotion again.
+  void Found(uint32_t id, uint64_t hash);
+  // Global eviction: empties the slab of another class's coldest block if every block in it is
+  // colder than `victim` (this class's coldest) and unpinned. True if it did; false at once if
+  // `victim` is kNil (the window scan is the global choice then).
+  bool EvictColderSlab(uint8_t cls, uint32_t victim);
   // kNil, or the committed block of `key`; an expired one is dropped and reads as kNil.
-  uint32_t FindCommitted(const BlockKey& key);
+  uint32_t FindCommitted(const BlockKey& key, uint64_t* hash = nullptr);
   bool Expired(const BlockEntry& e) const {
     return e.state == BlockState::kCommitted && e.expires_s != 0 && e.expires_s <= now_s_;
   }
@@ -295,11 +318,24 @@ class DramPool {
   void ForgetSsdRecord(BlockEntry& e, bool release = true);
   // Takes the entry off its LRU list (if any), keeping evictable_bytes_.
   void Unlist(uint32_t id);
-  uint32_t LruListOf(uint8_t cls) const {
-    return cls == SizeClasses::kLarge ? classes_.count() : cls;
+  // LRU lists: the evictable (clean) blocks of each class (and one for large blocks) whose
+  // bytes are also on SSD, then dirty, then SSD-only, then the evictable blocks of each class
+  // that DRAM alone holds (no-spill: a tenant without SSD tier, too large, a failed write, or
+  // declined by the policy).
+  uint32_t CleanList(uint8_t cls, bool on_ssd) const {
+    const uint32_t i = cls == SizeClasses::kLarge ? classes_.count() : cls;
+    return on_ssd ? i : classes_.count() + 3u + i;
+  }
+  bool IsCleanList(uint32_t list) const {
+    return list <= classes_.count() || (list >= classes_.count() + 3u && list != BlockIndex::kNil);
   }
   uint32_t DirtyList() const { return classes_.count() + 1u; }
   uint32_t SsdList() const { return classes_.count() + 2u; }
+  uint32_t ListCount() const { return 2 * classes_.count() + 4u; }
+  // The class's eviction victim (kNil if none): of its coldest block with a copy on SSD and its
+  // coldest DRAM-only block, the colder, or with a policy (SsdAdmission) the former whenever
+  // there is one: evicting a copy loses no hit, evicting a DRAM-only block loses the block.
+  uint32_t VictimOf(uint8_t cls) const;
   uint64_t SlotBytes(const BlockEntry& e) const;
 
   Options options_;
@@ -308,6 +344,8 @@ class DramPool {
   BlockIndex index_;
   std::vector<uint64_t> scratch_offsets_;  // reused by window eviction
   uint64_t tick_ = 0;
+  std::vector<uint64_t> last_use_;  // by entry id: tick_ of its last use (global eviction)
+  SsdAdmission* admission_ = nullptr;
   // Stats.
   uint64_t used_bytes_ = 0;
   uint64_t evictable_bytes_ = 0;  // slot bytes of the blocks on the clean LRU lists

@@ -38,6 +38,13 @@ class SlabAllocator {
   void Pin(uint64_t offset) { ++slabs_[SlabOf(offset)].pinned; }
   void Unpin(uint64_t offset);
   void Touch(uint64_t offset, uint64_t tick) { slabs_[SlabOf(offset)].last_access = tick; }
+  // The newest use of any block in the slab (or large run) that holds `offset`.
+  uint64_t LastAccess(uint64_t offset) const {
+    const Slab& s = slabs_[SlabOf(offset)];
+    return s.kind == Kind::kLargeTail ? slabs_[s.run].last_access : s.last_access;
+  }
+  // No block in that slab (or large run) is pinned.
+  bool EvictableAt(uint64_t offset) const { return Evictable(SlabOf(offset)); }
 
   // The first slab of the `slabs` consecutive slabs that are cheapest to empty: no pinned
   // block in them, and the most recent use among them the oldest. nullopt if every window holds

@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "daemon/pool/dram_pool.h"
+#include "daemon/tier/tier_policy.h"
 #include "ipc/base/check.h"
 
 namespace kvtier::tier {
@@ -118,7 +119,9 @@ Status ReplayThroughPool(const std::vector<TraceRequest>& trace, const ReplayOpt
   o.spill_max_block_bytes = kBlockBytes;
   o.dirty_limit_bytes =
       static_cast<uint64_t>(options.demote_above * static_cast<double>(o.pool_bytes));
+  const std::unique_ptr<SsdAdmission> admission = MakeSsdAdmission(options.policy);
   DramPool pool(o);
+  pool.set_admission(admission.get());
   SimulatedSsd ssd(&pool, options.ssd_blocks);
 
   std::unordered_set<uint64_t> unique;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "daemon/config/config.h"
 #include "daemon/tier/trace.h"
 #include "kvclient/status.h"
 
@@ -23,6 +24,7 @@ struct ReplayOptions {
   uint64_t dram_blocks = 0;
   uint64_t ssd_blocks = 0;        // 0: no SSD tier
   double demote_above = 0.75;     // of the DRAM pool dirty before demotion starts (as kvtierd)
+  TierPolicy policy = TierPolicy::kReuse;  // as a tenant's `policy` (kvtierd's default)
 };
 
 struct ReplayResult {

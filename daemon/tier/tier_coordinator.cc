@@ -19,6 +19,24 @@ TierCoordinator::TierCoordinator(TenantRegistry* tenants, std::vector<SpillWorke
       stores[tenant->spill_store] = tenant.get();
     }
   }
+  policies_.resize(tenants->tenants().size());
+  for (auto& tenant : tenants->tenants()) ApplyPolicy(*tenant);
+}
+
+TierCoordinator::~TierCoordinator() {
+  for (auto& tenant : tenants_->tenants()) tenant->pool->set_admission(nullptr);
+}
+
+void TierCoordinator::ApplyPolicy(Tenant& tenant) {
+  const auto& all = tenants_->tenants();
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (all[i].get() != &tenant) continue;
+    std::unique_ptr<SsdAdmission> next =
+        MakeSsdAdmission(tenant.config.policy);
+    tenant.pool->set_admission(next.get());
+    policies_[i] = std::move(next);
+    return;
+  }
 }
 
 wire::StatsReply StatsOf(const Tenant& tenant) {

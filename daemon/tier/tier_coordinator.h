@@ -18,6 +18,7 @@
 #include "daemon/pool/dram_pool.h"
 #include "daemon/spill/spill_worker.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/tier/tier_policy.h"
 
 namespace kvtier {
 
@@ -33,8 +34,17 @@ wire::StatsReply StatsOf(const Tenant& tenant);
 class TierCoordinator {
  public:
   // `workers` run the tenants' spill stores (Tenant::spill names one of them) and must outlive
-  // the coordinator; none means no tenant has an SSD tier.
+  // the coordinator; none means no tenant has an SSD tier. Each tenant's pool gets the policy
+  // its config names.
   TierCoordinator(TenantRegistry* tenants, std::vector<SpillWorker*> workers);
+  // Takes the pools' policies back: the pools may outlive the coordinator.
+  ~TierCoordinator();
+  TierCoordinator(const TierCoordinator&) = delete;
+  TierCoordinator& operator=(const TierCoordinator&) = delete;
+
+  // Reload: gives `tenant`'s pool the policy its config names now (a fresh one: what the old
+  // one learned is forgotten).
+  void ApplyPolicy(Tenant& tenant);
 
   bool has_ssd_tier() const { return !workers_.empty(); }
   size_t worker_count() const { return workers_.size(); }
@@ -73,6 +83,7 @@ class TierCoordinator {
   TenantRegistry* tenants_;
   std::vector<SpillWorker*> workers_;
   std::vector<std::vector<Tenant*>> stores_;  // [worker][store]
+  std::vector<std::unique_ptr<SsdAdmission>> policies_;  // by tenant, as in the registry
   // Reused buffers.
   std::vector<SpillResult> results_;
   std::vector<SpillOrder> orders_;

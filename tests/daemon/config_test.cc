@@ -101,6 +101,19 @@ TEST_CASE("The shipped developer config loads and points into the checkout", "[d
   CHECK(config->tenants[0].max_blocks == kGiB / (16 * kKiB) + 2 * kGiB / (64 * kKiB));
   CHECK(config->tenants[0].uids.empty());
   CHECK(config->tenants[0].gids.empty());
+  CHECK(config->tenants[0].policy == TierPolicy::kReuse);
+}
+
+TEST_CASE("A tenant's tier policy is reuse or lru, and any other name is an error naming it",
+          "[daemon][config]") {
+  auto config = Parse("config_version = 1\n" + std::string(kTenant) + "policy = \"lru\"\n");
+  INFO(config.status().ToString());
+  REQUIRE(config.ok());
+  CHECK(config->tenants[0].policy == TierPolicy::kLru);
+  CheckError({"config_version = 1\n" + std::string(kTenant) + "policy = \"lfu\"\n",
+              At(5, "tenant[0].policy"), "\"lfu\" is not a tier policy (reuse, lru)"});
+  CheckError({"config_version = 1\n" + std::string(kTenant) + "policy = 1\n",
+              At(5, "tenant[0].policy"), "expected a string"});
 }
 
 TEST_CASE("The shipped production config loads with every value at its default",

@@ -29,11 +29,13 @@ std::vector<TraceRequest> Families(uint64_t seed, int requests) {
   return Requests(ids);
 }
 
-ReplayResult Replay(const std::vector<TraceRequest>& trace, uint64_t dram, uint64_t ssd) {
+ReplayResult Replay(const std::vector<TraceRequest>& trace, uint64_t dram, uint64_t ssd,
+                    TierPolicy policy = TierPolicy::kReuse) {
   ReplayResult r;
   ReplayOptions o;
   o.dram_blocks = dram;
   o.ssd_blocks = ssd;
+  o.policy = policy;
   const Status s = ReplayThroughPool(trace, o, &r);
   INFO(s.message());
   REQUIRE(s.ok());
@@ -89,6 +91,43 @@ TEST_CASE("Replay through the pool: a full SSD tier drops its oldest records") {
   const ReplayResult large = Replay(trace, 8, 1000);
   CHECK(small.ssd_hits < large.ssd_hits);
   CHECK(small.block_hits <= ReplayMin(trace, 48).block_hits);
+}
+
+TEST_CASE("Replay through the pool: under the lru policy every block is written to SSD") {
+  const auto trace = Families(5, 600);
+  const ReplayResult lru = Replay(trace, 8, 40, TierPolicy::kLru);
+  // All but what DRAM still holds, and again each time a dropped record's block is stored again.
+  CHECK(lru.ssd_write_blocks >= lru.unique_blocks - 8);
+  CHECK(lru.ssd_write_blocks > Replay(trace, 8, 40, TierPolicy::kReuse).ssd_write_blocks);
+}
+
+TEST_CASE("Replay through the pool: the reuse policy keeps one-time blocks off a full SSD and "
+          "so holds what is reused") {
+  // A hot set of 20 families (200 blocks in all, each request one family's 10 blocks) among
+  // a scan of blocks used once. The scan flushes an LRU SSD tier of 150 blocks every few
+  // requests; the reuse policy writes a scan block only while the SSD has room.
+  std::mt19937_64 rng(6);
+  std::vector<std::vector<uint64_t>> ids;
+  uint64_t next_scan = 1'000'000;
+  for (int i = 0; i < 3000; ++i) {
+    std::vector<uint64_t> r;
+    if (i % 2 == 0) {
+      const uint64_t family = rng() % 20;
+      for (uint64_t d = 0; d < 10; ++d) r.push_back(family * 100 + d);
+    } else {
+      for (int d = 0; d < 10; ++d) r.push_back(next_scan++);
+    }
+    ids.push_back(r);
+  }
+  const auto trace = Requests(ids);
+  const ReplayResult lru = Replay(trace, 40, 160, TierPolicy::kLru);
+  const ReplayResult reuse = Replay(trace, 40, 160, TierPolicy::kReuse);
+  INFO("lru " << lru.usable_prefix_hit_ratio() << " (" << lru.ssd_write_blocks
+              << " writes), reuse " << reuse.usable_prefix_hit_ratio() << " ("
+              << reuse.ssd_write_blocks << " writes)");
+  CHECK(reuse.usable_prefix_hit_ratio() > lru.usable_prefix_hit_ratio() + 0.1);
+  CHECK(reuse.ssd_write_blocks * 4 < lru.ssd_write_blocks);
+  CHECK(reuse.usable_prefix_hits <= ReplayMin(trace, 200).usable_prefix_hits);
 }
 
 TEST_CASE("Replay through the pool refuses a DRAM tier of no blocks") {
