@@ -31,8 +31,9 @@ void TierCoordinator::ApplyPolicy(Tenant& tenant) {
   const auto& all = tenants_->tenants();
   for (size_t i = 0; i < all.size(); ++i) {
     if (all[i].get() != &tenant) continue;
+    // A policy decides what goes to SSD: a tenant without an SSD tier needs none.
     std::unique_ptr<SsdAdmission> next =
-        MakeSsdAdmission(tenant.config.policy);
+        tenant.spill != nullptr ? MakeSsdAdmission(tenant.config.policy) : nullptr;
     tenant.pool->set_admission(next.get());
     policies_[i] = std::move(next);
     return;
