@@ -204,7 +204,8 @@ Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
                                                 "demote_failures",
                                                 "promote_failures",
                                                 "integrity_failures",
-                                                "ssd_dropped"});
+                                                "ssd_dropped",
+                                                "ssd_declined"});
   table.transpose_text = true;
   for (auto& tenant : tenants_->tenants()) {
     if (only != nullptr && tenant.get() != only) continue;
@@ -234,7 +235,8 @@ Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
                           s.demote_failures,
                           s.promote_failures,
                           s.integrity_failures,
-                          s.ssd_dropped});
+                          s.ssd_dropped,
+                          tenant->pool->tier_counters().ssd_declined});
   }
   return r;
 }
@@ -243,13 +245,14 @@ Result<Report> AdminCommands::Tenants() {
   Report r;
   Report::Table& table = r.AddTable(
       "tenants", {"tenant", "uids", "gids", "dram_bytes", "ssd_bytes", "max_blocks",
-                  "default_ttl_seconds", "max_ttl_seconds", "sessions", "blocks", "state"});
+                  "default_ttl_seconds", "max_ttl_seconds", "policy", "sessions", "blocks",
+                  "state"});
   for (auto& tenant : tenants_->tenants()) {
     const TenantConfig& c = tenant->config;
     const wire::StatsReply s = StatsOf(*tenant);
     table.rows.push_back({c.name, Ids(c.uids), Ids(c.gids), c.dram_bytes, c.ssd_bytes, c.max_blocks,
                           uint64_t{c.default_ttl_seconds}, uint64_t{c.max_ttl_seconds},
-                          uint64_t{tenant->sessions}, s.committed_blocks,
+                          std::string(TierPolicyName(c.policy)), uint64_t{tenant->sessions}, s.committed_blocks,
                           std::string(tenant->purging ? "purging" : "serving")});
   }
   return r;
@@ -510,10 +513,17 @@ Result<Report> AdminCommands::Reload(const char* origin) {
          std::to_string(b.max_ttl_seconds));
     note(prefix + "ssd_bytes", std::to_string(a.ssd_bytes), std::to_string(b.ssd_bytes));
     note(prefix + "max_sessions", std::to_string(a.max_sessions), std::to_string(b.max_sessions));
+    note(prefix + "policy", TierPolicyName(a.policy), TierPolicyName(b.policy));
     Tenant& tenant = *tenants_->tenants()[i];
     // A lower quota reclaims the tenant's oldest segments at once (their blocks become
     // misses, reported back as dropped records).
     if (a.ssd_bytes != b.ssd_bytes) tier_->PostQuota(tenant, b.ssd_bytes);
+  }
+  std::vector<Tenant*> new_policy;
+  for (size_t i = 0; i < next->tenants.size(); ++i) {
+    if (config_.tenants[i].policy != next->tenants[i].policy) {
+      new_policy.push_back(tenants_->tenants()[i].get());
+    }
   }
   spdlog::set_level(spdlog::level::from_str(next->log_level));
   tenants_->Remap(*next);
@@ -521,6 +531,7 @@ Result<Report> AdminCommands::Reload(const char* origin) {
     next->tenants[i].max_blocks = config_.tenants[i].max_blocks;  // the index keeps its size
   }
   config_ = std::move(*next);  // what a restart would need is unchanged, checked above
+  for (Tenant* tenant : new_policy) tier_->ApplyPolicy(*tenant);
   spdlog::info("{}: config reloaded, {} setting(s) changed", origin, changes.rows.size());
   Audit("reload", "origin=" + AuditLog::Quote(origin) +
                       " result=ok changes=" + std::to_string(changes.rows.size()));

@@ -114,6 +114,7 @@ void TenantRegistry::Remap(const Config& next) {
     tenant->config.default_ttl_seconds = tc.default_ttl_seconds;
     tenant->config.max_ttl_seconds = tc.max_ttl_seconds;
     tenant->config.ssd_bytes = tc.ssd_bytes;
+    tenant->config.policy = tc.policy;  // the caller gives the pool the new policy
     tenant->config.max_sessions = tc.max_sessions;
     for (uid_t uid : tc.uids) by_uid_[uid] = tenant;
     for (gid_t gid : tc.gids) by_gid_[gid] = tenant;

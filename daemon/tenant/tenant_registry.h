@@ -73,8 +73,9 @@ class TenantRegistry {
   // kPermissionDenied naming the uid and gid when no tenant matches; kUnavailable while the
   // tenant is being purged.
   Result<Tenant*> Resolve(const PeerCredentials& peer);
-  // Reload: takes the peer mapping (uids, gids, default tenant), the TTL limits and the SSD
-  // quota (Tenant::config only; the caller tells the spill worker) of `next`,
+  // Reload: takes the peer mapping (uids, gids, default tenant), the TTL limits, the SSD
+  // quota and the tier policy (Tenant::config only; the caller tells the spill worker and the
+  // tier coordinator) of `next`,
   // whose tenants must be the running ones (checked by the caller). Sessions already attached
   // keep their tenant.
   void Remap(const Config& next);

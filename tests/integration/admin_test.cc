@@ -367,6 +367,51 @@ TEST_CASE("reload lowers a tenant's SSD quota at once and refuses to raise it pa
   CHECK_THAT(raise.err, Catch::Contains("raising it above the 268435456 bytes"));
 }
 
+TEST_CASE("the reuse policy keeps blocks stored once off a full SSD tier; reload to lru writes "
+          "every block",
+          "[integration][admin]") {
+  TempDir state;
+  auto daemon = DaemonProcess::Start(WithSsd(state, 32 * kMiB));
+  auto client = MustConnect(*daemon);
+  auto settle = [&] {
+    uint64_t demotions = UINT64_MAX;
+    REQUIRE(WaitUntil([&] {
+      const PoolStats s = *client->Stats();
+      const bool settled = s.demotions == demotions && s.dirty_bytes <= 24 * kMiB;
+      demotions = s.demotions;
+      return settled;
+    }));
+  };
+  auto declined = [&] {
+    return JsonNumber(RunCtl(*daemon, {"--json", "stats"}).out, "ssd_declined");
+  };
+  CHECK_THAT(RunCtl(*daemon, {"--json", "tenants"}).out, Catch::Contains("\"policy\": \"reuse\""));
+  // 400 blocks of 1 MiB, each stored once, through 32 MiB of DRAM and 256 MiB of SSD: the SSD
+  // tier fills (records reclaimed), and from then on blocks nobody asked for again stay off it.
+  Store(*client, 7, 400, kMiB);
+  settle();
+  const PoolStats full = *client->Stats();
+  CHECK(full.ssd_dropped > 0);
+  const int64_t declined_reuse = declined();
+  CHECK(declined_reuse > 50);
+  CHECK(full.demotions + static_cast<uint64_t>(declined_reuse) <= 400);
+
+  std::string text = ReadFile(daemon->config_path());
+  const std::string quota = "ssd_bytes = " + std::to_string(256 * kMiB) + "\n";
+  REQUIRE(text.find(quota) != std::string::npos);
+  text.replace(text.find(quota), quota.size(), quota + "policy = \"lru\"\n");
+  std::ofstream(daemon->config_path()) << text;
+  const Ctl reload = RunCtl(*daemon, {"reload"});
+  INFO(reload.out << reload.err);
+  REQUIRE(reload.code == 0);
+  CHECK_THAT(reload.out, Catch::Contains("tenant.test.policy"));
+  CHECK_THAT(RunCtl(*daemon, {"--json", "tenants"}).out, Catch::Contains("\"policy\": \"lru\""));
+  Store(*client, 8, 100, kMiB);
+  settle();
+  CHECK(declined() == declined_reuse);
+  CHECK(client->Stats()->demotions >= full.demotions + 100 - 32);
+}
+
 // GET `path` from 127.0.0.1:port; the whole response.
 std::string HttpGet(uint16_t port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
