@@ -300,6 +300,26 @@ kvtier_status kvtier_prefetch(kvtier_client* c, const kvtier_key* keys, size_t n
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Prefetch);
 }
 
+kvtier_status kvtier_reuse_soon(kvtier_client* c, const kvtier_key* keys, size_t n,
+                                uint16_t* codes) {
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
+  return PerKeyCodes(c, keys, n, codes, &kvtier::Client::ReuseSoon);
+}
+
+kvtier_status kvtier_done_with(kvtier_client* c, const kvtier_key* keys, size_t n,
+                               uint16_t* codes) {
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
+  return PerKeyCodes(c, keys, n, codes, &kvtier::Client::DoneWith);
+}
+
+int kvtier_has_hints(const kvtier_client* c) {
+  return c != nullptr && c->client->has_hints() ? 1 : 0;
+}
+
 kvtier_status kvtier_verify_leases(const kvtier_client* c) {
   if (c == nullptr) return NullArgument("c");
   return Guard([&]() -> kvtier_status { return Record(nullptr, c->client->VerifyLeases()); });

@@ -119,6 +119,7 @@ struct Client::Impl {
   std::string tenant;
   uint64_t max_block_bytes = 0;
   uint64_t spill_max_block_bytes = 0;
+  uint64_t features = 0;  // HelloLimits::features
   uint64_t session_id = 0;
   std::mutex mu;  // one round trip at a time; guards everything below
   uint64_t next_request_id = 1;
@@ -307,6 +308,7 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
       wire::HelloLimits limits{};
       std::memcpy(&limits, reply->body.data() + sizeof(out), sizeof(limits));
       impl->spill_max_block_bytes = limits.spill_max_block_bytes;
+      impl->features = limits.features;
     }
     KVT_ASSIGN_OR_RETURN(impl->pool, ShmRegion::Map(std::move(impl->received_fd), out.pool_bytes));
     impl->tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
@@ -459,6 +461,18 @@ Status Client::Remove(std::span<const Key> keys, std::span<StatusCode> codes) {
 
 Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) {
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kPrefetch), keys, codes);
+}
+
+bool Client::has_hints() const { return (impl_->features & wire::kFeatureHints) != 0; }
+
+Status Client::ReuseSoon(std::span<const Key> keys, std::span<StatusCode> codes) {
+  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it is older than them)");
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kReuseSoon), keys, codes);
+}
+
+Status Client::DoneWith(std::span<const Key> keys, std::span<StatusCode> codes) {
+  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it is older than them)");
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kDoneWith), keys, codes);
 }
 
 Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {

@@ -15,7 +15,7 @@ using prometheus::MetricType;
 constexpr std::array<const char*, wire::kMaxOp + 1> kOpNames = {
     "",        "hello",   "reserve", "commit", "abort",   "match_prefix",
     "acquire", "release", "remove",  "stats",  "prefetch", "register_region",
-    "deregister_region", "offload", "onload"};
+    "deregister_region", "offload", "onload", "reuse_soon", "done_with"};
 
 class Builder {
  public:

@@ -683,6 +683,27 @@ StatusCode DramPool::Remove(const BlockKey& key) {
   return StatusCode::kOk;
 }
 
+StatusCode DramPool::Hint(const BlockKey& key, BlockHint hint) {
+  uint64_t hash = 0;
+  const uint32_t id = FindCommitted(key, &hash);
+  if (hint == BlockHint::kReuseSoon && admission_ != nullptr) admission_->Seen(hash, committed_);
+  if (id == BlockIndex::kNil) return StatusCode::kNotFound;
+  if (hint == BlockHint::kReuseSoon) {
+    Found(id, /*hash=*/0);  // counted above
+    Touch(id);
+    return StatusCode::kOk;
+  }
+  // Done with: the cold end of whatever list it is on (none while leased or with I/O).
+  const BlockEntry& e = index_.at(id);
+  if (e.lru_list != BlockIndex::kNil) {
+    const uint32_t list = e.lru_list;
+    index_.LruRemove(id);
+    index_.LruPushBack(list, id);
+    last_use_[id] = 0;  // as cold as a block can be, for global eviction too
+  }
+  return StatusCode::kOk;
+}
+
 // --- SSD tier ---
 
 void DramPool::StartDemotion(uint32_t id) {

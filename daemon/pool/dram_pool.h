@@ -96,6 +96,12 @@ struct TierCounters {
   uint64_t ssd_declined = 0;       // dirty blocks the policy kept off SSD (no evidence of reuse)
 };
 
+// An engine's hint about a block (DramPool::Hint).
+enum class BlockHint : uint8_t {
+  kReuseSoon,  // it will be read again soon: keep it, and it is worth an SSD write
+  kDoneWith,   // the request that used it is done with it: let it go first
+};
+
 // Which tier DramPool::Evict empties.
 enum class EvictTiers : uint8_t { kDram, kSsd, kAll };
 
@@ -176,6 +182,12 @@ class DramPool {
   // kOk: the key is gone for readers; a leased block's slot is freed when its last lease ends.
   // kNotFound: not committed.
   StatusCode Remove(const BlockKey& key);
+  // An engine's hint (no hit or miss is counted). kReuseSoon: the block counts as used now and
+  // as reused (its demotion is never declined), and the policy counts a sighting of the key
+  // even when it is not stored yet (so its store is admitted). kDoneWith: the block goes to the
+  // cold end of its list: the first to leave DRAM, or to be demoted (or declined). kOk, or
+  // kNotFound when the key is not committed.
+  StatusCode Hint(const BlockKey& key, BlockHint hint);
   // Why the last Reserve or Acquire answered kResourceExhausted: which limit, and by how much
   // (the caller prefixes the tenant). Only meaningful right after such an answer.
   const std::string& last_refusal() const { return last_refusal_; }

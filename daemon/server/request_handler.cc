@@ -63,7 +63,9 @@ RequestHandler::Outcome RequestHandler::Handle(Session& session, const wire::Fra
     case wire::Op::kPrefetch: return Continue(session, request, reply);
     case wire::Op::kCommit:
     case wire::Op::kAbort:
-    case wire::Op::kRemove: PerKey(session, request, reply); break;
+    case wire::Op::kRemove:
+    case wire::Op::kReuseSoon:
+    case wire::Op::kDoneWith: PerKey(session, request, reply); break;
     case wire::Op::kMatchPrefix: MatchPrefix(session, request, reply); break;
     case wire::Op::kRelease: Release(session, request, reply); break;
     case wire::Op::kStats: Stats(session, reply); break;
@@ -122,6 +124,7 @@ RequestHandler::Outcome RequestHandler::Hello(Session& session, const wire::Fram
     wire::HelloLimits limits{};
     limits.spill_max_block_bytes =
         (*tenant)->spill != nullptr ? limits_.spill_max_block_bytes : 0;
+    limits.features = wire::kFeatureHints;
     reply.Append(&limits, sizeof(limits));
   }
   return {.pass_fd = (*tenant)->memory.fd()};
@@ -231,9 +234,12 @@ void RequestHandler::PerKey(Session& session, const wire::FrameView& request,
     switch (request.op) {
       case wire::Op::kCommit: code = pool.Commit(key, session.id()); break;
       case wire::Op::kAbort: code = pool.Abort(key, session.id()); break;
+      case wire::Op::kReuseSoon: code = pool.Hint(key, BlockHint::kReuseSoon); break;
+      case wire::Op::kDoneWith: code = pool.Hint(key, BlockHint::kDoneWith); break;
       default: code = pool.Remove(key); break;
     }
-    if (code == StatusCode::kOk && request.op != wire::Op::kRemove) {
+    if (code == StatusCode::kOk &&
+        (request.op == wire::Op::kCommit || request.op == wire::Op::kAbort)) {
       session.NoteReservationEnded();
     }
     PutCode(out, i, code);

@@ -49,8 +49,12 @@ enum class Op : uint16_t {
   kDeregisterRegion = 12,  // body: RegionId; reply: no body
   kOffload = 13,     // body: TransferSpec, then items: OffloadItem; reply items: uint16_t status
   kOnload = 14,      // body: TransferSpec, then items: OnloadItem;  reply items: OnloadResult
+  // Engine hints to the tier policy (docs/protocol.md "Hints"); only where the hello's
+  // HelloLimits::features has kFeatureHints.
+  kReuseSoon = 15,   // items: WireKey; reply items: uint16_t status (kOk, kNotFound)
+  kDoneWith = 16,    // items: WireKey; reply items: uint16_t status (kOk, kNotFound)
 };
-inline constexpr uint16_t kMaxOp = 14;
+inline constexpr uint16_t kMaxOp = 16;
 
 // Where a block lives. Values go on the wire.
 enum class Tier : uint8_t { kNone = 0, kGpu = 1, kDram = 2, kSsd = 3 };
@@ -100,8 +104,11 @@ static_assert(sizeof(HelloReply) == 64);
 struct HelloLimits {
   uint64_t spill_max_block_bytes;  // largest block the tenant's SSD tier stores; 0: no SSD tier
                                    // (larger blocks are kept in DRAM only and lost on eviction)
-  uint64_t reserved[3];            // 0
+  uint64_t features;               // kFeature* bits: what this kvtierd serves beyond version 1
+  uint64_t reserved[2];            // 0
 };
+// HelloLimits::features. A kvtierd before a feature sends 0 there (the field was reserved).
+inline constexpr uint64_t kFeatureHints = 1;  // ops kReuseSoon and kDoneWith
 static_assert(sizeof(HelloLimits) == 32);
 
 struct ReserveItem {
@@ -248,7 +255,9 @@ constexpr size_t RequestItemBytes(Op op) {
     case Op::kMatchPrefix:
     case Op::kAcquire:
     case Op::kRemove:
-    case Op::kPrefetch: return sizeof(WireKey);
+    case Op::kPrefetch:
+    case Op::kReuseSoon:
+    case Op::kDoneWith: return sizeof(WireKey);
     case Op::kRelease: return sizeof(uint64_t);
     case Op::kOffload: return sizeof(OffloadItem);
     case Op::kOnload: return sizeof(OnloadItem);

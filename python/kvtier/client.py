@@ -678,6 +678,22 @@ class Client(_ViewOwner):
         """Brings SSD blocks into DRAM ahead of an acquire; OK once there, else NOT_FOUND."""
         return self._per_key(lib.kvtier_prefetch, keys)
 
+    def reuse_soon(self, keys: Sequence[Key]) -> list[StatusCode]:
+        """Hint: these keys will be read again soon (keep them; worth an SSD write, also for
+        keys stored later). OK per stored key, else NOT_FOUND. FAILED_PRECONDITION (raised)
+        from a kvtierd without hints (``has_hints``)."""
+        return self._per_key(lib.kvtier_reuse_soon, keys)
+
+    def done_with(self, keys: Sequence[Key]) -> list[StatusCode]:
+        """Hint: the request that used these keys is done with them (let them go first).
+        OK per stored key, else NOT_FOUND."""
+        return self._per_key(lib.kvtier_done_with, keys)
+
+    @property
+    def has_hints(self) -> bool:
+        """The daemon takes reuse_soon and done_with."""
+        return bool(lib.kvtier_has_hints(self._handle()))
+
     def stats(self) -> Stats:
         s = _lib.StatsStruct()
         _check(lib.kvtier_stats_get(self._handle(), ctypes.byref(s)))

@@ -66,6 +66,11 @@ def test_store_match_acquire_remove(daemon: kvtier.testing.Daemon) -> None:
         assert c.prefetch([ks[1], b"missing"]) == [StatusCode.OK, StatusCode.NOT_FOUND]
         s = c.stats()
         assert s.committed_blocks == 3 and s.reserved_blocks == 0
+        # Hints to the tier policy: per-key outcomes too, and no hit or miss counted.
+        assert c.has_hints
+        assert c.reuse_soon([ks[1], b"missing"]) == [StatusCode.OK, StatusCode.NOT_FOUND]
+        assert c.done_with([ks[2], b"missing"]) == [StatusCode.OK, StatusCode.NOT_FOUND]
+        assert (c.stats().hits, c.stats().misses) == (s.hits, s.misses)
 
 
 def test_reserve_codes_and_whole_call_errors(daemon: kvtier.testing.Daemon) -> None:

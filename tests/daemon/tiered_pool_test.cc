@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -372,6 +373,48 @@ TEST_CASE("Under the reuse policy a full SSD tier gets only blocks found again o
   demote();
   (void)PutSlab(pool, 7);
   CHECK(pool.Match(Key(2)) == wire::Tier::kNone);
+}
+
+TEST_CASE("Under the reuse policy a block hinted 'reuse soon' is written to a full SSD tier, "
+          "even before it is stored, and one 'done with' is declined first",
+          "[daemon][pool][spill][hints]") {
+  DramPool::Options o = TierOptions(8 * kMiB);
+  o.dirty_limit_bytes = kSlab;
+  DramPool pool(o);
+  ReuseAdmission reuse;
+  pool.set_admission(&reuse);
+  const BlockRef b0 = PutSlab(pool, 0);
+  (void)PutSlab(pool, 1);
+  pool.Demote();
+  std::vector<SpillOrder> orders;
+  pool.TakeOrders(&orders);
+  REQUIRE(orders.size() == 1);
+  pool.DemoteDone(b0, Status::Ok(), SsdRef{1, 1});
+  pool.SsdCopyLost(b0, SsdRef{1, 1});  // full
+  // Block 1 (stored once) would be declined; the hint says otherwise. Key 2, not stored yet,
+  // is announced, so its one store is enough.
+  CHECK(pool.Hint(Key(1), BlockHint::kReuseSoon) == StatusCode::kOk);
+  CHECK(pool.Hint(Key(2), BlockHint::kReuseSoon) == StatusCode::kNotFound);
+  (void)PutSlab(pool, 2);
+  (void)PutSlab(pool, 3);
+  // Block 3 is done with: though the newest, it is the first dirty block to be decided on.
+  CHECK(pool.Hint(Key(3), BlockHint::kDoneWith) == StatusCode::kOk);
+  pool.Demote();
+  orders.clear();
+  pool.TakeOrders(&orders);
+  auto written = [&] {
+    std::set<uint64_t> keys;
+    for (const SpillOrder& order : orders) keys.insert(KeyNumber(order.key));
+    return keys;
+  };
+  CHECK(written() == std::set<uint64_t>{1});      // down to the dirty limit
+  CHECK(pool.tier_counters().ssd_declined == 1);  // block 3
+  (void)PutSlab(pool, 4);  // pushes block 2 past the limit
+  pool.Demote();
+  orders.clear();
+  pool.TakeOrders(&orders);
+  CHECK(written() == std::set<uint64_t>{2});
+  CHECK(pool.tier_counters().ssd_declined == 1);
 }
 
 TEST_CASE("Under the lru policy eviction takes DRAM-only and SSD-backed blocks in one LRU "

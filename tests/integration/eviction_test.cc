@@ -82,6 +82,32 @@ TEST_CASE("filling past the reservation evicts only unleased committed blocks, o
   CHECK(VerifyBlock(pending_key[0], check->data(0)));
 }
 
+TEST_CASE("hints: a block an engine is done with leaves first, one it will reuse soon stays",
+          "[integration][eviction][hints]") {
+  DaemonOptions options;
+  options.dram_bytes = 32 * kMiB;  // 32 blocks of 1 MiB
+  auto daemon = DaemonProcess::Start(options);
+  auto client = MustConnect(*daemon);
+  REQUIRE(client->has_hints());
+  const std::vector<Key> blocks = Keys(3, 0, 32);
+  Store(*client, blocks, kMiB);  // blocks[0] is the oldest
+  // The newest is done with; the oldest will be reused soon. A missing key is not found.
+  std::vector<StatusCode> codes(2);
+  REQUIRE(client->DoneWith(std::vector<Key>{blocks[31], TestKey(3, 99)}, codes).ok());
+  CHECK(codes[0] == StatusCode::kOk);
+  CHECK(codes[1] == StatusCode::kNotFound);
+  REQUIRE(client->ReuseSoon(std::vector<Key>{blocks[0]}, codes).ok());
+  CHECK(codes[0] == StatusCode::kOk);
+  const uint64_t hits = client->Stats()->hits;
+  // Two new blocks need two evictions: the one done with, then the oldest not hinted.
+  Store(*client, Keys(4, 0, 2), kMiB);
+  CHECK_FALSE(Present(*client, blocks[31]));
+  CHECK_FALSE(Present(*client, blocks[1]));
+  CHECK(Present(*client, blocks[0]));
+  CHECK(Present(*client, blocks[2]));
+  CHECK(client->Stats()->hits == hits + 2);  // the hints counted as no hit; the lookups did
+}
+
 TEST_CASE("a pool full of pinned blocks reports resource exhaustion, not a wrong block",
           "[integration][eviction]") {
   DaemonOptions options;

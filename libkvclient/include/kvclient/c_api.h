@@ -148,6 +148,16 @@ KVCLIENT_EXPORT kvtier_status kvtier_remove(kvtier_client* client, const kvtier_
  * missing (NOT_FOUND). */
 KVCLIENT_EXPORT kvtier_status kvtier_prefetch(kvtier_client* client, const kvtier_key* keys,
                                               size_t n, uint16_t* codes);
+/* Hints to the tenant's tier policy: these keys will be read again soon (keep them; worth an
+ * SSD write), or the request that used them is done with them (let them go first). codes: OK
+ * per stored key, NOT_FOUND otherwise. KVTIER_FAILED_PRECONDITION (nothing sent) from a
+ * kvtierd without hints: kvtier_has_hints says which. */
+KVCLIENT_EXPORT kvtier_status kvtier_reuse_soon(kvtier_client* client, const kvtier_key* keys,
+                                                size_t n, uint16_t* codes);
+KVCLIENT_EXPORT kvtier_status kvtier_done_with(kvtier_client* client, const kvtier_key* keys,
+                                               size_t n, uint16_t* codes);
+/* 1 if the daemon takes hints, else 0. */
+KVCLIENT_EXPORT int kvtier_has_hints(const kvtier_client* client);
 KVCLIENT_EXPORT kvtier_status kvtier_stats_get(kvtier_client* client, kvtier_stats* out);
 
 /* --- Daemon-driven copies (kvclient/client.h "Daemon-driven copies", docs/protocol.md

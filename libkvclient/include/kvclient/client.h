@@ -267,6 +267,15 @@ class KVCLIENT_EXPORT Client {
   // Brings SSD blocks into DRAM ahead of an Acquire: returns once every found key is in DRAM
   // (kOk per key) or known missing (kNotFound, also when its SSD record failed to verify).
   Status Prefetch(std::span<const Key> keys, std::span<StatusCode> codes = {});
+  // Hints to the tenant's tier policy (docs/cache-policy.md); kOk per stored key, kNotFound
+  // otherwise. ReuseSoon: these keys will be read again soon: keep them, and they are worth an
+  // SSD write (also keys not stored yet, once they are). DoneWith: the request that used them
+  // is done: let them go first. kFailedPrecondition (nothing sent) from a kvtierd without
+  // hints (has_hints() false).
+  Status ReuseSoon(std::span<const Key> keys, std::span<StatusCode> codes = {});
+  Status DoneWith(std::span<const Key> keys, std::span<StatusCode> codes = {});
+  // The daemon serves ReuseSoon and DoneWith.
+  bool has_hints() const;
   Result<PoolStats> Stats();
 
   // --- Raw API (what the RAII types and the C ABI use); spans are sized like `keys`. ---
