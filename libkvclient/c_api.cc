@@ -233,20 +233,33 @@ kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, u
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::AbortRaw);
 }
 
-kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size_t n,
-                                  size_t* matched, uint8_t* tiers) {
+kvtier_status kvtier_match_prefix_estimate(kvtier_client* c, const kvtier_key* keys, size_t n,
+                                           size_t* matched, uint8_t* tiers,
+                                           kvtier_prefix_estimate* estimate) {
   if (c == nullptr) return NullArgument("c");
   if (keys == nullptr) return NullArgument("keys");
   if (matched == nullptr) return NullArgument("matched");
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
   return Guard([&]() -> kvtier_status {
     std::vector<kvtier::Tier> t(tiers != nullptr ? n : 0);
-    auto r = c->client->MatchPrefix(Keys(keys, n), t);
+    kvtier::PrefixEstimate e;
+    auto r = c->client->MatchPrefix(Keys(keys, n), t, estimate != nullptr ? &e : nullptr);
     if (!r.ok()) return Record(c, r.status());
     *matched = *r;
     for (size_t i = 0; i < *r && tiers != nullptr; ++i) tiers[i] = static_cast<uint8_t>(t[i]);
+    if (estimate != nullptr) {
+      *estimate = kvtier_prefix_estimate{e.valid ? 1u : 0u, e.dram_blocks,  e.ssd_blocks,
+                                         0,                e.dram_bytes,   e.ssd_bytes,
+                                         e.load_us,        e.ssd_queue_us, e.dram_mb_per_s,
+                                         e.ssd_mb_per_s};
+    }
     return KVTIER_OK;
   });
+}
+
+kvtier_status kvtier_match_prefix(kvtier_client* c, const kvtier_key* keys, size_t n,
+                                  size_t* matched, uint8_t* tiers) {
+  return kvtier_match_prefix_estimate(c, keys, n, matched, tiers, nullptr);
 }
 
 kvtier_status kvtier_acquire(kvtier_client* c, const kvtier_key* keys, size_t n,

@@ -537,23 +537,53 @@ Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusC
   return impl_->PerItemOp(wire::Op::kRelease, {}, lease_ids, out);
 }
 
-Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers) {
+Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers,
+                                   PrefixEstimate* estimate) {
   if (!tiers.empty() && tiers.size() < keys.size()) return SpanSizeError("tiers");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  const bool estimating =
+      estimate != nullptr && (impl_->features & wire::kFeatureMatchEstimate) != 0;
+  if (estimate != nullptr) *estimate = PrefixEstimate{.valid = estimating};
+  const wire::Op op = estimating ? wire::Op::kMatchPrefixEstimate : wire::Op::kMatchPrefix;
+  const size_t head = estimating ? sizeof(wire::MatchEstimate) : 0;
   std::lock_guard lock(impl_->mu);
   size_t matched = 0;
+  uint64_t queue_us = 0;  // frames after the first wait behind the same queue: counted once
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
-    wire::FrameWriter w = impl_->Begin(wire::Op::kMatchPrefix);
+    wire::FrameWriter w = impl_->Begin(op);
     AppendKeys(w, keys.subspan(base, n));
-    KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kMatchPrefix, n,
-                                                      sizeof(uint8_t), /*exact_count=*/false));
+    KVT_ASSIGN_OR_RETURN(auto reply,
+                         impl_->RoundTrip(w, op, n, estimating ? 0 : sizeof(uint8_t),
+                                          /*exact_count=*/false));
     const uint32_t got = reply.header.count;
+    if (got > n || reply.body.size() != head + got) {
+      impl_->broken = Status(StatusCode::kProtocolError,
+                             "kvtierd's match_prefix reply has the wrong size");
+      return impl_->broken;
+    }
+    const std::byte* tier_bytes = reply.body.data() + head;
     for (uint32_t i = 0; i < got && !tiers.empty(); ++i) {
-      tiers[base + i] = static_cast<Tier>(std::min<uint8_t>(reply.ItemAt<uint8_t>(i), 3));
+      tiers[base + i] = static_cast<Tier>(std::min<uint8_t>(std::to_integer<uint8_t>(tier_bytes[i]), 3));
+    }
+    if (estimating) {
+      wire::MatchEstimate e{};
+      std::memcpy(&e, reply.body.data(), sizeof(e));
+      estimate->dram_blocks += e.dram_blocks;
+      estimate->ssd_blocks += e.ssd_blocks;
+      estimate->dram_bytes += e.dram_bytes;
+      estimate->ssd_bytes += e.ssd_bytes;
+      estimate->load_us += e.load_us - e.ssd_queue_us;
+      queue_us = std::max(queue_us, e.ssd_queue_us);
+      estimate->dram_mb_per_s = e.dram_mb_per_s;
+      estimate->ssd_mb_per_s = e.ssd_mb_per_s;
     }
     matched += got;
     if (got < n) break;
+  }
+  if (estimating) {
+    estimate->ssd_queue_us = queue_us;
+    estimate->load_us += queue_us;
   }
   return matched;
 }

@@ -15,7 +15,8 @@ using prometheus::MetricType;
 constexpr std::array<const char*, wire::kMaxOp + 1> kOpNames = {
     "",        "hello",   "reserve", "commit", "abort",   "match_prefix",
     "acquire", "release", "remove",  "stats",  "prefetch", "register_region",
-    "deregister_region", "offload", "onload", "reuse_soon", "done_with"};
+    "deregister_region", "offload", "onload", "reuse_soon", "done_with",
+    "match_prefix_estimate"};
 
 class Builder {
  public:

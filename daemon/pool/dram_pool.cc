@@ -578,7 +578,7 @@ void DramPool::AbortIfReservedBy(BlockRef ref, uint32_t session) {
   Drop(ref.id);
 }
 
-wire::Tier DramPool::Match(const BlockKey& key) {
+wire::Tier DramPool::Match(const BlockKey& key, uint64_t* size) {
   uint64_t hash = 0;
   const uint32_t id = FindCommitted(key, &hash);
   if (id == BlockIndex::kNil) {
@@ -588,6 +588,7 @@ wire::Tier DramPool::Match(const BlockKey& key) {
   ++hits_;
   Found(id, hash);
   Touch(id);
+  *size = index_.at(id).size;
   if ((index_.at(id).flags & kInDram) != 0) return wire::Tier::kDram;
   ++ssd_hits_;
   return wire::Tier::kSsd;

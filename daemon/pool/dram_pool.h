@@ -160,7 +160,15 @@ class DramPool {
 
   // The tier of a committed block (kDram, or kSsd while it is not in DRAM) or kNone; a hit
   // counts as a use for the LRU.
-  wire::Tier Match(const BlockKey& key);
+  wire::Tier Match(const BlockKey& key) {
+    uint64_t size = 0;
+    return Match(key, &size);
+  }
+  // The same, and `*size` gets a found block's size.
+  wire::Tier Match(const BlockKey& key, uint64_t* size);
+  // The size of a block with a demotion or promotion in flight (its entry stays until the
+  // I/O's result).
+  uint64_t IoBytes(BlockRef ref) const { return index_.at(ref.id).size; }
   // kOk: `out` names the leased block; `*tier` is kDram if its bytes are in place, kSsd if a
   // promotion is in flight (the lease is valid; read the bytes after IsInDram(out->ref)).
   // kNotFound: not committed. kUnavailable: an SSD block needs a slot that demotions in flight

@@ -66,7 +66,8 @@ RequestHandler::Outcome RequestHandler::Handle(Session& session, const wire::Fra
     case wire::Op::kRemove:
     case wire::Op::kReuseSoon:
     case wire::Op::kDoneWith: PerKey(session, request, reply); break;
-    case wire::Op::kMatchPrefix: MatchPrefix(session, request, reply); break;
+    case wire::Op::kMatchPrefix:
+    case wire::Op::kMatchPrefixEstimate: MatchPrefix(session, request, reply); break;
     case wire::Op::kRelease: Release(session, request, reply); break;
     case wire::Op::kStats: Stats(session, reply); break;
     case wire::Op::kRegisterRegion:
@@ -124,7 +125,7 @@ RequestHandler::Outcome RequestHandler::Hello(Session& session, const wire::Fram
     wire::HelloLimits limits{};
     limits.spill_max_block_bytes =
         (*tenant)->spill != nullptr ? limits_.spill_max_block_bytes : 0;
-    limits.features = wire::kFeatureHints;
+    limits.features = wire::kFeatureHints | wire::kFeatureMatchEstimate;
     reply.Append(&limits, sizeof(limits));
   }
   return {.pass_fd = (*tenant)->memory.fd()};
@@ -250,17 +251,35 @@ void RequestHandler::MatchPrefix(Session& session, const wire::FrameView& reques
                                  wire::FrameWriter& reply) {
   DramPool& pool = *session.tenant()->pool;
   const uint32_t n = request.header.count;
+  const bool estimate = request.op == wire::Op::kMatchPrefixEstimate;
+  // The estimate heads the body; it is filled in once the prefix is known.
+  std::byte* head = nullptr;
+  if (estimate) {
+    head = reply.AppendItems<std::byte>(sizeof(wire::MatchEstimate));
+    KVT_CHECK(head != nullptr);
+  }
   auto* tiers = reply.AppendItems<uint8_t>(n);
   KVT_CHECK(tiers != nullptr);
   uint32_t matched = 0;
+  uint32_t blocks[2] = {0, 0};  // DRAM, SSD
+  uint64_t bytes[2] = {0, 0};
   while (matched < n) {
-    const wire::Tier tier = pool.Match(KeyAt(session, request, matched, sizeof(wire::WireKey)));
+    uint64_t size = 0;
+    const wire::Tier tier =
+        pool.Match(KeyAt(session, request, matched, sizeof(wire::WireKey)), &size);
     if (tier == wire::Tier::kNone) break;
     tiers[matched++] = static_cast<uint8_t>(tier);
+    const size_t t = tier == wire::Tier::kSsd ? 1 : 0;
+    ++blocks[t];
+    bytes[t] += size;
   }
   reply.SetCount(matched);
   // Shrink the body to the matched tiers.
   reply.Truncate(sizeof(uint8_t) * (n - matched));
+  if (estimate) {
+    const wire::MatchEstimate e = estimator_->Estimate(blocks[0], bytes[0], blocks[1], bytes[1]);
+    std::memcpy(head, &e, sizeof(e));
+  }
 }
 
 // Acquire and Prefetch: a block in DRAM is leased at once; an SSD block is leased too and its

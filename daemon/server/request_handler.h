@@ -23,8 +23,9 @@ struct HandlerLimits {
 
 class RequestHandler {
  public:
-  RequestHandler(TenantRegistry* tenants, HandlerLimits limits)
-      : tenants_(tenants), limits_(limits) {}
+  // `estimator` prices match_prefix_estimate; it must outlive the handler.
+  RequestHandler(TenantRegistry* tenants, HandlerLimits limits, const LoadEstimator* estimator)
+      : tenants_(tenants), limits_(limits), estimator_(estimator) {}
 
   struct Outcome {
     bool close_session = false;  // after sending the reply
@@ -77,6 +78,7 @@ class RequestHandler {
 
   TenantRegistry* tenants_;
   HandlerLimits limits_;
+  const LoadEstimator* estimator_;
 };
 
 }  // namespace kvtier

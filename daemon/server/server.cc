@@ -35,7 +35,8 @@ Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*
       config_(config),
       tenants_(tenants),
       tier_(tenants, std::move(workers)),
-      handler_(tenants, HandlerLimits{config.max_block_bytes, config.spill.max_block_bytes}),
+      handler_(tenants, HandlerLimits{config.max_block_bytes, config.spill.max_block_bytes},
+               &tier_.estimator()),
       recv_buffer_(wire::kMaxFrameBytes),
       send_buffer_(wire::kMaxFrameBytes) {}
 

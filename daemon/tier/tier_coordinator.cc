@@ -6,6 +6,7 @@
 
 #include "daemon/tier/spill_orders.h"
 #include "ipc/base/check.h"
+#include "ipc/base/clock.h"
 
 namespace kvtier {
 
@@ -55,6 +56,7 @@ void TierCoordinator::OnResults(size_t worker, std::vector<Tenant*>* moved,
                                 std::vector<SpillNotice>* notices) {
   results_.clear();
   workers_[worker]->TakeResults(&results_);
+  const uint64_t now_ns = NowUs() * 1000;
   std::vector<bool> touched(stores_[worker].size(), false);
   for (const SpillResult& r : results_) {
     touched[r.store] = true;
@@ -63,10 +65,12 @@ void TierCoordinator::OnResults(size_t worker, std::vector<Tenant*>* moved,
     const BlockRef ref = BlockRef::FromTag(r.tag);
     switch (r.kind) {
       case SpillResult::Kind::kWritten:
+        estimator_.SsdDone(pool.IoBytes(ref), now_ns);
         pool.DemoteDone(ref, r.status, r.ref);
         if (!r.status.ok()) notices->push_back({&tenant, r});
         break;
       case SpillResult::Kind::kRead:
+        estimator_.SsdDone(pool.IoBytes(ref), now_ns);
         pool.PromoteDone(ref, r.status);
         if (!r.status.ok()) notices->push_back({&tenant, r});
         break;
@@ -93,7 +97,9 @@ void TierCoordinator::PostOrders(bool demote) {
     orders_.clear();
     pool.TakeOrders(&orders_);
     jobs_.clear();
+    const uint64_t now_ns = NowUs() * 1000;
     for (const SpillOrder& order : orders_) {
+      if (order.kind != SpillOrder::Kind::kRelease) estimator_.SsdPosted(order.size, now_ns);
       const std::string_view ns = order.kind == SpillOrder::Kind::kRelease
                                       ? std::string_view()
                                       : tenant->namespace_names.at(order.key.ns_id - 1);

@@ -18,6 +18,7 @@
 #include "daemon/pool/dram_pool.h"
 #include "daemon/spill/spill_worker.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/tier/load_estimator.h"
 #include "daemon/tier/tier_policy.h"
 
 namespace kvtier {
@@ -47,6 +48,9 @@ class TierCoordinator {
   void ApplyPolicy(Tenant& tenant);
 
   bool has_ssd_tier() const { return !workers_.empty(); }
+  // What loading from each tier costs now (match_prefix_estimate), fed with every spill order
+  // posted and result applied.
+  const LoadEstimator& estimator() const { return estimator_; }
   size_t worker_count() const { return workers_.size(); }
   // Readable when worker `i` has results (OnResults).
   int event_fd(size_t i) const { return workers_[i]->event_fd(); }
@@ -84,6 +88,7 @@ class TierCoordinator {
   std::vector<SpillWorker*> workers_;
   std::vector<std::vector<Tenant*>> stores_;  // [worker][store]
   std::vector<std::unique_ptr<SsdAdmission>> policies_;  // by tenant, as in the registry
+  LoadEstimator estimator_;
   // Reused buffers.
   std::vector<SpillResult> results_;
   std::vector<SpillOrder> orders_;

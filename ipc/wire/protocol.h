@@ -53,8 +53,12 @@ enum class Op : uint16_t {
   // HelloLimits::features has kFeatureHints.
   kReuseSoon = 15,   // items: WireKey; reply items: uint16_t status (kOk, kNotFound)
   kDoneWith = 16,    // items: WireKey; reply items: uint16_t status (kOk, kNotFound)
+  // match_prefix with what loading the prefix would cost; only where the hello's features have
+  // kFeatureMatchEstimate. Reply: count = matched; body: MatchEstimate, then `count` uint8_t
+  // tiers.
+  kMatchPrefixEstimate = 17,  // items: WireKey
 };
-inline constexpr uint16_t kMaxOp = 16;
+inline constexpr uint16_t kMaxOp = 17;
 
 // Where a block lives. Values go on the wire.
 enum class Tier : uint8_t { kNone = 0, kGpu = 1, kDram = 2, kSsd = 3 };
@@ -109,6 +113,21 @@ struct HelloLimits {
 };
 // HelloLimits::features. A kvtierd before a feature sends 0 there (the field was reserved).
 inline constexpr uint64_t kFeatureHints = 1;  // ops kReuseSoon and kDoneWith
+inline constexpr uint64_t kFeatureMatchEstimate = 2;  // op kMatchPrefixEstimate
+
+// What bringing a matched prefix into the caller's memory would take (kMatchPrefixEstimate).
+struct MatchEstimate {
+  uint32_t dram_blocks;    // of the matched prefix: in DRAM
+  uint32_t ssd_blocks;     // on SSD only (a load promotes them first)
+  uint64_t dram_bytes;     // their sizes
+  uint64_t ssd_bytes;
+  uint64_t load_us;        // estimated microseconds until the whole prefix is in the caller's
+                           // memory: the SSD work queued ahead, the SSD reads, the copies
+  uint64_t ssd_queue_us;   // of which: waiting behind SSD reads and writes already queued
+  uint32_t dram_mb_per_s;  // the copy bandwidth the estimate assumed (1e6 bytes/s)
+  uint32_t ssd_mb_per_s;   // the SSD throughput it assumed, as lately measured
+};
+static_assert(sizeof(MatchEstimate) == 48);
 static_assert(sizeof(HelloLimits) == 32);
 
 struct ReserveItem {
@@ -257,7 +276,8 @@ constexpr size_t RequestItemBytes(Op op) {
     case Op::kRemove:
     case Op::kPrefetch:
     case Op::kReuseSoon:
-    case Op::kDoneWith: return sizeof(WireKey);
+    case Op::kDoneWith:
+    case Op::kMatchPrefixEstimate: return sizeof(WireKey);
     case Op::kRelease: return sizeof(uint64_t);
     case Op::kOffload: return sizeof(OffloadItem);
     case Op::kOnload: return sizeof(OnloadItem);

@@ -45,6 +45,14 @@ class LeaseStruct(ctypes.Structure):
     ]
 
 
+class EstimateStruct(ctypes.Structure):
+    _fields_ = [("valid", ctypes.c_uint32), ("dram_blocks", ctypes.c_uint32),
+                ("ssd_blocks", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("dram_bytes", c_uint64), ("ssd_bytes", c_uint64), ("load_us", c_uint64),
+                ("ssd_queue_us", c_uint64), ("dram_mb_per_s", ctypes.c_uint32),
+                ("ssd_mb_per_s", ctypes.c_uint32)]
+
+
 class StatsStruct(ctypes.Structure):
     _fields_ = [
         (name, c_uint64)
@@ -133,6 +141,8 @@ _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "kvtier_done_with": (c_int, [c_void_p, c_void_p, c_size_t, c_void_p]),
     "kvtier_has_hints": (c_int, [c_void_p]),
     "kvtier_stats_get": (c_int, [c_void_p, POINTER(StatsStruct)]),
+    "kvtier_match_prefix_estimate": (c_int, [c_void_p, c_void_p, c_size_t, POINTER(c_size_t),
+                                             c_void_p, POINTER(EstimateStruct)]),
     "kvtier_host_memory_create": (c_int, [c_uint64, POINTER(c_int), POINTER(c_void_p)]),
     "kvtier_host_memory_free": (None, [c_int, c_void_p, c_uint64]),
     "kvtier_register_host_region": (c_int, [c_void_p, c_int, c_uint64, c_void_p,

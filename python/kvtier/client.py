@@ -231,10 +231,26 @@ class Stats:
 
 @dataclass(frozen=True)
 class PrefixMatch:
-    """How many leading keys are stored, and the tier of each of them."""
+    """How many leading keys are stored, and the tier of each of them; with ``estimate=True``,
+    what loading them would cost by kvtierd's estimate (``load_us``: until the whole prefix is
+    in this process's memory, of which ``ssd_queue_us`` behind SSD work already queued; None
+    from a kvtierd that does not estimate). Compare ``load_us`` with the prefill time of the
+    same tokens to choose between loading and recomputing."""
 
     count: int
     tiers: list[Tier]
+    load_us: Optional[int] = None
+    ssd_queue_us: Optional[int] = None
+    dram_bytes: int = 0
+    ssd_bytes: int = 0
+
+    @property
+    def dram_blocks(self) -> int:
+        return sum(1 for t in self.tiers if t == Tier.DRAM)
+
+    @property
+    def ssd_blocks(self) -> int:
+        return sum(1 for t in self.tiers if t == Tier.SSD)
 
 
 @dataclass(frozen=True)
@@ -640,17 +656,28 @@ class Client(_ViewOwner):
     def abort(self, keys: Sequence[Key]) -> list[StatusCode]:
         return self._per_key(lib.kvtier_abort, keys)
 
-    def match_prefix(self, keys: Sequence[Key]) -> PrefixMatch:
-        """How many leading keys are stored (a KV prefix is usable only whole), with tiers."""
+    def match_prefix(self, keys: Sequence[Key], estimate: bool = False) -> PrefixMatch:
+        """How many leading keys are stored (a KV prefix is usable only whole), with tiers;
+        ``estimate``: and what loading them would cost (PrefixMatch.load_us)."""
         n = len(keys)
         if n == 0:
-            return PrefixMatch(0, [])
+            return PrefixMatch(0, [], 0 if estimate else None, 0 if estimate else None)
         matched = ctypes.c_size_t(0)
         tiers = (ctypes.c_uint8 * n)()
-        _check(lib.kvtier_match_prefix(self._handle(), _keys(keys), n, ctypes.byref(matched),
-                                       tiers))
+        if not estimate:
+            _check(lib.kvtier_match_prefix(self._handle(), _keys(keys), n, ctypes.byref(matched),
+                                           tiers))
+            m = matched.value
+            return PrefixMatch(m, [_TIERS[min(t, 3)] for t in tiers[:m]])
+        e = _lib.EstimateStruct()
+        _check(lib.kvtier_match_prefix_estimate(self._handle(), _keys(keys), n,
+                                                ctypes.byref(matched), tiers, ctypes.byref(e)))
         m = matched.value
-        return PrefixMatch(m, [_TIERS[min(t, 3)] for t in tiers[:m]])
+        ts = [_TIERS[min(t, 3)] for t in tiers[:m]]
+        if not e.valid:
+            return PrefixMatch(m, ts)
+        return PrefixMatch(m, ts, int(e.load_us), int(e.ssd_queue_us), int(e.dram_bytes),
+                           int(e.ssd_bytes))
 
     def acquire(self, keys: Sequence[Key]) -> Leases:
         """Read leases on the stored keys (promoting SSD blocks into DRAM); per-key codes OK or

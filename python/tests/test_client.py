@@ -71,6 +71,12 @@ def test_store_match_acquire_remove(daemon: kvtier.testing.Daemon) -> None:
         assert c.reuse_soon([ks[1], b"missing"]) == [StatusCode.OK, StatusCode.NOT_FOUND]
         assert c.done_with([ks[2], b"missing"]) == [StatusCode.OK, StatusCode.NOT_FOUND]
         assert (c.stats().hits, c.stats().misses) == (s.hits, s.misses)
+        # What loading the matched prefix would cost, by tier.
+        e = c.match_prefix(ks[1:] + [b"missing"], estimate=True)
+        assert e.count == 3 and e.dram_blocks == 3 and e.ssd_blocks == 0
+        assert e.dram_bytes == 3 * 64 * 1024 and e.ssd_bytes == 0
+        assert e.load_us is not None and e.ssd_queue_us == 0
+        assert c.match_prefix(ks[1:]).load_us is None  # not asked for
 
 
 def test_reserve_codes_and_whole_call_errors(daemon: kvtier.testing.Daemon) -> None:

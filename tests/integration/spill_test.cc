@@ -245,6 +245,45 @@ TEST_CASE("prefetch brings SSD blocks back into DRAM before the acquire",
   CHECK(back.verified == keys.size());
 }
 
+TEST_CASE("match_prefix's estimate counts each tier's blocks and bytes and prices a prefix on SSD "
+          "above the same prefix in DRAM",
+          "[integration][spill]") {
+  TempDir spill;
+  auto daemon = DaemonProcess::Start(SpillOptions(spill.path() / "spill"));
+  auto client = MustConnect(*daemon);
+  const std::vector<Key> keys = Keys(4, 8);
+  StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
+  PushOut(*client, 5, 160);
+  std::vector<Key> with_missing = keys;
+  with_missing.push_back(TestKey(4, 999));  // never stored: ends the prefix
+  PrefixEstimate on_ssd;
+  REQUIRE(*client->MatchPrefix(with_missing, {}, &on_ssd) == keys.size());
+  REQUIRE(on_ssd.valid);
+  CHECK(on_ssd.ssd_blocks == keys.size());
+  CHECK(on_ssd.dram_blocks == 0);
+  CHECK(on_ssd.ssd_bytes == keys.size() * kMiB);
+  CHECK(on_ssd.dram_bytes == 0);
+  CHECK(on_ssd.ssd_mb_per_s > 0);
+  CHECK(on_ssd.dram_mb_per_s > 0);
+  CHECK(on_ssd.load_us >= on_ssd.ssd_queue_us);
+  CHECK(on_ssd.load_us > 0);
+
+  REQUIRE(client->Prefetch(keys).ok());
+  PrefixEstimate in_dram;
+  REQUIRE(*client->MatchPrefix(keys, {}, &in_dram) == keys.size());
+  CHECK(in_dram.dram_blocks == keys.size());
+  CHECK(in_dram.ssd_blocks == 0);
+  CHECK(in_dram.dram_bytes == keys.size() * kMiB);
+  CHECK(in_dram.ssd_queue_us == 0);  // no SSD block: no wait behind the SSD
+  CHECK(in_dram.load_us < on_ssd.load_us);
+  // Without an estimate asked for, the plain op; and nothing matched costs nothing.
+  CHECK(*client->MatchPrefix(keys) == keys.size());
+  PrefixEstimate none;
+  REQUIRE(*client->MatchPrefix(std::vector<Key>{TestKey(4, 998)}, {}, &none) == 0);
+  CHECK(none.valid);
+  CHECK(none.load_us == 0);
+}
+
 TEST_CASE("no plaintext of a demoted block reaches the spill files", "[integration][spill]") {
   TempDir spill;
   const fs::path dir = spill.path() / "spill";

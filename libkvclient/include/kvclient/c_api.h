@@ -85,6 +85,18 @@ typedef struct kvtier_stats {
   uint64_t expirations; /* blocks dropped because their TTL ran out */
 } kvtier_stats;
 
+/* What loading a matched prefix would cost (kvtier_match_prefix_estimate). */
+typedef struct kvtier_prefix_estimate {
+  uint32_t valid;       /* 0: this kvtierd does not estimate (the rest is 0) */
+  uint32_t dram_blocks; /* of the matched prefix: in DRAM */
+  uint32_t ssd_blocks;  /* on SSD only */
+  uint32_t reserved;
+  uint64_t dram_bytes, ssd_bytes;
+  uint64_t load_us;      /* until the whole prefix is in this process's memory */
+  uint64_t ssd_queue_us; /* of which: behind SSD work already queued */
+  uint32_t dram_mb_per_s, ssd_mb_per_s; /* the rates assumed */
+} kvtier_prefix_estimate;
+
 /* Connects to the daemon at socket_path (NULL: /run/kvtier/kvtierd.sock) for namespace
  * name_space. On failure *out is NULL and, if error is not NULL, a message is written there. */
 KVCLIENT_EXPORT kvtier_status kvtier_connect(const char* socket_path, const char* name_space,
@@ -133,6 +145,11 @@ KVCLIENT_EXPORT kvtier_status kvtier_abort(kvtier_client* client, const kvtier_k
 /* *matched: how many leading keys are present; tiers (may be NULL) gets each one's tier. */
 KVCLIENT_EXPORT kvtier_status kvtier_match_prefix(kvtier_client* client, const kvtier_key* keys,
                                                   size_t n, size_t* matched, uint8_t* tiers);
+/* kvtier_match_prefix, and *estimate gets what loading the matched prefix would cost. */
+KVCLIENT_EXPORT kvtier_status kvtier_match_prefix_estimate(kvtier_client* client,
+                                                           const kvtier_key* keys, size_t n,
+                                                           size_t* matched, uint8_t* tiers,
+                                                           kvtier_prefix_estimate* estimate);
 KVCLIENT_EXPORT kvtier_status kvtier_acquire(kvtier_client* client, const kvtier_key* keys,
                                              size_t n, kvtier_lease* out);
 KVCLIENT_EXPORT kvtier_status kvtier_release(kvtier_client* client, const uint64_t* lease_ids,

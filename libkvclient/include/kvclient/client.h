@@ -85,6 +85,21 @@ struct ClientOptions {
   uint32_t spin_us = 50;
 };
 
+// What loading a matched prefix into this process's memory would cost, by kvtierd's estimate
+// (docs/protocol.md, match_prefix_estimate): compare load_us with the prefill time of the same
+// tokens to choose between loading and recomputing.
+struct PrefixEstimate {
+  bool valid = false;          // false: this kvtierd does not estimate
+  uint32_t dram_blocks = 0;    // of the matched prefix: in DRAM
+  uint32_t ssd_blocks = 0;     // on SSD only
+  uint64_t dram_bytes = 0;
+  uint64_t ssd_bytes = 0;
+  uint64_t load_us = 0;        // until the whole prefix is in this process's memory
+  uint64_t ssd_queue_us = 0;   // of which: behind SSD work already queued
+  uint32_t dram_mb_per_s = 0;  // the rates assumed
+  uint32_t ssd_mb_per_s = 0;
+};
+
 struct PoolStats {
   uint64_t pool_bytes = 0;
   uint64_t used_bytes = 0;
@@ -259,8 +274,11 @@ class KVCLIENT_EXPORT Client {
                                std::span<const uint32_t> ttl_seconds = {});
   Result<Leases> Acquire(std::span<const Key> keys);
   // How many leading keys are present; `tiers`, if not empty (size >= keys), gets each one's
-  // tier. A KV prefix is usable only whole, so matching stops at the first miss.
-  Result<size_t> MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers = {});
+  // tier. A KV prefix is usable only whole, so matching stops at the first miss. `estimate`,
+  // if not null, gets what loading the matched prefix would cost (valid false from a kvtierd
+  // that does not estimate).
+  Result<size_t> MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers = {},
+                             PrefixEstimate* estimate = nullptr);
   // kOk per removed key, kNotFound if it was not stored. A leased block stays readable by its
   // lease holders until they release it.
   Status Remove(std::span<const Key> keys, std::span<StatusCode> codes = {});
