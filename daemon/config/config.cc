@@ -1092,9 +1092,9 @@ Status ConfigParser::CheckHostMemory(const Config& config) const {
   if (physical_bytes == 0) return Status::Ok();
   const uint64_t limit_bytes =
       physical_bytes > kHostHeadroomBytes ? physical_bytes - kHostHeadroomBytes : 0;
-  // Pools plus their indexes (about 100 bytes per block of capacity), plus the spill staging
+  // Pools plus their indexes (about 112 bytes per block of capacity), plus the spill staging
   // buffers of each tenant with an SSD quota.
-  constexpr uint64_t kIndexBytesPerBlock = 100;
+  constexpr uint64_t kIndexBytesPerBlock = 112;
   const uint64_t staging_per_tenant =
       SaturatingMul(config.spill.staging_buffers,
                     SaturatingAdd(config.spill.max_block_bytes, kStagingOverheadBytes));

@@ -54,7 +54,9 @@ void DramPool::Relist(uint32_t id, bool front) {
     list = CleanList(e.size_class, (e.flags & kOnSsd) != 0 || admission_ == nullptr);
     evictable_bytes_ += SlotBytes(e);
   }
-  if (front) {
+  // A block an engine is done with (DoneWith: last use 0) goes to the cold end wherever it
+  // is listed next, e.g. at the Release of a lease it still held.
+  if (front && last_use_[id] != 0) {
     index_.LruPushFront(list, id);
   } else {
     index_.LruPushBack(list, id);
@@ -243,9 +245,9 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
   uint32_t slabs_needed = 1;
   if (cls != SizeClasses::kLarge) {
     // The pool is carved up. The oldest unpinned clean block of the same class gives its slot,
-    // unless a whole slab of colder blocks of another class can go instead.
+    // unless (under a policy) a whole slab of colder blocks of another class can go instead.
     const uint32_t victim = VictimOf(cls);
-    if (EvictColderSlab(cls, victim)) return AllocateFree(cls, size);
+    if (admission_ != nullptr && EvictColderSlab(cls, victim)) return AllocateFree(cls, size);
     if (victim != BlockIndex::kNil) {
       EvictBlock(victim);
       return AllocateFree(cls, size);  // nullopt while its slot waits to be zeroed
@@ -294,13 +296,22 @@ bool DramPool::EvictColderSlab(uint8_t cls, uint32_t victim) {
   }
   if (chosen == BlockIndex::kNil) return false;
   const BlockEntry& e = index_.at(chosen);
+  // Copies first: when this class's victim costs nothing (a copy of an SSD block), a slab
+  // goes instead only if every block in it is such a copy too.
+  const bool victim_is_copy = (index_.at(victim).flags & kOnSsd) != 0;
   if (e.size_class == SizeClasses::kLarge) {
+    if (victim_is_copy && (e.flags & kOnSsd) == 0) return false;
     EvictBlock(chosen);  // its run of slabs holds only it
     return true;
   }
   scratch_offsets_.clear();
   slabs_.CollectBlocks(static_cast<uint32_t>(e.offset / classes_.slab_bytes()), 1,
                        &scratch_offsets_);
+  if (victim_is_copy) {
+    for (uint64_t offset : scratch_offsets_) {
+      if ((index_.at(slabs_.Owner(offset)).flags & kOnSsd) == 0) return false;
+    }
+  }
   for (uint64_t offset : scratch_offsets_) EvictBlock(slabs_.Owner(offset));
   return true;
 }
@@ -694,13 +705,14 @@ StatusCode DramPool::Hint(const BlockKey& key, BlockHint hint) {
     Touch(id);
     return StatusCode::kOk;
   }
-  // Done with: the cold end of whatever list it is on (none while leased or with I/O).
+  // Done with: as cold as a block can be (last use 0, for global eviction too), at the cold
+  // end of its list now or, while leased or with I/O in flight, when it is listed again.
+  last_use_[id] = 0;
   const BlockEntry& e = index_.at(id);
   if (e.lru_list != BlockIndex::kNil) {
     const uint32_t list = e.lru_list;
     index_.LruRemove(id);
     index_.LruPushBack(list, id);
-    last_use_[id] = 0;  // as cold as a block can be, for global eviction too
   }
   return StatusCode::kOk;
 }
@@ -736,6 +748,37 @@ void DramPool::Found(uint32_t id, uint64_t hash) {
     tier_.dirty_bytes += SlotBytes(e);
     slabs_.Pin(e.offset);
     Relist(id);
+  }
+}
+
+uint64_t DramPool::WriteDeclined() {
+  uint64_t redirtied = 0;
+  for (uint32_t id = 0; id < index_.capacity(); ++id) {
+    BlockEntry& e = index_.at(id);
+    if (e.state != BlockState::kCommitted || (e.flags & (kDeclined | kInDram)) !=
+                                                 (kDeclined | kInDram)) {
+      continue;
+    }
+    // As after Commit: dirty, pinning its slab until it is on SSD.
+    e.flags = static_cast<uint8_t>((e.flags & ~(kDeclined | kNoSpill)) | kDirty);
+    tier_.dirty_bytes += SlotBytes(e);
+    slabs_.Pin(e.offset);
+    Relist(id);
+    ++redirtied;
+  }
+  return redirtied;
+}
+
+void DramPool::set_admission(SsdAdmission* admission, bool resort) {
+  const bool had_policy = admission_ != nullptr;
+  admission_ = admission;
+  if (!resort || had_policy == (admission != nullptr)) return;
+  // The clean lists mean something else now (one LRU order, or copies apart from DRAM-only
+  // blocks): sort every evictable block into its list. Without a policy, declined blocks are
+  // due for SSD like any other.
+  if (admission == nullptr) WriteDeclined();
+  for (uint32_t id = 0; id < index_.capacity(); ++id) {
+    if (IsCleanList(index_.at(id).lru_list)) Relist(id);
   }
 }
 
@@ -851,7 +894,11 @@ void DramPool::SsdCopyLost(BlockRef ref, SsdRef ssd) {
   // A promotion in flight will fail to find the record and drop the block then.
   if ((e.flags & (kInDram | kPromoting)) == 0 && e.state == BlockState::kCommitted) {
     DropCommitted(ref.id);
+    return;
   }
+  // Under a policy DRAM now holds its only copy: it moves to the DRAM-only list (without one,
+  // both kinds share one list and it keeps its place in the LRU order).
+  if (admission_ != nullptr && (e.flags & kInDram) != 0) Relist(ref.id);
 }
 
 std::optional<BlockRef> DramPool::InsertRecovered(const BlockKey& key, uint64_t size,
@@ -890,7 +937,8 @@ void DramPool::FillStats(wire::StatsReply* out) const {
   out->reserved_blocks = reserved_;
   out->leased_blocks = leased_;
   out->index_capacity = index_.capacity();
-  out->index_bytes = index_.MemoryBytes() + slabs_.MemoryBytes();
+  out->index_bytes = index_.MemoryBytes() + slabs_.MemoryBytes() +
+                     last_use_.size() * sizeof(uint64_t);
   out->hits = hits_;
   out->misses = misses_;
   out->evictions = evictions_;

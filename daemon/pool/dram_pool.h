@@ -249,9 +249,15 @@ class DramPool {
   // bytes, and their count in `blocks`. O(index capacity).
   uint64_t UnspilledBytes(uint64_t* blocks) const;
   // The tenant's SSD admission (null: every block that fits goes to SSD); it must outlive the
-  // pool or be replaced first. A drain (dirty limit 0) writes every dirty block regardless:
-  // DRAM is about to be lost.
-  void set_admission(SsdAdmission* admission) { admission_ = admission; }
+  // pool or be replaced first. A drain (dirty limit 0, after WriteDeclined) writes every block
+  // regardless: DRAM is about to be lost.
+  // `resort` (a reload switching between a policy and none): the evictable blocks are sorted
+  // into the lists the new one uses (their LRU order is not kept), and without a policy the
+  // declined blocks are due for SSD again. O(index capacity).
+  void set_admission(SsdAdmission* admission, bool resort = false);
+  // Drain, or a switch to no policy: every block the policy declined is due for SSD again
+  // (dirty, as after Commit). Returns how many. O(index capacity).
+  uint64_t WriteDeclined();
   // Drain: 0 makes Demote() write out every dirty block that can go to SSD.
   void set_dirty_limit_bytes(uint64_t bytes) { options_.dirty_limit_bytes = bytes; }
 

@@ -15,8 +15,8 @@
 // positives under 5%. Rows of R, TinyLFU's relative test's width, let nearly every key pass
 // on the mooncake trace (measured: 79k SSD writes against 34k). So the rows follow R's high
 // water mark: they double as R grows, each row copied beside itself, which keeps every
-// estimate (a key's counter in a row of 2w sits at its index mod w in the row of w). 32 bytes
-// per block held at most; they never shrink.
+// estimate (a key's counter in a row of 2w sits at its index mod w in the row of w). 32 to 64
+// bytes per block held (rows are powers of two); they never shrink.
 // Not thread-safe.
 #pragma once
 

@@ -35,7 +35,7 @@ void TierCoordinator::ApplyPolicy(Tenant& tenant) {
     // A policy decides what goes to SSD: a tenant without an SSD tier needs none.
     std::unique_ptr<SsdAdmission> next =
         tenant.spill != nullptr ? MakeSsdAdmission(tenant.config.policy) : nullptr;
-    tenant.pool->set_admission(next.get());
+    tenant.pool->set_admission(next.get(), /*resort=*/true);
     policies_[i] = std::move(next);
     return;
   }
@@ -136,6 +136,7 @@ uint64_t TierCoordinator::StartFlush() {
   for (auto& tenant : tenants_->tenants()) {
     if (tenant->spill == nullptr) continue;
     demotions += tenant->pool->tier_counters().demotions;
+    tenant->pool->WriteDeclined();           // blocks the policy kept off SSD go too
     tenant->pool->set_dirty_limit_bytes(0);  // every block that can go to SSD goes now
   }
   return demotions;

@@ -15,6 +15,7 @@
 
 #include "daemon/index/block_key.h"
 #include "daemon/pool/size_classes.h"
+#include "daemon/tier/tier_policy.h"
 #include "ipc/base/units.h"
 #include "ipc/wire/protocol.h"
 
@@ -384,6 +385,54 @@ TEST_CASE("A block of another class empties the slab window used longest ago", "
     CHECK(Present(pool, 0));
     pool.Release(lease.ref);
   }
+}
+
+TEST_CASE("Under a policy eviction is global: a slab of another class used longer ago goes "
+          "before this class's coldest block",
+          "[daemon][pool]") {
+  // Four slabs of 64 KiB blocks (32 a slab), then four slabs of 1 MiB blocks (2 a slab): every
+  // small block was used before every large one.
+  const bool policy = GENERATE(true, false);
+  INFO((policy ? "reuse" : "no policy (lru)"));
+  DramPool pool(Options());
+  ReuseAdmission reuse;
+  if (policy) pool.set_admission(&reuse);
+  for (uint64_t n = 0; n < 128; ++n) (void)Put(pool, n, 64 * kKiB);
+  for (uint64_t n = 1000; n < 1008; ++n) (void)Put(pool, n, kMiB);
+  REQUIRE(Stats(pool).evictions == 0);
+  (void)Put(pool, 1008, kMiB);
+  if (policy) {
+    // The first small slab (blocks 0..31) went whole, and carved into 1 MiB slots.
+    CHECK(Stats(pool).evictions == 32);
+    for (uint64_t n = 0; n < 128; ++n) CHECK(Present(pool, n) == (n >= 32));
+    for (uint64_t n = 1000; n <= 1008; ++n) CHECK(Present(pool, n));
+  } else {
+    // Per class, as always: the oldest large block made room.
+    CHECK(Stats(pool).evictions == 1);
+    CHECK_FALSE(Present(pool, 1000));
+    for (uint64_t n = 0; n < 128; ++n) CHECK(Present(pool, n));
+  }
+}
+
+TEST_CASE("A block an engine is done with is evicted first, also when it was leased at the hint",
+          "[daemon][pool][hints]") {
+  DramPool pool(Options(4 * kSlab));  // four 2 MiB blocks
+  for (uint64_t n = 0; n < 4; ++n) (void)Put(pool, n, kSlab);
+  DramPool::Placement lease;
+  REQUIRE(pool.Acquire(Key(3), &lease) == StatusCode::kOk);
+  CHECK(pool.Hint(Key(3), BlockHint::kDoneWith) == StatusCode::kOk);
+  CHECK(pool.Hint(Key(9), BlockHint::kDoneWith) == StatusCode::kNotFound);
+  pool.Release(lease.ref);  // the newest block, yet listed at the cold end
+  (void)Put(pool, 4, kSlab);
+  CHECK_FALSE(Present(pool, 3));
+  for (uint64_t n = 0; n < 3; ++n) CHECK(Present(pool, n));
+  // Used again, a done-with block is as warm as any. (The lookups above made the order, most
+  // recent first: 2, 1, 0, 4.)
+  CHECK(pool.Hint(Key(0), BlockHint::kDoneWith) == StatusCode::kOk);
+  CHECK(Present(pool, 0));  // now 0, 2, 1, 4
+  (void)Put(pool, 5, kSlab);
+  CHECK_FALSE(Present(pool, 4));
+  CHECK(Present(pool, 0));
 }
 
 TEST_CASE("A large block's run is evicted whole and only when unpinned", "[daemon][pool]") {

@@ -417,28 +417,63 @@ TEST_CASE("Under the reuse policy a block hinted 'reuse soon' is written to a fu
   CHECK(pool.tier_counters().ssd_declined == 1);
 }
 
-TEST_CASE("Under the lru policy eviction takes DRAM-only and SSD-backed blocks in one LRU "
-          "order, and a drain writes every dirty block whatever the policy",
+TEST_CASE("A drain writes every block DRAM alone holds, those the policy declined included",
           "[daemon][pool][spill]") {
   DramPool::Options o = TierOptions(8 * kMiB);
-  o.dirty_limit_bytes = 0;  // a drain's flush
+  o.dirty_limit_bytes = kSlab;
   DramPool pool(o);
   ReuseAdmission reuse;
   pool.set_admission(&reuse);
   const BlockRef b0 = PutSlab(pool, 0);
+  (void)PutSlab(pool, 1);
   pool.Demote();
   std::vector<SpillOrder> orders;
   pool.TakeOrders(&orders);
   REQUIRE(orders.size() == 1);
   pool.DemoteDone(b0, Status::Ok(), SsdRef{1, 1});
-  pool.SsdCopyLost(b0, SsdRef{1, 1});  // full: reuse would decline unproven blocks now
-  (void)PutSlab(pool, 1);
+  pool.SsdCopyLost(b0, SsdRef{1, 1});  // full: unproven blocks are declined now
   (void)PutSlab(pool, 2);
   pool.Demote();
   orders.clear();
   pool.TakeOrders(&orders);
-  CHECK(orders.size() == 2);  // the flush wrote both all the same
-  CHECK(pool.tier_counters().ssd_declined == 0);
+  REQUIRE(orders.empty());
+  REQUIRE(pool.tier_counters().ssd_declined == 1);  // block 1
+  // The drain: declined blocks are due again, and with dirty limit 0 every one goes.
+  CHECK(pool.WriteDeclined() == 1);
+  pool.set_dirty_limit_bytes(0);
+  (void)PutSlab(pool, 3);  // stored during the flush: no policy decides either
+  pool.Demote();
+  pool.TakeOrders(&orders);
+  std::set<uint64_t> written;
+  for (const SpillOrder& order : orders) written.insert(KeyNumber(order.key));
+  CHECK(written == std::set<uint64_t>{1, 2, 3});
+  CHECK(pool.tier_counters().ssd_declined == 1);
+}
+
+TEST_CASE("Under the reuse policy a block whose SSD record is lost counts as DRAM-only: copies of "
+          "SSD blocks are evicted before it",
+          "[daemon][pool][spill]") {
+  DramPool::Options o = TierOptions(6 * kMiB);  // three 2 MiB blocks
+  o.dirty_limit_bytes = 0;  // every block is written at once
+  DramPool pool(o);
+  ReuseAdmission reuse;
+  pool.set_admission(&reuse);
+  std::vector<SpillOrder> orders;
+  for (uint64_t n : {uint64_t{1}, uint64_t{2}, uint64_t{0}}) {  // the last demoted goes first
+    const BlockRef ref = PutSlab(pool, n);
+    pool.Demote();
+    orders.clear();
+    pool.TakeOrders(&orders);
+    REQUIRE(orders.size() == 1);
+    pool.DemoteDone(ref, Status::Ok(), SsdRef{1, static_cast<uint32_t>(n + 1)});
+    if (n == 0) pool.SsdCopyLost(ref, SsdRef{1, 1});  // block 0: DRAM holds its only copy now
+  }
+  // Block 0 would be the first evicted as a copy, but it is not one any more: evicting it
+  // would lose it. Blocks 1 and 2 are copies.
+  (void)PutSlab(pool, 3);
+  CHECK(pool.tier_counters().ssd_evictions == 1);  // a copy's slot went
+  CHECK(Stats(pool).evictions == 1);
+  CHECK(pool.Match(Key(0)) == wire::Tier::kDram);
 }
 
 TEST_CASE("A tiered pool answers 'wait' only while demotions are on their way",
