@@ -226,17 +226,25 @@ void Figures::Remove(uint32_t tag, uint64_t blocks) {
 }
 
 double Figures::MatchPrefixKeysPerSecond(uint32_t tag, uint64_t stored, uint64_t batch,
-                                         int calls) {
+                                         int calls, bool estimate) {
   // Pre-built key batches, so the figure is the client library and the daemon, not key making.
   const uint64_t batches = std::max<uint64_t>(1, stored / batch);
   std::vector<Key> all(batches * batch);
   for (uint64_t i = 0; i < all.size(); ++i) all[i] = BenchKey(tag, i % stored);
   uint64_t keys = 0;
+  PrefixEstimate e;
+  std::vector<Tier> tiers(batch);
   const uint64_t start = NowNs();
   for (int c = 0; c < calls; ++c) {
     const auto b = static_cast<uint64_t>(c) % batches;
-    auto matched = client_->MatchPrefix(std::span(all).subspan(b * batch, batch));
+    auto matched = estimate ? client_->MatchPrefix(std::span(all).subspan(b * batch, batch),
+                                                   tiers, &e)
+                            : client_->MatchPrefix(std::span(all).subspan(b * batch, batch));
     CheckOk(matched.status(), "MatchPrefix");
+    if (estimate && (!e.valid || e.dram_blocks != batch)) {
+      Fail("MatchPrefix's estimate is missing or counts " + std::to_string(e.dram_blocks) +
+           " DRAM blocks of " + std::to_string(batch));
+    }
     if (*matched != batch) {
       Fail("MatchPrefix matched " + std::to_string(*matched) + " of " + std::to_string(batch) +
            " present keys");

@@ -52,7 +52,9 @@ class Figures {
   // Removes blocks 0..blocks-1 of `tag`; each must be present.
   void Remove(uint32_t tag, uint64_t blocks);
   // MatchPrefix of `batch` present keys (cycling over `stored` keys of `tag`), `calls` times.
-  double MatchPrefixKeysPerSecond(uint32_t tag, uint64_t stored, uint64_t batch, int calls);
+  // `estimate`: match_prefix_estimate (tiers and the load estimate), else plain match_prefix.
+  double MatchPrefixKeysPerSecond(uint32_t tag, uint64_t stored, uint64_t batch, int calls,
+                                  bool estimate = false);
   // MatchPrefix of one present key, `calls` times; per-call latency.
   Latency OneKeyRoundTrip(uint32_t tag, uint64_t stored, int calls);
   // Reserves and commits `blocks` blocks of `block_bytes` without copying, in batches of 4096,

@@ -367,8 +367,8 @@ TEST_CASE("reload lowers a tenant's SSD quota at once and refuses to raise it pa
   CHECK_THAT(raise.err, Catch::Contains("raising it above the 268435456 bytes"));
 }
 
-TEST_CASE("the reuse policy keeps blocks stored once off a full SSD tier; reload to lru writes "
-          "every block",
+TEST_CASE("the reuse policy keeps blocks stored once off a full SSD tier and a reload to lru "
+          "writes every block",
           "[integration][admin]") {
   TempDir state;
   auto daemon = DaemonProcess::Start(WithSsd(state, 32 * kMiB));
