@@ -81,6 +81,14 @@ Result<AesGcm> AesGcm::Create(const SecretKey& key) {
   return gcm;
 }
 
+Result<AesGcm> AesGcm::Clone() const {
+  KVT_CHECK(ctx_ != nullptr);
+  AesGcm copy(EVP_CIPHER_CTX_new());
+  if (copy.ctx_ == nullptr) return OpenSslError("EVP_CIPHER_CTX_new");
+  if (EVP_CIPHER_CTX_copy(copy.ctx_, ctx_) != 1) return OpenSslError("EVP_CIPHER_CTX_copy");
+  return copy;
+}
+
 AesGcm::AesGcm(AesGcm&& other) noexcept : ctx_(std::exchange(other.ctx_, nullptr)) {}
 
 AesGcm& AesGcm::operator=(AesGcm&& other) noexcept {
@@ -151,6 +159,37 @@ Status AesGcm::Open(std::span<const std::byte, kNonceBytes> nonce,
   // cannot be elided, and the bytes are not secret, only untrusted.
   if (!status.ok() && !plaintext.empty()) std::memset(plaintext.data(), 0, plaintext.size());
   return status;
+}
+
+Status AesGcm::OpenBegin(std::span<const std::byte, kNonceBytes> nonce,
+                         std::span<const std::byte> aad,
+                         std::span<const std::byte, kTagBytes> tag) {
+  KVT_CHECK(ctx_ != nullptr);  // used after move
+  if (EVP_DecryptInit_ex(ctx_, nullptr, nullptr, nullptr, U8(nonce.data())) != 1) {
+    return OpenSslError("EVP_DecryptInit_ex (nonce)");
+  }
+  if (EVP_CIPHER_CTX_ctrl(ctx_, EVP_CTRL_GCM_SET_TAG, static_cast<int>(kTagBytes),
+                          const_cast<std::byte*>(tag.data())) != 1) {
+    return OpenSslError("EVP_CTRL_GCM_SET_TAG");
+  }
+  return Update(ctx_, aad.data(), nullptr, aad.size());
+}
+
+Status AesGcm::OpenPiece(std::span<const std::byte> ciphertext, std::span<std::byte> plaintext) {
+  KVT_CHECK(ctx_ != nullptr);
+  if (!SizesAndAliasingOk(ciphertext, plaintext)) return BadSpans("open");
+  return Update(ctx_, ciphertext.data(), plaintext.data(), ciphertext.size());
+}
+
+Status AesGcm::OpenEnd() {
+  KVT_CHECK(ctx_ != nullptr);
+  unsigned char unused[16];
+  int unused_len = 0;
+  if (EVP_DecryptFinal_ex(ctx_, unused, &unused_len) != 1) {
+    ERR_clear_error();
+    return Status(StatusCode::kDataLoss, "authentication failed");
+  }
+  return Status::Ok();
 }
 
 }  // namespace kvtier

@@ -26,6 +26,11 @@ class AesGcm {
   // into OpenSSL's context (which cleanses it when freed); `key` may be dropped afterwards.
   static Result<AesGcm> Create(const SecretKey& key);
 
+  // Another context under the same key (OpenSSL copies its key schedule; the key bytes never
+  // leave OpenSSL), for a second message in progress under one key: OpenBegin..OpenEnd of one
+  // message cannot share a context with another. kInternal if OpenSSL fails.
+  Result<AesGcm> Clone() const;
+
   AesGcm(AesGcm&& other) noexcept;
   AesGcm& operator=(AesGcm&& other) noexcept;
   AesGcm(const AesGcm&) = delete;
@@ -52,6 +57,17 @@ class AesGcm {
               std::span<const std::byte> ciphertext,
               std::span<const std::byte, kTagBytes> tag,
               std::span<std::byte> plaintext);
+
+  // Open in pieces, for ciphertext that arrives in pieces (decrypting one while the next is
+  // read): OpenBegin, then OpenPiece for each piece in order, then OpenEnd, which says whether
+  // the tag verified. Until OpenEnd says OK every byte OpenPiece wrote is unauthenticated: the
+  // caller must not let anyone see it, and wipes it on failure (OpenEnd cannot: it does not
+  // keep the pieces). Same aliasing rule per piece as Open. No other call may come between
+  // OpenBegin and OpenEnd.
+  Status OpenBegin(std::span<const std::byte, kNonceBytes> nonce, std::span<const std::byte> aad,
+                   std::span<const std::byte, kTagBytes> tag);
+  Status OpenPiece(std::span<const std::byte> ciphertext, std::span<std::byte> plaintext);
+  Status OpenEnd();
 
  private:
   explicit AesGcm(evp_cipher_ctx_st* ctx) : ctx_(ctx) {}

@@ -123,6 +123,7 @@ SpillStore::~SpillStore() {
     }
     StartScrubs();
   }
+  WipeStaging();
   (void)Sync();
   for (auto& [id, segment] : segments_) (void)device_->CloseFile(segment->file);
 }
@@ -226,7 +227,7 @@ Status SpillStore::WaitFor(IoRequest* request) {
       if (reaped[i] == request) {
         done = true;
       } else {
-        Complete(static_cast<Slot*>(reaped[i]->user));
+        Reaped(reaped[i]);
       }
     }
   }
@@ -376,6 +377,7 @@ Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
   bool new_batch = false;
   if (open_batch_ < 0) {
     Slot& fresh = slots_[free_slots_.back()];
+    Wipe(fresh);
     free_slots_.pop_back();
     fresh.request = IoRequest{};
     fresh.request.op = IoOp::kWrite;
@@ -453,7 +455,6 @@ Result<SpillLocation> SpillStore::StartWrite(std::string_view name_space,
 Status SpillStore::StartRead(const SpillLocation& location, std::string_view name_space,
                              std::span<const uint8_t> key, std::span<std::byte> out,
                              uint64_t cookie) {
-  std::memset(out.data(), 0, out.size());
   if (!ValidNameAndKey(name_space, key)) {
     return Invalid("spill: namespace must be 1..128 bytes and key 1..32 bytes");
   }
@@ -472,16 +473,43 @@ Status SpillStore::StartRead(const SpillLocation& location, std::string_view nam
   }
   Segment* segment = it->second.get();
   Slot& slot = slots_[free_slots_.back()];
-  slot.request = IoRequest{};
-  slot.request.op = IoOp::kRead;
-  slot.request.file = segment->file;
-  slot.request.offset = location.offset;
-  slot.request.buffer = slot.buffer.first(spill::RecordBytes(location.payload_bytes));
-  slot.request.user = &slot;
-  KVT_RETURN_IF_ERROR(device_->Submit(&slot.request));
-
+  Wipe(slot);
+  KVT_ASSIGN_OR_RETURN(AesGcm opener, segment->gcm->Clone());
+  slot.opener.emplace(std::move(opener));
+  // Pieces of at least kMinPiece bytes, as many as the device has room for while every other
+  // free staging buffer keeps one place, and one stays for header I/O.
+  constexpr uint64_t kMinPieceBytes = 256 * kKiB;
+  const uint64_t record_bytes = spill::RecordBytes(location.payload_bytes);
+  const uint64_t kept = 1 + in_flight_ + (free_slots_.size() - 1);
+  const uint64_t room = device_->queue_depth() > kept ? device_->queue_depth() - kept : 1;
+  const auto pieces = static_cast<uint32_t>(std::clamp<uint64_t>(
+      std::min(record_bytes / kMinPieceBytes, room), 1, Slot::kMaxReadPieces));
+  const uint64_t piece_bytes = AlignUp((record_bytes + pieces - 1) / pieces, kAlignBytes);
+  uint32_t submitted = 0;
+  Status started;
+  for (uint64_t at = 0; at < record_bytes; at += piece_bytes) {
+    IoRequest& piece = slot.reads[submitted];
+    piece = IoRequest{};
+    piece.op = IoOp::kRead;
+    piece.file = segment->file;
+    piece.offset = location.offset + at;
+    piece.buffer = slot.buffer.subspan(at, std::min(piece_bytes, record_bytes - at));
+    piece.user = &slot;
+    started = device_->Submit(&piece);
+    if (!started.ok()) break;
+    ++submitted;
+  }
+  if (submitted == 0) return started;
+  slot.pieces = submitted;
+  slot.pieces_done = 0;
+  slot.pieces_opened = 0;
+  slot.record_bytes = record_bytes;
+  // A piece that could not start fails the read once the others are back.
+  slot.read_status = started.ok() ? Status::Ok()
+                                  : Status(started.code(), "spill read of " + Where(location) +
+                                                               ": " + started.message());
   free_slots_.pop_back();
-  ++in_flight_;
+  in_flight_ += submitted;
   ++segment->in_flight;
   ++stats_.reads_started;
   slot.is_write = false;
@@ -557,29 +585,23 @@ void SpillStore::CompleteWrite(Slot* slot) {
   }
 }
 
-void SpillStore::CompleteRead(Slot* slot) {
-  slot->status = VerifyRead(*slot);
-  if (slot->status.ok()) return;
-  // `out` is still as StartRead left it, zeroed: only authentic bytes are ever written there.
-  if (slot->status.code() == StatusCode::kDataLoss) {
-    ++stats_.integrity_failures;
-  } else {
-    ++stats_.reads_failed;
+void SpillStore::Reaped(IoRequest* request) {
+  auto* slot = static_cast<Slot*>(request->user);
+  if (!slot->is_write && !slot->is_scrub) {
+    const auto piece = static_cast<uint32_t>(request - slot->reads.data());
+    KVT_CHECK(piece < slot->pieces);
+    slot->pieces_done |= 1u << piece;
+    OpenArrivedPieces(*slot);
+    if (slot->pieces_done != (1u << slot->pieces) - 1) return;  // more pieces to come
   }
+  Complete(slot);
 }
 
-Status SpillStore::VerifyRead(const Slot& slot) {
-  const IoRequest& request = slot.request;
+Status SpillStore::BeginRecord(Slot& slot) {
   const SpillLocation& location = slot.location;
   const Segment& segment = *slot.segment;
-  if (request.result < 0) {
-    return ErrnoStatus("spill read of " + Where(location), static_cast<int>(-request.result));
-  }
-  if (!request.complete()) {
-    return Status(StatusCode::kDataLoss, "spill record at " + Where(location) + " is truncated");
-  }
   spill::RecordHeader header;
-  std::memcpy(&header, request.buffer.data(), sizeof(header));
+  std::memcpy(&header, slot.buffer.data(), sizeof(header));
   const bool matches =
       spill::PlausibleRecord(header, segment.header, location.offset,
                              segment.segment_bytes()) &&
@@ -595,26 +617,86 @@ Status SpillStore::VerifyRead(const Slot& slot) {
   const auto nonce = spill::RecordNonceBytes(location.offset);
   std::array<std::byte, AesGcm::kTagBytes> tag;
   std::memcpy(tag.data(), header.tag, tag.size());
-  // Decrypted in place, in this store's private staging buffer, not in `out`: `out` is a slot
-  // of the tenant's shared pool, which the tenant's processes can read at any moment, and GCM
-  // writes plaintext before it has checked the tag. Only authentic bytes are copied there.
-  // Open zeroes the buffer when it fails; after the copy the plaintext is wiped.
+  return slot.opener->OpenBegin(nonce, aad, tag);
+}
+
+void SpillStore::OpenArrivedPieces(Slot& slot) {
+  const uint64_t payload_end = kRecordHeaderBytes + slot.location.payload_bytes;
+  while (slot.pieces_opened < slot.pieces && (slot.pieces_done >> slot.pieces_opened) & 1u) {
+    const IoRequest& piece = slot.reads[slot.pieces_opened];
+    ++slot.pieces_opened;
+    if (!slot.read_status.ok()) continue;  // the read failed already: the rest just comes back
+    if (piece.result < 0) {
+      slot.read_status = ErrnoStatus("spill read of " + Where(slot.location),
+                                     static_cast<int>(-piece.result));
+      continue;
+    }
+    if (!piece.complete()) {
+      slot.read_status = Status(StatusCode::kDataLoss,
+                                "spill record at " + Where(slot.location) + " is truncated");
+      continue;
+    }
+    const uint64_t begin = static_cast<uint64_t>(piece.buffer.data() - slot.buffer.data());
+    if (begin == 0) {
+      slot.read_status = BeginRecord(slot);
+      if (!slot.read_status.ok()) continue;
+    }
+    // Decrypted in place, in this store's private staging buffer, not in `out`: `out` is a
+    // slot of the tenant's shared pool, which the tenant's processes can read at any moment,
+    // and these bytes are not authenticated until the last piece's tag check.
+    const uint64_t from = std::max<uint64_t>(begin, kRecordHeaderBytes);
+    const uint64_t to = std::min<uint64_t>(begin + piece.buffer.size(), payload_end);
+    if (from < to) {
+      const std::span<std::byte> part = slot.buffer.subspan(from, to - from);
+      slot.read_status = slot.opener->OpenPiece(part, part);
+    }
+  }
+}
+
+void SpillStore::CompleteRead(Slot* slot) {
+  slot->status = FinishRead(*slot);
+  // The staging buffer holds plaintext now (or zeros, after a failed tag): wiped later, off
+  // the read's path.
+  slot->plaintext_bytes = slot->location.payload_bytes;
+  if (slot->status.ok()) return;
+  // `out` is as the caller gave it: only authentic bytes are ever written there.
+  if (slot->status.code() == StatusCode::kDataLoss) {
+    ++stats_.integrity_failures;
+  } else {
+    ++stats_.reads_failed;
+  }
+}
+
+Status SpillStore::FinishRead(Slot& slot) {
+  const SpillLocation& location = slot.location;
+  Status status = slot.read_status;
+  if (status.ok()) {
+    status = slot.opener->OpenEnd();
+    if (status.code() == StatusCode::kDataLoss) {
+      status = Status(StatusCode::kDataLoss,
+                      "spill record at " + Where(location) + " failed authentication");
+    }
+  }
   const std::span<std::byte> payload =
-      request.buffer.subspan(kRecordHeaderBytes, location.payload_bytes);
-  Status status = slot.segment->gcm->Open(nonce, aad, payload, tag, payload);
-  if (status.code() == StatusCode::kDataLoss) {
-    return Status(StatusCode::kDataLoss,
-                  "spill record at " + Where(location) + " failed authentication");
+      slot.buffer.subspan(kRecordHeaderBytes, location.payload_bytes);
+  if (!status.ok()) {
+    // Whatever was decrypted is unauthenticated: it goes now, not with the later wipe.
+    std::memset(payload.data(), 0, payload.size());
+    return status;
   }
-  if (!status.ok()) return status;
-  // Piecewise, so each wipe finds its piece still in cache from the copy.
-  constexpr size_t kPieceBytes = 64 * kKiB;
-  for (size_t at = 0; at < payload.size(); at += kPieceBytes) {
-    const size_t n = std::min(kPieceBytes, payload.size() - at);
-    CopyToPool(slot.out.data() + at, payload.data() + at, n);
-    SecureZero(payload.data() + at, n);
-  }
+  // Only authentic bytes are copied to `out`; the plaintext in staging waits for WipeStaging.
+  CopyToPool(slot.out.data(), payload.data(), payload.size());
   return Status::Ok();
+}
+
+void SpillStore::Wipe(Slot& slot) {
+  if (slot.plaintext_bytes == 0) return;
+  SecureZero(slot.buffer.data() + kRecordHeaderBytes, slot.plaintext_bytes);
+  slot.plaintext_bytes = 0;
+}
+
+void SpillStore::WipeStaging() {
+  for (Slot& slot : slots_) Wipe(slot);
 }
 
 size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
@@ -624,7 +706,7 @@ size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
   const size_t n = device_->Reap(reaped, block);
   for (size_t i = 0; i < n; ++i) {
     --in_flight_;
-    Complete(static_cast<Slot*>(reaped[i]->user));
+    Reaped(reaped[i]);
   }
   if (erase_pending_) EraseDeadSegments();
   size_t delivered = 0;
@@ -702,6 +784,7 @@ void SpillStore::StartScrubs() {
     if (it == segments_.end()) continue;  // crypto-erased meanwhile: nothing left to scrub
     Segment* segment = it->second.get();
     Slot& slot = slots_[free_slots_.back()];
+    Wipe(slot);
     const std::span<std::byte> block = slot.buffer.first(kAlignBytes);
     std::memset(block.data(), 0, block.size());
     slot.request = IoRequest{};

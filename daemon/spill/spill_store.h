@@ -171,14 +171,20 @@ class SpillStore {
   // valid until the completion with `cookie`, which is OK with `out` holding the record's
   // authentic bytes, or kDataLoss (the record does not verify: its header disagrees with the
   // location, namespace or key, or its tag fails; counted in integrity_failures) or kIoError,
-  // each with `out` zeroed. `out` is zeroed here and then written once, with the plaintext
-  // whose tag has verified (decryption runs in the store's own staging memory, wiped after the
-  // copy): a process that can read `out` (a shared pool slot) never sees unauthenticated bytes.
-  // Errors, with nothing started and `out` zeroed: kNotFound (no live
+  // each with `out` as it was. `out` is written once, with the plaintext whose tag has
+  // verified, and never otherwise (decryption runs in the store's own staging memory): a
+  // process that can read `out` (a shared pool slot) never sees unauthenticated bytes. The
+  // plaintext left in staging is wiped by WipeStaging, or before the buffer is used again.
+  // Errors, with nothing started and `out` untouched: kNotFound (no live
   // record at that location, e.g. its segment was reclaimed), kInvalidArgument (out's size),
   // kResourceExhausted "staging buffers busy".
   Status StartRead(const SpillLocation& location, std::string_view name_space,
                    std::span<const uint8_t> key, std::span<std::byte> out, uint64_t cookie);
+
+  // Wipes the plaintext that verified reads left in staging buffers. The caller does this once
+  // it has handed the completions on (it is not on a read's path); a buffer is wiped anyway
+  // before it is used again.
+  void WipeStaging();
 
   // Starts every queued I/O.
   Status Flush();
@@ -270,7 +276,17 @@ class SpillStore {
   void Complete(Slot* slot);
   void CompleteWrite(Slot* slot);
   void CompleteRead(Slot* slot);
-  Status VerifyRead(const Slot& slot);
+  // A device request came back: a read's piece is decrypted if its turn came; the slot is
+  // Complete'd once all its I/O is back.
+  void Reaped(IoRequest* request);
+  // Decrypts the read's pieces that have arrived, in order (the first: checks the record
+  // header and starts the tag).
+  void OpenArrivedPieces(Slot& slot);
+  Status BeginRecord(Slot& slot);
+  // Zeroes what a verified read left in the slot's staging buffer.
+  void Wipe(Slot& slot);
+  // The pieces are all back and decrypted: the tag, then the copy into `out`.
+  Status FinishRead(Slot& slot);
   // Submits one request and reaps until it completes (other completions are processed and
   // queued for Poll). OK means it completed; its result is in request->result.
   Status WaitFor(IoRequest* request);

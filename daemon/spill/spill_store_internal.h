@@ -1,6 +1,8 @@
 // SpillStore's private types, shared by spill_store.cc and spill_recovery.cc only.
 #pragma once
 
+#include <array>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -78,6 +80,21 @@ struct SpillStore::Slot {
   char name_space[spill::kMaxNamespaceBytes] = {};
   uint8_t namespace_len = 0;
   Status status;  // the completion's, once done
+  // Reads: plaintext bytes at buffer[kRecordHeaderBytes...] still to be wiped (WipeStaging).
+  uint64_t plaintext_bytes = 0;
+  // Reads: the record comes in `pieces` I/Os of consecutive parts of `buffer`, decrypted in
+  // order as they arrive (the first holds the record header), so decryption overlaps the
+  // reading of the rest. The tag is checked once the last piece is decrypted.
+  static constexpr uint32_t kMaxReadPieces = 4;
+  std::array<IoRequest, kMaxReadPieces> reads;
+  uint32_t pieces = 0;
+  uint32_t pieces_done = 0;    // bit per piece
+  uint32_t pieces_opened = 0;  // leading pieces decrypted so far
+  uint64_t record_bytes = 0;   // bytes of `buffer` the pieces cover
+  Status read_status;          // the first failure of a piece, its header or its decryption
+  // Reads: this read's own context under the segment's key (the segment's is shared by every
+  // read of it, and a message opened in pieces needs a context to itself until its end).
+  std::optional<AesGcm> opener;
 };
 
 }  // namespace kvtier

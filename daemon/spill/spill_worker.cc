@@ -151,6 +151,8 @@ void SpillWorker::Run() {
       for (auto& s : stores_) progress |= s->pending.empty() && s->store->RetireEmptyOpenSegment();
     }
     Publish(&results);
+    // The event loop has its results: now the plaintext that reads left in staging goes.
+    for (auto& s : stores_) s->store->WipeStaging();
     if (!progress) WaitForWork();
   }
 }

@@ -174,14 +174,19 @@ void CheckReadsBack(SpillStore& store, const Block& block) {
   CHECK(FirstMismatch(back, block.data) == -1);
 }
 
-// A read that must fail as an integrity failure, with nothing but zeros handed back.
+// Every byte is ReadBlock's filler: the store wrote nothing there.
+bool Untouched(std::span<const std::byte> bytes) {
+  return std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0x5a}; });
+}
+
+// A read that must fail as an integrity failure, with the destination left as it was.
 void CheckDataLoss(SpillStore& store, const Block& block) {
   const uint64_t before = store.stats().integrity_failures;
   std::vector<std::byte> back;
   Status status = ReadBlock(store, block.location, block.name_space, block.key, &back);
   INFO(status.ToString());
   CHECK(status.code() == StatusCode::kDataLoss);
-  CHECK(AllZero(back));
+  CHECK(Untouched(back));
   CHECK(store.stats().integrity_failures == before + 1);
 }
 
@@ -379,6 +384,59 @@ TEST_CASE("A tampered, moved or foreign record reads as kDataLoss, never wrong b
   }
   CheckReadsBack(*store, blocks[0]);
   CheckReadsBack(*store, blocks[3]);
+}
+
+TEST_CASE("Large records read in pieces come back byte-exact, also several at once, and a fault "
+          "in any piece is a miss that writes nothing",
+          "[daemon][spill]") {
+  const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
+  INFO(KindName(kind));
+  auto inner = MakeDevice(kind);
+  if (!inner) return;
+  FaultyDevice faulty(std::move(inner));
+  testing::TempDir dir;
+  SpillOptions options = Options(dir.path());
+  options.segment_bytes = 16 * kMiB;
+  options.max_record_payload_bytes = 2 * kMiB;
+  auto store = OpenStore(options, &faulty);
+  std::mt19937_64 rng(41);
+  // 2 MiB records are read in four pieces (queue depth 16, 8 staging buffers).
+  std::vector<Block> blocks = RandomBlocks(rng, 4, 2 * kMiB - 300, 2 * kMiB);
+  REQUIRE(WriteBlocks(*store, blocks).ok());
+
+  // All four at once: their pieces complete interleaved, each record decrypted on its own.
+  std::vector<std::vector<std::byte>> back(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    back[i].assign(blocks[i].data.size(), std::byte{0x5a});
+    REQUIRE(store->StartRead(blocks[i].location, blocks[i].name_space, blocks[i].key, back[i], i)
+                .ok());
+  }
+  std::vector<SpillCompletion> done = Drain(*store);
+  REQUIRE(done.size() == blocks.size());
+  for (const SpillCompletion& c : done) {
+    INFO("record " << c.cookie << ": " << c.status.ToString());
+    CHECK(c.status.ok());
+    CHECK(FirstMismatch(back[c.cookie], blocks[c.cookie].data) == -1);
+  }
+
+  // A fault in the first, a middle or the last piece: a miss, the destination untouched.
+  SECTION("a flipped byte in the header's piece") { faulty.FlipByteOfNthRead(1, 100); }
+  SECTION("a flipped byte in the third piece") { faulty.FlipByteOfNthRead(3, 1000); }
+  SECTION("a flipped byte in the last piece") { faulty.FlipByteOfNthRead(4, 2000); }
+  SECTION("the second piece fails with EIO") { faulty.FailNthRead(2, EIO); }
+  SECTION("the fourth piece comes up short") { faulty.ShortenNthIo(4); }
+  const uint64_t failures =
+      store->stats().integrity_failures + store->stats().reads_failed;
+  std::vector<std::byte> bytes;
+  const Status status = ReadBlock(*store, blocks[1].location, blocks[1].name_space,
+                                  blocks[1].key, &bytes);
+  INFO(status.ToString());
+  CHECK_FALSE(status.ok());
+  CHECK(Untouched(bytes));
+  CHECK(faulty.faults_fired() == 1);
+  CHECK(store->stats().integrity_failures + store->stats().reads_failed == failures + 1);
+  // The store goes on: the same record, whole, once the fault has fired.
+  CheckReadsBack(*store, blocks[1]);
 }
 
 TEST_CASE("A record copied into another tenant's segment at the same offset fails there",
@@ -696,7 +754,7 @@ TEST_CASE("Crypto-erased segments are unreadable and removed", "[daemon][spill]"
       Status status = ReadBlock(*store, block.location, block.name_space, block.key, &back);
       CHECK(status.ok() == (block.location.segment_id != 1));
       if (status.ok()) CHECK(FirstMismatch(back, block.data) == -1);
-      if (!status.ok()) CHECK(AllZero(back));
+      if (!status.ok()) CHECK(Untouched(back));
     }
   }
 
@@ -780,7 +838,7 @@ TEST_CASE("Past its quota a spill store says so, and reclaiming the oldest segme
     Status status = ReadBlock(*store, blocks[i].location, "ns", blocks[i].key, &back);
     if (blocks[i].location.segment_id == 1) {
       CHECK(status.code() == StatusCode::kNotFound);
-      CHECK(AllZero(back));
+      CHECK(Untouched(back));
     } else {
       CHECK(status.ok());
       CHECK(FirstMismatch(back, blocks[i].data) == -1);
@@ -876,7 +934,7 @@ TEST_CASE("The spill store works end to end on the forced fallback device", "[da
   for (const Block& block : blocks) CheckReadsBack(*store, block);
 }
 
-TEST_CASE("A tampered record's read never writes its destination, which stays zero",
+TEST_CASE("A tampered record's read never writes its destination, which stays as it was",
           "[daemon][spill]") {
   const Kind kind = GENERATE(Kind::kUring, Kind::kThreadPool);
   INFO(KindName(kind));
@@ -893,21 +951,21 @@ TEST_CASE("A tampered record's read never writes its destination, which stays ze
   FlipFileByte(SegmentFile(options, tampered.location.segment_id),
                tampered.location.offset + spill::kRecordHeaderBytes + tampered.data.size() - 1);
 
-  // The destination stands for a pool slot that the tenant's processes map too: once
-  // StartRead has zeroed it, it is made read-only, so a single byte the store wrote there
-  // before (or without) the tag verifying would fault here instead of going unseen.
+  // The destination stands for a pool slot that the tenant's processes map too: it is made
+  // read-only before the read, so a single byte the store wrote there before (or without) the
+  // tag verifying would fault here instead of going unseen.
   const size_t bytes = tampered.data.size();
   void* mapped = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   REQUIRE(mapped != MAP_FAILED);
   const std::span<std::byte> slot(static_cast<std::byte*>(mapped), bytes);
   std::memset(slot.data(), 0x5a, slot.size());
-  REQUIRE(store->StartRead(tampered.location, tampered.name_space, tampered.key, slot, 1).ok());
   REQUIRE(::mprotect(mapped, bytes, PROT_READ) == 0);
+  REQUIRE(store->StartRead(tampered.location, tampered.name_space, tampered.key, slot, 1).ok());
   std::vector<SpillCompletion> done = Drain(*store);
   REQUIRE(::mprotect(mapped, bytes, PROT_READ | PROT_WRITE) == 0);
   REQUIRE(done.size() == 1);
   CHECK(done[0].status.code() == StatusCode::kDataLoss);
-  CHECK(AllZero(slot));
+  CHECK(std::all_of(slot.begin(), slot.end(), [](std::byte b) { return b == std::byte{0x5a}; }));
   CHECK(store->stats().integrity_failures == 1);
 
   // An authentic record still lands in the same memory, whole.
