@@ -157,11 +157,13 @@ StatusCode DramPool::Reserve(const BlockKey& key, uint64_t size, uint32_t sessio
   return StatusCode::kOk;
 }
 
-StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset) {
+StatusCode DramPool::AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset,
+                                    bool overwritten) {
   for (;;) {
     // Slots waiting to be zeroed come back first; no more is evicted while they are queued.
-    const std::optional<uint64_t> at =
-        scrub_pending_bytes_ > 0 ? AllocateFree(cls, size) : AllocateSpace(cls, size);
+    const std::optional<uint64_t> at = scrub_pending_bytes_ > 0
+                                           ? AllocateFree(cls, size)
+                                           : AllocateSpace(cls, size, overwritten);
     if (at) {
       *offset = *at;
       return StatusCode::kOk;
@@ -240,7 +242,7 @@ std::optional<uint64_t> DramPool::AllocateFree(uint8_t cls, uint64_t size) {
       static_cast<uint32_t>(AlignUp(size, classes_.slab_bytes()) / classes_.slab_bytes()));
 }
 
-std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
+std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size, bool overwritten) {
   if (auto offset = AllocateFree(cls, size)) return offset;
   uint32_t slabs_needed = 1;
   if (cls != SizeClasses::kLarge) {
@@ -248,6 +250,17 @@ std::optional<uint64_t> DramPool::AllocateSpace(uint8_t cls, uint64_t size) {
     // unless (under a policy) a whole slab of colder blocks of another class can go instead.
     const uint32_t victim = VictimOf(cls);
     if (admission_ != nullptr && EvictColderSlab(cls, victim)) return AllocateFree(cls, size);
+    if (victim != BlockIndex::kNil && overwritten) {
+      // Zeroing the whole slot only for the promotion to overwrite it would put a 2 MiB
+      // memset (and, past the scrub budget, a wait for the next loop round) on the read's
+      // path: only the tail the promotion does not write is zeroed.
+      const uint64_t offset = TakeOverSlot(victim);
+      const uint64_t slot_bytes = classes_.SlotBytes(cls);
+      if (options_.zero_memory != nullptr && size < slot_bytes) {
+        std::memset(options_.zero_memory + offset + size, 0, slot_bytes - size);
+      }
+      return offset;
+    }
     if (victim != BlockIndex::kNil) {
       EvictBlock(victim);
       return AllocateFree(cls, size);  // nullopt while its slot waits to be zeroed
@@ -326,6 +339,27 @@ bool DramPool::EvictForIndex() {
   ++evictions_;
   DropCommitted(victim);
   return true;
+}
+
+uint64_t DramPool::TakeOverSlot(uint32_t id) {
+  BlockEntry& e = index_.at(id);
+  KVT_CHECK(e.state == BlockState::kCommitted && e.lease_count == 0 &&
+            (e.flags & (kInDram | kDirty | kDemoting | kPromoting)) == kInDram);
+  const uint64_t offset = e.offset;
+  ++evictions_;
+  Unlist(id);
+  // As EvictBlock, less FreeSlot: the slot stays allocated and counted in used_bytes_, for
+  // the caller.
+  e.flags &= static_cast<uint8_t>(~kInDram);
+  used_bytes_ -= SlotBytes(e);  // the caller counts it again as its own
+  if ((e.flags & kOnSsd) == 0) {
+    DropCommitted(id);
+  } else {
+    ++tier_.ssd_evictions;
+    ++tier_.ssd_only_blocks;
+    Relist(id);
+  }
+  return offset;
 }
 
 void DramPool::EvictBlock(uint32_t id) {
@@ -622,7 +656,8 @@ StatusCode DramPool::Acquire(const BlockKey& key, Placement* out, wire::Tier* ti
   if ((e.flags & (kInDram | kPromoting)) == 0) {
     // SSD-only: promote it into a fresh slot.
     uint64_t offset = 0;
-    if (StatusCode code = AllocateOrWait(classes_.ClassFor(e.size), e.size, &offset);
+    if (StatusCode code = AllocateOrWait(classes_.ClassFor(e.size), e.size, &offset,
+                                         /*overwritten=*/true);
         code != StatusCode::kOk) {
       return code;
     }

@@ -268,7 +268,11 @@ class DramPool {
   // rest wait in a queue, their slots pinned (no allocation or eviction can reach them), and
   // counted in used_bytes, until later rounds zero them. A Reserve or promotion that needs
   // their space uses what is left of the round's budget, or answers kUnavailable ("wait";
-  // retry after the next round's Scrub).
+  // retry after the next round's Scrub). One exception: a promotion that evicts a block of its
+  // own size class takes that block's slot over as it is, zeroing only the tail it will not
+  // write, since the promotion overwrites the rest with authenticated bytes before any lease
+  // reads them (and a failed promotion frees, so zeroes, the slot). The evicted block's bytes
+  // stay in its tenant's own pool for the ~1 ms the read takes.
   // Starts a round: the budget is full again.
   void BeginScrubRound() { scrub_allowance_ = options_.scrub_bytes_per_round; }
   // Zeroes queued slots with what is left of this round's budget; returns the bytes zeroed.
@@ -293,10 +297,17 @@ class DramPool {
  private:
   // AllocateFree, else evicts clean blocks to make room: nullopt when nothing is evictable, or
   // when the evicted slots wait to be zeroed (scrub_pending_bytes() > 0 then).
-  std::optional<uint64_t> AllocateSpace(uint8_t cls, uint64_t size);
+  // `overwritten`: the caller writes [0, size) of the slot with bytes nobody sees before they
+  // are whole and authentic (a promotion): a victim's slot of the same class may then be taken
+  // over as it is, only its tail past `size` zeroed, instead of being zeroed whole and freed.
+  std::optional<uint64_t> AllocateSpace(uint8_t cls, uint64_t size, bool overwritten = false);
   // AllocateSpace, or: kUnavailable if demotions in flight (started here if need be) will make
   // room, kResourceExhausted if nothing will.
-  StatusCode AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset);
+  StatusCode AllocateOrWait(uint8_t cls, uint64_t size, uint64_t* offset,
+                            bool overwritten = false);
+  // Evicts the unpinned clean block `id` but keeps its slot allocated for the caller: returns
+  // the slot's offset (its bytes as they were).
+  uint64_t TakeOverSlot(uint32_t id);
   bool EvictForIndex();
   // Frees an unpinned clean block's slot: it stays as an SSD-only block if it is on SSD.
   void EvictBlock(uint32_t id);
