@@ -933,7 +933,8 @@ void DramPool::SsdCopyLost(BlockRef ref, SsdRef ssd) {
   }
   // Under a policy DRAM now holds its only copy: it moves to the DRAM-only list (without one,
   // both kinds share one list and it keeps its place in the LRU order).
-  if (admission_ != nullptr && (e.flags & kInDram) != 0) Relist(ref.id);
+  // Its record was the oldest on SSD: it goes in at the cold end.
+  if (admission_ != nullptr && (e.flags & kInDram) != 0) Relist(ref.id, /*front=*/false);
 }
 
 std::optional<BlockRef> DramPool::InsertRecovered(const BlockKey& key, uint64_t size,

@@ -123,7 +123,8 @@ SpillStore::~SpillStore() {
     }
     StartScrubs();
   }
-  WipeStaging();
+  // No I/O is left: every slot's plaintext goes, reads cut short included.
+  for (Slot& slot : slots_) Wipe(slot);
   (void)Sync();
   for (auto& [id, segment] : segments_) (void)device_->CloseFile(segment->file);
 }
@@ -214,7 +215,8 @@ Status SpillStore::SyncDir() {
 
 Status SpillStore::WaitFor(IoRequest* request) {
   request->user = nullptr;
-  // Never "queue full": staging_buffers < queue_depth leaves this request a place.
+  // Never "queue full": staging_buffers < queue_depth leaves this request a place (reads take
+  // extra pieces only beyond it, see extra_pieces_).
   KVT_RETURN_IF_ERROR(device_->Submit(request));
   ++in_flight_;
   std::array<IoRequest*, 16> reaped{};
@@ -474,16 +476,23 @@ Status SpillStore::StartRead(const SpillLocation& location, std::string_view nam
   Segment* segment = it->second.get();
   Slot& slot = slots_[free_slots_.back()];
   Wipe(slot);
-  KVT_ASSIGN_OR_RETURN(AesGcm opener, segment->gcm->Clone());
-  slot.opener.emplace(std::move(opener));
-  // Pieces of at least kMinPiece bytes, as many as the device has room for while every other
-  // free staging buffer keeps one place, and one stays for header I/O.
+  // Pieces of at least kMinPieceBytes, as many extra ones as the device has room for (see
+  // extra_pieces_).
   constexpr uint64_t kMinPieceBytes = 256 * kKiB;
   const uint64_t record_bytes = spill::RecordBytes(location.payload_bytes);
-  const uint64_t kept = 1 + in_flight_ + (free_slots_.size() - 1);
-  const uint64_t room = device_->queue_depth() > kept ? device_->queue_depth() - kept : 1;
-  const auto pieces = static_cast<uint32_t>(std::clamp<uint64_t>(
-      std::min(record_bytes / kMinPieceBytes, room), 1, Slot::kMaxReadPieces));
+  const uint64_t kept = slots_.size() + 1 + extra_pieces_;
+  const uint64_t spare = device_->queue_depth() > kept ? device_->queue_depth() - kept : 0;
+  uint32_t pieces = static_cast<uint32_t>(std::clamp<uint64_t>(
+      std::min(record_bytes / kMinPieceBytes, 1 + spare), 1, Slot::kMaxReadPieces));
+  slot.opener.reset();
+  if (pieces > 1) {
+    // An OpenSSL that cannot copy a GCM context (before 3.0.11) reads in one piece.
+    if (auto clone = segment->gcm->Clone(); clone.ok()) {
+      slot.opener.emplace(std::move(*clone));
+    } else {
+      pieces = 1;
+    }
+  }
   const uint64_t piece_bytes = AlignUp((record_bytes + pieces - 1) / pieces, kAlignBytes);
   uint32_t submitted = 0;
   Status started;
@@ -499,15 +508,21 @@ Status SpillStore::StartRead(const SpillLocation& location, std::string_view nam
     if (!started.ok()) break;
     ++submitted;
   }
-  if (submitted == 0) return started;
+  if (submitted == 0) {
+    slot.opener.reset();
+    return started;
+  }
   slot.pieces = submitted;
   slot.pieces_done = 0;
   slot.pieces_opened = 0;
+  slot.pieces_out = submitted;
+  extra_pieces_ += submitted - 1;
   slot.record_bytes = record_bytes;
   // A piece that could not start fails the read once the others are back.
   slot.read_status = started.ok() ? Status::Ok()
-                                  : Status(started.code(), "spill read of " + Where(location) +
-                                                               ": " + started.message());
+                                  : Status(StatusCode::kIoError, "spill read of " +
+                                                                     Where(location) + ": " +
+                                                                     started.message());
   free_slots_.pop_back();
   in_flight_ += submitted;
   ++segment->in_flight;
@@ -589,8 +604,9 @@ void SpillStore::Reaped(IoRequest* request) {
   auto* slot = static_cast<Slot*>(request->user);
   if (!slot->is_write && !slot->is_scrub) {
     const auto piece = static_cast<uint32_t>(request - slot->reads.data());
-    KVT_CHECK(piece < slot->pieces);
+    KVT_CHECK(piece < slot->pieces && slot->pieces_out > 0);
     slot->pieces_done |= 1u << piece;
+    if (--slot->pieces_out > 0) --extra_pieces_;  // one of the read's extra pieces is back
     OpenArrivedPieces(*slot);
     if (slot->pieces_done != (1u << slot->pieces) - 1) return;  // more pieces to come
   }
@@ -617,7 +633,7 @@ Status SpillStore::BeginRecord(Slot& slot) {
   const auto nonce = spill::RecordNonceBytes(location.offset);
   std::array<std::byte, AesGcm::kTagBytes> tag;
   std::memcpy(tag.data(), header.tag, tag.size());
-  return slot.opener->OpenBegin(nonce, aad, tag);
+  return slot.Opener().OpenBegin(nonce, aad, tag);
 }
 
 void SpillStore::OpenArrivedPieces(Slot& slot) {
@@ -648,16 +664,22 @@ void SpillStore::OpenArrivedPieces(Slot& slot) {
     const uint64_t to = std::min<uint64_t>(begin + piece.buffer.size(), payload_end);
     if (from < to) {
       const std::span<std::byte> part = slot.buffer.subspan(from, to - from);
-      slot.read_status = slot.opener->OpenPiece(part, part);
+      // Plaintext from here on, authentic or not: wiped with the buffer (WipeStaging, or the
+      // destructor), whatever happens to the read.
+      slot.plaintext_bytes = to - kRecordHeaderBytes;
+      slot.read_status = slot.Opener().OpenPiece(part, part);
     }
   }
 }
 
 void SpillStore::CompleteRead(Slot* slot) {
   slot->status = FinishRead(*slot);
-  // The staging buffer holds plaintext now (or zeros, after a failed tag): wiped later, off
-  // the read's path.
-  slot->plaintext_bytes = slot->location.payload_bytes;
+  slot->opener.reset();  // the read's copy of the key schedule goes with the read
+  // Failures are integrity failures (kDataLoss) or I/O errors, as StartRead promises.
+  if (!slot->status.ok() && slot->status.code() != StatusCode::kDataLoss &&
+      slot->status.code() != StatusCode::kIoError) {
+    slot->status = Status(StatusCode::kIoError, slot->status.message());
+  }
   if (slot->status.ok()) return;
   // `out` is as the caller gave it: only authentic bytes are ever written there.
   if (slot->status.code() == StatusCode::kDataLoss) {
@@ -671,7 +693,7 @@ Status SpillStore::FinishRead(Slot& slot) {
   const SpillLocation& location = slot.location;
   Status status = slot.read_status;
   if (status.ok()) {
-    status = slot.opener->OpenEnd();
+    status = slot.Opener().OpenEnd();
     if (status.code() == StatusCode::kDataLoss) {
       status = Status(StatusCode::kDataLoss,
                       "spill record at " + Where(location) + " failed authentication");
@@ -681,7 +703,8 @@ Status SpillStore::FinishRead(Slot& slot) {
       slot.buffer.subspan(kRecordHeaderBytes, location.payload_bytes);
   if (!status.ok()) {
     // Whatever was decrypted is unauthenticated: it goes now, not with the later wipe.
-    std::memset(payload.data(), 0, payload.size());
+    std::memset(payload.data(), 0, slot.plaintext_bytes);
+    slot.plaintext_bytes = 0;
     return status;
   }
   // Only authentic bytes are copied to `out`; the plaintext in staging waits for WipeStaging.
@@ -696,7 +719,10 @@ void SpillStore::Wipe(Slot& slot) {
 }
 
 void SpillStore::WipeStaging() {
-  for (Slot& slot : slots_) Wipe(slot);
+  // Not a read still in flight: its pieces decrypted so far are what it will copy out.
+  for (Slot& slot : slots_) {
+    if (slot.segment == nullptr) Wipe(slot);
+  }
 }
 
 size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {

@@ -309,7 +309,11 @@ class SpillStore {
   std::vector<uint32_t> done_;  // ring of completed slots, oldest at done_head_
   size_t done_head_ = 0;
   size_t done_count_ = 0;
-  uint32_t in_flight_ = 0;  // slots and blocking requests submitted, not yet reaped
+  uint32_t in_flight_ = 0;  // device requests submitted, not yet reaped
+  // Of in_flight_: a read's pieces beyond its first. Every staging buffer needs at most one
+  // device place besides these, and one stays for header I/O, so reads take extra pieces only
+  // while slots_.size() + extra_pieces_ + 1 <= the device's queue depth.
+  uint32_t extra_pieces_ = 0;
   bool erase_pending_ = false;  // a sealed segment may have lost its last live record
   struct PendingScrub {
     uint32_t segment_id;

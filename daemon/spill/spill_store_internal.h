@@ -90,11 +90,15 @@ struct SpillStore::Slot {
   uint32_t pieces = 0;
   uint32_t pieces_done = 0;    // bit per piece
   uint32_t pieces_opened = 0;  // leading pieces decrypted so far
+  uint32_t pieces_out = 0;     // submitted and not back yet
   uint64_t record_bytes = 0;   // bytes of `buffer` the pieces cover
   Status read_status;          // the first failure of a piece, its header or its decryption
-  // Reads: this read's own context under the segment's key (the segment's is shared by every
-  // read of it, and a message opened in pieces needs a context to itself until its end).
+  // Reads in more than one piece: the read's own context under the segment's key (the
+  // segment's is shared by every read of it, and a message opened in pieces needs a context to
+  // itself until its end). A one-piece read opens all at once with the segment's. Dropped (its
+  // copy of the key schedule cleansed by OpenSSL) when the read ends.
   std::optional<AesGcm> opener;
+  AesGcm& Opener() { return opener ? *opener : *segment->gcm; }
 };
 
 }  // namespace kvtier
