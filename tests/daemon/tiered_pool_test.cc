@@ -316,28 +316,49 @@ BlockRef PutSlab(DramPool& pool, uint64_t n) {
   return p.ref;
 }
 
-TEST_CASE("Under the reuse policy a full SSD tier gets only blocks found again or stored "
-          "before, and DRAM evicts copies of SSD blocks before blocks it alone holds",
-          "[daemon][pool][spill]") {
-  DramPool::Options o = TierOptions(8 * kMiB);  // four 2 MiB blocks
-  o.dirty_limit_bytes = kSlab;
-  DramPool pool(o);
-  ReuseAdmission reuse;
-  pool.set_admission(&reuse);
-  std::vector<SpillOrder> orders;
-  auto demote = [&] {
+// A pool of four 2 MiB blocks under the reuse policy, dirty limit one block, whose SSD tier has
+// just filled: blocks 0 and 1 were stored, block 0 written to SSD (every block goes while
+// there is room) and its record then reclaimed for room. Block 1, stored once, is dirty.
+struct FullSsdPool {
+  FullSsdPool() : pool(Options()) {
+    pool.set_admission(&reuse);
+    const BlockRef b0 = PutSlab(pool, 0);
+    (void)PutSlab(pool, 1);
+    Demote();
+    REQUIRE(orders.size() == 1);
+    CHECK(orders[0].ref.id == b0.id);
+    pool.DemoteDone(b0, Status::Ok(), SsdRef{1, 1});
+    pool.SsdCopyLost(b0, SsdRef{1, 1});  // the store reclaimed a live record: it is full
+  }
+  static DramPool::Options Options() {
+    DramPool::Options o = TierOptions(8 * kMiB);
+    o.dirty_limit_bytes = kSlab;
+    return o;
+  }
+  // Demotes down to the dirty limit; `orders` gets the writes ordered.
+  void Demote() {
     pool.Demote();
     orders.clear();
     pool.TakeOrders(&orders);
-  };
-  // Until the SSD tier is full, every block goes.
-  const BlockRef b0 = PutSlab(pool, 0);
-  (void)PutSlab(pool, 1);
-  demote();
-  REQUIRE(orders.size() == 1);
-  CHECK(orders[0].ref.id == b0.id);
-  pool.DemoteDone(b0, Status::Ok(), SsdRef{1, 1});
-  pool.SsdCopyLost(b0, SsdRef{1, 1});  // the store reclaimed a live record: it is full
+  }
+  std::set<uint64_t> Written() const {
+    std::set<uint64_t> keys;
+    for (const SpillOrder& order : orders) keys.insert(KeyNumber(order.key));
+    return keys;
+  }
+
+  ReuseAdmission reuse;
+  DramPool pool;
+  std::vector<SpillOrder> orders;
+};
+
+TEST_CASE("Under the reuse policy a full SSD tier gets only blocks found again or stored "
+          "before, and DRAM evicts copies of SSD blocks before blocks it alone holds",
+          "[daemon][pool][spill]") {
+  FullSsdPool full;
+  DramPool& pool = full.pool;
+  std::vector<SpillOrder>& orders = full.orders;
+  auto demote = [&] { full.Demote(); };
   // Block 1 was stored once and never found: declined, it stays in DRAM only.
   (void)PutSlab(pool, 2);
   demote();
@@ -378,19 +399,8 @@ TEST_CASE("Under the reuse policy a full SSD tier gets only blocks found again o
 TEST_CASE("Under the reuse policy a block hinted 'reuse soon' is written to a full SSD tier, "
           "even before it is stored, and one 'done with' is declined first",
           "[daemon][pool][spill][hints]") {
-  DramPool::Options o = TierOptions(8 * kMiB);
-  o.dirty_limit_bytes = kSlab;
-  DramPool pool(o);
-  ReuseAdmission reuse;
-  pool.set_admission(&reuse);
-  const BlockRef b0 = PutSlab(pool, 0);
-  (void)PutSlab(pool, 1);
-  pool.Demote();
-  std::vector<SpillOrder> orders;
-  pool.TakeOrders(&orders);
-  REQUIRE(orders.size() == 1);
-  pool.DemoteDone(b0, Status::Ok(), SsdRef{1, 1});
-  pool.SsdCopyLost(b0, SsdRef{1, 1});  // full
+  FullSsdPool full;
+  DramPool& pool = full.pool;
   // Block 1 (stored once) would be declined; the hint says otherwise. Key 2, not stored yet,
   // is announced, so its one store is enough.
   CHECK(pool.Hint(Key(1), BlockHint::kReuseSoon) == StatusCode::kOk);
@@ -399,54 +409,29 @@ TEST_CASE("Under the reuse policy a block hinted 'reuse soon' is written to a fu
   (void)PutSlab(pool, 3);
   // Block 3 is done with: though the newest, it is the first dirty block to be decided on.
   CHECK(pool.Hint(Key(3), BlockHint::kDoneWith) == StatusCode::kOk);
-  pool.Demote();
-  orders.clear();
-  pool.TakeOrders(&orders);
-  auto written = [&] {
-    std::set<uint64_t> keys;
-    for (const SpillOrder& order : orders) keys.insert(KeyNumber(order.key));
-    return keys;
-  };
-  CHECK(written() == std::set<uint64_t>{1});      // down to the dirty limit
-  CHECK(pool.tier_counters().ssd_declined == 1);  // block 3
+  full.Demote();
+  CHECK(full.Written() == std::set<uint64_t>{1});  // down to the dirty limit
+  CHECK(pool.tier_counters().ssd_declined == 1);   // block 3
   (void)PutSlab(pool, 4);  // pushes block 2 past the limit
-  pool.Demote();
-  orders.clear();
-  pool.TakeOrders(&orders);
-  CHECK(written() == std::set<uint64_t>{2});
+  full.Demote();
+  CHECK(full.Written() == std::set<uint64_t>{2});
   CHECK(pool.tier_counters().ssd_declined == 1);
 }
 
 TEST_CASE("A drain writes every block DRAM alone holds, those the policy declined included",
           "[daemon][pool][spill]") {
-  DramPool::Options o = TierOptions(8 * kMiB);
-  o.dirty_limit_bytes = kSlab;
-  DramPool pool(o);
-  ReuseAdmission reuse;
-  pool.set_admission(&reuse);
-  const BlockRef b0 = PutSlab(pool, 0);
-  (void)PutSlab(pool, 1);
-  pool.Demote();
-  std::vector<SpillOrder> orders;
-  pool.TakeOrders(&orders);
-  REQUIRE(orders.size() == 1);
-  pool.DemoteDone(b0, Status::Ok(), SsdRef{1, 1});
-  pool.SsdCopyLost(b0, SsdRef{1, 1});  // full: unproven blocks are declined now
+  FullSsdPool full;
+  DramPool& pool = full.pool;
   (void)PutSlab(pool, 2);
-  pool.Demote();
-  orders.clear();
-  pool.TakeOrders(&orders);
-  REQUIRE(orders.empty());
+  full.Demote();
+  REQUIRE(full.orders.empty());
   REQUIRE(pool.tier_counters().ssd_declined == 1);  // block 1
   // The drain: declined blocks are due again, and with dirty limit 0 every one goes.
   CHECK(pool.WriteDeclined() == 1);
   pool.set_dirty_limit_bytes(0);
   (void)PutSlab(pool, 3);  // stored during the flush: no policy decides either
-  pool.Demote();
-  pool.TakeOrders(&orders);
-  std::set<uint64_t> written;
-  for (const SpillOrder& order : orders) written.insert(KeyNumber(order.key));
-  CHECK(written == std::set<uint64_t>{1, 2, 3});
+  full.Demote();
+  CHECK(full.Written() == std::set<uint64_t>{1, 2, 3});
   CHECK(pool.tier_counters().ssd_declined == 1);
 }
 
