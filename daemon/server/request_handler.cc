@@ -277,7 +277,8 @@ void RequestHandler::MatchPrefix(Session& session, const wire::FrameView& reques
   // Shrink the body to the matched tiers.
   reply.Truncate(sizeof(uint8_t) * (n - matched));
   if (estimate) {
-    const wire::MatchEstimate e = estimator_->Estimate(blocks[0], bytes[0], blocks[1], bytes[1]);
+    const wire::MatchEstimate e = estimator_->Estimate(blocks[0], bytes[0], blocks[1], bytes[1],
+                                                       session.tenant()->ssd_queued_bytes);
     std::memcpy(head, &e, sizeof(e));
   }
 }

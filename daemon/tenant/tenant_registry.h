@@ -46,6 +46,10 @@ struct Tenant {
   // The SSD quota the store was opened for: its device holds that many segment files, so a
   // reload may lower ssd_bytes but not raise it above this.
   uint64_t ssd_bytes_at_start = 0;
+  // Bytes of this tenant's SSD reads and writes posted and not yet done (the tier coordinator
+  // keeps it): what a load estimate makes this tenant wait behind. Only its own: another
+  // tenant's SSD activity is none of its business.
+  uint64_t ssd_queued_bytes = 0;
 };
 
 // The TTL a block of `tenant` gets for a requested one (0: the tenant's default): capped by

@@ -59,13 +59,14 @@ void LoadEstimator::SsdDone(uint64_t bytes, uint64_t now_ns) {
 }
 
 wire::MatchEstimate LoadEstimator::Estimate(uint32_t dram_blocks, uint64_t dram_bytes,
-                                            uint32_t ssd_blocks, uint64_t ssd_bytes) const {
+                                            uint32_t ssd_blocks, uint64_t ssd_bytes,
+                                            uint64_t queued_bytes) const {
   wire::MatchEstimate e{};
   e.dram_blocks = dram_blocks;
   e.ssd_blocks = ssd_blocks;
   e.dram_bytes = dram_bytes;
   e.ssd_bytes = ssd_bytes;
-  e.ssd_queue_us = ssd_bytes > 0 ? Micros(static_cast<double>(in_flight_bytes_), ssd_bps_) : 0;
+  e.ssd_queue_us = ssd_bytes > 0 ? Micros(static_cast<double>(queued_bytes), ssd_bps_) : 0;
   e.load_us = Micros(static_cast<double>(dram_bytes + ssd_bytes), dram_bps_) +
               (ssd_bytes > 0 ? e.ssd_queue_us + Micros(static_cast<double>(ssd_bytes), ssd_bps_)
                              : 0);

@@ -4,8 +4,9 @@
 //
 // The model: a DRAM block costs a copy out of the pool at the host's copy bandwidth (measured
 // at start with memcpy, best of three); an SSD block costs its share of the SSD's throughput
-// behind the SSD work already queued (reads and writes posted and not yet done; one disk
-// serves both), then the same copy. SSD throughput is measured over the time the SSD had work:
+// behind the SSD work the caller's tenant has queued (its reads and writes posted and not yet
+// done), then the same copy. Other tenants' queued work is left out on purpose: reporting it
+// would tell one tenant what another does; it shows only as a lower measured throughput. SSD throughput is measured over the time the SSD had work:
 // bytes done / busy time, smoothed over recent busy periods (EWMA, one fifth per sample of at
 // least 1 ms of busy time). Until the first such sample it is kAssumedSsdBytesPerSecond.
 // Not thread-safe: the event loop's thread only.
@@ -31,10 +32,10 @@ class LoadEstimator {
   void SsdPosted(uint64_t bytes, uint64_t now_ns);
   void SsdDone(uint64_t bytes, uint64_t now_ns);
 
-  // The estimate for a prefix of `dram_bytes` in DRAM and `ssd_bytes` on SSD only; the block
-  // counts are copied into the reply as they are.
+  // The estimate for a prefix of `dram_bytes` in DRAM and `ssd_bytes` on SSD only, for a
+  // tenant with `queued_bytes` of SSD work ahead; the block counts are copied into the reply.
   wire::MatchEstimate Estimate(uint32_t dram_blocks, uint64_t dram_bytes, uint32_t ssd_blocks,
-                               uint64_t ssd_bytes) const;
+                               uint64_t ssd_bytes, uint64_t queued_bytes) const;
 
   double dram_bytes_per_second() const { return dram_bps_; }
   double ssd_bytes_per_second() const { return ssd_bps_; }

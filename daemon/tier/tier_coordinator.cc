@@ -1,5 +1,6 @@
 #include "daemon/tier/tier_coordinator.h"
 
+#include <algorithm>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -65,12 +66,12 @@ void TierCoordinator::OnResults(size_t worker, std::vector<Tenant*>* moved,
     const BlockRef ref = BlockRef::FromTag(r.tag);
     switch (r.kind) {
       case SpillResult::Kind::kWritten:
-        estimator_.SsdDone(pool.IoBytes(ref), now_ns);
+        SsdDone(tenant, pool.IoBytes(ref), now_ns);
         pool.DemoteDone(ref, r.status, r.ref);
         if (!r.status.ok()) notices->push_back({&tenant, r});
         break;
       case SpillResult::Kind::kRead:
-        estimator_.SsdDone(pool.IoBytes(ref), now_ns);
+        SsdDone(tenant, pool.IoBytes(ref), now_ns);
         pool.PromoteDone(ref, r.status);
         if (!r.status.ok()) notices->push_back({&tenant, r});
         break;
@@ -87,6 +88,11 @@ void TierCoordinator::OnResults(size_t worker, std::vector<Tenant*>* moved,
   }
 }
 
+void TierCoordinator::SsdDone(Tenant& tenant, uint64_t bytes, uint64_t now_ns) {
+  estimator_.SsdDone(bytes, now_ns);
+  tenant.ssd_queued_bytes -= std::min(bytes, tenant.ssd_queued_bytes);
+}
+
 void TierCoordinator::PostOrders(bool demote) {
   if (workers_.empty()) return;
   for (auto& tenant : tenants_->tenants()) {
@@ -99,7 +105,10 @@ void TierCoordinator::PostOrders(bool demote) {
     jobs_.clear();
     const uint64_t now_ns = NowUs() * 1000;
     for (const SpillOrder& order : orders_) {
-      if (order.kind != SpillOrder::Kind::kRelease) estimator_.SsdPosted(order.size, now_ns);
+      if (order.kind != SpillOrder::Kind::kRelease) {
+        estimator_.SsdPosted(order.size, now_ns);
+        tenant->ssd_queued_bytes += order.size;
+      }
       const std::string_view ns = order.kind == SpillOrder::Kind::kRelease
                                       ? std::string_view()
                                       : tenant->namespace_names.at(order.key.ns_id - 1);

@@ -88,6 +88,9 @@ class TierCoordinator {
   std::vector<SpillWorker*> workers_;
   std::vector<std::vector<Tenant*>> stores_;  // [worker][store]
   std::vector<std::unique_ptr<SsdAdmission>> policies_;  // by tenant, as in the registry
+  // A spill result of `bytes` for `tenant` is in.
+  void SsdDone(Tenant& tenant, uint64_t bytes, uint64_t now_ns);
+
   LoadEstimator estimator_;
   // Reused buffers.
   std::vector<SpillResult> results_;

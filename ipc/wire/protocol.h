@@ -123,7 +123,8 @@ struct MatchEstimate {
   uint64_t ssd_bytes;
   uint64_t load_us;        // estimated microseconds until the whole prefix is in the caller's
                            // memory: the SSD work queued ahead, the SSD reads, the copies
-  uint64_t ssd_queue_us;   // of which: waiting behind SSD reads and writes already queued
+  uint64_t ssd_queue_us;   // of which: waiting behind the SSD reads and writes this tenant has
+                           // queued (other tenants' work is not reported)
   uint32_t dram_mb_per_s;  // the copy bandwidth the estimate assumed (1e6 bytes/s)
   uint32_t ssd_mb_per_s;   // the SSD throughput it assumed, as lately measured
 };
