@@ -104,9 +104,14 @@ std::span<const uint32_t> Ttls(const uint32_t* ttl_seconds, size_t n) {
 }
 
 // Commit, abort and remove: keys in, a code per key out.
+// A per-key call: its arguments checked (a count over the limit, a null client or keys), then
+// `op` with one code per key.
 kvtier_status PerKeyCodes(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes,
                           Status (kvtier::Client::*op)(std::span<const Key>,
                                                        std::span<StatusCode>)) {
+  if (n > kMaxKeysPerCall) return CountTooLarge(n);
+  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
+  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   (void)Refuse(KVTIER_INTERNAL, codes, n);  // what stays if Guard catches an exception
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n, StatusCode::kInternal);
@@ -220,16 +225,10 @@ kvtier_status kvtier_reserve(kvtier_client* c, const kvtier_key* keys, const uin
 
 kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
-  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::CommitRaw);
 }
 
 kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
-  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::AbortRaw);
 }
 
@@ -299,33 +298,21 @@ kvtier_status kvtier_release(kvtier_client* c, const uint64_t* lease_ids, size_t
 
 kvtier_status kvtier_remove(kvtier_client* c, const kvtier_key* keys, size_t n,
                             uint16_t* codes) {
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
-  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Remove);
 }
 
 kvtier_status kvtier_prefetch(kvtier_client* c, const kvtier_key* keys, size_t n,
                               uint16_t* codes) {
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
-  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::Prefetch);
 }
 
 kvtier_status kvtier_reuse_soon(kvtier_client* c, const kvtier_key* keys, size_t n,
                                 uint16_t* codes) {
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
-  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::ReuseSoon);
 }
 
 kvtier_status kvtier_done_with(kvtier_client* c, const kvtier_key* keys, size_t n,
                                uint16_t* codes) {
-  if (n > kMaxKeysPerCall) return CountTooLarge(n);
-  if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
-  if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::DoneWith);
 }
 

@@ -60,13 +60,19 @@ uint32_t FrequencySketch::Estimate(uint64_t hash) const {
 void FrequencySketch::Add(uint64_t hash, uint64_t resident) {
   // Outgrown: wider rows now, not at the next aging, or the test passes too often.
   while (16 * resident > mask_ + 1) Widen();
-  const uint32_t least = Estimate(hash);
+  // Conservative update: of the key's four counters only the smallest grow.
+  uint64_t words[kRows];
+  uint32_t shifts[kRows];
+  uint32_t least = kMaxCount;
+  for (uint32_t row = 0; row < kRows; ++row) {
+    Locate(hash, row, &words[row], &shifts[row]);
+    least = std::min(least, static_cast<uint32_t>((table_[words[row]] >> shifts[row]) & 0xf));
+  }
   if (least < kMaxCount) {
     for (uint32_t row = 0; row < kRows; ++row) {
-      uint64_t word = 0;
-      uint32_t shift = 0;
-      Locate(hash, row, &word, &shift);
-      if (((table_[word] >> shift) & 0xf) == least) table_[word] += uint64_t{1} << shift;
+      if (((table_[words[row]] >> shifts[row]) & 0xf) == least) {
+        table_[words[row]] += uint64_t{1} << shifts[row];
+      }
     }
   }
   if (++additions_ >= 10 * std::max<uint64_t>(resident, 16)) Age();

@@ -37,10 +37,6 @@ class LoadEstimator {
   wire::MatchEstimate Estimate(uint32_t dram_blocks, uint64_t dram_bytes, uint32_t ssd_blocks,
                                uint64_t ssd_bytes, uint64_t queued_bytes) const;
 
-  double dram_bytes_per_second() const { return dram_bps_; }
-  double ssd_bytes_per_second() const { return ssd_bps_; }
-  uint64_t ssd_queued_bytes() const { return in_flight_bytes_; }
-
  private:
   static constexpr uint64_t kMinSampleNs = 1'000'000;
   double dram_bps_;
