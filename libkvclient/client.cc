@@ -466,12 +466,12 @@ Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) 
 bool Client::has_hints() const { return (impl_->features & wire::kFeatureHints) != 0; }
 
 Status Client::ReuseSoon(std::span<const Key> keys, std::span<StatusCode> codes) {
-  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it is older than them)");
+  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it predates them: upgrade it, or check has_hints() and skip them)");
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kReuseSoon), keys, codes);
 }
 
 Status Client::DoneWith(std::span<const Key> keys, std::span<StatusCode> codes) {
-  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it is older than them)");
+  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it predates them: upgrade it, or check has_hints() and skip them)");
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kDoneWith), keys, codes);
 }
 
