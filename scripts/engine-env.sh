@@ -22,6 +22,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 have() { "$py" -c "import importlib.metadata as m, sys; sys.exit(m.version('$engine') != '$version')" 2>/dev/null; }
+# A fresh install needs about 10 GB: say so up front instead of failing half-way in pip.
+if ! have; then
+  free_kib=$(df -Pk "$build" | awk 'NR == 2 { print $4 }')
+  [ "$free_kib" -ge $((12 * 1024 * 1024)) ] ||
+    fail "installing $engine needs about 12 GB free on $(df -P "$build" | awk 'NR == 2 { print $6 }'), only $((free_kib / 1024 / 1024)) GB is"
+fi
 have || echo "kvtier: installing $engine $version and its pinned dependencies into $venv (a few minutes)" >&2
 # Also when it is there: a changed constraints file then brings the venv in line (~7 s).
 "$py" -m pip install -q -c "$constraints" "$engine==$version" pytest ||
