@@ -630,7 +630,7 @@ TEST_CASE(
   CHECK_THAT(audit, Catch::Contains("event=purge tenant=test by_uid=0"));
 
   // Even the master key recovers nothing from the kept copies: put them back and restart.
-  daemon->Stop();
+  CHECK(daemon->Stop() == 0);
   const fs::path tenant_dir = o.spill_dir / "test";
   fs::create_directories(tenant_dir);
   for (size_t i = 0; i < segments.size(); ++i) {

@@ -16,6 +16,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <catch2/catch.hpp>
+
 namespace kvtier::testing {
 
 TempDir::TempDir() {
@@ -72,6 +74,8 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", notify_path.c_str());
   if (bind(notify, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    d->status_taken_ = true;  // nothing started
+    close(notify);
     throw std::runtime_error("bind(notify socket) failed");
   }
   const std::string log_path = (dir / "kvtierd.log").string();
@@ -94,6 +98,7 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
     }
     if (!d->Alive()) {
       close(notify);
+      d->status_taken_ = true;  // the exception carries the log
       throw std::runtime_error("kvtierd exited during start-up:\n" + d->Log());
     }
   }
@@ -102,7 +107,14 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
 }
 
 DaemonProcess::~DaemonProcess() {
-  if (!reaped_) Stop();
+  if (status_taken_) return;
+  const int status = Stop();
+  if (status != 0) {
+    std::string log = Log();
+    if (log.size() > 8192) log = "..." + log.substr(log.size() - 8192);
+    FAIL_CHECK("kvtierd (pid " << pid_ << ") exited with status " << status
+                               << " at the end of the test; its log:\n" << log);
+  }
 }
 
 bool DaemonProcess::Alive() {
@@ -117,7 +129,9 @@ bool DaemonProcess::Alive() {
 }
 
 int DaemonProcess::Stop() {
+  status_taken_ = true;
   if (reaped_) return exit_status_;
+  if (pid_ <= 0) return -1;  // never started: kill(-1) would signal every process we may
   kill(pid_, SIGTERM);
   int status = 0;
   waitpid(pid_, &status, 0);

@@ -55,7 +55,9 @@ struct DaemonOptions {
 };
 
 // Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
-// (sd_notify). The destructor stops it with SIGTERM and reaps it.
+// (sd_notify). The destructor stops it with SIGTERM, reaps it and fails the test unless it
+// exited with status 0 (a sanitizer report, a leak or a crash at shutdown is a failure), except
+// where the test took the exit status itself from Stop().
 class DaemonProcess {
  public:
   static std::unique_ptr<DaemonProcess> Start(const DaemonOptions& options = {});
@@ -70,7 +72,8 @@ class DaemonProcess {
   pid_t pid() const { return pid_; }
   // True while the process has not exited.
   bool Alive();
-  // SIGTERM, wait, and return the exit status (-signal if killed by one).
+  // SIGTERM, wait, and return the exit status (-signal if killed by one). The caller owns the
+  // status from then on: the destructor no longer checks it.
   int Stop();
   std::string Log() const;  // the daemon's stderr so far
 
@@ -81,6 +84,7 @@ class DaemonProcess {
   pid_t pid_ = -1;
   int exit_status_ = 0;
   bool reaped_ = false;
+  bool status_taken_ = false;  // Stop() handed the exit status to the test
 };
 
 // A filesystem mounted on a fresh directory for the test's lifetime (tests run as root; where
