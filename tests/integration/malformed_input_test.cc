@@ -25,6 +25,9 @@ namespace {
 
 using wire::FrameHeader;
 
+// The highest op number the protocol defines (ipc/wire/protocol.h).
+constexpr uint16_t kLastOp = static_cast<uint16_t>(wire::Op::kMatchPrefixEstimate);
+
 struct RawReply {
   bool closed = false;  // EOF instead of (or after) a reply
   bool got_reply = false;
@@ -196,10 +199,57 @@ TEST_CASE("a request before hello is refused and the session closed", "[integrat
   CHECK(ClosedAfter(fd.get()));
 }
 
+// A frame of `op` whose items are the keys of CommitFrame (1-byte keys 0, 1, 2, ...).
+std::vector<std::byte> KeysFrame(wire::Op op, uint32_t count, uint64_t id) {
+  std::vector<std::byte> frame = CommitFrame(count);
+  FrameHeader h = HeaderOf(frame);
+  h.op = static_cast<uint16_t>(op);
+  h.request_id = id;
+  SetHeader(&frame, h);
+  return frame;
+}
+
+std::vector<std::byte> ReserveFrame(uint32_t count, uint64_t size) {
+  std::vector<std::byte> buf(wire::kMaxFrameBytes);
+  wire::FrameWriter w(buf);
+  w.Begin(wire::Op::kReserve, 2);
+  for (uint32_t i = 0; i < count; ++i) {
+    wire::ReserveItem item{};
+    item.key.len = 1;
+    item.key.bytes[0] = static_cast<uint8_t>(i);
+    item.size = size;
+    w.AppendItem(item);
+  }
+  auto frame = w.Finish();
+  return {frame.begin(), frame.end()};
+}
+
+wire::StatsReply RawStats(int fd, uint64_t id) {
+  REQUIRE(SendFrame(fd, StatsFrame(id)).ok());
+  pollfd p{fd, POLLIN, 0};
+  REQUIRE(poll(&p, 1, 20000) == 1);
+  std::vector<std::byte> buf(wire::kMaxFrameBytes);
+  auto got = RecvFrame(fd, buf);
+  REQUIRE(got.ok());
+  auto reply = wire::DecodeReply(std::span(buf).first(got->bytes));
+  REQUIRE(reply.ok());
+  REQUIRE(reply->header.status == 0);
+  REQUIRE(reply->body.size() >= sizeof(wire::StatsReply));
+  wire::StatsReply stats;
+  std::memcpy(&stats, reply->body.data(), sizeof(stats));
+  return stats;
+}
+
 TEST_CASE("a bad key in a batch rejects the whole request and changes nothing",
           "[integration][malformed]") {
   auto daemon = DaemonProcess::Start();
   UniqueFd fd = HelloedConnect(*daemon);
+  // Three blocks reserved by this session; then a commit of them whose third key is malformed.
+  REQUIRE(SendFrame(fd.get(), ReserveFrame(3, 4096)).ok());
+  RawReply reserved = ReadReply(fd.get());
+  REQUIRE(reserved.got_reply);
+  REQUIRE(reserved.header.status == 0);
+  REQUIRE(RawStats(fd.get(), 3).reserved_blocks == 3);
   std::vector<std::byte> frame = CommitFrame(3);
   wire::WireKey bad{};
   bad.len = 40;
@@ -209,11 +259,22 @@ TEST_CASE("a bad key in a batch rejects the whole request and changes nothing",
   REQUIRE(r.got_reply);
   CHECK(r.header.status == static_cast<uint16_t>(StatusCode::kInvalidArgument));
   CHECK_THAT(r.message, Catch::Contains("item 2"));
-  // A semantic error keeps the session: the next request is served.
-  REQUIRE(SendFrame(fd.get(), StatsFrame(8)).ok());
-  RawReply s = ReadReply(fd.get());
-  REQUIRE(s.got_reply);
-  CHECK(s.header.status == 0);
+  // A semantic error keeps the session, and none of the three was committed: all are still
+  // reserved, and match_prefix finds none of the two good keys.
+  const wire::StatsReply after = RawStats(fd.get(), 8);
+  CHECK(after.reserved_blocks == 3);
+  CHECK(after.committed_blocks == 0);
+  REQUIRE(SendFrame(fd.get(), KeysFrame(wire::Op::kMatchPrefix, 2, 9)).ok());
+  RawReply match = ReadReply(fd.get());
+  REQUIRE(match.got_reply);
+  CHECK(match.header.status == 0);
+  CHECK(match.header.count == 0);
+  // The same commit with three good keys then commits all three.
+  REQUIRE(SendFrame(fd.get(), CommitFrame(3)).ok());
+  RawReply good = ReadReply(fd.get());
+  REQUIRE(good.got_reply);
+  CHECK(good.header.status == 0);
+  CHECK(RawStats(fd.get(), 10).committed_blocks == 3);
 }
 
 size_t OpenFds(pid_t pid) {
@@ -292,7 +353,8 @@ TEST_CASE("10,000 random frames leave the daemon up and serving a good client",
   close(stop[0]);
   std::mt19937_64 rng(20261126);
   const std::vector<std::byte> valid = CommitFrame(8);
-  size_t replies = 0, closes = 0;
+  size_t replies = 0, closes = 0, ops_seen = 0, unexplained = 0;
+  std::vector<bool> op_sent(kLastOp + 2);
   for (int i = 0; i < 10000; ++i) {
     UniqueFd fd = (i % 2 == 0) ? RawConnect(*daemon) : HelloedConnect(*daemon);
     std::vector<std::byte> frame;
@@ -308,7 +370,7 @@ TEST_CASE("10,000 random frames leave the daemon up and serving a good client",
       case 2: {  // a valid header with random fields
         frame = valid;
         FrameHeader h = HeaderOf(frame);
-        h.op = static_cast<uint16_t>(rng() % 12);
+        h.op = static_cast<uint16_t>(rng() % (kLastOp + 2));  // every op, and one past
         h.count = static_cast<uint32_t>(rng() % 6000);
         h.body_bytes = static_cast<uint32_t>(rng() % 400);
         SetHeader(&frame, h);
@@ -320,12 +382,16 @@ TEST_CASE("10,000 random frames leave the daemon up and serving a good client",
         break;
     }
     if (frame.empty()) frame.resize(1);
+    if (frame.size() >= sizeof(FrameHeader) && HeaderOf(frame).op < op_sent.size()) {
+      op_sent[HeaderOf(frame).op] = true;
+    }
     REQUIRE(SendFrame(fd.get(), frame).ok());
     RawReply r = ReadReply(fd.get());
     if (r.got_reply) {
       ++replies;
       // Frame-level errors end the session; request-level ones (a bad key) do not.
       const auto code = static_cast<StatusCode>(r.header.status);
+      if (code != StatusCode::kOk && r.message.empty()) ++unexplained;
       if (code == StatusCode::kProtocolError || code == StatusCode::kVersionMismatch ||
           code == StatusCode::kFailedPrecondition) {
         CHECK(ClosedAfter(fd.get()));
@@ -338,7 +404,12 @@ TEST_CASE("10,000 random frames leave the daemon up and serving a good client",
   close(stop[1]);
   CHECK(WaitChild(good) == 0);
   CHECK(daemon->Alive());
-  CHECK(replies + closes == 10000);
+  for (bool sent : op_sent) ops_seen += sent ? 1 : 0;
+  CHECK(ops_seen == op_sent.size());  // the barrage reached every op's decoder
+  // Every frame, noise included, got a reply saying what was wrong before any close.
+  CHECK(replies == 10000);
+  CHECK(closes == 0);
+  CHECK(unexplained == 0);  // every error reply names its problem
   auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "after"});
   REQUIRE(client.ok());
   CHECK((*client)->Stats().ok());
