@@ -408,6 +408,7 @@ void AdminCommands::FinishPurge(PendingPurge& purge) {
   Report r;
   r.Field("tenant", tenant.config.name);
   r.Field("sessions_closed", purge.sessions_closed);
+  r.Field("copies_waited", purge.copies_waited);
   AddRemoved(r, removed);
   r.Field("segments_erased", purge.segments_erased);
   r.Field("pool_bytes_zeroed", static_cast<uint64_t>(tenant.memory.size()));
