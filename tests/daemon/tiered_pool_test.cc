@@ -525,11 +525,17 @@ TEST_CASE("A tiered pool whose index is full of dirty blocks demotes one and wai
 // ---------------------------------------------------------------------------------------------
 // The real SpillWorker over a FaultyDevice.
 
+// As the daemon runs a pool (zero_freed = true): freed slots are zeroed.
+DramPool::Options ZeroingOptions(DramPool::Options o, std::byte* memory) {
+  o.zero_memory = memory;
+  return o;
+}
+
 class WorkerHarness {
  public:
   // `arm` sets faults on the device before the worker thread starts using it.
   explicit WorkerHarness(const std::function<void(FaultyDevice&)>& arm = {})
-      : memory_(16 * kMiB), pool_(TierOptions(16 * kMiB)) {
+      : memory_(16 * kMiB), pool_(ZeroingOptions(TierOptions(16 * kMiB), memory_.data())) {
     DeviceOptions d;
     d.queue_depth = 8;
     d.threads = 2;
