@@ -416,7 +416,7 @@ TEST_CASE("Preallocation reserves space, and a full filesystem answers ENOSPC wi
   SECTION("a 16 MiB tmpfs refuses a 32 MiB preallocation and writes beyond its size") {
     testing::ScopedMount mount("tmpfs", "size=16m");
     if (!mount.ok()) {
-      WARN("cannot make a small filesystem: " << mount.why());
+      testing::Unavailable("tmpfs", mount.why(), /*whole_test=*/false);
       return;
     }
     const fs::path big = mount.dir() / "too-big";
@@ -479,7 +479,8 @@ TEST_CASE("A filesystem that rejects O_DIRECT gets buffered I/O that still works
     CHECK(device->CloseFile(file).ok());
     return;
   }
-  WARN("no mountable filesystem here rejects O_DIRECT; the buffered fallback was not exercised");
+  testing::Unavailable("odirect-refusing-fs", "no mountable filesystem here rejects O_DIRECT; the "
+                       "buffered fallback was not exercised", /*whole_test=*/false);
 }
 
 TEST_CASE("FaultyDevice fails, shortens and corrupts exactly the I/O it is told to",
@@ -595,7 +596,7 @@ TEST_CASE("The probe picks the thread pool when forced and says why", "[daemon][
     CHECK(why.empty());
   } else {
     CHECK_THAT(why, Catch::Contains("io_uring unavailable"));
-    WARN(why);
+    testing::Unavailable("io_uring", why, /*whole_test=*/false);
   }
 }
 

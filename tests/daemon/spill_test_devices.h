@@ -7,6 +7,7 @@
 
 #include "daemon/spill/thread_pool_device.h"
 #include "daemon/spill/uring_device.h"
+#include "tests/support/test_support.h"
 
 namespace kvtier::testing {
 
@@ -26,7 +27,7 @@ inline std::unique_ptr<BlockDevice> OpenTestDevice(Kind kind, uint32_t queue_dep
   if (kind == Kind::kUring) {
     auto device = UringDevice::Open(options);
     if (!device.ok()) {
-      WARN("io_uring unavailable: " << device.status().ToString());
+      Unavailable("io_uring", device.status().ToString(), /*whole_test=*/false);
       return nullptr;
     }
     return std::move(*device);

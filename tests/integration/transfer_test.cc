@@ -313,7 +313,8 @@ TEST_CASE("bad regions and transfers are refused with the reason, and the sessio
             "hugetlbfs");
     close(huge);
   } else {
-    WARN("no hugetlbfs memfd here (" << std::strerror(errno) << "); that refusal is untested");
+    Unavailable("hugetlbfs", std::string("memfd_create(MFD_HUGETLB): ") + std::strerror(errno) +
+                                 "; that refusal is untested", /*whole_test=*/false);
   }
   const std::string proc = "/proc/self/fd/" + std::to_string(sealed);
   const int read_only = open(proc.c_str(), O_RDONLY | O_CLOEXEC);

@@ -182,6 +182,18 @@ int WaitChild(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+void Unavailable(std::string_view what, std::string_view why, bool whole_test) {
+  const char* env = std::getenv("KVTIER_TEST_REQUIRE");
+  const std::string required = "," + std::string(env == nullptr ? "" : env) + ",";
+  if (required == ",all," || required.find("," + std::string(what) + ",") != std::string::npos) {
+    FAIL(what << " is required here (KVTIER_TEST_REQUIRE=" << env << ") but unavailable: "
+              << why);
+  }
+  WARN("SKIPPED (no " << what << "): " << why);
+  if (whole_test) std::printf("\nkvtier-test-skipped: no %.*s\n", static_cast<int>(what.size()),
+                              what.data());
+}
+
 int RunInChild(const std::function<int()>& body) { return WaitChild(SpawnChild(body)); }
 
 std::string ReadFile(const std::filesystem::path& path) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kvtier::testing {
@@ -103,6 +104,14 @@ class ScopedMount {
   bool mounted_ = false;
   std::string why_;
 };
+
+// What a test needs and this machine lacks (io_uring, a tmpfs mount, root, hugetlbfs): where
+// the environment variable KVTIER_TEST_REQUIRE (a comma-separated list of `what`s, or "all")
+// names it, the test fails, so that a CI machine which should have it notices losing it;
+// else a warning saying SKIPPED. With `whole_test` it also prints a line ctest reports as a
+// skip (SKIP_REGULAR_EXPRESSION in tests/CMakeLists.txt): call it so only before the test's
+// first assertion, and return right after, or a failure could be reported as a skip.
+void Unavailable(std::string_view what, std::string_view why, bool whole_test);
 
 // Runs `body` in a forked child; returns its exit code (128 + signal if it died of one).
 int RunInChild(const std::function<int()>& body);
