@@ -205,7 +205,9 @@ Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
                                                 "promote_failures",
                                                 "integrity_failures",
                                                 "ssd_dropped",
-                                                "ssd_declined"});
+                                                "ssd_declined",
+                                                "demotions_in_flight",
+                                                "promotions_in_flight"});
   table.transpose_text = true;
   for (auto& tenant : tenants_->tenants()) {
     if (only != nullptr && tenant.get() != only) continue;
@@ -236,7 +238,9 @@ Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
                           s.promote_failures,
                           s.integrity_failures,
                           s.ssd_dropped,
-                          tenant->pool->tier_counters().ssd_declined});
+                          tenant->pool->tier_counters().ssd_declined,
+                          uint64_t{tenant->pool->demotions_in_flight()},
+                          uint64_t{tenant->pool->promotions_in_flight()}});
   }
   return r;
 }

@@ -99,6 +99,17 @@ int64_t JsonNumber(const std::string& json, const std::string& key) {
   return std::stoll(json.substr(at + field.size()));
 }
 
+// Waits until no demotion is in flight and DRAM's dirty bytes are at most `dirty_limit` (the
+// tenant's demote_above), so the pool starts no more: what is on SSD then stays put.
+bool DemotionsSettled(const DaemonProcess& daemon, uint64_t dirty_limit) {
+  return WaitUntil([&] {
+    const std::string json = RunCtl(daemon, {"--json", "stats"}).out;
+    const int64_t dirty = JsonNumber(json, "dirty_bytes");
+    return JsonNumber(json, "demotions_in_flight") == 0 && dirty >= 0 &&
+           static_cast<uint64_t>(dirty) <= dirty_limit;
+  });
+}
+
 // A child that drops to `uid`, sends an admin request line itself, and returns 0 if the reply
 // starts with `expect`; 2 if it could not connect at all (errno in the low bits is lost, so
 // EACCES gets 3).
@@ -335,13 +346,7 @@ TEST_CASE("reload lowers a tenant's SSD quota at once and refuses to raise it pa
   auto client = MustConnect(*daemon);
   Store(*client, 6, 120, kMiB);
   // Let the demotions the stores started settle: a reclaim skips segments with I/O in flight.
-  uint64_t demotions = 0;
-  REQUIRE(WaitUntil([&] {
-    const PoolStats s = *client->Stats();
-    const bool settled = s.demotions == demotions && s.dirty_bytes <= 24 * kMiB;
-    demotions = s.demotions;
-    return settled;
-  }));
+  REQUIRE(DemotionsSettled(*daemon, 24 * kMiB));
   REQUIRE(client->Stats()->ssd_segments > 4);
   const std::string original = ReadFile(daemon->config_path());
   auto set_quota = [&](uint64_t bytes) {
@@ -373,15 +378,7 @@ TEST_CASE("the reuse policy keeps blocks stored once off a full SSD tier and a r
   TempDir state;
   auto daemon = DaemonProcess::Start(WithSsd(state, 32 * kMiB));
   auto client = MustConnect(*daemon);
-  auto settle = [&] {
-    uint64_t demotions = UINT64_MAX;
-    REQUIRE(WaitUntil([&] {
-      const PoolStats s = *client->Stats();
-      const bool settled = s.demotions == demotions && s.dirty_bytes <= 24 * kMiB;
-      demotions = s.demotions;
-      return settled;
-    }));
-  };
+  auto settle = [&] { REQUIRE(DemotionsSettled(*daemon, 24 * kMiB)); };
   auto declined = [&] {
     return JsonNumber(RunCtl(*daemon, {"--json", "stats"}).out, "ssd_declined");
   };

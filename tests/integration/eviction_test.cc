@@ -1,4 +1,5 @@
 // Eviction under pool pressure, and lease stability under churn, with the real daemon.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -182,13 +183,25 @@ TEST_CASE("a held lease keeps its bytes stable while other clients churn the poo
   for (uint64_t owner = 100; owner < 102; ++owner) {
     churners.push_back(SpawnChild([&, owner] { return Churn(daemon->socket_path(), owner, 150); }));
   }
-  // Check the leased bytes while the churn runs, and after.
+  // Check the leased bytes for as long as the churn runs, and after.
+  auto running = [&] {
+    for (pid_t pid : churners) {
+      siginfo_t info{};
+      if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          info.si_pid == 0) {
+        return true;  // not exited yet
+      }
+    }
+    return false;
+  };
   bool stable = true;
-  for (int i = 0; i < 20 && stable; ++i) {
+  size_t checks = 0;
+  while (stable && running()) {
     for (size_t k = 0; k < keys.size(); ++k) stable = stable && VerifyBlock(keys[k], leases->data(k));
-    usleep(5000);
+    ++checks;
   }
   for (pid_t pid : churners) CHECK(WaitChild(pid) == 0);
+  INFO(checks << " checks during the churn");
   CHECK(stable);
   for (size_t k = 0; k < keys.size(); ++k) CHECK(VerifyBlock(keys[k], leases->data(k)));
   CHECK(client->Stats()->evictions > 0);  // the churn really did push blocks out
