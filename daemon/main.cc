@@ -24,6 +24,7 @@
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/socket/seqpacket.h"
+#include "ipc/wire/protocol.h"
 
 namespace kvtier {
 
@@ -180,7 +181,8 @@ int Serve(const std::string& config_path) {
 int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 1, argv + argc);
   if (args.size() == 1 && args[0] == "--version") {
-    std::printf("kvtierd %s (protocol version 1)\n", KVT_VERSION);
+    std::printf("kvtierd %s (protocol version %u)\n", KVT_VERSION,
+                unsigned{kvtier::wire::kProtocolVersion});
     return 0;
   }
   if (args.size() == 2 && args[0] == "--check-config") {

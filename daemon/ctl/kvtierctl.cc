@@ -28,6 +28,7 @@ constexpr char kUsage[] =
     "  drain                               refuse new sessions, finish requests, flush, exit\n"
     "  metrics                             Prometheus text exposition\n"
     "options:\n"
+    "  --version            kvtierctl's version (`status` gives the daemon's)\n"
     "  --admin-socket PATH  default $KVTIER_ADMIN_SOCKET or /run/kvtier/kvtierd-admin.sock\n"
     "  --json               one JSON object instead of tables\n";
 
@@ -58,6 +59,9 @@ int main(int argc, char** argv) {
       socket_path = argv[++i];
     } else if (command.empty() && arg == "--json") {
       json = true;
+    } else if (command.empty() && arg == "--version") {
+      std::printf("kvtierctl %s\n", KVT_VERSION);
+      return 0;
     } else if (command.empty() && (arg == "--help" || arg == "-h")) {
       std::fputs(kUsage, stdout);
       return 0;

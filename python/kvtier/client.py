@@ -56,7 +56,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """libkvclient's version, e.g. "0.1.0"."""
+    """libkvclient's version, e.g. "0.4.0": the same as the package's."""
     return str(lib.kvtier_version().decode())
 
 

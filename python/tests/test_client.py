@@ -3,6 +3,7 @@ alive by views, errors, purges and killed clients."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import subprocess
@@ -36,7 +37,9 @@ def store(c: kvtier.Client, ks: list[bytes], size: int) -> None:
 
 
 def test_version_and_limits(daemon: kvtier.testing.Daemon) -> None:
+    # One version everywhere: the library the package loads, the package, its metadata.
     assert kvtier.version().count(".") == 2
+    assert kvtier.version() == kvtier.__version__ == importlib.metadata.version("kvtier")
     assert kvtier.protocol_version() >= 1
     with kvtier.Client(daemon.socket, "ns") as c:
         assert c.pool_size == 64 * MiB

@@ -117,7 +117,7 @@ KVCLIENT_EXPORT const char* kvtier_error(void);
 /* The same as kvtier_error(); `client` is not used and may be NULL (kept for old callers). */
 KVCLIENT_EXPORT const char* kvtier_last_error(const kvtier_client* client);
 KVCLIENT_EXPORT const char* kvtier_status_name(kvtier_status status);
-/* This library's version ("0.1.0") and the wire protocol version it speaks. */
+/* This library's version (e.g. "0.4.0": the project's) and the wire protocol version it speaks. */
 KVCLIENT_EXPORT const char* kvtier_version(void);
 KVCLIENT_EXPORT uint32_t kvtier_protocol_version(void);
 
