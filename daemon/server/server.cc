@@ -8,8 +8,11 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
+#include "daemon/sd_notify.h"
 #include "daemon/tier/spill_orders.h"
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
@@ -38,7 +41,12 @@ Server::Server(Config& config, TenantRegistry* tenants, std::vector<SpillWorker*
       handler_(tenants, HandlerLimits{config.max_block_bytes, config.spill.max_block_bytes},
                &tier_.estimator()),
       recv_buffer_(wire::kMaxFrameBytes),
-      send_buffer_(wire::kMaxFrameBytes) {}
+      send_buffer_(wire::kMaxFrameBytes) {
+  watchdog_us_ = SdWatchdogIntervalUs();
+  if (watchdog_us_ > 0) {
+    spdlog::info("systemd watchdog: a ping every {} ms from the event loop", watchdog_us_ / 1000);
+  }
+}
 
 Server::~Server() {
   // Copies still queued run to their end first: they use the sessions' blocks and regions.
@@ -139,8 +147,12 @@ Status Server::Run() {
     const bool spinning =
         now - last_activity_us < config_.poll_spin_us ||
         (config_.poll_spin_us > 0 && !copies_.empty() && now - last_copy_post_us_ < kCopySpinUs);
-    // Wake up at least each second: silent sessions are timed out and expired blocks reaped.
-    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning || background_work ? 0 : 1000);
+    // Wake up at least each second: silent sessions are timed out and expired blocks reaped
+    // (and more often where the watchdog wants its ping sooner).
+    const int idle_ms = watchdog_us_ > 0 ? static_cast<int>(std::clamp<uint64_t>(
+                                               watchdog_us_ / 1000, 1, 1000))
+                                         : 1000;
+    const int n = epoll_wait(epoll_fd_.get(), events, 64, spinning || background_work ? 0 : idle_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       return ErrnoStatus("epoll_wait", errno);
@@ -204,11 +216,38 @@ bool Server::ScrubPools() {
 }
 
 void Server::Tick() {
+  const uint64_t now_us = NowUs();
+  // The watchdog's ping comes from this loop, so a loop stuck anywhere stops it.
+  if (watchdog_us_ > 0 && now_us - last_watchdog_us_ >= watchdog_us_) {
+    SdNotify("WATCHDOG=1");
+    last_watchdog_us_ = now_us;
+  }
   // Block expiry runs on whole seconds of the daemon's uptime (1 at start; 0 means "never").
-  const auto now_s = static_cast<uint32_t>((NowUs() - start_us_) / 1000000u + 1);
+  const auto now_s = static_cast<uint32_t>((now_us - start_us_) / 1000000u + 1);
   if (now_s == clock_s_) return;
   clock_s_ = now_s;
   tier_.Tick(now_s, kReapEntriesPerSecond);
+  if (std::string line = StatusLine(); line != status_line_) {
+    SdNotify("STATUS=" + line);
+    status_line_ = std::move(line);
+  }
+}
+
+std::string Server::StatusLine() const {
+  std::string line = commands_ != nullptr && commands_->draining() ? "draining: " : "serving: ";
+  line += std::to_string(sessions_.size()) + (sessions_.size() == 1 ? " session" : " sessions");
+  if (pinner_ != nullptr) {
+    const Pinner::Progress pin = pinner_->progress();
+    if (!pin.done) {
+      line += ", pinning pools for CUDA (" +
+              std::to_string(pin.total_bytes == 0 ? 0 : pin.pinned_bytes * 100 / pin.total_bytes) +
+              "%)";
+    } else if (!pin.error.empty()) {
+      line += ", pool pinning failed: " + pin.error;
+    }
+  }
+  if (commands_ != nullptr && commands_->busy() && !commands_->draining()) line += ", purging";
+  return line;
 }
 
 void Server::Refuse(int fd, const PeerCredentials& peer, const Status& why) {

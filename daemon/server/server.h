@@ -119,6 +119,8 @@ class Server : private AdminHost {
   void StopAccepting() override;
   bool CloseSessionsForDrain(bool all, uint64_t* closed) override;
   void OnAdminCommands();
+  // What `systemctl status` shows: serving or draining, sessions, pool pinning.
+  std::string StatusLine() const;
   void Audit(std::string_view event, std::string_view fields) {
     if (audit_ != nullptr) audit_->Record(event, fields);
   }
@@ -130,6 +132,11 @@ class Server : private AdminHost {
 
   uint64_t start_us_;
   uint32_t clock_s_ = 0;
+  // systemd (daemon/sd_notify.h): the watchdog's ping interval (0: none) and the last ping, and
+  // the last STATUS= line sent.
+  uint64_t watchdog_us_ = 0;
+  uint64_t last_watchdog_us_ = 0;
+  std::string status_line_;
   Config& config_;
   GpuProbe gpu_;
   AdminInbox* admin_ = nullptr;

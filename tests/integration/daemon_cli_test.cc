@@ -168,5 +168,39 @@ TEST_CASE("kvtierd takes the hard open-file limit, and refuses max_sessions beyo
                                              "but RLIMIT_NOFILE is 150"));
 }
 
+
+TEST_CASE("under a systemd watchdog kvtierd pings from its event loop and keeps STATUS current",
+          "[integration][cli][systemd]") {
+  DaemonOptions o;
+  o.watchdog_usec = 200000;  // WatchdogSec=200ms: a ping every 100 ms
+  auto daemon = DaemonProcess::Start(o);
+  auto sent = [&](const std::string& what) {
+    size_t n = 0;
+    for (const std::string& m : daemon->Notifications()) n += m.find(what) != std::string::npos;
+    return n;
+  };
+  CHECK(daemon->Notifications().front().find("READY=1") != std::string::npos);
+  CHECK(WaitUntil([&] { return sent("WATCHDOG=1") >= 3; }));
+  CHECK(WaitUntil([&] { return sent("STATUS=serving: 0 sessions") >= 1; }));
+  {
+    auto client = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "ns"});
+    REQUIRE(client.ok());
+    CHECK(WaitUntil([&] { return sent("STATUS=serving: 1 session") >= 1; }));
+  }
+  CHECK(daemon->Stop() == 0);
+}
+
+TEST_CASE("without a watchdog for its own pid kvtierd sends no pings", "[integration][cli][systemd]") {
+  auto daemon = DaemonProcess::Start();
+  // A second each: STATUS lines come from the same once-a-second tick a ping would.
+  REQUIRE(WaitUntil([&] {
+    for (const std::string& m : daemon->Notifications()) {
+      if (m.find("STATUS=serving") != std::string::npos) return true;
+    }
+    return false;
+  }));
+  for (const std::string& m : daemon->Notifications()) CHECK(m.find("WATCHDOG") == std::string::npos);
+}
+
 }  // namespace
 }  // namespace kvtier::testing

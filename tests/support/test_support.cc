@@ -83,30 +83,43 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
   d->pid_ = fork();
   if (d->pid_ == 0) {
     setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
+    if (o.watchdog_usec > 0) {
+      setenv("WATCHDOG_USEC", std::to_string(o.watchdog_usec).c_str(), 1);
+      setenv("WATCHDOG_PID", std::to_string(getpid()).c_str(), 1);
+    }
     FILE* log = std::fopen(log_path.c_str(), "w");
     if (log != nullptr) dup2(fileno(log), STDERR_FILENO);
     execl(KVTIERD_PATH, "kvtierd", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   // Wait for READY=1, or for the child to die (then report its log).
+  d->notify_fd_ = notify;
   for (;;) {
     pollfd p{notify, POLLIN, 0};
     if (poll(&p, 1, 200) == 1) {
-      char buf[256] = {};
-      const ssize_t n = recv(notify, buf, sizeof(buf) - 1, 0);
-      if (n > 0 && std::strstr(buf, "READY=1") != nullptr) break;
+      const std::vector<std::string>& got = d->Notifications();
+      if (!got.empty() && got.front().find("READY=1") != std::string::npos) break;
     }
     if (!d->Alive()) {
-      close(notify);
       d->status_taken_ = true;  // the exception carries the log
       throw std::runtime_error("kvtierd exited during start-up:\n" + d->Log());
     }
   }
-  close(notify);
   return d;
 }
 
+const std::vector<std::string>& DaemonProcess::Notifications() {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = recv(notify_fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n <= 0) break;
+    notifications_.emplace_back(buf, static_cast<size_t>(n));
+  }
+  return notifications_;
+}
+
 DaemonProcess::~DaemonProcess() {
+  if (notify_fd_ >= 0) close(notify_fd_);
   if (status_taken_) return;
   const int status = Stop();
   if (status != 0) {

@@ -53,6 +53,7 @@ struct DaemonOptions {
   uint64_t segment_bytes = 16ull << 20;
   std::string spill_toml;  // more [spill] keys
   std::string admin_toml;  // more [admin] keys (the audit log is run/audit.log already)
+  uint64_t watchdog_usec = 0;  // > 0: run as under WatchdogSec= ($WATCHDOG_USEC, $WATCHDOG_PID)
 };
 
 // Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
@@ -77,6 +78,8 @@ class DaemonProcess {
   // status from then on: the destructor no longer checks it.
   int Stop();
   std::string Log() const;  // the daemon's stderr so far
+  // Every sd_notify message the daemon sent so far (READY=1 first), oldest first.
+  const std::vector<std::string>& Notifications();
 
  private:
   DaemonProcess() = default;
@@ -86,6 +89,8 @@ class DaemonProcess {
   int exit_status_ = 0;
   bool reaped_ = false;
   bool status_taken_ = false;  // Stop() handed the exit status to the test
+  int notify_fd_ = -1;         // the NOTIFY_SOCKET the daemon sends to
+  std::vector<std::string> notifications_;
 };
 
 // A filesystem mounted on a fresh directory for the test's lifetime (tests run as root; where
