@@ -732,6 +732,7 @@ size_t SpillStore::Poll(std::span<SpillCompletion> out, bool wait) {
   const size_t n = device_->Reap(reaped, block);
   for (size_t i = 0; i < n; ++i) {
     --in_flight_;
+    ++reaped_total_;
     Reaped(reaped[i]);
   }
   if (erase_pending_) EraseDeadSegments();

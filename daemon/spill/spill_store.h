@@ -239,6 +239,9 @@ class SpillStore {
     options_.quota_bytes = std::max(bytes, options_.segment_bytes);
   }
   uint32_t in_flight() const { return in_flight_; }
+  // Device requests reaped so far, scrubs and header writes included (those have no
+  // completion for the caller but free capacity a blocked write may be waiting for).
+  uint64_t reaped_total() const { return reaped_total_; }
   // A StartRead now would not answer "staging buffers busy".
   bool staging_available() const { return !free_slots_.empty(); }
   // A StartWrite of `payload_bytes` now would not answer "staging buffers busy" (it would join
@@ -310,6 +313,7 @@ class SpillStore {
   size_t done_head_ = 0;
   size_t done_count_ = 0;
   uint32_t in_flight_ = 0;  // device requests submitted, not yet reaped
+  uint64_t reaped_total_ = 0;
   // Of in_flight_: a read's pieces beyond its first. Every staging buffer needs at most one
   // device place besides these, and one stays for header I/O, so reads take extra pieces only
   // while slots_.size() + extra_pieces_ + 1 <= the device's queue depth.

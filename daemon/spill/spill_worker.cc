@@ -135,10 +135,13 @@ void SpillWorker::Run() {
       Store& s = *stores_[i];
       progress |= StartJobs(i, &results);
       const size_t before = results.size();
+      const uint64_t reaped_before = s.store->reaped_total();
       Reap(i, &results);
-      // Completions freed staging buffers or segments, and an erase waits for the last one
-      // (a scrub's completion has no result): the front job may go now.
-      const bool reaped = results.size() != before;
+      // Completions freed staging buffers, queue slots or segments, and an erase waits for the
+      // last one: the front job may go now. Scrubs count too: their completions have no
+      // result, yet a write may be waiting for the queue slots they held (a worker that
+      // waited for a result instead slept forever with writes pending and nothing in flight).
+      const bool reaped = results.size() != before || s.store->reaped_total() != reaped_before;
       if (reaped || (!s.pending.empty() && s.pending.front().kind == SpillJob::Kind::kErase)) {
         s.blocked = false;
         const bool started = StartJobs(i, &results);

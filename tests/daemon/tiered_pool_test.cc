@@ -860,6 +860,52 @@ TEST_CASE("Once idle, the worker erases the segment being written when no record
   CHECK(std::filesystem::is_empty(dir.path() / "t"));
 }
 
+TEST_CASE("Writes posted behind releases whose scrubs fill the device queue all complete",
+          "[daemon][spill]") {
+  // A release's scrub takes a queue slot and completes with no result. A write that waited for
+  // a slot used to wait for a result that never came: the worker slept with writes pending.
+  TempDir dir;
+  SpillWorker worker;
+  AddThreadPoolStore(worker, dir.path() / "t", 8 * kMiB, 256 * kMiB, /*queue_depth=*/4,
+                     /*staging_buffers=*/2);
+  REQUIRE(worker.Start().ok());
+  std::vector<std::byte> data(64 * 1024, std::byte{7});
+  // Waits for `n` write results (a liveness bound, not a timing assertion); their refs.
+  auto written = [&](size_t n) {
+    std::vector<SsdRef> refs;
+    while (refs.size() < n) {
+      pollfd p{worker.event_fd(), POLLIN, 0};
+      REQUIRE(poll(&p, 1, 30000) == 1);
+      std::vector<SpillResult> results;
+      worker.TakeResults(&results);
+      for (const SpillResult& r : results) {
+        if (r.kind != SpillResult::Kind::kWritten) continue;
+        REQUIRE(r.status.ok());
+        refs.push_back(r.ref);
+      }
+    }
+    return refs;
+  };
+  uint64_t tag = 1;
+  std::vector<SpillJob> first;
+  for (int i = 0; i < 32; ++i) first.push_back(WriteJob(tag++, data));
+  worker.Post(first);
+  std::vector<SsdRef> live = written(first.size());
+  for (int round = 0; round < 20; ++round) {
+    std::vector<SpillJob> jobs;
+    for (const SsdRef& ref : live) {
+      SpillJob release;
+      release.kind = SpillJob::Kind::kRelease;
+      release.ref = ref;
+      jobs.push_back(release);
+    }
+    for (int i = 0; i < 32; ++i) jobs.push_back(WriteJob(tag++, data));
+    worker.Post(jobs);
+    live = written(32);
+  }
+  CHECK(worker.StatsOf(0).writes_started >= 21 * 32);
+}
+
 }  // namespace
 }  // namespace kvtier
 
