@@ -21,6 +21,7 @@
 #include "daemon/sd_notify.h"
 #include "daemon/server/server.h"
 #include "daemon/tier/spill_setup.h"
+#include "daemon/tier/warm_restart.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/socket/seqpacket.h"
@@ -60,6 +61,9 @@ Status RaiseFileLimit(uint32_t max_sessions) {
 }
 
 int Serve(const std::string& config_path) {
+  // What the service manager passed (the DRAM tier a previous process handed over), taken at
+  // once so that nothing started later inherits it.
+  std::vector<ListenFd> passed = SdListenFds();
   Result<Config> config = LoadConfig(config_path);
   if (!config.ok()) {
     std::fprintf(stderr, "kvtierd: %s\n", config.status().message().c_str());
@@ -102,8 +106,18 @@ int Serve(const std::string& config_path) {
     spdlog::critical("{}", s.message());
     return 1;
   }
+  std::vector<std::string> kept_log;
+  KeptState kept;
+  if (config->keep_dram_on_restart) {
+    kept = TakeKeptState(std::move(passed), *config, &kept_log);
+  } else if (!passed.empty()) {
+    kept_log.push_back("keep_dram_on_restart = false: closed the " +
+                       std::to_string(passed.size()) + " fd(s) the service manager passed");
+    passed.clear();
+  }
+  for (const std::string& line : kept_log) spdlog::warn("{}", line);
   std::vector<std::string> warnings;
-  auto tenants = TenantRegistry::Create(*config, &warnings);
+  auto tenants = TenantRegistry::Create(*config, &warnings, &kept.pools);
   if (!tenants.ok()) {
     spdlog::critical("{}", tenants.status().ToString());
     return 1;
@@ -127,6 +141,10 @@ int Serve(const std::string& config_path) {
     spdlog::critical("{}", workers.status().ToString());
     return 1;
   }
+  // After the SSD tier's recovery, which the kept blocks are reconciled with.
+  std::vector<std::string> adopt_log;
+  AdoptKeptBlocks(**tenants, kept, &adopt_log);
+  for (const std::string& line : adopt_log) spdlog::info("{}", line);
   std::vector<SpillWorker*> worker_ptrs;
   for (auto& w : *workers) worker_ptrs.push_back(w.get());
   auto audit = AuditLog::Open(config->admin.audit_log);
@@ -166,6 +184,14 @@ int Serve(const std::string& config_path) {
   admin->reset();
   // Workers finish their in-flight I/O and sync the spill files; pools outlive them.
   workers->clear();
+  if (run.ok() && config->keep_dram_on_restart && std::getenv("NOTIFY_SOCKET") != nullptr) {
+    auto handed = HandOverKeptState(**tenants, *config);
+    if (handed.ok()) {
+      spdlog::info("{}", *handed);
+    } else {
+      spdlog::warn("the DRAM tier is not kept for the next start: {}", handed.status().message());
+    }
+  }
   if (!run.ok()) {
     spdlog::critical("{}", run.ToString());
     return 1;

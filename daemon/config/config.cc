@@ -551,7 +551,8 @@ Status ConfigParser::ReadIds(const toml::table& table,
 Status ConfigParser::ParseDaemon(const toml::table& daemon, Config* config) {
   KVT_RETURN_IF_ERROR(CheckKeys(daemon, "daemon",
                                 {"run_dir", "socket", "socket_mode", "log_level", "max_sessions",
-                                 "max_leases_per_session", "poll_spin_us", "default_tenant"}));
+                                 "max_leases_per_session", "poll_spin_us", "default_tenant",
+                                 "keep_dram_on_restart"}));
   KVT_RETURN_IF_ERROR(ParsePaths(daemon, config));
   KVT_RETURN_IF_ERROR(ReadSocketMode(daemon, "daemon", "socket_mode", &config->socket_mode));
   KVT_RETURN_IF_ERROR(ReadString(daemon, "daemon", "log_level", &config->log_level));
@@ -571,6 +572,8 @@ Status ConfigParser::ParseDaemon(const toml::table& daemon, Config* config) {
                                    &config->max_leases_per_session));
   KVT_RETURN_IF_ERROR(
       ReadUnsigned(daemon, "daemon", "poll_spin_us", 0, 10000, &config->poll_spin_us));
+  KVT_RETURN_IF_ERROR(
+      ReadBool(daemon, "daemon", "keep_dram_on_restart", &config->keep_dram_on_restart));
   return ReadString(daemon, "daemon", "default_tenant", &config->default_tenant);
 }
 

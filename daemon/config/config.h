@@ -116,6 +116,9 @@ struct Config {
   uint32_t max_sessions = 1024;
   uint32_t max_leases_per_session = 65536;
   uint32_t poll_spin_us = 50;          // busy-poll this long after activity before sleeping
+  // At a clean stop, hand the DRAM tier to the service manager's fd store for the next start
+  // (daemon/tier/warm_restart.h); and take over what a previous process handed over.
+  bool keep_dram_on_restart = true;
   // [pool]
   uint64_t slab_bytes = uint64_t{4} << 20;        // power of two, 2 MiB .. 1 GiB
   uint64_t max_block_bytes = uint64_t{64} << 20;  // <= the smallest tenant pool

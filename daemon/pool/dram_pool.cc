@@ -937,6 +937,99 @@ void DramPool::SsdCopyLost(BlockRef ref, SsdRef ssd) {
   if (admission_ != nullptr && (e.flags & kInDram) != 0) Relist(ref.id, /*front=*/false);
 }
 
+void DramPool::ExportKept(std::vector<KeptBlock>* out) const {
+  std::vector<uint32_t> ids;
+  for (uint32_t id = 0; id < index_.capacity(); ++id) {
+    const BlockEntry& e = index_.at(id);
+    if (e.state != BlockState::kCommitted || (e.flags & kInDram) == 0 || Expired(e)) continue;
+    ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end(), [&](uint32_t a, uint32_t b) {
+    return last_use_[a] < last_use_[b];
+  });
+  for (uint32_t id : ids) {
+    const BlockEntry& e = index_.at(id);
+    KeptBlock k;
+    k.key = e.Key();
+    k.offset = e.offset;
+    k.size = e.size;
+    k.ttl_s = e.expires_s == 0 ? 0 : e.expires_s - now_s_;
+    k.on_ssd = (e.flags & kOnSsd) != 0;
+    if (k.on_ssd) k.ssd = SsdRef{e.ssd_segment, e.ssd_page};
+    k.reused = (e.flags & kReused) != 0;
+    out->push_back(k);
+  }
+}
+
+bool DramPool::Adopt(const KeptBlock& block) {
+  if (block.size == 0 || block.size > options_.max_block_bytes) return false;
+  const uint8_t cls = classes_.ClassFor(block.size);
+  uint32_t id = index_.Find(block.key);
+  // Only an SSD-only block recovered from the spill files can be there already.
+  if (id != BlockIndex::kNil && (index_.at(id).state != BlockState::kCommitted ||
+                                 (index_.at(id).flags & kInDram) != 0)) {
+    return false;
+  }
+  if (id == BlockIndex::kNil && index_.full()) return false;
+  const uint32_t large_slabs =
+      cls == SizeClasses::kLarge
+          ? static_cast<uint32_t>(AlignUp(block.size, classes_.slab_bytes()) / classes_.slab_bytes())
+          : 0;
+  if (!slabs_.AllocAt(block.offset, cls, large_slabs)) return false;
+  if (id != BlockIndex::kNil) {
+    const BlockEntry& found = index_.at(id);
+    const bool same = block.on_ssd && found.size == block.size &&
+                      SsdRef{found.ssd_segment, found.ssd_page} == block.ssd;
+    if (!same) {
+      DropCommitted(id);  // an older record of the key: the DRAM block is the live one
+      id = BlockIndex::kNil;
+    }
+  }
+  if (id == BlockIndex::kNil) {
+    id = index_.Insert(block.key);
+    BlockEntry& e = index_.at(id);
+    e.state = BlockState::kCommitted;
+    e.size = block.size;
+    e.size_class = cls;
+    if (options_.spill && block.size <= options_.spill_max_block_bytes) {
+      e.flags = kInDram | kDirty;
+      tier_.dirty_bytes += SlotBytes(e);
+    } else {
+      e.flags = kInDram | kNoSpill;
+    }
+    ++committed_;
+  } else {
+    BlockEntry& e = index_.at(id);  // the recovered SSD-only entry: now a clean copy too
+    Unlist(id);
+    e.flags |= kInDram;
+    --tier_.ssd_only_blocks;
+  }
+  BlockEntry& e = index_.at(id);
+  e.size_class = cls;
+  e.offset = block.offset;
+  if (block.reused) e.flags |= kReused;
+  e.expires_s = block.ttl_s == 0 ? 0
+                : block.ttl_s > UINT32_MAX - now_s_ ? UINT32_MAX
+                                                    : now_s_ + block.ttl_s;
+  slabs_.SetOwner(e.offset, id);
+  if ((e.flags & kDirty) != 0) slabs_.Pin(e.offset);  // as Commit: dirty blocks pin their slab
+  last_use_[id] = ++tick_;
+  slabs_.Touch(e.offset, tick_);
+  used_bytes_ += SlotBytes(e);
+  Relist(id);
+  return true;
+}
+
+uint64_t DramPool::ZeroUnallocated() {
+  if (options_.zero_memory == nullptr) return 0;
+  uint64_t zeroed = 0;
+  slabs_.ForEachUnallocated([&](uint64_t offset, uint64_t bytes) {
+    std::memset(options_.zero_memory + offset, 0, bytes);
+    zeroed += bytes;
+  });
+  return zeroed;
+}
+
 std::optional<BlockRef> DramPool::InsertRecovered(const BlockKey& key, uint64_t size,
                                                   SsdRef ssd, uint32_t ttl_s) {
   const bool fits = size > 0 && size <= options_.max_block_bytes;

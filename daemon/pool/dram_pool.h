@@ -102,6 +102,18 @@ enum class BlockHint : uint8_t {
   kDoneWith,   // the request that used it is done with it: let it go first
 };
 
+// A committed DRAM block as a restart hands it to the next process (DramPool::ExportKept,
+// DramPool::Adopt; daemon/tier/warm_restart.h). Its bytes stay where they are in the pool.
+struct KeptBlock {
+  BlockKey key;
+  uint64_t offset = 0;
+  uint32_t size = 0;
+  uint32_t ttl_s = 0;     // seconds it has left to live; 0: it never expires
+  bool on_ssd = false;    // it also has the SSD record `ssd`
+  SsdRef ssd;
+  bool reused = false;    // found again since it was stored (block_flags::kReused)
+};
+
 // Which tier DramPool::Evict empties.
 enum class EvictTiers : uint8_t { kDram, kSsd, kAll };
 
@@ -260,6 +272,22 @@ class DramPool {
   uint64_t WriteDeclined();
   // Drain: 0 makes Demote() write out every dirty block that can go to SSD.
   void set_dirty_limit_bytes(uint64_t bytes) { options_.dirty_limit_bytes = bytes; }
+
+  // --- Keeping DRAM across a restart (daemon/tier/warm_restart.h) ---
+  // The committed blocks whose bytes are in DRAM (not those being promoted or removed),
+  // coldest first, appended to `out`. Expired blocks are left out.
+  void ExportKept(std::vector<KeptBlock>* out) const;
+  // Start-up, before any request and after the SSD tier's recovery (InsertRecovered): takes
+  // over a block of the previous process whose bytes are at `block.offset` already; call it
+  // coldest first. An SSD-only entry of the same key with the same record and size becomes a
+  // clean DRAM block; one with any other record is stale (released), and the block is dirty
+  // (due for demotion) like any block DRAM alone holds. False, changing nothing, when the block
+  // does not fit this pool (its size, its slot, or a full index): its bytes are not the pool's.
+  bool Adopt(const KeptBlock& block);
+  // After the last Adopt: zeroes every byte of the pool no slot holds, so that what the
+  // previous process left outside the adopted blocks is never handed out. Returns the bytes
+  // zeroed. A no-op (0) without Options::zero_memory.
+  uint64_t ZeroUnallocated();
 
   // --- Scrubbing (secure deletion of freed slots) ---
   // A freed slot is zeroed before it can be reused. Zeroing 1 GiB takes ~100 ms, and the event

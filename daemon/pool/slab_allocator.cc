@@ -126,6 +126,45 @@ std::optional<uint64_t> SlabAllocator::AllocLarge(uint32_t slabs) {
   return std::nullopt;
 }
 
+bool SlabAllocator::AllocAt(uint64_t offset, uint8_t cls, uint32_t slabs) {
+  if (offset % kGranule != 0 || offset / slab_bytes() >= slab_count()) return false;
+  const uint32_t slab = SlabOf(offset);
+  const uint64_t within = offset - uint64_t{slab} * slab_bytes();
+  if (cls == SizeClasses::kLarge) {
+    if (within != 0 || slabs == 0 || slabs > slab_count() - slab) return false;
+    for (uint32_t j = slab; j < slab + slabs; ++j) {
+      if (slabs_[j].kind != Kind::kFree) return false;
+    }
+    for (uint32_t j = slab; j < slab + slabs; ++j) {
+      Carve(j, j == slab ? Kind::kLargeHead : Kind::kLargeTail, SizeClasses::kLarge,
+            j == slab ? 1 : 0);
+      slabs_[j].run = j == slab ? slabs : slab;
+    }
+    free_slabs_ -= slabs;
+    return true;
+  }
+  if (cls >= classes_->count()) return false;
+  const uint64_t slot_bytes = classes_->SlotBytes(cls);
+  const uint32_t slots = classes_->SlotsPerSlab(cls);
+  if (within % slot_bytes != 0 || within / slot_bytes >= slots) return false;
+  const auto slot = static_cast<uint32_t>(within / slot_bytes);
+  Slab& s = slabs_[slab];
+  if (s.kind == Kind::kFree) {
+    --free_slabs_;
+    Carve(slab, Kind::kSmall, cls, slots);
+    std::fill_n(Bitmap(slab), words_per_slab_, 0);
+    PartialPush(slab);
+  } else if (s.kind != Kind::kSmall || s.cls != cls) {
+    return false;
+  }
+  uint64_t& word = Bitmap(slab)[slot / 64];
+  const uint64_t bit = uint64_t{1} << (slot % 64);
+  if ((word & bit) != 0) return false;
+  word |= bit;
+  if (++s.used == slots) PartialRemove(slab);
+  return true;
+}
+
 void SlabAllocator::Free(uint64_t offset) {
   const uint32_t slab = SlabOf(offset);
   Slab& s = slabs_[slab];

@@ -27,6 +27,15 @@ class SlabAllocator {
   std::optional<uint64_t> AllocSmall(uint8_t cls);
   // The first run of `slabs` free slabs; nullopt if there is none.
   std::optional<uint64_t> AllocLarge(uint32_t slabs);
+  // Start-up, adopting the blocks of a previous process (DramPool::Adopt): allocates exactly
+  // the slot of class `cls` at `offset` (carving its slab for `cls` if the slab is free), or for
+  // kLarge the run of `slabs` slabs that starts there. False, changing nothing, if `offset` is
+  // not such a slot's start or the slot (or any slab of the run) is already taken.
+  bool AllocAt(uint64_t offset, uint8_t cls, uint32_t slabs = 0);
+  // Calls `fn(offset, bytes)` for each range of the pool no slot or run holds (free slabs,
+  // free slots, the tail of a slab past its last slot), in offset order.
+  template <typename Fn>
+  void ForEachUnallocated(Fn&& fn) const;
   // Frees the slot or run that starts at `offset`.
   void Free(uint64_t offset);
 
@@ -97,5 +106,26 @@ class SlabAllocator {
   uint32_t free_slabs_;
   uint32_t free_hint_ = 0;
 };
+
+template <typename Fn>
+void SlabAllocator::ForEachUnallocated(Fn&& fn) const {
+  for (uint32_t i = 0; i < slab_count(); ++i) {
+    const Slab& s = slabs_[i];
+    const uint64_t base = uint64_t{i} * slab_bytes();
+    if (s.kind == Kind::kFree) {
+      fn(base, slab_bytes());
+    } else if (s.kind == Kind::kSmall) {
+      const uint64_t slot_bytes = classes_->SlotBytes(s.cls);
+      const uint32_t slots = classes_->SlotsPerSlab(s.cls);
+      const uint64_t* bits = Bitmap(i);
+      for (uint32_t slot = 0; slot < slots; ++slot) {
+        if ((bits[slot / 64] >> (slot % 64) & 1) == 0) fn(base + slot * slot_bytes, slot_bytes);
+      }
+      if (slots * slot_bytes < slab_bytes()) {
+        fn(base + slots * slot_bytes, slab_bytes() - slots * slot_bytes);
+      }
+    }
+  }
+}
 
 }  // namespace kvtier

@@ -31,8 +31,9 @@ uint32_t RegionShare(size_t tenants) {
 
 }  // namespace
 
-Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& config,
-                                                               std::vector<std::string>* warnings) {
+Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(
+    const Config& config, std::vector<std::string>* warnings,
+    std::unordered_map<std::string, UniqueFd>* kept_pools) {
   std::unique_ptr<TenantRegistry> registry(new TenantRegistry());
   registry->config_path_ = config.source.string();
   const uint32_t region_share = RegionShare(config.tenants.size());
@@ -46,7 +47,19 @@ Result<std::unique_ptr<TenantRegistry>> TenantRegistry::Create(const Config& con
     shm.huge_pages = config.huge_pages;
     shm.lock_memory = config.lock_memory;
     std::string warning;
-    auto memory = ShmRegion::Create(shm, &warning);
+    Result<ShmRegion> memory = Status(StatusCode::kNotFound, "no kept pool");
+    if (kept_pools != nullptr && kept_pools->contains(tc.name)) {
+      memory = ShmRegion::Adopt(std::move(kept_pools->at(tc.name)), shm, &warning);
+      kept_pools->erase(tc.name);
+      if (memory.ok()) {
+        tenant->kept_pool = true;
+      } else if (warnings != nullptr) {
+        warnings->push_back("tenant '" + tc.name + "': the previous process's pool is dropped (" +
+                            memory.status().message() + "); a fresh one is allocated");
+        warning.clear();
+      }
+    }
+    if (!memory.ok()) memory = ShmRegion::Create(shm, &warning);
     if (!memory.ok()) {
       return Status(memory.status().code(),
                     "tenant '" + tc.name + "' pool: " + memory.status().message());

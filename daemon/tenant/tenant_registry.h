@@ -39,6 +39,8 @@ struct Tenant {
   uint32_t copies_in_flight = 0;
   // A purge is under way: peers of this tenant are refused until it ends.
   bool purging = false;
+  // The pool memory is the previous process's (its bytes kept; daemon/tier/warm_restart.h).
+  bool kept_pool = false;
   // SSD tier: the worker that runs this tenant's spill store (null: no SSD tier), and the
   // store's index there. Set by OpenSpillTier.
   SpillWorker* spill = nullptr;
@@ -71,8 +73,13 @@ class TenantRegistry {
   static constexpr uint64_t kScrubBytesPerRound = 1ull << 20;
 
   // `warnings` receives what was degraded per pool (no huge pages, not locked).
-  static Result<std::unique_ptr<TenantRegistry>> Create(const Config& config,
-                                                        std::vector<std::string>* warnings);
+  // `kept_pools` (a restart keeping the DRAM tier, daemon/tier/warm_restart.h): by tenant name,
+  // the pool memfds of the previous process; a tenant whose fd is there takes it over
+  // (Tenant::kept_pool) instead of a fresh pool, or gets a fresh one with a warning if it does
+  // not fit the config. Taken fds are moved out of the map.
+  static Result<std::unique_ptr<TenantRegistry>> Create(
+      const Config& config, std::vector<std::string>* warnings,
+      std::unordered_map<std::string, UniqueFd>* kept_pools = nullptr);
 
   // kPermissionDenied naming the uid and gid when no tenant matches; kUnavailable while the
   // tenant is being purged.
@@ -88,6 +95,7 @@ class TenantRegistry {
   Result<uint32_t> NamespaceId(Tenant& tenant, std::string_view name);
 
   std::vector<std::unique_ptr<Tenant>>& tenants() { return tenants_; }
+  const std::vector<std::unique_ptr<Tenant>>& tenants() const { return tenants_; }
 
  private:
   TenantRegistry() = default;

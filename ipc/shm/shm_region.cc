@@ -126,15 +126,55 @@ Result<ShmRegion> ShmRegion::Create(const ShmCreateOptions& options, std::string
     Note(warnings, "no hugetlb pages reserved: pool uses 4 KiB pages (set vm.nr_hugepages)");
   }
   PreFault(region.data_, options.bytes);
-  if (options.lock_memory != LockMemory::kOff) {
-    if (mlock(p, options.bytes) == 0) {
-      region.locked_ = true;
-    } else if (options.lock_memory == LockMemory::kRequire) {
-      return ErrnoStatus("mlock(pool) with lock_memory = \"require\" (raise LimitMEMLOCK)", errno);
-    } else {
-      Note(warnings, "pool not locked in RAM: mlock failed (raise LimitMEMLOCK / ulimit -l)");
-    }
+  if (Status s = region.Lock(options.lock_memory, warnings); !s.ok()) return s;
+  return region;
+}
+
+Status ShmRegion::Lock(LockMemory lock, std::string* warnings) {
+  if (lock == LockMemory::kOff) return Status::Ok();
+  if (mlock(data_, size_) == 0) {
+    locked_ = true;
+  } else if (lock == LockMemory::kRequire) {
+    return ErrnoStatus("mlock(pool) with lock_memory = \"require\" (raise LimitMEMLOCK)", errno);
+  } else {
+    Note(warnings, "pool not locked in RAM: mlock failed (raise LimitMEMLOCK / ulimit -l)");
   }
+  return Status::Ok();
+}
+
+Result<ShmRegion> ShmRegion::Adopt(UniqueFd fd, const ShmCreateOptions& options,
+                                   std::string* warnings) {
+  struct stat st {};
+  if (fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat(kept pool)", errno);
+  const int seals = fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals) {
+    return Status(StatusCode::kFailedPrecondition, "the kept pool is not a sealed memfd");
+  }
+  if (static_cast<uint64_t>(st.st_size) != options.bytes) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "the kept pool has " + std::to_string(st.st_size) + " bytes, the config asks " +
+                      std::to_string(options.bytes));
+  }
+  ShmRegion region;
+  // A hugetlb memfd reports its page size as the block size.
+  region.huge_pages_ = st.st_blksize >= static_cast<blksize_t>(2 * kMiB);
+  if (!region.huge_pages_ && options.huge_pages == HugePages::kRequire) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "huge_pages = \"require\" but the kept pool has 4 KiB pages");
+  }
+  if (!region.huge_pages_ && options.huge_pages != HugePages::kOff) {
+    Note(warnings, "the kept pool uses 4 KiB pages");
+  }
+  void* p = mmap(nullptr, options.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                 fd.get(), 0);
+  if (p == MAP_FAILED) return ErrnoStatus("mmap(kept pool)", errno);
+  region.fd_ = std::move(fd);
+  region.data_ = static_cast<std::byte*>(p);
+  region.size_ = options.bytes;
+  if (!region.huge_pages_ && options.huge_pages != HugePages::kOff) {
+    madvise(p, options.bytes, MADV_HUGEPAGE);
+  }
+  if (Status s = region.Lock(options.lock_memory, warnings); !s.ok()) return s;
   return region;
 }
 

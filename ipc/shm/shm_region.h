@@ -40,6 +40,12 @@ class ShmRegion {
   // huge pages or locking are required and unavailable. `warnings` collects what was degraded
   // (no huge pages, not locked) so the caller can log it.
   static Result<ShmRegion> Create(const ShmCreateOptions& options, std::string* warnings);
+  // Daemon side, at a restart that keeps the DRAM tier (daemon/tier/warm_restart.h): takes
+  // over the pool memfd of a previous process. kFailedPrecondition if `fd` is not a sealed
+  // memfd of exactly options.bytes, or huge pages or locking are required and it cannot have
+  // them. Its pages are already in memory: nothing is pre-faulted, and its bytes are kept.
+  static Result<ShmRegion> Adopt(UniqueFd fd, const ShmCreateOptions& options,
+                                 std::string* warnings);
   // Client side: maps `fd` read-write. kPermissionDenied if the fd is not a sealed memfd of
   // exactly `bytes`.
   static Result<ShmRegion> Map(UniqueFd fd, uint64_t bytes);
@@ -53,6 +59,8 @@ class ShmRegion {
 
  private:
   void Reset();
+  // mlock as `lock` asks; a warning where "try" fails.
+  Status Lock(LockMemory lock, std::string* warnings);
 
   UniqueFd fd_;
   std::byte* data_ = nullptr;

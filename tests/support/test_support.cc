@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -32,6 +34,11 @@ TempDir::~TempDir() {
 }
 
 std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
+  return Start(o, {});
+}
+
+std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o,
+                                                    std::vector<StoredFd> passed) {
   std::unique_ptr<DaemonProcess> d(new DaemonProcess());
   const auto dir = d->dir_.path();
   d->socket_path_ = (dir / "run" / "kvtierd.sock").string();
@@ -83,6 +90,21 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
   d->pid_ = fork();
   if (d->pid_ == 0) {
     setenv("NOTIFY_SOCKET", notify_path.c_str(), 1);
+    if (!passed.empty()) {
+      // As systemd does: the passed fds at 3, 4, ... (moved out of the way first, so that
+      // dup2 never overwrites one still to be moved), named in LISTEN_FDNAMES.
+      std::vector<int> high;
+      for (const StoredFd& p : passed) high.push_back(fcntl(p.fd, F_DUPFD, 1000));
+      std::string names;
+      for (size_t i = 0; i < high.size(); ++i) {
+        dup2(high[i], 3 + static_cast<int>(i));  // dup2 clears FD_CLOEXEC on the new fd
+        names += (i > 0 ? ":" : "") + passed[i].name;
+      }
+      for (int fd : high) close(fd);
+      setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+      setenv("LISTEN_FDS", std::to_string(passed.size()).c_str(), 1);
+      setenv("LISTEN_FDNAMES", names.c_str(), 1);
+    }
     if (o.watchdog_usec > 0) {
       setenv("WATCHDOG_USEC", std::to_string(o.watchdog_usec).c_str(), 1);
       setenv("WATCHDOG_PID", std::to_string(getpid()).c_str(), 1);
@@ -92,6 +114,7 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
     execl(KVTIERD_PATH, "kvtierd", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
+  for (StoredFd& p : passed) close(p.fd);
   // Wait for READY=1, or for the child to die (then report its log).
   d->notify_fd_ = notify;
   for (;;) {
@@ -110,17 +133,53 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o) {
 
 const std::vector<std::string>& DaemonProcess::Notifications() {
   char buf[4096];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
   for (;;) {
-    const ssize_t n = recv(notify_fd_, buf, sizeof(buf), MSG_DONTWAIT);
+    iovec iov{buf, sizeof(buf)};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    const ssize_t n = recvmsg(notify_fd_, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n <= 0) break;
-    notifications_.emplace_back(buf, static_cast<size_t>(n));
+    std::string text(buf, static_cast<size_t>(n));
+    std::vector<int> fds;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        fds.push_back(fd);
+      }
+    }
+    // As systemd: fds come with FDSTORE=1 and an FDNAME= ("stored" otherwise).
+    const size_t name_at = text.find("FDNAME=");
+    const std::string name =
+        name_at == std::string::npos ? "stored" : text.substr(name_at + 7, text.find('\n', name_at) - name_at - 7);
+    for (int fd : fds) {
+      if (text.find("FDSTORE=1") != std::string::npos) {
+        stored_fds_.push_back(StoredFd{name, fd});
+      } else {
+        close(fd);
+      }
+    }
+    notifications_.push_back(std::move(text));
   }
   return notifications_;
 }
 
+std::vector<StoredFd> DaemonProcess::TakeStoredFds() {
+  Notifications();
+  return std::exchange(stored_fds_, {});
+}
+
 DaemonProcess::~DaemonProcess() {
-  if (notify_fd_ >= 0) close(notify_fd_);
-  if (status_taken_) return;
+  if (status_taken_) {
+    CloseNotify();
+    return;
+  }
   const int status = Stop();
   if (status != 0) {
     std::string log = Log();
@@ -128,6 +187,14 @@ DaemonProcess::~DaemonProcess() {
     FAIL_CHECK("kvtierd (pid " << pid_ << ") exited with status " << status
                                << " at the end of the test; its log:\n" << log);
   }
+  CloseNotify();
+}
+
+void DaemonProcess::CloseNotify() {
+  if (notify_fd_ >= 0) close(notify_fd_);
+  notify_fd_ = -1;
+  for (StoredFd& s : stored_fds_) close(s.fd);
+  stored_fds_.clear();
 }
 
 bool DaemonProcess::Alive() {
@@ -146,8 +213,15 @@ int DaemonProcess::Stop() {
   if (reaped_) return exit_status_;
   if (pid_ <= 0) return -1;  // never started: kill(-1) would signal every process we may
   kill(pid_, SIGTERM);
+  // Reads its notifications meanwhile, as systemd does: the fds of a clean stop come last, and
+  // a full queue would hold its exit up.
   int status = 0;
-  waitpid(pid_, &status, 0);
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    pollfd p{notify_fd_, POLLIN, 0};
+    if (notify_fd_ >= 0 && poll(&p, 1, 10) == 1) Notifications();
+    if (notify_fd_ < 0) usleep(10000);
+  }
+  if (notify_fd_ >= 0) Notifications();
   reaped_ = true;
   exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
   return exit_status_;

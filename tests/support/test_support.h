@@ -56,6 +56,13 @@ struct DaemonOptions {
   uint64_t watchdog_usec = 0;  // > 0: run as under WatchdogSec= ($WATCHDOG_USEC, $WATCHDOG_PID)
 };
 
+// A file descriptor the daemon gave the service manager's store (sd_notify FDSTORE=1), and its
+// FDNAME: what systemd would pass to the next start.
+struct StoredFd {
+  std::string name;
+  int fd = -1;  // owned
+};
+
 // Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
 // (sd_notify). The destructor stops it with SIGTERM, reaps it and fails the test unless it
 // exited with status 0 (a sanitizer report, a leak or a crash at shutdown is a failure), except
@@ -63,6 +70,10 @@ struct DaemonOptions {
 class DaemonProcess {
  public:
   static std::unique_ptr<DaemonProcess> Start(const DaemonOptions& options = {});
+  // As systemd restarting a unit with FileDescriptorStoreMax=: the new daemon gets `passed` as
+  // its LISTEN_FDS (fd 3 on) with their names in LISTEN_FDNAMES. Closes them here.
+  static std::unique_ptr<DaemonProcess> Start(const DaemonOptions& options,
+                                              std::vector<StoredFd> passed);
   ~DaemonProcess();
 
   const std::string& socket_path() const { return socket_path_; }
@@ -80,9 +91,12 @@ class DaemonProcess {
   std::string Log() const;  // the daemon's stderr so far
   // Every sd_notify message the daemon sent so far (READY=1 first), oldest first.
   const std::vector<std::string>& Notifications();
+  // The fds it sent with FDSTORE=1 so far (at a clean stop, after Stop()); the caller owns them.
+  std::vector<StoredFd> TakeStoredFds();
 
  private:
   DaemonProcess() = default;
+  void CloseNotify();
   TempDir dir_;
   std::string socket_path_;
   pid_t pid_ = -1;
@@ -91,6 +105,7 @@ class DaemonProcess {
   bool status_taken_ = false;  // Stop() handed the exit status to the test
   int notify_fd_ = -1;         // the NOTIFY_SOCKET the daemon sends to
   std::vector<std::string> notifications_;
+  std::vector<StoredFd> stored_fds_;
 };
 
 // A filesystem mounted on a fresh directory for the test's lifetime (tests run as root; where

@@ -1,0 +1,321 @@
+// Restarts that keep the DRAM tier: a clean stop hands the pools and an index snapshot to the
+// service manager's fd store, and the next kvtierd serves the same blocks at once. The tests
+// play systemd: they collect the FDSTORE=1 fds from the notify socket and pass them to the next
+// daemon as LISTEN_FDS, as a unit with FileDescriptorStoreMax= gets them.
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "kvclient/client.h"
+#include "tests/integration/test_blocks.h"
+#include "tests/support/test_support.h"
+
+namespace kvtier::testing {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kMiB = 1ull << 20;
+
+std::unique_ptr<Client> Connect(const DaemonProcess& d) {
+  auto c = Client::Connect({.socket_path = d.socket_path(), .name_space = "warm"});
+  if (!c.ok()) FAIL("connect: " << c.status().ToString());
+  return std::move(*c);
+}
+
+std::vector<Key> Keys(uint64_t owner, size_t n) {
+  std::vector<Key> keys;
+  for (size_t i = 0; i < n; ++i) keys.push_back(TestKey(owner, i));
+  return keys;
+}
+
+void Store(Client& client, const std::vector<Key>& keys, uint64_t size) {
+  auto r = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
+  REQUIRE(r.ok());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE(r->code(i) == StatusCode::kOk);
+    FillBlock(keys[i], r->data(i));
+  }
+  REQUIRE(r->Commit().ok());
+}
+
+struct Served {
+  size_t exact = 0;
+  size_t missing = 0;
+  size_t wrong = 0;
+};
+
+// Reads every key back; also checks that every byte of the pool outside the blocks found is
+// zero (nothing of the previous process shows but the blocks it kept).
+Served ReadBack(Client& client, const std::vector<Key>& keys, bool check_rest_zero = true) {
+  Served s;
+  auto leases = client.Acquire(keys);
+  REQUIRE(leases.ok());
+  const std::span<std::byte> pool = client.pool();
+  std::vector<bool> covered(pool.size() / 4096, false);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (leases->code(i) != StatusCode::kOk) {
+      ++s.missing;
+      continue;
+    }
+    const std::span<const std::byte> data = leases->data(i);
+    if (VerifyBlock(keys[i], data)) {
+      ++s.exact;
+    } else {
+      ++s.wrong;
+    }
+    const auto first = static_cast<size_t>(data.data() - pool.data()) / 4096;
+    for (size_t p = first; p < first + (data.size() + 4095) / 4096; ++p) covered[p] = true;
+  }
+  if (check_rest_zero) {
+    size_t dirty_pages = 0;
+    for (size_t p = 0; p < covered.size(); ++p) {
+      if (covered[p]) continue;
+      const std::span<const std::byte> page = pool.subspan(p * 4096, 4096);
+      dirty_pages += std::any_of(page.begin(), page.end(), [](std::byte b) {
+        return b != std::byte{0};
+      });
+    }
+    CHECK(dirty_pages == 0);
+  }
+  return s;
+}
+
+bool HasFd(const std::vector<StoredFd>& fds, const std::string& name) {
+  return std::any_of(fds.begin(), fds.end(), [&](const StoredFd& f) { return f.name == name; });
+}
+
+TEST_CASE("a clean restart hands the DRAM tier over and the next kvtierd serves it byte for byte",
+          "[integration][warm-restart]") {
+  DaemonOptions o;
+  o.dram_bytes = 64 * kMiB;
+  const std::vector<Key> kept = Keys(1, 24);
+  const std::vector<Key> removed = Keys(2, 4);
+  const std::vector<Key> uncommitted = Keys(3, 4);
+  std::vector<StoredFd> fds;
+  {
+    auto daemon = DaemonProcess::Start(o);
+    auto client = Connect(*daemon);
+    Store(*client, kept, kMiB);
+    Store(*client, removed, kMiB);
+    REQUIRE(client->Remove(removed).ok());
+    // A reservation written but never committed: its bytes must not come back either.
+    auto pending = client->Reserve(uncommitted, std::vector<uint64_t>(uncommitted.size(), kMiB));
+    REQUIRE(pending.ok());
+    for (size_t i = 0; i < uncommitted.size(); ++i) FillBlock(uncommitted[i], pending->data(i));
+    REQUIRE(daemon->Stop() == 0);
+    fds = daemon->TakeStoredFds();
+    CHECK_THAT(daemon->Log(), Catch::Contains("handed 1 tenant pool(s) and the index"));
+  }
+  REQUIRE(fds.size() == 2);
+  CHECK(HasFd(fds, "kvtier-index"));
+  CHECK(HasFd(fds, "kvtier-pool-test"));
+
+  auto daemon = DaemonProcess::Start(o, std::move(fds));
+  CHECK_THAT(daemon->Log(), Catch::Contains("tenant 'test': kept 24 DRAM blocks (24MiB)"));
+  auto client = Connect(*daemon);
+  const Served back = ReadBack(*client, kept);
+  CHECK(back.exact == kept.size());
+  CHECK(back.wrong == 0);
+  CHECK(*client->MatchPrefix(removed) == 0);
+  CHECK(*client->MatchPrefix(uncommitted) == 0);
+  const auto stats = client->Stats();
+  REQUIRE(stats.ok());
+  CHECK(stats->committed_blocks == kept.size());
+  CHECK(stats->used_bytes == kept.size() * kMiB);
+  // The pool goes on as usual: the freed space is usable, and a new block reads back.
+  const std::vector<Key> fresh = Keys(4, 32);
+  Store(*client, fresh, kMiB);
+  CHECK(ReadBack(*client, fresh, false).exact == fresh.size());
+  // And a second restart keeps the blocks again, the new ones included.
+  REQUIRE(daemon->Stop() == 0);
+  auto again = DaemonProcess::Start(o, daemon->TakeStoredFds());
+  auto c2 = Connect(*again);
+  CHECK(ReadBack(*c2, fresh, false).exact == fresh.size());
+  CHECK(ReadBack(*c2, kept, false).exact == kept.size());
+}
+
+TEST_CASE("a restart drops kept blocks that no longer fit the config and zeroes what they held",
+          "[integration][warm-restart]") {
+  DaemonOptions o;
+  o.dram_bytes = 32 * kMiB;
+  o.more_tenants.push_back({"other", {4242}, 16 * kMiB});
+  const std::vector<Key> keys = Keys(5, 8);
+  std::vector<StoredFd> fds;
+  {
+    auto daemon = DaemonProcess::Start(o);
+    Store(*Connect(*daemon), keys, kMiB);
+    REQUIRE(daemon->Stop() == 0);
+    fds = daemon->TakeStoredFds();
+  }
+  REQUIRE(fds.size() == 3);  // two pools and the index
+  DaemonOptions next = o;
+  std::string expect;
+  SECTION("the tenant's pool size changed") {
+    next.dram_bytes = 48 * kMiB;
+    expect = "tenant 'test': dropped its kept DRAM blocks (8): dram_bytes changed";
+  }
+  SECTION("the slab size changed") {
+    next.slab_bytes = 4 * kMiB;
+    next.max_block_bytes = 4 * kMiB;
+    expect = "slab_bytes changed";
+  }
+  SECTION("a tenant left the config") {
+    next.more_tenants.clear();
+    expect = "tenant 'other': dropped its kept DRAM blocks (0): it is no longer in the config";
+  }
+  auto daemon = DaemonProcess::Start(next, std::move(fds));
+  INFO(daemon->Log());
+  CHECK_THAT(daemon->Log(), Catch::Contains(expect));
+  auto client = Connect(*daemon);
+  const Served back = ReadBack(*client, keys);
+  CHECK(back.wrong == 0);
+  if (next.dram_bytes != o.dram_bytes || next.slab_bytes != o.slab_bytes) {
+    CHECK(back.missing == keys.size());
+  } else {
+    CHECK(back.exact == keys.size());  // the tenant that stayed keeps its blocks
+  }
+}
+
+// Copies a sealed memfd into a fresh one with the byte at `offset` flipped.
+int CorruptCopy(int fd, size_t offset) {
+  const off_t size = lseek(fd, 0, SEEK_END);
+  std::vector<char> bytes(static_cast<size_t>(size));
+  REQUIRE(pread(fd, bytes.data(), bytes.size(), 0) == size);
+  bytes[offset] = static_cast<char>(bytes[offset] ^ 0x40);
+  const int copy = memfd_create("kvtier-index", MFD_CLOEXEC);
+  REQUIRE(write(copy, bytes.data(), bytes.size()) == size);
+  return copy;
+}
+
+TEST_CASE("a corrupted or unknown index snapshot drops the kept DRAM tier loudly",
+          "[integration][warm-restart]") {
+  DaemonOptions o;
+  const std::vector<Key> keys = Keys(6, 8);
+  std::vector<StoredFd> fds;
+  {
+    auto daemon = DaemonProcess::Start(o);
+    Store(*Connect(*daemon), keys, kMiB);
+    REQUIRE(daemon->Stop() == 0);
+    fds = daemon->TakeStoredFds();
+  }
+  auto index = std::find_if(fds.begin(), fds.end(),
+                            [](const StoredFd& f) { return f.name == "kvtier-index"; });
+  REQUIRE(index != fds.end());
+  std::string expect;
+  SECTION("a flipped bit in a block record") {
+    const int bad = CorruptCopy(index->fd, 64 + 64 + 8 + 40);  // past header, tenant, namespace
+    close(index->fd);
+    index->fd = bad;
+    expect = "dropped the kept DRAM tier: index snapshot: checksum mismatch";
+  }
+  SECTION("another format version") {
+    const int bad = CorruptCopy(index->fd, 8);  // the version's low byte
+    close(index->fd);
+    index->fd = bad;
+    expect = "index snapshot: format version";
+  }
+  SECTION("no index at all") {
+    close(index->fd);
+    fds.erase(index);
+    expect = "dropped 1 kept pool(s): no index snapshot came with them";
+  }
+  auto daemon = DaemonProcess::Start(o, std::move(fds));
+  CHECK_THAT(daemon->Log(), Catch::Contains(expect));
+  auto client = Connect(*daemon);
+  const Served back = ReadBack(*client, keys);
+  CHECK(back.missing == keys.size());
+  CHECK(back.wrong == 0);
+}
+
+TEST_CASE("SIGKILL hands nothing over and a purge before the stop leaves nothing to keep",
+          "[integration][warm-restart]") {
+  DaemonOptions o;
+  const std::vector<Key> keys = Keys(7, 8);
+  auto daemon = DaemonProcess::Start(o);
+  Store(*Connect(*daemon), keys, kMiB);
+  SECTION("SIGKILL") {
+    REQUIRE(kill(daemon->pid(), SIGKILL) == 0);
+    CHECK(daemon->Stop() == -SIGKILL);
+    CHECK(daemon->TakeStoredFds().empty());
+  }
+  SECTION("purge, then a clean stop") {
+    std::string out;
+    REQUIRE(RunCtl(*daemon, {"purge", "test"}, &out) == 0);
+    REQUIRE(daemon->Stop() == 0);
+    auto next = DaemonProcess::Start(o, daemon->TakeStoredFds());
+    CHECK_THAT(next->Log(), Catch::Contains("tenant 'test': kept 0 DRAM blocks"));
+    auto client = Connect(*next);
+    const Served back = ReadBack(*client, keys);
+    CHECK(back.missing == keys.size());
+  }
+}
+
+TEST_CASE("a restart with an SSD tier keeps DRAM copies and DRAM-only blocks and the SSD ones",
+          "[integration][warm-restart][spill]") {
+  TempDir state;
+  DaemonOptions o;
+  o.dram_bytes = 32 * kMiB;
+  o.spill_dir = state.path() / "spill";
+  o.ssd_bytes = 256 * kMiB;
+  const std::vector<Key> keys = Keys(8, 96);  // 96 MiB through 32 MiB of DRAM
+  std::vector<StoredFd> fds;
+  uint64_t in_dram = 0;
+  {
+    auto daemon = DaemonProcess::Start(o);
+    auto client = Connect(*daemon);
+    for (size_t at = 0; at < keys.size(); at += 8) {
+      Store(*client, std::vector<Key>(keys.begin() + static_cast<std::ptrdiff_t>(at),
+                                      keys.begin() + static_cast<std::ptrdiff_t>(at + 8)),
+            kMiB);
+    }
+    const auto stats = client->Stats();
+    REQUIRE(stats.ok());
+    in_dram = stats->committed_blocks - stats->ssd_only_blocks;
+    REQUIRE(in_dram > 0);
+    REQUIRE(daemon->Stop() == 0);
+    fds = daemon->TakeStoredFds();
+  }
+  auto daemon = DaemonProcess::Start(o, std::move(fds));
+  INFO(daemon->Log());
+  CHECK_THAT(daemon->Log(), Catch::Contains("tenant 'test': kept " + std::to_string(in_dram) +
+                                            " DRAM blocks"));
+  auto client = Connect(*daemon);
+  const auto stats = client->Stats();
+  REQUIRE(stats.ok());
+  CHECK(stats->committed_blocks - stats->ssd_only_blocks == in_dram);
+  // Every block is served exactly, from DRAM at once or from SSD; none is lost or wrong.
+  size_t exact = 0, wrong = 0, missing = 0;
+  for (size_t at = 0; at < keys.size(); at += 8) {
+    {
+      auto probe = client->Acquire(std::vector<Key>(keys.begin() + static_cast<std::ptrdiff_t>(at),
+                                  keys.begin() + static_cast<std::ptrdiff_t>(at + 8)));
+      if (!probe.ok()) {
+        std::string out;
+        RunCtl(*daemon, {"--json", "stats"}, &out);
+        FAIL(probe.status().ToString() << "\n" << out << "\n" << daemon->Log());
+      }
+    }
+    const Served s =
+        ReadBack(*client,
+                 std::vector<Key>(keys.begin() + static_cast<std::ptrdiff_t>(at),
+                                  keys.begin() + static_cast<std::ptrdiff_t>(at + 8)),
+                 false);
+    exact += s.exact;
+    wrong += s.wrong;
+    missing += s.missing;
+  }
+  CHECK(wrong == 0);
+  CHECK(exact + missing == keys.size());
+  CHECK(exact == keys.size());
+}
+
+}  // namespace
+}  // namespace kvtier::testing
