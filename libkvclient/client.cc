@@ -465,13 +465,27 @@ Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) 
 
 bool Client::has_hints() const { return (impl_->features & wire::kFeatureHints) != 0; }
 
+namespace {
+
+// A hint to a kvtierd without hints: refused for every key, as a failed batch is.
+Status NoHints(std::span<const Key> keys, std::span<StatusCode> codes) {
+  const Status refused(StatusCode::kFailedPrecondition,
+                       "this kvtierd takes no hints (it predates them: upgrade it, or check "
+                       "has_hints() and skip them)");
+  if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
+  FailFrom(codes.first(std::min(codes.size(), keys.size())), 0, refused);
+  return refused;
+}
+
+}  // namespace
+
 Status Client::ReuseSoon(std::span<const Key> keys, std::span<StatusCode> codes) {
-  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it predates them: upgrade it, or check has_hints() and skip them)");
+  if (!has_hints()) return NoHints(keys, codes);
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kReuseSoon), keys, codes);
 }
 
 Status Client::DoneWith(std::span<const Key> keys, std::span<StatusCode> codes) {
-  if (!has_hints()) return Status(StatusCode::kFailedPrecondition, "this kvtierd takes no hints (it predates them: upgrade it, or check has_hints() and skip them)");
+  if (!has_hints()) return NoHints(keys, codes);
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kDoneWith), keys, codes);
 }
 
