@@ -34,8 +34,14 @@ bool PlausibleRecord(const RecordHeader& record, const SegmentHeader& segment, u
   }
   if (record.key_len < 1 || record.key_len > sizeof(record.key)) return false;
   if (record.namespace_len < 1 || record.namespace_len > kMaxNamespaceBytes) return false;
-  // Bounded before RecordBytes so the sum cannot wrap.
-  if (offset >= segment_end || record.payload_bytes > segment_end - offset) return false;
+  // Bounded before RecordBytes so its sum cannot wrap: the header and the alignment slack must
+  // fit too (a bound of segment_end - offset alone let a payload near 2^64 wrap to 0; found by
+  // the spill fuzzer).
+  if (offset >= segment_end || segment_end - offset < kRecordHeaderBytes ||
+      segment_end - offset > UINT64_MAX - kAlignBytes ||
+      record.payload_bytes > segment_end - offset - kRecordHeaderBytes) {
+    return false;
+  }
   if (record.record_bytes != RecordBytes(record.payload_bytes)) return false;
   return record.record_bytes <= segment_end - offset;
 }
