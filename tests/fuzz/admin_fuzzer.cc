@@ -114,15 +114,21 @@ UniqueFd ConnectHttp(const World& w) {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(w.config.metrics_port);
-  KVT_FUZZ_CHECK(connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0,
-                 std::string("connect to the metrics listener: ") + std::strerror(errno));
-  return fd;
+  // Loopback connections at this rate can run out of ephemeral ports for a moment (each
+  // closed one waits in TIME-WAIT): that is the host, not the server, so wait and retry.
+  for (int attempt = 0;; ++attempt) {
+    if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    KVT_FUZZ_CHECK(errno == EADDRNOTAVAIL && attempt < 1000,
+                   std::string("connect to the metrics listener: ") + std::strerror(errno));
+    usleep(10000);
+  }
 }
 
 // What the loop answers to a command: its arguments, so the reply proves which ones arrived.
 std::string BodyFor(const AdminRequest& request) {
   std::string body = "fuzz-reply args=" + std::to_string(request.args.size()) + "\n";
-  for (const std::string& arg : request.args) body += arg + "\n";
+  for (const std::string& arg : request.args)
+    body += arg + "\n";
   return body;
 }
 
@@ -201,7 +207,9 @@ std::string OneLine(std::string text) {
 
 // `got` is the reply we expected, or (when the server may have reset the connection because
 // it left part of the request unread) a prefix of it.
-void CheckReply(const Exchange& got, const std::string& expected, bool may_reset,
+void CheckReply(const Exchange& got,
+                const std::string& expected,
+                bool may_reset,
                 std::string_view payload) {
   const std::string what = "payload of " + std::to_string(payload.size()) + " bytes: expected\n  " +
                            expected + "\ngot\n  " + got.reply;
@@ -223,8 +231,8 @@ void RunAdmin(World& w, std::string_view payload) {
   std::string expected;
   if (newline == std::string_view::npos || newline >= limit) {
     if (payload.size() >= limit) {
-      expected = "ERROR protocol_error: request line longer than " + std::to_string(limit) +
-                 " bytes\n";
+      expected =
+          "ERROR protocol_error: request line longer than " + std::to_string(limit) + " bytes\n";
     }  // else: EOF before a line; the server closes without a word
   } else {
     const std::vector<std::string> words = Words(payload.substr(0, newline));

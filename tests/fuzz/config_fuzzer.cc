@@ -41,7 +41,8 @@ void CheckParseSize(std::string_view text) {
     ++pos;
   }
   const size_t digits = pos;
-  while (pos < text.size() && text[pos] == ' ') ++pos;
+  while (pos < text.size() && text[pos] == ' ')
+    ++pos;
   const std::string_view unit = text.substr(pos);
   uint64_t scale = 0;
   if (unit.empty() || unit == "B") scale = 1;
@@ -76,11 +77,15 @@ bool IsTenantName(std::string_view name) {
   return true;
 }
 
-bool SocketModeOk(mode_t mode) { return mode <= 0777 && (mode & 0600) == 0600; }
+bool SocketModeOk(mode_t mode) {
+  return mode <= 0777 && (mode & 0600) == 0600;
+}
 
 // The bounds config.h documents for a config that loaded.
 void CheckConfig(const Config& c) {
-  const auto check = [](bool ok, const char* what) { KVT_FUZZ_CHECK(ok, what); };
+  const auto check = [](bool ok, const char* what) {
+    KVT_FUZZ_CHECK(ok, what);
+  };
   check(c.source == std::filesystem::path(kSource), "source");
   check(c.run_dir.is_absolute(), "run_dir absolute");
   check(c.socket_path.is_absolute() && c.socket_path.has_filename(), "socket absolute");

@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -52,7 +54,9 @@ std::string FuzzConfigText() {
   return "config_version = 1\n"
          "[daemon]\n"
          "run_dir = \"/nonexistent/kvt-fuzz\"\n"
-         "max_leases_per_session = " + std::to_string(kMaxLeases) + "\n"
+         "max_leases_per_session = " +
+         std::to_string(kMaxLeases) +
+         "\n"
          "[pool]\n"
          "slab_bytes = \"2MiB\"\n"
          "max_block_bytes = \"64KiB\"\n"
@@ -61,7 +65,9 @@ std::string FuzzConfigText() {
          "zero_freed = false\n"
          "[[tenant]]\n"
          "name = \"fuzz\"\n"
-         "uids = [" + std::to_string(geteuid()) + "]\n"
+         "uids = [" +
+         std::to_string(geteuid()) +
+         "]\n"
          "dram_bytes = \"8MiB\"\n";
 }
 
@@ -86,8 +92,7 @@ World& TheWorld() {
     w->tenants = std::move(*tenants);
     w->tenant = w->tenants->tenants().at(0).get();
     w->handler = std::make_unique<RequestHandler>(
-        w->tenants.get(),
-        HandlerLimits{w->config.max_block_bytes, w->config.spill.max_block_bytes},
+        w->tenants.get(), HandlerLimits{w->config.max_block_bytes, w->config.spill.max_block_bytes},
         &w->estimator);
     const int fd = memfd_create("kvt-fuzz-region", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     KVT_FUZZ_CHECK(fd >= 0, "memfd_create");
@@ -99,6 +104,12 @@ World& TheWorld() {
   return *world;
 }
 
+// KVT_FUZZ_VERBOSE=1: print each request and its reply (to see what a seed reaches).
+bool Verbose() {
+  static const bool verbose = std::getenv("KVT_FUZZ_VERBOSE") != nullptr;
+  return verbose;
+}
+
 FrameHeader HeaderOf(std::span<const std::byte> frame) {
   FrameHeader h{};
   std::memcpy(&h, frame.data(), std::min(frame.size(), sizeof(h)));
@@ -107,8 +118,8 @@ FrameHeader HeaderOf(std::span<const std::byte> frame) {
 
 std::string Describe(const FrameHeader& h) {
   return "op " + std::to_string(h.op) + " count " + std::to_string(h.count) + " body " +
-         std::to_string(h.body_bytes) + " message " + std::to_string(h.message_bytes) +
-         " status " + std::to_string(h.status);
+         std::to_string(h.body_bytes) + " message " + std::to_string(h.message_bytes) + " status " +
+         std::to_string(h.status);
 }
 
 // The key rules of protocol.h, written out plainly: CheckKey's word tricks must agree.
@@ -124,7 +135,9 @@ bool KeyFollowsRules(const wire::WireKey& key) {
 }
 
 // The stride of a request's items that start with a key; 0 for ops without keys.
-size_t KeyStride(Op op) { return op == Op::kRelease ? 0 : wire::RequestItemBytes(op); }
+size_t KeyStride(Op op) {
+  return op == Op::kRelease ? 0 : wire::RequestItemBytes(op);
+}
 
 void CheckDecodedRequest(std::span<const std::byte> frame, const FrameView& v) {
   const FrameHeader h = HeaderOf(frame);
@@ -172,12 +185,14 @@ void CheckDecodedRequest(std::span<const std::byte> frame, const FrameView& v) {
       KVT_FUZZ_CHECK(v.body.size() >= sizeof(hello), what);
       std::memcpy(&hello, v.body.data(), sizeof(hello));
       KVT_FUZZ_CHECK((hello.flags & ~wire::kHelloWantsLimits) == 0, what);
-      KVT_FUZZ_CHECK(hello.namespace_bytes >= 1 && hello.namespace_bytes <= wire::kMaxNamespaceBytes,
-                     what);
+      KVT_FUZZ_CHECK(
+          hello.namespace_bytes >= 1 && hello.namespace_bytes <= wire::kMaxNamespaceBytes, what);
       KVT_FUZZ_CHECK(v.body.size() == sizeof(hello) + hello.namespace_bytes, what);
       break;
     }
-    case Op::kStats: KVT_FUZZ_CHECK(v.body.empty(), what); break;
+    case Op::kStats:
+      KVT_FUZZ_CHECK(v.body.empty(), what);
+      break;
     case Op::kRegisterRegion: {
       KVT_FUZZ_CHECK(v.body.size() >= sizeof(wire::RegionSpec), what);
       const auto spec = v.Prefix<wire::RegionSpec>();
@@ -185,28 +200,29 @@ void CheckDecodedRequest(std::span<const std::byte> frame, const FrameView& v) {
                          spec.kind == static_cast<uint32_t>(wire::RegionKind::kCuda),
                      what);
       KVT_FUZZ_CHECK(spec.reserved == 0 && spec.events <= wire::kMaxRegionEvents, what);
-      KVT_FUZZ_CHECK(v.body.size() == sizeof(spec) + size_t{spec.events} * wire::kCudaIpcHandleBytes,
-                     what);
+      KVT_FUZZ_CHECK(
+          v.body.size() == sizeof(spec) + size_t{spec.events} * wire::kCudaIpcHandleBytes, what);
       break;
     }
     case Op::kDeregisterRegion:
       KVT_FUZZ_CHECK(v.body.size() == sizeof(wire::RegionId), what);
       KVT_FUZZ_CHECK(v.Prefix<wire::RegionId>().reserved == 0, what);
       break;
-    default: KVT_FUZZ_CHECK(false, "an op with items has no item size: " + what);
+    default:
+      KVT_FUZZ_CHECK(false, "an op with items has no item size: " + what);
   }
 }
 
 void CheckDecodeError(std::span<const std::byte> frame, const Status& status) {
-  KVT_FUZZ_CHECK(status.code() == StatusCode::kProtocolError ||
-                     status.code() == StatusCode::kVersionMismatch,
-                 status.ToString());
+  KVT_FUZZ_CHECK(
+      status.code() == StatusCode::kProtocolError || status.code() == StatusCode::kVersionMismatch,
+      status.ToString());
   KVT_FUZZ_CHECK(!status.message().empty(), "an error without a message");
   if (status.code() == StatusCode::kVersionMismatch) {
     const FrameHeader h = HeaderOf(frame);
-    KVT_FUZZ_CHECK(frame.size() >= sizeof(h) && h.magic == wire::kMagic &&
-                       h.version != wire::kProtocolVersion,
-                   status.ToString());
+    KVT_FUZZ_CHECK(
+        frame.size() >= sizeof(h) && h.magic == wire::kMagic && h.version != wire::kProtocolVersion,
+        status.ToString());
   }
 }
 
@@ -248,15 +264,18 @@ void CheckCodes(const FrameView& reply, uint32_t n, const std::string& what) {
 }
 
 // The reply the handler wrote for `request`: well formed, and shaped as protocol.h says.
-void CheckReply(const FrameView& request, std::span<const std::byte> frame, const Tenant& tenant,
+void CheckReply(const FrameView& request,
+                std::span<const std::byte> frame,
+                const Tenant& tenant,
                 const RequestHandler::Outcome& outcome) {
   auto decoded = wire::DecodeReply(frame);
-  KVT_FUZZ_CHECK(decoded.ok(), "the daemon wrote a reply that does not decode: " +
-                                   decoded.status().ToString());
+  KVT_FUZZ_CHECK(decoded.ok(),
+                 "the daemon wrote a reply that does not decode: " + decoded.status().ToString());
   const FrameView& r = *decoded;
   const FrameHeader& h = r.header;
   const std::string what = "reply to " + Describe(request.header) + ": " + Describe(h) + " '" +
                            std::string(r.message) + "'";
+  if (Verbose()) std::fprintf(stderr, "%s\n", what.c_str());
   KVT_FUZZ_CHECK(r.op == request.op && h.request_id == request.header.request_id, what);
   if (outcome.pass_fd >= 0) {
     KVT_FUZZ_CHECK(request.op == Op::kHello && h.status == 0, what);
@@ -274,8 +293,9 @@ void CheckReply(const FrameView& request, std::span<const std::byte> frame, cons
       const auto hello = Item<wire::HelloReply>(r, 0);
       wire::HelloRequest asked;
       std::memcpy(&asked, request.body.data(), sizeof(asked));
-      const size_t expected = sizeof(wire::HelloReply) +
-                              ((asked.flags & wire::kHelloWantsLimits) != 0 ? sizeof(wire::HelloLimits) : 0);
+      const size_t expected =
+          sizeof(wire::HelloReply) +
+          ((asked.flags & wire::kHelloWantsLimits) != 0 ? sizeof(wire::HelloLimits) : 0);
       KVT_FUZZ_CHECK(h.count == 0 && r.body.size() == expected, what);
       KVT_FUZZ_CHECK(hello.pool_bytes == tenant.memory.size(), what);
       KVT_FUZZ_CHECK(hello.max_batch == wire::kMaxBatch && hello.namespace_id >= 1, what);
@@ -314,7 +334,9 @@ void CheckReply(const FrameView& request, std::span<const std::byte> frame, cons
     case Op::kPrefetch:
     case Op::kReuseSoon:
     case Op::kDoneWith:
-    case Op::kOffload: CheckCodes(r, n, what); break;
+    case Op::kOffload:
+      CheckCodes(r, n, what);
+      break;
     case Op::kMatchPrefix:
     case Op::kMatchPrefixEstimate: {
       const size_t head = request.op == Op::kMatchPrefixEstimate ? sizeof(wire::MatchEstimate) : 0;
@@ -348,11 +370,13 @@ void CheckReply(const FrameView& request, std::span<const std::byte> frame, cons
     case Op::kRegisterRegion: {
       KVT_FUZZ_CHECK(h.count == 0 && r.body.size() == sizeof(wire::RegionReply), what);
       const auto reply = Item<wire::RegionReply>(r, 0);
-      KVT_FUZZ_CHECK(reply.region_id >= 1 && reply.bytes == request.Prefix<wire::RegionSpec>().bytes,
-                     what);
+      KVT_FUZZ_CHECK(
+          reply.region_id >= 1 && reply.bytes == request.Prefix<wire::RegionSpec>().bytes, what);
       break;
     }
-    case Op::kDeregisterRegion: KVT_FUZZ_CHECK(h.count == 0 && r.body.empty(), what); break;
+    case Op::kDeregisterRegion:
+      KVT_FUZZ_CHECK(h.count == 0 && r.body.empty(), what);
+      break;
     case Op::kOnload: {
       KVT_FUZZ_CHECK(h.count == n && r.body.size() == size_t{n} * sizeof(wire::OnloadResult), what);
       for (uint32_t i = 0; i < n; ++i) {
@@ -366,8 +390,11 @@ void CheckReply(const FrameView& request, std::span<const std::byte> frame, cons
 }
 
 // What a copy would touch: every span inside the pool and the region, the layers as asked.
-void CheckCopyJob(const FrameView& request, const CopyJob& job, const CopyHold& hold,
-                  Session& session, const Tenant& tenant) {
+void CheckCopyJob(const FrameView& request,
+                  const CopyJob& job,
+                  const CopyHold& hold,
+                  Session& session,
+                  const Tenant& tenant) {
   const auto spec = request.Prefix<wire::TransferSpec>();
   const std::string what = "copy for " + Describe(request.header);
   KVT_FUZZ_CHECK(job.region != nullptr && job.region == session.regions().Find(spec.region_id),
@@ -424,7 +451,8 @@ bool Serve(World& w, Session& session, std::span<const std::byte> frame, const F
   }
   RequestHandler::Outcome outcome = w.handler->Handle(session, request, reply, std::move(passed));
   // Without an SSD tier nothing waits for spill I/O.
-  KVT_FUZZ_CHECK(!outcome.park, "a request parked without an SSD tier: " + Describe(request.header));
+  KVT_FUZZ_CHECK(!outcome.park,
+                 "a request parked without an SSD tier: " + Describe(request.header));
   if (!outcome.copy) {
     CheckReply(request, reply.Finish(), *w.tenant, outcome);
     return !outcome.close_session;
@@ -434,9 +462,9 @@ bool Serve(World& w, Session& session, std::span<const std::byte> frame, const F
   CheckCopyJob(request, *outcome.copy, outcome.hold, session, *w.tenant);
   // Server::Park: the reply continues in a buffer sized for this request.
   const FrameHeader header = HeaderOf(frame);
-  const size_t capacity = std::min<size_t>(
-      wire::kMaxFrameBytes, sizeof(FrameHeader) + wire::kMaxMessageBytes +
-                                size_t{header.count} * sizeof(wire::AcquireResult));
+  const size_t capacity = std::min<size_t>(wire::kMaxFrameBytes,
+                                           sizeof(FrameHeader) + wire::kMaxMessageBytes +
+                                               size_t{header.count} * sizeof(wire::AcquireResult));
   KVT_FUZZ_CHECK(capacity >= reply.size(), "a parked reply outgrows its buffer");
   std::vector<std::byte> parked(capacity);
   std::memcpy(parked.data(), w.send_buffer.data(), reply.size());
@@ -486,9 +514,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         reply.Begin(op_known ? static_cast<wire::Op>(h.op) : wire::Op::kHello, h.request_id);
         reply.SetStatus(request.status());
         auto echoed = wire::DecodeReply(reply.Finish());
-        KVT_FUZZ_CHECK(echoed.ok() && echoed->header.status == static_cast<uint16_t>(
-                                                                  request.status().code()),
-                       "the error reply does not decode");
+        KVT_FUZZ_CHECK(
+            echoed.ok() && echoed->header.status == static_cast<uint16_t>(request.status().code()),
+            "the error reply does not decode");
         break;
       }
       CheckDecodedRequest(frame, *request);

@@ -14,19 +14,20 @@
 // An invariant of the code under test failed: a finding. Prints where and what, then aborts,
 // so libFuzzer saves the input as crash-*. `what` (a std::string expression) is only built on
 // failure.
-#define KVT_FUZZ_CHECK(cond, what)                                                           \
-  do {                                                                                       \
-    if (!(cond)) [[unlikely]] {                                                              \
-      ::kvtier::fuzz::Fail(__FILE__, __LINE__, #cond, (what));                               \
-    }                                                                                        \
+#define KVT_FUZZ_CHECK(cond, what)                             \
+  do {                                                         \
+    if (!(cond)) [[unlikely]] {                                \
+      ::kvtier::fuzz::Fail(__FILE__, __LINE__, #cond, (what)); \
+    }                                                          \
   } while (false)
 
 namespace kvtier::fuzz {
 
-[[noreturn]] inline void Fail(const char* file, int line, const char* cond,
+[[noreturn]] inline void Fail(const char* file,
+                              int line,
+                              const char* cond,
                               const std::string& what) {
-  std::fprintf(stderr, "%s:%d: fuzz invariant failed: %s\n  %s\n", file, line, cond,
-               what.c_str());
+  std::fprintf(stderr, "%s:%d: fuzz invariant failed: %s\n  %s\n", file, line, cond, what.c_str());
   std::fflush(stderr);
   std::abort();
 }

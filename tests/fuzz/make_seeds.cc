@@ -25,7 +25,8 @@ using wire::Op;
 
 void Write(const std::filesystem::path& path, const Bytes& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
   if (!out) {
     std::fprintf(stderr, "cannot write %s\n", path.c_str());
     std::exit(1);
@@ -53,7 +54,8 @@ class Stream {
   }
   void Keys(Op op, uint8_t first, uint8_t count) {
     auto& w = Begin(op);
-    for (uint8_t i = 0; i < count; ++i) w.AppendItem(Key(static_cast<uint8_t>(first + i)));
+    for (uint8_t i = 0; i < count; ++i)
+      w.AppendItem(Key(static_cast<uint8_t>(first + i)));
     End();
   }
   void Reserve(uint8_t first, uint8_t count, uint64_t size) {
@@ -71,7 +73,9 @@ class Stream {
   static wire::WireKey Key(uint8_t n) {
     wire::WireKey key{};
     key.len = 8;
-    for (uint8_t i = 0; i < key.len; ++i) key.bytes[i] = static_cast<uint8_t>(n * 16 + i);
+    key.bytes[0] = n;
+    for (uint8_t i = 1; i < key.len; ++i)
+      key.bytes[i] = static_cast<uint8_t>(0x40 + i);
     return key;
   }
 
@@ -115,6 +119,27 @@ void FrameSeeds(const std::filesystem::path& dir) {
     s.Keys(Op::kDoneWith, 1, 1);
     s.Keys(Op::kRemove, 1, 2);
     Write(dir / "hints.bin", s.bytes());
+  }
+  {  // a full pool: 4 slabs of 2 MiB, so a fifth size class and a 130th 64 KiB block are refused
+    Stream s;
+    s.Hello("model/f");
+    s.Reserve(1, 4, 4096);
+    s.Reserve(10, 1, 8192);
+    s.Reserve(20, 1, 16384);
+    s.Reserve(30, 1, 32768);
+    s.Reserve(40, 1, 6000);
+    s.Reserve(100, 130, 65536);
+    Write(dir / "pool_full.bin", s.bytes());
+  }
+  {  // a full lease table: one block leased kMaxLeases + 1 times in one acquire
+    Stream s;
+    s.Hello("model/g");
+    s.Reserve(1, 1, 4096);
+    s.Keys(Op::kCommit, 1, 1);
+    auto& w = s.Begin(Op::kAcquire);
+    for (int i = 0; i < 65; ++i) w.AppendItem(Stream::Key(1));
+    s.End();
+    Write(dir / "leases_full.bin", s.bytes());
   }
   {  // a host region, an offload of two blocks in two layers, an onload back, deregister
     Stream s;
@@ -214,7 +239,8 @@ class Segment {
     r.segment_generation = header_.generation;
     r.segment_id = header_.segment_id;
     r.key_len = 4;
-    for (uint8_t i = 0; i < r.key_len; ++i) r.key[i] = static_cast<uint8_t>(key + i);
+    for (uint8_t i = 0; i < r.key_len; ++i)
+      r.key[i] = static_cast<uint8_t>(key + i);
     r.namespace_len = static_cast<uint8_t>(name_space.size());
     std::memcpy(r.name_space, name_space.data(), name_space.size());
     Bytes record(r.record_bytes);

@@ -19,6 +19,7 @@
 // record lies inside the segment and the file with valid lengths; with both flags, the
 // recovered records are exactly the newest sealed copy of each key.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,6 +77,8 @@ World& TheWorld() {
     auto* w = new World();
     w->dir = MakeScratchDir("spill") / "tenant";
     w->segment_path = w->dir / "seg-00000001.kvs";
+    // The store would create it at its first Open; the first segment is written before that.
+    KVT_FUZZ_CHECK(mkdir(w->dir.c_str(), 0700) == 0, "mkdir " + w->dir.string());
     DeviceOptions device;
     device.queue_depth = 4;
     device.threads = 1;
@@ -96,11 +99,13 @@ World& TheWorld() {
 }
 
 // PlausibleRecord's contract (spill_record.h), with arithmetic that cannot wrap.
-bool PlausibleByContract(const RecordHeader& r, const SegmentHeader& s, uint64_t offset,
+bool PlausibleByContract(const RecordHeader& r,
+                         const SegmentHeader& s,
+                         uint64_t offset,
                          uint64_t segment_end) {
   if (r.magic != spill::kRecordMagic || r.format_version != spill::kFormatVersion ||
-      r.header_bytes != kRecordHeaderBytes || r.offset != offset ||
-      r.segment_id != s.segment_id || r.segment_generation != s.generation) {
+      r.header_bytes != kRecordHeaderBytes || r.offset != offset || r.segment_id != s.segment_id ||
+      r.segment_generation != s.generation) {
     return false;
   }
   if (r.key_len < 1 || r.key_len > 32 || r.namespace_len < 1 ||
@@ -118,7 +123,9 @@ bool PlausibleByContract(const RecordHeader& r, const SegmentHeader& s, uint64_t
   return r.record_bytes == record_bytes && record_bytes <= segment_end - offset;
 }
 
-void CheckRecordHelpers(const RecordHeader& r, const SegmentHeader& s, uint64_t offset,
+void CheckRecordHelpers(const RecordHeader& r,
+                        const SegmentHeader& s,
+                        uint64_t offset,
                         uint64_t segment_end) {
   const bool plausible = spill::PlausibleRecord(r, s, offset, segment_end);
   const std::string what = "offset " + std::to_string(offset) + " segment_end " +
@@ -176,7 +183,9 @@ struct Sealed {
 
 // Walks the records area as ScanRecords does (one chunk: the file is far below 1 MiB) and
 // seals, in place, each record it would authenticate; returns them in scan order.
-std::vector<Sealed> SealRecords(World& w, std::vector<std::byte>& file, const SegmentHeader& s,
+std::vector<Sealed> SealRecords(World& w,
+                                std::vector<std::byte>& file,
+                                const SegmentHeader& s,
                                 bool seal) {
   std::vector<Sealed> sealed;
   const uint64_t scan_end =
@@ -290,9 +299,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                          at.offset >= spill::kSegmentHeaderBytes,
                      what);
       KVT_FUZZ_CHECK(at.payload_bytes <= kMaxPayloadBytes, what);
-      KVT_FUZZ_CHECK(at.offset < file_end &&
-                         spill::RecordBytes(at.payload_bytes) <= file_end - at.offset,
-                     what);
+      KVT_FUZZ_CHECK(
+          at.offset < file_end && spill::RecordBytes(at.payload_bytes) <= file_end - at.offset,
+          what);
       std::string index_key(1, static_cast<char>(r.name_space.size()));
       index_key += r.name_space;
       index_key.append(r.key.begin(), r.key.end());
