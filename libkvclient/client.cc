@@ -179,7 +179,11 @@ Status Client::Impl::Receive(size_t* bytes) {
       // A daemon that refuses a session replies and closes; the kernel then reports
       // ECONNRESET once, ahead of the refusal still queued. Read past it once.
       auto queued = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
-      if (!queued.ok() || queued->eof) return got.status();
+      if (!queued.ok() || queued->eof) {
+        return Status(StatusCode::kUnavailable,
+                      "lost the connection to kvtierd (it stopped, restarted or ended this "
+                      "session; connect again): " + got.status().message());
+      }
       got = std::move(queued);
     }
     if (!got.ok()) {
@@ -188,7 +192,9 @@ Status Client::Impl::Receive(size_t* bytes) {
       continue;
     }
     if (got->eof) {
-      return Status(StatusCode::kUnavailable, "kvtierd closed the connection");
+      return Status(StatusCode::kUnavailable,
+                    "kvtierd closed the connection (it stopped, restarted or ended this "
+                    "session; connect again)");
     }
     if (got->truncated) {
       return Status(StatusCode::kProtocolError, "kvtierd sent a frame larger than the limit");
