@@ -110,10 +110,8 @@ int Serve(const std::string& config_path) {
   KeptState kept;
   if (config->keep_dram_on_restart) {
     kept = TakeKeptState(std::move(passed), *config, &kept_log);
-  } else if (!passed.empty()) {
-    kept_log.push_back("keep_dram_on_restart = false: closed the " +
-                       std::to_string(passed.size()) + " fd(s) the service manager passed");
-    passed.clear();
+  } else {
+    ReleaseKeptState(std::move(passed), &kept_log);
   }
   for (const std::string& line : kept_log) spdlog::warn("{}", line);
   std::vector<std::string> warnings;

@@ -87,7 +87,7 @@ std::vector<ListenFd> SdListenFds() {
   }
   for (unsigned long long i = 0; i < n; ++i) {
     const int fd = 3 + static_cast<int>(i);
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) continue;  // not open: never ours to close
     ListenFd passed;
     passed.fd = UniqueFd(fd);
     passed.name = i < parts.size() && !parts[i].empty() ? parts[i] : "unknown";

@@ -961,21 +961,23 @@ void DramPool::ExportKept(std::vector<KeptBlock>* out) const {
   }
 }
 
-bool DramPool::Adopt(const KeptBlock& block) {
-  if (block.size == 0 || block.size > options_.max_block_bytes) return false;
+DramPool::AdoptResult DramPool::Adopt(const KeptBlock& block) {
+  if (block.size == 0 || block.size > options_.max_block_bytes) return AdoptResult::kInconsistent;
   const uint8_t cls = classes_.ClassFor(block.size);
   uint32_t id = index_.Find(block.key);
   // Only an SSD-only block recovered from the spill files can be there already.
   if (id != BlockIndex::kNil && (index_.at(id).state != BlockState::kCommitted ||
                                  (index_.at(id).flags & kInDram) != 0)) {
-    return false;
+    return AdoptResult::kInconsistent;  // the key twice
   }
-  if (id == BlockIndex::kNil && index_.full()) return false;
+  // A full index (the SSD tier's recovery filled it) makes room as a Reserve would: the oldest
+  // SSD-only entry goes first, since this block exists nowhere but here.
+  if (id == BlockIndex::kNil && index_.full() && !EvictForIndex()) return AdoptResult::kNoRoom;
   const uint32_t large_slabs =
       cls == SizeClasses::kLarge
           ? static_cast<uint32_t>(AlignUp(block.size, classes_.slab_bytes()) / classes_.slab_bytes())
           : 0;
-  if (!slabs_.AllocAt(block.offset, cls, large_slabs)) return false;
+  if (!slabs_.AllocAt(block.offset, cls, large_slabs)) return AdoptResult::kInconsistent;
   if (id != BlockIndex::kNil) {
     const BlockEntry& found = index_.at(id);
     const bool same = block.on_ssd && found.size == block.size &&
@@ -1017,16 +1019,22 @@ bool DramPool::Adopt(const KeptBlock& block) {
   slabs_.Touch(e.offset, tick_);
   used_bytes_ += SlotBytes(e);
   Relist(id);
-  return true;
+  return AdoptResult::kAdopted;
 }
 
-uint64_t DramPool::ZeroUnallocated() {
-  if (options_.zero_memory == nullptr) return 0;
+uint64_t DramPool::ZeroUnallocated(std::byte* memory) {
   uint64_t zeroed = 0;
   slabs_.ForEachUnallocated([&](uint64_t offset, uint64_t bytes) {
-    std::memset(options_.zero_memory + offset, 0, bytes);
+    std::memset(memory + offset, 0, bytes);
     zeroed += bytes;
   });
+  for (uint32_t id = 0; id < index_.capacity(); ++id) {
+    const BlockEntry& e = index_.at(id);
+    if (e.state != BlockState::kCommitted || (e.flags & kInDram) == 0) continue;
+    const uint64_t tail = SlotBytes(e) - e.size;
+    std::memset(memory + e.offset + e.size, 0, tail);
+    zeroed += tail;
+  }
   return zeroed;
 }
 

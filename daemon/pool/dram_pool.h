@@ -282,12 +282,16 @@ class DramPool {
   // coldest first. An SSD-only entry of the same key with the same record and size becomes a
   // clean DRAM block; one with any other record is stale (released), and the block is dirty
   // (due for demotion) like any block DRAM alone holds. False, changing nothing, when the block
-  // does not fit this pool (its size, its slot, or a full index): its bytes are not the pool's.
-  bool Adopt(const KeptBlock& block);
-  // After the last Adopt: zeroes every byte of the pool no slot holds, so that what the
-  // previous process left outside the adopted blocks is never handed out. Returns the bytes
-  // zeroed. A no-op (0) without Options::zero_memory.
-  uint64_t ZeroUnallocated();
+  // does not fit this pool: kNoRoom when the index is full even after evicting an SSD-only
+  // entry, kInconsistent when its size or slot cannot be (outside the pool, not a slot of its
+  // size class, overlapping a block adopted before, larger than max_block_bytes): a snapshot
+  // that says so lies, and its caller should trust none of it.
+  enum class AdoptResult : uint8_t { kAdopted, kNoRoom, kInconsistent };
+  AdoptResult Adopt(const KeptBlock& block);
+  // After the last Adopt: zeroes every byte of `memory` (the pool) that no adopted block holds,
+  // free slots and the tail of each slot past its block alike, so that nothing the previous
+  // process left there is ever handed out, whatever zero_freed says. Returns the bytes zeroed.
+  uint64_t ZeroUnallocated(std::byte* memory);
 
   // --- Scrubbing (secure deletion of freed slots) ---
   // A freed slot is zeroed before it can be reused. Zeroing 1 GiB takes ~100 ms, and the event

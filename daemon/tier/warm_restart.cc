@@ -14,6 +14,7 @@
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 #include "ipc/base/units.h"
+#include "ipc/wire/protocol.h"
 
 namespace kvtier {
 namespace {
@@ -156,37 +157,44 @@ Result<UniqueFd> WriteKeptSnapshot(const TenantRegistry& tenants, const Config& 
   };
   KVT_RETURN_IF_ERROR(write_all(&h, sizeof(h)));
   KVT_RETURN_IF_ERROR(write_all(body.data(), body.size()));
-  // Nobody may change it while it waits in the store.
-  if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) !=
-      0) {
+  // Its size is fixed; writes stay possible so that the process taking it over can burn its
+  // header (ConsumeKeptSnapshot): a snapshot is good for one start only.
+  if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
     return ErrnoStatus("fcntl(F_ADD_SEALS, index snapshot)", errno);
   }
   return fd;
 }
 
-Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, uint64_t* age_s) {
+Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, const Config& config,
+                                                  uint64_t* age_s) {
   struct stat st {};
   if (fstat(fd, &st) != 0) return ErrnoStatus("fstat(index snapshot)", errno);
   const auto bytes = static_cast<uint64_t>(st.st_size);
   if (bytes < sizeof(SnapshotHeader) || bytes > kMaxSnapshotBytes) {
     return Corrupt("size " + std::to_string(bytes) + " is impossible");
   }
-  std::vector<std::byte> all(bytes);
-  for (uint64_t at = 0; at < bytes;) {
-    const ssize_t r = pread(fd, all.data() + at, bytes - at, static_cast<off_t>(at));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return ErrnoStatus("read(index snapshot)", r < 0 ? errno : EIO);
-    at += static_cast<uint64_t>(r);
-  }
+  // Mapped, not copied: the pages are the previous process's, already in memory.
+  void* map = mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) return ErrnoStatus("mmap(index snapshot)", errno);
+  struct Unmap {
+    void* p;
+    uint64_t n;
+    ~Unmap() { munmap(p, n); }
+  } unmap{map, bytes};
+  const std::span<const std::byte> all(static_cast<const std::byte*>(map), bytes);
   SnapshotHeader h;
   std::memcpy(&h, all.data(), sizeof(h));
-  if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) return Corrupt("bad magic");
+  if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0) {
+    return Corrupt(std::all_of(h.magic, h.magic + sizeof(h.magic), [](char c) { return c == 0; })
+                       ? "already taken over by an earlier start (a snapshot serves one start)"
+                       : "bad magic");
+  }
   if (h.version != kVersion) {
     return Corrupt("format version " + std::to_string(h.version) + ", this kvtierd reads " +
                    std::to_string(kVersion));
   }
   if (h.body_bytes != bytes - sizeof(h)) return Corrupt("length mismatch");
-  const std::span<const std::byte> body(all.data() + sizeof(h), h.body_bytes);
+  const std::span<const std::byte> body = all.subspan(sizeof(h));
   const std::array<std::byte, 32> digest = Sha256(body);
   if (std::memcmp(digest.data(), h.sha256, digest.size()) != 0) {
     return Corrupt("checksum mismatch");
@@ -210,21 +218,34 @@ Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, uint64_t* age_s) {
     }
     for (uint32_t n = 0; n < t.namespace_count; ++n) {
       uint32_t len = 0;
-      if (!r.Take(&len, sizeof(len)) || len > 4096) return Corrupt("bad namespace length");
+      if (!r.Take(&len, sizeof(len)) || len == 0 || len > wire::kMaxNamespaceBytes) {
+        return Corrupt("bad namespace length");
+      }
       std::string ns(len, '\0');
       if (!r.Take(ns.data(), len)) return Corrupt("truncated namespace");
       k.namespaces.push_back(std::move(ns));
     }
+    // A tenant no longer configured keeps nothing: its records are skipped, not held in memory;
+    // one configured keeps at most the blocks its index can hold.
+    const TenantConfig* tc = nullptr;
+    for (const TenantConfig& c : config.tenants) {
+      if (c.name == k.name) tc = &c;
+    }
     if (t.block_count > body.size() / sizeof(SnapshotBlock)) {
       return Corrupt("tenant '" + k.name + "' claims more blocks than the snapshot holds");
     }
-    k.blocks.reserve(t.block_count);
+    const bool keep = tc != nullptr && t.block_count <= tc->max_blocks;
+    if (keep) k.blocks.reserve(t.block_count);
     for (uint32_t b = 0; b < t.block_count; ++b) {
       SnapshotBlock s;
       if (!r.Take(&s, sizeof(s))) return Corrupt("truncated block record");
-      if (s.key_len == 0 || s.key_len > sizeof(s.key) || s.ns >= k.namespaces.size()) {
+      const bool padded = std::all_of(s.key + std::min<size_t>(s.key_len, sizeof(s.key)),
+                                      s.key + sizeof(s.key), [](uint8_t c) { return c == 0; });
+      if (s.key_len == 0 || s.key_len > sizeof(s.key) || !padded ||
+          s.ns >= k.namespaces.size() || s.size == 0) {
         return Corrupt("bad block record in tenant '" + k.name + "'");
       }
+      if (!keep) continue;
       KeptBlock block;
       std::memcpy(block.key.bytes.data(), s.key, sizeof(s.key));
       block.key.len = s.key_len;
@@ -237,37 +258,79 @@ Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, uint64_t* age_s) {
       block.reused = (s.flags & kReused) != 0;
       k.blocks.push_back(block);
     }
+    if (tc != nullptr && !keep) k.too_many_blocks = true;
     out.push_back(std::move(k));
   }
   if (!r.done()) return Corrupt("trailing bytes");
   return out;
 }
 
+namespace {
+
+// A snapshot serves one start: its header is burned at once, so that systemd, which keeps the
+// fds it passed in its store (a later crash would pass them again), never hands this snapshot to
+// a process after this one, when the pools have moved on; and the store lets go of every fd of
+// ours (FDSTOREREMOVE), so the pools of a dropped snapshot are freed, not kept alive by systemd.
+void Consume(const std::vector<ListenFd>& fds, std::vector<std::string>* log) {
+  std::vector<std::string> names;
+  for (const ListenFd& passed : fds) {
+    if (passed.name == kKeptIndexFdName) {
+      const SnapshotHeader burned{};
+      if (pwrite(passed.fd.get(), &burned, sizeof(burned), 0) !=
+          static_cast<ssize_t>(sizeof(burned))) {
+        log->push_back("could not burn the index snapshot's header (" +
+                       ErrnoStatus("pwrite", errno).message() + ")");
+      }
+    }
+    const bool ours = passed.name == kKeptIndexFdName ||
+                      passed.name.starts_with(kKeptPoolFdPrefix);
+    if (ours && std::find(names.begin(), names.end(), passed.name) == names.end()) {
+      names.push_back(passed.name);
+    }
+  }
+  for (const std::string& name : names) SdNotify("FDSTOREREMOVE=1\nFDNAME=" + name);
+}
+
+}  // namespace
+
+void ReleaseKeptState(std::vector<ListenFd> fds, std::vector<std::string>* log) {
+  Consume(fds, log);
+  if (!fds.empty()) {
+    log->push_back("keep_dram_on_restart = false: dropped the " + std::to_string(fds.size()) +
+                   " fd(s) the service manager passed");
+  }
+}
+
 KeptState TakeKeptState(std::vector<ListenFd> fds, const Config& config,
                         std::vector<std::string>* log) {
   KeptState kept;
-  UniqueFd index;
+  size_t indexes = 0;
+  for (const ListenFd& passed : fds) indexes += passed.name == kKeptIndexFdName ? 1u : 0u;
+  Result<std::vector<KeptTenant>> tenants =
+      Status(StatusCode::kNotFound, "no index snapshot came with them");
+  if (indexes > 1) {
+    tenants = Corrupt(std::to_string(indexes) + " snapshots were passed, one is expected");
+  }
+  for (const ListenFd& passed : fds) {
+    if (indexes == 1 && passed.name == kKeptIndexFdName) {
+      tenants = ReadKeptSnapshot(passed.fd.get(), config, &kept.age_s);
+    }
+  }
+  Consume(fds, log);  // read: now burned, and out of the store
   std::unordered_map<std::string, UniqueFd> pools;
   for (ListenFd& passed : fds) {
-    if (passed.name == kKeptIndexFdName) {
-      index = std::move(passed.fd);
-    } else if (passed.name.starts_with(kKeptPoolFdPrefix)) {
+    if (passed.name.starts_with(kKeptPoolFdPrefix)) {
       pools[passed.name.substr(std::strlen(kKeptPoolFdPrefix))] = std::move(passed.fd);
-    } else {
+    } else if (passed.name != kKeptIndexFdName) {
       log->push_back("closed a passed fd named '" + passed.name + "' that kvtierd does not use");
     }
   }
-  if (!index.valid()) {
-    if (!pools.empty()) {
-      log->push_back("dropped " + std::to_string(pools.size()) +
-                     " kept pool(s): no index snapshot came with them");
-    }
-    return kept;
-  }
-  auto tenants = ReadKeptSnapshot(index.get(), &kept.age_s);
   if (!tenants.ok()) {
-    log->push_back("dropped the kept DRAM tier: " + tenants.status().message());
-    return kept;
+    if (indexes > 0 || !pools.empty()) {
+      log->push_back("dropped the kept DRAM tier (" + std::to_string(pools.size()) +
+                     " pool(s)): " + tenants.status().message());
+    }
+    return kept;  // the pools close here: nothing else holds them any more
   }
   for (KeptTenant& t : *tenants) {
     const TenantConfig* tc = nullptr;
@@ -282,11 +345,11 @@ KeptState TakeKeptState(std::vector<ListenFd> fds, const Config& config,
                   std::to_string(tc->dram_bytes)
         : t.slab_bytes != config.slab_bytes ? "slab_bytes changed"
         : t.max_block_bytes != config.max_block_bytes ? "max_block_bytes changed"
-                                                      : "";
+        : t.too_many_blocks ? "it has more blocks than max_blocks allows now"
+                            : "";
     if (!why.empty()) {
-      log->push_back("tenant '" + t.name + "': dropped its kept DRAM blocks (" +
-                     std::to_string(t.blocks.size()) + "): " + why);
-      pools.erase(t.name);  // closed: the kernel frees (and zeroes) its pages
+      log->push_back("tenant '" + t.name + "': dropped its kept DRAM blocks: " + why);
+      pools.erase(t.name);  // closed: the kernel frees its pages
       continue;
     }
     kept.pools[t.name] = std::move(pools[t.name]);
@@ -312,21 +375,38 @@ void AdoptKeptBlocks(TenantRegistry& tenants, KeptState& kept, std::vector<std::
       ns_ids.push_back(id.ok() ? *id : 0);
     }
     uint64_t adopted = 0, adopted_bytes = 0, expired = 0, refused = 0;
-    for (KeptBlock& block : k.blocks) {
+    std::string lie;
+    for (size_t i = 0; i < k.blocks.size() && lie.empty(); ++i) {
+      KeptBlock& block = k.blocks[i];
       if (block.ttl_s != 0 && block.ttl_s <= kept.age_s) {
         ++expired;  // its time ran out while no process served it
         continue;
       }
       if (block.ttl_s != 0) block.ttl_s -= static_cast<uint32_t>(kept.age_s);
       block.key.ns_id = ns_ids[block.key.ns_id];
-      if (block.key.ns_id != 0 && tenant->pool->Adopt(block)) {
+      const DramPool::AdoptResult result = block.key.ns_id != 0
+                                               ? tenant->pool->Adopt(block)
+                                               : DramPool::AdoptResult::kNoRoom;
+      if (result == DramPool::AdoptResult::kAdopted) {
         ++adopted;
         adopted_bytes += block.size;
-      } else {
+      } else if (result == DramPool::AdoptResult::kNoRoom) {
         ++refused;
+      } else {
+        lie = "block " + std::to_string(i) + " (" + std::to_string(block.size) +
+              " bytes at offset " + std::to_string(block.offset) +
+              ") is outside the pool, overlaps another or repeats a key";
       }
     }
-    const uint64_t zeroed = tenant->pool->ZeroUnallocated();
+    if (!lie.empty()) {
+      // A snapshot that lies once is trusted nowhere: what it placed goes (copies on SSD stay
+      // there), and the whole pool is zeroed below.
+      tenant->pool->Evict(EvictTiers::kDram);
+      log->push_back("tenant '" + k.name + "': the index snapshot is inconsistent (" + lie +
+                     "): dropped every kept DRAM block");
+      adopted = adopted_bytes = 0;
+    }
+    const uint64_t zeroed = tenant->pool->ZeroUnallocated(tenant->memory.data());
     log->push_back("tenant '" + k.name + "': kept " + std::to_string(adopted) + " DRAM blocks (" +
                    FormatSize(adopted_bytes) + ") from the previous process" +
                    (expired > 0 ? ", " + std::to_string(expired) + " expired meanwhile" : "") +

@@ -46,6 +46,7 @@ struct KeptTenant {
   uint64_t max_block_bytes = 0;
   std::vector<std::string> namespaces;
   std::vector<KeptBlock> blocks;  // key.ns_id: an index into `namespaces`; coldest first
+  bool too_many_blocks = false;   // more than the tenant's max_blocks: `blocks` left empty
 };
 
 // What the previous process handed over, as far as it verified.
@@ -58,10 +59,15 @@ struct KeptState {
 
 // Start-up, first thing: takes what the service manager passed (SdListenFds) and keeps the
 // tenants whose snapshot part verifies and fits `config` (same pool bytes, slab bytes and
-// max_block_bytes) and whose pool fd is there. Everything else is closed; `log` says what and
-// why (one line each). Fds it does not know are closed too.
+// max_block_bytes, at most max_blocks blocks) and whose pool fd is there. Everything else is
+// closed; `log` says what and why (one line each). Fds it does not know are closed too. The
+// snapshot is burned (its header zeroed) and every fd of ours leaves systemd's store
+// (FDSTOREREMOVE), so that a later start, after a crash of this one, can never take over a
+// snapshot that no longer describes the pools, and a dropped pool's memory is freed.
 KeptState TakeKeptState(std::vector<ListenFd> fds, const Config& config,
                         std::vector<std::string>* log);
+// keep_dram_on_restart = false: the same burning and removal, keeping nothing.
+void ReleaseKeptState(std::vector<ListenFd> fds, std::vector<std::string>* log);
 
 // After TenantRegistry::Create (with kept.pools) and the SSD tier's recovery: each tenant that
 // took its pool over (Tenant::kept_pool) adopts its blocks (DramPool::Adopt), then every byte of
@@ -79,6 +85,7 @@ Result<std::string> HandOverKeptState(const TenantRegistry& tenants, const Confi
 // exportable blocks (DramPool::ExportKept) into a sealed memfd; `Read` parses and verifies one.
 Result<UniqueFd> WriteKeptSnapshot(const TenantRegistry& tenants, const Config& config,
                                    std::vector<std::string>* tenant_names);
-Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, uint64_t* age_s);
+// Tenants not in `config` are listed without their blocks.
+Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, const Config& config, uint64_t* age_s);
 
 }  // namespace kvtier

@@ -3,6 +3,7 @@
 // play systemd: they collect the FDSTORE=1 fds from the notify socket and pass them to the next
 // daemon as LISTEN_FDS, as a unit with FileDescriptorStoreMax= gets them.
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +12,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -162,7 +165,7 @@ TEST_CASE("a restart drops kept blocks that no longer fit the config and zeroes 
   std::string expect;
   SECTION("the tenant's pool size changed") {
     next.dram_bytes = 48 * kMiB;
-    expect = "tenant 'test': dropped its kept DRAM blocks (8): dram_bytes changed";
+    expect = "tenant 'test': dropped its kept DRAM blocks: dram_bytes changed";
   }
   SECTION("the slab size changed") {
     next.slab_bytes = 4 * kMiB;
@@ -171,7 +174,7 @@ TEST_CASE("a restart drops kept blocks that no longer fit the config and zeroes 
   }
   SECTION("a tenant left the config") {
     next.more_tenants.clear();
-    expect = "tenant 'other': dropped its kept DRAM blocks (0): it is no longer in the config";
+    expect = "tenant 'other': dropped its kept DRAM blocks: it is no longer in the config";
   }
   auto daemon = DaemonProcess::Start(next, std::move(fds));
   INFO(daemon->Log());
@@ -197,6 +200,30 @@ int CorruptCopy(int fd, size_t offset) {
   return copy;
 }
 
+// A copy of the snapshot in `fd` (closed) changed by `change`, with its SHA-256 recomputed
+// (sha256sum, from coreutils), as only someone forging it could make it.
+int Forge(int fd, const std::function<void(std::vector<char>&)>& change) {
+  const off_t size = lseek(fd, 0, SEEK_END);
+  std::vector<char> bytes(static_cast<size_t>(size));
+  REQUIRE(pread(fd, bytes.data(), bytes.size(), 0) == size);
+  close(fd);
+  change(bytes);
+  TempDir t;
+  const auto body = t.path() / "body";
+  std::ofstream(body, std::ios::binary).write(bytes.data() + 64, size - 64);
+  FILE* p = popen(("sha256sum " + body.string()).c_str(), "r");
+  REQUIRE(p != nullptr);
+  char hex[65] = {};
+  REQUIRE(std::fread(hex, 1, 64, p) == 64);
+  pclose(p);
+  for (size_t i = 0; i < 32; ++i) {
+    bytes[32 + i] = static_cast<char>(std::stoi(std::string(hex + 2 * i, 2), nullptr, 16));
+  }
+  const int forged = memfd_create("kvtier-index", MFD_CLOEXEC);
+  REQUIRE(write(forged, bytes.data(), bytes.size()) == size);
+  return forged;
+}
+
 TEST_CASE("a corrupted or unknown index snapshot drops the kept DRAM tier loudly",
           "[integration][warm-restart]") {
   DaemonOptions o;
@@ -216,7 +243,7 @@ TEST_CASE("a corrupted or unknown index snapshot drops the kept DRAM tier loudly
     const int bad = CorruptCopy(index->fd, 64 + 64 + 8 + 40);  // past header, tenant, namespace
     close(index->fd);
     index->fd = bad;
-    expect = "dropped the kept DRAM tier: index snapshot: checksum mismatch";
+    expect = "dropped the kept DRAM tier (1 pool(s)): index snapshot: checksum mismatch";
   }
   SECTION("another format version") {
     const int bad = CorruptCopy(index->fd, 8);  // the version's low byte
@@ -224,40 +251,132 @@ TEST_CASE("a corrupted or unknown index snapshot drops the kept DRAM tier loudly
     index->fd = bad;
     expect = "index snapshot: format version";
   }
+  // Block records start after the 64-byte header, the 64-byte tenant record and the namespace
+  // ("warm", with its 4-byte length); each is 72 bytes, its offset at byte 40.
+  const size_t first = 64 + 64 + 8;
+  SECTION("a checksum that matches a record outside the pool") {
+    index->fd = Forge(index->fd, [&](std::vector<char>& bytes) {
+      const uint64_t outside = 1ull << 40;
+      std::memcpy(&bytes[first + 40], &outside, 8);
+    });
+    // One lie and the daemon trusts none of it.
+    expect = "tenant 'test': the index snapshot is inconsistent (block 0 (1048576 bytes at "
+             "offset 1099511627776) is outside the pool";
+  }
+  SECTION("a checksum that matches two records on one slot") {
+    index->fd = Forge(index->fd, [&](std::vector<char>& bytes) {
+      std::memcpy(&bytes[first + 2 * 72 + 40], &bytes[first + 72 + 40], 8);  // 2 on top of 1
+    });
+    expect = "tenant 'test': the index snapshot is inconsistent (block 2";
+  }
   SECTION("no index at all") {
     close(index->fd);
     fds.erase(index);
-    expect = "dropped 1 kept pool(s): no index snapshot came with them";
+    expect = "dropped the kept DRAM tier (1 pool(s)): no index snapshot came with them";
   }
   auto daemon = DaemonProcess::Start(o, std::move(fds));
   CHECK_THAT(daemon->Log(), Catch::Contains(expect));
   auto client = Connect(*daemon);
-  const Served back = ReadBack(*client, keys);
+  const Served back = ReadBack(*client, keys);  // and every byte no block holds is zero
   CHECK(back.missing == keys.size());
   CHECK(back.wrong == 0);
 }
 
-TEST_CASE("SIGKILL hands nothing over and a purge before the stop leaves nothing to keep",
-          "[integration][warm-restart]") {
+TEST_CASE("a purge before the stop leaves nothing to keep", "[integration][warm-restart]") {
   DaemonOptions o;
   const std::vector<Key> keys = Keys(7, 8);
   auto daemon = DaemonProcess::Start(o);
   Store(*Connect(*daemon), keys, kMiB);
-  SECTION("SIGKILL") {
-    REQUIRE(kill(daemon->pid(), SIGKILL) == 0);
-    CHECK(daemon->Stop() == -SIGKILL);
-    CHECK(daemon->TakeStoredFds().empty());
-  }
-  SECTION("purge, then a clean stop") {
-    std::string out;
-    REQUIRE(RunCtl(*daemon, {"purge", "test"}, &out) == 0);
+  std::string out;
+  REQUIRE(RunCtl(*daemon, {"purge", "test"}, &out) == 0);
+  REQUIRE(daemon->Stop() == 0);
+  auto next = DaemonProcess::Start(o, daemon->TakeStoredFds());
+  CHECK_THAT(next->Log(), Catch::Contains("tenant 'test': kept 0 DRAM blocks"));
+  auto client = Connect(*next);
+  const Served back = ReadBack(*client, keys);
+  CHECK(back.missing == keys.size());
+}
+
+// Duplicates of what a daemon stored, as a service manager that keeps every fd it ever passed
+// (one without FDSTOREREMOVE) would hand over again.
+std::vector<StoredFd> Dup(const std::vector<StoredFd>& fds) {
+  std::vector<StoredFd> out;
+  for (const StoredFd& f : fds) out.push_back({f.name, fcntl(f.fd, F_DUPFD_CLOEXEC, 3)});
+  return out;
+}
+
+TEST_CASE("a crash after taking the DRAM tier over never lets its old snapshot be served again",
+          "[integration][warm-restart]") {
+  DaemonOptions o;
+  const std::vector<Key> first = Keys(10, 16);
+  const std::vector<Key> second = Keys(11, 16);
+  std::vector<StoredFd> fds;
+  {
+    auto daemon = DaemonProcess::Start(o);
+    Store(*Connect(*daemon), first, kMiB);
     REQUIRE(daemon->Stop() == 0);
-    auto next = DaemonProcess::Start(o, daemon->TakeStoredFds());
-    CHECK_THAT(next->Log(), Catch::Contains("tenant 'test': kept 0 DRAM blocks"));
-    auto client = Connect(*next);
-    const Served back = ReadBack(*client, keys);
-    CHECK(back.missing == keys.size());
+    fds = daemon->TakeStoredFds();
   }
+  const std::vector<StoredFd> again = Dup(fds);
+  // The next process takes them over, moves on (removes some blocks, stores others in their
+  // slots) and dies without a clean stop.
+  auto daemon = DaemonProcess::Start(o, std::move(fds));
+  {
+    auto client = Connect(*daemon);
+    REQUIRE(client->Remove(std::vector<Key>(first.begin(), first.begin() + 8)).ok());
+    Store(*client, second, kMiB);
+  }
+  REQUIRE(kill(daemon->pid(), SIGKILL) == 0);
+  CHECK(daemon->Stop() == -SIGKILL);
+  SECTION("systemd's store holds nothing of it any more (FDSTOREREMOVE at the start)") {
+    const std::vector<StoredFd> left = daemon->TakeStoredFds();
+    CHECK(left.empty());
+    for (const StoredFd& f : again) close(f.fd);
+    auto next = DaemonProcess::Start(o, {});
+    auto client = Connect(*next);
+    CHECK(ReadBack(*client, first).missing == first.size());
+  }
+  SECTION("and a store that passed the old snapshot again gets it refused (burned at the start)") {
+    for (StoredFd& f : daemon->TakeStoredFds()) close(f.fd);
+    auto next = DaemonProcess::Start(o, again);
+    CHECK_THAT(next->Log(),
+               Catch::Contains("already taken over by an earlier start (a snapshot serves one"));
+    auto client = Connect(*next);
+    const Served back = ReadBack(*client, first);
+    CHECK(back.missing == first.size());
+    CHECK(back.wrong == 0);
+    CHECK(ReadBack(*client, second).missing == second.size());
+  }
+}
+
+TEST_CASE("with zero_freed off a kept pool is still zeroed wherever no kept block is",
+          "[integration][warm-restart][secure-deletion]") {
+  DaemonOptions o;
+  o.zero_freed = false;
+  const std::vector<Key> kept = Keys(12, 8);
+  const std::vector<Key> pending = Keys(13, 8);
+  std::vector<StoredFd> fds;
+  {
+    auto daemon = DaemonProcess::Start(o);
+    auto client = Connect(*daemon);
+    Store(*client, kept, 3 * kMiB / 2);  // 1.5 MiB blocks in 2 MiB slots: tails too
+    auto r = client->Reserve(pending, std::vector<uint64_t>(pending.size(), kMiB));
+    REQUIRE(r.ok());
+    for (size_t i = 0; i < pending.size(); ++i) FillBlock(pending[i], r->data(i));
+    // The slots' tails past each kept block, written through the pool mapping.
+    for (size_t i = 0; i < kept.size(); ++i) {
+      auto leases = client->Acquire(std::vector<Key>{kept[i]});
+      REQUIRE(leases.ok());
+      const auto at = static_cast<size_t>(leases->data(0).data() - client->pool().data());
+      std::memset(client->pool().data() + at + 3 * kMiB / 2, 0x5a, kMiB / 2);
+    }
+    REQUIRE(daemon->Stop() == 0);
+    fds = daemon->TakeStoredFds();
+  }
+  auto daemon = DaemonProcess::Start(o, std::move(fds));
+  auto client = Connect(*daemon);
+  const Served back = ReadBack(*client, kept);  // also: every other byte of the pool is zero
+  CHECK(back.exact == kept.size());
 }
 
 TEST_CASE("a restart with an SSD tier keeps DRAM copies and DRAM-only blocks and the SSD ones",

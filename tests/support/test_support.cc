@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -114,14 +115,20 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o,
     execl(KVTIERD_PATH, "kvtierd", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  for (StoredFd& p : passed) close(p.fd);
+  // As systemd: what it passed stays in its store (a crash of this process would pass it
+  // again) until the process removes it (FDSTOREREMOVE=1).
+  d->stored_fds_ = std::move(passed);
   // Wait for READY=1, or for the child to die (then report its log).
   d->notify_fd_ = notify;
   for (;;) {
     pollfd p{notify, POLLIN, 0};
     if (poll(&p, 1, 200) == 1) {
       const std::vector<std::string>& got = d->Notifications();
-      if (!got.empty() && got.front().find("READY=1") != std::string::npos) break;
+      if (std::any_of(got.begin(), got.end(), [](const std::string& m) {
+            return m.find("READY=1") != std::string::npos;
+          })) {
+        break;
+      }
     }
     if (!d->Alive()) {
       d->status_taken_ = true;  // the exception carries the log
@@ -154,10 +161,18 @@ const std::vector<std::string>& DaemonProcess::Notifications() {
         fds.push_back(fd);
       }
     }
-    // As systemd: fds come with FDSTORE=1 and an FDNAME= ("stored" otherwise).
+    // As systemd: fds come with FDSTORE=1 and an FDNAME= ("stored" otherwise); FDSTOREREMOVE=1
+    // drops every stored fd of that name.
     const size_t name_at = text.find("FDNAME=");
     const std::string name =
         name_at == std::string::npos ? "stored" : text.substr(name_at + 7, text.find('\n', name_at) - name_at - 7);
+    if (text.find("FDSTOREREMOVE=1") != std::string::npos) {
+      std::erase_if(stored_fds_, [&](const StoredFd& s) {
+        if (s.name != name) return false;
+        close(s.fd);
+        return true;
+      });
+    }
     for (int fd : fds) {
       if (text.find("FDSTORE=1") != std::string::npos) {
         stored_fds_.push_back(StoredFd{name, fd});
@@ -214,12 +229,20 @@ int DaemonProcess::Stop() {
   if (pid_ <= 0) return -1;  // never started: kill(-1) would signal every process we may
   kill(pid_, SIGTERM);
   // Reads its notifications meanwhile, as systemd does: the fds of a clean stop come last, and
-  // a full queue would hold its exit up.
+  // a full queue would hold its exit up. A daemon that has not exited after 120 s (a liveness
+  // bound, as systemd's TimeoutStopSec) is killed, and the status says so.
   int status = 0;
-  while (waitpid(pid_, &status, WNOHANG) == 0) {
+  pid_t reaped = 0;
+  for (int waited_ms = 0; (reaped = waitpid(pid_, &status, WNOHANG)) == 0; waited_ms += 10) {
+    if (waited_ms == 120000) kill(pid_, SIGKILL);
     pollfd p{notify_fd_, POLLIN, 0};
     if (notify_fd_ >= 0 && poll(&p, 1, 10) == 1) Notifications();
     if (notify_fd_ < 0) usleep(10000);
+  }
+  if (reaped != pid_) {
+    reaped_ = true;
+    exit_status_ = -1000;  // waitpid failed: nothing says it exited cleanly
+    return exit_status_;
   }
   if (notify_fd_ >= 0) Notifications();
   reaped_ = true;
