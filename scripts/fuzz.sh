@@ -61,15 +61,15 @@ export KVT_FUZZ_TMPDIR=$scratch
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 # Largest input per target: a few frames; an HTTP head past its 8 KiB limit; a config page;
 # a segment header and a few records.
-declare -A max_len=([frame]=32768 [admin]=9000 [config]=16384 [spill]=32768)
-targets=${KVT_FUZZ_TARGETS:-frame admin config spill}
+declare -A max_len=([frame]=32768 [admin]=9000 [config]=16384 [spill]=32768 [snapshot]=16384)
+targets=${KVT_FUZZ_TARGETS:-frame admin config spill snapshot}
 
 runs="$build/fuzz-runs"
 failed=0
 summary=()
 for t in $targets; do
   if [ -z "${max_len[$t]:-}" ]; then
-    echo "kvtier: unknown fuzz target '$t' (frame, admin, config, spill)" >&2
+    echo "kvtier: unknown fuzz target '$t' (frame, admin, config, spill, snapshot)" >&2
     exit 2
   fi
   dir="$runs/$t"
