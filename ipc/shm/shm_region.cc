@@ -165,8 +165,10 @@ Result<ShmRegion> ShmRegion::Adopt(UniqueFd fd, const ShmCreateOptions& options,
   if (!region.huge_pages_ && options.huge_pages != HugePages::kOff) {
     Note(warnings, "the kept pool uses 4 KiB pages");
   }
-  void* p = mmap(nullptr, options.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                 fd.get(), 0);
+  // The pages exist already: mlock (below) maps them in; MAP_POPULATE would walk them twice.
+  const int populate = options.lock_memory == LockMemory::kOff ? MAP_POPULATE : 0;
+  void* p = mmap(nullptr, options.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | populate, fd.get(),
+                 0);
   if (p == MAP_FAILED) return ErrnoStatus("mmap(kept pool)", errno);
   region.fd_ = std::move(fd);
   region.data_ = static_cast<std::byte*>(p);
