@@ -369,11 +369,16 @@ void AdoptKeptBlocks(TenantRegistry& tenants, KeptState& kept, std::vector<std::
       if (t->config.name == k.name && t->kept_pool) tenant = t.get();
     }
     if (tenant == nullptr) continue;  // its pool could not be taken over: a fresh one serves
-    std::vector<uint32_t> ns_ids;
-    for (const std::string& name : k.namespaces) {
-      auto id = tenants.NamespaceId(*tenant, name);
-      ns_ids.push_back(id.ok() ? *id : 0);
-    }
+    // Ids only for the namespaces a block uses: a snapshot cannot fill the tenant's namespace
+    // table with names nothing refers to. 0: not assigned yet (ids start at 1).
+    std::vector<uint32_t> ns_ids(k.namespaces.size(), 0);
+    auto ns_id = [&](uint32_t index) {
+      if (ns_ids[index] == 0) {
+        auto id = tenants.NamespaceId(*tenant, k.namespaces[index]);
+        ns_ids[index] = id.ok() ? *id : UINT32_MAX;
+      }
+      return ns_ids[index] == UINT32_MAX ? 0u : ns_ids[index];
+    };
     uint64_t adopted = 0, adopted_bytes = 0, expired = 0, refused = 0;
     std::string lie;
     for (size_t i = 0; i < k.blocks.size() && lie.empty(); ++i) {
@@ -383,7 +388,7 @@ void AdoptKeptBlocks(TenantRegistry& tenants, KeptState& kept, std::vector<std::
         continue;
       }
       if (block.ttl_s != 0) block.ttl_s -= static_cast<uint32_t>(kept.age_s);
-      block.key.ns_id = ns_ids[block.key.ns_id];
+      block.key.ns_id = ns_id(block.key.ns_id);
       const DramPool::AdoptResult result = block.key.ns_id != 0
                                                ? tenant->pool->Adopt(block)
                                                : DramPool::AdoptResult::kNoRoom;
