@@ -89,6 +89,14 @@ class Reader {
   uint64_t at_ = 0;
 };
 
+// The tenant of that name in `config`, or null.
+const TenantConfig* Configured(const Config& config, std::string_view name) {
+  for (const TenantConfig& c : config.tenants) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 Result<UniqueFd> WriteKeptSnapshot(const TenantRegistry& tenants, const Config& config,
@@ -227,10 +235,7 @@ Result<std::vector<KeptTenant>> ReadKeptSnapshot(int fd, const Config& config,
     }
     // A tenant no longer configured keeps nothing: its records are skipped, not held in memory;
     // one configured keeps at most the blocks its index can hold.
-    const TenantConfig* tc = nullptr;
-    for (const TenantConfig& c : config.tenants) {
-      if (c.name == k.name) tc = &c;
-    }
+    const TenantConfig* tc = Configured(config, k.name);
     if (t.block_count > body.size() / sizeof(SnapshotBlock)) {
       return Corrupt("tenant '" + k.name + "' claims more blocks than the snapshot holds");
     }
@@ -333,10 +338,7 @@ KeptState TakeKeptState(std::vector<ListenFd> fds, const Config& config,
     return kept;  // the pools close here: nothing else holds them any more
   }
   for (KeptTenant& t : *tenants) {
-    const TenantConfig* tc = nullptr;
-    for (const TenantConfig& c : config.tenants) {
-      if (c.name == t.name) tc = &c;
-    }
+    const TenantConfig* tc = Configured(config, t.name);
     const std::string why =
         tc == nullptr ? "it is no longer in the config"
         : !pools.contains(t.name) ? "its pool was not passed back"
