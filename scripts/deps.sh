@@ -4,7 +4,8 @@
 set -euo pipefail
 
 KVT_PACKAGES=(cmake ninja-build g++ pkg-config libboost-dev liburing-dev libssl-dev
-              libspdlog-dev libtomlplusplus-dev catch2 prometheus-cpp-dev python3 python3-venv)
+              libspdlog-dev libtomlplusplus-dev catch2 prometheus-cpp-dev python3 python3-venv
+              clang libclang-rt-14-dev)
 
 kvt_install_deps() {
   local missing=()

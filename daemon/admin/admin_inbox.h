@@ -9,11 +9,11 @@
 #include <unistd.h>
 
 #include <functional>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "ipc/base/mutex.h"
 #include "ipc/base/unique_fd.h"
 #include "ipc/socket/seqpacket.h"
 #include "kvclient/status.h"
@@ -42,7 +42,7 @@ class AdminInbox {
 
   void Push(AdminRequest request, AdminDone done) {
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       if (!closed_) {
         queue_.emplace_back(std::move(request), std::move(done));
         const uint64_t one = 1;
@@ -56,14 +56,14 @@ class AdminInbox {
   std::vector<std::pair<AdminRequest, AdminDone>> Take() {
     uint64_t count = 0;
     (void)!read(event_fd_.get(), &count, sizeof(count));
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     return std::exchange(queue_, {});
   }
 
   void Close() {
     std::vector<std::pair<AdminRequest, AdminDone>> left;
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       closed_ = true;
       left = std::exchange(queue_, {});
     }
@@ -74,9 +74,9 @@ class AdminInbox {
 
  private:
   UniqueFd event_fd_;
-  std::mutex mu_;
-  std::vector<std::pair<AdminRequest, AdminDone>> queue_;  // guarded by mu_
-  bool closed_ = false;                                    // guarded by mu_
+  Mutex mu_;
+  std::vector<std::pair<AdminRequest, AdminDone>> queue_ KVT_GUARDED_BY(mu_);
+  bool closed_ KVT_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace kvtier

@@ -5,12 +5,12 @@
 
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <vector>
 
 #include "daemon/gpu/cuda_batch.h"
 #include "daemon/gpu/gpu.h"
 #include "ipc/base/check.h"
+#include "ipc/base/mutex.h"
 
 namespace kvtier {
 namespace {
@@ -37,13 +37,13 @@ bool HaveDevice() {
 // memory opened so far (a handle is opened once per device; sessions that register the same
 // memory share the mapping).
 struct Shared {
-  std::mutex mu;
-  std::map<int, cudaStream_t> streams;
+  Mutex mu;
+  std::map<int, cudaStream_t> streams KVT_GUARDED_BY(mu);
   struct Opened {
     void* base = nullptr;
     uint32_t users = 0;
   };
-  std::map<std::pair<int, std::string>, Opened> memory;
+  std::map<std::pair<int, std::string>, Opened> memory KVT_GUARDED_BY(mu);
 };
 
 Shared& State() {
@@ -53,7 +53,7 @@ Shared& State() {
 
 Result<cudaStream_t> StreamFor(int device) {
   Shared& s = State();
-  std::lock_guard lock(s.mu);
+  MutexLock lock(s.mu);
   auto it = s.streams.find(device);
   if (it != s.streams.end()) return it->second;
   cudaStream_t stream = nullptr;
@@ -103,7 +103,7 @@ void GpuImportDeleter::operator()(GpuImport* import) const {
   for (cudaEvent_t e : import->events) cudaEventDestroy(e);
   Shared& s = State();
   {
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     auto it = s.memory.find({import->device, import->handle});
     if (it != s.memory.end() && --it->second.users == 0) {
       cudaIpcCloseMemHandle(it->second.base);
@@ -157,7 +157,7 @@ Result<GpuImportPtr> ImportGpuRegion(int device, std::span<const uint8_t> mem_ha
   import->bytes = bytes;
   {
     Shared& s = State();
-    std::lock_guard lock(s.mu);
+    MutexLock lock(s.mu);
     Shared::Opened& opened = s.memory[{device, import->handle}];
     if (opened.users == 0) {
       cudaIpcMemHandle_t handle;

@@ -66,7 +66,10 @@ uint32_t SpillWorker::AddStore(std::unique_ptr<BlockDevice> device,
   auto s = std::make_unique<Store>();
   s->device = std::move(device);
   s->store = std::move(store);
-  stats_.push_back(s->store->stats());
+  {
+    MutexLock lock(mu_);
+    stats_.push_back(s->store->stats());
+  }
   stores_.push_back(std::move(s));
   return static_cast<uint32_t>(stores_.size() - 1);
 }
@@ -86,7 +89,7 @@ void SpillWorker::Post(std::span<const SpillJob> jobs) {
   if (jobs.empty()) return;
   bool was_empty = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     was_empty = inbox_.empty();
     inbox_.insert(inbox_.end(), jobs.begin(), jobs.end());
   }
@@ -95,13 +98,13 @@ void SpillWorker::Post(std::span<const SpillJob> jobs) {
 
 void SpillWorker::TakeResults(std::vector<SpillResult>* out) {
   Drain(results_fd_.get());
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (SpillResult& r : outbox_) out->push_back(std::move(r));
   outbox_.clear();
 }
 
 SpillStats SpillWorker::StatsOf(uint32_t store) const {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   return stats_.at(store);
 }
 
@@ -111,7 +114,7 @@ void SpillWorker::Run() {
   while (!stop_.load(std::memory_order_relaxed)) {
     Drain(jobs_fd_.get());
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       jobs.swap(inbox_);
     }
     for (SpillJob& job : jobs) {
@@ -344,7 +347,7 @@ void SpillWorker::Reap(uint32_t index, std::vector<SpillResult>* results) {
 void SpillWorker::Publish(std::vector<SpillResult>* results) {
   bool signal = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (size_t i = 0; i < stores_.size(); ++i) stats_[i] = stores_[i]->store->stats();
     if (!results->empty()) {
       signal = outbox_.empty();

@@ -39,7 +39,6 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <thread>
 #include <unordered_map>
@@ -48,6 +47,7 @@
 #include "daemon/spill/block_device.h"
 #include "daemon/spill/spill_store.h"
 #include "daemon/spill/ssd_ref.h"
+#include "ipc/base/mutex.h"
 #include "ipc/base/unique_fd.h"
 #include "kvclient/status.h"
 
@@ -139,10 +139,10 @@ class SpillWorker {
   UniqueFd jobs_fd_;     // eventfd: the loop posted jobs (or asked to stop)
   UniqueFd results_fd_;  // eventfd: results wait for the loop
 
-  mutable std::mutex mu_;
-  std::vector<SpillJob> inbox_;          // guarded by mu_
-  std::vector<SpillResult> outbox_;      // guarded by mu_
-  std::vector<SpillStats> stats_;        // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<SpillJob> inbox_ KVT_GUARDED_BY(mu_);
+  std::vector<SpillResult> outbox_ KVT_GUARDED_BY(mu_);
+  std::vector<SpillStats> stats_ KVT_GUARDED_BY(mu_);
   std::atomic<bool> stop_{false};
 };
 

@@ -73,10 +73,10 @@ ThreadPoolDevice::ThreadPoolDevice(UniqueFd event_fd, const DeviceOptions& optio
 
 ThreadPoolDevice::~ThreadPoolDevice() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping_ = true;
   }
-  work_cv_.notify_all();
+  work_cv_.NotifyAll();
   for (std::thread& worker : workers_) worker.join();
 }
 
@@ -96,10 +96,10 @@ Status ThreadPoolDevice::Submit(IoRequest* request) {
   KVT_RETURN_IF_ERROR(files_.Prepare(request, kAlignment));
   ++in_flight_;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     pending_.Push(request);
   }
-  work_cv_.notify_one();
+  work_cv_.NotifyOne();
   return Status::Ok();
 }
 
@@ -107,8 +107,10 @@ size_t ThreadPoolDevice::Reap(std::span<IoRequest*> out, bool wait) {
   if (out.empty()) return 0;
   size_t count = 0;
   {
-    std::unique_lock lock(mu_);
-    if (wait && in_flight_ > 0) done_cv_.wait(lock, [this] { return !done_.empty(); });
+    MutexLock lock(mu_);
+    if (wait && in_flight_ > 0) {
+      while (done_.empty()) done_cv_.Wait(mu_);
+    }
     // Workers push and signal under mu_, so draining here cannot lose a signal.
     DrainEventFdLocked();
     while (count < out.size() && !done_.empty()) out[count++] = done_.Pop();
@@ -123,8 +125,8 @@ void ThreadPoolDevice::WorkerLoop() {
   for (;;) {
     IoRequest* request = nullptr;
     {
-      std::unique_lock lock(mu_);
-      work_cv_.wait(lock, [this] { return stopping_ || !pending_.empty(); });
+      MutexLock lock(mu_);
+      while (!stopping_ && pending_.empty()) work_cv_.Wait(mu_);
       // Pending requests are finished even when stopping: their buffers are the caller's.
       if (pending_.empty()) return;
       request = pending_.Pop();
@@ -132,11 +134,11 @@ void ThreadPoolDevice::WorkerLoop() {
     while (RecordAttempt(request, Transfer(*request), kAlignment)) {
     }
     {
-      std::lock_guard lock(mu_);
+      MutexLock lock(mu_);
       done_.Push(request);
       SignalEventFdLocked();
     }
-    done_cv_.notify_one();
+    done_cv_.NotifyOne();
   }
 }
 

@@ -12,10 +12,8 @@
 // queues shared with the workers are guarded by mu_.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -24,6 +22,7 @@
 
 #include "daemon/spill/block_device.h"
 #include "daemon/spill/file_table.h"
+#include "ipc/base/mutex.h"
 #include "ipc/base/unique_fd.h"
 #include "kvclient/status.h"
 
@@ -54,8 +53,8 @@ class ThreadPoolDevice final : public BlockDevice {
  private:
   ThreadPoolDevice(UniqueFd event_fd, const DeviceOptions& options);
   void WorkerLoop();
-  void SignalEventFdLocked();
-  void DrainEventFdLocked();
+  void SignalEventFdLocked() KVT_REQUIRES(mu_);
+  void DrainEventFdLocked() KVT_REQUIRES(mu_);
 
   // An intrusive FIFO through IoRequest::device.next.
   struct Queue {
@@ -72,12 +71,12 @@ class ThreadPoolDevice final : public BlockDevice {
   const std::string name_;
   uint32_t in_flight_ = 0;  // owner thread only
 
-  std::mutex mu_;
-  std::condition_variable work_cv_;  // pending_ is not empty, or stopping_
-  std::condition_variable done_cv_;  // done_ is not empty
-  Queue pending_;                    // guarded by mu_
-  Queue done_;                       // guarded by mu_
-  bool stopping_ = false;            // guarded by mu_
+  Mutex mu_;
+  CondVar work_cv_;  // pending_ is not empty, or stopping_
+  CondVar done_cv_;  // done_ is not empty
+  Queue pending_ KVT_GUARDED_BY(mu_);
+  Queue done_ KVT_GUARDED_BY(mu_);
+  bool stopping_ KVT_GUARDED_BY(mu_) = false;
 
   std::vector<std::thread> workers_;  // last: started after everything above exists
 };

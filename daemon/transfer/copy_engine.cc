@@ -26,10 +26,10 @@ CopyEngine::CopyEngine() : results_fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC))
 
 CopyEngine::~CopyEngine() {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stop_ = true;
   }
-  wake_.notify_one();
+  wake_.NotifyOne();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -41,7 +41,7 @@ Status CopyEngine::Start() {
 
 void CopyEngine::Post(CopyJob job) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto queue = std::find_if(queues_.begin(), queues_.end(),
                               [&](const auto& q) { return q->owner == job.owner; });
     if (queue != queues_.end()) {
@@ -54,20 +54,20 @@ void CopyEngine::Post(CopyJob job) {
       queues_.push_back(std::move(fresh));
     }
   }
-  wake_.notify_one();
+  wake_.NotifyOne();
 }
 
 void CopyEngine::TakeResults(std::vector<CopyResult>* out) {
   uint64_t n;
   (void)!read(results_fd_.get(), &n, sizeof(n));
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   for (CopyResult& r : results_) out->push_back(std::move(r));
   results_.clear();
 }
 
 void CopyEngine::Publish(CopyResult result) {
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     results_.push_back(std::move(result));
   }
   const uint64_t one = 1;
@@ -90,14 +90,14 @@ void CopyEngine::Run() {
     PollWaiting();
     CopyJob* job = nullptr;
     {
-      std::unique_lock lock(mu_);
+      MutexLock lock(mu_);
       if (queues_.empty()) {
         if (waiting_.empty()) {
-          wake_.wait(lock, [&] { return stop_ || !queues_.empty(); });
+          while (!stop_ && queues_.empty()) wake_.Wait(mu_);
           if (queues_.empty()) return;  // stopping, and nothing left to run
         } else {
           // Only jobs waiting for engines' events: look again soon, or at a new job.
-          wake_.wait_for(lock, std::chrono::microseconds(200));
+          wake_.WaitFor(mu_, std::chrono::microseconds(200));
           continue;
         }
       }
@@ -131,7 +131,7 @@ void CopyEngine::Run() {
 }
 
 bool CopyEngine::PopFront(size_t queue) {
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   auto& jobs = queues_[queue]->jobs;
   jobs.pop_front();
   if (!jobs.empty()) return false;
@@ -144,7 +144,7 @@ void CopyEngine::PollWaiting() {
   const uint64_t now = MonotonicUs();
   bool stopping = false;
   {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     stopping = stop_;
   }
   for (size_t i = 0; i < waiting_.size();) {

@@ -21,16 +21,15 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "daemon/gpu/gpu.h"
 #include "daemon/transfer/region.h"
+#include "ipc/base/mutex.h"
 #include "ipc/base/unique_fd.h"
 
 namespace kvtier {
@@ -100,14 +99,14 @@ class CopyEngine {
 
   std::thread thread_;
   UniqueFd results_fd_;
-  std::mutex mu_;
-  std::condition_variable wake_;
+  Mutex mu_;
+  CondVar wake_;
   // Owners with jobs, in round-robin order; a queue is removed once empty. Only the copy
   // thread pops jobs or removes queues, so the front job it runs stays put while the loop
   // pushes more (deque::push_back keeps references).
-  std::vector<std::unique_ptr<Queue>> queues_;  // guarded by mu_
-  std::vector<CopyResult> results_;   // guarded by mu_
-  bool stop_ = false;                 // guarded by mu_
+  std::vector<std::unique_ptr<Queue>> queues_ KVT_GUARDED_BY(mu_);
+  std::vector<CopyResult> results_ KVT_GUARDED_BY(mu_);
+  bool stop_ KVT_GUARDED_BY(mu_) = false;
   std::vector<CopyJob> waiting_;      // CUDA jobs waiting for their event (copy thread only)
 };
 

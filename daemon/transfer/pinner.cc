@@ -24,7 +24,7 @@ Pinner::Progress Pinner::progress() const {
   Progress p;
   p.pinned_bytes = pinned_bytes_.load(std::memory_order_relaxed);
   p.total_bytes = total_bytes_;
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   p.done = done_;
   p.error = error_;
   return p;
@@ -58,7 +58,7 @@ void Pinner::Run() {
   } else if (!stop_) {
     spdlog::info("pools pinned for CUDA: {:.1f} GiB", gib(total_bytes_));
   }
-  std::lock_guard lock(mu_);
+  MutexLock lock(mu_);
   done_ = true;
   error_ = error;
 }

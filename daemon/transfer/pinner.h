@@ -11,10 +11,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "ipc/base/mutex.h"
 
 namespace kvtier {
 
@@ -52,9 +53,9 @@ class Pinner {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> pinned_bytes_{0};
   uint64_t total_bytes_ = 0;
-  mutable std::mutex mu_;
-  bool done_ = false;   // guarded by mu_
-  std::string error_;   // guarded by mu_
+  mutable Mutex mu_;
+  bool done_ KVT_GUARDED_BY(mu_) = false;
+  std::string error_ KVT_GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier

@@ -59,6 +59,7 @@ void StoreAll(Client& client, const std::vector<Key>& keys, const std::vector<ui
     std::vector<Key> k(keys.begin() + first, keys.begin() + last);
     std::vector<uint64_t> s(sizes.begin() + first, sizes.begin() + last);
     auto r = client.Reserve(k, s);
+    INFO((r.ok() ? std::string() : r.status().ToString()));
     REQUIRE(r.ok());
     for (size_t i = 0; i < n; ++i) {
       REQUIRE(r->code(i) == StatusCode::kOk);
