@@ -1,6 +1,10 @@
 #include "daemon/admin/admin_commands.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <spdlog/spdlog.h>
@@ -14,9 +18,13 @@ namespace {
 
 constexpr char kCommands[] =
     "commands: status | stats [--tenant T] | tenants | evict --tenant T [--tier dram|ssd] | "
-    "purge TENANT | reload | drain | metrics";
+    "purge TENANT | reload | drain | upgrade | metrics";
 // A drain waits this long for in-flight requests, then closes what is left.
 constexpr uint64_t kDrainGraceUs = 30'000'000;
+// An upgrade's new binary has this long to check the config.
+constexpr uint64_t kUpgradeCheckUs = 20'000'000;
+// What of the check's output an answer quotes.
+constexpr size_t kMaxCheckOutput = 2048;
 
 Status Usage(const std::string& what) {
   return Status(StatusCode::kInvalidArgument, what + "; " + kCommands);
@@ -92,6 +100,12 @@ AdminCommands::~AdminCommands() {
   const Status stopping(StatusCode::kUnavailable, "kvtierd is stopping");
   for (PendingPurge& purge : purges_) purge.done(AdminReply{stopping, {}});
   if (drain_) drain_->done(AdminReply{stopping, {}});
+  if (upgrade_) {
+    kill(upgrade_->pid, SIGKILL);
+    while (waitpid(upgrade_->pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    upgrade_->done(AdminReply{stopping, {}});
+  }
 }
 
 void AdminCommands::Run(AdminRequest request, AdminDone done) {
@@ -100,13 +114,18 @@ void AdminCommands::Run(AdminRequest request, AdminDone done) {
   const bool read_only =
       command == "status" || command == "stats" || command == "tenants" || command == "metrics";
   const bool no_args = command == "status" || command == "tenants" || command == "reload" ||
-                       command == "drain" || command == "metrics";
+                       command == "drain" || command == "upgrade" || command == "metrics";
   if (no_args && args.size() != 1) {
     return done(AdminReply{Usage("'" + command + "' takes no arguments"), {}});
   }
   if (drain_ && !read_only) {
     return done(AdminReply{
         Status(StatusCode::kUnavailable, "kvtierd is draining; it takes no more commands"), {}});
+  }
+  if (upgrade_ && !read_only) {
+    return done(AdminReply{Status(StatusCode::kUnavailable,
+                                  "kvtierd is upgrading; it takes no more commands"),
+                           {}});
   }
   Result<Report> report = Status(StatusCode::kInternal, "no report");
   if (command == "status") {
@@ -123,6 +142,8 @@ void AdminCommands::Run(AdminRequest request, AdminDone done) {
     report = Reload("kvtierctl reload");
   } else if (command == "drain") {
     return Drain(std::move(request), std::move(done));
+  } else if (command == "upgrade") {
+    return Upgrade(std::move(request), std::move(done));
   } else if (command == "metrics") {
     return done(AdminReply{Status::Ok(), Metrics()});
   } else {
@@ -155,7 +176,7 @@ Result<Report> AdminCommands::ServerStatus() {
   r.Field("audit_log", config_.admin.audit_log.string());
   r.Field("metrics_listen",
           config_.admin.metrics_listen.empty() ? std::string("off") : config_.admin.metrics_listen);
-  r.Field("state", std::string(drain_ ? "draining" : "serving"));
+  r.Field("state", std::string(drain_ ? "draining" : upgrade_ ? "upgrading" : "serving"));
   r.Field("tenants", static_cast<uint64_t>(tenants_->tenants().size()));
   r.Field("sessions", host.sessions);
   r.Field("ssd_tier", tier_->has_ssd_tier());
@@ -352,7 +373,105 @@ bool AdminCommands::wiping() const {
 
 bool AdminCommands::Advance() {
   AdvancePurges();
+  if (upgrade_ && AdvanceUpgrade()) return true;
   return drain_ && AdvanceDrain();
+}
+
+void AdminCommands::Upgrade(AdminRequest request, AdminDone done) {
+  auto refuse = [&](const std::string& why) {
+    done(AdminReply{Status(StatusCode::kFailedPrecondition, "no upgrade: " + why), {}});
+  };
+  if (executable_.empty()) return refuse("this kvtierd does not know the path of its binary");
+  if (!purges_.empty()) return refuse("a purge is under way; upgrade once it has finished");
+  // The new binary checks the running config first: one that cannot start with it (a wrong
+  // file, a missing library, a config it refuses) costs nothing; kvtierd keeps serving.
+  int pipe_fds[2];
+  if (pipe2(pipe_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+    return refuse(std::string("pipe: ") + strerror(errno));
+  }
+  UniqueFd read_end(pipe_fds[0]);
+  UniqueFd write_end(pipe_fds[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDERR_FILENO);
+  const std::string config_path = config_.source.string();
+  std::vector<std::string> args = {executable_, "--check-config", config_path};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int err = posix_spawn(&pid, executable_.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (err != 0) return refuse(executable_ + " does not run: " + strerror(err));
+  spdlog::info("upgrade: checking {} --check-config {}", executable_, config_path);
+  upgrade_ = PendingUpgrade{std::move(request), std::move(done), pid, std::move(read_end), {},
+                            NowUs() + kUpgradeCheckUs};
+}
+
+bool AdminCommands::AdvanceUpgrade() {
+  PendingUpgrade& upgrade = *upgrade_;
+  char buffer[512];
+  for (;;) {
+    const ssize_t n = read(upgrade.output.get(), buffer, sizeof(buffer));
+    if (n <= 0) break;
+    const size_t room = kMaxCheckOutput - std::min(kMaxCheckOutput, upgrade.text.size());
+    upgrade.text.append(buffer, std::min(room, static_cast<size_t>(n)));
+  }
+  int status = 0;
+  const pid_t reaped = waitpid(upgrade.pid, &status, WNOHANG);
+  if (reaped == 0) {
+    if (NowUs() < upgrade.deadline_us) return false;
+    kill(upgrade.pid, SIGKILL);
+    while (waitpid(upgrade.pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    RefuseUpgrade(Status(StatusCode::kTimedOut,
+                         executable_ + " --check-config did not finish within " +
+                             std::to_string(kUpgradeCheckUs / 1'000'000) +
+                             " s; kvtierd keeps running"));
+    return false;
+  }
+  while (!upgrade.text.empty() && (upgrade.text.back() == '\n' || upgrade.text.back() == ' ')) {
+    upgrade.text.pop_back();
+  }
+  if (reaped < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    const std::string how =
+        reaped < 0                ? std::string("could not be waited for: ") + strerror(errno)
+        : WIFSIGNALED(status)     ? "was killed by signal " + std::to_string(WTERMSIG(status))
+        : WEXITSTATUS(status) == 127 ? std::string("did not start (exit status 127)")
+                                  : "exited with status " + std::to_string(WEXITSTATUS(status));
+    RefuseUpgrade(Status(StatusCode::kFailedPrecondition,
+                         "the new binary refused to start, kvtierd keeps running: " +
+                             executable_ + " --check-config " + how +
+                             (upgrade.text.empty() ? "" : ": " + upgrade.text)));
+    return false;
+  }
+  upgrade_ready_ = true;
+  spdlog::info("upgrade: {} accepts the config; stopping, then re-executing it", executable_);
+  Audit("upgrade", "binary=" + AuditLog::Quote(executable_) +
+                       " by_uid=" + std::to_string(upgrade.request.peer.uid) +
+                       " by_pid=" + std::to_string(upgrade.request.peer.pid) + " result=ok");
+  Report r;
+  r.Field("binary", executable_);
+  r.Field("check", upgrade.text);
+  r.Field("dram_tier", std::string(config_.keep_dram_on_restart
+                                       ? "kept"
+                                       : "not kept (daemon.keep_dram_on_restart = false)"));
+  r.Field("sessions", std::string("closed; clients connect again"));
+  upgrade.done(AdminReply{Status::Ok(), upgrade.request.json ? r.Json() : r.Text()});
+  upgrade_.reset();
+  return true;
+}
+
+void AdminCommands::RefuseUpgrade(const Status& why) {
+  spdlog::error("upgrade: {}", why.message());
+  Audit("upgrade", "binary=" + AuditLog::Quote(executable_) +
+                       " by_uid=" + std::to_string(upgrade_->request.peer.uid) +
+                       " by_pid=" + std::to_string(upgrade_->request.peer.pid) +
+                       " result=refused reason=" + AuditLog::Quote(why.message()));
+  upgrade_->done(AdminReply{why, {}});
+  upgrade_.reset();
 }
 
 void AdminCommands::AdvancePurges() {

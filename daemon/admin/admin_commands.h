@@ -9,6 +9,8 @@
 // Not thread-safe: the event loop's thread only.
 #pragma once
 
+#include <sys/types.h>
+
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -23,6 +25,7 @@
 #include "daemon/config/config.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "daemon/tier/tier_coordinator.h"
+#include "ipc/base/unique_fd.h"
 
 namespace kvtier {
 
@@ -68,14 +71,22 @@ class AdminCommands {
   Result<Report> Reload(const char* origin);
   // A purge's crypto-erase ended (TierCoordinator's kErased notice).
   void OnErased(const Tenant& tenant, const Status& status, uint64_t segments);
-  // Moves purges and a drain on; call after each loop round while busy(). True once a drain
-  // has finished: the server stops.
+  // Moves purges, a drain and an upgrade's check on; call after each loop round while busy().
+  // True once a drain has finished or an upgrade's binary passed its check: the server stops.
   bool Advance();
-  // A purge or drain is under way: the loop must not sleep long.
-  bool busy() const { return !purges_.empty() || drain_.has_value(); }
+  // A purge, drain or upgrade is under way: the loop must not sleep long.
+  bool busy() const { return !purges_.empty() || drain_.has_value() || upgrade_.has_value(); }
   // A purge is wiping a pool: the loop must not sleep at all.
   bool wiping() const;
   bool draining() const { return drain_.has_value(); }
+  bool purging() const { return !purges_.empty(); }
+  // The binary `upgrade` re-executes: kvtierd's own path, resolved at start (an upgrade installs
+  // the new kvtierd there). Empty: upgrade is refused.
+  void set_executable(std::string path) { executable_ = std::move(path); }
+  // An upgrade's new binary accepted the config: the server stops, then kvtierd re-executes
+  // executable() (warm_restart.h, ExecWithKeptState).
+  bool upgrade_ready() const { return upgrade_ready_; }
+  const std::string& executable() const { return executable_; }
 
  private:
   struct PendingPurge {
@@ -101,12 +112,26 @@ class AdminCommands {
     uint64_t deadline_us = 0;  // then sessions still busy are closed anyway
   };
 
+  struct PendingUpgrade {
+    AdminRequest request;
+    AdminDone done;
+    pid_t pid = -1;      // `executable_ --check-config <config>`
+    UniqueFd output;     // its stdout and stderr (non-blocking)
+    std::string text;    // what it wrote so far (the first kMaxCheckOutput bytes)
+    uint64_t deadline_us = 0;
+  };
+
   Result<Report> ServerStatus();
   Result<Report> Stats(const std::vector<std::string>& args);
   Result<Report> Tenants();
   Result<Report> Evict(const std::vector<std::string>& args);
   void Purge(AdminRequest request, AdminDone done);
   void Drain(AdminRequest request, AdminDone done);
+  void Upgrade(AdminRequest request, AdminDone done);
+  // True once the new binary's check passed (answered); a failed check is answered and dropped.
+  bool AdvanceUpgrade();
+  // Ends a pending upgrade with `why` (kvtierd keeps running) and audits it.
+  void RefuseUpgrade(const Status& why);
   std::string Metrics();
   Result<Tenant*> TenantNamed(std::string_view name);
   void AdvancePurges();
@@ -127,6 +152,9 @@ class AdminCommands {
   AuditLog* audit_;
   std::vector<PendingPurge> purges_;
   std::optional<PendingDrain> drain_;
+  std::string executable_;
+  std::optional<PendingUpgrade> upgrade_;
+  bool upgrade_ready_ = false;
 };
 
 }  // namespace kvtier

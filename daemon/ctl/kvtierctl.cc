@@ -4,6 +4,7 @@
 // can use `socat` the same way.
 #include <errno.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -26,6 +27,8 @@ constexpr char kUsage[] =
     "                                      pool, crypto-erase its segments, close its sessions\n"
     "  reload                              re-read the config file (as SIGHUP does)\n"
     "  drain                               refuse new sessions, finish requests, flush, exit\n"
+    "  upgrade                             re-execute kvtierd's binary (a newly installed one)\n"
+    "                                      keeping the DRAM tier; waits until it serves again\n"
     "  metrics                             Prometheus text exposition\n"
     "options:\n"
     "  --version            kvtierctl's version (`status` gives the daemon's)\n"
@@ -44,6 +47,79 @@ bool IsWord(const std::string& arg) {
     if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return false;
   }
   return true;
+}
+
+// One request line out, the reply back. Returns 0 with the body in `*body`, or 1 with the
+// error in `*error`; `*refused` says nothing was listening (or it stopped before answering).
+int Exchange(const std::string& socket_path, const std::string& request, std::string* body,
+             std::string* error, bool* refused) {
+  *refused = false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof(addr.sun_path)) {
+    *error = "socket path too long";
+    return 1;
+  }
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = std::string("socket: ") + std::strerror(errno);
+    return 1;
+  }
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    const int err = errno;
+    close(fd);
+    if (err == ENOENT || err == ECONNREFUSED) {
+      *refused = true;
+      *error = "kvtierd is not running: nothing listens at " + socket_path;
+    } else if (err == EACCES) {
+      *error = "permission denied on " + socket_path +
+               ": the admin socket admits kvtierd's user, root and the admin group "
+               "(admin.group) only";
+    } else {
+      *error = "connect(" + socket_path + "): " + std::strerror(err);
+    }
+    return 1;
+  }
+  for (size_t sent = 0; sent < request.size();) {
+    const ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    // A refused peer may find the socket closed before its request is out; the reply says why.
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  std::string reply;
+  char buffer[65536];
+  for (;;) {
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    reply.append(buffer, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t eol = reply.find('\n');
+  if (eol == std::string::npos) {
+    *refused = true;
+    *error = "kvtierd closed the connection without a reply (it may be stopping; see its log)";
+    return 1;
+  }
+  const std::string status = reply.substr(0, eol);
+  if (status.starts_with("ERROR ")) {
+    *refused = status.find("kvtierd is stopping") != std::string::npos;
+    *error = status.substr(6);
+    return 1;
+  }
+  if (status != "OK") {
+    *error = "unexpected reply from kvtierd: " + status;
+    return 1;
+  }
+  *body = reply.substr(eol + 1);
+  return 0;
+}
+
+double MonotonicSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
 }  // namespace
@@ -82,45 +158,26 @@ int main(int argc, char** argv) {
     request += " " + word;
   request += "\n";
 
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof(addr.sun_path)) return Fail("socket path too long");
-  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Fail(std::string("socket: ") + std::strerror(errno));
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-    const int err = errno;
-    if (err == ENOENT || err == ECONNREFUSED) {
-      return Fail("kvtierd is not running: nothing listens at " + socket_path);
+  std::string body;
+  std::string error;
+  bool refused = false;
+  if (Exchange(socket_path, request, &body, &error, &refused) != 0) return Fail(error);
+  std::fwrite(body.data(), 1, body.size(), stdout);
+  if (command[0] != "upgrade") return 0;
+  // The reply came before the old process stopped: wait until the new one answers `status`
+  // (the old one no longer does), so that a script can go on when kvtierctl returns.
+  std::fflush(stdout);
+  const std::string status_request =
+      std::string("KVTIER-ADMIN 1 ") + (json ? "json" : "text") + " status\n";
+  const double deadline = MonotonicSeconds() + 300;
+  while (MonotonicSeconds() < deadline) {
+    usleep(100 * 1000);
+    if (Exchange(socket_path, status_request, &body, &error, &refused) == 0) {
+      std::fputs(json ? "" : "kvtierd serves again:\n", stdout);
+      std::fwrite(body.data(), 1, body.size(), stdout);
+      return 0;
     }
-    if (err == EACCES) {
-      return Fail("permission denied on " + socket_path +
-                  ": the admin socket admits kvtierd's user, root and the admin group "
-                  "(admin.group) only");
-    }
-    return Fail("connect(" + socket_path + "): " + std::strerror(err));
+    if (!refused) return Fail("after the upgrade: " + error);
   }
-  for (size_t sent = 0; sent < request.size();) {
-    const ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-    // A refused peer may find the socket closed before its request is out; the reply says why.
-    if (n <= 0) break;
-    sent += static_cast<size_t>(n);
-  }
-  std::string reply;
-  char buffer[65536];
-  for (;;) {
-    const ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    reply.append(buffer, static_cast<size_t>(n));
-  }
-  close(fd);
-  const size_t eol = reply.find('\n');
-  if (eol == std::string::npos)
-    return Fail("kvtierd closed the connection without a reply (it may be stopping; see its log)");
-  const std::string status = reply.substr(0, eol);
-  if (status.starts_with("ERROR ")) return Fail(status.substr(6));
-  if (status != "OK") return Fail("unexpected reply from kvtierd: " + status);
-  std::fwrite(reply.data() + eol + 1, 1, reply.size() - eol - 1, stdout);
-  return 0;
+  return Fail("kvtierd did not answer within 300 s of the upgrade (see its log): " + error);
 }

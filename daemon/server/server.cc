@@ -246,7 +246,7 @@ std::string Server::StatusLine() const {
       line += ", pool pinning failed: " + pin.error;
     }
   }
-  if (commands_ != nullptr && commands_->busy() && !commands_->draining()) line += ", purging";
+  if (commands_ != nullptr && commands_->purging()) line += ", purging";
   return line;
 }
 

@@ -52,9 +52,14 @@ class Server : private AdminHost {
   // Answers admin commands still waiting (kUnavailable: stopping).
   ~Server();
 
-  // Serves until SIGINT or SIGTERM, or until a drain has finished. Returns OK after a clean
-  // stop.
+  // Serves until SIGINT or SIGTERM, until a drain has finished, or until an upgrade's new binary
+  // accepted the config (then upgrade_ready()). Returns OK after a clean stop.
   Status Run();
+  // The binary `kvtierctl upgrade` re-executes (kvtierd's own path); unset: upgrade is refused.
+  void set_executable(std::string path) { commands_->set_executable(std::move(path)); }
+  // Run returned for an upgrade: the caller re-executes executable().
+  bool upgrade_ready() const { return commands_->upgrade_ready(); }
+  const std::string& executable() const { return commands_->executable(); }
   // The CUDA devices found at Open (none where kvtierd was built without CUDA).
   const GpuProbe& gpu() const { return gpu_; }
 

@@ -62,7 +62,8 @@ Status CheckFileBudget(const Config& config) {
 
 Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
                                                                 TenantRegistry& tenants,
-                                                                std::vector<std::string>* log) {
+                                                                std::vector<std::string>* log,
+                                                                const WrapSpillDevice& wrap) {
   std::vector<std::unique_ptr<SpillWorker>> workers;
   const SpillConfig& spill = config.spill;
   if (spill.dir.empty()) return workers;
@@ -121,6 +122,10 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
                                    "spill.backend = \"io_uring\" but " + why_fallback));
       }
       log->push_back("tenant '" + name + "' SSD tier: " + why_fallback);
+    }
+    if (wrap) {
+      *device = wrap(std::move(*device), name);
+      KVT_CHECK(*device != nullptr);
     }
 
     SpillOptions options;

@@ -445,4 +445,51 @@ Result<std::string> HandOverKeptState(const TenantRegistry& tenants, const Confi
          " tenant pool(s) and the index to the service manager for the next start";
 }
 
+Status ExecWithKeptState(const TenantRegistry& tenants, const Config& config, bool keep,
+                         const std::vector<std::string>& argv) {
+  KVT_CHECK(!argv.empty());
+  std::vector<std::string> names;
+  std::vector<int> fds;
+  UniqueFd index;
+  if (keep) {
+    KVT_ASSIGN_OR_RETURN(index, WriteKeptSnapshot(tenants, config, &names));
+    for (const std::string& name : names) {
+      for (const auto& tenant : tenants.tenants()) {
+        if (tenant->config.name == name) fds.push_back(tenant->memory.fd());
+      }
+    }
+    for (std::string& name : names) name = kKeptPoolFdPrefix + name;
+    names.push_back(kKeptIndexFdName);
+    fds.push_back(index.get());
+  }
+  // Each fd first moves above 3 + n (close-on-exec), so that placing one at 3 + i never closes
+  // another still to be placed; dup2 then leaves the placed ones open across execv.
+  const int first_free = 3 + static_cast<int>(fds.size());
+  std::vector<int> high;
+  for (int fd : fds) {
+    const int moved = fcntl(fd, F_DUPFD_CLOEXEC, first_free);
+    if (moved < 0) return ErrnoStatus("fcntl(F_DUPFD_CLOEXEC)", errno);
+    high.push_back(moved);
+  }
+  for (size_t i = 0; i < high.size(); ++i) {
+    if (dup2(high[i], 3 + static_cast<int>(i)) < 0) return ErrnoStatus("dup2", errno);
+  }
+  std::string joined;
+  for (const std::string& name : names) joined += (joined.empty() ? "" : ":") + name;
+  if (!fds.empty()) {
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    setenv("LISTEN_FDS", std::to_string(fds.size()).c_str(), 1);
+    setenv("LISTEN_FDNAMES", joined.c_str(), 1);
+  }
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  execv(args[0], args.data());
+  const int err = errno;
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  return ErrnoStatus("execv(" + argv[0] + ")", err);
+}
+
 }  // namespace kvtier

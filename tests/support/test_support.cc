@@ -110,9 +110,11 @@ std::unique_ptr<DaemonProcess> DaemonProcess::Start(const DaemonOptions& o,
       setenv("WATCHDOG_USEC", std::to_string(o.watchdog_usec).c_str(), 1);
       setenv("WATCHDOG_PID", std::to_string(getpid()).c_str(), 1);
     }
+    for (const auto& [name, value] : o.environment) setenv(name.c_str(), value.c_str(), 1);
     FILE* log = std::fopen(log_path.c_str(), "w");
     if (log != nullptr) dup2(fileno(log), STDERR_FILENO);
-    execl(KVTIERD_PATH, "kvtierd", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
+    const char* binary = o.binary.empty() ? KVTIERD_PATH : o.binary.c_str();
+    execl(binary, "kvtierd", "--config", cfg_path.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   // As systemd: what it passed stays in its store (a crash of this process would pass it

@@ -9,6 +9,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace kvtier::testing {
@@ -54,6 +55,11 @@ struct DaemonOptions {
   std::string spill_toml;  // more [spill] keys
   std::string admin_toml;  // more [admin] keys (the audit log is run/audit.log already)
   uint64_t watchdog_usec = 0;  // > 0: run as under WatchdogSec= ($WATCHDOG_USEC, $WATCHDOG_PID)
+  // Another build of the daemon to run instead of build/daemon/kvtierd (a test's daemon such as
+  // kvtierd-faults: same arguments, same behaviour otherwise), and variables to add to its
+  // environment.
+  std::string binary;
+  std::vector<std::pair<std::string, std::string>> environment;
 };
 
 // A file descriptor the daemon gave the service manager's store (sd_notify FDSTORE=1), and its
@@ -63,8 +69,8 @@ struct StoredFd {
   int fd = -1;  // owned
 };
 
-// Starts build/daemon/kvtierd with a config in a fresh temp dir and waits for its READY=1
-// (sd_notify). The destructor stops it with SIGTERM, reaps it and fails the test unless it
+// Starts build/daemon/kvtierd (or options.binary) with a config in a fresh temp dir and waits for
+// its READY=1 (sd_notify). The destructor stops it with SIGTERM, reaps it and fails the test unless it
 // exited with status 0 (a sanitizer report, a leak or a crash at shutdown is a failure), except
 // where the test took the exit status itself from Stop().
 class DaemonProcess {
