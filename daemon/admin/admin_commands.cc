@@ -58,6 +58,10 @@ std::string RestartOnlyChange(const Config& a, const Config& b) {
       {"spill.backend", a.spill.backend != b.spill.backend},
       {"spill.key_file", a.spill.key_file != b.spill.key_file},
       {"spill.key_credential", a.spill.key_credential != b.spill.key_credential},
+      {"spill.keyring_file", a.spill.keyring_file != b.spill.keyring_file},
+      {"spill.previous_key_file", a.spill.previous_key_file != b.spill.previous_key_file},
+      {"spill.previous_key_credential",
+       a.spill.previous_key_credential != b.spill.previous_key_credential},
       {"spill.demote_above", a.spill.demote_above != b.spill.demote_above},
       {"admin.socket", a.admin.socket != b.admin.socket},
       {"admin.socket_mode", a.admin.socket_mode != b.admin.socket_mode},
@@ -401,8 +405,20 @@ void AdminCommands::Upgrade(AdminRequest request, AdminDone done) {
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  // kvtierd blocks the signals its signalfd serves and ignores SIGPIPE: the child starts with
+  // neither.
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  sigaddset(&defaults, SIGPIPE);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
-  const int err = posix_spawn(&pid, executable_.c_str(), &actions, nullptr, argv.data(), environ);
+  const int err = posix_spawn(&pid, executable_.c_str(), &actions, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
   if (err != 0) return refuse(executable_ + " does not run: " + strerror(err));
   spdlog::info("upgrade: checking {} --check-config {}", executable_, config_path);
@@ -412,6 +428,9 @@ void AdminCommands::Upgrade(AdminRequest request, AdminDone done) {
 
 bool AdminCommands::AdvanceUpgrade() {
   PendingUpgrade& upgrade = *upgrade_;
+  int status = 0;
+  const pid_t reaped = waitpid(upgrade.pid, &status, WNOHANG);
+  // After waitpid: once the child is gone, all it wrote is in the pipe.
   char buffer[512];
   for (;;) {
     const ssize_t n = read(upgrade.output.get(), buffer, sizeof(buffer));
@@ -419,8 +438,6 @@ bool AdminCommands::AdvanceUpgrade() {
     const size_t room = kMaxCheckOutput - std::min(kMaxCheckOutput, upgrade.text.size());
     upgrade.text.append(buffer, std::min(room, static_cast<size_t>(n)));
   }
-  int status = 0;
-  const pid_t reaped = waitpid(upgrade.pid, &status, WNOHANG);
   if (reaped == 0) {
     if (NowUs() < upgrade.deadline_us) return false;
     kill(upgrade.pid, SIGKILL);

@@ -51,16 +51,6 @@ std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
-void Store(Client& client, const std::vector<Key>& keys, uint64_t size) {
-  auto batch = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
-  REQUIRE(batch.ok());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    REQUIRE(batch->code(i) == StatusCode::kOk);
-    FillBlock(keys[i], batch->data(i));
-  }
-  REQUIRE(batch->Commit().ok());
-}
-
 // Sends `request` to the admin socket at `path` as this process (root) and returns everything
 // the daemon writes back until it closes. The receive timeout only keeps a hung daemon from
 // hanging the test. No assertions: it also runs on threads of the test's own.
@@ -111,7 +101,7 @@ TEST_CASE("kvtierctl and kvtierd refuse bad arguments and unknown tenants and na
   auto daemon = DaemonProcess::Start();
   auto client = MustConnect(*daemon);
   const std::vector<Key> keys = {TestKey(1, 0), TestKey(1, 1)};
-  Store(*client, keys, 4096);
+  StoreBlocks(*client, keys, 4096);
 
   // kvtierctl's own checks: usage errors exit 2, before anything is sent.
   for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
@@ -364,7 +354,7 @@ StuckCopy PrepareCopy(const DaemonProcess& daemon) {
   s.client = MustConnect(daemon);
   for (uint64_t i = 0; i < 4; ++i)
     s.keys.push_back(TestKey(7, i));
-  Store(*s.client, s.keys, 64 * 1024);
+  StoreBlocks(*s.client, s.keys, 64 * 1024);
   auto memory = HostMemory::Create(1 << 20);
   REQUIRE(memory.ok());
   s.memory = std::move(*memory);
@@ -434,7 +424,7 @@ TEST_CASE("purging a tenant twice in a row: the second purge finds nothing and b
           "[integration][admin][admin_failures][purge]") {
   auto daemon = DaemonProcess::Start();
   auto client = MustConnect(*daemon);
-  Store(*client, {TestKey(8, 0), TestKey(8, 1), TestKey(8, 2)}, 8192);
+  StoreBlocks(*client, {TestKey(8, 0), TestKey(8, 1), TestKey(8, 2)}, 8192);
   const Ctl one = RunCtl(*daemon, {"--json", "purge", "test"});
   const Ctl two = RunCtl(*daemon, {"--json", "purge", "test"});
   INFO(one.out << one.err << two.out << two.err);

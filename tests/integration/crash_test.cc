@@ -42,19 +42,13 @@ bool ChildReady(int fd) {
   return ok;
 }
 
-std::vector<Key> Keys(uint64_t owner, uint64_t n) {
-  std::vector<Key> keys;
-  for (uint64_t i = 0; i < n; ++i) keys.push_back(TestKey(owner, i));
-  return keys;
-}
-
 TEST_CASE("a client killed between reserve and commit leaves nothing behind",
           "[integration][crash]") {
   auto daemon = DaemonProcess::Start();
   auto observer = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "t"});
   REQUIRE(observer.ok());
   const PoolStats baseline = *(*observer)->Stats();
-  const std::vector<Key> keys = Keys(1, 64);
+  const std::vector<Key> keys = TestKeys(1, 64);
   int ready = -1;
   const pid_t child = SpawnAndPark(
       [&](const Park& park) {
@@ -96,7 +90,7 @@ TEST_CASE("a client killed while holding leases releases them", "[integration][c
   auto daemon = DaemonProcess::Start(options);
   auto observer = Client::Connect({.socket_path = daemon->socket_path(), .name_space = "t"});
   REQUIRE(observer.ok());
-  const std::vector<Key> keys = Keys(2, 16);  // 16 x 1 MiB = half the pool
+  const std::vector<Key> keys = TestKeys(2, 16);  // 16 x 1 MiB = half the pool
   auto batch = (*observer)->Reserve(keys, std::vector<uint64_t>(keys.size(), 1 << 20));
   REQUIRE(batch.ok());
   for (size_t i = 0; i < keys.size(); ++i) FillBlock(keys[i], batch->data(i));
@@ -114,7 +108,7 @@ TEST_CASE("a client killed while holding leases releases them", "[integration][c
   REQUIRE(ChildReady(ready));
   REQUIRE((*observer)->Stats()->leased_blocks == 16);
   // While leased, the blocks cannot be evicted: a fill of the whole pool fails for lack of room.
-  const std::vector<Key> filler = Keys(3, 32);
+  const std::vector<Key> filler = TestKeys(3, 32);
   {
     auto fill = (*observer)->Reserve(filler, std::vector<uint64_t>(filler.size(), 1 << 20));
     REQUIRE(fill.ok());

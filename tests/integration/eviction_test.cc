@@ -23,22 +23,6 @@ std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
-std::vector<Key> Keys(uint64_t owner, uint64_t first, uint64_t n) {
-  std::vector<Key> keys;
-  for (uint64_t i = first; i < first + n; ++i) keys.push_back(TestKey(owner, i));
-  return keys;
-}
-
-void Store(Client& client, const std::vector<Key>& keys, uint64_t size) {
-  auto batch = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
-  REQUIRE(batch.ok());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    REQUIRE(batch->code(i) == StatusCode::kOk);
-    FillBlock(keys[i], batch->data(i));
-  }
-  REQUIRE(batch->Commit().ok());
-}
-
 bool Present(Client& client, const Key& key) {
   return *client.MatchPrefix(std::vector<Key>{key}) == 1;
 }
@@ -50,10 +34,10 @@ TEST_CASE("filling past the reservation evicts only unleased committed blocks, o
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
   auto other = MustConnect(*daemon);
-  const std::vector<Key> old = Keys(1, 0, 30);
-  Store(*client, old, kMiB);  // committed in key order: old[0] is the oldest
+  const std::vector<Key> old = TestKeys(1, 30, 0);
+  StoreBlocks(*client, old, kMiB);  // committed in key order: old[0] is the oldest
   // Another session's reservation (not yet committed) holds one slot.
-  const std::vector<Key> pending_key = Keys(9, 0, 1);
+  const std::vector<Key> pending_key = TestKeys(9, 1, 0);
   auto pending = other->Reserve(pending_key, std::vector<uint64_t>{kMiB});
   REQUIRE(pending.ok());
   REQUIRE(pending->code(0) == StatusCode::kOk);
@@ -65,7 +49,7 @@ TEST_CASE("filling past the reservation evicts only unleased committed blocks, o
   REQUIRE(Present(*client, old[2]));
 
   // One slot is free; five new blocks need four evictions.
-  Store(*client, Keys(2, 0, 5), kMiB);
+  StoreBlocks(*client, TestKeys(2, 5, 0), kMiB);
 
   CHECK(client->Stats()->evictions == 4);
   CHECK(Present(*client, old[0]));  // leased
@@ -90,8 +74,8 @@ TEST_CASE("hints: a block an engine is done with leaves first, one it will reuse
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
   REQUIRE(client->has_hints());
-  const std::vector<Key> blocks = Keys(3, 0, 32);
-  Store(*client, blocks, kMiB);  // blocks[0] is the oldest
+  const std::vector<Key> blocks = TestKeys(3, 32, 0);
+  StoreBlocks(*client, blocks, kMiB);  // blocks[0] is the oldest
   // The newest is done with; the oldest will be reused soon. A missing key is not found.
   std::vector<StatusCode> codes(2);
   REQUIRE(client->DoneWith(std::vector<Key>{blocks[31], TestKey(3, 99)}, codes).ok());
@@ -101,7 +85,7 @@ TEST_CASE("hints: a block an engine is done with leaves first, one it will reuse
   CHECK(codes[0] == StatusCode::kOk);
   const uint64_t hits = client->Stats()->hits;
   // Two new blocks need two evictions: the one done with, then the oldest not hinted.
-  Store(*client, Keys(4, 0, 2), kMiB);
+  StoreBlocks(*client, TestKeys(4, 2, 0), kMiB);
   CHECK_FALSE(Present(*client, blocks[31]));
   CHECK_FALSE(Present(*client, blocks[1]));
   CHECK(Present(*client, blocks[0]));
@@ -115,11 +99,11 @@ TEST_CASE("a pool full of pinned blocks reports resource exhaustion, not a wrong
   options.dram_bytes = 8 * kMiB;
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(3, 0, 8);
-  Store(*client, keys, kMiB);
+  const std::vector<Key> keys = TestKeys(3, 8, 0);
+  StoreBlocks(*client, keys, kMiB);
   auto leases = client->Acquire(keys);
   REQUIRE(leases->prefix() == 8);
-  auto more = client->Reserve(Keys(3, 100, 2), std::vector<uint64_t>{kMiB, 4096});
+  auto more = client->Reserve(TestKeys(3, 2, 100), std::vector<uint64_t>{kMiB, 4096});
   REQUIRE(more.ok());
   CHECK(more->code(0) == StatusCode::kResourceExhausted);
   CHECK(more->code(1) == StatusCode::kResourceExhausted);
@@ -134,10 +118,10 @@ TEST_CASE("blocks larger than a slab evict whole slab runs", "[integration][evic
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
   // Small blocks everywhere, then a 5 MiB block that needs three contiguous slabs.
-  const std::vector<Key> small = Keys(4, 0, 64);
-  Store(*client, small, 256 * 1024);
-  const std::vector<Key> large = Keys(5, 0, 1);
-  Store(*client, large, 5 * kMiB);
+  const std::vector<Key> small = TestKeys(4, 64, 0);
+  StoreBlocks(*client, small, 256 * 1024);
+  const std::vector<Key> large = TestKeys(5, 1, 0);
+  StoreBlocks(*client, large, 5 * kMiB);
   auto leases = client->Acquire(large);
   REQUIRE(leases->code(0) == StatusCode::kOk);
   CHECK(VerifyBlock(large[0], leases->data(0)));
@@ -157,7 +141,7 @@ int Churn(const std::string& socket, uint64_t owner, int rounds) {
   std::mt19937_64 rng(owner);
   uint64_t next = 0;
   for (int r = 0; r < rounds; ++r) {
-    std::vector<Key> keys = Keys(owner, next, 8);
+    std::vector<Key> keys = TestKeys(owner, 8, next);
     next += 8;
     std::vector<uint64_t> sizes;
     for (size_t i = 0; i < keys.size(); ++i) sizes.push_back(4096 + rng() % (1536 * 1024));
@@ -175,8 +159,8 @@ TEST_CASE("a held lease keeps its bytes stable while other clients churn the poo
   options.dram_bytes = 32 * kMiB;
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(7, 0, 8);
-  Store(*client, keys, kMiB);
+  const std::vector<Key> keys = TestKeys(7, 8, 0);
+  StoreBlocks(*client, keys, kMiB);
   auto leases = client->Acquire(keys);
   REQUIRE(leases->prefix() == keys.size());
   std::vector<pid_t> churners;
@@ -217,10 +201,10 @@ TEST_CASE("a slot freed by remove or eviction reads as zeros when it is handed o
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
   // Fill every slot, then free half of them by remove and make room for the rest by eviction.
-  const std::vector<Key> first = Keys(20, 0, 32);
-  Store(*client, first, kMiB);
+  const std::vector<Key> first = TestKeys(20, 32, 0);
+  StoreBlocks(*client, first, kMiB);
   REQUIRE(client->Remove(std::span(first).first(16)).ok());
-  const std::vector<Key> second = Keys(21, 0, 32);  // 16 into removed slots, 16 by eviction
+  const std::vector<Key> second = TestKeys(21, 32, 0);  // 16 into removed slots, 16 by eviction
   auto batch = client->Reserve(second, std::vector<uint64_t>(second.size(), kMiB));
   REQUIRE(batch.ok());
   size_t dirty_slots = 0;
@@ -244,7 +228,7 @@ TEST_CASE("a block whose TTL runs out becomes a miss and gives its space back, a
   options.max_ttl_seconds = 2;  // the cap
   auto daemon = DaemonProcess::Start(options);
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(30, 0, 3);
+  const std::vector<Key> keys = TestKeys(30, 3, 0);
   // 1 s; far above the cap (so 2 s); none (so the cap, 2 s).
   const std::vector<uint32_t> ttls = {1, 3600, 0};
   auto batch = client->Reserve(keys, std::vector<uint64_t>(keys.size(), kMiB), ttls);
@@ -268,7 +252,7 @@ TEST_CASE("a block whose TTL runs out becomes a miss and gives its space back, a
   CHECK(stats.committed_blocks == 0);
   CHECK(*client->MatchPrefix(std::span(keys).first(1)) == 0);
   // The keys are free to be stored again.
-  Store(*client, keys, kMiB);
+  StoreBlocks(*client, keys, kMiB);
 }
 
 }  // namespace

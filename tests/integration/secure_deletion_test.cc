@@ -25,13 +25,6 @@ std::unique_ptr<Client> MustConnect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
-std::vector<Key> Keys(uint64_t owner, size_t n) {
-  std::vector<Key> keys;
-  for (size_t i = 0; i < n; ++i)
-    keys.push_back(TestKey(owner, i));
-  return keys;
-}
-
 DaemonOptions FullPoolOptions(bool zero_freed) {
   DaemonOptions o;
   o.dram_bytes = kSlots * kMiB;
@@ -70,7 +63,7 @@ TEST_CASE("a slot freed by a block's expiry reads as zeros when it is handed out
   INFO("zero_freed = " << zero_freed);
   auto daemon = DaemonProcess::Start(FullPoolOptions(zero_freed));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> expiring = Keys(40, kSlots);
+  const std::vector<Key> expiring = TestKeys(40, kSlots);
   {
     // Every slot holds a block that expires one second after its commit.
     auto batch = client->Reserve(expiring, std::vector<uint64_t>(kSlots, kMiB),
@@ -87,7 +80,7 @@ TEST_CASE("a slot freed by a block's expiry reads as zeros when it is handed out
       const PoolStats s = *client->Stats();
       return s.expirations == kSlots && s.used_bytes == 0;
     }));
-    CheckZeroed(zero_freed, DirtySlotsOfNextReservations(*client, Keys(41, kSlots)), kSlots);
+    CheckZeroed(zero_freed, DirtySlotsOfNextReservations(*client, TestKeys(41, kSlots)), kSlots);
   }
   SECTION("found expired by a reserve of the same keys") {
     REQUIRE(WaitUntil([&] { return *client->MatchPrefix(std::span(expiring).first(1)) == 0; }));
@@ -101,7 +94,7 @@ TEST_CASE("a slot freed by a block's expiry reads as zeros when it is handed out
     for (size_t i = 0; i < kSlots; ++i)
       CHECK(VerifyBlock(expiring[i], leases->data(i)));
     REQUIRE(leases->Release().ok());
-    CheckZeroed(zero_freed, DirtySlotsOfNextReservations(*client, Keys(42, kSlots)), kSlots);
+    CheckZeroed(zero_freed, DirtySlotsOfNextReservations(*client, TestKeys(42, kSlots)), kSlots);
   }
 }
 
@@ -124,7 +117,7 @@ TEST_CASE(
   INFO("zero_freed = " << zero_freed);
   auto daemon = DaemonProcess::Start(FullPoolOptions(zero_freed));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> written = Keys(50, kSlots);
+  const std::vector<Key> written = TestKeys(50, kSlots);
   SECTION("aborted with Abort()") {
     Reservations batch = FillUncommitted(*client, written);
     REQUIRE(batch.Abort().ok());
@@ -156,7 +149,7 @@ TEST_CASE(
   REQUIRE(WaitUntil([&] { return client->Stats()->reserved_blocks == 0; }));
   // Nothing of it was ever visible.
   CHECK(*client->MatchPrefix(std::span(written).first(1)) == 0);
-  CheckZeroed(zero_freed, DirtySlotsOfNextReservations(*client, Keys(51, kSlots)), kSlots);
+  CheckZeroed(zero_freed, DirtySlotsOfNextReservations(*client, TestKeys(51, kSlots)), kSlots);
 }
 
 }  // namespace

@@ -171,15 +171,9 @@ void FlipByte(const fs::path& file, uint64_t offset) {
   PatchFile(file, offset, &c, 1);
 }
 
-std::vector<Key> Keys(uint64_t owner, size_t n) {
-  std::vector<Key> keys;
-  for (size_t i = 0; i < n; ++i) keys.push_back(TestKey(owner, i));
-  return keys;
-}
-
 // Fills DRAM with `n` other 1 MiB blocks so that earlier blocks move to SSD only.
 void PushOut(Client& client, uint64_t owner, size_t n) {
-  StoreAll(client, Keys(owner, n), std::vector<uint64_t>(n, kMiB));
+  StoreAll(client, TestKeys(owner, n), std::vector<uint64_t>(n, kMiB));
 }
 
 TEST_CASE("512 MiB through a 64 MiB pool and a 1 GiB SSD tier reads back byte for byte",
@@ -227,7 +221,7 @@ TEST_CASE("prefetch brings SSD blocks back into DRAM before the acquire",
   TempDir spill;
   auto daemon = DaemonProcess::Start(SpillOptions(spill.path() / "spill"));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(2, 8);
+  const std::vector<Key> keys = TestKeys(2, 8);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
   PushOut(*client, 3, 160);
   std::vector<Tier> tiers(keys.size());
@@ -252,7 +246,7 @@ TEST_CASE("match_prefix's estimate counts each tier's blocks and bytes and price
   TempDir spill;
   auto daemon = DaemonProcess::Start(SpillOptions(spill.path() / "spill"));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(4, 8);
+  const std::vector<Key> keys = TestKeys(4, 8);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
   PushOut(*client, 5, 160);
   std::vector<Key> with_missing = keys;
@@ -292,7 +286,7 @@ TEST_CASE("no plaintext of a demoted block reaches the spill files", "[integrati
   {
     auto daemon = DaemonProcess::Start(SpillOptions(dir));
     auto client = MustConnect(*daemon);
-    const std::vector<Key> keys = Keys(4, 16);
+    const std::vector<Key> keys = TestKeys(4, 16);
     auto r = client->Reserve(keys, std::vector<uint64_t>(keys.size(), kMiB));
     REQUIRE(r.ok());
     for (size_t i = 0; i < keys.size(); ++i) {
@@ -321,7 +315,7 @@ TEST_CASE("a tampered or moved SSD record is a miss counted as an integrity fail
   const fs::path dir = spill.path() / "spill";
   auto daemon = DaemonProcess::Start(SpillOptions(dir));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(6, 5);
+  const std::vector<Key> keys = TestKeys(6, 5);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), 256 * kKiB));
   PushOut(*client, 7, 160);
   std::vector<RecordSpot> spots;
@@ -363,7 +357,7 @@ TEST_CASE("a tampered SSD record's bytes never show in the shared pool, even whi
   auto daemon = DaemonProcess::Start(SpillOptions(dir));
   auto client = MustConnect(*daemon);
   constexpr uint64_t kBlockBytes = 2 * kMiB;
-  const std::vector<Key> keys = Keys(14, 24);
+  const std::vector<Key> keys = TestKeys(14, 24);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kBlockBytes));
   PushOut(*client, 15, 160);
   std::vector<Tier> tiers(keys.size());
@@ -434,7 +428,7 @@ TEST_CASE("files planted at segment names are never followed, blocked on or writ
   // Planted while it runs: a symlink at the name its first segment will take.
   fs::create_symlink(victim, tenant_dir / "seg-00000002.kvs");
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(16, 100);
+  const std::vector<Key> keys = TestKeys(16, 100);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
   const PoolStats stats = MustStats(*client);
   CHECK(stats.demotions > 0);
@@ -457,8 +451,8 @@ TEST_CASE("after SIGKILL in the middle of demotion, a restart serves what reache
           "[integration][spill]") {
   TempDir spill;
   const fs::path dir = spill.path() / "spill";
-  const std::vector<Key> first = Keys(8, 100);
-  const std::vector<Key> second = Keys(10, 100);
+  const std::vector<Key> first = TestKeys(8, 100);
+  const std::vector<Key> second = TestKeys(10, 100);
   std::vector<Key> durable;  // blocks known to be on SSD before the kill
   {
     auto daemon = DaemonProcess::Start(SpillOptions(dir));
@@ -504,7 +498,7 @@ TEST_CASE("after SIGKILL in the middle of demotion, a restart serves what reache
 TEST_CASE("a clean stop keeps the SSD tier for the next start", "[integration][spill]") {
   TempDir spill;
   const fs::path dir = spill.path() / "spill";
-  const std::vector<Key> keys = Keys(9, 100);
+  const std::vector<Key> keys = TestKeys(9, 100);
   uint64_t on_ssd = 0;
   {
     auto daemon = DaemonProcess::Start(SpillOptions(dir));
@@ -529,7 +523,7 @@ TEST_CASE("a removed SSD block stays removed after a restart, also when its key 
           "[integration][spill]") {
   TempDir spill;
   const fs::path dir = spill.path() / "spill";
-  const std::vector<Key> keys = Keys(13, 8);
+  const std::vector<Key> keys = TestKeys(13, 8);
   {
     auto daemon = DaemonProcess::Start(SpillOptions(dir));
     auto client = MustConnect(*daemon);
@@ -563,7 +557,7 @@ TEST_CASE("over its SSD quota a tenant loses its oldest segments whole, crypto-e
   // Four 16 MiB segments of quota for 200 MiB of blocks.
   auto daemon = DaemonProcess::Start(SpillOptions(dir, 64 * kMiB, 64 * kMiB));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(12, 200);
+  const std::vector<Key> keys = TestKeys(12, 200);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
   const PoolStats stats = MustStats(*client);
   CHECK(stats.ssd_dropped > 0);
@@ -593,7 +587,7 @@ TEST_CASE("a full spill filesystem degrades to reclaiming old segments while DRA
   // Start-up said so.
   CHECK_THAT(daemon->Log(), Catch::Contains("ssd_bytes add up to 1024 MiB"));
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(10, 160);
+  const std::vector<Key> keys = TestKeys(10, 160);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
   const PoolStats stats = MustStats(*client);
   CHECK(stats.demotions > 0);
@@ -614,7 +608,7 @@ TEST_CASE("the pread/pwrite fallback serves the SSD tier when io_uring is switch
   auto daemon = DaemonProcess::Start(options);
   CHECK(daemon->Log().find("pread/pwrite threads") != std::string::npos);
   auto client = MustConnect(*daemon);
-  const std::vector<Key> keys = Keys(11, 120);
+  const std::vector<Key> keys = TestKeys(11, 120);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
   const ReadBack back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
 #include "kvclient/client.h"
 
 namespace kvtier::testing {
@@ -35,6 +37,25 @@ inline void FillBlock(const Key& key, std::span<std::byte> out) {
     std::memcpy(out.data() + i, &x, 8);
   }
   for (; i < out.size(); ++i) out[i] = static_cast<std::byte>(x >> (8 * (i % 8)));
+}
+
+// TestKey(owner, first) .. TestKey(owner, first + n - 1).
+inline std::vector<Key> TestKeys(uint64_t owner, size_t n, size_t first = 0) {
+  std::vector<Key> keys;
+  for (size_t i = first; i < first + n; ++i) keys.push_back(TestKey(owner, i));
+  return keys;
+}
+
+// Reserves `keys` at `size` bytes each, FillBlocks them and commits; fails the test otherwise.
+inline void StoreBlocks(Client& client, const std::vector<Key>& keys, uint64_t size) {
+  auto batch = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
+  INFO((batch.ok() ? std::string() : batch.status().ToString()));
+  REQUIRE(batch.ok());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    REQUIRE(batch->code(i) == StatusCode::kOk);
+    FillBlock(keys[i], batch->data(i));
+  }
+  REQUIRE(batch->Commit().ok());
 }
 
 // True if `bytes` is exactly what FillBlock writes for `key`.

@@ -30,22 +30,6 @@ std::unique_ptr<Client> Connect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
-std::vector<Key> Keys(uint64_t owner, size_t n) {
-  std::vector<Key> keys;
-  for (size_t i = 0; i < n; ++i) keys.push_back(TestKey(owner, i));
-  return keys;
-}
-
-void Store(Client& client, const std::vector<Key>& keys, uint64_t size) {
-  auto r = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
-  REQUIRE(r.ok());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    REQUIRE(r->code(i) == StatusCode::kOk);
-    FillBlock(keys[i], r->data(i));
-  }
-  REQUIRE(r->Commit().ok());
-}
-
 // How many of `keys` come back byte-exact; `wrong` counts those that come back different.
 size_t Exact(Client& client, const std::vector<Key>& keys, size_t* wrong) {
   auto leases = client.Acquire(keys);
@@ -105,8 +89,8 @@ TEST_CASE("kvtierctl upgrade re-executes the installed kvtierd in place and it s
   auto daemon = DaemonProcess::Start(o);
   const pid_t pid = daemon->pid();
   auto old_client = Connect(*daemon);
-  const std::vector<Key> keys = Keys(1, 24);
-  Store(*old_client, keys, kMiB);
+  const std::vector<Key> keys = TestKeys(1, 24);
+  StoreBlocks(*old_client, keys, kMiB);
   bin.InstallWrapper();
 
   std::string out, err;
@@ -144,8 +128,8 @@ TEST_CASE("an upgrade to a binary that does not start leaves kvtierd serving wha
   o.binary = bin.path().string();
   auto daemon = DaemonProcess::Start(o);
   auto client = Connect(*daemon);
-  const std::vector<Key> keys = Keys(2, 8);
-  Store(*client, keys, kMiB);
+  const std::vector<Key> keys = TestKeys(2, 8);
+  StoreBlocks(*client, keys, kMiB);
   std::string out, err;
 
   SECTION("a build that refuses the config") {
@@ -178,7 +162,7 @@ TEST_CASE("with keep_dram_on_restart off an upgrade starts the new kvtierd with 
   auto daemon = DaemonProcess::Start(o);
   {
     auto client = Connect(*daemon);
-    Store(*client, Keys(3, 8), kMiB);
+    StoreBlocks(*client, TestKeys(3, 8), kMiB);
   }
   bin.InstallWrapper();
   std::string out, err;
@@ -186,7 +170,7 @@ TEST_CASE("with keep_dram_on_restart off an upgrade starts the new kvtierd with 
   CHECK_THAT(out, Catch::Contains("not kept"));
   auto client = Connect(*daemon);
   size_t wrong = 0;
-  CHECK(Exact(*client, Keys(3, 8), &wrong) == 0);
+  CHECK(Exact(*client, TestKeys(3, 8), &wrong) == 0);
   CHECK(wrong == 0);
   // A cold pool: nothing of the previous process shows anywhere in it.
   const std::span<std::byte> pool = client->pool();

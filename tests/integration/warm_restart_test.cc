@@ -35,22 +35,6 @@ std::unique_ptr<Client> Connect(const DaemonProcess& d) {
   return std::move(*c);
 }
 
-std::vector<Key> Keys(uint64_t owner, size_t n) {
-  std::vector<Key> keys;
-  for (size_t i = 0; i < n; ++i) keys.push_back(TestKey(owner, i));
-  return keys;
-}
-
-void Store(Client& client, const std::vector<Key>& keys, uint64_t size) {
-  auto r = client.Reserve(keys, std::vector<uint64_t>(keys.size(), size));
-  REQUIRE(r.ok());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    REQUIRE(r->code(i) == StatusCode::kOk);
-    FillBlock(keys[i], r->data(i));
-  }
-  REQUIRE(r->Commit().ok());
-}
-
 struct Served {
   size_t exact = 0;
   size_t missing = 0;
@@ -101,15 +85,15 @@ TEST_CASE("a clean restart hands the DRAM tier over and the next kvtierd serves 
           "[integration][warm-restart]") {
   DaemonOptions o;
   o.dram_bytes = 64 * kMiB;
-  const std::vector<Key> kept = Keys(1, 24);
-  const std::vector<Key> removed = Keys(2, 4);
-  const std::vector<Key> uncommitted = Keys(3, 4);
+  const std::vector<Key> kept = TestKeys(1, 24);
+  const std::vector<Key> removed = TestKeys(2, 4);
+  const std::vector<Key> uncommitted = TestKeys(3, 4);
   std::vector<StoredFd> fds;
   {
     auto daemon = DaemonProcess::Start(o);
     auto client = Connect(*daemon);
-    Store(*client, kept, kMiB);
-    Store(*client, removed, kMiB);
+    StoreBlocks(*client, kept, kMiB);
+    StoreBlocks(*client, removed, kMiB);
     REQUIRE(client->Remove(removed).ok());
     // A reservation written but never committed: its bytes must not come back either.
     auto pending = client->Reserve(uncommitted, std::vector<uint64_t>(uncommitted.size(), kMiB));
@@ -136,8 +120,8 @@ TEST_CASE("a clean restart hands the DRAM tier over and the next kvtierd serves 
   CHECK(stats->committed_blocks == kept.size());
   CHECK(stats->used_bytes == kept.size() * kMiB);
   // The pool goes on as usual: the freed space is usable, and a new block reads back.
-  const std::vector<Key> fresh = Keys(4, 32);
-  Store(*client, fresh, kMiB);
+  const std::vector<Key> fresh = TestKeys(4, 32);
+  StoreBlocks(*client, fresh, kMiB);
   CHECK(ReadBack(*client, fresh, false).exact == fresh.size());
   // And a second restart keeps the blocks again, the new ones included.
   REQUIRE(daemon->Stop() == 0);
@@ -152,11 +136,11 @@ TEST_CASE("a restart drops kept blocks that no longer fit the config and zeroes 
   DaemonOptions o;
   o.dram_bytes = 32 * kMiB;
   o.more_tenants.push_back({"other", {4242}, 16 * kMiB});
-  const std::vector<Key> keys = Keys(5, 8);
+  const std::vector<Key> keys = TestKeys(5, 8);
   std::vector<StoredFd> fds;
   {
     auto daemon = DaemonProcess::Start(o);
-    Store(*Connect(*daemon), keys, kMiB);
+    StoreBlocks(*Connect(*daemon), keys, kMiB);
     REQUIRE(daemon->Stop() == 0);
     fds = daemon->TakeStoredFds();
   }
@@ -227,11 +211,11 @@ int Forge(int fd, const std::function<void(std::vector<char>&)>& change) {
 TEST_CASE("a corrupted or unknown index snapshot drops the kept DRAM tier loudly",
           "[integration][warm-restart]") {
   DaemonOptions o;
-  const std::vector<Key> keys = Keys(6, 8);
+  const std::vector<Key> keys = TestKeys(6, 8);
   std::vector<StoredFd> fds;
   {
     auto daemon = DaemonProcess::Start(o);
-    Store(*Connect(*daemon), keys, kMiB);
+    StoreBlocks(*Connect(*daemon), keys, kMiB);
     REQUIRE(daemon->Stop() == 0);
     fds = daemon->TakeStoredFds();
   }
@@ -284,9 +268,9 @@ TEST_CASE("a corrupted or unknown index snapshot drops the kept DRAM tier loudly
 
 TEST_CASE("a purge before the stop leaves nothing to keep", "[integration][warm-restart]") {
   DaemonOptions o;
-  const std::vector<Key> keys = Keys(7, 8);
+  const std::vector<Key> keys = TestKeys(7, 8);
   auto daemon = DaemonProcess::Start(o);
-  Store(*Connect(*daemon), keys, kMiB);
+  StoreBlocks(*Connect(*daemon), keys, kMiB);
   std::string out;
   REQUIRE(RunCtl(*daemon, {"purge", "test"}, &out) == 0);
   REQUIRE(daemon->Stop() == 0);
@@ -308,12 +292,12 @@ std::vector<StoredFd> Dup(const std::vector<StoredFd>& fds) {
 TEST_CASE("a crash after taking the DRAM tier over never lets its old snapshot be served again",
           "[integration][warm-restart]") {
   DaemonOptions o;
-  const std::vector<Key> first = Keys(10, 16);
-  const std::vector<Key> second = Keys(11, 16);
+  const std::vector<Key> first = TestKeys(10, 16);
+  const std::vector<Key> second = TestKeys(11, 16);
   std::vector<StoredFd> fds;
   {
     auto daemon = DaemonProcess::Start(o);
-    Store(*Connect(*daemon), first, kMiB);
+    StoreBlocks(*Connect(*daemon), first, kMiB);
     REQUIRE(daemon->Stop() == 0);
     fds = daemon->TakeStoredFds();
   }
@@ -324,7 +308,7 @@ TEST_CASE("a crash after taking the DRAM tier over never lets its old snapshot b
   {
     auto client = Connect(*daemon);
     REQUIRE(client->Remove(std::vector<Key>(first.begin(), first.begin() + 8)).ok());
-    Store(*client, second, kMiB);
+    StoreBlocks(*client, second, kMiB);
   }
   REQUIRE(kill(daemon->pid(), SIGKILL) == 0);
   CHECK(daemon->Stop() == -SIGKILL);
@@ -353,13 +337,13 @@ TEST_CASE("with zero_freed off a kept pool is still zeroed wherever no kept bloc
           "[integration][warm-restart][secure-deletion]") {
   DaemonOptions o;
   o.zero_freed = false;
-  const std::vector<Key> kept = Keys(12, 8);
-  const std::vector<Key> pending = Keys(13, 8);
+  const std::vector<Key> kept = TestKeys(12, 8);
+  const std::vector<Key> pending = TestKeys(13, 8);
   std::vector<StoredFd> fds;
   {
     auto daemon = DaemonProcess::Start(o);
     auto client = Connect(*daemon);
-    Store(*client, kept, 3 * kMiB / 2);  // 1.5 MiB blocks in 2 MiB slots: tails too
+    StoreBlocks(*client, kept, 3 * kMiB / 2);  // 1.5 MiB blocks in 2 MiB slots: tails too
     auto r = client->Reserve(pending, std::vector<uint64_t>(pending.size(), kMiB));
     REQUIRE(r.ok());
     for (size_t i = 0; i < pending.size(); ++i) FillBlock(pending[i], r->data(i));
@@ -386,14 +370,14 @@ TEST_CASE("a restart with an SSD tier keeps DRAM copies and DRAM-only blocks and
   o.dram_bytes = 32 * kMiB;
   o.spill_dir = state.path() / "spill";
   o.ssd_bytes = 256 * kMiB;
-  const std::vector<Key> keys = Keys(8, 96);  // 96 MiB through 32 MiB of DRAM
+  const std::vector<Key> keys = TestKeys(8, 96);  // 96 MiB through 32 MiB of DRAM
   std::vector<StoredFd> fds;
   uint64_t in_dram = 0;
   {
     auto daemon = DaemonProcess::Start(o);
     auto client = Connect(*daemon);
     for (size_t at = 0; at < keys.size(); at += 8) {
-      Store(*client, std::vector<Key>(keys.begin() + static_cast<std::ptrdiff_t>(at),
+      StoreBlocks(*client, std::vector<Key>(keys.begin() + static_cast<std::ptrdiff_t>(at),
                                       keys.begin() + static_cast<std::ptrdiff_t>(at + 8)),
             kMiB);
     }
@@ -441,9 +425,9 @@ TEST_CASE("a restart with an SSD tier keeps DRAM copies and DRAM-only blocks and
 TEST_CASE("a client whose kvtierd restarts gets unavailable at once and a new session the kept blocks",
           "[integration][warm-restart]") {
   DaemonOptions o;
-  const std::vector<Key> kept = Keys(9, 8);
+  const std::vector<Key> kept = TestKeys(9, 8);
   auto daemon = DaemonProcess::Start(o);
-  Store(*Connect(*daemon), kept, kMiB);
+  StoreBlocks(*Connect(*daemon), kept, kMiB);
   int ready[2];
   REQUIRE(pipe(ready) == 0);
   // A client in a loop, with a timeout far beyond the test's bound: what ends its loop is the
