@@ -257,7 +257,7 @@ void Server::Refuse(int fd, const PeerCredentials& peer, const Status& why) {
   w.Begin(wire::Op::kHello, 0);
   w.SetStatus(why);
   (void)SendFrame(fd, w.Finish());
-  if (AllowPeerErrorLog()) {
+  if (AllowNoisyWarning()) {
     spdlog::warn("refused pid {} uid {} gid {}: {}", peer.pid, peer.uid, peer.gid, why.message());
   }
 }
@@ -283,7 +283,7 @@ void Server::Accept() {
         SetAccepting(false);
         spdlog::warn("out of file descriptors ({} sessions); not accepting until one closes",
                      sessions_.size());
-      } else if (err != EAGAIN && err != EINTR && AllowPeerErrorLog()) {
+      } else if (err != EAGAIN && err != EINTR && AllowNoisyWarning()) {
         spdlog::warn("accept on {}: {}", config_.socket_path.string(),
                      ErrnoStatus("accept4", err).message());
       }
@@ -291,7 +291,7 @@ void Server::Accept() {
     }
     auto peer = GetPeerCredentials(fd.get());
     if (!peer.ok()) {
-      if (AllowPeerErrorLog()) spdlog::warn("dropping a connection: {}", peer.status().ToString());
+      if (AllowNoisyWarning()) spdlog::warn("dropping a connection: {}", peer.status().ToString());
       continue;
     }
     // A peer that maps to no tenant is refused now, so it never holds a session slot.
@@ -317,7 +317,7 @@ void Server::Accept() {
                         "max_sessions"));
       continue;
     }
-    if (Status b = SizeSocketBuffers(fd.get()); !b.ok() && AllowPeerErrorLog()) {
+    if (Status b = SizeSocketBuffers(fd.get()); !b.ok() && AllowNoisyWarning()) {
       spdlog::warn("session socket: {}", b.message());  // small batches still work
     }
     const int raw_fd = fd.get();
@@ -339,7 +339,7 @@ void Server::Accept() {
     } catch (const std::bad_alloc&) {
       // The fd closed with the session or still lies in `fd`; the peer sees a hang-up.
       epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, raw_fd, nullptr);
-      if (AllowPeerErrorLog()) spdlog::warn("out of memory accepting a session; dropped it");
+      if (AllowNoisyWarning()) spdlog::warn("out of memory accepting a session; dropped it");
       continue;
     }
     ++awaiting_hello_;
@@ -402,7 +402,7 @@ bool Server::ServeFrame(Session& session, size_t bytes, bool truncated, UniqueFd
     const bool op_known = header.op >= 1 && header.op <= wire::kMaxOp;
     reply.Begin(op_known ? static_cast<wire::Op>(header.op) : wire::Op::kHello, header.request_id);
     reply.SetStatus(request.status());
-    if (AllowPeerErrorLog()) {
+    if (AllowNoisyWarning()) {
       spdlog::warn("session {} (pid {} uid {}): {}; closing it", session.id(), session.peer().pid,
                    session.peer().uid, request.status().ToString());
     }
@@ -454,7 +454,7 @@ void Server::FailOutOfMemory(Session& session, const wire::FrameView& request,
                        "closed, others are served");
   // A copy that was not posted gives back the blocks it held.
   if (outcome.copy) handler_.FinishCopy(session, outcome.hold, failure, nullptr, nullptr);
-  if (AllowPeerErrorLog()) {
+  if (AllowNoisyWarning()) {
     spdlog::warn("session {} (pid {} uid {}): out of memory serving op {}; closing it",
                  session.id(), session.peer().pid, session.peer().uid,
                  static_cast<int>(request.op));
@@ -496,11 +496,13 @@ uint32_t Server::NextSessionId() {
   }
 }
 
-bool Server::AllowPeerErrorLog() {
+bool Server::AllowNoisyWarning() {
   const uint64_t second = NowUs() / 1000000u;
   if (second != log_second_) {
     if (suppressed_logs_ > 0) {
-      spdlog::warn("{} more peer protocol errors were not logged", suppressed_logs_);
+      spdlog::warn("{} more warnings (peer errors, failed copies, spill I/O failures) were "
+                   "not logged in the last second",
+                   suppressed_logs_);
     }
     log_second_ = second;
     logged_this_second_ = 0;
@@ -606,7 +608,7 @@ void Server::OnCopyResults() {
       }
       continue;
     }
-    if (!r.status.ok() && AllowPeerErrorLog()) {
+    if (!r.status.ok() && AllowNoisyWarning()) {
       spdlog::warn("session {}: a copy between region and pool failed: {}", copy.session_id,
                    r.status.ToString());
     }
@@ -683,7 +685,7 @@ void Server::OnSpillResults(size_t worker) {
                                      " reason=" + AuditLog::Quote(r.status.message()));
     }
     // During a purge the worker fails the tenant's queued jobs on purpose.
-    if (tenant.purging || !AllowPeerErrorLog()) continue;
+    if (tenant.purging || !AllowNoisyWarning()) continue;
     if (r.kind == SpillResult::Kind::kWritten) {
       spdlog::warn("tenant '{}': demotion to SSD failed, the block stays in DRAM only: {}",
                    tenant.config.name, r.status.ToString());

@@ -109,8 +109,9 @@ class Server : private AdminHost {
   // Applies a spill worker's results (TierCoordinator::OnResults), logs and audits the
   // failures, and continues the requests they unblock.
   void OnSpillResults(size_t worker);
-  // A hostile peer can send errors as fast as it likes; the log gets at most a few per second.
-  bool AllowPeerErrorLog();
+  // A hostile peer can send errors as fast as it likes, and a failing disk fails every I/O: the
+  // log gets at most kPeerErrorLogsPerSecond such warnings a second, then a count of the rest.
+  bool AllowNoisyWarning();
   uint32_t NextSessionId();
   // Once a second: moves the pools' clocks and reaps a bounded number of expired blocks.
   void Tick();
