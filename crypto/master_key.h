@@ -1,7 +1,8 @@
 // Master key sources and per-tenant key derivation for the encrypted spill tier.
 // The master key comes from a key file (LoadMasterKey; CreateMasterKeyFile makes one for dev
-// setups) or from a systemd credential (LoadCredential). Tenant keys are derived from it with
-// HKDF-SHA256 and never stored. File contents are never echoed into a Status: messages name the
+// setups) or from a systemd credential (LoadCredential). It seals the keyring of tenant keys
+// (crypto/keyring.h); DeriveTenantKey is the tenant key of kvtier before the keyring, kept to
+// read segments written then (the keyring's epoch-0 keys). File contents are never echoed into a Status: messages name the
 // file, its size, owner and mode, and nothing it contains.
 // Thread-safety: free functions, safe from any thread, except that LoadCredential reads the
 // environment (getenv), so call it during start-up, not while another thread calls setenv.
@@ -52,9 +53,9 @@ Result<SecretKey> LoadCredential(std::string_view name);
 // then no partial file is left behind.
 Status CreateMasterKeyFile(const std::filesystem::path& file);
 
-// The tenant's key: HKDF-SHA256(ikm = master, salt = "kvtier/v1", info = "tenant-key:" +
-// tenant). Deterministic, so nothing per tenant is stored; distinct tenants get independent
-// keys. kInvalidArgument if `tenant` is empty or longer than the HKDF info limit allows.
+// The tenant's key as kvtier derived it before the keyring (now a migrated tenant's epoch-0
+// key): HKDF-SHA256(ikm = master, salt = "kvtier/v1", info = "tenant-key:" + tenant).
+// Deterministic; distinct tenants get independent keys. kInvalidArgument if `tenant` is empty or longer than the HKDF info limit allows.
 Result<SecretKey> DeriveTenantKey(const SecretKey& master, std::string_view tenant);
 
 }  // namespace kvtier

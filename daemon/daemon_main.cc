@@ -140,10 +140,15 @@ int Serve(const std::string& config_path, const DaemonHooks& hooks) {
                  t->memory.huge_pages() ? ", huge pages" : "", t->memory.locked() ? ", locked" : "");
   }
   std::vector<std::string> spill_log;
-  auto workers = OpenSpillTier(*config, **tenants, &spill_log, hooks.wrap_spill_device);
+  // The keys outlive the server, whose purges and rotate-key use them.
+  std::unique_ptr<SpillKeys> spill_keys;
+  auto workers =
+      OpenSpillTier(*config, **tenants, &spill_log, hooks.wrap_spill_device, &spill_keys);
   for (const std::string& line : spill_log) {
     if (line.starts_with("warning: ")) {
       spdlog::warn("{}", line.substr(9));
+    } else if (line.starts_with("error: ")) {
+      spdlog::error("{}", line.substr(7));
     } else {
       spdlog::info("{}", line);
     }
@@ -166,7 +171,8 @@ int Serve(const std::string& config_path, const DaemonHooks& hooks) {
   (*audit)->Record("start", "pid=" + std::to_string(getpid()) + " config=" +
                                 AuditLog::Quote(config->source.string()));
   AdminInbox inbox;
-  auto server = Server::Open(*config, tenants->get(), worker_ptrs, &inbox, audit->get());
+  auto server =
+      Server::Open(*config, tenants->get(), worker_ptrs, &inbox, audit->get(), spill_keys.get());
   if (!server.ok()) {
     spdlog::critical("{}", server.status().ToString());
     return 1;

@@ -18,7 +18,7 @@ namespace {
 
 constexpr char kCommands[] =
     "commands: status | stats [--tenant T] | tenants | evict --tenant T [--tier dram|ssd] | "
-    "purge TENANT | reload | drain | upgrade | metrics";
+    "purge TENANT | reload | drain | upgrade | rotate-key | metrics";
 // A drain waits this long for in-flight requests, then closes what is left.
 constexpr uint64_t kDrainGraceUs = 30'000'000;
 // An upgrade's new binary has this long to check the config.
@@ -97,8 +97,8 @@ void AddRemoved(Report& r, const EvictReport& removed) {
 }  // namespace
 
 AdminCommands::AdminCommands(Config& config, TenantRegistry* tenants, TierCoordinator* tier,
-                             AdminHost* host, AuditLog* audit)
-    : config_(config), tenants_(tenants), tier_(tier), host_(host), audit_(audit) {}
+                             AdminHost* host, AuditLog* audit, SpillKeys* keys)
+    : config_(config), tenants_(tenants), tier_(tier), host_(host), audit_(audit), keys_(keys) {}
 
 AdminCommands::~AdminCommands() {
   const Status stopping(StatusCode::kUnavailable, "kvtierd is stopping");
@@ -118,7 +118,8 @@ void AdminCommands::Run(AdminRequest request, AdminDone done) {
   const bool read_only =
       command == "status" || command == "stats" || command == "tenants" || command == "metrics";
   const bool no_args = command == "status" || command == "tenants" || command == "reload" ||
-                       command == "drain" || command == "upgrade" || command == "metrics";
+                       command == "drain" || command == "upgrade" || command == "metrics" ||
+                       command == "rotate-key";
   if (no_args && args.size() != 1) {
     return done(AdminReply{Usage("'" + command + "' takes no arguments"), {}});
   }
@@ -148,6 +149,8 @@ void AdminCommands::Run(AdminRequest request, AdminDone done) {
     return Drain(std::move(request), std::move(done));
   } else if (command == "upgrade") {
     return Upgrade(std::move(request), std::move(done));
+  } else if (command == "rotate-key") {
+    report = RotateKey(request);
   } else if (command == "metrics") {
     return done(AdminReply{Status::Ok(), Metrics()});
   } else {
@@ -184,6 +187,10 @@ Result<Report> AdminCommands::ServerStatus() {
   r.Field("tenants", static_cast<uint64_t>(tenants_->tenants().size()));
   r.Field("sessions", host.sessions);
   r.Field("ssd_tier", tier_->has_ssd_tier());
+  if (keys_ != nullptr) {
+    r.Field("spill_keyring", keys_->keyring_path().string());
+    r.Field("spill_key_id", keys_->key_id(8));  // names the master key in use; not secret
+  }
   r.Field("gpu_devices", static_cast<uint64_t>(host.gpu_devices));
   r.Field("gpu", host.gpu);
   if (host.pinner) {
@@ -339,7 +346,29 @@ void AdminCommands::Purge(AdminRequest request, AdminDone done) {
   purge.sessions_closed = host_->CloseTenantSessions(*purge.tenant);
   purge.copies_waited = purge.tenant->copies_in_flight > 0;
   purge.removed = purge.tenant->pool->Evict(EvictTiers::kAll, /*release_ssd_records=*/false);
-  purge.erase_posted = tier_->PostErase(*purge.tenant);
+  // The tenant key is replaced (a new random key, the next epoch, the keyring rewritten)
+  // before the erase is even posted, so a copy of the spill directory taken before this purge
+  // cannot be decrypted from here on, the master key included, and a crash before the erase
+  // ends leaves the old segments undecryptable too (recovery discards them). The store gets
+  // the new key with the erase job: no segment created after it is wrapped under the old one.
+  std::shared_ptr<const SecretKey> new_key;
+  if (keys_ != nullptr && keys_->Find(purge.tenant->config.name) != nullptr) {
+    auto next = keys_->NextEpoch(purge.tenant->config.name);
+    if (next.ok()) {
+      purge.key_epoch = next->epoch;
+      new_key = std::move(next->key);
+    } else {
+      purge.key_status =
+          Status(next.status().code(),
+                 "the tenant's data is gone and its segments crypto-erased, but its key was "
+                 "not replaced, so copies of the spill directory taken before this purge are "
+                 "not revoked (purge again to retry): " +
+                     next.status().message());
+      spdlog::error("purge of tenant '{}': {}", purge.tenant->config.name,
+                    purge.key_status.message());
+    }
+  }
+  purge.erase_posted = tier_->PostErase(*purge.tenant, std::move(new_key));
   spdlog::info("purge of tenant '{}' started: {} session(s) closed", purge.tenant->config.name,
                purge.sessions_closed);
   // Recorded now too: if kvtierd dies before the purge ends, the log still says who began it.
@@ -533,6 +562,9 @@ void AdminCommands::FinishPurge(PendingPurge& purge) {
   if (status.ok() && !tenant.pool->empty()) {
     status = Status(StatusCode::kInternal, "the pool still holds blocks after the purge");
   }
+  if (status.ok()) status = purge.key_status;
+  const std::string key_epoch =
+      purge.key_epoch ? std::to_string(*purge.key_epoch) : std::string("-");
   Audit("purge",
         "tenant=" + tenant.config.name + " by_uid=" + std::to_string(purge.request.peer.uid) +
             " by_pid=" + std::to_string(purge.request.peer.pid) +
@@ -541,9 +573,12 @@ void AdminCommands::FinishPurge(PendingPurge& purge) {
             " dram_bytes=" + std::to_string(removed.dram_bytes) + " ssd_blocks=" +
             std::to_string(removed.ssd_blocks) + " ssd_bytes=" + std::to_string(removed.ssd_bytes) +
             " segments_erased=" + std::to_string(purge.segments_erased) +
+            " key_epoch=" + key_epoch +
             " result=" + (status.ok() ? std::string("ok") : AuditLog::Quote(status.ToString())));
-  spdlog::info("purge of tenant '{}' done: {} DRAM and {} SSD blocks, {} segments erased",
-               tenant.config.name, removed.dram_blocks, removed.ssd_blocks, purge.segments_erased);
+  spdlog::info("purge of tenant '{}' done: {} DRAM and {} SSD blocks, {} segments erased, "
+               "tenant key epoch {}",
+               tenant.config.name, removed.dram_blocks, removed.ssd_blocks, purge.segments_erased,
+               key_epoch);
   if (!status.ok()) return purge.done(AdminReply{status, {}});
   Report r;
   r.Field("tenant", tenant.config.name);
@@ -551,6 +586,12 @@ void AdminCommands::FinishPurge(PendingPurge& purge) {
   r.Field("copies_waited", purge.copies_waited);
   AddRemoved(r, removed);
   r.Field("segments_erased", purge.segments_erased);
+  // The tenant key's epoch from now on; "-" for a tenant that never had an SSD tier.
+  if (purge.key_epoch) {
+    r.Field("key_epoch", *purge.key_epoch);
+  } else {
+    r.Field("key_epoch", std::string("-"));
+  }
   r.Field("pool_bytes_zeroed", static_cast<uint64_t>(tenant.memory.size()));
   purge.done(AdminReply{Status::Ok(), purge.request.json ? r.Json() : r.Text()});
 }
@@ -676,6 +717,49 @@ Result<Report> AdminCommands::Reload(const char* origin) {
   spdlog::info("{}: config reloaded, {} setting(s) changed", origin, changes.rows.size());
   Audit("reload", "origin=" + AuditLog::Quote(origin) +
                       " result=ok changes=" + std::to_string(changes.rows.size()));
+  return r;
+}
+
+Result<Report> AdminCommands::RotateKey(const AdminRequest& request) {
+  const std::string who = "by_uid=" + std::to_string(request.peer.uid) +
+                          " by_pid=" + std::to_string(request.peer.pid);
+  if (keys_ == nullptr) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "no SSD tier (spill.dir is not set): there is no master key to rotate");
+  }
+  auto rotation = keys_->Rotate();
+  if (!rotation.ok()) {
+    spdlog::error("rotate-key: {}", rotation.status().message());
+    Audit("rotate_key", who + " result=refused reason=" +
+                            AuditLog::Quote(rotation.status().message()));
+    return rotation.status();
+  }
+  Report r;
+  r.Field("source", rotation->source);
+  r.Field("keyring", keys_->keyring_path().string());
+  r.Field("rotated", rotation->rotated);
+  if (!rotation->rotated) {
+    spdlog::info("rotate-key: the key at {} is the one in use (id {}); nothing written",
+                 rotation->source, rotation->new_key_id.substr(0, 8));
+    Audit("rotate_key", who + " result=unchanged key_id=" + rotation->new_key_id.substr(0, 8));
+    r.Field("key_id", rotation->new_key_id.substr(0, 8));
+    r.Field("result", "the key at " + rotation->source +
+                          " is the one in use: nothing to rotate, nothing written (replace the "
+                          "key first)");
+    return r;
+  }
+  // Key ids, never key bytes: 8 hex digits name a key among an operator's few.
+  spdlog::info("rotate-key: the keyring {} is re-sealed under the master key from {} (id {}, "
+               "was {}); no segment was rewritten (they are wrapped under tenant keys)",
+               keys_->keyring_path().string(), rotation->source,
+               rotation->new_key_id.substr(0, 8), rotation->old_key_id.substr(0, 8));
+  Audit("rotate_key", who + " result=ok key_id=" + rotation->new_key_id.substr(0, 8) +
+                          " old_key_id=" + rotation->old_key_id.substr(0, 8));
+  r.Field("key_id", rotation->new_key_id.substr(0, 8));
+  r.Field("old_key_id", rotation->old_key_id.substr(0, 8));
+  r.Field("segments_rewritten", uint64_t{0});
+  r.Field("result", std::string("the keyring is sealed under the new key; the old key is no "
+                                "longer needed"));
   return r;
 }
 

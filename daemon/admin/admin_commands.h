@@ -24,6 +24,7 @@
 #include "daemon/admin/report.h"
 #include "daemon/config/config.h"
 #include "daemon/tenant/tenant_registry.h"
+#include "daemon/tier/spill_keys.h"
 #include "daemon/tier/tier_coordinator.h"
 #include "ipc/base/unique_fd.h"
 
@@ -59,9 +60,10 @@ class AdminHost {
 
 class AdminCommands {
  public:
-  // `config` is the running config (reload changes it in place); `audit` may be null.
+  // `config` is the running config (reload changes it in place); `audit` may be null; `keys`
+  // (the SSD tier's master key and keyring) is null without an SSD tier.
   AdminCommands(Config& config, TenantRegistry* tenants, TierCoordinator* tier, AdminHost* host,
-                AuditLog* audit);
+                AuditLog* audit, SpillKeys* keys = nullptr);
   // Answers the purges and a drain still under way with "kvtierd is stopping".
   ~AdminCommands();
 
@@ -102,6 +104,8 @@ class AdminCommands {
     bool copies_waited = false;  // closed sessions' copies were still running
     bool emptied = false;        // the pool holds nothing any more; the wipe is under way
     uint64_t wiped_bytes = 0;    // of the pool, from its start, kWipeBytesPerRound at a time
+    std::optional<uint64_t> key_epoch;  // the tenant key's new epoch (the keyring had the tenant)
+    Status key_status;           // replacing the tenant key failed: copies are not revoked
   };
   struct PendingDrain {
     AdminRequest request;
@@ -128,6 +132,7 @@ class AdminCommands {
   void Purge(AdminRequest request, AdminDone done);
   void Drain(AdminRequest request, AdminDone done);
   void Upgrade(AdminRequest request, AdminDone done);
+  Result<Report> RotateKey(const AdminRequest& request);
   // True once the new binary's check passed (answered); a failed check is answered and dropped.
   bool AdvanceUpgrade();
   // Ends a pending upgrade with `why` (kvtierd keeps running) and audits it.
@@ -150,6 +155,7 @@ class AdminCommands {
   TierCoordinator* tier_;
   AdminHost* host_;
   AuditLog* audit_;
+  SpillKeys* keys_;
   std::vector<PendingPurge> purges_;
   std::optional<PendingDrain> drain_;
   std::string executable_;

@@ -59,6 +59,8 @@ constexpr double kMinDemoteAbove = 0.05;
 constexpr double kMaxDemoteAbove = 0.95;
 // systemd credential names are file names in $CREDENTIALS_DIRECTORY.
 constexpr size_t kMaxCredentialNameBytes = 255;
+// spill.keyring_file when the master key is a credential: in the unit's StateDirectory.
+constexpr char kDefaultCredentialKeyring[] = "/var/lib/kvtier/keyring";
 // uid_t/gid_t -1 means "no change" to chown() and is never a real id.
 constexpr int64_t kMaxId = int64_t{std::numeric_limits<uint32_t>::max()} - 1;
 // A config is a page of text; anything far larger is the wrong file.
@@ -203,6 +205,7 @@ class ConfigParser {
   Status ParseSpill(const toml::table& spill, Config* config);
   Status ParseSpillSizes(const toml::table& spill, SpillConfig* out);
   Status ParseSpillKeySource(const toml::table& spill, SpillConfig* out);
+  Status ParseSpillKeyring(const toml::table& spill, SpillConfig* out);
   // Reads an optional path and resolves it against the config file's directory; "" stays "".
   Status ReadPath(const toml::table& table,
                   std::string_view prefix,
@@ -766,7 +769,9 @@ Status ConfigParser::ParseSpill(const toml::table& spill, Config* config) {
   KVT_RETURN_IF_ERROR(CheckKeys(spill, "spill",
                                 {"dir", "segment_bytes", "max_block_bytes", "staging_buffers",
                                  "queue_depth", "threads", "fallback_io_threads", "backend",
-                                 "key_file", "key_credential", "create_key", "demote_above"}));
+                                 "key_file", "key_credential", "create_key", "keyring_file",
+                                 "previous_key_file", "previous_key_credential",
+                                 "demote_above"}));
   SpillConfig& out = config->spill;
   KVT_RETURN_IF_ERROR(ReadPath(spill, "spill", "dir", /*must_name_file=*/false, &out.dir));
   KVT_RETURN_IF_ERROR(ParseSpillSizes(spill, &out));
@@ -853,6 +858,73 @@ Status ConfigParser::ParseSpillKeySource(const toml::table& spill, SpillConfig* 
     return Error(LineOr("spill.dir", root_line_), "spill.dir",
                  "spill.dir is set but no key source: set spill.key_file or "
                  "spill.key_credential");
+  }
+  return ParseSpillKeyring(spill, out);
+}
+
+Status ConfigParser::ParseSpillKeyring(const toml::table& spill, SpillConfig* out) {
+  KVT_RETURN_IF_ERROR(
+      ReadPath(spill, "spill", "keyring_file", /*must_name_file=*/true, &out->keyring_file));
+  KVT_RETURN_IF_ERROR(ReadPath(spill, "spill", "previous_key_file", /*must_name_file=*/true,
+                               &out->previous_key_file));
+  KVT_RETURN_IF_ERROR(
+      ReadString(spill, "spill", "previous_key_credential", &out->previous_key_credential));
+  const uint32_t previous_credential_line = LineOr("spill.previous_key_credential", root_line_);
+  if (!out->previous_key_credential.empty() && !IsCredentialName(out->previous_key_credential)) {
+    return Error(previous_credential_line, "spill.previous_key_credential",
+                 "\"" + out->previous_key_credential + "\" is not a credential name (one " +
+                     "path component: no '/', not \".\" or \"..\", at most " +
+                     std::to_string(kMaxCredentialNameBytes) + " bytes)");
+  }
+  if (!out->previous_key_file.empty() && !out->previous_key_credential.empty()) {
+    return Error(previous_credential_line, "spill.previous_key_credential",
+                 "set only one of spill.previous_key_file (line " +
+                     std::to_string(LineOr("spill.previous_key_file", 0)) +
+                     ") and spill.previous_key_credential as the previous master key's source");
+  }
+  const bool previous = !out->previous_key_file.empty() || !out->previous_key_credential.empty();
+  const std::string previous_key =
+      out->previous_key_file.empty() ? "spill.previous_key_credential" : "spill.previous_key_file";
+  if (previous && out->dir.empty()) {
+    return Error(LineOr(previous_key, root_line_), previous_key,
+                 "a previous master key needs the SSD tier (spill.dir)");
+  }
+  if ((!out->previous_key_file.empty() && out->previous_key_file == out->key_file) ||
+      (!out->previous_key_credential.empty() &&
+       out->previous_key_credential == out->key_credential)) {
+    return Error(LineOr(previous_key, root_line_), previous_key,
+                 "the previous master key's source must differ from the current one (the key "
+                 "in use is read from spill.key_file or spill.key_credential)");
+  }
+  if (out->dir.empty()) return Status::Ok();
+  const bool explicit_keyring = !out->keyring_file.empty();
+  const std::string keyring_key = explicit_keyring       ? "spill.keyring_file"
+                                  : !out->key_file.empty() ? "spill.key_file"
+                                                           : "spill.key_credential";
+  const uint32_t keyring_line = LineOr(keyring_key, root_line_);
+  if (!explicit_keyring) {
+    // Next to the key file ("spill.key" -> "spill.keyring"); with a credential, the unit's
+    // StateDirectory (systemd/kvtierd.service), which a spill.dir there does not contain.
+    out->keyring_file = !out->key_file.empty()
+                            ? fs::path(out->key_file).replace_extension(".keyring")
+                            : fs::path(kDefaultCredentialKeyring);
+  }
+  const std::string keyring = out->keyring_file.string();
+  const std::string defaulted =
+      explicit_keyring ? "" : " (spill.keyring_file's default for this key source)";
+  if (out->keyring_file == out->key_file || out->keyring_file == out->previous_key_file) {
+    return Error(keyring_line, keyring_key,
+                 "the keyring " + keyring + defaulted +
+                     " would be a master key file: set spill.keyring_file to another path");
+  }
+  const fs::path inside = out->keyring_file.lexically_relative(out->dir);
+  if (!inside.empty() && *inside.begin() != "..") {
+    return Error(keyring_line, keyring_key,
+                 "the keyring " + keyring + defaulted + " is inside spill.dir (" +
+                     out->dir.string() +
+                     "): a copy of the spill directory must not hold the keys that decrypt "
+                     "it; put the keyring elsewhere (under systemd: \"" +
+                     std::string(kDefaultCredentialKeyring) + "\" with spill.dir below it)");
   }
   return Status::Ok();
 }

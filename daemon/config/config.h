@@ -81,6 +81,14 @@ struct SpillConfig {
   std::filesystem::path key_file;      // absolute, or empty
   std::string key_credential;          // systemd credential name (LoadCredential=), or empty
   bool create_key = false;             // create key_file with a fresh key if missing (dev setups)
+  // The tenant keys, sealed under the master key (crypto/keyring.h); never inside dir. With dir
+  // set it is never empty: the default is key_file with the extension ".keyring", or
+  // "/var/lib/kvtier/keyring" (the unit's StateDirectory) with key_credential.
+  std::filesystem::path keyring_file;
+  // The master key before a rotation done while kvtierd was stopped: a keyring still sealed
+  // under it is re-sealed under the current key at start. At most one; needs dir.
+  std::filesystem::path previous_key_file;  // absolute, or empty
+  std::string previous_key_credential;      // systemd credential name, or empty
   // Fraction of a tenant's pool that may hold blocks not yet on SSD before background demotion
   // starts: 0.05 .. 0.95.
   double demote_above = 0.75;

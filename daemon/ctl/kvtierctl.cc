@@ -29,6 +29,8 @@ constexpr char kUsage[] =
     "  drain                               refuse new sessions, finish requests, flush, exit\n"
     "  upgrade                             re-execute kvtierd's binary (a newly installed one)\n"
     "                                      keeping the DRAM tier; waits until it serves again\n"
+    "  rotate-key                          re-read the SSD tier's master key (key file) and\n"
+    "                                      re-seal the keyring under it; no segment rewritten\n"
     "  metrics                             Prometheus text exposition\n"
     "options:\n"
     "  --version            kvtierctl's version (`status` gives the daemon's)\n"

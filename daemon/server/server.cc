@@ -70,14 +70,15 @@ Server::~Server() {
 
 Result<std::unique_ptr<Server>> Server::Open(Config& config, TenantRegistry* tenants,
                                              std::vector<SpillWorker*> workers,
-                                             AdminInbox* admin, AuditLog* audit) {
+                                             AdminInbox* admin, AuditLog* audit,
+                                             SpillKeys* keys) {
   KVT_CHECK(workers.size() < 1024);
   std::unique_ptr<Server> server(new Server(config, tenants, std::move(workers)));
   server->admin_ = admin;
   server->audit_ = audit;
   AdminHost* host = server.get();
   server->commands_ =
-      std::make_unique<AdminCommands>(config, tenants, &server->tier_, host, audit);
+      std::make_unique<AdminCommands>(config, tenants, &server->tier_, host, audit, keys);
   server->gpu_ = ProbeGpus();
   if (!tenants->tenants().empty()) {
     spdlog::info("each tenant may hold {} regions (its share of vm.max_map_count) and its "

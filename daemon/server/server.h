@@ -44,11 +44,13 @@ class Server : private AdminHost {
   // thread (main does this first) so the signalfd receives them.
   // `workers` run the tenants' spill stores (Tenant::spill names one of them); they must outlive
   // the server. `config` is the running configuration; reload changes it in place. `admin`
-  // and `audit` may be null (no admin socket).
+  // and `audit` may be null (no admin socket). `keys` (null without an SSD tier) must outlive
+  // the server: purges and rotate-key change them.
   static Result<std::unique_ptr<Server>> Open(Config& config, TenantRegistry* tenants,
                                               std::vector<SpillWorker*> workers = {},
                                               AdminInbox* admin = nullptr,
-                                              AuditLog* audit = nullptr);
+                                              AuditLog* audit = nullptr,
+                                              SpillKeys* keys = nullptr);
   // Answers admin commands still waiting (kUnavailable: stopping).
   ~Server();
 

@@ -11,7 +11,8 @@
 //       zero padding to the next 4096 boundary
 //
 // Keys: every segment lifetime has a fresh random 256-bit data key, stored only wrapped (AES-
-// 256-GCM) under the tenant key (HKDF-SHA256 of the master key and the tenant name). Destroying
+// 256-GCM) under the tenant key (random, per tenant and epoch, in the keyring sealed under the
+// master key: crypto/keyring.h; before the keyring, derived from the master key). Destroying
 // the header's wrapped key makes every record of the segment undecryptable (crypto-erase).
 // Nonces: a record's 96-bit nonce is (0u32, its byte offset u64). Offsets within one segment
 // lifetime are unique because the segment is append-only, and a segment is only rewritten after

@@ -63,7 +63,8 @@ struct FreeBytes {
 
 }  // namespace
 
-Status SpillStore::Recover(std::vector<RecoveredRecord>* recovered) {
+Status SpillStore::Recover(std::vector<RecoveredRecord>* recovered,
+                           const SecretKey* legacy_key) {
   std::vector<uint32_t> ids;
   std::error_code ec;
   for (std::filesystem::directory_iterator it(options_.dir, ec), end; !ec && it != end;
@@ -88,7 +89,7 @@ Status SpillStore::Recover(std::vector<RecoveredRecord>* recovered) {
   uint64_t valid = 0;
   for (uint32_t id : ids) {
     ++recovery_.segments_scanned;
-    KVT_RETURN_IF_ERROR(RecoverSegment(id, chunk, &newest, &valid));
+    KVT_RETURN_IF_ERROR(RecoverSegment(id, chunk, legacy_key, &newest, &valid));
     if (id != UINT32_MAX) next_segment_id_ = std::max(next_segment_id_, id + 1);
   }
 
@@ -120,6 +121,7 @@ Status SpillStore::Recover(std::vector<RecoveredRecord>* recovered) {
 }
 
 Status SpillStore::RecoverSegment(uint32_t id, std::span<std::byte> chunk,
+                                  const SecretKey* legacy_key,
                                   std::map<std::string, RecoveredRecord>* newest,
                                   uint64_t* valid) {
   const std::filesystem::path path = SegmentPath(id);
@@ -170,8 +172,21 @@ Status SpillStore::RecoverSegment(uint32_t id, std::span<std::byte> chunk,
   std::memcpy(&wrapped, &header.wrapped_key, sizeof(wrapped));
   const auto aad = std::as_bytes(std::span(&header, 1)).first(spill::kSegmentAadBytes);
   Result<SecretKey> data_key = UnwrapKey(tenant_key_, wrapped, aad);
+  if (data_key.status().code() == StatusCode::kDataLoss && legacy_key != nullptr) {
+    // Written before the keyring, under the tenant key then derived from the master key.
+    data_key = UnwrapKey(*legacy_key, wrapped, aad);
+    if (data_key.ok()) ++recovery_.segments_legacy_key;
+  }
   if (!data_key.ok()) {
-    if (data_key.status().code() == StatusCode::kDataLoss) return discard();  // erased or foreign
+    if (data_key.status().code() == StatusCode::kDataLoss) {
+      // Erased (the wrapped key is all zeros), or wrapped under a tenant key this store does
+      // not have: a retired epoch, a lost keyring, another master key.
+      bool erased = true;
+      for (const uint8_t b : header.wrapped_key.ciphertext) erased = erased && b == 0;
+      for (const uint8_t b : header.wrapped_key.tag) erased = erased && b == 0;
+      if (!erased) ++recovery_.segments_key_rejected;
+      return discard();
+    }
     (void)device_->CloseFile(file);
     return data_key.status();
   }

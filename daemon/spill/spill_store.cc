@@ -132,13 +132,14 @@ SpillStore::~SpillStore() {
 Result<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillOptions& options,
                                                      BlockDevice* device,
                                                      const SecretKey& tenant_key,
-                                                     std::vector<RecoveredRecord>* recovered) {
+                                                     std::vector<RecoveredRecord>* recovered,
+                                                     const SecretKey* legacy_key) {
   KVT_CHECK(device != nullptr);
   KVT_RETURN_IF_ERROR(ValidateOptions(options, *device));
   std::unique_ptr<SpillStore> store(
       new SpillStore(options, device, SecretKey::FromBytes(tenant_key.bytes())));
   KVT_RETURN_IF_ERROR(store->Start());
-  KVT_RETURN_IF_ERROR(store->Recover(recovered));
+  KVT_RETURN_IF_ERROR(store->Recover(recovered, legacy_key));
   return store;
 }
 

@@ -107,6 +107,13 @@ struct RecoveryStats {
                                     // alone, never opened for I/O; `warnings` says which and why
   uint32_t segments_discarded = 0;  // bad header or wrapped key (crypto-erased, foreign, torn):
                                     // removed
+  uint32_t segments_key_rejected = 0;  // of those discarded: a sound header with a wrapped key
+                                       // (not erased) that no key of the tenant unwraps:
+                                       // written under a tenant key the keyring no longer
+                                       // holds (an epoch a purge retired, a lost keyring,
+                                       // another master key)
+  uint32_t segments_legacy_key = 0;  // kept segments whose key unwrapped only under the
+                                     // legacy (epoch-0) key given to Open
   uint32_t segments_emptied = 0;    // valid, but no live record left after recovery: erased
   uint64_t records_recovered = 0;   // reported in `recovered`
   uint64_t records_superseded = 0;  // an older sequence of a key recovered again later
@@ -142,12 +149,16 @@ class SpillStore {
   // record is appended to `recovered` (may be null) and stays live until Released; segments
   // that fail their header or key unwrap are removed; recovered segments are sealed; the next
   // sequence continues after the largest seen. Counts in recovery_stats().
+  // `tenant_key` wraps every segment the store creates. `legacy_key` (may be null: the
+  // keyring's epoch-0 key of a tenant migrated from derived keys) is tried at recovery for a
+  // segment `tenant_key` does not unwrap, and is not kept.
   // kInvalidArgument: bad options (tenant, sizes, staging_buffers >= device queue depth).
   // kResourceExhausted / kIoError: staging memory, the directory, or a recovery read failed.
   static Result<std::unique_ptr<SpillStore>> Open(const SpillOptions& options,
                                                   BlockDevice* device,
                                                   const SecretKey& tenant_key,
-                                                  std::vector<RecoveredRecord>* recovered);
+                                                  std::vector<RecoveredRecord>* recovered,
+                                                  const SecretKey* legacy_key = nullptr);
   ~SpillStore();
   SpillStore(const SpillStore&) = delete;
   SpillStore& operator=(const SpillStore&) = delete;
@@ -221,6 +232,10 @@ class SpillStore {
   // Crypto-erases and removes every segment (a tenant purge); the store stays usable and
   // starts a fresh segment at the next write. kFailedPrecondition: I/O in flight.
   Status CryptoEraseAll();
+  // The tenant key from now on (a purge's new epoch): every segment created later has its data
+  // key wrapped under it. Segments already held keep theirs (their data keys are unwrapped);
+  // the old tenant key's bytes are overwritten here.
+  void SetTenantKey(SecretKey tenant_key) { tenant_key_ = std::move(tenant_key); }
   // fdatasync of every segment written in this process.
   Status Sync();
 
@@ -258,8 +273,8 @@ class SpillStore {
 
   Status Start();
   // spill_recovery.cc
-  Status Recover(std::vector<RecoveredRecord>* recovered);
-  Status RecoverSegment(uint32_t id, std::span<std::byte> chunk,
+  Status Recover(std::vector<RecoveredRecord>* recovered, const SecretKey* legacy_key);
+  Status RecoverSegment(uint32_t id, std::span<std::byte> chunk, const SecretKey* legacy_key,
                         std::map<std::string, RecoveredRecord>* newest, uint64_t* valid);
   void ScanRecords(Segment* segment, uint64_t scan_end, std::span<std::byte> chunk,
                    std::map<std::string, RecoveredRecord>* newest, uint64_t* valid);

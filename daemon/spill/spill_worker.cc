@@ -209,7 +209,8 @@ void SpillWorker::AbortPending(const SpillJob& erase, std::vector<SpillResult>* 
   s.blocked = false;
 }
 
-bool SpillWorker::EraseNow(uint32_t index, uint64_t tag, std::vector<SpillResult>* results) {
+bool SpillWorker::EraseNow(uint32_t index, const SpillJob& erase,
+                           std::vector<SpillResult>* results) {
   SpillStore& store = *stores_[index]->store;
   // Completions the store reaped already (e.g. while creating a segment) are reported first.
   Reap(index, results);
@@ -218,8 +219,13 @@ bool SpillWorker::EraseNow(uint32_t index, uint64_t tag, std::vector<SpillResult
   SpillResult r;
   r.kind = SpillResult::Kind::kErased;
   r.store = index;
-  r.tag = tag;
+  r.tag = erase.tag;
   r.status = store.CryptoEraseAll();
+  // Before any later job can create a segment: nothing after the purge is wrapped under the
+  // key it retired.
+  if (erase.tenant_key != nullptr) {
+    store.SetTenantKey(SecretKey::FromBytes(erase.tenant_key->bytes()));
+  }
   r.segments = store.stats().segments_erased - erased_before;
   results->push_back(std::move(r));
   return true;
@@ -262,7 +268,7 @@ bool SpillWorker::StartJobs(uint32_t index, std::vector<SpillResult>* results) {
         }
         break;
       case SpillJob::Kind::kErase:
-        if (!EraseNow(index, job.tag, results)) {
+        if (!EraseNow(index, job, results)) {
           s.blocked = true;
           continue;
         }

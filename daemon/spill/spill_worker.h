@@ -19,7 +19,9 @@
 // (SpillStore::CryptoEraseAll), and publishes a kErased result with the job's tag after every
 // result of the store's earlier jobs: when the loop sees it, no I/O of that store touches pool
 // memory any more. Jobs posted after the kErase are served normally after it, into a fresh
-// segment. A kErase is meant to follow DramPool::Evict(kAll, false), which forgets every record
+// segment, whose data key is wrapped under the kErase's `tenant_key` when it carried one (the
+// store has the new key before it can create a segment). A kErase is meant to follow
+// DramPool::Evict(kAll, false), which forgets every record
 // the erase destroys; releases posted afterwards for records that went with it do nothing
 // (segment ids are never reused).
 // When the worker has nothing else to do, a store's segment being written that no live
@@ -44,6 +46,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "crypto/secret_key.h"
 #include "daemon/spill/block_device.h"
 #include "daemon/spill/spill_store.h"
 #include "daemon/spill/ssd_ref.h"
@@ -54,7 +57,7 @@
 namespace kvtier {
 
 struct SpillJob {
-  // kErase: `store`, `tag`; kSetQuota: `store`, `bytes`
+  // kErase: `store`, `tag`, `tenant_key`; kSetQuota: `store`, `bytes`
   enum class Kind : uint8_t { kWrite, kRead, kRelease, kErase, kSetQuota };
   Kind kind = Kind::kWrite;
   uint8_t key_len = 0;
@@ -67,6 +70,10 @@ struct SpillJob {
   std::byte* data = nullptr;   // kWrite: source; kRead: destination (zeroed on failure)
   std::array<uint8_t, 32> key{};
   std::array<char, spill::kMaxNamespaceBytes> ns{};
+  // kErase, when set: the tenant key (a purge's new epoch) the store wraps every segment it
+  // creates after the erase under; the old key is overwritten in the store. Shared, so job
+  // copies hold one SecretKey, zeroed when the last copy goes.
+  std::shared_ptr<const SecretKey> tenant_key;
 };
 
 struct SpillResult {
@@ -125,7 +132,7 @@ class SpillWorker {
   void AbortPending(const SpillJob& erase, std::vector<SpillResult>* results);
   // The front job is a kErase: false while the store has I/O in flight, else erases and
   // reports it.
-  bool EraseNow(uint32_t index, uint64_t tag, std::vector<SpillResult>* results);
+  bool EraseNow(uint32_t index, const SpillJob& erase, std::vector<SpillResult>* results);
   // Starts pending jobs until one must wait for I/O; true if anything was started or finished.
   bool StartJobs(uint32_t index, std::vector<SpillResult>* results);
   // One attempt at the front write; false if it must wait.

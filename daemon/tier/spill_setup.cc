@@ -10,37 +10,12 @@
 #include <system_error>
 #include <utility>
 
-#include "crypto/master_key.h"
 #include "daemon/owned_dir.h"
 #include "daemon/spill/io_probe.h"
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
 
 namespace kvtier {
-namespace {
-
-Result<SecretKey> LoadKey(const SpillConfig& spill, std::vector<std::string>* log) {
-  if (!spill.key_credential.empty()) {
-    auto key = LoadCredential(spill.key_credential);
-    if (!key.ok()) {
-      return Status(key.status().code(), "spill.key_credential: " + key.status().message());
-    }
-    return key;
-  }
-  auto key = LoadMasterKey(spill.key_file);
-  if (key.status().code() == StatusCode::kNotFound && spill.create_key) {
-    if (Status s = CreateMasterKeyFile(spill.key_file); !s.ok()) {
-      return Status(s.code(), "spill.create_key: " + s.message());
-    }
-    log->push_back("created a new spill master key in " + spill.key_file.string() +
-                   " (spill.create_key); keep it: without it the SSD tier cannot be read");
-    key = LoadMasterKey(spill.key_file);
-  }
-  if (!key.ok()) return Status(key.status().code(), "spill.key_file: " + key.status().message());
-  return key;
-}
-
-}  // namespace
 
 Status CheckFileBudget(const Config& config) {
   uint64_t segments = 0;
@@ -60,10 +35,9 @@ Status CheckFileBudget(const Config& config) {
   return Status::Ok();
 }
 
-Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
-                                                                TenantRegistry& tenants,
-                                                                std::vector<std::string>* log,
-                                                                const WrapSpillDevice& wrap) {
+Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(
+    const Config& config, TenantRegistry& tenants, std::vector<std::string>* log,
+    const WrapSpillDevice& wrap, std::unique_ptr<SpillKeys>* keys_out) {
   std::vector<std::unique_ptr<SpillWorker>> workers;
   const SpillConfig& spill = config.spill;
   if (spill.dir.empty()) return workers;
@@ -92,7 +66,11 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
                      "oldest segments early (lower ssd_bytes or free space)");
     }
   }
-  KVT_ASSIGN_OR_RETURN(const SecretKey master, LoadKey(spill, log));
+  std::vector<std::string> ssd_tenants;
+  for (const TenantConfig& t : config.tenants) {
+    if (t.ssd_bytes > 0) ssd_tenants.push_back(t.name);
+  }
+  KVT_ASSIGN_OR_RETURN(std::unique_ptr<SpillKeys> keys, SpillKeys::Open(spill, ssd_tenants, log));
   for (uint32_t i = 0; i < spill.threads; ++i) workers.push_back(std::make_unique<SpillWorker>());
 
   size_t next_worker = 0;
@@ -103,8 +81,8 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
     auto tenant_error = [&](const Status& s) {
       return Status(s.code(), "tenant '" + name + "' SSD tier: " + s.message());
     };
-    auto tenant_key = DeriveTenantKey(master, name);
-    if (!tenant_key.ok()) return tenant_error(tenant_key.status());
+    const KeyringEntry* key_entry = keys->Find(name);
+    KVT_CHECK(key_entry != nullptr);  // SpillKeys::Open gives every SSD tenant a key
 
     DeviceOptions device_options;
     device_options.queue_depth = spill.queue_depth;
@@ -136,8 +114,13 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
     options.max_record_payload_bytes = spill.max_block_bytes;
     options.staging_buffers = spill.staging_buffers;
     std::vector<RecoveredRecord> recovered;
-    auto store = SpillStore::Open(options, device->get(), *tenant_key, &recovered);
+    auto store = SpillStore::Open(options, device->get(), key_entry->key, &recovered,
+                                  key_entry->legacy ? &*key_entry->legacy : nullptr);
     if (!store.ok()) return tenant_error(store.status());
+    const uint64_t key_epoch = key_entry->epoch;
+    const bool legacy_key = key_entry->legacy.has_value();
+    // The epoch-0 key is kept only while a segment needs it.
+    if (legacy_key && (*store)->recovery_stats().segments_legacy_key == 0) keys->DropLegacy(name);
 
     // What an earlier run left on SSD is served again, as SSD-only blocks.
     uint64_t restored = 0;
@@ -173,11 +156,28 @@ Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& co
                    " blocks (" + std::to_string(restored_bytes >> 20) + " MiB) from " +
                    std::to_string(rs.segments_scanned) + " segments; rejected " +
                    std::to_string(rs.records_rejected) + " torn or tampered records, discarded " +
-                   std::to_string(rs.segments_discarded) + " segments");
+                   std::to_string(rs.segments_discarded) + " segments (" +
+                   std::to_string(rs.segments_key_rejected) +
+                   " not unwrappable with the tenant's keys); tenant key epoch " +
+                   std::to_string(key_epoch) +
+                   (legacy_key ? ", " + std::to_string(rs.segments_legacy_key) +
+                                     " segments read with the epoch-0 (derived) key"
+                               : std::string()));
+    if (rs.segments_key_rejected > 0) {
+      log->push_back("warning: tenant '" + name + "' SSD tier: " +
+                     std::to_string(rs.segments_key_rejected) +
+                     " segment(s) were wrapped under a tenant key the keyring does not hold (a "
+                     "key a purge retired, or a lost or replaced keyring): discarded");
+    }
     tenant.spill_store = worker.AddStore(std::move(*device), std::move(*store));
     tenant.spill = &worker;
   }
+  if (Status s = keys->SaveIfChanged(); !s.ok()) {
+    // Only epoch-0 keys no segment needs were to go: the keyring on disk still works.
+    log->push_back("warning: " + s.message());
+  }
   for (auto& worker : workers) KVT_RETURN_IF_ERROR(worker->Start());
+  if (keys_out != nullptr) *keys_out = std::move(keys);
   return workers;
 }
 

@@ -1,6 +1,7 @@
-// OpenSpillTier: start-up of the SSD tier from the config: the spill directory, the master key,
-// each tenant's spill store (recovering what an earlier run left, into the tenant's index as
-// SSD-only blocks), and the worker threads that run the stores.
+// OpenSpillTier: start-up of the SSD tier from the config: the spill directory, the keys (the
+// master key and the keyring, spill_keys.h), each tenant's spill store (recovering what an
+// earlier run left, into the tenant's index as SSD-only blocks), and the worker threads that
+// run the stores.
 // Thread-safety: call once at start-up, before the server runs.
 #pragma once
 
@@ -12,6 +13,7 @@
 
 #include "daemon/config/config.h"
 #include "daemon/spill/spill_worker.h"
+#include "daemon/tier/spill_keys.h"
 #include "daemon/tenant/tenant_registry.h"
 #include "kvclient/status.h"
 
@@ -33,10 +35,11 @@ using WrapSpillDevice = std::function<std::unique_ptr<BlockDevice>(
 // Errors name the directory, key source or tenant: the key missing or with loose permissions,
 // a spill directory writable by others, io_uring refused while spill.backend = "io_uring".
 // `wrap`, when set, is applied to each tenant's device before its store opens (recovery
-// included).
-Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(const Config& config,
-                                                                TenantRegistry& tenants,
-                                                                std::vector<std::string>* log,
-                                                                const WrapSpillDevice& wrap = {});
+// included). The master key and the keyring of tenant keys (SpillKeys::Open, which may create,
+// re-seal or replace the keyring) are handed to `keys` (may be null), for purges and
+// rotate-key; left null without an SSD tier.
+Result<std::vector<std::unique_ptr<SpillWorker>>> OpenSpillTier(
+    const Config& config, TenantRegistry& tenants, std::vector<std::string>* log,
+    const WrapSpillDevice& wrap = {}, std::unique_ptr<SpillKeys>* keys = nullptr);
 
 }  // namespace kvtier

@@ -119,7 +119,7 @@ void TierCoordinator::PostOrders(bool demote) {
   }
 }
 
-bool TierCoordinator::PostErase(Tenant& tenant) {
+bool TierCoordinator::PostErase(Tenant& tenant, std::shared_ptr<const SecretKey> new_key) {
   if (tenant.spill == nullptr) return false;
   // Orders the pool queued before the purge go first; the erase then fails whatever of them
   // has not started, waits for what has, and destroys every segment key.
@@ -127,6 +127,7 @@ bool TierCoordinator::PostErase(Tenant& tenant) {
   SpillJob erase;
   erase.kind = SpillJob::Kind::kErase;
   erase.store = tenant.spill_store;
+  erase.tenant_key = std::move(new_key);
   tenant.spill->Post(std::span(&erase, 1));
   return true;
 }

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "daemon/pool/dram_pool.h"
@@ -65,8 +66,9 @@ class TierCoordinator {
 
   // Purge: after the pool was emptied (Evict(kAll, false)), its queued orders go, then a
   // kErase job that crypto-erases every segment of the tenant's store; its end comes back as a
-  // kErased notice. False if the tenant has no SSD tier (nothing to erase).
-  bool PostErase(Tenant& tenant);
+  // kErased notice. False if the tenant has no SSD tier (nothing to erase). `new_key`, when
+  // set, is the tenant key the store uses after the erase (the keyring's new epoch).
+  bool PostErase(Tenant& tenant, std::shared_ptr<const SecretKey> new_key = nullptr);
   // Reload: the tenant's SSD quota is `bytes` now (a lower one reclaims its oldest segments,
   // whose blocks come back as dropped records).
   void PostQuota(Tenant& tenant, uint64_t bytes);

@@ -92,6 +92,7 @@ TEST_CASE("The shipped developer config loads and points into the checkout", "[d
   CHECK(config->spill.dir == root / ".run" / "spill");
   CHECK(config->spill.key_file == root / ".run" / "spill.key");
   CHECK(config->spill.key_credential.empty());
+  CHECK(config->spill.keyring_file == root / ".run" / "spill.keyring");
   CHECK(config->spill.create_key);
   CHECK(config->spill.segment_bytes == 64 * kMiB);
   REQUIRE(config->tenants.size() == 1);
@@ -703,6 +704,94 @@ TEST_CASE("The SSD tier needs exactly one master key source", "[daemon][config]"
     REQUIRE(credential.ok());
     CHECK(credential->spill.key_credential == "kvtier.key");
   }
+}
+
+TEST_CASE("The keyring defaults beside the key file and never lies inside spill.dir",
+          "[daemon][config]") {
+  const std::string tenant(kTenant);
+  SECTION("defaults: next to the key file, or the unit's StateDirectory with a credential") {
+    Result<Config> file = Parse("config_version = 1\n" + std::string(kSpill) + tenant);
+    INFO(file.status().ToString());
+    REQUIRE(file.ok());
+    CHECK(file->spill.keyring_file == "/etc/kvtier/spill.keyring");
+    CHECK(file->spill.previous_key_file.empty());
+    CHECK(file->spill.previous_key_credential.empty());
+    Result<Config> credential = Parse(
+        "config_version = 1\n[spill]\ndir = \"/var/lib/kvtier/spill\"\nkey_credential = \"k\"\n" +
+        tenant);
+    INFO(credential.status().ToString());
+    REQUIRE(credential.ok());
+    CHECK(credential->spill.keyring_file == "/var/lib/kvtier/keyring");
+    // No SSD tier: no keyring either.
+    Result<Config> none = Parse("config_version = 1\n" + tenant);
+    REQUIRE(none.ok());
+    CHECK(none->spill.keyring_file.empty());
+  }
+  SECTION("explicit paths resolve like key_file, and a previous key is read back") {
+    Result<Config> config = ParseConfig(
+        "config_version = 1\n[spill]\ndir = \"spill\"\nkey_file = \"new.key\"\n"
+        "keyring_file = \"keys/ring\"\nprevious_key_file = \"old.key\"\n" +
+            tenant,
+        "/srv/kvtier/kvtierd.toml");
+    INFO(config.status().ToString());
+    REQUIRE(config.ok());
+    CHECK(config->spill.keyring_file == "/srv/kvtier/keys/ring");
+    CHECK(config->spill.previous_key_file == "/srv/kvtier/old.key");
+    Result<Config> credential = Parse(
+        "config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"new\"\n"
+        "previous_key_credential = \"old\"\nkeyring_file = \"/var/lib/kvtier/keyring\"\n" +
+        tenant);
+    INFO(credential.status().ToString());
+    REQUIRE(credential.ok());
+    CHECK(credential->spill.previous_key_credential == "old");
+  }
+  CheckError(GENERATE_COPY(values<ErrorCase>({
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nkeyring_file = "
+       "\"/s/keyring\"\n" +
+           tenant,
+       At(5, "spill.keyring_file"), "is inside spill.dir (/s)"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nkeyring_file = "
+       "\"/s/t/../../s/x\"\n" +
+           tenant,
+       At(5, "spill.keyring_file"), "is inside spill.dir"},
+      // The default counts too: a key file inside the spill directory puts the keyring there.
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/s/k.key\"\n" + tenant,
+       At(4, "spill.key_file"), "spill.keyring_file's default for this key source"},
+      {"config_version = 1\n[spill]\ndir = \"/var/lib/kvtier\"\nkey_credential = \"k\"\n" +
+           tenant,
+       At(4, "spill.key_credential"), "is inside spill.dir (/var/lib/kvtier)"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k.keyring\"\n" + tenant,
+       At(4, "spill.key_file"), "would be a master key file"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nkeyring_file = \"/k\"\n" +
+           tenant,
+       At(5, "spill.keyring_file"), "would be a master key file"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nkeyring_file = "
+       "\"/r/\"\n" +
+           tenant,
+       At(5, "spill.keyring_file"), "names a directory"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nprevious_key_file = "
+       "\"/k\"\n" +
+           tenant,
+       At(5, "spill.previous_key_file"), "must differ from the current one"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_credential = \"k\"\n"
+       "previous_key_credential = \"k\"\n" +
+           tenant,
+       At(5, "spill.previous_key_credential"), "must differ"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nprevious_key_file = "
+       "\"/o\"\nprevious_key_credential = \"o\"\n" +
+           tenant,
+       At(6, "spill.previous_key_credential"),
+       "set only one of spill.previous_key_file (line 5) and spill.previous_key_credential"},
+      {"config_version = 1\n[spill]\nprevious_key_file = \"/o\"\n" + tenant,
+       At(3, "spill.previous_key_file"), "needs the SSD tier"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\n"
+       "previous_key_credential = \"a/b\"\n" +
+           tenant,
+       At(5, "spill.previous_key_credential"), "is not a credential name"},
+      {"config_version = 1\n[spill]\ndir = \"/s\"\nkey_file = \"/k\"\nkeyring_file = 3\n" +
+           tenant,
+       At(5, "spill.keyring_file"), "expected a string, got an integer"},
+  })));
 }
 
 TEST_CASE("Tenant SSD quotas need spill.dir and whole segments", "[daemon][config]") {

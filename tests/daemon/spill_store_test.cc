@@ -1189,5 +1189,91 @@ TEST_CASE("A spill store checks its options and its arguments", "[daemon][spill]
   CHECK(Drain(*store).size() == 1);
 }
 
+SecretKey RandomKey() {
+  auto key = SecretKey::Random();
+  REQUIRE(key.ok());
+  return std::move(*key);
+}
+
+SecretKey CopyKey(const SecretKey& key) { return SecretKey::FromBytes(key.bytes()); }
+
+TEST_CASE("Segments wrapped under a key the store does not hold are discarded and counted while "
+          "a legacy key reads old segments without wrapping new ones",
+          "[daemon][spill][keys]") {
+  auto device = MakeDevice(Kind::kThreadPool);
+  testing::TempDir dir;
+  const SpillOptions options = Options(dir.path());
+  std::mt19937_64 rng(7);
+  const SecretKey legacy = RandomKey();
+  const SecretKey current = RandomKey();
+  std::vector<Block> old_blocks = RandomBlocks(rng, 6, 1 * kKiB, 64 * kKiB, "old");
+  {
+    auto store = SpillStore::Open(options, device.get(), legacy, nullptr);
+    REQUIRE(store.ok());
+    REQUIRE(WriteBlocks(**store, old_blocks).ok());
+  }
+  std::vector<Block> new_blocks = RandomBlocks(rng, 6, 1 * kKiB, 64 * kKiB, "new");
+  {
+    // The current key with the legacy one: the old segments are read, new ones are wrapped
+    // under the current key.
+    std::vector<RecoveredRecord> recovered;
+    auto store = SpillStore::Open(options, device.get(), current, &recovered, &legacy);
+    REQUIRE(store.ok());
+    CHECK(recovered.size() == old_blocks.size());
+    CHECK((*store)->recovery_stats().segments_legacy_key == 1);
+    CHECK((*store)->recovery_stats().segments_key_rejected == 0);
+    CHECK((*store)->recovery_stats().segments_discarded == 0);
+    REQUIRE(WriteBlocks(**store, new_blocks).ok());
+  }
+  {
+    // Without the legacy key the old segment is discarded as not unwrappable; the new one stays.
+    std::vector<RecoveredRecord> recovered;
+    auto store = SpillStore::Open(options, device.get(), current, &recovered);
+    REQUIRE(store.ok());
+    CHECK(recovered.size() == new_blocks.size());
+    CHECK((*store)->recovery_stats().segments_key_rejected == 1);
+    CHECK((*store)->recovery_stats().segments_discarded == 1);
+    CHECK((*store)->recovery_stats().segments_legacy_key == 0);
+  }
+  {
+    // A key that unwraps nothing: every segment is discarded, none of them read.
+    std::vector<RecoveredRecord> recovered;
+    auto store = SpillStore::Open(options, device.get(), RandomKey(), &recovered);
+    REQUIRE(store.ok());
+    CHECK(recovered.empty());
+    CHECK((*store)->recovery_stats().segments_key_rejected == 1);
+  }
+  CHECK(SegmentFiles(options).empty());
+}
+
+TEST_CASE("After CryptoEraseAll and SetTenantKey new segments are wrapped under the new key "
+          "only",
+          "[daemon][spill][keys]") {
+  auto device = MakeDevice(Kind::kThreadPool);
+  testing::TempDir dir;
+  const SpillOptions options = Options(dir.path());
+  std::mt19937_64 rng(8);
+  const SecretKey before = RandomKey();
+  const SecretKey after = RandomKey();
+  std::vector<Block> blocks = RandomBlocks(rng, 4, 1 * kKiB, 32 * kKiB);
+  std::vector<Block> later = RandomBlocks(rng, 4, 1 * kKiB, 32 * kKiB, "later");
+  {
+    auto store = SpillStore::Open(options, device.get(), before, nullptr);
+    REQUIRE(store.ok());
+    REQUIRE(WriteBlocks(**store, blocks).ok());
+    REQUIRE((*store)->CryptoEraseAll().ok());
+    (*store)->SetTenantKey(CopyKey(after));
+    REQUIRE(WriteBlocks(**store, later).ok());
+    for (const Block& b : later) CheckReadsBack(**store, b);
+  }
+  {
+    std::vector<RecoveredRecord> recovered;
+    auto store = SpillStore::Open(options, device.get(), before, &recovered);
+    REQUIRE(store.ok());
+    CHECK(recovered.empty());  // the retired key unwraps nothing written after the erase
+    CHECK((*store)->recovery_stats().segments_key_rejected == 1);
+  }
+}
+
 }  // namespace
 }  // namespace kvtier

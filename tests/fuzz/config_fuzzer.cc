@@ -123,6 +123,15 @@ void CheckConfig(const Config& c) {
   check(s.key_file.empty() || s.key_credential.empty(), "one key source");
   check(!s.create_key || !s.key_file.empty(), "create_key needs key_file");
   check(s.dir.empty() || !s.key_file.empty() || !s.key_credential.empty(), "dir needs a key");
+  check(s.dir.empty() || (s.keyring_file.is_absolute() && s.keyring_file.has_filename()),
+        "an SSD tier has an absolute keyring path");
+  check(s.dir.empty() || s.keyring_file.lexically_relative(s.dir).empty() ||
+            *s.keyring_file.lexically_relative(s.dir).begin() == "..",
+        "the keyring is not inside spill.dir");
+  check(s.keyring_file.empty() || s.keyring_file != s.key_file, "the keyring is no key file");
+  check(s.previous_key_file.empty() || s.previous_key_credential.empty(), "one previous key");
+  check((s.previous_key_file.empty() && s.previous_key_credential.empty()) || !s.dir.empty(),
+        "a previous key needs dir");
   check(s.key_credential.empty() ||
             (s.key_credential.size() <= 255 && s.key_credential != "." &&
              s.key_credential != ".." && s.key_credential.find('/') == std::string::npos &&
