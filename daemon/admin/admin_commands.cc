@@ -239,11 +239,14 @@ Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
                                                 "ssd_dropped",
                                                 "ssd_declined",
                                                 "demotions_in_flight",
-                                                "promotions_in_flight"});
+                                                "promotions_in_flight",
+                                                "ssd_scrub_failures",
+                                                "ssd_erase_failures"});
   table.transpose_text = true;
   for (auto& tenant : tenants_->tenants()) {
     if (only != nullptr && tenant.get() != only) continue;
     const wire::StatsReply s = StatsOf(*tenant);
+    const SpillStats spill = SpillStatsOf(*tenant);
     table.rows.push_back({tenant->config.name,
                           s.pool_bytes,
                           s.used_bytes,
@@ -272,7 +275,9 @@ Result<Report> AdminCommands::Stats(const std::vector<std::string>& args) {
                           s.ssd_dropped,
                           tenant->pool->tier_counters().ssd_declined,
                           uint64_t{tenant->pool->demotions_in_flight()},
-                          uint64_t{tenant->pool->promotions_in_flight()}});
+                          uint64_t{tenant->pool->promotions_in_flight()},
+                          spill.scrub_failures,
+                          spill.erase_failures});
   }
   return r;
 }
@@ -774,6 +779,9 @@ std::string AdminCommands::Metrics() {
     t.dram_hits = t.stats.hits - t.ssd_hits;
     t.demotions_in_flight = tenant->pool->demotions_in_flight();
     t.promotions_in_flight = tenant->pool->promotions_in_flight();
+    const SpillStats spill = SpillStatsOf(*tenant);
+    t.scrub_failures = spill.scrub_failures;
+    t.erase_failures = spill.erase_failures;
     snapshot.tenants.push_back(std::move(t));
   }
   if (host.latency != nullptr) snapshot.latency = *host.latency;

@@ -104,6 +104,15 @@ void AddEventMetrics(const MetricsSnapshot& s, Builder& b) {
     b.Family(c.name, c.help, MetricType::Counter);
     b.PerTenant(s, [&](const TenantMetrics& t) { return t.stats.*c.field; });
   }
+  b.Family("kvtier_ssd_scrub_failures_total",
+           "Removed SSD records whose header could not be zeroed on disk (retried; until then "
+           "a restart may serve them)",
+           MetricType::Counter);
+  b.PerTenant(s, [](const TenantMetrics& t) { return t.scrub_failures; });
+  b.Family("kvtier_ssd_erase_failures_total",
+           "Segments removed without their wrapped key destroyed on disk (the write failed)",
+           MetricType::Counter);
+  b.PerTenant(s, [](const TenantMetrics& t) { return t.erase_failures; });
   b.Family("kvtier_sessions", "Connected client sessions", MetricType::Gauge);
   b.PerTenant(s, [](const TenantMetrics& t) { return t.stats.sessions; });
   b.Family("kvtier_ssd_segments", "Spill segment files held", MetricType::Gauge);

@@ -50,6 +50,10 @@ struct TenantMetrics {
   uint64_t ssd_hits = 0;             // hits on blocks only on SSD (each starts a promotion)
   uint64_t demotions_in_flight = 0;  // spill writes queued or running for this tenant
   uint64_t promotions_in_flight = 0;
+  // The spill store's own: released records whose on-disk header could not be zeroed (a
+  // restart may serve them again), and segments whose wrapped key could not be destroyed.
+  uint64_t scrub_failures = 0;
+  uint64_t erase_failures = 0;
 };
 
 struct MetricsSnapshot {

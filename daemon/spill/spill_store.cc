@@ -109,6 +109,9 @@ SpillStore::~SpillStore() {
     free_slots_.push_back(done_[done_head_]);
     done_head_ = (done_head_ + 1) % done_.size();
   }
+  // Scrubs the disk refused before get one more try: the last chance to keep a removed block
+  // from coming back at the next start.
+  RetryFailedScrubs();
   StartScrubs();
   while (in_flight_ > 0) {
     const size_t n = device_->Reap(reaped, /*wait=*/true);
@@ -583,6 +586,7 @@ void SpillStore::CompleteWrite(Slot* slot) {
     }
     if (written) {
       record.status = Status::Ok();
+      RetryFailedScrubs();  // the disk takes writes again
       continue;
     }
     ++stats_.writes_failed;
@@ -791,12 +795,23 @@ bool SpillStore::RetireEmptyOpenSegment() {
   return true;
 }
 
+void SpillStore::RetryFailedScrubs() {
+  for (const PendingScrub& scrub : failed_scrubs_) pending_scrubs_.push_back(scrub);
+  failed_scrubs_.clear();
+}
+
+void SpillStore::ScrubFailed(PendingScrub scrub) {
+  // The record stays readable on disk until a retry lands or its segment goes.
+  ++stats_.scrub_failures;
+  if (++scrub.failures < kScrubAttempts) failed_scrubs_.push_back(scrub);
+}
+
 void SpillStore::CompleteScrub(Slot* slot) {
   Segment* segment = slot->segment;
   if (slot->request.complete()) {
     ++stats_.scrubs;
   } else {
-    ++stats_.scrub_failures;  // the record stays readable on disk until its segment goes
+    ScrubFailed({segment->id, slot->request.offset, slot->scrub_failures});
   }
   if (segment->sealed && segment->live == 0 && segment->in_flight == 0) erase_pending_ = true;
   slot->segment = nullptr;
@@ -822,13 +837,14 @@ void SpillStore::StartScrubs() {
     slot.request.buffer = block;
     slot.request.user = &slot;
     if (!device_->Submit(&slot.request).ok()) {
-      ++stats_.scrub_failures;
+      ScrubFailed(scrub);
       continue;
     }
     free_slots_.pop_back();
     ++in_flight_;
     ++segment->in_flight;
     slot.is_scrub = true;
+    slot.scrub_failures = scrub.failures;
     slot.is_write = true;
     slot.segment = segment;
   }

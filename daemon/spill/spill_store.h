@@ -212,7 +212,9 @@ class SpillStore {
   // segment goes with it (crypto-erased: its last live record), the record's header block is
   // overwritten with zeros in the background (a "scrub", using a staging buffer when one is
   // free), so a restart does not bring a removed block back. A crash before the scrub lands
-  // can.
+  // can, and so can a stop while the disk refuses writes: a failed scrub is tried again after
+  // the next write that succeeds and at a clean stop (kScrubAttempts in all; stats count each
+  // failure).
 
   void Release(const SpillLocation& location);
   // Tags a live record (e.g. a recovered one) with the caller's value, which
@@ -337,8 +339,18 @@ class SpillStore {
   struct PendingScrub {
     uint32_t segment_id;
     uint64_t offset;
+    uint32_t failures = 0;  // earlier attempts that failed
   };
   std::deque<PendingScrub> pending_scrubs_;
+  // Scrubs that failed (the disk refused the write): tried again once a write succeeds, and at
+  // a clean stop, up to kScrubAttempts times in all. Until then the released record stays
+  // readable on disk, and a restart would serve it.
+  std::vector<PendingScrub> failed_scrubs_;
+  static constexpr uint32_t kScrubAttempts = 4;
+  // Counts a failed scrub and keeps it for a retry unless it has had kScrubAttempts.
+  void ScrubFailed(PendingScrub scrub);
+  // Queues the failed scrubs again.
+  void RetryFailedScrubs();
   int64_t open_batch_ = -1;  // the write slot being filled and not yet submitted, or -1
 
   SegmentMap segments_;  // by id: oldest first

@@ -68,6 +68,7 @@ struct SpillStore::Slot {
   uint32_t index = 0;
   bool is_write = false;
   bool is_scrub = false;  // an internal write zeroing a released record's header block
+  uint32_t scrub_failures = 0;  // of that scrub, before this attempt
   std::vector<BatchRecord> batch;  // writes
   uint64_t used = 0;               // writes: bytes of `buffer` the batch fills
   size_t next_delivery = 0;        // writes: batch records already handed out by Poll

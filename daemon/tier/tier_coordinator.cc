@@ -42,6 +42,11 @@ void TierCoordinator::ApplyPolicy(Tenant& tenant) {
   }
 }
 
+SpillStats SpillStatsOf(const Tenant& tenant) {
+  if (tenant.spill == nullptr) return {};
+  return tenant.spill->StatsOf(tenant.spill_store);
+}
+
 wire::StatsReply StatsOf(const Tenant& tenant) {
   wire::StatsReply stats{};
   tenant.pool->FillStats(&stats);

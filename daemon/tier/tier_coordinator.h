@@ -32,6 +32,8 @@ struct SpillNotice {
 
 // A tenant's counters, both tiers (the stats op, kvtierctl stats, metrics).
 wire::StatsReply StatsOf(const Tenant& tenant);
+// The tenant's spill store's own counters (all zero without an SSD tier).
+SpillStats SpillStatsOf(const Tenant& tenant);
 
 class TierCoordinator {
  public:

@@ -347,6 +347,38 @@ TEST_CASE("spill writes failing with EIO leave clients working from DRAM byte fo
   CHECK(daemon->Alive());
 }
 
+TEST_CASE("a block removed while the spill disk refuses writes stays removed once the disk "
+          "recovers and kvtierd restarts",
+          "[integration][spill][faults]") {
+  Faults faults;
+  const std::vector<Key> removed = TestKeys(1, 8);
+  {
+    auto daemon = DaemonProcess::Start(faults.Options());
+    auto client = MustConnect(*daemon);
+    // On SSD only, in segments shared with blocks that stay: removing them takes a scrub (a
+    // write zeroing each record's header), not the erase of a whole segment.
+    StoreOnSsd(*daemon, faults, *client, removed, 2);
+    faults.Set({.write_errno = EIO});
+    REQUIRE(client->Remove(removed).ok());
+    CHECK(*client->MatchPrefix(std::span(removed).first(1)) == 0);
+    // Every scrub failed: the records are still readable on the disk.
+    REQUIRE(WaitUntil([&] { return CtlStat(*daemon, "ssd_scrub_failures") >= 8; }, 60000));
+    CHECK(Metric(*daemon, "kvtier_ssd_scrub_failures_total") >= 8);
+    // The disk recovers; the clean stop writes the scrubs that failed.
+    faults.Clear();
+    REQUIRE(daemon->Stop() == 0);
+  }
+  auto daemon = DaemonProcess::Start(faults.Options());
+  auto client = MustConnect(*daemon);
+  const ReadBack back = ReadAll(*client, removed);
+  CHECK(back.verified == 0);
+  CHECK(back.wrong == 0);
+  CHECK(back.missing == removed.size());
+  // The blocks that shared their segments are still served.
+  const ReadBack kept = ReadAll(*client, TestKeys(2, 8));
+  CHECK(kept.wrong == 0);
+}
+
 TEST_CASE("spill reads failing with EIO make SSD blocks counted misses and never wrong bytes",
           "[integration][spill][faults]") {
   Faults faults;
