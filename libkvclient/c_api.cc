@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 #include <memory>
@@ -106,19 +107,53 @@ std::span<const uint32_t> Ttls(const uint32_t* ttl_seconds, size_t n) {
 // Commit, abort and remove: keys in, a code per key out.
 // A per-key call: its arguments checked (a count over the limit, a null client or keys), then
 // `op` with one code per key.
+// `op(client, keys, codes)` calls the C++ method.
+template <typename Op>
 kvtier_status PerKeyCodes(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes,
-                          Status (kvtier::Client::*op)(std::span<const Key>,
-                                                       std::span<StatusCode>)) {
+                          Op&& op) {
   if (n > kMaxKeysPerCall) return CountTooLarge(n);
   if (c == nullptr) return Refuse(NullArgument("c"), codes, n);
   if (keys == nullptr) return Refuse(NullArgument("keys"), codes, n);
   (void)Refuse(KVTIER_INTERNAL, codes, n);  // what stays if Guard catches an exception
   return Guard([&]() -> kvtier_status {
     std::vector<StatusCode> out(n, StatusCode::kInternal);
-    const Status s = (c->client.get()->*op)(Keys(keys, n), out);
+    const Status s = op(*c->client, Keys(keys, n), std::span<StatusCode>(out));
     CopyCodes(out, codes);
     return Record(c, s);
   });
+}
+
+kvtier_status PerKeyCodes(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes,
+                          Status (kvtier::Client::*method)(std::span<const Key>,
+                                                           std::span<StatusCode>)) {
+  return PerKeyCodes(c, keys, n, codes,
+                     [method](kvtier::Client& client, std::span<const Key> k,
+                              std::span<StatusCode> out) { return (client.*method)(k, out); });
+}
+
+// What kvtier_connect_with reads of the caller's options: the fields its struct_size covers
+// (the others keep their defaults); past this library's own struct, only zero bytes.
+kvtier_status ReadClientOptions(const kvtier_client_options* in, kvtier_client_options* out) {
+  *out = KVTIER_CLIENT_OPTIONS_INIT;
+  if (in == nullptr) return KVTIER_OK;
+  const size_t given = in->struct_size;
+  if (given < sizeof(uint32_t) || given > 4096) {
+    t_last_error = "kvtier_client_options.struct_size is " + std::to_string(given) +
+                   ": set it to sizeof(kvtier_client_options) (KVTIER_CLIENT_OPTIONS_INIT does)";
+    return KVTIER_INVALID_ARGUMENT;
+  }
+  const auto* bytes = reinterpret_cast<const unsigned char*>(in);
+  for (size_t i = sizeof(kvtier_client_options); i < given; ++i) {
+    if (bytes[i] != 0) {
+      t_last_error = "kvtier_client_options sets a field this libkvclient (" +
+                     std::string(kvtier::LibraryVersion()) +
+                     ") does not know: upgrade it, or leave the field 0";
+      return KVTIER_INVALID_ARGUMENT;
+    }
+  }
+  std::memcpy(out, in, std::min(given, sizeof(kvtier_client_options)));
+  out->struct_size = sizeof(kvtier_client_options);
+  return KVTIER_OK;
 }
 
 kvtier::TransferOptions Options(const kvtier_transfer_options* o) {
@@ -143,22 +178,27 @@ void CopyResults(const std::vector<kvtier::OnloadInfo>& in, kvtier_onload_result
 
 extern "C" {
 
-kvtier_status kvtier_connect_ex(const char* socket_path, const char* name_space,
-                                const kvtier_connect_options* options, kvtier_client** out) {
+kvtier_status kvtier_connect_with(const char* socket_path, const char* name_space,
+                                  const kvtier_client_options* options, kvtier_client** out) {
   if (out == nullptr) return NullArgument("out");
   return Guard([&]() -> kvtier_status {
     *out = nullptr;
+    kvtier_client_options given;
+    if (kvtier_status s = ReadClientOptions(options, &given); s != KVTIER_OK) return s;
     kvtier::ClientOptions o;
     if (socket_path != nullptr) o.socket_path = socket_path;
     o.name_space = name_space != nullptr ? name_space : "";
-    if (options != nullptr) {
-      if (options->timeout_ms < 0) {
-        t_last_error = "timeout_ms must not be negative";
-        return KVTIER_INVALID_ARGUMENT;
-      }
-      if (options->timeout_ms > 0) o.timeout_ms = options->timeout_ms;
-      o.spin_us = options->spin_us;
+    if (given.timeout_ms < 0) {
+      t_last_error = "timeout_ms must not be negative";
+      return KVTIER_INVALID_ARGUMENT;
     }
+    if (given.timeout_ms > 0) o.timeout_ms = given.timeout_ms;
+    o.spin_us = given.spin_us;
+    if (given.reconnect > 1) {
+      t_last_error = "reconnect is 0 or 1";
+      return KVTIER_INVALID_ARGUMENT;
+    }
+    o.reconnect = given.reconnect == 1;
     auto client = kvtier::Client::Connect(o);
     if (!client.ok()) {
       t_last_error = client.status().message();
@@ -167,6 +207,16 @@ kvtier_status kvtier_connect_ex(const char* socket_path, const char* name_space,
     *out = new kvtier_client{std::move(*client)};
     return KVTIER_OK;
   });
+}
+
+kvtier_status kvtier_connect_ex(const char* socket_path, const char* name_space,
+                                const kvtier_connect_options* options, kvtier_client** out) {
+  kvtier_client_options o = KVTIER_CLIENT_OPTIONS_INIT;
+  if (options != nullptr) {
+    o.timeout_ms = options->timeout_ms;
+    o.spin_us = options->spin_us;
+  }
+  return kvtier_connect_with(socket_path, name_space, &o, out);
 }
 
 kvtier_status kvtier_connect(const char* socket_path, const char* name_space, kvtier_client** out,
@@ -197,6 +247,24 @@ const char* kvtier_status_name(kvtier_status status) {
 
 void* kvtier_pool_base(const kvtier_client* client) { return client->client->pool().data(); }
 uint64_t kvtier_pool_size(const kvtier_client* client) { return client->client->pool().size(); }
+uint64_t kvtier_reconnects(const kvtier_client* client) {
+  return client == nullptr ? 0 : client->client->reconnects();
+}
+uint64_t kvtier_call_generation(const kvtier_client* client) {
+  return client == nullptr ? 0 : client->client->last_call_generation();
+}
+void* kvtier_pool_base_of(const kvtier_client* client, uint64_t generation) {
+  if (client == nullptr) return nullptr;
+  const std::span<std::byte> pool = client->client->pool(generation);
+  return pool.empty() ? nullptr : pool.data();
+}
+
+kvtier_status kvtier_verify_session(const kvtier_client* c, uint64_t generation) {
+  if (c == nullptr) return NullArgument("c");
+  return Guard([&]() -> kvtier_status {
+    return Record(nullptr, c->client->VerifySession(generation));
+  });
+}
 
 kvtier_status kvtier_reserve_ex(kvtier_client* c, const kvtier_key* keys, const uint64_t* sizes,
                                 const uint32_t* ttl_seconds, size_t n, uint64_t* offsets,
@@ -230,6 +298,24 @@ kvtier_status kvtier_commit(kvtier_client* c, const kvtier_key* keys, size_t n,
 
 kvtier_status kvtier_abort(kvtier_client* c, const kvtier_key* keys, size_t n, uint16_t* codes) {
   return PerKeyCodes(c, keys, n, codes, &kvtier::Client::AbortRaw);
+}
+
+kvtier_status kvtier_commit_in_session(kvtier_client* c, uint64_t generation,
+                                       const kvtier_key* keys, size_t n, uint16_t* codes) {
+  return PerKeyCodes(c, keys, n, codes,
+                     [generation](kvtier::Client& client, std::span<const Key> k,
+                                  std::span<StatusCode> out) {
+                       return client.CommitRawInSession(generation, k, out);
+                     });
+}
+
+kvtier_status kvtier_abort_in_session(kvtier_client* c, uint64_t generation,
+                                      const kvtier_key* keys, size_t n, uint16_t* codes) {
+  return PerKeyCodes(c, keys, n, codes,
+                     [generation](kvtier::Client& client, std::span<const Key> k,
+                                  std::span<StatusCode> out) {
+                       return client.AbortRawInSession(generation, k, out);
+                     });
 }
 
 kvtier_status kvtier_match_prefix_estimate(kvtier_client* c, const kvtier_key* keys, size_t n,

@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,7 +22,6 @@
 
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
-#include "ipc/shm/shm_region.h"
 #include "ipc/socket/seqpacket.h"
 #include "ipc/wire/frame_codec.h"
 #include "ipc/wire/protocol.h"
@@ -112,21 +112,211 @@ Key Key::From(std::span<const std::byte> data) {
   return key;
 }
 
-struct Client::Impl {
-  ClientOptions options;
-  UniqueFd fd;
-  ShmRegion pool;
+namespace {
+
+// The client's mapping of a tenant's pool. The fd is closed once mapped (the mapping alone
+// keeps the memory), so that retiring the mapping lets a dead daemon's pool go. Move-only.
+class PoolMapping {
+ public:
+  // Maps `fd` read-write; kPermissionDenied unless it is a sealed memfd of exactly `bytes`.
+  static Result<PoolMapping> Map(UniqueFd fd, uint64_t bytes) {
+    struct stat st {};
+    if (fstat(fd.get(), &st) != 0) return ErrnoStatus("fstat(pool fd)", errno);
+    constexpr int kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    const int seals = fcntl(fd.get(), F_GET_SEALS);
+    if (seals < 0 || (seals & kRequiredSeals) != kRequiredSeals ||
+        static_cast<uint64_t>(st.st_size) != bytes) {
+      return Status(StatusCode::kPermissionDenied,
+                    "the daemon passed a pool fd that is not a sealed memfd of the announced size");
+    }
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+    if (p == MAP_FAILED) return ErrnoStatus("mmap(pool fd)", errno);
+    PoolMapping m;
+    m.data_ = static_cast<std::byte*>(p);
+    m.size_ = bytes;
+    return m;
+  }
+  PoolMapping() = default;
+  PoolMapping(PoolMapping&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  PoolMapping& operator=(PoolMapping&& other) noexcept {
+    if (this != &other) {
+      if (data_ != nullptr) munmap(data_, size_);
+      data_ = std::exchange(other.data_, nullptr);
+      size_ = std::exchange(other.size_, 0);
+    }
+    return *this;
+  }
+  PoolMapping(const PoolMapping&) = delete;
+  PoolMapping& operator=(const PoolMapping&) = delete;
+  ~PoolMapping() {
+    if (data_ != nullptr) munmap(data_, size_);
+  }
+
+  std::byte* data() const { return data_; }
+  uint64_t size() const { return size_; }
+  std::span<std::byte> bytes() const { return {data_, size_}; }
+
+  // For a session that ended: replaces the mapping in place by private zero pages, so that
+  // pointers into it stay valid (no fault), reads give zeros, writes stay in this process, and
+  // nothing here holds the old pool (which a restarted kvtierd may serve again) any more. The
+  // range is unmapped with the object. Where a writable private range is refused (strict
+  // overcommit, vm.overcommit_memory = 2), read-only zero pages.
+  void Retire() {
+    if (data_ == nullptr) return;
+    constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE;
+    if (mmap(data_, size_, PROT_READ | PROT_WRITE, kFlags, -1, 0) == MAP_FAILED) {
+      (void)mmap(data_, size_, PROT_READ, kFlags, -1, 0);
+    }
+  }
+
+ private:
+  std::byte* data_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+// With ClientOptions::reconnect, the lease ids the caller gets are the client's own: a new
+// kvtierd numbers its leases from the same start (slot 0, generation 1), so a daemon id kept
+// from a lost session could name, and release, a lease of the new one. One slot per lease the
+// caller holds; an id is the slot's generation (high 32 bits, bumped when the slot is freed,
+// so never 0) and its index, as kvtierd's own LeaseTable does.
+class LeaseHandles {
+ public:
+  enum class Found { kLive, kStale, kUnknown };
+
+  uint64_t Add(uint64_t daemon_id, uint64_t session) {
+    uint32_t index = 0;
+    if (!free_.empty()) {
+      index = free_.back();
+      free_.pop_back();
+    } else {
+      index = static_cast<uint32_t>(slots_.size());
+      slots_.emplace_back();
+    }
+    Slot& s = slots_[index];
+    s.daemon_id = daemon_id;
+    s.session = session;
+    s.in_use = true;
+    return (uint64_t{s.generation} << 32) | index;
+  }
+
+  // Frees `id`'s slot unless it is kUnknown (not a lease the caller holds). kLive: a lease of
+  // `session`, its daemon id in *daemon_id; kStale: one of an earlier session.
+  Found Take(uint64_t id, uint64_t session, uint64_t* daemon_id) {
+    const uint64_t index = id & 0xffffffffu;
+    if (index >= slots_.size()) return Found::kUnknown;
+    Slot& s = slots_[index];
+    if (!s.in_use || s.generation != static_cast<uint32_t>(id >> 32)) return Found::kUnknown;
+    s.in_use = false;
+    if (++s.generation == 0) s.generation = 1;
+    free_.push_back(static_cast<uint32_t>(index));
+    if (s.session != session) return Found::kStale;
+    *daemon_id = s.daemon_id;
+    return Found::kLive;
+  }
+
+ private:
+  struct Slot {
+    uint64_t daemon_id = 0;
+    uint64_t session = 0;  // generation of the session it was taken in
+    uint32_t generation = 1;
+    bool in_use = false;
+  };
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_;
+};
+
+// With ClientOptions::reconnect, region ids are the client's own too (a new session numbers its
+// regions from 1 again).
+struct RegionHandle {
+  uint32_t daemon_id = 0;
+  uint64_t session = 0;
+};
+
+// The session the calling thread's last call ran in, and on which client (its Impl::serial):
+// Client::last_call_generation.
+std::atomic<uint64_t> g_next_client_serial{1};
+thread_local uint64_t t_call_client = 0;
+thread_local uint64_t t_call_generation = 0;
+
+constexpr short kHangUp = static_cast<short>(POLLHUP | POLLRDHUP | POLLERR | POLLNVAL);
+
+// One connection to kvtierd and what its hello gave. Built whole by OpenSession, then never
+// changed but for `fd`, `pool` and `retired` (Retire, with Impl::mu held). Kept until the
+// Client is destroyed, so that a pointer to it, or into its pool range, never dangles.
+struct Session {
+  uint64_t generation = 0;  // 0 for the first session, then one more per reconnect
+  UniqueFd fd;              // closed by Retire
+  int fd_number = -1;       // fd's number, for the checks that take no lock (CheckLive)
+  PoolMapping pool;
   std::string tenant;
   uint64_t max_block_bytes = 0;
   uint64_t spill_max_block_bytes = 0;
   uint64_t features = 0;  // HelloLimits::features
   uint64_t session_id = 0;
+  std::atomic<bool> retired{false};  // set before fd is closed
+};
+
+// OK while `s` is live: kvtierd has not hung its socket up, and it was not retired (replaced
+// by a reconnect) meanwhile. No lock: `retired` is set before the fd is closed, and read after
+// the poll, so a poll that hit a closed or reused fd number is never believed.
+Status CheckLive(const Session& s) {
+  // The reads of leased bytes come before the check (pairs with the fence in kvtierd's
+  // Session::Revoke, which shuts the socket down before any leased slot may change).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  pollfd p{s.fd_number, POLLRDHUP, 0};
+  const int rc = poll(&p, 1, 0);
+  const int err = errno;
+  const bool retired = s.retired.load(std::memory_order_seq_cst);
+  if (!retired && rc == 0) return Status::Ok();
+  if (!retired && rc < 0) return ErrnoStatus("poll(kvtierd socket)", err);
+  // Readable but not hung up: a reply nobody waits for (only a StartOnload's); still live.
+  if (!retired && (p.revents & kHangUp) == 0) return Status::Ok();
+  return Status(StatusCode::kFailedPrecondition,
+                "kvtierd ended this session (tenant purged, daemon draining or stopping, or an "
+                "error): its leases were revoked and bytes read through them may be wrong");
+}
+
+}  // namespace
+
+struct Client::Impl {
+  ClientOptions options;  // set before the Client is shared; never changed
+  // Names this client in t_call_client (an address could be reused by a later client).
+  const uint64_t serial = g_next_client_serial.fetch_add(1, std::memory_order_relaxed);
+  // The current session (sessions.back()): stored with mu held, loaded without it by the
+  // accessors, pool() and the lease checks. Never null once connected.
+  std::atomic<Session*> current{nullptr};
+  std::atomic<uint64_t> reconnects{0};
+  // Lease ids of earlier sessions handed out and not yet given to ReleaseRaw (reconnect only):
+  // while any is held, VerifyLeases fails. Changed with mu held.
+  std::atomic<uint64_t> stale_leases{0};
+
   std::mutex mu;  // one round trip at a time; guards everything below
+  std::vector<std::unique_ptr<Session>> sessions;  // every session so far, oldest first
   uint64_t next_request_id = 1;
-  Status broken;  // set once the daemon closed the session
+  Status broken;  // set once the daemon closed the current session
   std::vector<std::byte> send_buf = std::vector<std::byte>(wire::kMaxFrameBytes);
   std::vector<std::byte> recv_buf = std::vector<std::byte>(wire::kMaxFrameBytes);
   UniqueFd received_fd;
+  // With options.reconnect: lease and region ids handed out -> kvtierd's.
+  LeaseHandles lease_handles;
+  uint64_t live_leases = 0;  // in lease_handles, of the current session
+  std::unordered_map<uint32_t, RegionHandle> region_handles;
+  uint32_t next_region_handle = 1;
+  // Host regions registered with a local mapping, by the caller's region id (to wait on
+  // progress words).
+  std::unordered_map<uint32_t, std::pair<std::byte*, uint64_t>> local_regions;
+  // The onload between StartOnload and FinishOnload.
+  struct OpenTransfer {
+    bool active = false;
+    uint64_t request_id = 0;
+    size_t items = 0;
+    uint32_t layers = 0;
+    const uint32_t* progress = nullptr;  // in the caller's mapping, or null
+  } transfer;
+  bool pinned = false;  // pool registered with cudaHostRegister (PinPoolForCuda)
+
+  Session& s() { return *sessions.back(); }  // the current session; mu held
 
   wire::FrameWriter Begin(wire::Op op) {
     wire::FrameWriter w(send_buf);
@@ -148,25 +338,36 @@ struct Client::Impl {
   Status PerItemOp(wire::Op op, std::span<const Key> keys, std::span<const uint64_t> ids,
                    std::span<StatusCode> codes);
 
-  // Host regions registered with a local mapping, by region id (to wait on progress words).
-  std::unordered_map<uint32_t, std::pair<std::byte*, uint64_t>> local_regions;
-  // The onload between StartOnload and FinishOnload.
-  struct OpenTransfer {
-    bool active = false;
-    uint64_t request_id = 0;
-    size_t items = 0;
-    uint32_t layers = 0;
-    const uint32_t* progress = nullptr;  // in the caller's mapping, or null
-  } transfer;
-  bool pinned = false;  // pool registered with cudaHostRegister (PinPoolForCuda)
+  // Connects, says hello and maps the pool: a session of `generation`, not yet installed.
+  static Result<std::unique_ptr<Session>> OpenSession(const ClientOptions& client_options,
+                                                      uint64_t generation);
+  // Makes `session` the current one (mu held, or before the Client is shared).
+  void Install(std::unique_ptr<Session> session);
+  // Every call's first step, mu held: with options.reconnect and `may_reconnect`, a lost
+  // session is replaced by a new one first (a failure to is the call's status). Records the
+  // generation the call runs in.
+  Status Enter(bool may_reconnect);
+  // The caller's region id -> kvtierd's (0 stays 0): kNotFound for an id never handed out,
+  // kFailedPrecondition for one of an earlier session. Identity without options.reconnect.
+  Status DaemonRegion(uint32_t id, uint32_t* daemon_id);
+  // The id the caller gets for kvtierd's region `daemon_id` (itself without options.reconnect).
+  uint32_t HandOutRegion(uint32_t daemon_id);
+  // DaemonRegion for a transfer's region and progress region.
+  Status DaemonTransfer(uint32_t region, const TransferOptions& transfer_options,
+                        uint32_t* daemon_region, TransferOptions* daemon_options) {
+    *daemon_options = transfer_options;
+    KVT_RETURN_IF_ERROR(DaemonRegion(region, daemon_region));
+    return DaemonRegion(transfer_options.progress_region, &daemon_options->progress_region);
+  }
 };
 
 Status Client::Impl::Receive(size_t* bytes) {
+  const int fd = s().fd.get();
   const uint64_t spin_until = NowUs() + options.spin_us;
   for (;;) {
     const bool spinning = NowUs() < spin_until;
     if (!spinning) {
-      pollfd p{fd.get(), POLLIN, 0};
+      pollfd p{fd, POLLIN, 0};
       const int rc = poll(&p, 1, options.timeout_ms);
       if (rc == 0) {
         return Status(StatusCode::kTimedOut, "no reply from kvtierd within " +
@@ -174,11 +375,11 @@ Status Client::Impl::Receive(size_t* bytes) {
       }
       if (rc < 0 && errno != EINTR) return ErrnoStatus("poll(kvtierd socket)", errno);
     }
-    auto got = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+    auto got = RecvFrame(fd, recv_buf, MSG_DONTWAIT);
     if (!got.ok() && !IsWouldBlock(got.status())) {
       // A daemon that refuses a session replies and closes; the kernel then reports
       // ECONNRESET once, ahead of the refusal still queued. Read past it once.
-      auto queued = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+      auto queued = RecvFrame(fd, recv_buf, MSG_DONTWAIT);
       if (!queued.ok() || queued->eof) {
         return Status(StatusCode::kUnavailable,
                       "lost the connection to kvtierd (it stopped, restarted or ended this "
@@ -211,19 +412,20 @@ Result<uint64_t> Client::Impl::Send(wire::FrameWriter& w, int pass_fd) {
     return Status(StatusCode::kFailedPrecondition,
                   "an onload started with StartOnload is still open: call FinishOnload first");
   }
+  const int fd = s().fd.get();
   const uint64_t id = next_request_id++;
-  if (Status s = SendFrame(fd.get(), w.Finish(), pass_fd); !s.ok()) {
+  if (Status st = SendFrame(fd, w.Finish(), pass_fd); !st.ok()) {
     // The daemon may have refused the session (e.g. max_sessions) and closed before our send;
     // its reason is still waiting in the socket.
     size_t pending = 0;
-    auto got = RecvFrame(fd.get(), recv_buf, MSG_DONTWAIT);
+    auto got = RecvFrame(fd, recv_buf, MSG_DONTWAIT);
     if (got.ok() && !got->eof && !got->truncated) pending = got->bytes;
     auto refusal = wire::DecodeReply(std::span(recv_buf).first(pending));
     if (pending > 0 && refusal.ok() && refusal->header.status != 0) {
       broken = Status(static_cast<StatusCode>(refusal->header.status),
                       std::string(refusal->message));
     } else {
-      broken = Status(StatusCode::kUnavailable, "lost the connection to kvtierd: " + s.message());
+      broken = Status(StatusCode::kUnavailable, "lost the connection to kvtierd: " + st.message());
     }
     return broken;
   }
@@ -233,9 +435,9 @@ Result<uint64_t> Client::Impl::Send(wire::FrameWriter& w, int pass_fd) {
 Result<wire::FrameView> Client::Impl::Await(uint64_t id, wire::Op op, size_t items,
                                             size_t item_bytes, bool exact_count) {
   size_t bytes = 0;
-  if (Status s = Receive(&bytes); !s.ok()) {
-    broken = s;  // after a timeout the reply stream is out of step: do not reuse it
-    return s;
+  if (Status st = Receive(&bytes); !st.ok()) {
+    broken = st;  // after a timeout the reply stream is out of step: do not reuse it
+    return st;
   }
   auto reply = wire::DecodeReply(std::span(recv_buf).first(bytes));
   if (!reply.ok()) {
@@ -252,13 +454,13 @@ Result<wire::FrameView> Client::Impl::Await(uint64_t id, wire::Op op, size_t ite
     return broken;
   }
   if (code != StatusCode::kOk) {
-    Status s(code, std::string(reply->message));
+    Status st(code, std::string(reply->message));
     // The daemon closes the session after these.
     if (code == StatusCode::kProtocolError || code == StatusCode::kVersionMismatch ||
         (op == wire::Op::kHello)) {
-      broken = Status(StatusCode::kUnavailable, "session closed by kvtierd: " + s.ToString());
+      broken = Status(StatusCode::kUnavailable, "session closed by kvtierd: " + st.ToString());
     }
-    return s;
+    return st;
   }
   const bool count_ok = exact_count ? h.count == items : h.count <= items;
   if (item_bytes != 0 && (!count_ok || h.body_bytes != size_t{h.count} * item_bytes)) {
@@ -275,28 +477,25 @@ Result<wire::FrameView> Client::Impl::RoundTrip(wire::FrameWriter& w, wire::Op o
   return Await(id, op, items, item_bytes, exact_count);
 }
 
-Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Client::~Client() {
-  if (impl_ != nullptr && impl_->pinned) client_cuda::Unpin(impl_->pool.data());
-}
-
-Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
-  if (options.name_space.empty() || options.name_space.size() > wire::kMaxNamespaceBytes) {
-    return Status(StatusCode::kInvalidArgument, "name_space must be 1..128 bytes");
-  }
+Result<std::unique_ptr<Session>> Client::Impl::OpenSession(const ClientOptions& client_options,
+                                                           uint64_t generation) {
   // Ask for the limits; a kvtierd older than the flag refuses it (protocol_error, naming the
   // flags) and closes the session: say hello again without it.
   for (const uint32_t flags : {wire::kHelloWantsLimits, 0u}) {
-    auto impl = std::make_unique<Impl>();
-    impl->options = options;
-    KVT_ASSIGN_OR_RETURN(impl->fd, ConnectSeqpacket(options.socket_path));
-    wire::FrameWriter w = impl->Begin(wire::Op::kHello);
+    Impl link;  // this connection's own request ids, buffers and state until it is installed
+    link.options = client_options;
+    auto session = std::make_unique<Session>();
+    session->generation = generation;
+    KVT_ASSIGN_OR_RETURN(session->fd, ConnectSeqpacket(client_options.socket_path));
+    session->fd_number = session->fd.get();
+    link.sessions.push_back(std::move(session));
+    wire::FrameWriter w = link.Begin(wire::Op::kHello);
     wire::HelloRequest hello{};
     hello.flags = flags;
-    hello.namespace_bytes = static_cast<uint32_t>(options.name_space.size());
+    hello.namespace_bytes = static_cast<uint32_t>(client_options.name_space.size());
     w.Append(&hello, sizeof(hello));
-    w.Append(options.name_space.data(), options.name_space.size());
-    auto reply = impl->RoundTrip(w, wire::Op::kHello, 0, 0);
+    w.Append(client_options.name_space.data(), client_options.name_space.size());
+    auto reply = link.RoundTrip(w, wire::Op::kHello, 0, 0);
     if (!reply.ok()) {
       if (flags != 0 && reply.status().code() == StatusCode::kProtocolError &&
           reply.status().message().find("flags") != std::string::npos) {
@@ -305,47 +504,165 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
       return reply.status();
     }
     wire::HelloReply out{};
-    if (reply->body.size() < sizeof(out) || !impl->received_fd.valid()) {
+    if (reply->body.size() < sizeof(out) || !link.received_fd.valid()) {
       return Status(StatusCode::kProtocolError, "kvtierd's hello reply lacks the pool");
     }
+    Session& s = link.s();
     std::memcpy(&out, reply->body.data(), sizeof(out));
     // Later daemons may append more: read what this client knows of.
     if (reply->body.size() >= sizeof(out) + sizeof(wire::HelloLimits)) {
       wire::HelloLimits limits{};
       std::memcpy(&limits, reply->body.data() + sizeof(out), sizeof(limits));
-      impl->spill_max_block_bytes = limits.spill_max_block_bytes;
-      impl->features = limits.features;
+      s.spill_max_block_bytes = limits.spill_max_block_bytes;
+      s.features = limits.features;
     }
-    KVT_ASSIGN_OR_RETURN(impl->pool, ShmRegion::Map(std::move(impl->received_fd), out.pool_bytes));
-    impl->tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
-    impl->max_block_bytes = out.max_block_bytes;
-    impl->session_id = out.session_id;
-    return std::unique_ptr<Client>(new Client(std::move(impl)));
+    KVT_ASSIGN_OR_RETURN(s.pool, PoolMapping::Map(std::move(link.received_fd), out.pool_bytes));
+    s.tenant.assign(out.tenant, strnlen(out.tenant, sizeof(out.tenant)));
+    s.max_block_bytes = out.max_block_bytes;
+    s.session_id = out.session_id;
+    return std::move(link.sessions.back());
   }
   return Status(StatusCode::kProtocolError, "kvtierd refused every hello");
 }
 
-std::span<std::byte> Client::pool() const { return impl_->pool.bytes(); }
-const std::string& Client::tenant() const { return impl_->tenant; }
-uint64_t Client::max_block_bytes() const { return impl_->max_block_bytes; }
-uint64_t Client::spill_max_block_bytes() const { return impl_->spill_max_block_bytes; }
+void Client::Impl::Install(std::unique_ptr<Session> session) {
+  if (!sessions.empty()) {
+    // The lost session goes: whatever it held is void (stale lease ids, region ids), and its
+    // pool range becomes private zero pages, so that neither a stale read nor a stale write
+    // reaches the pool that a restarted kvtierd may be serving again. `retired` first: the
+    // lock-free checks must never believe a poll of the closed (or reused) fd number.
+    Session& old = s();
+    old.retired.store(true, std::memory_order_seq_cst);
+    if (pinned) client_cuda::Unpin(old.pool.data());
+    old.pool.Retire();
+    old.fd.reset();
+    stale_leases.fetch_add(live_leases, std::memory_order_relaxed);
+    live_leases = 0;
+    local_regions.clear();
+    transfer = OpenTransfer{};
+    broken = Status::Ok();
+    received_fd.reset();
+    reconnects.fetch_add(1, std::memory_order_relaxed);
+  }
+  sessions.push_back(std::move(session));
+  current.store(sessions.back().get(), std::memory_order_release);
+  // The caller asked for a pinned pool once: the new mapping is pinned too (if that fails,
+  // copies still work, at pageable speed).
+  if (pinned) pinned = client_cuda::Pin(s().pool.data(), s().pool.size()).ok();
+}
+
+Status Client::Impl::Enter(bool may_reconnect) {
+  Status st = Status::Ok();
+  // An open onload is this session's: FinishOnload ends it (or says the session is lost) first.
+  if (may_reconnect && options.reconnect && !transfer.active) {
+    if (broken.ok()) {
+      // Noticed between calls: kvtierd hung up while this client was idle.
+      pollfd p{s().fd.get(), POLLRDHUP, 0};
+      if (poll(&p, 1, 0) > 0 && (p.revents & kHangUp) != 0) {
+        broken = Status(StatusCode::kUnavailable,
+                        "lost the connection to kvtierd (it stopped, restarted or ended this "
+                        "session)");
+      }
+    }
+    if (broken.code() == StatusCode::kUnavailable) {
+      auto fresh = OpenSession(options, s().generation + 1);
+      if (fresh.ok()) {
+        Install(std::move(*fresh));
+      } else {
+        st = Status(fresh.status().code(),
+                    "lost the connection to kvtierd, and reconnecting failed (the next call "
+                    "tries again): " + fresh.status().message());
+      }
+    }
+  }
+  t_call_client = serial;
+  t_call_generation = s().generation;
+  return st;
+}
+
+Status Client::Impl::DaemonRegion(uint32_t id, uint32_t* daemon_id) {
+  *daemon_id = id;
+  if (!options.reconnect || id == 0) return Status::Ok();
+  auto it = region_handles.find(id);
+  if (it == region_handles.end()) {
+    return Status(StatusCode::kNotFound, "region " + std::to_string(id) + " is not registered");
+  }
+  if (it->second.session != s().generation) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "region " + std::to_string(id) +
+                      " was registered in an earlier session (kvtierd went away and the client "
+                      "reconnected since): register it again");
+  }
+  *daemon_id = it->second.daemon_id;
+  return Status::Ok();
+}
+
+uint32_t Client::Impl::HandOutRegion(uint32_t daemon_id) {
+  if (!options.reconnect) return daemon_id;
+  uint32_t id = next_region_handle;
+  while (id == 0 || region_handles.contains(id)) ++id;
+  next_region_handle = id + 1;
+  region_handles[id] = RegionHandle{daemon_id, s().generation};
+  return id;
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() {
+  if (impl_ != nullptr && impl_->pinned) client_cuda::Unpin(impl_->s().pool.data());
+}
+
+Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (options.name_space.empty() || options.name_space.size() > wire::kMaxNamespaceBytes) {
+    return Status(StatusCode::kInvalidArgument, "name_space must be 1..128 bytes");
+  }
+  KVT_ASSIGN_OR_RETURN(auto session, Impl::OpenSession(options, 0));
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->Install(std::move(session));
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+std::span<std::byte> Client::pool() const { return impl_->current.load()->pool.bytes(); }
+std::span<std::byte> Client::pool(uint64_t generation) const {
+  const Session* s = impl_->current.load();
+  if (s->generation != generation) return {};
+  return s->pool.bytes();
+}
+const std::string& Client::tenant() const { return impl_->current.load()->tenant; }
+uint64_t Client::max_block_bytes() const { return impl_->current.load()->max_block_bytes; }
+uint64_t Client::spill_max_block_bytes() const {
+  return impl_->current.load()->spill_max_block_bytes;
+}
+uint64_t Client::session_id() const { return impl_->current.load()->session_id; }
 const ClientOptions& Client::options() const { return impl_->options; }
+uint64_t Client::reconnects() const { return impl_->reconnects.load(); }
+uint64_t Client::last_call_generation() const {
+  // The calling thread's own record, if its last call was on this client; else the current.
+  if (t_call_client == impl_->serial) return t_call_generation;
+  return impl_->current.load()->generation;
+}
 
 Status Client::VerifyLeases() const {
-  // The reads of leased bytes come before the check (pairs with the fence in kvtierd's
-  // Session::Revoke, which shuts the socket down before any leased slot may change).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  pollfd p{impl_->fd.get(), POLLRDHUP, 0};
-  const int rc = poll(&p, 1, 0);
-  if (rc == 0) return Status::Ok();
-  if (rc < 0) return ErrnoStatus("poll(kvtierd socket)", errno);
-  // Readable but not hung up: a reply nobody waits for (only a StartOnload's); still live.
-  if ((p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL)) == 0) return Status::Ok();
-  return Status(StatusCode::kFailedPrecondition,
-                "kvtierd ended this session (tenant purged, daemon draining or stopping, or an "
-                "error): its leases were revoked and bytes read through them may be wrong");
+  KVT_RETURN_IF_ERROR(CheckLive(*impl_->current.load()));
+  if (const uint64_t stale = impl_->stale_leases.load(); stale > 0) {
+    return Status(StatusCode::kFailedPrecondition,
+                  std::to_string(stale) +
+                      " lease(s) of an earlier session (before a reconnect) are still held: their "
+                      "bytes are not the block's. Release them (ReleaseRaw; nothing is sent)");
+  }
+  return Status::Ok();
 }
-uint64_t Client::session_id() const { return impl_->session_id; }
+
+Status Client::VerifySession(uint64_t generation) const {
+  const Session* s = impl_->current.load();
+  if (s->generation != generation) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "the leases are of session " + std::to_string(generation) +
+                      ", which kvtierd ended; the client has reconnected since (session " +
+                      std::to_string(s->generation) + "): bytes read through them may be wrong");
+  }
+  return CheckLive(*s);
+}
 
 Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> sizes,
                           std::span<uint64_t> offsets, std::span<StatusCode> codes,
@@ -358,14 +675,16 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
       return SpanSizeError("ttl_seconds");
     }
     if (offsets.size() < keys.size()) return SpanSizeError("offsets");
-    KVT_RETURN_IF_ERROR(CheckKeys(keys));
-    return CheckSizes(sizes, impl_->max_block_bytes);
+    return CheckKeys(keys);
   }();
+  std::lock_guard lock(impl_->mu);
+  if (s.ok()) s = impl_->Enter(/*may_reconnect=*/true);
+  // Against the limit of the session the reserve runs in (a reconnect may have changed it).
+  if (s.ok()) s = CheckSizes(sizes, impl_->s().max_block_bytes);
   if (!s.ok()) {
     FailFrom(codes, 0, s);
     return s;
   }
-  std::lock_guard lock(impl_->mu);
   size_t done = 0;
   s = ReserveFrames(keys, sizes, offsets, codes, ttl_seconds, refusal, &done);
   if (!s.ok()) {
@@ -385,7 +704,7 @@ Status Client::ReserveFrames(std::span<const Key> keys, std::span<const uint64_t
                              std::span<uint64_t> offsets, std::span<StatusCode> codes,
                              std::span<const uint32_t> ttl_seconds, std::string* refusal,
                              size_t* done) {
-  const uint64_t pool_bytes = impl_->pool.size();
+  const uint64_t pool_bytes = impl_->s().pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kReserve);
@@ -442,16 +761,25 @@ Status Client::Impl::PerItemOp(wire::Op op, std::span<const Key> keys,
 
 // Commit, abort, remove and prefetch share one shape: keys in, a uint16 status per key out.
 Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys,
-                        std::span<StatusCode> codes) {
+                        std::span<StatusCode> codes, const uint64_t* generation) {
   const auto op = static_cast<wire::Op>(raw_op);
   if (!codes.empty() && codes.size() < keys.size()) return SpanSizeError("codes");
   std::vector<StatusCode> scratch(codes.empty() ? keys.size() : 0);
   std::span<StatusCode> out = codes.empty() ? std::span<StatusCode>(scratch) : codes.first(keys.size());
-  if (Status s = CheckKeys(keys); !s.ok()) {
+  Status s = CheckKeys(keys);
+  std::lock_guard lock(impl_->mu);
+  // Commit and abort act on this session's reservations: a new session would have none.
+  if (s.ok()) s = impl_->Enter(op != wire::Op::kCommit && op != wire::Op::kAbort);
+  if (s.ok() && generation != nullptr && *generation != impl_->s().generation) {
+    s = Status(StatusCode::kFailedPrecondition,
+               "the keys were reserved in session " + std::to_string(*generation) +
+                   ", which kvtierd ended (the client reconnected since): the reservations "
+                   "went with it, and nothing was sent");
+  }
+  if (!s.ok()) {
     FailFrom(out, 0, s);
     return s;
   }
-  std::lock_guard lock(impl_->mu);
   return impl_->PerItemOp(op, keys, {}, out);
 }
 
@@ -461,6 +789,14 @@ Status Client::CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes)
 Status Client::AbortRaw(std::span<const Key> keys, std::span<StatusCode> codes) {
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kAbort), keys, codes);
 }
+Status Client::CommitRawInSession(uint64_t generation, std::span<const Key> keys,
+                                  std::span<StatusCode> codes) {
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kCommit), keys, codes, &generation);
+}
+Status Client::AbortRawInSession(uint64_t generation, std::span<const Key> keys,
+                                 std::span<StatusCode> codes) {
+  return PerKeyOp(static_cast<uint16_t>(wire::Op::kAbort), keys, codes, &generation);
+}
 Status Client::Remove(std::span<const Key> keys, std::span<StatusCode> codes) {
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kRemove), keys, codes);
 }
@@ -469,7 +805,9 @@ Status Client::Prefetch(std::span<const Key> keys, std::span<StatusCode> codes) 
   return PerKeyOp(static_cast<uint16_t>(wire::Op::kPrefetch), keys, codes);
 }
 
-bool Client::has_hints() const { return (impl_->features & wire::kFeatureHints) != 0; }
+bool Client::has_hints() const {
+  return (impl_->current.load()->features & wire::kFeatureHints) != 0;
+}
 
 namespace {
 
@@ -501,8 +839,9 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
   Status s = CheckKeys(keys);
   if (s.ok()) {
     std::lock_guard lock(impl_->mu);
+    s = impl_->Enter(/*may_reconnect=*/true);
     size_t done = 0;
-    s = AcquireFrames(keys, out, &done);
+    if (s.ok()) s = AcquireFrames(keys, out, &done);
     if (!s.ok()) {
       // A failed acquire holds nothing: give back what earlier frames leased.
       std::vector<uint64_t> ids;
@@ -511,6 +850,14 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
       }
       std::vector<StatusCode> ignored(ids.size());
       if (!ids.empty()) (void)impl_->PerItemOp(wire::Op::kRelease, {}, ids, ignored);
+    } else if (impl_->options.reconnect) {
+      // The caller gets the client's own ids, tagged with this session (LeaseHandles).
+      const uint64_t session = impl_->s().generation;
+      for (LeaseInfo& info : out) {
+        if (info.code != StatusCode::kOk) continue;
+        info.lease_id = impl_->lease_handles.Add(info.lease_id, session);
+        ++impl_->live_leases;
+      }
     }
   }
   if (!s.ok()) {
@@ -520,7 +867,7 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
 }
 
 Status Client::AcquireFrames(std::span<const Key> keys, std::span<LeaseInfo> out, size_t* done) {
-  const uint64_t pool_bytes = impl_->pool.size();
+  const uint64_t pool_bytes = impl_->s().pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kAcquire);
@@ -554,19 +901,60 @@ Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusC
   std::span<StatusCode> out =
       codes.empty() ? std::span<StatusCode>(scratch) : codes.first(lease_ids.size());
   std::lock_guard lock(impl_->mu);
-  return impl_->PerItemOp(wire::Op::kRelease, {}, lease_ids, out);
+  // The leases are this session's (or an earlier one's): a new session would have none.
+  Status s = impl_->Enter(/*may_reconnect=*/false);
+  if (s.ok() && impl_->transfer.active) {
+    s = Status(StatusCode::kFailedPrecondition,
+               "an onload started with StartOnload is still open: call FinishOnload first");
+  }
+  if (!s.ok()) {
+    FailFrom(out, 0, s);
+    return s;
+  }
+  if (!impl_->options.reconnect) return impl_->PerItemOp(wire::Op::kRelease, {}, lease_ids, out);
+  // The caller's ids -> kvtierd's. Those of an earlier session are void (kvtierd gave them
+  // back when it ended that session) and never sent: a new kvtierd may have handed out the same
+  // daemon id in this session. Each slot is freed now; if the release then fails, the session
+  // is lost, and the leases with it.
+  const uint64_t session = impl_->s().generation;
+  std::vector<uint64_t> daemon_ids;
+  std::vector<size_t> sent;  // index in lease_ids of each daemon_ids entry
+  for (size_t i = 0; i < lease_ids.size(); ++i) {
+    uint64_t daemon_id = 0;
+    switch (impl_->lease_handles.Take(lease_ids[i], session, &daemon_id)) {
+      case LeaseHandles::Found::kLive:
+        --impl_->live_leases;
+        daemon_ids.push_back(daemon_id);
+        sent.push_back(i);
+        break;
+      case LeaseHandles::Found::kStale:
+        impl_->stale_leases.fetch_sub(1, std::memory_order_relaxed);
+        out[i] = StatusCode::kFailedPrecondition;
+        break;
+      case LeaseHandles::Found::kUnknown:
+        out[i] = StatusCode::kNotFound;  // as kvtierd says of an id that is no live lease
+        break;
+    }
+  }
+  if (daemon_ids.empty()) return Status::Ok();
+  std::vector<StatusCode> sent_codes(daemon_ids.size());
+  s = impl_->PerItemOp(wire::Op::kRelease, {}, daemon_ids, sent_codes);
+  for (size_t j = 0; j < sent.size(); ++j) out[sent[j]] = sent_codes[j];
+  return s;
 }
 
 Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> tiers,
                                    PrefixEstimate* estimate) {
   if (!tiers.empty() && tiers.size() < keys.size()) return SpanSizeError("tiers");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
+  std::lock_guard lock(impl_->mu);
+  if (estimate != nullptr) *estimate = PrefixEstimate{};
+  KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   const bool estimating =
-      estimate != nullptr && (impl_->features & wire::kFeatureMatchEstimate) != 0;
+      estimate != nullptr && (impl_->s().features & wire::kFeatureMatchEstimate) != 0;
   if (estimate != nullptr) *estimate = PrefixEstimate{.valid = estimating};
   const wire::Op op = estimating ? wire::Op::kMatchPrefixEstimate : wire::Op::kMatchPrefix;
   const size_t head = estimating ? sizeof(wire::MatchEstimate) : 0;
-  std::lock_guard lock(impl_->mu);
   size_t matched = 0;
   uint64_t queue_us = 0;  // frames after the first wait behind the same queue: counted once
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
@@ -610,6 +998,7 @@ Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> ti
 
 Result<PoolStats> Client::Stats() {
   std::lock_guard lock(impl_->mu);
+  KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   wire::FrameWriter w = impl_->Begin(wire::Op::kStats);
   KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kStats, 0, 0));
   wire::StatsReply s{};
@@ -641,6 +1030,7 @@ Result<Reservations> Client::Reserve(std::span<const Key> keys, std::span<const 
       !s.ok()) {
     return s;
   }
+  r.generation_ = last_call_generation();
   return r;
 }
 
@@ -648,6 +1038,7 @@ Result<Leases> Client::Acquire(std::span<const Key> keys) {
   Leases l(this);
   l.infos_.resize(keys.size());
   if (Status s = AcquireRaw(keys, l.infos_); !s.ok()) return s;
+  l.generation_ = last_call_generation();
   return l;
 }
 
@@ -658,6 +1049,7 @@ Reservations::Reservations(Reservations&& other) noexcept
       offsets_(std::move(other.offsets_)),
       codes_(std::move(other.codes_)),
       refusal_(std::move(other.refusal_)),
+      generation_(other.generation_),
       done_(std::exchange(other.done_, true)) {}
 
 Reservations& Reservations::operator=(Reservations&& other) noexcept {
@@ -669,6 +1061,7 @@ Reservations& Reservations::operator=(Reservations&& other) noexcept {
     offsets_ = std::move(other.offsets_);
     codes_ = std::move(other.codes_);
     refusal_ = std::move(other.refusal_);
+    generation_ = other.generation_;
     done_ = std::exchange(other.done_, true);
   }
   return *this;
@@ -680,7 +1073,9 @@ Reservations::~Reservations() {
 
 std::span<std::byte> Reservations::data(size_t i) const {
   if (codes_[i] != StatusCode::kOk || done_) return {};
-  return client_->pool().subspan(offsets_[i], sizes_[i]);
+  const std::span<std::byte> pool = client_->pool(generation_);
+  if (pool.empty()) return {};  // reserved in a session that has been replaced since
+  return pool.subspan(offsets_[i], sizes_[i]);
 }
 
 std::vector<Key> Reservations::ReservedKeys() const {
@@ -691,27 +1086,26 @@ std::vector<Key> Reservations::ReservedKeys() const {
   return keys;
 }
 
-Status Reservations::Commit() {
-  if (done_) return Status(StatusCode::kFailedPrecondition, "reservations already ended");
-  done_ = true;
-  const std::vector<Key> keys = ReservedKeys();
-  std::vector<StatusCode> codes(keys.size());
-  KVT_RETURN_IF_ERROR(client_->CommitRaw(keys, codes));
-  return Summarize(codes, "committed");
-}
+Status Reservations::Commit() { return End(/*commit=*/true); }
+Status Reservations::Abort() { return End(/*commit=*/false); }
 
-Status Reservations::Abort() {
+Status Reservations::End(bool commit) {
   if (done_) return Status(StatusCode::kFailedPrecondition, "reservations already ended");
   done_ = true;
   const std::vector<Key> keys = ReservedKeys();
+  if (keys.empty()) return Status::Ok();
   std::vector<StatusCode> codes(keys.size());
-  KVT_RETURN_IF_ERROR(client_->AbortRaw(keys, codes));
-  return Summarize(codes, "aborted");
+  // Only in the session that reserved them: after a reconnect the same keys could name
+  // reservations made in the new one.
+  KVT_RETURN_IF_ERROR(commit ? client_->CommitRawInSession(generation_, keys, codes)
+                             : client_->AbortRawInSession(generation_, keys, codes));
+  return Summarize(codes, commit ? "committed" : "aborted");
 }
 
 Leases::Leases(Leases&& other) noexcept
     : client_(other.client_),
       infos_(std::move(other.infos_)),
+      generation_(other.generation_),
       done_(std::exchange(other.done_, true)) {}
 
 Leases& Leases::operator=(Leases&& other) noexcept {
@@ -719,6 +1113,7 @@ Leases& Leases::operator=(Leases&& other) noexcept {
     if (!done_) (void)Release();
     client_ = other.client_;
     infos_ = std::move(other.infos_);
+    generation_ = other.generation_;
     done_ = std::exchange(other.done_, true);
   }
   return *this;
@@ -731,7 +1126,9 @@ Leases::~Leases() {
 std::span<const std::byte> Leases::data(size_t i) const {
   const LeaseInfo& info = infos_[i];
   if (info.code != StatusCode::kOk || done_) return {};
-  return client_->pool().subspan(info.offset, info.size);
+  const std::span<std::byte> pool = client_->pool(generation_);
+  if (pool.empty()) return {};  // taken in a session that has been replaced since
+  return pool.subspan(info.offset, info.size);
 }
 
 size_t Leases::prefix() const {
@@ -749,12 +1146,20 @@ Status Leases::Release() {
   }
   std::vector<StatusCode> codes(ids.size());
   KVT_RETURN_IF_ERROR(client_->ReleaseRaw(ids, codes));
+  if (!ids.empty() && std::all_of(codes.begin(), codes.end(), [](StatusCode c) {
+        return c == StatusCode::kFailedPrecondition;
+      })) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "the leases were of session " + std::to_string(generation_) +
+                      ", which kvtierd ended (the client reconnected since): kvtierd gave them "
+                      "back then, and nothing was sent now");
+  }
   return Summarize(codes, "released");
 }
 
 Status Leases::Verify() const {
   if (done_) return Status(StatusCode::kFailedPrecondition, "the leases were released");
-  return client_->VerifyLeases();
+  return client_->VerifySession(generation_);
 }
 
 
@@ -851,6 +1256,7 @@ Result<uint32_t> Client::RegisterHostRegion(int memfd, uint64_t bytes, std::byte
   spec.kind = static_cast<uint32_t>(wire::RegionKind::kHost);
   spec.bytes = bytes;
   std::lock_guard lock(impl_->mu);
+  KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   wire::FrameWriter w = impl_->Begin(wire::Op::kRegisterRegion);
   w.Append(&spec, sizeof(spec));
   KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kRegisterRegion, 0, 0,
@@ -860,8 +1266,9 @@ Result<uint32_t> Client::RegisterHostRegion(int memfd, uint64_t bytes, std::byte
     return Status(StatusCode::kProtocolError, "kvtierd's register_region reply has the wrong size");
   }
   std::memcpy(&out, reply.body.data(), sizeof(out));
-  if (local != nullptr) impl_->local_regions[out.region_id] = {local, bytes};
-  return out.region_id;
+  const uint32_t id = impl_->HandOutRegion(out.region_id);
+  if (local != nullptr) impl_->local_regions[id] = {local, bytes};
+  return id;
 }
 
 Result<uint32_t> Client::RegisterCudaRegion(int device, std::span<const std::byte> ipc_handle,
@@ -881,6 +1288,7 @@ Result<uint32_t> Client::RegisterCudaRegion(int device, std::span<const std::byt
   std::memcpy(spec.ipc_handle, ipc_handle.data(), ipc_handle.size());
   spec.events = static_cast<uint32_t>(event_handles.size() / wire::kCudaIpcHandleBytes);
   std::lock_guard lock(impl_->mu);
+  KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   wire::FrameWriter w = impl_->Begin(wire::Op::kRegisterRegion);
   w.Append(&spec, sizeof(spec));
   w.Append(event_handles.data(), event_handles.size());
@@ -890,17 +1298,25 @@ Result<uint32_t> Client::RegisterCudaRegion(int device, std::span<const std::byt
     return Status(StatusCode::kProtocolError, "kvtierd's register_region reply has the wrong size");
   }
   std::memcpy(&out, reply.body.data(), sizeof(out));
-  return out.region_id;
+  return impl_->HandOutRegion(out.region_id);
 }
 
 Status Client::DeregisterRegion(uint32_t region) {
   std::lock_guard lock(impl_->mu);
+  KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/false));
+  uint32_t daemon_id = 0;
+  if (Status s = impl_->DaemonRegion(region, &daemon_id); !s.ok()) {
+    // One of an earlier session went with it: forget it (the call still says so).
+    if (s.code() == StatusCode::kFailedPrecondition) impl_->region_handles.erase(region);
+    return s;
+  }
   wire::FrameWriter w = impl_->Begin(wire::Op::kDeregisterRegion);
-  const wire::RegionId id{region, 0};
+  const wire::RegionId id{daemon_id, 0};
   w.Append(&id, sizeof(id));
   KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kDeregisterRegion, 0, 0));
   (void)reply;
   impl_->local_regions.erase(region);
+  impl_->region_handles.erase(region);
   return Status::Ok();
 }
 
@@ -916,18 +1332,22 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
     if (!ttl_seconds.empty() && ttl_seconds.size() != keys.size()) {
       return SpanSizeError("ttl_seconds");
     }
-    KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/false));
-    return CheckSizes(sizes, impl_->max_block_bytes);
+    return TransferChecks(keys, offsets, options, /*single_frame=*/false);
   }();
+  std::lock_guard lock(impl_->mu);
+  if (s.ok()) s = impl_->Enter(/*may_reconnect=*/true);
+  if (s.ok()) s = CheckSizes(sizes, impl_->s().max_block_bytes);
+  uint32_t daemon_region = 0;
+  TransferOptions daemon_options;
+  if (s.ok()) s = impl_->DaemonTransfer(region, options, &daemon_region, &daemon_options);
   if (!s.ok()) {
     FailFrom(out, 0, s);
     return s;
   }
-  std::lock_guard lock(impl_->mu);
   for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kOffload);
-    AppendTransferSpec(w, region, options);
+    AppendTransferSpec(w, daemon_region, daemon_options);
     auto* items = w.AppendItems<wire::OffloadItem>(n);
     for (size_t i = 0; i < n; ++i) {
       wire::OffloadItem item{ToWire(keys[base + i]), offsets[base + i],
@@ -968,15 +1388,23 @@ Status Client::Onload(std::span<const Key> keys, uint32_t region,
                       std::span<const uint64_t> offsets, std::span<OnloadInfo> out,
                       const TransferOptions& options) {
   if (out.size() < keys.size()) return SpanSizeError("out");
-  if (Status s = TransferChecks(keys, offsets, options, /*single_frame=*/false); !s.ok()) {
-    for (size_t i = 0; i < keys.size(); ++i) out[i] = OnloadInfo{.code = s.code()};
-    return s;
-  }
+  Status checked = TransferChecks(keys, offsets, options, /*single_frame=*/false);
   std::lock_guard lock(impl_->mu);
+  if (checked.ok()) checked = impl_->Enter(/*may_reconnect=*/true);
+  uint32_t daemon_region = 0;
+  TransferOptions daemon_options;
+  if (checked.ok()) {
+    checked = impl_->DaemonTransfer(region, options, &daemon_region, &daemon_options);
+  }
+  if (!checked.ok()) {
+    for (size_t i = 0; i < keys.size(); ++i) out[i] = OnloadInfo{.code = checked.code()};
+    return checked;
+  }
   for (size_t base = 0; base < keys.size() || base == 0; base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
     wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
-    AppendOnload(w, region, options, keys.subspan(base, n), offsets.subspan(base, n));
+    AppendOnload(w, daemon_region, daemon_options, keys.subspan(base, n),
+                 offsets.subspan(base, n));
     auto id = impl_->Send(w);
     Status s = id.ok() ? ReadOnloadReply(*id, n, out.subspan(base, n)) : id.status();
     if (!s.ok()) {
@@ -993,6 +1421,10 @@ Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
                            std::span<const uint64_t> offsets, const TransferOptions& options) {
   KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/true));
   std::lock_guard lock(impl_->mu);
+  KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
+  uint32_t daemon_region = 0;
+  TransferOptions daemon_options;
+  KVT_RETURN_IF_ERROR(impl_->DaemonTransfer(region, options, &daemon_region, &daemon_options));
   const uint32_t* progress = nullptr;
   if (options.progress_region != 0) {
     auto it = impl_->local_regions.find(options.progress_region);
@@ -1005,7 +1437,7 @@ Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
     progress = reinterpret_cast<const uint32_t*>(it->second.first + options.progress_offset);
   }
   wire::FrameWriter w = impl_->Begin(wire::Op::kOnload);
-  AppendOnload(w, region, options, keys, offsets);
+  AppendOnload(w, daemon_region, daemon_options, keys, offsets);
   KVT_ASSIGN_OR_RETURN(const uint64_t id, impl_->Send(w));
   impl_->transfer = Impl::OpenTransfer{true, id, keys.size(), options.layers, progress};
   return Status::Ok();
@@ -1013,6 +1445,7 @@ Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
 
 Status Client::WaitLayer(uint32_t layer) {
   std::lock_guard lock(impl_->mu);
+  (void)impl_->Enter(/*may_reconnect=*/false);
   const Impl::OpenTransfer& t = impl_->transfer;
   if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
   if (t.progress == nullptr) {
@@ -1029,7 +1462,7 @@ Status Client::WaitLayer(uint32_t layer) {
     if (seen > layer) return Status::Ok();
     // The daemon sets every layer before it replies, so a reply waiting means this layer
     // will never come (the request failed as a whole).
-    pollfd p{impl_->fd.get(), POLLIN, 0};
+    pollfd p{impl_->s().fd.get(), POLLIN, 0};
     if (poll(&p, 1, 0) > 0) {
       if (std::atomic_ref<const uint32_t>(*t.progress).load(std::memory_order_acquire) > layer) {
         return Status::Ok();
@@ -1052,6 +1485,7 @@ Status Client::WaitLayer(uint32_t layer) {
 
 Status Client::FinishOnload(std::span<OnloadInfo> out) {
   std::lock_guard lock(impl_->mu);
+  (void)impl_->Enter(/*may_reconnect=*/false);
   Impl::OpenTransfer t = impl_->transfer;
   if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
   if (out.size() < t.items) return SpanSizeError("out");
@@ -1065,8 +1499,9 @@ Status Client::FinishOnload(std::span<OnloadInfo> out) {
 
 Status Client::PinPoolForCuda() {
   std::lock_guard lock(impl_->mu);
+  (void)impl_->Enter(/*may_reconnect=*/false);
   if (impl_->pinned) return Status::Ok();
-  KVT_RETURN_IF_ERROR(client_cuda::Pin(impl_->pool.data(), impl_->pool.size()));
+  KVT_RETURN_IF_ERROR(client_cuda::Pin(impl_->s().pool.data(), impl_->s().pool.size()));
   impl_->pinned = true;
   return Status::Ok();
 }

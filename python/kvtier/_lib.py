@@ -2,7 +2,7 @@
 
 Private: the public surface is kvtier.Client and friends. The library is found, in order, at
 $KVTIER_LIBKVCLIENT, next to this package (a wheel that bundles it), then by the dynamic
-loader's own search (libkvclient.so.0 installed by `cmake --install`, LD_LIBRARY_PATH).
+loader's own search (libkvclient.so.1 installed by `cmake --install`, LD_LIBRARY_PATH).
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ class ConnectOptionsStruct(ctypes.Structure):
     _fields_ = [("timeout_ms", c_int32), ("spin_us", c_uint32)]
 
 
+class ClientOptionsStruct(ctypes.Structure):
+    """kvtier_client_options: versioned by struct_size (set it to ctypes.sizeof of this)."""
+    _fields_ = [("struct_size", c_uint32), ("timeout_ms", c_int32), ("spin_us", c_uint32),
+                ("reconnect", c_uint32)]
+
+
 class TransferOptionsStruct(ctypes.Structure):
     _fields_ = [
         ("layers", c_uint32),
@@ -93,7 +99,7 @@ def _candidates() -> list[str]:
     found = ctypes.util.find_library("kvclient")
     if found:
         out.append(found)
-    out += ["libkvclient.so.0", "libkvclient.so"]
+    out += ["libkvclient.so.1", "libkvclient.so"]
     return out
 
 
@@ -118,6 +124,14 @@ lib: Any = _load()
 _PROTOS: dict[str, tuple[Any, list[Any]]] = {
     "kvtier_connect_ex": (c_int, [c_char_p, c_char_p, POINTER(ConnectOptionsStruct),
                                   POINTER(c_void_p)]),
+    "kvtier_connect_with": (c_int, [c_char_p, c_char_p, POINTER(ClientOptionsStruct),
+                                    POINTER(c_void_p)]),
+    "kvtier_reconnects": (c_uint64, [c_void_p]),
+    "kvtier_call_generation": (c_uint64, [c_void_p]),
+    "kvtier_pool_base_of": (c_void_p, [c_void_p, c_uint64]),
+    "kvtier_verify_session": (c_int, [c_void_p, c_uint64]),
+    "kvtier_commit_in_session": (c_int, [c_void_p, c_uint64, c_void_p, c_size_t, c_void_p]),
+    "kvtier_abort_in_session": (c_int, [c_void_p, c_uint64, c_void_p, c_size_t, c_void_p]),
     "kvtier_close": (None, [c_void_p]),
     "kvtier_error": (c_char_p, []),
     "kvtier_status_name": (c_char_p, [c_int]),

@@ -14,6 +14,12 @@ Purges: an operator's purge of the tenant (also a drain or a shutdown of kvtierd
 session and zeroes the pool, leases or not. A block read through a lease is right only if
 `Leases.verify()` passes *after* the read; `get_copy`, `get_copy_into`, `Leases.copy_into` and
 `kvtier.llama_cpp` check for you.
+
+Restarts: once kvtierd goes away every call raises UnavailableError. With
+``Client(..., reconnect=True)`` the next call opens a new session first (``Client.reconnects``
+counts them). Reservations and Leases of the lost session are void: their views and copies
+raise (FAILED_PRECONDITION), `verify()` fails, and ending them sends nothing; their old views
+read zeros (never the new session's pool, never freed memory).
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ def _check(status: int) -> None:
 
 
 def version() -> str:
-    """libkvclient's version, e.g. "0.4.0": the same as the package's."""
+    """libkvclient's version, e.g. "0.5.0": the same as the package's."""
     return str(lib.kvtier_version().decode())
 
 
@@ -273,9 +279,12 @@ class Reservation(_ViewOwner):
     """
 
     def __init__(self, client: "Client", keys: list[bytes], sizes: list[int],
-                 offsets: Any, codes: list[StatusCode], refusal: str, packed: Any) -> None:
+                 offsets: Any, codes: list[StatusCode], refusal: str, packed: Any,
+                 generation: int) -> None:
         super().__init__()
         self._client = client
+        #: The session it was reserved in (see Client.reconnects).
+        self.generation = generation
         self._packed = packed  # the keys as passed to libkvclient
         self.keys = keys
         self.sizes = sizes
@@ -308,7 +317,7 @@ class Reservation(_ViewOwner):
         if self.codes[i] != StatusCode.OK:
             raise KvtierError(f"key {i} was not reserved ({self.codes[i].name.lower()})",
                               self.codes[i])
-        return self._client._pool_base + int(self._offsets[i])
+        return self._client._base_of(self.generation) + int(self._offsets[i])
 
     def view(self, i: int) -> memoryview:
         """The reserved slot of key i, writable in place (zero copy)."""
@@ -333,20 +342,26 @@ class Reservation(_ViewOwner):
                 raise BufferError(f"{self._views} view(s) of the reservation are alive: drop "
                                   f"them first (a write after this could hit another block)")
             self._ending = self._ended = True
+        # Only in the session that reserved them (after a reconnect: FAILED_PRECONDITION).
+        gen = self.generation
+
+        def in_session(c: Any, packed: Any, n: int, codes: Any) -> int:
+            return int(op(c, gen, packed, n, codes))
+
         if all(c == StatusCode.OK for c in self.codes):  # the usual case: no repacking
-            return self._client._per_key_packed(op, self._packed, len(self.keys))
-        return self._client._per_key(op, self._reserved())
+            return self._client._per_key_packed(in_session, self._packed, len(self.keys))
+        return self._client._per_key(in_session, self._reserved())
 
     def commit(self) -> list[StatusCode]:
         """Publishes every reserved key; returns the per-key codes of those (in order)."""
-        return self._finish(lib.kvtier_commit)
+        return self._finish(lib.kvtier_commit_in_session)
 
     def abort(self) -> list[StatusCode]:
         """Gives the slots back; nothing becomes visible."""
-        return self._finish(lib.kvtier_abort)
+        return self._finish(lib.kvtier_abort_in_session)
 
     def _end_now(self) -> None:  # the abort of a reservation left without commit()
-        self._client._abort_later(self._reserved())
+        self._client._abort_later(self._reserved(), self.generation)
 
 
 class Leases(_ViewOwner):
@@ -356,9 +371,12 @@ class Leases(_ViewOwner):
     `release()` (or leaving the `with` block) ends them, once no view of them is left.
     """
 
-    def __init__(self, client: "Client", keys: list[bytes], leases: Any) -> None:
+    def __init__(self, client: "Client", keys: list[bytes], leases: Any,
+                 generation: int) -> None:
         super().__init__()
         self._client = client
+        #: The session they were taken in (see Client.reconnects).
+        self.generation = generation
         self.keys = keys
         self._leases = leases
         self.codes = [_code(l.code) for l in leases]
@@ -397,7 +415,7 @@ class Leases(_ViewOwner):
         if self.codes[i] != StatusCode.OK:
             raise KvtierError(f"key {i} is not leased ({self.codes[i].name.lower()})",
                               self.codes[i])
-        return self._client._pool_base + int(self._leases[i].offset)
+        return self._client._base_of(self.generation) + int(self._leases[i].offset)
 
     def view(self, i: int) -> memoryview:
         """Key i's block, read-only, in place (zero copy). Call verify() after reading it."""
@@ -408,14 +426,15 @@ class Leases(_ViewOwner):
         Call it after the read (or after the copy has finished, for asynchronous copies)."""
         if self._ended or self._client._c is None:
             return False
-        return bool(lib.kvtier_verify_leases(self._client._c) == 0)
+        return bool(lib.kvtier_verify_session(self._client._c, self.generation) == 0)
 
     def verify(self) -> None:
         """Raises LeaseRevokedError unless intact(): call after reading, before using."""
         if not self.intact():
             raise LeaseRevokedError("kvtierd ended this session (tenant purged, daemon draining "
-                                    "or stopping): bytes read through these leases may be "
-                                    "wrong; treat them as a miss")
+                                    "or stopping, or restarted and the client reconnected): "
+                                    "bytes read through these leases may be wrong; treat them "
+                                    "as a miss")
 
     def copy_into(self, i: int, out: Buffer) -> int:
         """Copies key i's block into `out` (at least as large), then verifies; returns its size.
@@ -452,7 +471,8 @@ class Leases(_ViewOwner):
 
     def _end_now(self) -> None:
         self._client._release_later(
-            [l.lease_id for l, c in zip(self._leases, self.codes) if c == StatusCode.OK])
+            [l.lease_id for l, c in zip(self._leases, self.codes) if c == StatusCode.OK],
+            self.generation)
 
 
 class HostMemory(_ViewOwner):
@@ -535,72 +555,138 @@ class Client(_ViewOwner):
     """
 
     def __init__(self, socket_path: Optional[str] = None, namespace: str = "",
-                 *, timeout_ms: int = 30000, spin_us: int = 50) -> None:
+                 *, timeout_ms: int = 30000, spin_us: int = 50, reconnect: bool = False) -> None:
+        """`reconnect`: after the connection to kvtierd is lost (it stopped, restarted or ended
+        this session), the next call opens a new session and then runs; if kvtierd is still
+        down it raises UnavailableError at once, and the call after tries again. Off: every
+        call after the loss raises UnavailableError."""
         if socket_path is None:
             socket_path = os.environ.get("KVTIER_SOCKET", DEFAULT_SOCKET)
         if not namespace or len(namespace.encode()) > 128:
             raise InvalidArgumentError("namespace must be 1..128 bytes")
-        options = _lib.ConnectOptionsStruct(timeout_ms, spin_us)
+        options = _lib.ClientOptionsStruct(ctypes.sizeof(_lib.ClientOptionsStruct), timeout_ms,
+                                           spin_us, 1 if reconnect else 0)
         super().__init__()
         self._c: Optional[int] = None
         self._onload_open = False
-        self._pending_release: list[int] = []  # leases and reservations whose end failed or
-        self._pending_abort: list[bytes] = []  # had to wait (an onload open): sent next call
-        self._regions: dict[int, HostMemory] = {}
+        # Leases and reservations whose end failed or had to wait (an onload open): sent on the
+        # next call. Aborts carry the generation they were reserved in.
+        self._pending_release: list[int] = []
+        self._pending_abort: list[tuple[int, list[bytes]]] = []
+        self._regions: dict[int, tuple[HostMemory, int]] = {}  # id -> (memory, generation)
+        self._seen_reconnects = 0
         handle = ctypes.c_void_p()
-        _check(lib.kvtier_connect_ex(socket_path.encode(), namespace.encode(),
-                                     ctypes.byref(options), ctypes.byref(handle)))
+        _check(lib.kvtier_connect_with(socket_path.encode(), namespace.encode(),
+                                       ctypes.byref(options), ctypes.byref(handle)))
         self._c = handle.value
         self.socket_path = socket_path
         self.namespace = namespace
         #: The connect options, for opening another client like this one.
         self.timeout_ms = timeout_ms
         self.spin_us = spin_us
-        self._pool_base = int(lib.kvtier_pool_base(self._c) or 0)
-        #: Bytes of the tenant's pool (the shared mapping).
-        self.pool_size = int(lib.kvtier_pool_size(self._c))
-        #: Largest block reserve and offload accept.
-        self.max_block_bytes = int(lib.kvtier_max_block_bytes(self._c))
-        #: Largest block the tenant's SSD tier keeps (0: no SSD tier); larger ones are DRAM-only.
-        self.spill_max_block_bytes = int(lib.kvtier_spill_max_block_bytes(self._c))
+        self.reconnect = reconnect
+        self._pool_base = int(lib.kvtier_pool_base(self._c) or 0)  # of the first session
+
+    # --- the current session (after a reconnect: the new one's) ---
+    @property
+    def pool_size(self) -> int:
+        """Bytes of the tenant's pool (the shared mapping)."""
+        return int(lib.kvtier_pool_size(self._live()))
+
+    @property
+    def max_block_bytes(self) -> int:
+        """Largest block reserve and offload accept."""
+        return int(lib.kvtier_max_block_bytes(self._live()))
+
+    @property
+    def spill_max_block_bytes(self) -> int:
+        """Largest block the tenant's SSD tier keeps (0: no SSD tier); larger ones are
+        DRAM-only."""
+        return int(lib.kvtier_spill_max_block_bytes(self._live()))
+
+    @property
+    def reconnects(self) -> int:
+        """How many new sessions this client opened after losing one (``reconnect=True``):
+        the current session's generation. Compare before and after a call to learn that it
+        reconnected; what the earlier session held is void."""
+        return int(lib.kvtier_reconnects(self._live()))
+
+    def _generation(self) -> int:
+        """The session the calling thread's last call ran in."""
+        return int(lib.kvtier_call_generation(self._c))
+
+    def _base_of(self, generation: int) -> int:
+        """The pool base of session `generation`; raises once a reconnect replaced it."""
+        if not self.reconnect:  # one session only: no call into libkvclient per block
+            return self._pool_base
+        base = lib.kvtier_pool_base_of(self._c, generation) if self._c is not None else None
+        if not base:
+            raise KvtierError("this was reserved or leased in an earlier session: kvtierd went "
+                              "away and the client reconnected since, so it is void",
+                              StatusCode.FAILED_PRECONDITION)
+        return int(base)
 
     # --- lifetime ---
     @property
     def closed(self) -> bool:
         return self._ending
 
+    def _live(self) -> int:
+        if self._c is None:
+            raise KvtierError("the client is closed", StatusCode.FAILED_PRECONDITION)
+        return self._c
+
     def _handle(self) -> int:
         if self._ending or self._c is None:
             raise KvtierError("the client is closed", StatusCode.FAILED_PRECONDITION)
+        if self.reconnect:
+            self._sync()
         if (self._pending_release or self._pending_abort) and not self._onload_open:
             self._flush_pending()
         return self._c
 
+    def _sync(self) -> None:
+        """After a reconnect: regions of an earlier session are gone, their memory free."""
+        n = int(lib.kvtier_reconnects(self._c))
+        if n == self._seen_reconnects:
+            return
+        self._seen_reconnects = n
+        for region, (memory, gen) in list(self._regions.items()):
+            if gen != n:
+                del self._regions[region]
+                memory._view_gone()
+
     def _flush_pending(self) -> None:
         ids, self._pending_release = self._pending_release, []
-        keys, self._pending_abort = self._pending_abort, []
+        aborts, self._pending_abort = self._pending_abort, []
         if ids:  # a failure here means the session is gone, and with it what it held
             lib.kvtier_release(self._c, (ctypes.c_uint64 * len(ids))(*ids), len(ids), None)
-        if keys:
-            lib.kvtier_abort(self._c, _keys(keys), len(keys), None)
+        for gen, keys in aborts:  # only in the session that reserved them
+            lib.kvtier_abort_in_session(self._c, gen, _keys(keys), len(keys), None)
 
-    def _session_ended(self) -> bool:
-        return self._c is None or self._ending or lib.kvtier_verify_leases(self._c) != 0
+    def _session_over(self, generation: int) -> bool:
+        return (self._c is None or self._ending or
+                lib.kvtier_verify_session(self._c, generation) != 0)
 
-    def _release_later(self, ids: list[int]) -> None:
+    def _release_later(self, ids: list[int], generation: int) -> None:
         """Releases lease ids now if it can (also from a view's finalizer), else on the next
-        call. Nothing to do once the session has ended: kvtierd gave them back."""
-        if not ids or self._session_ended():
+        call. Nothing to do once the session has ended: kvtierd gave them back. (With
+        reconnect the ids are libkvclient's own, and releasing those of an ended session only
+        makes it forget them: no round trip.)"""
+        if not ids or self._c is None or self._ending:
+            return
+        if not self.reconnect and self._session_over(generation):
             return
         if self._onload_open or lib.kvtier_release(self._c, (ctypes.c_uint64 * len(ids))(*ids),
                                                    len(ids), None) != 0:
             self._pending_release += ids
 
-    def _abort_later(self, keys: list[bytes]) -> None:
-        if not keys or self._session_ended():
+    def _abort_later(self, keys: list[bytes], generation: int) -> None:
+        if not keys or self._session_over(generation):
             return
-        if self._onload_open or lib.kvtier_abort(self._c, _keys(keys), len(keys), None) != 0:
-            self._pending_abort += keys
+        if self._onload_open or lib.kvtier_abort_in_session(self._c, generation, _keys(keys),
+                                                            len(keys), None) != 0:
+            self._pending_abort.append((generation, keys))
 
     def close(self) -> None:
         """Ends the session (kvtierd gives back everything it held); the pool is unmapped once
@@ -611,7 +697,7 @@ class Client(_ViewOwner):
         if self._c is not None:
             lib.kvtier_close(self._c)
             self._c = None
-        for memory in self._regions.values():
+        for memory, _ in self._regions.values():
             memory._view_gone()
         self._regions.clear()
 
@@ -647,7 +733,7 @@ class Client(_ViewOwner):
                                      offsets, codes))
         refusal = lib.kvtier_error().decode("utf-8", "replace")
         return Reservation(self, [bytes(k) for k in keys], list(sizes), offsets,
-                           [_code(c) for c in codes], refusal, karr)
+                           [_code(c) for c in codes], refusal, karr, self._generation())
 
     def commit(self, keys: Sequence[Key]) -> list[StatusCode]:
         """Publishes reserved keys of this session (Reservation.commit does this for you)."""
@@ -686,7 +772,8 @@ class Client(_ViewOwner):
         out = (_lib.LeaseStruct * n)()
         if n:
             _check(lib.kvtier_acquire(self._handle(), _keys(keys), n, out))
-        return Leases(self, [bytes(k) for k in keys], out)
+            return Leases(self, [bytes(k) for k in keys], out, self._generation())
+        return Leases(self, [], out, int(lib.kvtier_reconnects(self._live())))
 
     def release(self, lease_ids: Sequence[int]) -> list[StatusCode]:
         """Ends leases by id (Leases.release does this for you)."""
@@ -735,7 +822,7 @@ class Client(_ViewOwner):
         if len(bufs) != len(keys):
             raise InvalidArgumentError("values must be as long as keys")
         r = self.reserve(keys, [b[1] for b in bufs], ttl_seconds)
-        base = self._pool_base
+        base = self._base_of(r.generation)
         copy = lib.kvtier_copy_to_pool
         for i, (addr, n, _) in enumerate(bufs):
             if r.codes[i] == StatusCode.OK:
@@ -749,7 +836,7 @@ class Client(_ViewOwner):
         verify, release. Raises LeaseRevokedError if a purge ended the session meanwhile."""
         with self.acquire(keys) as leases:
             out: list[Optional[bytearray]] = []
-            base = self._pool_base
+            base = self._base_of(leases.generation) if leases.codes else 0
             copy = lib.kvtier_copy_from_pool
             for lease, code in zip(leases._leases, leases.codes):
                 if code != StatusCode.OK:
@@ -769,7 +856,7 @@ class Client(_ViewOwner):
         if len(outs) != len(keys):
             raise InvalidArgumentError("outs must be as long as keys")
         with self.acquire(keys) as leases:
-            base = self._pool_base
+            base = self._base_of(leases.generation) if leases.codes else 0
             copy = lib.kvtier_copy_from_pool
             for i, (lease, code) in enumerate(zip(leases._leases, leases.codes)):
                 if code != StatusCode.OK:
@@ -791,7 +878,7 @@ class Client(_ViewOwner):
                                                memory.address, ctypes.byref(region)))
         # libkvclient waits on progress words in it: it stays mapped while registered.
         memory._hold()
-        self._regions[int(region.value)] = memory
+        self._regions[int(region.value)] = (memory, self._generation())
         return int(region.value)
 
     def register_cuda_region(self, device: int, ipc_handle: bytes, size: int,
@@ -808,10 +895,14 @@ class Client(_ViewOwner):
         return int(region.value)
 
     def deregister_region(self, region: int) -> None:
-        _check(lib.kvtier_deregister_region(self._handle(), region))
-        memory = self._regions.pop(region, None)
-        if memory is not None:
-            memory._view_gone()
+        """Ends a region. One of an earlier session (before a reconnect) is gone already:
+        FAILED_PRECONDITION."""
+        status = lib.kvtier_deregister_region(self._handle(), region)
+        if status == 0 or status == StatusCode.FAILED_PRECONDITION:
+            held = self._regions.pop(region, None)
+            if held is not None:
+                held[0]._view_gone()
+        _check(status)
 
     @staticmethod
     def _transfer(layers: int, progress: Optional[tuple[int, int]], wait_event: Optional[int],

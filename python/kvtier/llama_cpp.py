@@ -109,7 +109,8 @@ class _Session:
     A purge, a drain or a restart of kvtierd ends every session of the tenant; the Client
     cannot be used again (each call raises UnavailableError). With `reconnect` the plug-in
     opens a new Client for the same socket, namespace and connect options (``timeout_ms``,
-    ``spin_us``) on its next call (closing the dead one); `client` is always the current one.
+    ``spin_us``, ``reconnect``) on its next call (closing the dead one); `client` is always the
+    current one. (A Client made with ``reconnect=True`` opens a new session itself.)
     While the session is lost, at most one reconnect is tried per :attr:`reconnect_interval_s`
     (a kvtierd that hangs would otherwise hold every call for its connect timeout); calls in
     between fail at once with UnavailableError, which the plug-ins turn into a miss or a
@@ -138,7 +139,7 @@ class _Session:
             self._next_reconnect = now + self.reconnect_interval_s
             # raises if kvtierd refuses (or does not answer): next try reconnect_interval_s later
             fresh = Client(old.socket_path, old.namespace, timeout_ms=old.timeout_ms,
-                           spin_us=old.spin_us)
+                           spin_us=old.spin_us, **({"reconnect": True} if old.reconnect else {}))
             try:
                 old.close()
             except Exception:  # pragma: no cover - a dead session closes quietly

@@ -26,6 +26,18 @@
  * serialized on its one connection).
  * Lifetime: every lease taken by kvtier_acquire must be given back with kvtier_release, and
  * every reservation committed or aborted; kvtier_close (or the process exiting) releases all.
+ *
+ * Restarts: once kvtierd goes away every call fails at once with KVTIER_UNAVAILABLE. With
+ * kvtier_client_options.reconnect, the next call opens a new session first and then runs
+ * (kvtier_reconnects counts them). What the lost session held is void: its lease ids are
+ * refused per key (FAILED_PRECONDITION, nothing sent; release them still, so the client forgets
+ * them), its region ids per call, and kvtier_verify_leases fails while any of its lease ids is
+ * unreleased. Sessions have generations (0, then one more per reconnect): tag what a call
+ * returned with kvtier_call_generation() right after it, read leased bytes at
+ * kvtier_pool_base_of(c, generation) + offset (NULL once that session is gone), check them with
+ * kvtier_verify_session, and end reservations with kvtier_commit_in_session or
+ * kvtier_abort_in_session: reservations are named by key, so a plain commit or abort after a
+ * reconnect would act on a reservation of the same key made in the new session.
  */
 #ifndef KVCLIENT_C_API_H_
 #define KVCLIENT_C_API_H_
@@ -111,6 +123,24 @@ typedef struct kvtier_connect_options {
 KVCLIENT_EXPORT kvtier_status kvtier_connect_ex(const char* socket_path, const char* name_space,
                                                 const kvtier_connect_options* options,
                                                 kvtier_client** out);
+/* Options versioned by size: start from KVTIER_CLIENT_OPTIONS_INIT, which sets struct_size to
+ * the size of this struct as your header has it. A newer libkvclient takes the fields past
+ * struct_size as their defaults; an older one refuses (INVALID_ARGUMENT) non-zero fields it
+ * does not know. Fields are only ever appended. */
+typedef struct kvtier_client_options {
+  uint32_t struct_size; /* sizeof(kvtier_client_options) */
+  int32_t timeout_ms;   /* per round trip (0: 30000); KVTIER_TIMED_OUT after it */
+  uint32_t spin_us;     /* poll for a reply this long before sleeping (0: no spinning) */
+  uint32_t reconnect;   /* 1: after the connection is lost, the next call opens a new session
+                           (if kvtierd is still down it fails at once with UNAVAILABLE, and the
+                           call after tries again); 0: every call fails with UNAVAILABLE */
+} kvtier_client_options;
+#define KVTIER_CLIENT_OPTIONS_INIT { sizeof(kvtier_client_options), 30000, 50, 0 }
+/* kvtier_connect_ex with kvtier_client_options (NULL: the defaults). */
+KVCLIENT_EXPORT kvtier_status kvtier_connect_with(const char* socket_path,
+                                                  const char* name_space,
+                                                  const kvtier_client_options* options,
+                                                  kvtier_client** out);
 KVCLIENT_EXPORT void kvtier_close(kvtier_client* client);
 /* The calling thread's last message (see "Errors" above). */
 KVCLIENT_EXPORT const char* kvtier_error(void);
@@ -121,8 +151,22 @@ KVCLIENT_EXPORT const char* kvtier_status_name(kvtier_status status);
 KVCLIENT_EXPORT const char* kvtier_version(void);
 KVCLIENT_EXPORT uint32_t kvtier_protocol_version(void);
 
+/* The current session's pool (after a reconnect: the new one). */
 KVCLIENT_EXPORT void* kvtier_pool_base(const kvtier_client* client);
 KVCLIENT_EXPORT uint64_t kvtier_pool_size(const kvtier_client* client);
+/* --- Reconnecting (kvtier_client_options.reconnect; see "Restarts" above) --- */
+/* How many new sessions the client opened after losing one: the current generation. */
+KVCLIENT_EXPORT uint64_t kvtier_reconnects(const kvtier_client* client);
+/* The generation of the session the calling thread's last call on `client` ran in. */
+KVCLIENT_EXPORT uint64_t kvtier_call_generation(const kvtier_client* client);
+/* The pool base of session `generation` while it is the current one, else NULL. An earlier
+ * session's range stays reserved (zero pages, not its pool) until kvtier_close, so a pointer
+ * taken before a reconnect never dangles. */
+KVCLIENT_EXPORT void* kvtier_pool_base_of(const kvtier_client* client, uint64_t generation);
+/* kvtier_verify_leases for the leases of session `generation` only: OK while it is the current
+ * session and kvtierd has not ended it. */
+KVCLIENT_EXPORT kvtier_status kvtier_verify_session(const kvtier_client* client,
+                                                    uint64_t generation);
 /* Largest block reserve and offload accept; largest block the tenant's SSD tier stores (0: it
  * has none; larger blocks live in DRAM only and are gone once evicted). */
 KVCLIENT_EXPORT uint64_t kvtier_max_block_bytes(const kvtier_client* client);
@@ -142,6 +186,14 @@ KVCLIENT_EXPORT kvtier_status kvtier_commit(kvtier_client* client, const kvtier_
                                             size_t n, uint16_t* codes);
 KVCLIENT_EXPORT kvtier_status kvtier_abort(kvtier_client* client, const kvtier_key* keys,
                                            size_t n, uint16_t* codes);
+/* kvtier_commit and kvtier_abort carried out only if session `generation` (that of the
+ * reserve) is still the current one; else FAILED_PRECONDITION and nothing is sent. */
+KVCLIENT_EXPORT kvtier_status kvtier_commit_in_session(kvtier_client* client, uint64_t generation,
+                                                       const kvtier_key* keys, size_t n,
+                                                       uint16_t* codes);
+KVCLIENT_EXPORT kvtier_status kvtier_abort_in_session(kvtier_client* client, uint64_t generation,
+                                                      const kvtier_key* keys, size_t n,
+                                                      uint16_t* codes);
 /* *matched: how many leading keys are present; tiers (may be NULL) gets each one's tier. */
 KVCLIENT_EXPORT kvtier_status kvtier_match_prefix(kvtier_client* client, const kvtier_key* keys,
                                                   size_t n, size_t* matched, uint8_t* tiers);
@@ -152,11 +204,14 @@ KVCLIENT_EXPORT kvtier_status kvtier_match_prefix_estimate(kvtier_client* client
                                                            kvtier_prefix_estimate* estimate);
 KVCLIENT_EXPORT kvtier_status kvtier_acquire(kvtier_client* client, const kvtier_key* keys,
                                              size_t n, kvtier_lease* out);
+/* codes: OK, NOT_FOUND (no live lease), FAILED_PRECONDITION (a lease of an earlier session:
+ * forgotten, nothing sent). Never reconnects. */
 KVCLIENT_EXPORT kvtier_status kvtier_release(kvtier_client* client, const uint64_t* lease_ids,
                                              size_t n, uint16_t* codes);
 /* KVTIER_OK if every lease this client holds was still held while it read: call after reading
  * or copying leased bytes, before using them. KVTIER_FAILED_PRECONDITION: kvtierd ended the
  * session (purge, drain, shutdown, error) and the bytes read may be wrong: treat as a miss.
+ * After a reconnect also while any lease id of an earlier session is unreleased.
  * One poll(2), no round trip. */
 KVCLIENT_EXPORT kvtier_status kvtier_verify_leases(const kvtier_client* client);
 KVCLIENT_EXPORT kvtier_status kvtier_remove(kvtier_client* client, const kvtier_key* keys,

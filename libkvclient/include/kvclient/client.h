@@ -34,6 +34,15 @@
 // finished (for an asynchronous copy, such as cudaMemcpyAsync from the pool, after the stream
 // synchronized). An engine checks before it uses the bytes, and recomputes on failure.
 //
+// Restarts: when kvtierd goes away (it stopped, restarted or ended this session), every call
+// fails at once with kUnavailable. With ClientOptions::reconnect, the next call opens a new
+// session first (connect, hello, map the pool again) and then runs; reconnects() counts them.
+// Whatever the lost session held is void in the new one: its Reservations and Leases refuse
+// data() and say kFailedPrecondition (nothing sent); raw lease and region ids of it are refused
+// per key or per call, never passed on (a new kvtierd numbers its leases and regions from the
+// same start). Each session has a generation (0, then 1 after the first reconnect, ...); raw API
+// users tag what they hold with last_call_generation() (docs/protocol.md, "Reconnecting").
+//
 // Thread-safety: a Client may be used from several threads; its calls are serialized on its
 // one connection. For parallel requests, open one Client per thread. Reservations and Leases
 // objects must not outlive their Client and are not themselves thread-safe.
@@ -83,6 +92,12 @@ struct ClientOptions {
   int timeout_ms = 30000;  // per round trip; kTimedOut after it
   // Poll for a reply this long before sleeping: saves a ~25 us wake-up per round trip.
   uint32_t spin_us = 50;
+  // After the connection to kvtierd is lost, the next call opens a new session and then runs
+  // (if kvtierd is still down it fails at once with kUnavailable, and the call after tries
+  // again). Off: every call after the loss fails with kUnavailable; Connect again yourself.
+  // Calls that only end something of a session (commit, abort, release, deregister, the steps
+  // of an open onload) never reconnect. Costs one poll(2) per call.
+  bool reconnect = false;
 };
 
 // What loading a matched prefix into this process's memory would cost, by kvtierd's estimate
@@ -213,11 +228,16 @@ class KVCLIENT_EXPORT Reservations {
   // Commits every kOk item. Not OK if any commit failed (the others are committed).
   Status Commit();
   Status Abort();
+  // The generation of the session the slots were reserved in. After a reconnect (a later
+  // session) data() is empty and Commit() and Abort() send nothing and say kFailedPrecondition:
+  // the slots went with the lost session.
+  uint64_t generation() const { return generation_; }
 
  private:
   friend class Client;
   Reservations(Client* client) : client_(client) {}  // NOLINT
   std::vector<Key> ReservedKeys() const;
+  Status End(bool commit);
 
   Client* client_;
   std::vector<Key> keys_;
@@ -225,6 +245,7 @@ class KVCLIENT_EXPORT Reservations {
   std::vector<uint64_t> offsets_;
   std::vector<StatusCode> codes_;
   std::string refusal_;
+  uint64_t generation_ = 0;
   bool done_ = false;
 };
 
@@ -247,8 +268,13 @@ class KVCLIENT_EXPORT Leases {
   const LeaseInfo& info(size_t i) const { return infos_[i]; }
   // Leading items that are kOk: the usable prefix.
   size_t prefix() const;
-  // Not OK if any lease was not live any more (its session was ended by kvtierd).
+  // Not OK if any lease was not live any more (its session was ended by kvtierd); after a
+  // reconnect kFailedPrecondition, and nothing is sent (kvtierd gave them back with the lost
+  // session).
   Status Release();
+  // The generation of the session the leases were taken in: after a reconnect, data() is empty
+  // and Verify() fails.
+  uint64_t generation() const { return generation_; }
 
  private:
   friend class Client;
@@ -256,6 +282,7 @@ class KVCLIENT_EXPORT Leases {
 
   Client* client_;
   std::vector<LeaseInfo> infos_;
+  uint64_t generation_ = 0;
   bool done_ = false;
 };
 
@@ -303,13 +330,26 @@ class KVCLIENT_EXPORT Client {
                     std::span<const uint32_t> ttl_seconds = {}, std::string* refusal = nullptr);
   Status CommitRaw(std::span<const Key> keys, std::span<StatusCode> codes = {});
   Status AbortRaw(std::span<const Key> keys, std::span<StatusCode> codes = {});
+  // The same, carried out only if session `generation` is still the current one; else
+  // kFailedPrecondition and nothing is sent. Reservations are named by key, so a commit or abort
+  // of keys reserved before a reconnect would act on reservations of the same keys made after
+  // it: pass the generation the reserve ran in (last_call_generation()).
+  Status CommitRawInSession(uint64_t generation, std::span<const Key> keys,
+                            std::span<StatusCode> codes = {});
+  Status AbortRawInSession(uint64_t generation, std::span<const Key> keys,
+                           std::span<StatusCode> codes = {});
   Status AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out);
+  // With ClientOptions::reconnect, lease ids are the client's own (not kvtierd's), unique across
+  // sessions: an id of an earlier session gets kFailedPrecondition and is never sent, an id
+  // that is no live lease kNotFound. Never reconnects.
   Status ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusCode> codes = {});
 
   // --- Daemon-driven copies (docs/protocol.md "Regions") ---
   // kvtierd copies blocks between its pool and the region itself, on its own thread (host) or
   // CUDA stream (GPU): the engine spends neither a stream nor a CPU thread on it, and blocks on
-  // SSD reach the region without its help. Regions belong to this session.
+  // SSD reach the region without its help. Regions belong to this session. With
+  // ClientOptions::reconnect, region ids are the client's own: one registered before a
+  // reconnect is refused with kFailedPrecondition (register the memory again).
   //
   // Registers host memory: `memfd` must be sealed against shrinking (F_SEAL_SHRINK; HostMemory
   // is) and at least `bytes` long; kvtierd maps its own copy of the fd. `local`, the caller's
@@ -354,11 +394,29 @@ class KVCLIENT_EXPORT Client {
   Status PinPoolForCuda();
 
   // What Leases::Verify checks, for leases taken with AcquireRaw: OK while kvtierd has not
-  // ended this session (so no lease of it was revoked).
+  // ended this session (so no lease of it was revoked). After a reconnect, also not OK while
+  // any lease id of an earlier session has not been given to ReleaseRaw yet (VerifySession
+  // checks one session only).
   Status VerifyLeases() const;
+  // OK while session `generation` is the current one and kvtierd has not ended it: leases
+  // taken in it were held until now.
+  Status VerifySession(uint64_t generation) const;
 
-  // The tenant's pool, mapped read-write. Offsets from the daemon are checked against it.
+  // --- Reconnecting (ClientOptions::reconnect) ---
+  // How many new sessions this client opened after losing one: the current session's
+  // generation (0 until the first reconnect).
+  uint64_t reconnects() const;
+  // The generation of the session the calling thread's last call on this client ran in: what
+  // the offsets, lease ids and region ids that call returned belong to.
+  uint64_t last_call_generation() const;
+
+  // The tenant's pool, mapped read-write. Offsets from the daemon are checked against it. A
+  // reconnect maps the new session's pool elsewhere; the earlier session's range stays
+  // reserved until the Client is destroyed (private zero pages then, not the old pool), so a
+  // pointer into it never dangles, and nothing read or written through it is the new pool.
   std::span<std::byte> pool() const;
+  // The pool of session `generation` if it is the current one; empty otherwise.
+  std::span<std::byte> pool(uint64_t generation) const;
   const std::string& tenant() const;
   // Largest block Reserve and Offload accept.
   uint64_t max_block_bytes() const;
@@ -371,7 +429,9 @@ class KVCLIENT_EXPORT Client {
  private:
   struct Impl;
   explicit Client(std::unique_ptr<Impl> impl);
-  Status PerKeyOp(uint16_t op, std::span<const Key> keys, std::span<StatusCode> codes);
+  // `generation`: carried out only in that session (commit and abort of Reservations).
+  Status PerKeyOp(uint16_t op, std::span<const Key> keys, std::span<StatusCode> codes,
+                  const uint64_t* generation = nullptr);
   // The frames of ReserveRaw and AcquireRaw (mu held); *done: items of the frames answered.
   Status ReserveFrames(std::span<const Key> keys, std::span<const uint64_t> sizes,
                        std::span<uint64_t> offsets, std::span<StatusCode> codes,
