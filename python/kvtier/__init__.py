@@ -49,7 +49,7 @@ from .errors import (
 )
 from .keys import block_keys, file_fingerprint, namespace
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "DEFAULT_SOCKET", "MAX_BATCH", "Client", "HostMemory", "Leases", "Onload", "OnloadResult",

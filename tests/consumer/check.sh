@@ -77,6 +77,6 @@ for program in "$work/cmake/consumer_cxx" "$work/cmake/consumer_cxx_static" \
   echo "$(basename "$program"): ok"
 done
 # The shared ones loaded the installed library, under its SONAME.
-LD_LIBRARY_PATH="$libdir" ldd "$work/pc_c" | grep -q "libkvclient.so.0 => $libdir/" ||
-  fail "pc_c does not load $libdir/libkvclient.so.0"
+LD_LIBRARY_PATH="$libdir" ldd "$work/pc_c" | grep -q "libkvclient.so.1 => $libdir/" ||
+  fail "pc_c does not load $libdir/libkvclient.so.1"
 echo "consumer check: passed"

@@ -37,7 +37,7 @@ getent passwd kvtier >/dev/null || fail "postinst made no kvtier user"
   fail "the config is $(stat -c '%a %U %G' /etc/kvtier/kvtierd.toml), not 640 root kvtier"
 kvtierd --check-config /etc/kvtier/kvtierd.toml >/dev/null || fail "the shipped config does not load"
 [ "$(pkg-config --modversion kvclient)" = "$version" ] || fail "pkg-config kvclient is not $version"
-ldconfig -p | grep -q "libkvclient.so.0 " || fail "ldconfig does not know libkvclient.so.0"
+ldconfig -p | grep -q "libkvclient.so.1 " || fail "ldconfig does not know libkvclient.so.1"
 
 # The installed daemon, as its own user, on a trial config (the shipped one wants /run/kvtier).
 trial=$(mktemp -d /tmp/kvtier-package-XXXXXX)
