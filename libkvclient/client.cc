@@ -22,6 +22,7 @@
 
 #include "ipc/base/check.h"
 #include "ipc/base/errno_status.h"
+#include "ipc/base/mutex.h"
 #include "ipc/socket/seqpacket.h"
 #include "ipc/wire/frame_codec.h"
 #include "ipc/wire/protocol.h"
@@ -291,21 +292,25 @@ struct Client::Impl {
   // while any is held, VerifyLeases fails. Changed with mu held.
   std::atomic<uint64_t> stale_leases{0};
 
-  std::mutex mu;  // one round trip at a time; guards everything below
-  std::vector<std::unique_ptr<Session>> sessions;  // every session so far, oldest first
-  uint64_t next_request_id = 1;
-  Status broken;  // set once the daemon closed the current session
-  std::vector<std::byte> send_buf = std::vector<std::byte>(wire::kMaxFrameBytes);
-  std::vector<std::byte> recv_buf = std::vector<std::byte>(wire::kMaxFrameBytes);
-  UniqueFd received_fd;
+  Mutex mu;  // one round trip at a time; guards everything below
+  // Every session so far, oldest first.
+  std::vector<std::unique_ptr<Session>> sessions KVT_GUARDED_BY(mu);
+  uint64_t next_request_id KVT_GUARDED_BY(mu) = 1;
+  Status broken KVT_GUARDED_BY(mu);  // set once the daemon closed the current session
+  std::vector<std::byte> send_buf KVT_GUARDED_BY(mu) =
+      std::vector<std::byte>(wire::kMaxFrameBytes);
+  std::vector<std::byte> recv_buf KVT_GUARDED_BY(mu) =
+      std::vector<std::byte>(wire::kMaxFrameBytes);
+  UniqueFd received_fd KVT_GUARDED_BY(mu);
   // With options.reconnect: lease and region ids handed out -> kvtierd's.
-  LeaseHandles lease_handles;
-  uint64_t live_leases = 0;  // in lease_handles, of the current session
-  std::unordered_map<uint32_t, RegionHandle> region_handles;
-  uint32_t next_region_handle = 1;
+  LeaseHandles lease_handles KVT_GUARDED_BY(mu);
+  uint64_t live_leases KVT_GUARDED_BY(mu) = 0;  // in lease_handles, of the current session
+  std::unordered_map<uint32_t, RegionHandle> region_handles KVT_GUARDED_BY(mu);
+  uint32_t next_region_handle KVT_GUARDED_BY(mu) = 1;
   // Host regions registered with a local mapping, by the caller's region id (to wait on
   // progress words).
-  std::unordered_map<uint32_t, std::pair<std::byte*, uint64_t>> local_regions;
+  std::unordered_map<uint32_t, std::pair<std::byte*, uint64_t>> local_regions
+      KVT_GUARDED_BY(mu);
   // The onload between StartOnload and FinishOnload.
   struct OpenTransfer {
     bool active = false;
@@ -313,48 +318,51 @@ struct Client::Impl {
     size_t items = 0;
     uint32_t layers = 0;
     const uint32_t* progress = nullptr;  // in the caller's mapping, or null
-  } transfer;
-  bool pinned = false;  // pool registered with cudaHostRegister (PinPoolForCuda)
+  } transfer KVT_GUARDED_BY(mu);
+  // The pool is registered with cudaHostRegister (PinPoolForCuda).
+  bool pinned KVT_GUARDED_BY(mu) = false;
 
-  Session& s() { return *sessions.back(); }  // the current session; mu held
+  Session& s() KVT_REQUIRES(mu) { return *sessions.back(); }  // the current session
 
-  wire::FrameWriter Begin(wire::Op op) {
+  wire::FrameWriter Begin(wire::Op op) KVT_REQUIRES(mu) {
     wire::FrameWriter w(send_buf);
     w.Begin(op, next_request_id);
     return w;
   }
-  Status Receive(size_t* bytes);
+  Status Receive(size_t* bytes) KVT_REQUIRES(mu);
   // Sends the frame in `w` (with `pass_fd` as SCM_RIGHTS if >= 0), waits for its reply and
   // checks it: a non-OK reply status is returned as is; on OK the reply has `items` items of
   // `item_bytes` (when item_bytes != 0).
   Result<wire::FrameView> RoundTrip(wire::FrameWriter& w, wire::Op op, size_t items,
-                                    size_t item_bytes, bool exact_count = true, int pass_fd = -1);
+                                    size_t item_bytes, bool exact_count = true, int pass_fd = -1)
+      KVT_REQUIRES(mu);
   // RoundTrip's halves: Send returns the request id that Await expects.
-  Result<uint64_t> Send(wire::FrameWriter& w, int pass_fd = -1);
+  Result<uint64_t> Send(wire::FrameWriter& w, int pass_fd = -1) KVT_REQUIRES(mu);
   Result<wire::FrameView> Await(uint64_t id, wire::Op op, size_t items, size_t item_bytes,
-                                bool exact_count = true);
+                                bool exact_count = true) KVT_REQUIRES(mu);
   // Commit, abort, remove, prefetch and release: one frame per kMaxBatch items, a uint16
   // status per item. `mu` must be held. On failure, items from the failed frame on get its code.
   Status PerItemOp(wire::Op op, std::span<const Key> keys, std::span<const uint64_t> ids,
-                   std::span<StatusCode> codes);
+                   std::span<StatusCode> codes) KVT_REQUIRES(mu);
 
   // Connects, says hello and maps the pool: a session of `generation`, not yet installed.
   static Result<std::unique_ptr<Session>> OpenSession(const ClientOptions& client_options,
                                                       uint64_t generation);
   // Makes `session` the current one (mu held, or before the Client is shared).
-  void Install(std::unique_ptr<Session> session);
+  void Install(std::unique_ptr<Session> session) KVT_REQUIRES(mu);
   // Every call's first step, mu held: with options.reconnect and `may_reconnect`, a lost
   // session is replaced by a new one first (a failure to is the call's status). Records the
   // generation the call runs in.
-  Status Enter(bool may_reconnect);
+  Status Enter(bool may_reconnect) KVT_REQUIRES(mu);
   // The caller's region id -> kvtierd's (0 stays 0): kNotFound for an id never handed out,
   // kFailedPrecondition for one of an earlier session. Identity without options.reconnect.
-  Status DaemonRegion(uint32_t id, uint32_t* daemon_id);
+  Status DaemonRegion(uint32_t id, uint32_t* daemon_id) KVT_REQUIRES(mu);
   // The id the caller gets for kvtierd's region `daemon_id` (itself without options.reconnect).
-  uint32_t HandOutRegion(uint32_t daemon_id);
+  uint32_t HandOutRegion(uint32_t daemon_id) KVT_REQUIRES(mu);
   // DaemonRegion for a transfer's region and progress region.
   Status DaemonTransfer(uint32_t region, const TransferOptions& transfer_options,
-                        uint32_t* daemon_region, TransferOptions* daemon_options) {
+                        uint32_t* daemon_region, TransferOptions* daemon_options)
+      KVT_REQUIRES(mu) {
     *daemon_options = transfer_options;
     KVT_RETURN_IF_ERROR(DaemonRegion(region, daemon_region));
     return DaemonRegion(transfer_options.progress_region, &daemon_options->progress_region);
@@ -483,6 +491,7 @@ Result<std::unique_ptr<Session>> Client::Impl::OpenSession(const ClientOptions& 
   // flags) and closes the session: say hello again without it.
   for (const uint32_t flags : {wire::kHelloWantsLimits, 0u}) {
     Impl link;  // this connection's own request ids, buffers and state until it is installed
+    MutexLock link_lock(link.mu);  // no other thread sees it: only for the analysis
     link.options = client_options;
     auto session = std::make_unique<Session>();
     session->generation = generation;
@@ -618,7 +627,10 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   KVT_ASSIGN_OR_RETURN(auto session, Impl::OpenSession(options, 0));
   auto impl = std::make_unique<Impl>();
   impl->options = options;
-  impl->Install(std::move(session));
+  {
+    MutexLock lock(impl->mu);  // not shared yet: only for the analysis
+    impl->Install(std::move(session));
+  }
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
@@ -677,7 +689,7 @@ Status Client::ReserveRaw(std::span<const Key> keys, std::span<const uint64_t> s
     if (offsets.size() < keys.size()) return SpanSizeError("offsets");
     return CheckKeys(keys);
   }();
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   if (s.ok()) s = impl_->Enter(/*may_reconnect=*/true);
   // Against the limit of the session the reserve runs in (a reconnect may have changed it).
   if (s.ok()) s = CheckSizes(sizes, impl_->s().max_block_bytes);
@@ -704,6 +716,7 @@ Status Client::ReserveFrames(std::span<const Key> keys, std::span<const uint64_t
                              std::span<uint64_t> offsets, std::span<StatusCode> codes,
                              std::span<const uint32_t> ttl_seconds, std::string* refusal,
                              size_t* done) {
+  impl_->mu.AssertHeld();  // by ReserveRaw
   const uint64_t pool_bytes = impl_->s().pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
@@ -767,7 +780,7 @@ Status Client::PerKeyOp(uint16_t raw_op, std::span<const Key> keys,
   std::vector<StatusCode> scratch(codes.empty() ? keys.size() : 0);
   std::span<StatusCode> out = codes.empty() ? std::span<StatusCode>(scratch) : codes.first(keys.size());
   Status s = CheckKeys(keys);
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   // Commit and abort act on this session's reservations: a new session would have none.
   if (s.ok()) s = impl_->Enter(op != wire::Op::kCommit && op != wire::Op::kAbort);
   if (s.ok() && generation != nullptr && *generation != impl_->s().generation) {
@@ -838,7 +851,7 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
   out = out.first(keys.size());
   Status s = CheckKeys(keys);
   if (s.ok()) {
-    std::lock_guard lock(impl_->mu);
+    MutexLock lock(impl_->mu);
     s = impl_->Enter(/*may_reconnect=*/true);
     size_t done = 0;
     if (s.ok()) s = AcquireFrames(keys, out, &done);
@@ -867,6 +880,7 @@ Status Client::AcquireRaw(std::span<const Key> keys, std::span<LeaseInfo> out) {
 }
 
 Status Client::AcquireFrames(std::span<const Key> keys, std::span<LeaseInfo> out, size_t* done) {
+  impl_->mu.AssertHeld();  // by AcquireRaw
   const uint64_t pool_bytes = impl_->s().pool.size();
   for (size_t base = 0; base < keys.size(); base += kMaxBatch) {
     const size_t n = std::min(kMaxBatch, keys.size() - base);
@@ -900,7 +914,7 @@ Status Client::ReleaseRaw(std::span<const uint64_t> lease_ids, std::span<StatusC
   std::vector<StatusCode> scratch(codes.empty() ? lease_ids.size() : 0);
   std::span<StatusCode> out =
       codes.empty() ? std::span<StatusCode>(scratch) : codes.first(lease_ids.size());
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   // The leases are this session's (or an earlier one's): a new session would have none.
   Status s = impl_->Enter(/*may_reconnect=*/false);
   if (s.ok() && impl_->transfer.active) {
@@ -947,7 +961,7 @@ Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> ti
                                    PrefixEstimate* estimate) {
   if (!tiers.empty() && tiers.size() < keys.size()) return SpanSizeError("tiers");
   KVT_RETURN_IF_ERROR(CheckKeys(keys));
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   if (estimate != nullptr) *estimate = PrefixEstimate{};
   KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   const bool estimating =
@@ -997,7 +1011,7 @@ Result<size_t> Client::MatchPrefix(std::span<const Key> keys, std::span<Tier> ti
 }
 
 Result<PoolStats> Client::Stats() {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   wire::FrameWriter w = impl_->Begin(wire::Op::kStats);
   KVT_ASSIGN_OR_RETURN(auto reply, impl_->RoundTrip(w, wire::Op::kStats, 0, 0));
@@ -1255,7 +1269,7 @@ Result<uint32_t> Client::RegisterHostRegion(int memfd, uint64_t bytes, std::byte
   wire::RegionSpec spec{};
   spec.kind = static_cast<uint32_t>(wire::RegionKind::kHost);
   spec.bytes = bytes;
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   wire::FrameWriter w = impl_->Begin(wire::Op::kRegisterRegion);
   w.Append(&spec, sizeof(spec));
@@ -1287,7 +1301,7 @@ Result<uint32_t> Client::RegisterCudaRegion(int device, std::span<const std::byt
   spec.bytes = bytes;
   std::memcpy(spec.ipc_handle, ipc_handle.data(), ipc_handle.size());
   spec.events = static_cast<uint32_t>(event_handles.size() / wire::kCudaIpcHandleBytes);
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   wire::FrameWriter w = impl_->Begin(wire::Op::kRegisterRegion);
   w.Append(&spec, sizeof(spec));
@@ -1302,7 +1316,7 @@ Result<uint32_t> Client::RegisterCudaRegion(int device, std::span<const std::byt
 }
 
 Status Client::DeregisterRegion(uint32_t region) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/false));
   uint32_t daemon_id = 0;
   if (Status s = impl_->DaemonRegion(region, &daemon_id); !s.ok()) {
@@ -1334,7 +1348,7 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
     }
     return TransferChecks(keys, offsets, options, /*single_frame=*/false);
   }();
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   if (s.ok()) s = impl_->Enter(/*may_reconnect=*/true);
   if (s.ok()) s = CheckSizes(sizes, impl_->s().max_block_bytes);
   uint32_t daemon_region = 0;
@@ -1371,6 +1385,7 @@ Status Client::Offload(std::span<const Key> keys, uint32_t region,
 }
 
 Status Client::ReadOnloadReply(uint64_t id, size_t n, std::span<OnloadInfo> out) {
+  impl_->mu.AssertHeld();  // by Onload and FinishOnload
   KVT_ASSIGN_OR_RETURN(auto reply,
                        impl_->Await(id, wire::Op::kOnload, n, sizeof(wire::OnloadResult)));
   for (size_t i = 0; i < n; ++i) {
@@ -1389,7 +1404,7 @@ Status Client::Onload(std::span<const Key> keys, uint32_t region,
                       const TransferOptions& options) {
   if (out.size() < keys.size()) return SpanSizeError("out");
   Status checked = TransferChecks(keys, offsets, options, /*single_frame=*/false);
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   if (checked.ok()) checked = impl_->Enter(/*may_reconnect=*/true);
   uint32_t daemon_region = 0;
   TransferOptions daemon_options;
@@ -1420,7 +1435,7 @@ Status Client::Onload(std::span<const Key> keys, uint32_t region,
 Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
                            std::span<const uint64_t> offsets, const TransferOptions& options) {
   KVT_RETURN_IF_ERROR(TransferChecks(keys, offsets, options, /*single_frame=*/true));
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   KVT_RETURN_IF_ERROR(impl_->Enter(/*may_reconnect=*/true));
   uint32_t daemon_region = 0;
   TransferOptions daemon_options;
@@ -1444,9 +1459,9 @@ Status Client::StartOnload(std::span<const Key> keys, uint32_t region,
 }
 
 Status Client::WaitLayer(uint32_t layer) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   (void)impl_->Enter(/*may_reconnect=*/false);
-  const Impl::OpenTransfer& t = impl_->transfer;
+  const Impl::OpenTransfer t = impl_->transfer;  // a copy: the analysis cannot follow a reference
   if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
   if (t.progress == nullptr) {
     return Status(StatusCode::kFailedPrecondition, "the onload was started without a progress word");
@@ -1484,7 +1499,7 @@ Status Client::WaitLayer(uint32_t layer) {
 }
 
 Status Client::FinishOnload(std::span<OnloadInfo> out) {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   (void)impl_->Enter(/*may_reconnect=*/false);
   Impl::OpenTransfer t = impl_->transfer;
   if (!t.active) return Status(StatusCode::kFailedPrecondition, "no onload was started");
@@ -1498,7 +1513,7 @@ Status Client::FinishOnload(std::span<OnloadInfo> out) {
 }
 
 Status Client::PinPoolForCuda() {
-  std::lock_guard lock(impl_->mu);
+  MutexLock lock(impl_->mu);
   (void)impl_->Enter(/*may_reconnect=*/false);
   if (impl_->pinned) return Status::Ok();
   KVT_RETURN_IF_ERROR(client_cuda::Pin(impl_->s().pool.data(), impl_->s().pool.size()));

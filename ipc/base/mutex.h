@@ -33,6 +33,7 @@
 #define KVT_ACQUIRE(...) KVT_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #define KVT_RELEASE(...) KVT_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
 #define KVT_TRY_ACQUIRE(...) KVT_THREAD_ANNOTATION(try_acquire_capability(__VA_ARGS__))
+#define KVT_ASSERT_CAPABILITY(x) KVT_THREAD_ANNOTATION(assert_capability(x))
 #define KVT_NO_THREAD_SAFETY_ANALYSIS KVT_THREAD_ANNOTATION(no_thread_safety_analysis)
 
 namespace kvtier {
@@ -46,6 +47,10 @@ class KVT_CAPABILITY("mutex") Mutex {
   void Lock() KVT_ACQUIRE() { mu_.lock(); }
   void Unlock() KVT_RELEASE() { mu_.unlock(); }
   bool TryLock() KVT_TRY_ACQUIRE(true) { return mu_.try_lock(); }
+  // Tells the analysis that the caller holds this mutex, where it cannot see it: a helper
+  // whose declaration may not name the mutex (a private method in a public header). Checks
+  // nothing at run time (std::mutex cannot say who holds it).
+  void AssertHeld() const KVT_ASSERT_CAPABILITY(this) {}
 
  private:
   friend class CondVar;
