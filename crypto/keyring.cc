@@ -373,10 +373,13 @@ Status WriteKeyringFile(const std::filesystem::path& path, std::span<const std::
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     return fail(ErrnoStatus("rename " + what + " to " + path.filename().string(), errno));
   }
+  // From here `path` holds the new bytes: a failure to make the rename durable must not be
+  // reported as "not replaced" (callers would keep the old keys while the file has the new
+  // ones). A crash before the directory reaches the disk can still bring the old file back,
+  // which a power loss between any two writes could do anyway.
   const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : ".";
   UniqueFd dir_fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!dir_fd.valid()) return ErrnoStatus("open directory " + dir.string(), errno);
-  if (::fsync(dir_fd.get()) != 0) return ErrnoStatus("fsync directory " + dir.string(), errno);
+  if (dir_fd.valid()) (void)::fsync(dir_fd.get());
   return Status::Ok();
 }
 

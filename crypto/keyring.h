@@ -115,8 +115,9 @@ Result<std::vector<std::byte>> ReadKeyringFile(const std::filesystem::path& path
 
 // Replaces `path` atomically with `bytes`: writes `path`.tmp (O_CREAT|O_EXCL|O_NOFOLLOW, mode
 // 0600; a stale .tmp from a crash is removed first), fsyncs it, renames it over `path` and
-// fsyncs the directory. On failure `path` is as it was and no .tmp is left. kNotFound if the
-// directory does not exist; errno-derived codes otherwise.
+// fsyncs the directory. On failure `path` is as it was and no .tmp is left; once the rename
+// is done the result is OK (the directory's fsync is tried, a failure of it ignored: the file
+// has been replaced). kNotFound if the directory does not exist; errno-derived codes otherwise.
 Status WriteKeyringFile(const std::filesystem::path& path, std::span<const std::byte> bytes);
 
 }  // namespace kvtier

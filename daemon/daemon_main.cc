@@ -65,6 +65,10 @@ Status RaiseFileLimit(uint32_t max_sessions) {
   return Status::Ok();
 }
 
+// The watchdog's timeout while an upgrade stops this process and starts the new one: the
+// unit's TimeoutStartSec= (10 min), which bounds a start anyway.
+constexpr uint64_t kUpgradeWatchdogUs = 600'000'000;
+
 int Serve(const std::string& config_path, const DaemonHooks& hooks) {
   // What the service manager passed (the DRAM tier a previous process handed over), taken at
   // once so that nothing started later inherits it.
@@ -105,6 +109,10 @@ int Serve(const std::string& config_path, const DaemonHooks& hooks) {
   // owner-only and is opened up explicitly where the config says so.
   umask(077);
   spdlog::info("kvtierd {} starting with {}", KVT_VERSION, config->source.string());
+  if (const char* cold = std::getenv("KVTIER_UPGRADE_COLD"); cold != nullptr) {
+    spdlog::warn("the upgrade could not hand the DRAM tier over ({}): it starts empty", cold);
+    unsetenv("KVTIER_UPGRADE_COLD");
+  }
   // Fail fast, before spending seconds pre-faulting pools, if another instance serves here or
   // a socket's directory would let another user replace the socket.
   if (Status s = EnsureNoListener(config->socket_path.string()); !s.ok()) {
@@ -192,16 +200,24 @@ int Serve(const std::string& config_path, const DaemonHooks& hooks) {
                config->admin.metrics_listen.empty()
                    ? std::string()
                    : "; metrics on http://" + config->admin.metrics_listen + "/metrics");
-  SdNotify("READY=1\nSTATUS=serving");
+  // After an upgrade's exec the watchdog was stretched for the stop and this start (below):
+  // READY=1 sets it back to the unit's WatchdogSec= ($WATCHDOG_USEC, unchanged by the exec).
+  const bool watched = SdWatchdogIntervalUs() > 0;
+  SdNotify(std::string("READY=1\nSTATUS=serving") +
+           (watched ? std::string("\nWATCHDOG_USEC=") + std::getenv("WATCHDOG_USEC") : ""));
   const Status run = (*server)->Run();
   const bool upgrade = run.ok() && (*server)->upgrade_ready();
   if (upgrade) {
     // The same process (pid) comes back: to systemd this is a reload until its READY=1.
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);
+    // Nothing pings the watchdog from here until the new process serves (the stop, then its
+    // start: recovery of the SSD tier can take minutes): stretch it to the unit's start
+    // timeout; the new process's READY=1 sets it back.
     SdNotify("RELOADING=1\nMONOTONIC_USEC=" +
              std::to_string(static_cast<uint64_t>(now.tv_sec) * 1'000'000u +
                             static_cast<uint64_t>(now.tv_nsec) / 1000u) +
+             (watched ? "\nWATCHDOG_USEC=" + std::to_string(kUpgradeWatchdogUs) : "") +
              "\nSTATUS=upgrading: re-executing " + executable);
   } else {
     SdNotify("STOPPING=1");
@@ -219,8 +235,9 @@ int Serve(const std::string& config_path, const DaemonHooks& hooks) {
     spdlog::info("stopped for the upgrade; re-executing {}{}", executable,
                  config->keep_dram_on_restart ? " with the DRAM tier" : "");
     spdlog::default_logger()->flush();
+    std::string cold_reason;
     const Status exec = ExecWithKeptState(**tenants, *config, config->keep_dram_on_restart,
-                                          {executable, "--config", config_path});
+                                          {executable, "--config", config_path}, &cold_reason);
     // Only on failure; fds 3 on are no longer what they were: exit without touching them (the
     // service manager's Restart= starts kvtierd again, cold).
     spdlog::critical("upgrade failed, exiting: {}", exec.ToString());

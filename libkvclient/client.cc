@@ -162,13 +162,16 @@ class PoolMapping {
   // pointers into it stay valid (no fault), reads give zeros, writes stay in this process, and
   // nothing here holds the old pool (which a restarted kvtierd may serve again) any more. The
   // range is unmapped with the object. Where a writable private range is refused (strict
-  // overcommit, vm.overcommit_memory = 2), read-only zero pages.
+  // overcommit, vm.overcommit_memory = 2), read-only zero pages; where even that fails, no
+  // access at all.
   void Retire() {
     if (data_ == nullptr) return;
     constexpr int kFlags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE;
-    if (mmap(data_, size_, PROT_READ | PROT_WRITE, kFlags, -1, 0) == MAP_FAILED) {
-      (void)mmap(data_, size_, PROT_READ, kFlags, -1, 0);
-    }
+    if (mmap(data_, size_, PROT_READ | PROT_WRITE, kFlags, -1, 0) != MAP_FAILED) return;
+    if (mmap(data_, size_, PROT_READ, kFlags, -1, 0) != MAP_FAILED) return;
+    // Never leave the old pool readable (after a warm restart it shows the new session's
+    // blocks): an access through an old pointer faults instead.
+    if (mprotect(data_, size_, PROT_NONE) != 0) (void)munmap(data_, size_);
   }
 
  private:
@@ -573,7 +576,10 @@ Status Client::Impl::Enter(bool may_reconnect) {
                         "session)");
       }
     }
-    if (broken.code() == StatusCode::kUnavailable) {
+    // Any broken session, not only a lost one: after a timeout or a protocol fault this
+    // session is unusable anyway (a hung kvtierd the watchdog then restarted, say), and a new
+    // one voids everything the old one held just the same.
+    if (!broken.ok()) {
       auto fresh = OpenSession(options, s().generation + 1);
       if (fresh.ok()) {
         Install(std::move(*fresh));

@@ -434,6 +434,8 @@ void AdminCommands::Upgrade(AdminRequest request, AdminDone done) {
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDOUT_FILENO);
   posix_spawn_file_actions_adddup2(&actions, write_end.get(), STDERR_FILENO);
+  // Nothing else of kvtierd's reaches the check (Asio opens its sockets without CLOEXEC).
+  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   const std::string config_path = config_.source.string();
   std::vector<std::string> args = {executable_, "--check-config", config_path};
   std::vector<char*> argv;
@@ -464,6 +466,7 @@ bool AdminCommands::AdvanceUpgrade() {
   PendingUpgrade& upgrade = *upgrade_;
   int status = 0;
   const pid_t reaped = waitpid(upgrade.pid, &status, WNOHANG);
+  const int wait_errno = errno;
   // After waitpid: once the child is gone, all it wrote is in the pipe.
   char buffer[512];
   for (;;) {
@@ -486,9 +489,14 @@ bool AdminCommands::AdvanceUpgrade() {
   while (!upgrade.text.empty() && (upgrade.text.back() == '\n' || upgrade.text.back() == ' ')) {
     upgrade.text.pop_back();
   }
+  if (reaped < 0) {
+    kill(upgrade.pid, SIGKILL);
+    while (waitpid(upgrade.pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
   if (reaped < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     const std::string how =
-        reaped < 0                ? std::string("could not be waited for: ") + strerror(errno)
+        reaped < 0                ? std::string("could not be waited for: ") + strerror(wait_errno)
         : WIFSIGNALED(status)     ? "was killed by signal " + std::to_string(WTERMSIG(status))
         : WEXITSTATUS(status) == 127 ? std::string("did not start (exit status 127)")
                                   : "exited with status " + std::to_string(WEXITSTATUS(status));

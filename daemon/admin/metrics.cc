@@ -105,8 +105,8 @@ void AddEventMetrics(const MetricsSnapshot& s, Builder& b) {
     b.PerTenant(s, [&](const TenantMetrics& t) { return t.stats.*c.field; });
   }
   b.Family("kvtier_ssd_scrub_failures_total",
-           "Removed SSD records whose header could not be zeroed on disk (retried; until then "
-           "a restart may serve them)",
+           "Failed attempts to zero a removed SSD record's header on disk (each is retried; "
+           "until one lands a restart may serve the record)",
            MetricType::Counter);
   b.PerTenant(s, [](const TenantMetrics& t) { return t.scrub_failures; });
   b.Family("kvtier_ssd_erase_failures_total",

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -118,6 +119,13 @@ int Exchange(const std::string& socket_path, const std::string& request, std::st
   return 0;
 }
 
+// The "pid" field of a JSON status report, or 0.
+uint64_t PidIn(const std::string& json) {
+  const size_t at = json.find("\"pid\": ");
+  if (at == std::string::npos) return 0;
+  return std::strtoull(json.c_str() + at + 7, nullptr, 10);
+}
+
 double MonotonicSeconds() {
   timespec ts{};
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -163,23 +171,55 @@ int main(int argc, char** argv) {
   std::string body;
   std::string error;
   bool refused = false;
+  const bool upgrade = command[0] == "upgrade";
+  const std::string json_status = "KVTIER-ADMIN 1 json status\n";
+  uint64_t old_pid = 0;
+  if (upgrade) {
+    // Which process answers now: the upgraded one must be the same (execv keeps the pid).
+    if (Exchange(socket_path, json_status, &body, &error, &refused) != 0) return Fail(error);
+    old_pid = PidIn(body);
+  }
   if (Exchange(socket_path, request, &body, &error, &refused) != 0) return Fail(error);
-  std::fwrite(body.data(), 1, body.size(), stdout);
-  if (command[0] != "upgrade") return 0;
+  if (!upgrade) {
+    std::fwrite(body.data(), 1, body.size(), stdout);
+    return 0;
+  }
+  const std::string upgrade_reply = body;
+  if (!json) std::fwrite(body.data(), 1, body.size(), stdout);
+  std::fflush(stdout);
   // The reply came before the old process stopped: wait until the new one answers `status`
   // (the old one no longer does), so that a script can go on when kvtierctl returns.
-  std::fflush(stdout);
-  const std::string status_request =
-      std::string("KVTIER-ADMIN 1 ") + (json ? "json" : "text") + " status\n";
   const double deadline = MonotonicSeconds() + 300;
   while (MonotonicSeconds() < deadline) {
     usleep(100 * 1000);
-    if (Exchange(socket_path, status_request, &body, &error, &refused) == 0) {
-      std::fputs(json ? "" : "kvtierd serves again:\n", stdout);
-      std::fwrite(body.data(), 1, body.size(), stdout);
+    if (Exchange(socket_path, json_status, &body, &error, &refused) != 0) {
+      if (!refused) return Fail("after the upgrade: " + error);
+      continue;
+    }
+    const uint64_t pid = PidIn(body);
+    if (pid != old_pid) {
+      return Fail("kvtierd came back as another process (pid " + std::to_string(old_pid) +
+                  " -> " + std::to_string(pid) + "): the upgraded binary did not start and "
+                  "the service manager started kvtierd again, without the DRAM tier; see its log");
+    }
+    if (json) {
+      // One JSON object: the upgrade's answer and the new process's status.
+      auto trim = [](std::string t) {
+        while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
+        return t;
+      };
+      std::printf("{\"upgrade\": %s, \"status\": %s}\n", trim(upgrade_reply).c_str(),
+                  trim(body).c_str());
       return 0;
     }
-    if (!refused) return Fail("after the upgrade: " + error);
+    const std::string text_status = "KVTIER-ADMIN 1 text status\n";
+    if (Exchange(socket_path, text_status, &body, &error, &refused) != 0) {
+      return Fail("after the upgrade: " + error);
+    }
+    std::printf("kvtierd serves again (pid %llu, the same process):\n",
+                static_cast<unsigned long long>(pid));
+    std::fwrite(body.data(), 1, body.size(), stdout);
+    return 0;
   }
   return Fail("kvtierd did not answer within 300 s of the upgrade (see its log): " + error);
 }

@@ -446,36 +446,52 @@ Result<std::string> HandOverKeptState(const TenantRegistry& tenants, const Confi
 }
 
 Status ExecWithKeptState(const TenantRegistry& tenants, const Config& config, bool keep,
-                         const std::vector<std::string>& argv) {
+                         const std::vector<std::string>& argv, std::string* cold_reason) {
   KVT_CHECK(!argv.empty());
   std::vector<std::string> names;
   std::vector<int> fds;
   UniqueFd index;
   if (keep) {
-    KVT_ASSIGN_OR_RETURN(index, WriteKeptSnapshot(tenants, config, &names));
-    for (const std::string& name : names) {
-      for (const auto& tenant : tenants.tenants()) {
-        if (tenant->config.name == name) fds.push_back(tenant->memory.fd());
+    auto written = WriteKeptSnapshot(tenants, config, &names);
+    if (written.ok()) {
+      index = std::move(*written);
+      for (const std::string& name : names) {
+        for (const auto& tenant : tenants.tenants()) {
+          if (tenant->config.name == name) fds.push_back(tenant->memory.fd());
+        }
       }
+      for (std::string& name : names) name = kKeptPoolFdPrefix + name;
+      names.push_back(kKeptIndexFdName);
+      fds.push_back(index.get());
+    } else {
+      *cold_reason = "the index snapshot: " + written.status().ToString();
     }
-    for (std::string& name : names) name = kKeptPoolFdPrefix + name;
-    names.push_back(kKeptIndexFdName);
-    fds.push_back(index.get());
   }
   // Each fd first moves above 3 + n (close-on-exec), so that placing one at 3 + i never closes
-  // another still to be placed; dup2 then leaves the placed ones open across execv.
+  // another still to be placed; dup2 then leaves the placed ones open across execv. Should
+  // either fail, the new process starts cold rather than not at all.
   const int first_free = 3 + static_cast<int>(fds.size());
-  std::vector<int> high;
+  std::vector<UniqueFd> high;
   for (int fd : fds) {
     const int moved = fcntl(fd, F_DUPFD_CLOEXEC, first_free);
-    if (moved < 0) return ErrnoStatus("fcntl(F_DUPFD_CLOEXEC)", errno);
-    high.push_back(moved);
+    if (moved < 0) {
+      *cold_reason = ErrnoStatus("fcntl(F_DUPFD_CLOEXEC)", errno).ToString();
+      fds.clear();
+      break;
+    }
+    high.emplace_back(moved);
   }
-  for (size_t i = 0; i < high.size(); ++i) {
-    if (dup2(high[i], 3 + static_cast<int>(i)) < 0) return ErrnoStatus("dup2", errno);
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (dup2(high[i].get(), 3 + static_cast<int>(i)) < 0) {
+      *cold_reason = ErrnoStatus("dup2", errno).ToString();
+      for (size_t j = 0; j < i; ++j) close(3 + static_cast<int>(j));
+      fds.clear();
+      break;
+    }
   }
   std::string joined;
   for (const std::string& name : names) joined += (joined.empty() ? "" : ":") + name;
+  if (!cold_reason->empty()) setenv("KVTIER_UPGRADE_COLD", cold_reason->c_str(), 1);
   if (!fds.empty()) {
     setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
     setenv("LISTEN_FDS", std::to_string(fds.size()).c_str(), 1);

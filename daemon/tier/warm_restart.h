@@ -85,10 +85,12 @@ Result<std::string> HandOverKeptState(const TenantRegistry& tenants, const Confi
 // with it systemd's MainPID, stays) with `argv[0]`, passing it each tenant's pool and the index
 // snapshot as fds 3 on with LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, exactly as systemd would
 // pass its fd store: the new binary takes them over with TakeKeptState. With `keep` false it
-// passes nothing (a cold start). Returns only when execv failed; by then fds 3 on are
-// reassigned, so the caller must exit without using any fd it held.
+// passes nothing (a cold start), and so it does when the snapshot or placing the fds fails:
+// `*cold_reason` says why, and the new process gets it in $KVTIER_UPGRADE_COLD to log.
+// Returns only when execv failed; by then fds 3 on are reassigned, so the caller must exit
+// without using any fd it held.
 Status ExecWithKeptState(const TenantRegistry& tenants, const Config& config, bool keep,
-                         const std::vector<std::string>& argv);
+                         const std::vector<std::string>& argv, std::string* cold_reason);
 
 // The snapshot itself, for tests and the two functions above: `Write` serializes the tenants'
 // exportable blocks (DramPool::ExportKept) into a sealed memfd; `Read` parses and verifies one.

@@ -1267,6 +1267,14 @@ TEST_CASE("After CryptoEraseAll and SetTenantKey new segments are wrapped under 
     for (const Block& b : later) CheckReadsBack(**store, b);
   }
   {
+    // The new key recovers every block written after the erase.
+    std::vector<RecoveredRecord> recovered;
+    auto store = SpillStore::Open(options, device.get(), after, &recovered);
+    REQUIRE(store.ok());
+    CHECK(recovered.size() == later.size());
+    CHECK((*store)->recovery_stats().segments_key_rejected == 0);
+  }
+  {
     std::vector<RecoveredRecord> recovered;
     auto store = SpillStore::Open(options, device.get(), before, &recovered);
     REQUIRE(store.ok());

@@ -118,6 +118,18 @@ UniqueFd ConnectHttp(const World& w) {
   // closed one waits in TIME-WAIT): that is the host, not the server, so wait and retry.
   for (int attempt = 0;; ++attempt) {
     if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    if (errno == EINTR) {
+      // A signal (libFuzzer's -timeout alarm) interrupted it; the connect goes on by itself.
+      pollfd p{fd.get(), POLLOUT, 0};
+      while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+      }
+      int err = 0;
+      socklen_t len = sizeof(err);
+      getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+      KVT_FUZZ_CHECK(err == 0, std::string("connect to the metrics listener: ") +
+                                   std::strerror(err));
+      return fd;
+    }
     KVT_FUZZ_CHECK(errno == EADDRNOTAVAIL && attempt < 1000,
                    std::string("connect to the metrics listener: ") + std::strerror(errno));
     usleep(10000);

@@ -5,6 +5,7 @@
 // written before the keyring existed.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -316,7 +317,19 @@ std::string StartExpectingFailure(const SpillPaths& paths, const std::string& sp
     execl(KVTIERD_PATH, "kvtierd", "--config", config.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  CHECK(WaitChild(pid) == status);
+  // A regression that lets kvtierd start must fail the test, not hang it: a liveness bound.
+  int code = -1;
+  if (!WaitUntil([&] {
+        int st = 0;
+        if (waitpid(pid, &st, WNOHANG) != pid) return false;
+        code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        return true;
+      }, 60000)) {
+    kill(pid, SIGKILL);
+    WaitChild(pid);
+    FAIL("kvtierd started (or hung) although it should have refused to: " << ReadFile(err));
+  }
+  CHECK(code == status);
   return ReadFile(err);
 }
 

@@ -95,6 +95,7 @@ struct ClientOptions {
   // After the connection to kvtierd is lost, the next call opens a new session and then runs
   // (if kvtierd is still down it fails at once with kUnavailable, and the call after tries
   // again). Off: every call after the loss fails with kUnavailable; Connect again yourself.
+  // A session that timed out (timeout_ms) or saw a protocol fault counts as lost too.
   // Calls that only end something of a session (commit, abort, release, deregister, the steps
   // of an open onload) never reconnect. Costs one poll(2) per call.
   bool reconnect = false;
