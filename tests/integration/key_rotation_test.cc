@@ -84,33 +84,6 @@ void StoreAll(Client& client, const std::vector<Key>& keys) {
   }
 }
 
-struct ReadBack {
-  size_t verified = 0;
-  size_t missing = 0;
-  size_t wrong = 0;
-};
-
-ReadBack ReadAll(Client& client, const std::vector<Key>& keys) {
-  ReadBack out;
-  for (size_t at = 0; at < keys.size(); at += 8) {
-    const size_t n = std::min<size_t>(8, keys.size() - at);
-    std::vector<Key> k(keys.begin() + static_cast<std::ptrdiff_t>(at),
-                       keys.begin() + static_cast<std::ptrdiff_t>(at + n));
-    auto leases = client.Acquire(k);
-    REQUIRE(leases.ok());
-    for (size_t i = 0; i < n; ++i) {
-      if (leases->code(i) != StatusCode::kOk) {
-        ++out.missing;
-      } else if (VerifyBlock(k[i], leases->data(i))) {
-        ++out.verified;
-      } else {
-        ++out.wrong;
-      }
-    }
-  }
-  return out;
-}
-
 // Stores 100 blocks of 1 MiB through the 64 MiB pool, drops DRAM's copies and returns the
 // blocks the SSD tier alone holds now (their writes have completed).
 std::vector<Key> StoreOnSsd(const DaemonProcess& daemon, Client& client, uint64_t owner) {
@@ -198,7 +171,7 @@ TEST_CASE("rotate-key re-seals the keyring under a replaced key file and the SSD
     CHECK(ReadFile(paths.keyring) == keyring_bytes);
 
     // Every SSD-only block reads back byte for byte, from the SSD.
-    const ReadBack back = ReadAll(*client, on_ssd);
+    const ReadCounts back = ReadAll(*client, on_ssd);
     CHECK(back.verified == on_ssd.size());
     CHECK(back.wrong == 0);
 
@@ -217,7 +190,7 @@ TEST_CASE("rotate-key re-seals the keyring under a replaced key file and the SSD
   // A restart with the new key (and no previous key) keeps the SSD tier.
   auto daemon = DaemonProcess::Start(Options(paths));
   auto client = MustConnect(*daemon);
-  const ReadBack back = ReadAll(*client, on_ssd);
+  const ReadCounts back = ReadAll(*client, on_ssd);
   CHECK(back.verified == on_ssd.size());
   CHECK(back.wrong == 0);
   CHECK_FALSE(Has(daemon->Log(), "different master key"));
@@ -261,7 +234,7 @@ TEST_CASE("a restart with a new key file keeps the SSD tier with previous_key_fi
           with_previous ? "previous_key_file = \"" + old_key.string() + "\"\n" : "";
       auto daemon = DaemonProcess::Start(Options(paths, toml));
       auto client = MustConnect(*daemon);
-      const ReadBack back = ReadAll(*client, on_ssd);
+      const ReadCounts back = ReadAll(*client, on_ssd);
       CHECK(back.wrong == 0);  // nothing wrong is ever served
       const std::string log = daemon->Log();
       INFO(log);
@@ -356,7 +329,7 @@ TEST_CASE("a previous key that is set but cannot be read fails the start naming 
 // Stores blocks, copies the tenant's segment files while kvtierd is stopped, starts it again,
 // purges the tenant (or not), stops it, puts the copies back and starts it once more.
 struct CopyOutcome {
-  ReadBack back;
+  ReadCounts back;
   std::string log;
   std::string purge_reply;
   std::string audit;
@@ -439,7 +412,7 @@ TEST_CASE("after a purge new blocks use the new key and survive a restart",
   }
   auto daemon = DaemonProcess::Start(Options(paths));
   auto client = MustConnect(*daemon);
-  const ReadBack back = ReadAll(*client, after);
+  const ReadCounts back = ReadAll(*client, after);
   CHECK(back.verified == after.size());
   CHECK(Has(daemon->Log(), "tenant key epoch 2"));
   CHECK_FALSE(Has(daemon->Log(), "were wrapped under a tenant key the keyring does not hold"));
@@ -457,7 +430,7 @@ TEST_CASE("a lost keyring is a cold start of the SSD tier", "[integration][spill
   fs::remove(paths.keyring);
   auto daemon = DaemonProcess::Start(Options(paths));
   auto client = MustConnect(*daemon);
-  const ReadBack back = ReadAll(*client, on_ssd);
+  const ReadCounts back = ReadAll(*client, on_ssd);
   INFO(daemon->Log());
   CHECK(back.verified == 0);
   CHECK(back.wrong == 0);
@@ -489,7 +462,7 @@ TEST_CASE("segments written before the keyring existed are served after the upgr
     INFO(log);
     CHECK(Has(log, "no keyring at"));
     CHECK(Has(log, "1 with segments from before the keyring"));
-    const ReadBack back = ReadAll(*client, keys);
+    const ReadCounts back = ReadAll(*client, keys);
     CHECK(back.verified == keys.size());
     CHECK(back.wrong == 0);
     // New blocks go into segments under the keyring's random key.
@@ -502,7 +475,7 @@ TEST_CASE("segments written before the keyring existed are served after the upgr
     auto client = MustConnect(*daemon);
     INFO(daemon->Log());
     CHECK(Has(daemon->Log(), "read with the epoch-0 (derived) key"));
-    const ReadBack back = ReadAll(*client, keys);
+    const ReadCounts back = ReadAll(*client, keys);
     CHECK(back.verified == keys.size());
     CHECK(back.wrong == 0);
     // A purge retires the epoch-0 key with the rest.

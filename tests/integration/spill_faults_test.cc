@@ -118,35 +118,6 @@ void StoreAndReadBack(Client& client, const std::vector<Key>& keys, bool reused 
   }
 }
 
-struct ReadBack {
-  size_t verified = 0;
-  size_t missing = 0;
-  size_t wrong = 0;
-};
-
-// Acquires every key in batches and checks each present block byte for byte.
-ReadBack ReadAll(Client& client, const std::vector<Key>& keys) {
-  constexpr size_t kBatch = 8;
-  ReadBack out;
-  for (size_t at = 0; at < keys.size(); at += kBatch) {
-    const size_t n = std::min(kBatch, keys.size() - at);
-    const std::vector<Key> k(keys.begin() + static_cast<std::ptrdiff_t>(at),
-                             keys.begin() + static_cast<std::ptrdiff_t>(at + n));
-    auto leases = client.Acquire(k);
-    REQUIRE(leases.ok());
-    for (size_t i = 0; i < n; ++i) {
-      if (leases->code(i) != StatusCode::kOk) {
-        ++out.missing;
-      } else if (VerifyBlock(k[i], leases->data(i))) {
-        ++out.verified;
-      } else {
-        ++out.wrong;
-      }
-    }
-  }
-  return out;
-}
-
 PoolStats MustStats(Client& client) {
   auto s = client.Stats();
   REQUIRE(s.ok());
@@ -168,7 +139,7 @@ class OtherEngine {
   void Join() { thread_.join(); }
   // After Join(): how the acquire ended ("" if it was carried out) and what it brought.
   const std::string& error() const { return error_; }
-  const ReadBack& back() const { return back_; }
+  const ReadCounts& back() const { return back_; }
 
  private:
   void Run() {
@@ -196,7 +167,7 @@ class OtherEngine {
   const std::string socket_;
   const std::vector<Key> keys_;
   std::string error_;  // written by the thread, read after join
-  ReadBack back_;      // written by the thread, read after join
+  ReadCounts back_;      // written by the thread, read after join
   std::atomic<bool> done_{false};
   std::thread thread_;
 };
@@ -291,7 +262,7 @@ void CheckDemotionWorks(const DaemonProcess& daemon, const Faults& faults, Clien
   const PoolStats after = MustStats(client);
   CHECK(after.demotions > before.demotions);
   CHECK(after.demote_failures == before.demote_failures);
-  const ReadBack back = ReadAll(client, reused);
+  const ReadCounts back = ReadAll(client, reused);
   CHECK(back.verified == reused.size());
   CHECK(back.wrong == 0);
   CHECK(MustStats(client).promotions > before.promotions);
@@ -324,13 +295,13 @@ TEST_CASE("spill writes failing with EIO leave clients working from DRAM byte fo
   CHECK_THAT(daemon->Log(), Catch::Contains("demotion to SSD failed"));
   // A block whose write failed stays in DRAM until evicted, then is gone: misses, never wrong
   // bytes. The newest blocks are all there.
-  const ReadBack all = ReadAll(*client, during);
+  const ReadCounts all = ReadAll(*client, during);
   CHECK(all.wrong == 0);
   CHECK(all.verified >= 16);
-  const ReadBack newest = ReadAll(*client, std::vector<Key>(during.end() - 16, during.end()));
+  const ReadCounts newest = ReadAll(*client, std::vector<Key>(during.end() - 16, during.end()));
   CHECK(newest.verified == 16);
   // What reached the SSD before the fault is still served from it (reads were never faulted).
-  const ReadBack old = ReadAll(*client, before);
+  const ReadCounts old = ReadAll(*client, before);
   CHECK(old.wrong == 0);
   CHECK(old.verified == before.size());
   CHECK(daemon->Alive());
@@ -340,7 +311,7 @@ TEST_CASE("spill writes failing with EIO leave clients working from DRAM byte fo
   StoreOnSsd(*daemon, faults, *client, after, 5);
   const PoolStats recovered = MustStats(*client);
   CHECK(recovered.demotions > failing.demotions);
-  const ReadBack back = ReadAll(*client, after);
+  const ReadCounts back = ReadAll(*client, after);
   CHECK(back.verified == after.size());
   CHECK(back.wrong == 0);
   CHECK(MustStats(*client).promotions > failing.promotions);
@@ -370,12 +341,12 @@ TEST_CASE("a block removed while the spill disk refuses writes stays removed onc
   }
   auto daemon = DaemonProcess::Start(faults.Options());
   auto client = MustConnect(*daemon);
-  const ReadBack back = ReadAll(*client, removed);
+  const ReadCounts back = ReadAll(*client, removed);
   CHECK(back.verified == 0);
   CHECK(back.wrong == 0);
   CHECK(back.missing == removed.size());
   // The blocks that shared their segments are still served.
-  const ReadBack kept = ReadAll(*client, TestKeys(2, 8));
+  const ReadCounts kept = ReadAll(*client, TestKeys(2, 8));
   CHECK(kept.wrong == 0);
 }
 
@@ -389,7 +360,7 @@ TEST_CASE("spill reads failing with EIO make SSD blocks counted misses and never
   const PoolStats healthy = MustStats(*client);
 
   faults.Set({.read_errno = EIO});
-  const ReadBack back = ReadAll(*client, on_ssd);
+  const ReadCounts back = ReadAll(*client, on_ssd);
   CHECK(back.wrong == 0);
   CHECK(back.verified == 0);
   CHECK(back.missing == on_ssd.size());
@@ -410,7 +381,7 @@ TEST_CASE("spill reads failing with EIO make SSD blocks counted misses and never
   faults.Clear();
   const std::vector<Key> after = TestKeys(4, 16);
   StoreOnSsd(*daemon, faults, *client, after, 5);
-  const ReadBack again = ReadAll(*client, after);
+  const ReadCounts again = ReadAll(*client, after);
   CHECK(again.verified == after.size());
   CHECK(MustStats(*client).promote_failures == failed.promote_failures);
 }
@@ -437,12 +408,12 @@ TEST_CASE("spill writes failing with ENOSPC leave clients working from DRAM byte
   CHECK(failing.demotions == healthy.demotions);
   faults.WaitFor([](const FaultReport& r) { return r.failed_writes > 0; });
   // Blocks whose write failed stay in DRAM (evictable): whatever is found is exact.
-  const ReadBack all = ReadAll(*client, during);
+  const ReadCounts all = ReadAll(*client, during);
   CHECK(all.wrong == 0);
   CHECK(all.verified >= 16);
   // A new segment's header write failing with ENOSPC counts as a full disk: the store may have
   // reclaimed old segments for room. What is left of them is exact.
-  const ReadBack old = ReadAll(*client, first);
+  const ReadCounts old = ReadAll(*client, first);
   CHECK(old.wrong == 0);
   CHECK(old.verified + old.missing == first.size());
   CHECK(daemon->Alive());
@@ -475,10 +446,10 @@ TEST_CASE("no space for a new spill segment reclaims the oldest segments while c
   CHECK(full.ssd_dropped > healthy.ssd_dropped);
   CHECK(full.demote_failures > healthy.demote_failures);
   CHECK(full.ssd_segments < healthy.ssd_segments);
-  const ReadBack lost = ReadAll(*client, first);
+  const ReadCounts lost = ReadAll(*client, first);
   CHECK(lost.wrong == 0);
   CHECK(lost.missing > 0);
-  const ReadBack all = ReadAll(*client, during);
+  const ReadCounts all = ReadAll(*client, during);
   CHECK(all.wrong == 0);
   CHECK(all.verified >= 16);
   CHECK(daemon->Alive());
@@ -507,7 +478,7 @@ TEST_CASE("while the spill disk holds every I/O DRAM work completes and once rel
   // and reads DRAM blocks, all byte for byte.
   const std::vector<Key> stored = TestKeys(3, 8);
   StoreAndReadBack(*client, stored);
-  const ReadBack dram = ReadAll(*client, in_dram);
+  const ReadCounts dram = ReadAll(*client, in_dram);
   CHECK(dram.verified == in_dram.size());
   CHECK(AllIn(TiersOf(*client, stored), Tier::kDram));
   // ...and all of it happened while no spill I/O completed: the disk held it throughout.
@@ -526,7 +497,7 @@ TEST_CASE("while the spill disk holds every I/O DRAM work completes and once rel
   // The demotions that were held completed: pushed out of DRAM now, the blocks come back
   // from SSD exact.
   PushOut(*daemon, faults, *client, stored, 4);
-  const ReadBack back = ReadAll(*client, stored);
+  const ReadCounts back = ReadAll(*client, stored);
   CHECK(back.verified == stored.size());
   const PoolStats stats_after = MustStats(*client);
   CHECK(stats_after.demote_failures == 0);
@@ -549,7 +520,7 @@ TEST_CASE("a slow spill disk (1 to 2 s per I/O) delays only what waits for it an
   faults.WaitFor([&](const FaultReport& r) { return r.submitted > submitted; });
   const std::vector<Key> stored = TestKeys(3, 8);
   StoreAndReadBack(*client, stored);
-  const ReadBack dram = ReadAll(*client, in_dram);
+  const ReadCounts dram = ReadAll(*client, in_dram);
   CHECK(dram.verified == in_dram.size());
   other.Join();
   CHECK(other.error().empty());

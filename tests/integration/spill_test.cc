@@ -69,34 +69,6 @@ void StoreAll(Client& client, const std::vector<Key>& keys, const std::vector<ui
   }
 }
 
-struct ReadBack {
-  size_t verified = 0;
-  size_t missing = 0;
-  size_t wrong = 0;
-};
-
-// Acquires every key in batches and checks each present block byte for byte.
-ReadBack ReadAll(Client& client, const std::vector<Key>& keys, size_t batch = 8) {
-  ReadBack out;
-  for (size_t at = 0; at < keys.size(); at += batch) {
-    const size_t n = std::min(batch, keys.size() - at);
-    std::vector<Key> k(keys.begin() + static_cast<std::ptrdiff_t>(at),
-                       keys.begin() + static_cast<std::ptrdiff_t>(at + n));
-    auto leases = client.Acquire(k);
-    REQUIRE(leases.ok());
-    for (size_t i = 0; i < n; ++i) {
-      if (leases->code(i) != StatusCode::kOk) {
-        ++out.missing;
-      } else if (VerifyBlock(k[i], leases->data(i))) {
-        ++out.verified;
-      } else {
-        ++out.wrong;
-      }
-    }
-  }
-  return out;
-}
-
 PoolStats MustStats(Client& client) {
   auto s = client.Stats();
   REQUIRE(s.ok());
@@ -203,7 +175,7 @@ TEST_CASE("512 MiB through a 64 MiB pool and a 1 GiB SSD tier reads back byte fo
   REQUIRE(*client->MatchPrefix(std::span(keys).first(4), tiers) == 4);
   CHECK(tiers[0] == Tier::kSsd);
 
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);
   CHECK(back.missing == 0);
   CHECK(back.verified == keys.size());
@@ -236,7 +208,7 @@ TEST_CASE("prefetch brings SSD blocks back into DRAM before the acquire",
   CHECK(codes.back() == StatusCode::kNotFound);
   REQUIRE(*client->MatchPrefix(keys, tiers) == keys.size());
   CHECK(std::all_of(tiers.begin(), tiers.end(), [](Tier t) { return t == Tier::kDram; }));
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.verified == keys.size());
 }
 
@@ -439,7 +411,7 @@ TEST_CASE("files planted at segment names are never followed, blocked on or writ
   CHECK(fs::is_fifo(tenant_dir / "seg-00000001.kvs"));
   CHECK(fs::is_regular_file(fs::symlink_status(tenant_dir / "seg-00000003.kvs")));
   // Every block still stored is exact; only a block whose demotion failed can be gone.
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);
   CHECK(back.missing <= stats.demote_failures);
   CHECK(MustStats(*client).promotions > 0);
@@ -483,11 +455,11 @@ TEST_CASE("after SIGKILL in the middle of demotion, a restart serves what reache
   auto daemon = DaemonProcess::Start(SpillOptions(dir));
   auto client = MustConnect(*daemon);
   // Every record that was durable before the kill is served, byte for byte.
-  const ReadBack kept = ReadAll(*client, durable);
+  const ReadCounts kept = ReadAll(*client, durable);
   CHECK(kept.verified == durable.size());
   CHECK(kept.wrong == 0);
   // Of the blocks in flight at the kill, some made it and some did not; none is wrong.
-  const ReadBack racing = ReadAll(*client, second);
+  const ReadCounts racing = ReadAll(*client, second);
   CHECK(racing.wrong == 0);
   CHECK(racing.verified + racing.missing == second.size());
   // The torn record is gone, not served.
@@ -513,7 +485,7 @@ TEST_CASE("a clean stop keeps the SSD tier for the next start", "[integration][s
   // Demotions in flight at the stop finished before it; ones not yet started did not.
   const uint64_t recovered = MustStats(*client).ssd_only_blocks;
   CHECK(recovered >= on_ssd);
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);
   CHECK(back.verified == recovered);
   CHECK(back.verified + back.missing == keys.size());
@@ -568,7 +540,7 @@ TEST_CASE("over its SSD quota a tenant loses its oldest segments whole, crypto-e
   CHECK(segment_files <= 4);
   // The oldest blocks went with their segments; what is left reads back exactly.
   CHECK(*client->MatchPrefix(std::span(keys).first(1)) == 0);
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);
   CHECK(back.verified > 0);
   CHECK(back.missing > 0);
@@ -593,9 +565,9 @@ TEST_CASE("a full spill filesystem degrades to reclaiming old segments while DRA
   CHECK(stats.demotions > 0);
   CHECK(stats.ssd_dropped + stats.demote_failures > 0);  // the disk ran out
   // Whatever is still stored reads back exactly, and the newest blocks are all there.
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);
-  const ReadBack newest = ReadAll(*client, std::vector<Key>(keys.end() - 16, keys.end()));
+  const ReadCounts newest = ReadAll(*client, std::vector<Key>(keys.end() - 16, keys.end()));
   CHECK(newest.verified == 16);
   CHECK(daemon->Alive());
 }
@@ -610,7 +582,7 @@ TEST_CASE("the pread/pwrite fallback serves the SSD tier when io_uring is switch
   auto client = MustConnect(*daemon);
   const std::vector<Key> keys = TestKeys(11, 120);
   StoreAll(*client, keys, std::vector<uint64_t>(keys.size(), kMiB));
-  const ReadBack back = ReadAll(*client, keys);
+  const ReadCounts back = ReadAll(*client, keys);
   CHECK(back.wrong == 0);
   CHECK(back.verified == keys.size());
   CHECK(MustStats(*client).promotions > 0);

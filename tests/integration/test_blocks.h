@@ -3,6 +3,7 @@
 // wrong key or with stale bytes never verifies.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -65,6 +66,35 @@ inline bool VerifyBlock(const Key& key, std::span<const std::byte> bytes) {
   std::vector<std::byte> expected(bytes.size());
   FillBlock(key, expected);
   return std::memcmp(expected.data(), bytes.data(), bytes.size()) == 0;
+}
+
+// What ReadAll found: blocks present and byte-exact, absent, and present with other bytes.
+struct ReadCounts {
+  size_t verified = 0;
+  size_t missing = 0;
+  size_t wrong = 0;
+};
+
+// Acquires every key, `batch` at a time, and checks each present block byte for byte.
+inline ReadCounts ReadAll(Client& client, const std::vector<Key>& keys, size_t batch = 8) {
+  ReadCounts out;
+  for (size_t at = 0; at < keys.size(); at += batch) {
+    const size_t n = std::min(batch, keys.size() - at);
+    const std::vector<Key> k(keys.begin() + static_cast<std::ptrdiff_t>(at),
+                             keys.begin() + static_cast<std::ptrdiff_t>(at + n));
+    auto leases = client.Acquire(k);
+    REQUIRE(leases.ok());
+    for (size_t i = 0; i < n; ++i) {
+      if (leases->code(i) != StatusCode::kOk) {
+        ++out.missing;
+      } else if (VerifyBlock(k[i], leases->data(i))) {
+        ++out.verified;
+      } else {
+        ++out.wrong;
+      }
+    }
+  }
+  return out;
 }
 
 // One store-then-read round of a well-behaved client in a child process: reserve, fill, commit,
